@@ -1,0 +1,120 @@
+//! Raw system calls for code that runs inside `libdropshim.so`.
+//!
+//! Inside the shim the exported names `socket`, `close`, `setsockopt`...
+//! are the shim's own hooks, so calling them from here would recurse.
+//! Going through `syscall(2)` reaches the kernel directly. These are the
+//! only unsafe calls in this crate's socket path; every wrapper returns
+//! `io::Result` and never touches memory it was not given.
+
+use std::io;
+use std::os::raw::{c_int, c_long, c_void};
+
+fn check(ret: c_long) -> io::Result<c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
+    // SAFETY: socket(2) takes three integers and touches no memory.
+    let ret = unsafe { libc::syscall(libc::SYS_socket, domain, ty, protocol) };
+    check(ret).map(|fd| fd as c_int)
+}
+
+pub fn close(fd: c_int) -> io::Result<()> {
+    // SAFETY: close(2) on a descriptor this module's caller owns.
+    let ret = unsafe { libc::syscall(libc::SYS_close, fd) };
+    check(ret).map(drop)
+}
+
+/// Makes `newfd` refer to the socket `oldfd` refers to, atomically closing
+/// what `newfd` referred to before.
+pub fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> io::Result<()> {
+    // SAFETY: dup3(2) takes integers only.
+    let ret = unsafe { libc::syscall(libc::SYS_dup3, oldfd, newfd, flags) };
+    check(ret).map(drop)
+}
+
+pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
+    // SAFETY: only F_GETFL/F_GETFD/F_SETFL-style commands with integer
+    // arguments are used by this crate; none dereference `arg`.
+    let ret = unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) };
+    check(ret).map(|v| v as c_int)
+}
+
+pub fn setsockopt(fd: c_int, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads at most `value.len()` bytes from `value`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd,
+            level,
+            name,
+            value.as_ptr() as *const c_void,
+            value.len() as libc::socklen_t,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Reads an option into `buf`; returns how many bytes the kernel wrote.
+pub fn getsockopt(fd: c_int, level: c_int, name: c_int, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buf` and the
+    // actual length into `len`, both of which live for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            level,
+            name,
+            buf.as_mut_ptr() as *mut c_void,
+            &mut len as *mut libc::socklen_t,
+        )
+    };
+    check(ret).map(|_| len as usize)
+}
+
+/// Reads an integer option.
+pub fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> io::Result<c_int> {
+    let mut buf = [0u8; 4];
+    getsockopt(fd, level, name, &mut buf)?;
+    Ok(c_int::from_ne_bytes(buf))
+}
+
+pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
+    setsockopt(fd, level, name, &value.to_ne_bytes())
+}
+
+/// The socket's local address, as raw `sockaddr_storage` bytes and length.
+pub fn getsockname(fd: c_int) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `storage`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_getsockname,
+            fd,
+            &mut storage as *mut libc::sockaddr_storage,
+            &mut len as *mut libc::socklen_t,
+        )
+    };
+    check(ret).map(|_| (storage, len))
+}
+
+pub fn bind(fd: c_int, addr: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<()> {
+    // SAFETY: the kernel reads `len` bytes of `addr`, which is at least
+    // that long (`len` came from getsockname on the same storage type).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bind,
+            fd,
+            addr as *const libc::sockaddr_storage,
+            len,
+        )
+    };
+    check(ret).map(drop)
+}

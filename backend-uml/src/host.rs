@@ -1,0 +1,737 @@
+//! The host side of an instance: `up`, `down`, `status`, the kernel
+//! build, and the supervisor process that boots the kernel and serves
+//! shimmed programs.
+
+use crate::proto::{Kind, Notice, Reply, Request, MAX_REQUEST, NOTICE_LEN, REPLY_LEN};
+use crate::{run_dir, safe_name, sys};
+use dropshim_conf::{DeviceConfig, PathManager};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kernel build script, embedded so an installed binary can build
+/// the kernel on a fresh machine without the source tree.
+pub const BUILD_SCRIPT: &str = include_str!("../build-kernel.sh");
+
+type Result<T> = std::result::Result<T, String>;
+
+fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// Runs the build script (building only if the cache lacks the kernel)
+/// and returns the kernel's path. Progress goes to stderr.
+pub fn build_kernel() -> Result<PathBuf> {
+    run_build_script(&[])
+}
+
+/// Where the built kernel is, if it is built.
+pub fn built_kernel() -> Option<PathBuf> {
+    run_build_script(&["--path"]).ok()
+}
+
+fn run_build_script(args: &[&str]) -> Result<PathBuf> {
+    let mut child = Command::new("sh")
+        .arg("-s")
+        .arg("--")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(if args.is_empty() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .map_err(io_err("cannot run sh for the kernel build"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(BUILD_SCRIPT.as_bytes())
+            .map_err(io_err("cannot feed the build script"))?;
+    }
+    let out = child.wait_with_output().map_err(io_err("kernel build"))?;
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if !out.status.success() || path.is_empty() {
+        return Err("the UML kernel build failed (see the messages above); it needs linux-source-6.12 bc flex bison libelf-dev build-essential".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// The kernel a device boots: `DROPSHIM_UML_KERNEL`, the device file's
+/// `[uml] kernel`, or the one dropshim builds (built now if missing).
+pub fn kernel_for(cfg: &DeviceConfig) -> Result<PathBuf> {
+    if let Some(k) = std::env::var_os(crate::ENV_KERNEL).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(k));
+    }
+    if let Some(k) = cfg.uml.as_ref().and_then(|u| u.kernel.as_ref()) {
+        let p = PathBuf::from(k);
+        if !p.is_file() {
+            return Err(format!("[uml] kernel = {k:?} does not exist; remove the key to use the kernel dropshim builds"));
+        }
+        return Ok(p);
+    }
+    build_kernel()
+}
+
+/// The `dropshim-uml` helper binary: next to the running executable, or
+/// `DROPSHIM_UML_BIN`.
+pub fn helper_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("DROPSHIM_UML_BIN").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(io_err("cannot locate the running executable"))?;
+    let p = exe.with_file_name("dropshim-uml");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found; build it with `cargo build --release -p dropshim-backend-uml`",
+            p.display()
+        ))
+    }
+}
+
+/// Names derived from the device: private namespace and veth ends.
+pub struct Names {
+    pub netns: String,
+    /// The veth end handed to the guest (stays in the device's namespace).
+    pub guest_if: String,
+    /// The veth end in the private namespace.
+    pub host_if: String,
+}
+
+pub fn names(device: &str) -> Names {
+    // Interface names are at most 15 bytes: a short hash keeps them unique.
+    let mut h: u32 = 2166136261;
+    for b in device.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(16777619);
+    }
+    let tag = format!("{:06x}", h & 0xff_ffff);
+    Names {
+        netns: format!("dropshim-uml-{}", safe_name(device)),
+        guest_if: format!("dsu{tag}g"),
+        host_if: format!("dsu{tag}h"),
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(io_err("cannot run ip (install iproute2)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Host addresses (other than link-local) on an interface.
+fn host_addresses(ifname: &str) -> Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["-o", "addr", "show", "dev", ifname])
+        .output()
+        .map_err(io_err("cannot run ip"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "interface {ifname:?} named in the device file does not exist in this network namespace ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            it.position(|w| w == "inet" || w == "inet6")?;
+            it.next().map(str::to_string)
+        })
+        .filter(|a| !a.starts_with("fe80:"))
+        .collect())
+}
+
+/// The commands the guest agent runs, one per line, arguments separated
+/// by tabs. Interfaces are vec0..vecN-1 in the device file's order; the
+/// private link is vecN.
+pub fn guest_commands(cfg: &DeviceConfig) -> Vec<Vec<String>> {
+    let mut cmds: Vec<Vec<String>> = Vec::new();
+    let mut add = |v: &[&str]| cmds.push(v.iter().map(|s| s.to_string()).collect());
+    add(&["ip", "link", "set", "lo", "up"]);
+    let n = cfg.interfaces.len();
+    for (i, iface) in cfg.interfaces.iter().enumerate() {
+        let dev = format!("vec{i}");
+        add(&["ip", "link", "set", &dev, "up"]);
+        for a in &iface.addresses {
+            let cidr = a.to_string();
+            if a.addr.is_ipv6() {
+                add(&["ip", "addr", "add", &cidr, "dev", &dev, "nodad"]);
+            } else {
+                add(&["ip", "addr", "add", &cidr, "dev", &dev]);
+            }
+        }
+    }
+    for (i, iface) in cfg.interfaces.iter().enumerate() {
+        if let Some(gw) = iface.gateway {
+            let dev = format!("vec{i}");
+            let fam = if gw.is_ipv6() { "-6" } else { "-4" };
+            add(&[
+                "ip",
+                fam,
+                "route",
+                "add",
+                "default",
+                "via",
+                &gw.to_string(),
+                "dev",
+                &dev,
+            ]);
+        }
+    }
+    if let Some(pm) = cfg.mptcp.path_manager {
+        let v = match pm {
+            PathManager::Kernel => "0",
+            PathManager::Userspace => "1",
+        };
+        add(&["sysctl", "net.mptcp.pm_type", v]);
+    }
+    if let Some(s) = &cfg.mptcp.scheduler {
+        add(&["sysctl", "net.mptcp.scheduler", s]);
+    }
+    if let Some(l) = cfg.mptcp.limits {
+        add(&[
+            "ip",
+            "mptcp",
+            "limits",
+            "set",
+            "subflows",
+            &l.subflows.to_string(),
+            "add_addr_accepted",
+            &l.add_addr_accepted.to_string(),
+        ]);
+    }
+    for (i, iface) in cfg.interfaces.iter().enumerate() {
+        if iface.endpoint.is_empty() {
+            continue;
+        }
+        let dev = format!("vec{i}");
+        for a in &iface.addresses {
+            let addr = a.addr.to_string();
+            let mut v = vec![
+                "ip",
+                "mptcp",
+                "endpoint",
+                "add",
+                addr.as_str(),
+                "dev",
+                dev.as_str(),
+            ];
+            v.extend(iface.endpoint.iter().map(|r| r.as_str()));
+            add(&v);
+        }
+    }
+    let bridge = format!("{}/30", Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR));
+    let pdev = format!("vec{n}");
+    add(&["ip", "link", "set", &pdev, "up"]);
+    add(&["ip", "addr", "add", &bridge, "dev", &pdev]);
+    cmds
+}
+
+/// The kernel command line for this device.
+pub fn kernel_args(cfg: &DeviceConfig, agent: &Path, run: &Path) -> Vec<String> {
+    let mem = cfg.uml.as_ref().map_or(256, |u| u.memory_mib);
+    let mut args = vec![
+        "umid=uml".to_string(),
+        format!("uml_dir={}", run.display()),
+        "rootfstype=hostfs".into(),
+        "rootflags=/".into(),
+        "rw".into(),
+        format!("mem={mem}M"),
+        format!("init={}", agent.display()),
+        "con=null".into(),
+        "con0=null,fd:1".into(),
+        // Warnings stay in the kernel's ring buffer, not on the console.
+        "loglevel=4".into(),
+    ];
+    let n = cfg.interfaces.len();
+    for (i, iface) in cfg.interfaces.iter().enumerate() {
+        args.push(format!("vec{i}:transport=raw,ifname={},gro=1", iface.name));
+    }
+    args.push(format!(
+        "vec{n}:transport=raw,ifname={},gro=1",
+        names(&cfg.device.name).guest_if
+    ));
+    if let Some(u) = &cfg.uml {
+        args.extend(u.cmdline.iter().cloned());
+    }
+    args.push(format!(
+        "{}={}",
+        crate::ENV_GUEST,
+        run.join("guest.cmds").display()
+    ));
+    args
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Boots the device's instance and returns once programs can use it.
+pub fn up(config_path: &Path, cfg: &DeviceConfig) -> Result<()> {
+    let device = &cfg.device.name;
+    if crate::client::ping(device) {
+        return Err(format!("the uml instance of device {device:?} is already running; `dropshim down --config {}` stops it", config_path.display()));
+    }
+    for iface in &cfg.interfaces {
+        let addrs = host_addresses(&iface.name)?;
+        if !addrs.is_empty() {
+            return Err(format!(
+                "interface {} carries host address(es) {}; the UML instance owns this interface and configures {} itself. Remove them first: ip addr flush dev {}",
+                iface.name,
+                addrs.join(", "),
+                if iface.addresses.is_empty() { "nothing".to_string() } else { iface.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ") },
+                iface.name
+            ));
+        }
+    }
+    let kernel = kernel_for(cfg)?;
+    let helper = helper_binary()?;
+    let run = run_dir(device);
+    let _ = std::fs::remove_dir_all(&run);
+    std::fs::create_dir_all(&run).map_err(io_err(format!("cannot create {}", run.display())))?;
+    // Owner-only: the control socket inside is the device's door.
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod run dir"))?;
+    let config_abs = std::fs::canonicalize(config_path)
+        .map_err(io_err(format!("cannot resolve {}", config_path.display())))?;
+    let log = std::fs::File::create(run.join("supervisor.log"))
+        .map_err(io_err("cannot create supervisor.log"))?;
+    let log2 = log.try_clone().map_err(io_err("log"))?;
+    let mut cmd = Command::new(&helper);
+    cmd.arg("supervise").arg(&config_abs).arg(&kernel);
+    cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: setsid is async-signal-safe; the supervisor outlives `up`
+    // in its own session, detached from the terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err(format!("cannot start {}", helper.display())))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if crate::client::ping(device) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(run.join("supervisor.log")).unwrap_or_default();
+            return Err(format!(
+                "the uml supervisor exited ({status}) before the instance was ready:\n{}",
+                tail.trim()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "the uml instance did not become ready within 60 s; see {}",
+                run.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the instance and removes everything `up` created.
+pub fn down(cfg: &DeviceConfig) -> Result<bool> {
+    let device = &cfg.device.name;
+    let run = run_dir(device);
+    let mut was_running = false;
+    if let Some(pid) = read_pid(&run.join("supervisor.pid")) {
+        if pid_alive(pid) {
+            was_running = true;
+            // SAFETY: plain signal to the supervisor we started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if pid_alive(pid) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    if let Some(pid) = read_pid(&run.join("kernel.pid")) {
+        if pid_alive(pid) {
+            // SAFETY: the kernel leads its own process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+    cleanup_network(device);
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(was_running)
+}
+
+fn cleanup_network(device: &str) {
+    let n = names(device);
+    let _ = ip(&["netns", "del", &n.netns]);
+    let _ = ip(&["link", "del", &n.guest_if]);
+}
+
+/// One line about the instance.
+pub fn status(cfg: &DeviceConfig) -> String {
+    let device = &cfg.device.name;
+    let run = run_dir(device);
+    if crate::client::ping(device) {
+        let sup = read_pid(&run.join("supervisor.pid")).unwrap_or(0);
+        let k = read_pid(&run.join("kernel.pid")).unwrap_or(0);
+        let ifs: Vec<&str> = cfg.interfaces.iter().map(|i| i.name.as_str()).collect();
+        format!(
+            "uml device {device:?}: running (supervisor pid {sup}, kernel pid {k}, interfaces {}, control socket {})",
+            ifs.join(","),
+            crate::control_socket(device).display()
+        )
+    } else {
+        format!("uml device {device:?}: not running (start it with `dropshim up --config FILE`)")
+    }
+}
+
+// ---------------------------------------------------------------- supervisor
+
+/// `dropshim-uml supervise CONFIG KERNEL`: the device's supervisor.
+pub fn supervise(config_path: &Path, kernel: &Path) -> Result<()> {
+    let cfg = dropshim_conf::resolve(Some(config_path), Some("uml")).map_err(|e| e.to_string())?;
+    let device = cfg.device.name.clone();
+    let run = run_dir(&device);
+    std::fs::write(
+        run.join("supervisor.pid"),
+        format!("{}\n", std::process::id()),
+    )
+    .map_err(io_err("pid file"))?;
+    let n = names(&device);
+    cleanup_network(&device);
+    // Block the stop signals in every thread; one thread waits for them.
+    // SAFETY: sigset manipulation on a local set, then the process mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let result = boot_and_serve(&cfg, kernel, &run, &n, set);
+    cleanup_network(&device);
+    let _ = std::fs::remove_file(run.join("ctl"));
+    result
+}
+
+fn boot_and_serve(
+    cfg: &DeviceConfig,
+    kernel: &Path,
+    run: &Path,
+    n: &Names,
+    set: libc::sigset_t,
+) -> Result<()> {
+    ip(&["netns", "add", &n.netns])?;
+    ip(&[
+        "link",
+        "add",
+        &n.guest_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &n.host_if,
+        "netns",
+        &n.netns,
+    ])?;
+    // The guest's end carries no host address: the raw socket sees every frame.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", n.guest_if),
+        "1",
+    );
+    ip(&["link", "set", &n.guest_if, "up"])?;
+    let host_addr = format!("{}/30", Ipv4Addr::from(crate::HOST_BRIDGE_ADDR));
+    ip(&["-n", &n.netns, "addr", "add", &host_addr, "dev", &n.host_if])?;
+    ip(&["-n", &n.netns, "link", "set", &n.host_if, "up"])?;
+    ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+    for iface in &cfg.interfaces {
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", iface.name),
+            "1",
+        );
+        ip(&["link", "set", &iface.name, "up"])?;
+    }
+
+    let text: String = guest_commands(cfg)
+        .iter()
+        .map(|c| c.join("\t") + "\n")
+        .collect();
+    std::fs::write(run.join("guest.cmds"), text).map_err(io_err("guest.cmds"))?;
+    let agent = std::env::current_exe().map_err(io_err("current exe"))?;
+    let console = std::fs::File::create(run.join("console.log")).map_err(io_err("console.log"))?;
+    let mut cmd = Command::new(kernel);
+    cmd.args(kernel_args(cfg, &agent, run))
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(Stdio::null());
+    // SAFETY: async-signal-safe calls between fork and exec: its own
+    // process group (so `down` can kill the whole instance), death with
+    // the supervisor, and the default signal mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(io_err(format!(
+        "cannot start the UML kernel {}",
+        kernel.display()
+    )))?;
+    let kpid = child.id() as i32;
+    std::fs::write(run.join("kernel.pid"), format!("{kpid}\n")).map_err(io_err("kernel.pid"))?;
+
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        if run.join("ready").exists() {
+            break;
+        }
+        if let Ok(err) = std::fs::read_to_string(run.join("agent-error")) {
+            let _ = child.kill();
+            return Err(format!("the guest agent failed: {}", err.trim()));
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!(
+                "the UML kernel exited ({st}) while booting; see {}",
+                run.join("console.log").display()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "the guest agent was not ready within 45 s; see {}",
+                run.join("console.log").display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // From here on, this process lives in the private namespace: bridge
+    // sockets are created there, out of reach of the host's other users.
+    let nsf = std::fs::File::open(format!("/run/netns/{}", n.netns))
+        .map_err(io_err("open private netns"))?;
+    // SAFETY: setns on a namespace descriptor we hold; still one thread.
+    if unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        let _ = child.kill();
+        return Err(format!(
+            "cannot enter the private namespace: {}",
+            io::Error::last_os_error()
+        ));
+    }
+
+    let ctl_path = run.join("ctl");
+    let lfd = sys::listen_unix(&ctl_path).map_err(io_err("control socket"))?;
+    std::fs::set_permissions(&ctl_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod ctl"))?;
+
+    // Stop signal: kill the instance; the waiter below then cleans up.
+    std::thread::spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigwait on the blocked set, writing one integer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            // SAFETY: the kernel leads its own process group.
+            unsafe { libc::kill(-kpid, libc::SIGKILL) };
+        }
+    });
+    std::thread::spawn(move || loop {
+        match sys::accept(lfd) {
+            Ok(fd) => {
+                std::thread::spawn(move || serve_client(fd));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    });
+    println!(
+        "uml instance of {:?} ready (kernel pid {kpid})",
+        cfg.device.name
+    );
+    let status = child.wait().map_err(io_err("wait for the kernel"))?;
+    // The instance is gone: nobody may keep talking to it. Abort every
+    // bridge now so blocked calls in programs fail at once.
+    let _ = std::fs::remove_file(&ctl_path);
+    let _ = Command::new("ss")
+        .args([
+            "-K",
+            "dst",
+            &Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR).to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status();
+    // SAFETY: kill what is left of the instance's process group.
+    unsafe { libc::kill(-kpid, libc::SIGKILL) };
+    println!("uml kernel exited ({status})");
+    Ok(())
+}
+
+/// A TCP connection to the agent across the private link, tuned so that
+/// a dead instance turns into an error within about 2 s.
+fn open_bridge() -> io::Result<TcpStream> {
+    let addr = SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR)),
+        crate::BRIDGE_PORT,
+    );
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_nodelay(true)?;
+    let fd = s.as_raw_fd();
+    for (level, name, v) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 1),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1500),
+    ] {
+        sys::setsockopt_int(fd, level, name, v)?;
+    }
+    Ok(s)
+}
+
+fn ask_agent(req: &Request) -> io::Result<(TcpStream, Reply)> {
+    let mut b = open_bridge()?;
+    b.write_all(&req.encode())?;
+    let mut buf = [0u8; REPLY_LEN];
+    b.read_exact(&mut buf)?;
+    let reply = Reply::decode(&buf)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad reply"))?;
+    Ok((b, reply))
+}
+
+fn serve_client(fd: libc::c_int) {
+    // SAFETY: accept returned this descriptor; we own it from now on.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut buf = vec![0u8; MAX_REQUEST + 4];
+    let req = match sys::recv_fd(fd, &mut buf, 0) {
+        Ok((n, extra)) => {
+            if let Some(e) = extra {
+                sys::close(e);
+            }
+            if n < 4 {
+                return;
+            }
+            match Request::decode(&buf[4..n]) {
+                Some(r) => r,
+                None => return,
+            }
+        }
+        Err(_) => return,
+    };
+    let answer = |reply: Reply, pass: Option<libc::c_int>| {
+        let _ = sys::send_fd(owned.as_raw_fd(), &reply.encode(), pass);
+    };
+    let errno = |e: &io::Error| e.raw_os_error().unwrap_or(libc::ECONNABORTED);
+    match req.kind {
+        Kind::Ping => answer(Reply::error(0), None),
+        Kind::Connect => match ask_agent(&req) {
+            Ok((bridge, reply)) if reply.errno == 0 => answer(reply, Some(bridge.as_raw_fd())),
+            Ok((_, reply)) => answer(reply, None),
+            Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),
+        },
+        Kind::Listen => match ask_agent(&req) {
+            Ok((bridge, reply)) if reply.errno == 0 => match sys::seqpacket_pair() {
+                Ok((mine, theirs)) => {
+                    answer(reply, Some(theirs));
+                    sys::close(theirs);
+                    // SAFETY: socketpair returned `mine`; owned here.
+                    let mine = unsafe { OwnedFd::from_raw_fd(mine) };
+                    drop(owned);
+                    listener_loop(bridge, mine);
+                }
+                Err(e) => answer(Reply::error(errno(&e)), None),
+            },
+            Ok((_, reply)) => answer(reply, None),
+            Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),
+        },
+        Kind::Attach => answer(Reply::error(libc::EINVAL), None),
+    }
+}
+
+/// A broken private link means the instance is gone or going.
+fn bridge_errno(e: &io::Error, default: i32) -> i32 {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::TimedOut => libc::ENETDOWN,
+        _ => default,
+    }
+}
+
+/// Delivers each connection the guest accepted to the program's listener
+/// descriptor, as a fresh bridge; ends when the program closes it.
+fn listener_loop(mut bridge: TcpStream, mine: OwnedFd) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: bridge.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: mine.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of two pollfd.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            return; // the program closed its listener (or sent nonsense)
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let mut buf = [0u8; NOTICE_LEN];
+        if bridge.read_exact(&mut buf).is_err() {
+            return; // instance gone: the program's accept() sees EOF
+        }
+        let Some(notice) = Notice::decode(&buf) else {
+            return;
+        };
+        let mut req = Request::new(Kind::Attach);
+        req.id = notice.id;
+        match ask_agent(&req) {
+            Ok((conn, reply)) if reply.errno == 0 => {
+                if sys::send_fd(mine.as_raw_fd(), &reply.encode(), Some(conn.as_raw_fd())).is_err()
+                {
+                    return;
+                }
+            }
+            _ => continue,
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `dropshim testbed`: build, list, drive and remove emulated networks
+//! (namespaces + veth pairs) from the specs in `conf/testbeds/`.
+
+use anyhow::{bail, Context};
+use dropshim_testbed::{Description, Options, Shaper, Spec, Status, Testbed, STATE_DIR};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Build a testbed and keep it until `dropshim testbed down ID`.
+    Up(UpArgs),
+    /// Remove a kept testbed (the only one if ID is left out).
+    Down {
+        /// Testbed id, as printed by `up` and `list`.
+        id: Option<String>,
+        /// Remove every kept, stale or orphaned testbed (not those owned
+        /// by running processes).
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Show the testbeds on this machine.
+    List,
+    /// Take both ends of link N of testbed ID down or up.
+    Link {
+        id: String,
+        /// Link number (1-based).
+        n: u32,
+        state: LinkState,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Builtin spec name (two-gateways, local-cache) or a path to a .toml spec.
+    #[arg(default_value = "two-gateways")]
+    spec: String,
+    /// Shape every link at this rate (Mbit/s) on both ends; unshaped if left out.
+    #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
+    /// Queueing discipline used for shaping.
+    #[arg(long, value_enum, default_value = "tbf")]
+    shaper: ShaperArg,
+    /// Add the spec's internet node and link.
+    #[arg(long)]
+    internet: bool,
+    /// Testbed id (letters, digits, `_`); a unique one is chosen if left out.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShaperArg {
+    Tbf,
+    Htb,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LinkState {
+    Up,
+    Down,
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Sub::Up(a) => up(a),
+        Sub::Down { id, all } => down(id, all),
+        Sub::List => list(),
+        Sub::Link { id, n, state } => {
+            let tb = Testbed::attach(&id)?;
+            tb.set_link(n, matches!(state, LinkState::Up))?;
+            let word = if matches!(state, LinkState::Up) {
+                "up"
+            } else {
+                "down"
+            };
+            println!("testbed {id}: link {n} {word}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let spec = Spec::load(&a.spec)?;
+    let opts = Options {
+        rate_mbit: a.rate,
+        shaper: match a.shaper {
+            ShaperArg::Tbf => Shaper::Tbf,
+            ShaperArg::Htb => Shaper::Htb,
+        },
+        internet: a.internet,
+        id: a.id,
+    };
+    let tb =
+        Testbed::up(&spec, &opts).with_context(|| format!("building testbed {}", spec.name))?;
+    let desc = tb.describe();
+    let id = tb.keep();
+    print_description(&desc);
+    println!();
+    println!("state: {STATE_DIR}/{id}.json");
+    println!(
+        "run a program in a node:  ip netns exec {} PROGRAM",
+        desc.nodes.first().map_or("NS", |n| n.netns.as_str())
+    );
+    println!("remove:                   dropshim testbed down {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_description(d: &Description) {
+    let shaping = |rate: Option<u32>| match rate {
+        Some(r) => format!("{r} Mbit/s ({})", d.shaper.as_str()),
+        None => "unshaped".to_string(),
+    };
+    println!(
+        "testbed {} (spec {}{})",
+        d.id,
+        d.spec,
+        if d.internet { ", with internet" } else { "" }
+    );
+    println!("nodes:");
+    let width = d.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
+    for n in &d.nodes {
+        println!("  {:width$}  netns {}", n.name, n.netns);
+    }
+    println!("links:");
+    for l in &d.links {
+        println!("  link {}  {}", l.number, shaping(l.rate_mbit));
+        for e in [&l.a, &l.b] {
+            println!(
+                "    {:width$}  {:8} {}/{}  {}/{}",
+                e.node, e.ifname, e.addr4, e.prefix4, e.addr6, e.prefix6
+            );
+        }
+    }
+}
+
+fn down(id: Option<String>, all: bool) -> anyhow::Result<ExitCode> {
+    let listed = Testbed::list();
+    if all {
+        let mut failed = false;
+        for l in &listed {
+            if let Status::Running { pid } = l.status {
+                println!("skipping {}: in use by running process {pid}", l.id);
+                continue;
+            }
+            match Testbed::remove(&l.id) {
+                Ok(()) => println!("removed {}", l.id),
+                Err(e) => {
+                    eprintln!("dropshim: error: removing {}: {e}", l.id);
+                    failed = true;
+                }
+            }
+        }
+        if listed.is_empty() {
+            println!("no testbeds");
+        }
+        return Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    let id = match id {
+        Some(id) => id,
+        None => {
+            let kept: Vec<&str> = listed
+                .iter()
+                .filter(|l| l.status == Status::Kept)
+                .map(|l| l.id.as_str())
+                .collect();
+            match kept.as_slice() {
+                [one] => one.to_string(),
+                [] => bail!("no kept testbed to remove; `dropshim testbed list` shows what exists"),
+                many => bail!(
+                    "several testbeds are kept ({}); say which: dropshim testbed down ID",
+                    many.join(", ")
+                ),
+            }
+        }
+    };
+    if let Some(Status::Running { pid }) = listed.iter().find(|l| l.id == id).map(|l| l.status) {
+        eprintln!(
+            "dropshim: warning: testbed {id} belongs to running process {pid}; removing it anyway"
+        );
+    }
+    Testbed::remove(&id)?;
+    println!("removed {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list() -> anyhow::Result<ExitCode> {
+    let listed = Testbed::list();
+    if listed.is_empty() {
+        println!("no testbeds");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:24} {:14} {:20} namespaces", "id", "spec", "status");
+    for l in listed {
+        let status = match l.status {
+            Status::Kept => "kept".to_string(),
+            Status::Running { pid } => format!("in use by pid {pid}"),
+            Status::Stale { pid } => format!("stale (pid {pid} gone)"),
+            Status::Orphan => "orphan".to_string(),
+        };
+        println!(
+            "{:24} {:14} {:20} {}",
+            l.id,
+            l.spec.as_deref().unwrap_or("?"),
+            status,
+            l.namespaces.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

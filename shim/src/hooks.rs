@@ -1,0 +1,279 @@
+//! The exported C symbols: the only doors from the program into the shim.
+//!
+//! Each hook sorts the call first, as cheaply as possible (one atomic load
+//! from the descriptor table, or a look at socket()'s arguments): calls on
+//! descriptors the shim does not manage go straight to libc. The rest go
+//! to the backend that owns the descriptor. redhook resolves libc's own
+//! functions with dlsym(RTLD_NEXT) once, and if a hook ever panicked it
+//! would call libc's function instead of unwinding into C.
+
+use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::log;
+use crate::runtime::{self, Mode};
+use crate::{native, uml, Errno};
+use dropshim_backend_native::socket::{socket_addr, SockOpt};
+use libc::{c_int, c_void, sockaddr, socklen_t};
+use std::net::SocketAddr;
+
+/// Options longer than this are passed through without being recorded
+/// (no option a program sets before connecting comes close).
+const MAX_RECORDED_OPTION: socklen_t = 1024;
+
+/// Is this a request for a TCP socket the shim should take over?
+fn wants_tcp(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    (domain == libc::AF_INET || domain == libc::AF_INET6)
+        && ty & 0xf == libc::SOCK_STREAM
+        && (protocol == 0 || protocol == libc::IPPROTO_TCP)
+}
+
+/// Copies the program's socket address, if it is an IPv4/IPv6 one.
+pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: the program promises `len` readable bytes at `addr` (the
+    // same promise the kernel relies on); we read at most that many.
+    unsafe {
+        std::ptr::copy_nonoverlapping(addr as *const u8, &mut storage as *mut _ as *mut u8, n)
+    };
+    socket_addr(&storage, n as socklen_t)
+}
+
+redhook::hook! {
+    unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int => ds_socket {
+        if !wants_tcp(domain, ty, protocol) {
+            return redhook::real!(socket)(domain, ty, protocol);
+        }
+        match runtime::mode() {
+            Mode::Native(policy) => native::socket(policy, domain, ty).unwrap_or_else(Errno::fail),
+            Mode::Uml(config) => uml::socket(config, domain, ty),
+            Mode::Unavailable => Errno(libc::EPROTONOSUPPORT).fail(),
+            Mode::Passthrough => redhook::real!(socket)(domain, ty, protocol),
+        }
+    }
+}
+
+redhook::hook! {
+    unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_connect {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::connect(fd, addr, len);
+        }
+        if flags & TRACKED != 0 && flags & FIXED == 0 {
+            if let Mode::Native(policy) = runtime::mode() {
+                native::before_connect(policy, fd, flags, read_addr(addr, len));
+            }
+        }
+        redhook::real!(connect)(fd, addr, len)
+    }
+}
+
+redhook::hook! {
+    unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_bind {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::bind(fd, addr, len);
+        }
+        if flags & TRACKED != 0 && flags & FIXED == 0 {
+            if let Mode::Native(policy) = runtime::mode() {
+                native::before_bind(policy, fd, flags, read_addr(addr, len));
+            }
+        }
+        redhook::real!(bind)(fd, addr, len)
+    }
+}
+
+redhook::hook! {
+    unsafe fn listen(fd: c_int, backlog: c_int) -> c_int => ds_listen {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::listen(fd, backlog);
+        }
+        if flags & TRACKED != 0 {
+            if let Mode::Native(policy) = runtime::mode() {
+                native::before_listen(policy, fd, flags);
+            }
+        }
+        redhook::real!(listen)(fd, backlog)
+    }
+}
+
+/// Sockets accepted on an MPTCP listener are MPTCP too (or fell back,
+/// which the close report tells apart).
+fn after_accept(listener_flags: u8, fd: c_int) -> c_int {
+    if fd >= 0 && listener_flags & MPTCP != 0 {
+        fdtable::set(fd, TRACKED | MPTCP | FIXED);
+    }
+    fd
+}
+
+redhook::hook! {
+    unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_accept {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::accept4(fd, addr, len, 0);
+        }
+        after_accept(flags, redhook::real!(accept)(fd, addr, len))
+    }
+}
+
+redhook::hook! {
+    unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, fl: c_int) -> c_int => ds_accept4 {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::accept4(fd, addr, len, fl);
+        }
+        after_accept(flags, redhook::real!(accept4)(fd, addr, len, fl))
+    }
+}
+
+redhook::hook! {
+    unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int => ds_setsockopt {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::setsockopt(fd, level, name, val, len);
+        }
+        if flags & TRACKED == 0 || flags & FIXED != 0 || val.is_null() || len > MAX_RECORDED_OPTION {
+            return redhook::real!(setsockopt)(fd, level, name, val, len);
+        }
+        // SAFETY: the program passes `len` readable bytes at `val` (checked
+        // non-null and bounded above); the kernel would read the same.
+        let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+        let opt = SockOpt { level, name, value };
+        native::setsockopt(fd, flags, opt, || redhook::real!(setsockopt)(fd, level, name, val, len))
+    }
+}
+
+redhook::hook! {
+    unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int => ds_getsockopt {
+        let flags = fdtable::get(fd);
+        if flags & BACKEND_OWNED != 0 {
+            return uml::getsockopt(fd, level, name, val, len);
+        }
+        let ret = redhook::real!(getsockopt)(fd, level, name, val, len);
+        // The program asked for TCP and must not be able to tell it got
+        // MPTCP: SO_PROTOCOL says TCP.
+        if ret == 0 && level == libc::SOL_SOCKET && name == libc::SO_PROTOCOL && flags & MPTCP != 0
+            && !val.is_null() && !len.is_null() && *len as usize >= std::mem::size_of::<c_int>()
+        {
+            *(val as *mut c_int) = libc::IPPROTO_TCP;
+        }
+        ret
+    }
+}
+
+redhook::hook! {
+    unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getsockname {
+        if fdtable::get(fd) & BACKEND_OWNED != 0 {
+            return uml::getsockname(fd, addr, len);
+        }
+        redhook::real!(getsockname)(fd, addr, len)
+    }
+}
+
+redhook::hook! {
+    unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getpeername {
+        if fdtable::get(fd) & BACKEND_OWNED != 0 {
+            return uml::getpeername(fd, addr, len);
+        }
+        redhook::real!(getpeername)(fd, addr, len)
+    }
+}
+
+redhook::hook! {
+    unsafe fn shutdown(fd: c_int, how: c_int) -> c_int => ds_shutdown {
+        if fdtable::get(fd) & BACKEND_OWNED != 0 {
+            return uml::shutdown(fd, how);
+        }
+        redhook::real!(shutdown)(fd, how)
+    }
+}
+
+redhook::hook! {
+    unsafe fn close(fd: c_int) -> c_int => ds_close {
+        let flags = fdtable::take(fd);
+        if flags & BACKEND_OWNED != 0 {
+            uml::forget(fd);
+        } else if flags & MPTCP != 0 && log::enabled(log::Level::Info) {
+            native::report_close(fd);
+        }
+        redhook::real!(close)(fd)
+    }
+}
+
+/// dup2/dup3 close what `newfd` was: forget it like close() would.
+fn forget_replaced(oldfd: c_int, newfd: c_int, ret: c_int) -> c_int {
+    if ret >= 0 && oldfd != newfd && fdtable::take(newfd) & BACKEND_OWNED != 0 {
+        uml::forget(newfd);
+    }
+    ret
+}
+
+redhook::hook! {
+    unsafe fn dup2(oldfd: c_int, newfd: c_int) -> c_int => ds_dup2 {
+        forget_replaced(oldfd, newfd, redhook::real!(dup2)(oldfd, newfd))
+    }
+}
+
+redhook::hook! {
+    unsafe fn dup3(oldfd: c_int, newfd: c_int, fl: c_int) -> c_int => ds_dup3 {
+        forget_replaced(oldfd, newfd, redhook::real!(dup3)(oldfd, newfd, fl))
+    }
+}
+
+/// libc's own functions, for backends that complete a call themselves.
+pub(crate) mod real {
+    use libc::{c_int, c_void, sockaddr, socklen_t};
+
+    pub unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+        super::socket.get()(domain, ty, protocol)
+    }
+
+    pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+        super::connect.get()(fd, addr, len)
+    }
+    pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+        super::bind.get()(fd, addr, len)
+    }
+    pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+        super::listen.get()(fd, backlog)
+    }
+    pub unsafe fn accept4(
+        fd: c_int,
+        addr: *mut sockaddr,
+        len: *mut socklen_t,
+        flags: c_int,
+    ) -> c_int {
+        super::accept4.get()(fd, addr, len, flags)
+    }
+    pub unsafe fn setsockopt(
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        val: *const c_void,
+        len: socklen_t,
+    ) -> c_int {
+        super::setsockopt.get()(fd, level, name, val, len)
+    }
+    pub unsafe fn getsockopt(
+        fd: c_int,
+        level: c_int,
+        name: c_int,
+        val: *mut c_void,
+        len: *mut socklen_t,
+    ) -> c_int {
+        super::getsockopt.get()(fd, level, name, val, len)
+    }
+    pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+        super::getsockname.get()(fd, addr, len)
+    }
+    pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+        super::getpeername.get()(fd, addr, len)
+    }
+    pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+        super::shutdown.get()(fd, how)
+    }
+}

@@ -1,0 +1,69 @@
+//! `libdropshim.so`: the LD_PRELOAD library that puts unmodified
+//! programs' TCP onto Multipath TCP.
+//!
+//! Owns: the semantics of the socket calls it takes over (socket,
+//! connect, bind, listen, accept, setsockopt, getsockopt, close, dup2/3)
+//! for AF_INET/AF_INET6 stream sockets, and the choice of backend for
+//! each process.
+//!
+//! Must not touch: any other socket (UDP, Unix, raw, netlink), any
+//! descriptor it did not create, and on the native backend the data path
+//! (read, write, send, recv, poll go straight to the kernel). It must
+//! never crash, block or print on stdout in the host program.
+//!
+//! Layout: [`hooks`] is the only place that exports C symbols; it sorts
+//! calls and hands ours to [`native`] or [`uml`]. [`fdtable`] remembers
+//! which descriptors are ours. [`runtime`] reads the configuration once.
+
+mod fdtable;
+mod hooks;
+mod log;
+mod native;
+mod runtime;
+mod uml;
+
+use std::os::raw::c_int;
+
+/// An errno value to hand back to the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub c_int);
+
+impl Errno {
+    /// Sets the calling thread's errno.
+    pub fn set(self) {
+        // SAFETY: __errno_location returns this thread's errno slot, valid
+        // for the thread's lifetime.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+
+    /// Sets errno and returns -1, the failure value of the socket calls.
+    pub fn fail(self) -> c_int {
+        self.set();
+        -1
+    }
+}
+
+impl From<std::io::Error> for Errno {
+    fn from(err: std::io::Error) -> Self {
+        Errno(err.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// Runs when the library is loaded, before the program's main: logging
+/// level and fork safety. The configuration itself is read lazily at the
+/// first TCP socket, so programs that never open one pay nothing.
+#[ctor::ctor]
+fn on_load() {
+    runtime::init_logging();
+    extern "C" fn prepare() {
+        fdtable::before_fork();
+    }
+    extern "C" fn after() {
+        fdtable::after_fork();
+    }
+    // SAFETY: the handlers are plain functions that live as long as the
+    // library, which is never unloaded while the program runs.
+    unsafe {
+        libc::pthread_atfork(Some(prepare), Some(after), Some(after));
+    }
+}

@@ -1,0 +1,531 @@
+//! Socket semantics on the uml backend: the program's TCP sockets live in
+//! a User Mode Linux instance.
+//!
+//! Every socket the program gets is a real host descriptor. Until it is
+//! connected or listening it is a plain, unconnected host TCP socket (it
+//! holds the descriptor number, O_NONBLOCK and the options the program
+//! set). connect() asks the device's supervisor for a bridge: a host TCP
+//! connection whose far end, inside the guest, is relayed to a guest
+//! MPTCP socket already connected to the destination. The bridge is
+//! dup3'd over the program's descriptor, so read/write/sendfile/poll/epoll
+//! then work with no help from the shim. listen() gets a Unix socket on
+//! which each connection the guest accepts arrives as a new bridge.
+//!
+//! The shim answers getsockname/getpeername from the guest socket's own
+//! addresses (what the peer sees), and SO_ERROR/SO_TYPE/SO_PROTOCOL/
+//! SO_DOMAIN as a TCP socket would. Loopback destinations stay on the
+//! host: the guest's loopback is not the host's.
+
+#![allow(clippy::missing_safety_doc)]
+
+use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::hooks::{read_addr, real};
+use crate::log;
+use crate::Errno;
+use dropshim_backend_uml::client::{self, ClientError};
+use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
+use dropshim_backend_uml::sys;
+use dropshim_conf::{Action, DeviceConfig};
+use libc::{c_int, c_void, sockaddr, socklen_t};
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+enum State {
+    /// Not connected yet: the descriptor is the placeholder host socket.
+    Fresh,
+    Connected {
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    },
+    Listening {
+        local: Option<SocketAddr>,
+    },
+}
+
+struct Sock {
+    domain: c_int,
+    bound: Option<SocketAddr>,
+    opts: Vec<Opt>,
+    state: State,
+    device: String,
+    policy_mptcp: Option<bool>,
+}
+
+static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static POLICY: once_cell::sync::OnceCell<dropshim_conf::Policy> = once_cell::sync::OnceCell::new();
+
+fn not_running(device: &str) -> c_int {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        let file =
+            std::env::var(dropshim_conf::ENV_CONFIG).unwrap_or_else(|_| "DEVICE.toml".to_string());
+        log::error!(
+            "the uml instance of device {device:?} is not running (no answer on {}); start it with `dropshim up --config {file}`",
+            dropshim_backend_uml::control_socket(device).display()
+        );
+    }
+    Errno(libc::ENETDOWN).fail()
+}
+
+/// `socket()` for an AF_INET/AF_INET6 stream socket asking for TCP.
+pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
+    let device = &config.device.name;
+    // Fail at the first socket call, not at connect, when nothing can work.
+    match sys::connect_unix(&dropshim_backend_uml::control_socket(device)) {
+        Ok(probe) => sys::close(probe),
+        Err(_) => return not_running(device),
+    }
+    let _ = POLICY.set(config.policy.clone());
+    // SAFETY: libc's socket with the program's own arguments.
+    let fd = unsafe { real::socket(domain, ty, 0) };
+    if fd < 0 {
+        return fd;
+    }
+    SOCKS.lock().insert(
+        fd,
+        Sock {
+            domain,
+            bound: None,
+            opts: Vec::new(),
+            state: State::Fresh,
+            device: device.clone(),
+            policy_mptcp: None,
+        },
+    );
+    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP);
+    fd
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    ip.is_loopback()
+}
+
+/// The socket leaves the backend and stays a plain host socket.
+fn release(fd: c_int) {
+    SOCKS.lock().remove(&fd);
+    fdtable::set(fd, TRACKED | FIXED);
+}
+
+fn wants_mptcp(action: Action) -> bool {
+    action == Action::Mptcp
+}
+
+/// Sends `req` and returns the reply with its descriptor, or fails the
+/// call with an errno the program understands.
+fn ask(device: &str, req: &Request) -> Result<(Reply, Option<c_int>), c_int> {
+    match client::request(device, req) {
+        Ok((reply, fd)) if reply.errno == 0 => match fd {
+            Some(fd) => Ok((reply, Some(fd))),
+            None => Err(Errno(libc::ECONNABORTED).fail()),
+        },
+        Ok((reply, fd)) => {
+            if let Some(fd) = fd {
+                sys::close(fd);
+            }
+            Err(Errno(reply.errno).fail())
+        }
+        Err(ClientError::NotRunning(_)) => Err(not_running(device)),
+        Err(ClientError::Channel(e)) => {
+            log::debug!("uml: the supervisor of {device:?} dropped a request: {e}");
+            Err(Errno(libc::ECONNABORTED).fail())
+        }
+    }
+}
+
+/// Puts `new` in place of `fd`, keeping O_NONBLOCK and FD_CLOEXEC.
+fn install(new: c_int, fd: c_int) -> Result<(), c_int> {
+    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
+    let fdfl = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0);
+    if fl & libc::O_NONBLOCK != 0 {
+        let _ = sys::fcntl(
+            new,
+            libc::F_SETFL,
+            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
+        );
+    }
+    let cloexec = if fdfl & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    let r = sys::dup3(new, fd, cloexec);
+    sys::close(new);
+    r.map_err(|e| Errno::from(e).fail())
+}
+
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(dest) = read_addr(addr, len) else {
+        return Errno(libc::EAFNOSUPPORT).fail();
+    };
+    let (req, device) = {
+        let socks = SOCKS.lock();
+        let Some(s) = socks.get(&fd) else {
+            return real::connect(fd, addr, len);
+        };
+        match s.state {
+            State::Fresh => {}
+            State::Connected { .. } => return Errno(libc::EISCONN).fail(),
+            State::Listening { .. } => return Errno(libc::EINVAL).fail(),
+        }
+        if is_local(dest.ip()) || dest.ip().is_unspecified() {
+            drop(socks);
+            release(fd);
+            return real::connect(fd, addr, len);
+        }
+        let mut req = Request::new(Kind::Connect);
+        req.domain = s.domain;
+        req.addr = Some(dest);
+        req.bind = s.bound;
+        req.opts = s.opts.clone();
+        req.mptcp = s
+            .policy_mptcp
+            .unwrap_or_else(|| POLICY.get().map_or(true, |p| wants_mptcp(p.decide(&dest))));
+        (req, s.device.clone())
+    };
+    let (reply, bridge) = match ask(&device, &req) {
+        Ok((r, Some(b))) => (r, b),
+        Ok((_, None)) => return Errno(libc::ECONNABORTED).fail(),
+        Err(ret) => return ret,
+    };
+    // Buffer sizes the program chose also bound the host side.
+    for o in &req.opts {
+        if o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF) {
+            real::setsockopt(
+                bridge,
+                o.level,
+                o.name,
+                o.value.as_ptr().cast(),
+                o.value.len() as socklen_t,
+            );
+        }
+    }
+    if let Err(ret) = install(bridge, fd) {
+        return ret;
+    }
+    if let Some(s) = SOCKS.lock().get_mut(&fd) {
+        s.state = State::Connected {
+            local: reply.local,
+            peer: reply.peer,
+        };
+    }
+    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    0
+}
+
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(local) = read_addr(addr, len) else {
+        return Errno(libc::EAFNOSUPPORT).fail();
+    };
+    let mut socks = SOCKS.lock();
+    let Some(s) = socks.get_mut(&fd) else {
+        return real::bind(fd, addr, len);
+    };
+    if !matches!(s.state, State::Fresh) || s.bound.is_some() {
+        return Errno(libc::EINVAL).fail();
+    }
+    if (s.domain == libc::AF_INET) != local.is_ipv4() {
+        return Errno(libc::EAFNOSUPPORT).fail();
+    }
+    if is_local(local.ip()) {
+        drop(socks);
+        release(fd);
+        return real::bind(fd, addr, len);
+    }
+    s.bound = Some(local);
+    0
+}
+
+pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let (req, device) = {
+        let socks = SOCKS.lock();
+        let Some(s) = socks.get(&fd) else {
+            return real::listen(fd, backlog);
+        };
+        match s.state {
+            State::Fresh => {}
+            State::Listening { .. } => return 0,
+            State::Connected { .. } => return Errno(libc::EINVAL).fail(),
+        }
+        let mut req = Request::new(Kind::Listen);
+        req.domain = s.domain;
+        req.addr = s.bound;
+        req.backlog = backlog;
+        req.opts = s.opts.clone();
+        let local = s.bound.unwrap_or_else(|| wildcard(s.domain));
+        req.mptcp = POLICY
+            .get()
+            .map_or(true, |p| p.listeners && wants_mptcp(p.decide_bind(&local)));
+        (req, s.device.clone())
+    };
+    let (reply, chan) = match ask(&device, &req) {
+        Ok((r, Some(c))) => (r, c),
+        Ok((_, None)) => return Errno(libc::ECONNABORTED).fail(),
+        Err(ret) => return ret,
+    };
+    if let Err(ret) = install(chan, fd) {
+        return ret;
+    }
+    if let Some(s) = SOCKS.lock().get_mut(&fd) {
+        s.state = State::Listening { local: reply.local };
+    }
+    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    0
+}
+
+pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let (domain, device) = {
+        let socks = SOCKS.lock();
+        match socks.get(&fd) {
+            Some(s) if matches!(s.state, State::Listening { .. }) => (s.domain, s.device.clone()),
+            Some(_) => return Errno(libc::EINVAL).fail(),
+            None => return real::accept4(fd, addr, len, flags),
+        }
+    };
+    if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let mut buf = [0u8; REPLY_LEN];
+    // O_NONBLOCK on the listener's descriptor governs this receive, like
+    // accept(); a signal interrupts it, like accept().
+    let (n, conn) = match sys::recv_fd(fd, &mut buf, 0) {
+        Ok(v) => v,
+        Err(e) => return Errno::from(e).fail(),
+    };
+    let (Some(reply), Some(conn)) = (Reply::decode(&buf[..n]), conn) else {
+        if let Some(c) = conn {
+            sys::close(c);
+        }
+        // The supervisor is gone: this listener will never see another connection.
+        log::error!("the uml instance of device {device:?} went away; listener fd {fd} is dead");
+        return Errno(libc::EINVAL).fail();
+    };
+    if flags & libc::SOCK_NONBLOCK != 0 {
+        let _ = sys::fcntl(
+            conn,
+            libc::F_SETFL,
+            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
+        );
+    }
+    if flags & libc::SOCK_CLOEXEC == 0 {
+        let _ = sys::fcntl(conn, libc::F_SETFD, 0);
+    }
+    SOCKS.lock().insert(
+        conn,
+        Sock {
+            domain,
+            bound: None,
+            opts: Vec::new(),
+            state: State::Connected {
+                local: reply.local,
+                peer: reply.peer,
+            },
+            device,
+            policy_mptcp: None,
+        },
+    );
+    fdtable::set(conn, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    if let Some(peer) = reply.peer {
+        write_addr(peer, domain, addr, len);
+    }
+    conn
+}
+
+/// Options the bridge needs for its own liveness checks: the program may
+/// set them on the guest socket (before connect) but not on the bridge.
+fn bridge_owned(level: c_int, name: c_int) -> bool {
+    (level == libc::SOL_SOCKET && name == libc::SO_KEEPALIVE)
+        || (level == libc::IPPROTO_TCP
+            && matches!(
+                name,
+                libc::TCP_KEEPIDLE
+                    | libc::TCP_KEEPINTVL
+                    | libc::TCP_KEEPCNT
+                    | libc::TCP_USER_TIMEOUT
+            ))
+}
+
+pub unsafe fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    let mut socks = SOCKS.lock();
+    let Some(s) = socks.get_mut(&fd) else {
+        return real::setsockopt(fd, level, name, val, len);
+    };
+    match s.state {
+        State::Fresh => {
+            // The placeholder validates the option as the kernel would.
+            let ret = real::setsockopt(fd, level, name, val, len);
+            if ret == 0 && !val.is_null() && len <= 1024 {
+                // SAFETY: the kernel just read `len` bytes from `val`.
+                let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+                match s
+                    .opts
+                    .iter_mut()
+                    .find(|o| o.level == level && o.name == name)
+                {
+                    Some(o) => o.value = value,
+                    None => s.opts.push(Opt { level, name, value }),
+                }
+            }
+            ret
+        }
+        State::Listening { .. } => 0,
+        State::Connected { .. } => {
+            if bridge_owned(level, name) || level == libc::IPPROTO_IP || level == libc::IPPROTO_IPV6
+            {
+                return 0;
+            }
+            real::setsockopt(fd, level, name, val, len)
+        }
+    }
+}
+
+unsafe fn put_int(val: *mut c_void, len: *mut socklen_t, v: c_int) -> c_int {
+    if val.is_null() || len.is_null() || (*len as usize) < std::mem::size_of::<c_int>() {
+        return Errno(libc::EINVAL).fail();
+    }
+    *(val as *mut c_int) = v;
+    *len = std::mem::size_of::<c_int>() as socklen_t;
+    0
+}
+
+pub unsafe fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    let (domain, listening) = {
+        let socks = SOCKS.lock();
+        match socks.get(&fd) {
+            Some(s) => (s.domain, matches!(s.state, State::Listening { .. })),
+            None => return real::getsockopt(fd, level, name, val, len),
+        }
+    };
+    if level == libc::SOL_SOCKET {
+        match name {
+            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
+            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
+            libc::SO_DOMAIN => return put_int(val, len, domain),
+            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(listening)),
+            _ => {}
+        }
+    }
+    if listening {
+        // The descriptor is a Unix socket: answer TCP-level questions with
+        // what a listener would say rather than ENOPROTOOPT.
+        return match (level, name) {
+            (libc::SOL_SOCKET, libc::SO_ERROR) => put_int(val, len, 0),
+            (libc::SOL_SOCKET, _) => real::getsockopt(fd, level, name, val, len),
+            _ => put_int(val, len, 0),
+        };
+    }
+    real::getsockopt(fd, level, name, val, len)
+}
+
+fn wildcard(domain: c_int) -> SocketAddr {
+    if domain == libc::AF_INET6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+    }
+}
+
+/// Writes `a` in the socket's own family (IPv4 on an AF_INET6 socket is
+/// IPv4-mapped), truncating like the kernel when the buffer is short.
+unsafe fn write_addr(a: SocketAddr, domain: c_int, addr: *mut sockaddr, len: *mut socklen_t) {
+    if addr.is_null() || len.is_null() {
+        return;
+    }
+    let a = match (a, domain) {
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        (SocketAddr::V6(v6), libc::AF_INET) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(IpAddr::V4(ip), v6.port()),
+            None => a,
+        },
+        _ => a,
+    };
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut st: libc::sockaddr_storage = std::mem::zeroed();
+    let full = match a {
+        SocketAddr::V4(v4) => {
+            let sin = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in);
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6);
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let n = full.min(*len as usize);
+    // SAFETY: the program gave `*len` writable bytes at `addr`; we write
+    // at most that many, then report the full length like the kernel.
+    std::ptr::copy_nonoverlapping(&st as *const _ as *const u8, addr as *mut u8, n);
+    *len = full as socklen_t;
+}
+
+pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let socks = SOCKS.lock();
+    let Some(s) = socks.get(&fd) else {
+        return real::getsockname(fd, addr, len);
+    };
+    let a = match s.state {
+        State::Fresh => s.bound,
+        State::Connected { local, .. } | State::Listening { local } => local,
+    }
+    .unwrap_or_else(|| wildcard(s.domain));
+    write_addr(a, s.domain, addr, len);
+    0
+}
+
+pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let socks = SOCKS.lock();
+    let Some(s) = socks.get(&fd) else {
+        return real::getpeername(fd, addr, len);
+    };
+    match s.state {
+        State::Connected {
+            peer: Some(peer), ..
+        } => {
+            write_addr(peer, s.domain, addr, len);
+            0
+        }
+        _ => Errno(libc::ENOTCONN).fail(),
+    }
+}
+
+pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+    let fresh = SOCKS
+        .lock()
+        .get(&fd)
+        .map(|s| matches!(s.state, State::Fresh));
+    match fresh {
+        Some(true) => Errno(libc::ENOTCONN).fail(),
+        _ => real::shutdown(fd, how),
+    }
+}
+
+pub fn forget(fd: c_int) {
+    SOCKS.lock().remove(&fd);
+}

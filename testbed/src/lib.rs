@@ -1,0 +1,128 @@
+//! dropshim testbeds: the study's topologies built out of network
+//! namespaces and veth pairs on one machine, described by TOML specs in
+//! `conf/testbeds/`.
+//!
+//! Owns: creating and removing namespaces, links, addresses, routes and
+//! rate shaping; taking links down and up; running commands inside a
+//! namespace with a bounded wait.
+//!
+//! Its only footprint outside those namespaces is one state file per
+//! testbed under /run/dropshim/testbeds/ (owner pid, spec, layout), which
+//! is how a testbed left by a dead process is recognised and removed.
+//!
+//! Must not touch: anything outside the namespaces it created. Every name
+//! carries a per-run id so runs can go side by side, and removal is tied
+//! to `Drop` so a failing test still cleans up.
+
+mod exec;
+mod spec;
+mod sys;
+mod testbed;
+
+pub use exec::run_with_timeout;
+pub use spec::{
+    EndpointFlag, EndpointSpec, Family, InternetSpec, LinkSpec, MptcpSpec, NodeSpec, RouteSpec,
+    Spec,
+};
+pub use testbed::{Description, EndInfo, LinkInfo, Listing, NodeInfo, Status, Testbed, STATE_DIR};
+
+use serde::{Deserialize, Serialize};
+
+/// How links are rate-limited: a token bucket (`tbf`) as root qdisc, or an
+/// `htb` root with one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shaper {
+    #[default]
+    Tbf,
+    Htb,
+}
+
+impl Shaper {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shaper::Tbf => "tbf",
+            Shaper::Htb => "htb",
+        }
+    }
+}
+
+/// What to build besides the spec itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Options {
+    /// Shape every link at this rate on both ends' egress; `None` keeps the
+    /// spec's own per-link `rate_mbit` (unset in the shipped specs, so
+    /// unshaped).
+    pub rate_mbit: Option<u32>,
+    pub shaper: Shaper,
+    /// Add the spec's `[internet]` part.
+    pub internet: bool,
+    /// Testbed id (letters, digits, `_`); `None` picks a unique one that
+    /// includes this process's pid.
+    pub id: Option<String>,
+}
+
+/// Everything that can go wrong, each saying what to do about it.
+/// The underlying I/O error is part of each message (not a separate
+/// `source`), so printing the error once says everything.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "needs root: network namespaces, veth pairs and tc need root; run as root (e.g. with sudo)"
+    )]
+    NotRoot,
+    #[error("`{program}` not found: install {package} (apt-get install {package})")]
+    MissingTool { program: String, package: String },
+    #[error(
+        "unknown testbed spec {0:?}: use two-gateways, local-cache, or a path to a .toml file"
+    )]
+    UnknownSpec(String),
+    #[error("cannot read testbed spec {path}: {err}")]
+    SpecRead { path: String, err: std::io::Error },
+    #[error("testbed spec {origin}: {message}")]
+    Spec { origin: String, message: String },
+    #[error("spec {0} has no [internet] part: drop --internet, or add [internet] to the spec")]
+    NoInternet(String),
+    #[error("rate 0 Mbit/s: leave the rate out for unshaped links")]
+    ZeroRate,
+    #[error("bad testbed id {0:?}: use 1 to 24 letters, digits or `_`")]
+    BadId(String),
+    #[error("testbed {0} already exists: choose another id, or remove it with `dropshim testbed down {0}`")]
+    Exists(String),
+    #[error("no testbed {0}: `dropshim testbed list` shows the ones that exist")]
+    NotFound(String),
+    #[error("testbed {id} has no node {node:?}; its nodes are {known}")]
+    UnknownNode {
+        id: String,
+        node: String,
+        known: String,
+    },
+    #[error("testbed {id} has no link {link}; its links are {known}")]
+    UnknownLink {
+        id: String,
+        link: u32,
+        known: String,
+    },
+    #[error("node {node:?} is not on link {link} of testbed {id} (link {link} joins {a} and {b})")]
+    NotOnLink {
+        id: String,
+        node: String,
+        link: u32,
+        a: String,
+        b: String,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("`{command}` did not finish within {timeout} and was killed; it printed: {stderr:?}")]
+    Timeout {
+        command: String,
+        timeout: String,
+        stderr: String,
+    },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+}

@@ -1,0 +1,482 @@
+//! Testbed specs: the TOML format, its validation, and the addressing
+//! scheme (link N = 198.18.N.0/24 and 2001:2:0:N::/64, side a host 1,
+//! side b host 2).
+
+use crate::Error;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+const TWO_GATEWAYS: &str = include_str!("../../conf/testbeds/two-gateways.toml");
+const LOCAL_CACHE: &str = include_str!("../../conf/testbeds/local-cache.toml");
+
+/// The specs shipped with dropshim, by name.
+pub const BUILTIN: &[(&str, &str)] =
+    &[("two-gateways", TWO_GATEWAYS), ("local-cache", LOCAL_CACHE)];
+
+/// A parsed and validated testbed spec (see `conf/testbeds/two-gateways.toml`
+/// for the format).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "yes")]
+    pub source_routing: bool,
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(rename = "link", default)]
+    pub links: Vec<LinkSpec>,
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub internet: Option<InternetSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub name: String,
+    #[serde(default)]
+    pub forwarding: bool,
+    #[serde(default)]
+    pub mptcp: Option<MptcpSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MptcpSpec {
+    pub subflows: Option<u32>,
+    pub add_addr_accepted: Option<u32>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub link: u32,
+    pub flags: Vec<EndpointFlag>,
+    #[serde(default)]
+    pub family: Family,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointFlag {
+    Subflow,
+    Signal,
+    Backup,
+    Fullmesh,
+}
+
+impl EndpointFlag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointFlag::Subflow => "subflow",
+            EndpointFlag::Signal => "signal",
+            EndpointFlag::Backup => "backup",
+            EndpointFlag::Fullmesh => "fullmesh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Both,
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    pub number: u32,
+    pub a: String,
+    pub b: String,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub rate_mbit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub node: String,
+    pub to_link: u32,
+    pub via_link: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternetSpec {
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<NodeSpec>,
+    #[serde(rename = "link", default)]
+    pub links: Vec<LinkSpec>,
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub forwarding: Vec<String>,
+}
+
+/// The part of a spec that is built for one run (the internet part merged
+/// in or left out).
+#[derive(Debug, Clone)]
+pub(crate) struct Active {
+    pub nodes: Vec<NodeSpec>,
+    pub links: Vec<LinkSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+impl Spec {
+    /// One of the specs shipped in `conf/testbeds/`: "two-gateways" or
+    /// "local-cache".
+    pub fn builtin(name: &str) -> Result<Spec, Error> {
+        let text = BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| Error::UnknownSpec(name.to_string()))?;
+        Spec::parse(text, &format!("builtin {name}"))
+    }
+
+    /// A builtin name, or a path to a `.toml` file.
+    pub fn load(name_or_path: &str) -> Result<Spec, Error> {
+        let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");
+        if !looks_like_path {
+            return Spec::builtin(name_or_path);
+        }
+        let path = Path::new(name_or_path);
+        let text = std::fs::read_to_string(path).map_err(|e| Error::SpecRead {
+            path: name_or_path.to_string(),
+            err: e,
+        })?;
+        Spec::parse(&text, name_or_path)
+    }
+
+    /// Parse and validate spec text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Spec, Error> {
+        let spec: Spec = toml::from_str(text).map_err(|e| Error::Spec {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        spec.validate().map_err(|message| Error::Spec {
+            origin: origin.to_string(),
+            message,
+        })?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.nodes.is_empty() {
+            return Err("no [[node]]: a testbed needs at least two nodes and one [[link]]".into());
+        }
+        // Validate the biggest topology (internet part included); the base
+        // alone is a subset of it, except that it must not refer to the
+        // internet part's nodes (checked below).
+        let full = self.active(true);
+        let mut names = BTreeSet::new();
+        for n in &full.nodes {
+            check_name(&n.name).map_err(|m| format!("node {:?}: {m}", n.name))?;
+            if !names.insert(n.name.as_str()) {
+                return Err(format!(
+                    "node {:?} is defined twice; node names must be unique",
+                    n.name
+                ));
+            }
+        }
+        let mut numbers = BTreeSet::new();
+        for l in &full.links {
+            if !(1..=255).contains(&l.number) {
+                return Err(format!(
+                    "link number {} is out of range: use 1..=255",
+                    l.number
+                ));
+            }
+            if !numbers.insert(l.number) {
+                return Err(format!(
+                    "link {} is defined twice; link numbers must be unique",
+                    l.number
+                ));
+            }
+            for end in [&l.a, &l.b] {
+                if !names.contains(end.as_str()) {
+                    return Err(format!(
+                        "link {}: unknown node {end:?}; define it with [[node]] name = {end:?}",
+                        l.number
+                    ));
+                }
+            }
+            if l.a == l.b {
+                return Err(format!(
+                    "link {} joins {:?} to itself; a and b must be different nodes",
+                    l.number, l.a
+                ));
+            }
+            if l.rate_mbit == Some(0) {
+                return Err(format!(
+                    "link {}: rate_mbit = 0; leave it out for an unshaped link",
+                    l.number
+                ));
+            }
+            link_prefix4(l)?;
+            link_prefix6(l)?;
+        }
+        let on_link = |node: &str, link: u32| {
+            full.links
+                .iter()
+                .any(|l| l.number == link && (l.a == node || l.b == node))
+        };
+        for n in &full.nodes {
+            if let Some(m) = &n.mptcp {
+                for (what, v) in [
+                    ("subflows", m.subflows),
+                    ("add_addr_accepted", m.add_addr_accepted),
+                ] {
+                    if v.is_some_and(|v| v > 8) {
+                        return Err(format!(
+                            "node {:?}: mptcp.{what} must be 0..=8 (the kernel's maximum)",
+                            n.name
+                        ));
+                    }
+                }
+                for e in &m.endpoints {
+                    if !on_link(&n.name, e.link) {
+                        return Err(format!("node {:?}: mptcp endpoint on link {}, but the node is not on that link", n.name, e.link));
+                    }
+                    if e.flags.is_empty() {
+                        return Err(format!("node {:?}: mptcp endpoint on link {} has no flags; use subflow, signal, backup or fullmesh", n.name, e.link));
+                    }
+                }
+            }
+        }
+        for r in &full.routes {
+            if !names.contains(r.node.as_str()) {
+                return Err(format!("route: unknown node {:?}", r.node));
+            }
+            if !numbers.contains(&r.to_link) {
+                return Err(format!(
+                    "route in {:?}: unknown to_link {}",
+                    r.node, r.to_link
+                ));
+            }
+            if !on_link(&r.node, r.via_link) {
+                return Err(format!(
+                    "route in {:?}: via_link {} is not one of the node's links",
+                    r.node, r.via_link
+                ));
+            }
+        }
+        if let Some(inet) = &self.internet {
+            for f in &inet.forwarding {
+                if !names.contains(f.as_str()) {
+                    return Err(format!("internet.forwarding: unknown node {f:?}"));
+                }
+            }
+        }
+        let base_names: BTreeSet<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        for l in &self.links {
+            for end in [&l.a, &l.b] {
+                if !base_names.contains(end.as_str()) {
+                    return Err(format!("link {}: node {end:?} exists only in [internet]; move the link to [[internet.link]]", l.number));
+                }
+            }
+        }
+        for r in &self.routes {
+            if !base_names.contains(r.node.as_str()) {
+                return Err(format!("route: node {:?} exists only in [internet]; move the route to [[internet.route]]", r.node));
+            }
+        }
+        Ok(())
+    }
+
+    /// The topology to build: the base, plus the internet part when asked.
+    /// Endpoints and routes on links that are not built are left out.
+    pub(crate) fn active(&self, internet: bool) -> Active {
+        let mut nodes = self.nodes.clone();
+        let mut links = self.links.clone();
+        let mut routes = self.routes.clone();
+        if let (true, Some(inet)) = (internet, &self.internet) {
+            nodes.extend(inet.nodes.iter().cloned());
+            links.extend(inet.links.iter().cloned());
+            routes.extend(inet.routes.iter().cloned());
+            for n in nodes.iter_mut() {
+                if inet.forwarding.contains(&n.name) {
+                    n.forwarding = true;
+                }
+            }
+        }
+        let numbers: BTreeSet<u32> = links.iter().map(|l| l.number).collect();
+        for n in nodes.iter_mut() {
+            if let Some(m) = n.mptcp.as_mut() {
+                m.endpoints.retain(|e| numbers.contains(&e.link));
+            }
+        }
+        routes.retain(|r| numbers.contains(&r.to_link) && numbers.contains(&r.via_link));
+        Active {
+            nodes,
+            links,
+            routes,
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 32 {
+        return Err("must be 1 to 32 characters".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(
+            "use only letters, digits and `_` (it becomes part of a namespace name)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Network address and prefix length of link `l`'s IPv4 subnet.
+pub(crate) fn link_prefix4(l: &LinkSpec) -> Result<(Ipv4Addr, u8), String> {
+    let Some(text) = &l.ipv4 else {
+        return Ok((Ipv4Addr::new(198, 18, l.number as u8, 0), 24));
+    };
+    let (addr, len) = split_prefix(text).ok_or_else(|| {
+        format!(
+            "link {}: ipv4 = {text:?} is not a prefix like \"198.18.7.0/24\"",
+            l.number
+        )
+    })?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("link {}: ipv4 = {text:?}: bad address", l.number))?;
+    if !(15..=30).contains(&len) {
+        return Err(format!(
+            "link {}: ipv4 = {text:?}: prefix length must be 15..=30",
+            l.number
+        ));
+    }
+    let mask = u32::MAX << (32 - len);
+    let net = u32::from(addr) & mask;
+    // Inside the benchmarking range 198.18.0.0/15 only: nothing we build may
+    // look like a real destination.
+    if net & 0xfffe_0000 != 0xc612_0000 {
+        return Err(format!(
+            "link {}: ipv4 = {text:?} is outside 198.18.0.0/15, the only range testbeds may use",
+            l.number
+        ));
+    }
+    Ok((Ipv4Addr::from(net), len))
+}
+
+/// Network address and prefix length of link `l`'s IPv6 subnet.
+pub(crate) fn link_prefix6(l: &LinkSpec) -> Result<(Ipv6Addr, u8), String> {
+    let Some(text) = &l.ipv6 else {
+        return Ok((Ipv6Addr::new(0x2001, 2, 0, l.number as u16, 0, 0, 0, 0), 64));
+    };
+    let (addr, len) = split_prefix(text).ok_or_else(|| {
+        format!(
+            "link {}: ipv6 = {text:?} is not a prefix like \"2001:2:0:7::/64\"",
+            l.number
+        )
+    })?;
+    let addr: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| format!("link {}: ipv6 = {text:?}: bad address", l.number))?;
+    if !(48..=126).contains(&len) {
+        return Err(format!(
+            "link {}: ipv6 = {text:?}: prefix length must be 48..=126",
+            l.number
+        ));
+    }
+    let mask = u128::MAX << (128 - len);
+    let net = u128::from(addr) & mask;
+    if net >> 80 != 0x2001_0002_0000 {
+        return Err(format!(
+            "link {}: ipv6 = {text:?} is outside 2001:2::/48, the only range testbeds may use",
+            l.number
+        ));
+    }
+    Ok((Ipv6Addr::from(net), len))
+}
+
+fn split_prefix(text: &str) -> Option<(&str, u8)> {
+    let (addr, len) = text.split_once('/')?;
+    Some((addr, len.parse().ok()?))
+}
+
+/// Host `host` (1 for side a, 2 for side b) of link `l`, IPv4.
+pub(crate) fn host4(l: &LinkSpec, host: u8) -> Result<(Ipv4Addr, u8), String> {
+    let (net, len) = link_prefix4(l)?;
+    Ok((Ipv4Addr::from(u32::from(net) + u32::from(host)), len))
+}
+
+/// Host `host` (1 for side a, 2 for side b) of link `l`, IPv6.
+pub(crate) fn host6(l: &LinkSpec, host: u8) -> Result<(Ipv6Addr, u8), String> {
+    let (net, len) = link_prefix6(l)?;
+    Ok((Ipv6Addr::from(u128::from(net) + u128::from(host)), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_parse_and_use_the_addressing_scheme() {
+        let s = Spec::builtin("two-gateways").unwrap();
+        assert_eq!(s.links.len(), 2);
+        let inet = s.active(true);
+        assert_eq!(inet.nodes.len(), 3);
+        assert!(inet.nodes.iter().any(|n| n.name == "gw2" && n.forwarding));
+        let base = s.active(false);
+        assert_eq!(base.nodes.len(), 2);
+        assert!(base.routes.is_empty());
+        assert!(!base.nodes.iter().any(|n| n.forwarding));
+        let l2 = &s.links[1];
+        assert_eq!(host4(l2, 1).unwrap(), ("198.18.2.1".parse().unwrap(), 24));
+        assert_eq!(
+            host6(l2, 2).unwrap(),
+            ("2001:2:0:2::2".parse().unwrap(), 64)
+        );
+        let c = Spec::load("local-cache").unwrap();
+        assert_eq!(c.nodes[0].name, "client");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let base = "name='x'\n[[node]]\nname='a'\n[[node]]\nname='b'\n";
+        let bad_key = format!("{base}[[link]]\nnumber=1\na='a'\nb='b'\nspeed=3\n");
+        let e = Spec::parse(&bad_key, "t").unwrap_err().to_string();
+        assert!(e.contains("unknown field `speed`"), "{e}");
+        assert!(e.contains("line 10"), "{e}");
+        let bad_node = format!("{base}[[link]]\nnumber=1\na='a'\nb='c'\n");
+        let e = Spec::parse(&bad_node, "t").unwrap_err().to_string();
+        assert!(e.contains("unknown node \"c\""), "{e}");
+        let outside = format!("{base}[[link]]\nnumber=1\na='a'\nb='b'\nipv4='10.0.0.0/24'\n");
+        let e = Spec::parse(&outside, "t").unwrap_err().to_string();
+        assert!(e.contains("outside 198.18.0.0/15"), "{e}");
+        let outside6 = format!("{base}[[link]]\nnumber=1\na='a'\nb='b'\nipv6='2001:db8::/64'\n");
+        let e = Spec::parse(&outside6, "t").unwrap_err().to_string();
+        assert!(e.contains("outside 2001:2::/48"), "{e}");
+        let ok = format!("{base}[[link]]\nnumber=9\na='a'\nb='b'\nipv4='198.19.4.0/24'\nipv6='2001:2:0:99::/64'\n");
+        let s = Spec::parse(&ok, "t").unwrap();
+        assert_eq!(
+            host4(&s.links[0], 2).unwrap().0,
+            "198.19.4.2".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            host6(&s.links[0], 1).unwrap().0,
+            "2001:2:0:99::1".parse::<Ipv6Addr>().unwrap()
+        );
+        let e = Spec::load("no-such-spec").unwrap_err().to_string();
+        assert!(e.contains("two-gateways"), "{e}");
+        let e = Spec::load("/nonexistent/x.toml").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+}

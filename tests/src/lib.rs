@@ -1,0 +1,282 @@
+//! Support for dropshim's end-to-end tests: where the built artifacts are,
+//! running programs with a bounded wait, checksums, and reading MPTCP
+//! counters inside a namespace.
+//!
+//! The tests themselves live in `tests/tests/`, one file per area. They
+//! need root (namespaces) and the release artifacts (`cargo build
+//! --release` first; `scripts/test.sh` does both).
+
+pub mod uml;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where `libdropshim.so` and `dropshim` are: `$DROPSHIM_TARGET_DIR`, else
+/// the workspace's `target/release`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("DROPSHIM_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+    }
+}
+
+fn artifact(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --release` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn shim_path() -> PathBuf {
+    artifact("libdropshim.so")
+}
+
+pub fn cli_path() -> PathBuf {
+    artifact("dropshim")
+}
+
+/// A port no other test in this run uses: tests run side by side in one
+/// process (threads) and in several (nextest), so mix in the pid.
+pub fn unique_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    base + NEXT.fetch_add(1, Ordering::Relaxed) % 10
+}
+
+/// Waits for `child` to exit, at most `timeout`; kills it past that.
+pub fn wait_bounded(mut child: Child, timeout: Duration) -> Result<Output> {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    if pidfd < 0 {
+        bail!("pidfd_open: {}", std::io::Error::last_os_error());
+    }
+    let mut pfd = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+    // SAFETY: closing the pidfd we opened above.
+    unsafe { libc::close(pidfd) };
+    if ready <= 0 {
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        bail!(
+            "timed out after {timeout:?}; stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Runs `cmd` to completion with captured output, at most `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    wait_bounded(child, timeout)
+}
+
+/// Like [`run_bounded`] but fails unless the program exits 0.
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    let out = run_bounded(cmd, timeout)?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A background process killed when the guard drops, so a failing test
+/// never leaves a server behind.
+pub struct Background {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Background {
+    pub fn spawn(cmd: &mut Command, name: &str) -> Result<Self> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Background {
+            child: Some(child),
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Waits for the process to exit by itself, at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Result<Output> {
+        let child = self.child.take().context("already waited")?;
+        wait_bounded(child, timeout).with_context(|| format!("waiting for {}", self.name))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes. For waiting on
+/// a condition another process brings about (a port listening), never as
+/// a substitute for it.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    while Instant::now() < deadline {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+/// Waits until something listens on TCP `port` inside namespace `netns`.
+pub fn wait_listening(netns: &str, port: u16, timeout: Duration) -> Result<()> {
+    wait_until(
+        timeout,
+        &format!("port {port} listening in {netns}"),
+        || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    netns,
+                    "ss",
+                    "-Hltn",
+                    &format!("sport = :{port}"),
+                ])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false)
+        },
+    )
+}
+
+/// The MPTcpExt counters of namespace `netns` (from /proc/net/netstat).
+pub fn mptcp_counters(netns: &str) -> Result<HashMap<String, u64>> {
+    let out = run_ok(
+        Command::new("ip").args(["netns", "exec", netns, "cat", "/proc/net/netstat"]),
+        Duration::from_secs(10),
+    )?;
+    Ok(parse_netstat(
+        &String::from_utf8_lossy(&out.stdout),
+        "MPTcpExt",
+    ))
+}
+
+/// /proc/net/netstat holds pairs of lines: `Prefix: names...` then
+/// `Prefix: values...`.
+pub fn parse_netstat(text: &str, prefix: &str) -> HashMap<String, u64> {
+    let tag = format!("{prefix}:");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&tag)).collect();
+    let mut out = HashMap::new();
+    if let [names, values, ..] = lines.as_slice() {
+        for (n, v) in names
+            .split_whitespace()
+            .skip(1)
+            .zip(values.split_whitespace().skip(1))
+        {
+            if let Ok(v) = v.parse() {
+                out.insert(n.to_string(), v);
+            }
+        }
+    }
+    out
+}
+
+/// Counter difference `after - before` for one name (0 when absent).
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: &str) -> u64 {
+    after
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(name).copied().unwrap_or(0))
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Writes `size` pseudo-random bytes (xorshift, seeded) to `path`:
+/// incompressible and different per seed, without needing /dev/urandom.
+pub fn write_random_file(path: &Path, size: usize, seed: u64) -> Result<()> {
+    use std::io::Write;
+    let mut state = seed | 1;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut chunk = [0u8; 8];
+    for _ in 0..size / 8 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes());
+        file.write_all(&chunk)?;
+    }
+    file.write_all(&vec![0x5a; size % 8])?;
+    file.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netstat_pairs_are_read_by_name() {
+        let text =
+            "TcpExt: A B\nTcpExt: 1 2\nMPTcpExt: MPCapableSYNRX MPJoinAckRx\nMPTcpExt: 3 4\n";
+        let m = parse_netstat(text, "MPTcpExt");
+        assert_eq!(m.get("MPCapableSYNRX"), Some(&3));
+        assert_eq!(m.get("MPJoinAckRx"), Some(&4));
+        assert_eq!(m.get("A"), None);
+    }
+}
