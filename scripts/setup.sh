@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
   iperf3 curl python3 mptcpize      # the programs the shim is tested with, and its peer
-  iproute2 iputils-ping socat       # namespaces, links, MPTCP endpoints, probes
+  iproute2 iputils-ping             # namespaces, links, MPTCP endpoints, probes
+  socat netcat-openbsd wget nginx-light   # programs the reliability suite runs unmodified
   linux-source-6.12 bc flex bison libelf-dev   # the UML kernel build (uml backend)
 )
 missing=()

@@ -79,6 +79,17 @@ fn mount(src: &str, target: &str, fstype: &str) {
 fn setup(cmds: &Path) -> Result<TcpListener, String> {
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
+    // SAFETY: socket(2) takes integers only; the probe is closed at once.
+    let probe = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, IPPROTO_MPTCP) };
+    if probe < 0 {
+        return Err(format!(
+            "this UML kernel has no MPTCP ({}); Debian's user-mode-linux package is built without CONFIG_MPTCP. \
+             Remove `kernel` from [uml] to boot the kernel dropshim builds (backend-uml/build-kernel.sh)",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: closing the probe socket we just opened.
+    unsafe { libc::close(probe) };
     let text = std::fs::read_to_string(cmds)
         .map_err(|e| format!("cannot read {}: {e}", cmds.display()))?;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

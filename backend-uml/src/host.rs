@@ -600,8 +600,12 @@ fn boot_and_serve(
     Ok(())
 }
 
-/// A TCP connection to the agent across the private link, tuned so that
-/// a dead instance turns into an error within about 2 s.
+/// A TCP connection to the agent across the private link.
+///
+/// When the kernel dies, the supervisor aborts every bridge at once
+/// (SOCK_DESTROY through `ss -K`). Keepalive and TCP_USER_TIMEOUT are the
+/// fallback for when the supervisor dies too: a few seconds, and lenient
+/// enough that a lost probe on a saturated private link is not fatal.
 fn open_bridge() -> io::Result<TcpStream> {
     let addr = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR)),
@@ -614,8 +618,8 @@ fn open_bridge() -> io::Result<TcpStream> {
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 1),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 1500),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4000),
     ] {
         sys::setsockopt_int(fd, level, name, v)?;
     }
@@ -733,5 +737,78 @@ fn listener_loop(mut bridge: TcpStream, mine: OwnedFd) {
             }
             _ => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> DeviceConfig {
+        let text = r#"
+[device]
+name = "t1"
+backend = "uml"
+
+[[interfaces]]
+name = "eth1"
+addresses = ["198.18.1.1/24", "2001:2:0:1::1/64"]
+gateway = "198.18.1.2"
+
+[[interfaces]]
+name = "eth2"
+addresses = ["198.18.2.1/24"]
+endpoint = ["subflow", "backup"]
+
+[mptcp]
+limits = { subflows = 2, add_addr_accepted = 1 }
+path_manager = "kernel"
+
+[uml]
+memory_mib = 128
+cmdline = ["quiet"]
+"#;
+        dropshim_conf::parse(text, "t1.toml").unwrap()
+    }
+
+    #[test]
+    fn guest_commands_configure_every_interface_then_the_private_link() {
+        let lines: Vec<String> = guest_commands(&device())
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        let has = |l: &str| lines.iter().any(|x| x == l);
+        assert!(has("ip addr add 198.18.1.1/24 dev vec0"));
+        assert!(has("ip addr add 2001:2:0:1::1/64 dev vec0 nodad"));
+        assert!(has("ip -4 route add default via 198.18.1.2 dev vec0"));
+        assert!(has("sysctl net.mptcp.pm_type 0"));
+        assert!(has("ip mptcp limits set subflows 2 add_addr_accepted 1"));
+        assert!(has(
+            "ip mptcp endpoint add 198.18.2.1 dev vec1 subflow backup"
+        ));
+        // Only the interface with roles gets an endpoint.
+        assert!(!lines.iter().any(|l| l.contains("endpoint add 198.18.1.1")));
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("ip addr add 198.19.255.254/30 dev vec2")
+        );
+    }
+
+    #[test]
+    fn kernel_args_hand_over_interfaces_in_order() {
+        let cfg = device();
+        let args = kernel_args(&cfg, Path::new("/x/dropshim-uml"), Path::new("/run/d/t1"));
+        let n = names("t1");
+        assert!(args.contains(&"mem=128M".to_string()));
+        assert!(args.contains(&"init=/x/dropshim-uml".to_string()));
+        assert!(args.contains(&"vec0:transport=raw,ifname=eth1,gro=1".to_string()));
+        assert!(args.contains(&"vec1:transport=raw,ifname=eth2,gro=1".to_string()));
+        assert!(args.contains(&format!("vec2:transport=raw,ifname={},gro=1", n.guest_if)));
+        assert!(args.contains(&"quiet".to_string()));
+        assert!(args
+            .last()
+            .is_some_and(|a| a == "DROPSHIM_UML_GUEST=/run/d/t1/guest.cmds"));
+        assert!(n.guest_if.len() <= 15 && n.host_if.len() <= 15);
+        assert_ne!(names("t1").guest_if, names("t2").guest_if);
     }
 }

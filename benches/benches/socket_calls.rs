@@ -28,7 +28,10 @@ fn ensure_preloaded() {
     }
     let shim = shim_path();
     if !shim.is_file() {
-        eprintln!("{} is missing: run `cargo build --release` first", shim.display());
+        eprintln!(
+            "{} is missing: run `cargo build --release` first",
+            shim.display()
+        );
         std::process::exit(2);
     }
     let exe = match std::env::current_exe() {
@@ -71,8 +74,12 @@ fn shimmed_pair() {
 fn socket_close(c: &mut Criterion) {
     ensure_preloaded();
     let mut group = c.benchmark_group("socket+close");
-    group.bench_function("bare TCP (syscall)", |b| b.iter(|| bare_pair(libc::IPPROTO_TCP)));
-    group.bench_function("bare MPTCP (syscall)", |b| b.iter(|| bare_pair(IPPROTO_MPTCP)));
+    group.bench_function("bare TCP (syscall)", |b| {
+        b.iter(|| bare_pair(libc::IPPROTO_TCP))
+    });
+    group.bench_function("bare MPTCP (syscall)", |b| {
+        b.iter(|| bare_pair(IPPROTO_MPTCP))
+    });
     group.bench_function("shimmed (libc, native backend)", |b| b.iter(shimmed_pair));
     group.finish();
 }

@@ -176,7 +176,9 @@ fn write_state(path: &Path, state: &State) -> anyhow::Result<()> {
 fn wanted_endpoints(cfg: &DeviceConfig, config: &Path) -> anyhow::Result<Vec<Wanted>> {
     let mut wanted = Vec::new();
     let mut problems = Vec::new();
-    for iface in cfg.interfaces.iter().filter(|i| !i.endpoint.is_empty()) {
+    // Every listed interface and address is checked, roles or not: a file
+    // that names an address the host lacks is wrong either way.
+    for iface in &cfg.interfaces {
         let ifindex = match pm::interface_index(&iface.name) {
             Ok(i) => i,
             Err(e) => {
@@ -208,6 +210,9 @@ fn wanted_endpoints(cfg: &DeviceConfig, config: &Path) -> anyhow::Result<Vec<Wan
                     iface.name,
                     config.display()
                 ));
+                continue;
+            }
+            if iface.endpoint.is_empty() {
                 continue;
             }
             wanted.push(Wanted {

@@ -167,7 +167,12 @@ impl Locator<'_> {
             (Some(_), Some(tree)) => tree.path_at(offset),
             _ => Vec::new(),
         };
-        let (message, mut expected) = split_expected(raw);
+        let (mut message, mut expected) = split_expected(raw);
+        if message.is_empty() {
+            // toml sometimes gives only the expectation, e.g. for a file
+            // that ends right after `key = `.
+            message = "incomplete or invalid TOML here".to_string();
+        }
         let (mut keys, mut in_array) = keys_of(&path);
         let missing = raw
             .strip_prefix("missing field `")

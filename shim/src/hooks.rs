@@ -26,7 +26,59 @@ fn wants_tcp(domain: c_int, ty: c_int, protocol: c_int) -> bool {
         && (protocol == 0 || protocol == libc::IPPROTO_TCP)
 }
 
-/// Copies the program's socket address, if it is an IPv4/IPv6 one.
+/// Copies `len` bytes of the program's memory at `src` into `dst`
+/// without trusting the pointer: a bad pointer (which the kernel would
+/// answer with EFAULT) must not crash the program inside the shim.
+/// process_vm_readv on our own pid reports unmapped memory as an error
+/// instead of faulting. Returns false unless every byte was copied.
+fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
+    if src.is_null() {
+        return false;
+    }
+    if dst.is_empty() {
+        return true;
+    }
+    let local = libc::iovec {
+        iov_base: dst.as_mut_ptr() as *mut c_void,
+        iov_len: dst.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: src as *mut c_void,
+        iov_len: dst.len(),
+    };
+    // Every variadic argument is passed at full register width: the sixth
+    // goes on the stack, where a 32-bit value would leave the upper half
+    // undefined (and the flags must be zero).
+    // SAFETY: the kernel writes at most `dst.len()` bytes into `dst`,
+    // which we own, and reads `src` through its own checked user copy.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_readv,
+            libc::getpid() as libc::c_long,
+            &local as *const libc::iovec,
+            1 as libc::c_ulong,
+            &remote as *const libc::iovec,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if n == dst.len() as libc::c_long {
+        return true;
+    }
+    let err = std::io::Error::last_os_error().raw_os_error();
+    if n < 0 && matches!(err, Some(libc::ENOSYS | libc::EPERM)) {
+        // A seccomp sandbox may forbid process_vm_readv. Then read the
+        // memory directly, trusting the pointer as libc itself does.
+        // SAFETY: the program promises `dst.len()` readable bytes at
+        // `src` (the same promise the kernel relies on).
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        return true;
+    }
+    false
+}
+
+/// Copies the program's socket address, if it is an IPv4/IPv6 one and
+/// readable (otherwise the real call reports the program's mistake).
 pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
     if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
         return None;
@@ -34,11 +86,11 @@ pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketA
     // SAFETY: sockaddr_storage is plain data; all-zero is valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-    // SAFETY: the program promises `len` readable bytes at `addr` (the
-    // same promise the kernel relies on); we read at most that many.
-    unsafe {
-        std::ptr::copy_nonoverlapping(addr as *const u8, &mut storage as *mut _ as *mut u8, n)
-    };
+    // SAFETY: `storage` is at least `n` bytes long and plain data.
+    let dst = unsafe { std::slice::from_raw_parts_mut(&mut storage as *mut _ as *mut u8, n) };
+    if !copy_in(addr as *const u8, dst) {
+        return None;
+    }
     socket_addr(&storage, n as socklen_t)
 }
 
@@ -136,12 +188,17 @@ redhook::hook! {
         if flags & BACKEND_OWNED != 0 {
             return uml::setsockopt(fd, level, name, val, len);
         }
-        if flags & TRACKED == 0 || flags & FIXED != 0 || val.is_null() || len > MAX_RECORDED_OPTION {
+        if flags & TRACKED == 0 || flags & FIXED != 0 || len > MAX_RECORDED_OPTION {
             return redhook::real!(setsockopt)(fd, level, name, val, len);
         }
-        // SAFETY: the program passes `len` readable bytes at `val` (checked
-        // non-null and bounded above); the kernel would read the same.
-        let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+        // A NULL or unreadable value still goes through the native path:
+        // MPTCP may refuse the option before reading it (EOPNOTSUPP) where
+        // TCP says EFAULT, and the program must see what TCP says. Such a
+        // call never succeeds, so nothing wrong is recorded.
+        let mut value = vec![0u8; len as usize];
+        if !copy_in(val as *const u8, &mut value) {
+            value.clear();
+        }
         let opt = SockOpt { level, name, value };
         native::setsockopt(fd, flags, opt, || redhook::real!(setsockopt)(fd, level, name, val, len))
     }
@@ -156,10 +213,14 @@ redhook::hook! {
         let ret = redhook::real!(getsockopt)(fd, level, name, val, len);
         // The program asked for TCP and must not be able to tell it got
         // MPTCP: SO_PROTOCOL says TCP.
+        // A short buffer gets the leading bytes, as the kernel writes them.
         if ret == 0 && level == libc::SOL_SOCKET && name == libc::SO_PROTOCOL && flags & MPTCP != 0
-            && !val.is_null() && !len.is_null() && *len as usize >= std::mem::size_of::<c_int>()
+            && !val.is_null() && !len.is_null()
         {
-            *(val as *mut c_int) = libc::IPPROTO_TCP;
+            let tcp = libc::IPPROTO_TCP.to_ne_bytes();
+            let n = (*len as usize).min(tcp.len());
+            // SAFETY: the kernel just wrote `*len` (>= n) bytes at `val`.
+            std::ptr::copy_nonoverlapping(tcp.as_ptr(), val as *mut u8, n);
         }
         ret
     }

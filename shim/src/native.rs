@@ -53,7 +53,14 @@ pub fn socket(policy: &Policy, domain: c_int, ty: c_int) -> Result<c_int, Errno>
                 fdtable::set(fd, TRACKED | MPTCP);
                 return Ok(fd);
             }
-            Err(e) if nsock::mptcp_unavailable(&e) => note_unavailable(&e),
+            Err(e) if nsock::mptcp_unavailable(&e) => {
+                // Bad arguments (say unknown SOCK_* flags) fail with EINVAL
+                // too: only when TCP accepts the same call is MPTCP missing.
+                let fd = nsock::open(domain, ty, Proto::Tcp).map_err(Errno::from)?;
+                note_unavailable(&e);
+                fdtable::set(fd, TRACKED);
+                return Ok(fd);
+            }
             Err(e) => return Err(Errno::from(e)),
         }
     }
@@ -118,6 +125,12 @@ pub fn before_listen(policy: &Policy, fd: c_int, flags: u8) {
 /// option the program needs, the socket goes back to TCP and the option
 /// is applied there: the program's request wins over the upgrade.
 pub fn setsockopt(fd: c_int, flags: u8, opt: SockOpt, real: impl Fn() -> c_int) -> c_int {
+    if flags & MPTCP != 0 {
+        if let Some(errno) = tcp_would_refuse(fd, &opt) {
+            Errno(errno).set();
+            return -1;
+        }
+    }
     let ret = real();
     if ret == 0 {
         fdtable::record_option(fd, opt);
@@ -151,6 +164,24 @@ pub fn setsockopt(fd: c_int, flags: u8, opt: SockOpt, real: impl Fn() -> c_int) 
             ret
         }
     }
+}
+
+/// MPTCP accepts some TCP-level values that TCP refuses (an unknown
+/// TCP_CONGESTION name, a TCP_MAXSEG below the minimum): the program
+/// asked for TCP and must get TCP's answer, so such a value is tried on a
+/// throwaway TCP socket first. Only the options where the two are known
+/// to differ pay for this; common ones (TCP_NODELAY...) go straight through.
+fn tcp_would_refuse(fd: c_int, opt: &SockOpt) -> Option<c_int> {
+    use dropshim_backend_native::sys;
+    let diverges = matches!(opt.name, libc::TCP_CONGESTION | libc::TCP_MAXSEG);
+    if opt.level != libc::IPPROTO_TCP || !diverges || opt.value.is_empty() {
+        return None;
+    }
+    let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    let probe = nsock::open(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, Proto::Tcp).ok()?;
+    let res = sys::setsockopt(probe, opt.level, opt.name, &opt.value);
+    let _ = sys::close(probe);
+    res.err().and_then(|e| e.raw_os_error())
 }
 
 /// Says what MPTCP did on a connection that is about to close.

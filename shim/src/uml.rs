@@ -19,9 +19,10 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
-use crate::hooks::{read_addr, real};
+use crate::hooks::real;
 use crate::log;
 use crate::Errno;
+use dropshim_backend_native::socket::socket_addr;
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -32,6 +33,46 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Copies the program's socket address without trusting the pointer
+/// (process_vm_readv on ourselves reports a bad pointer as an error
+/// instead of faulting). Every variadic argument of syscall(2) is passed
+/// at full register width: the sixth goes on the stack, where a narrower
+/// value would leave garbage in the upper half.
+fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    let local = libc::iovec {
+        iov_base: &mut storage as *mut _ as *mut c_void,
+        iov_len: n,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: n,
+    };
+    // SAFETY: the kernel writes at most `n` bytes into `storage` (which is
+    // at least that long) and reads the program's memory with its own
+    // checked copy.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_readv,
+            libc::c_long::from(libc::getpid()),
+            &local as *const libc::iovec,
+            1 as libc::c_ulong,
+            &remote as *const libc::iovec,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if got != n as libc::c_long {
+        return None;
+    }
+    socket_addr(&storage, n as socklen_t)
+}
 
 enum State {
     /// Not connected yet: the descriptor is the placeholder host socket.
@@ -51,7 +92,6 @@ struct Sock {
     opts: Vec<Opt>,
     state: State,
     device: String,
-    policy_mptcp: Option<bool>,
 }
 
 static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
@@ -92,7 +132,6 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
             opts: Vec::new(),
             state: State::Fresh,
             device: device.clone(),
-            policy_mptcp: None,
         },
     );
     fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP);
@@ -184,9 +223,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         req.addr = Some(dest);
         req.bind = s.bound;
         req.opts = s.opts.clone();
-        req.mptcp = s
-            .policy_mptcp
-            .unwrap_or_else(|| POLICY.get().map_or(true, |p| wants_mptcp(p.decide(&dest))));
+        req.mptcp = POLICY.get().is_none_or(|p| wants_mptcp(p.decide(&dest)));
         (req, s.device.clone())
     };
     let (reply, bridge) = match ask(&device, &req) {
@@ -261,7 +298,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         let local = s.bound.unwrap_or_else(|| wildcard(s.domain));
         req.mptcp = POLICY
             .get()
-            .map_or(true, |p| p.listeners && wants_mptcp(p.decide_bind(&local)));
+            .is_none_or(|p| p.listeners && wants_mptcp(p.decide_bind(&local)));
         (req, s.device.clone())
     };
     let (reply, chan) = match ask(&device, &req) {
@@ -327,7 +364,6 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
                 peer: reply.peer,
             },
             device,
-            policy_mptcp: None,
         },
     );
     fdtable::set(conn, TRACKED | BACKEND_OWNED | MPTCP | FIXED);

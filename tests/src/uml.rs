@@ -15,7 +15,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A unique device name per test (pid + counter): run directories,
 /// private namespaces and interface names derive from it.
 pub fn unique_device(tag: &str) -> String {
-    format!("uml{tag}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "uml{tag}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running UML instance owning `node`'s links.
@@ -54,7 +58,12 @@ impl UmlDevice {
         }
         toml.push_str("[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\n");
         std::fs::write(&config, toml)?;
-        let dev = UmlDevice { name, config, netns, _dir: dir };
+        let dev = UmlDevice {
+            name,
+            config,
+            netns,
+            _dir: dir,
+        };
         let mut cmd = tb.command(node, &cli_path().display().to_string())?;
         cmd.arg("up").arg("--config").arg(&dev.config);
         run_ok(&mut cmd, Duration::from_secs(600)).context("dropshim up (uml)")?;
@@ -64,7 +73,8 @@ impl UmlDevice {
     /// The instance's kernel process, for tests that kill it.
     pub fn kernel_pid(&self) -> Result<i32> {
         let path = run_dir(&self.name).join("kernel.pid");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(text.trim().parse()?)
     }
 

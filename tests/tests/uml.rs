@@ -19,19 +19,31 @@ const SHORT: Duration = Duration::from_secs(20);
 const TRANSFER: Duration = Duration::from_secs(120);
 
 fn two_gateways() -> Result<Testbed> {
-    Ok(Testbed::up(&Spec::builtin("two-gateways")?, &Options::default())?)
+    Ok(Testbed::up(
+        &Spec::builtin("two-gateways")?,
+        &Options::default(),
+    )?)
 }
 
-/// A command in `node` with the shim preloaded: backend uml with `dev`'s
-/// file, or the native default when `dev` is None.
+/// A command in `node`: with a device, under the shim with backend uml
+/// and that device's file; without, the native MPTCP peer, run under
+/// Debian's `mptcpize` so these tests depend on the uml backend only.
 fn shimmed(tb: &Testbed, node: &str, program: &str, dev: Option<&UmlDevice>) -> Result<Command> {
-    let mut cmd = tb.command(node, program)?;
-    cmd.env("LD_PRELOAD", shim_path());
-    for var in ["DROPSHIM_CONFIG", "DROPSHIM_BACKEND", "DROPSHIM_LOG"] {
+    let mut cmd = match dev {
+        Some(dev) => {
+            let mut cmd = tb.command(node, program)?;
+            cmd.env("LD_PRELOAD", shim_path())
+                .env("DROPSHIM_CONFIG", dev.config());
+            cmd
+        }
+        None => {
+            let mut cmd = tb.command(node, "mptcpize")?;
+            cmd.args(["run", program]);
+            cmd
+        }
+    };
+    for var in ["DROPSHIM_BACKEND", "DROPSHIM_LOG"] {
         cmd.env_remove(var);
-    }
-    if let Some(dev) = dev {
-        cmd.env("DROPSHIM_CONFIG", dev.config());
     }
     Ok(cmd)
 }
@@ -51,19 +63,48 @@ fn wait_reachable(tb: &Testbed, node: &str, ip: IpAddr, port: u16) -> Result<()>
         IpAddr::V4(v4) => format!("{v4}"),
         IpAddr::V6(v6) => format!("[{v6}]"),
     };
-    wait_until(SHORT, &format!("{target}:{port} reachable from {node}"), || {
-        Command::new("ip")
-            .args(["netns", "exec", &netns, "curl", "-s", "-o", "/dev/null", "--max-time", "1"])
-            .arg(format!("http://{target}:{port}/"))
-            .status()
-            .map(|s| s.code() != Some(7) && s.code() != Some(28))
-            .unwrap_or(false)
-    })
+    wait_until(
+        SHORT,
+        &format!("{target}:{port} reachable from {node}"),
+        || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &netns,
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "1",
+                ])
+                .arg(format!("http://{target}:{port}/"))
+                .status()
+                .map(|s| s.code() != Some(7) && s.code() != Some(28))
+                .unwrap_or(false)
+        },
+    )
 }
 
-fn http_server(tb: &Testbed, node: &str, dir: &Path, ip: IpAddr, port: u16, dev: Option<&UmlDevice>) -> Result<Background> {
+fn http_server(
+    tb: &Testbed,
+    node: &str,
+    dir: &Path,
+    ip: IpAddr,
+    port: u16,
+    dev: Option<&UmlDevice>,
+) -> Result<Background> {
     let mut cmd = shimmed(tb, node, "python3", dev)?;
-    cmd.args(["-m", "http.server", &port.to_string(), "--bind", &ip.to_string(), "--directory"]).arg(dir);
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        &ip.to_string(),
+        "--directory",
+    ])
+    .arg(dir);
     let server = Background::spawn(&mut cmd, "python3 -m http.server")?;
     Ok(server)
 }
@@ -88,13 +129,19 @@ fn uml_iperf3_client_to_native_server_uses_two_subflows() -> Result<()> {
         let out = run_ok(&mut client, TRANSFER)?;
         server.wait(SHORT)?;
         let report = String::from_utf8_lossy(&out.stdout);
-        ensure!(report.contains("\"sum_received\""), "iperf3 -J printed no result: {report}");
+        ensure!(
+            report.contains("\"sum_received\""),
+            "iperf3 -J printed no result: {report}"
+        );
         let after = mptcp_counters(tb.netns("gw2")?)?;
         ensure!(
             delta(&before, &after, "MPCapableSYNRX") >= 2,
             "iperf3's connections from the UML instance were not MPTCP (reverse={reverse})"
         );
-        ensure!(delta(&before, &after, "MPJoinSynRx") >= 1, "no second subflow joined (reverse={reverse})");
+        ensure!(
+            delta(&before, &after, "MPJoinSynRx") >= 1,
+            "no second subflow joined (reverse={reverse})"
+        );
     }
     Ok(())
 }
@@ -108,8 +155,9 @@ fn uml_iperf3_server_in_instance_serves_native_client() -> Result<()> {
     server.args(["-s", "-1", "-p", &port.to_string()]);
     let server = Background::spawn(&mut server, "iperf3 -s in uml")?;
     let ip = IpAddr::V4(tb.addr4("gw1", 1)?);
-    // iperf3 -s -1 serves one test only, so probe with a plain TCP
-    // connect from the instance's own... no: probe by retrying the client.
+    // The listener lives in the guest, invisible to `ss` here, and
+    // iperf3 -s -1 serves one test only: retry the client itself until
+    // it connects (a refused attempt does not use up the server's test).
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let mut out = None;
     wait_until(SHORT, "iperf3 server in uml to accept", || {
@@ -117,7 +165,15 @@ fn uml_iperf3_server_in_instance_serves_native_client() -> Result<()> {
             Ok(c) => c,
             Err(_) => return false,
         };
-        client.args(["-c", &ip.to_string(), "-p", &port.to_string(), "-t", "2", "-J"]);
+        client.args([
+            "-c",
+            &ip.to_string(),
+            "-p",
+            &port.to_string(),
+            "-t",
+            "2",
+            "-J",
+        ]);
         match run_bounded(&mut client, TRANSFER) {
             Ok(o) if o.status.success() => {
                 out = Some(o);
@@ -129,7 +185,10 @@ fn uml_iperf3_server_in_instance_serves_native_client() -> Result<()> {
     server.wait(SHORT)?;
     let out = out.context("no iperf3 result")?;
     let report = String::from_utf8_lossy(&out.stdout);
-    ensure!(report.contains("\"sum_received\""), "iperf3 -J printed no result: {report}");
+    ensure!(
+        report.contains("\"sum_received\""),
+        "iperf3 -J printed no result: {report}"
+    );
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(
         delta(&before, &after, "MPCapableSYNACKRX") >= 2,
@@ -154,12 +213,23 @@ fn uml_curl_download_is_intact_and_uses_two_subflows() -> Result<()> {
     let out_dir = tempfile::tempdir()?;
     let out = out_dir.path().join("got.bin");
     let mut curl = shimmed(&tb, "gw1", "curl", Some(&dev))?;
-    curl.args(["-sS", "--fail", "-o"]).arg(&out).arg(url(ip, port, "blob.bin"));
+    curl.args(["-sS", "--fail", "-o"])
+        .arg(&out)
+        .arg(url(ip, port, "blob.bin"));
     run_ok(&mut curl, TRANSFER)?;
-    ensure!(sha256_file(&out)? == want, "downloaded bytes differ from the served file");
+    ensure!(
+        sha256_file(&out)? == want,
+        "downloaded bytes differ from the served file"
+    );
     let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(delta(&before, &after, "MPCapableSYNRX") >= 1, "curl's connection was not MPTCP");
-    ensure!(delta(&before, &after, "MPJoinSynRx") >= 1, "no second subflow joined");
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "curl's connection was not MPTCP"
+    );
+    ensure!(
+        delta(&before, &after, "MPJoinSynRx") >= 1,
+        "no second subflow joined"
+    );
     Ok(())
 }
 
@@ -179,9 +249,14 @@ fn uml_http_server_in_instance_serves_curl_intact() -> Result<()> {
     let out_dir = tempfile::tempdir()?;
     let out = out_dir.path().join("got.bin");
     let mut curl = shimmed(&tb, "gw2", "curl", None)?;
-    curl.args(["-sS", "--fail", "-o"]).arg(&out).arg(url(ip, port, "blob.bin"));
+    curl.args(["-sS", "--fail", "-o"])
+        .arg(&out)
+        .arg(url(ip, port, "blob.bin"));
     run_ok(&mut curl, TRANSFER)?;
-    ensure!(sha256_file(&out)? == want, "downloaded bytes differ from the served file");
+    ensure!(
+        sha256_file(&out)? == want,
+        "downloaded bytes differ from the served file"
+    );
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(
         delta(&before, &after, "MPCapableSYNACKRX") >= 1,
@@ -196,20 +271,41 @@ fn uml_instance_not_running_fails_at_once_and_says_what_to_run() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("down.toml");
     let name = dropshim_tests::uml::unique_device("nr");
-    std::fs::write(&config, format!("[device]\nname = \"{name}\"\nbackend = \"uml\"\n"))?;
+    std::fs::write(
+        &config,
+        format!("[device]\nname = \"{name}\"\nbackend = \"uml\"\n"),
+    )?;
     let ip = tb.addr4("gw2", 1)?;
     let mut curl = tb.command("gw1", "curl")?;
-    curl.env("LD_PRELOAD", shim_path()).env("DROPSHIM_CONFIG", &config).env_remove("DROPSHIM_BACKEND");
-    curl.args(["-sS", "--max-time", "10"]).arg(format!("http://{ip}:9/"));
+    curl.env("LD_PRELOAD", shim_path())
+        .env("DROPSHIM_CONFIG", &config)
+        .env_remove("DROPSHIM_BACKEND");
+    curl.args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{ip}:9/"));
     let start = Instant::now();
     let out = run_bounded(&mut curl, SHORT)?;
     let took = start.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success(), "curl succeeded without a running instance");
-    ensure!(took < Duration::from_secs(2), "failing took {took:?}; it must not hang");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("dropshim up --config")).collect();
-    ensure!(lines.len() == 1, "expected one line saying to run `dropshim up`, got: {stderr}");
-    ensure!(lines[0].contains("not running"), "the line should say the instance is not running: {stderr}");
+    ensure!(
+        !out.status.success(),
+        "curl succeeded without a running instance"
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "failing took {took:?}; it must not hang"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("dropshim up --config"))
+        .collect();
+    ensure!(
+        lines.len() == 1,
+        "expected one line saying to run `dropshim up`, got: {stderr}"
+    );
+    ensure!(
+        lines[0].contains("not running"),
+        "the line should say the instance is not running: {stderr}"
+    );
     Ok(())
 }
 
@@ -233,6 +329,16 @@ fn uml_instance_killed_mid_transfer_fails_the_program_quickly() -> Result<()> {
             .map(|after| delta(&before, &after, "MPCapableSYNRX") >= 2)
             .unwrap_or(false)
     })?;
+    // Still transferring right before the kill (not exited, not a zombie).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", client.pid()))?;
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    ensure!(
+        state.is_some_and(|s| s != "Z"),
+        "iperf3 ended before the kill: {stat}"
+    );
     let kpid = dev.kernel_pid()?;
     // SAFETY: SIGKILL to the UML kernel process this test started.
     let killed = unsafe { libc::kill(kpid, libc::SIGKILL) };
@@ -240,8 +346,17 @@ fn uml_instance_killed_mid_transfer_fails_the_program_quickly() -> Result<()> {
     let start = Instant::now();
     let out = client.wait(Duration::from_secs(10))?;
     let took = start.elapsed();
-    eprintln!("uml killed mid-transfer: iperf3 exited after {took:?} with {}", out.status);
-    ensure!(!out.status.success(), "iperf3 reported success although its stack died");
-    ensure!(took < Duration::from_secs(2), "the program noticed after {took:?}; the bar is 2 s");
+    eprintln!(
+        "uml killed mid-transfer: iperf3 exited after {took:?} with {}",
+        out.status
+    );
+    ensure!(
+        !out.status.success(),
+        "iperf3 reported success although its stack died"
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "the program noticed after {took:?}; the bar is 2 s"
+    );
     Ok(())
 }

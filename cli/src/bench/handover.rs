@@ -1,0 +1,313 @@
+//! handover: the client downloads a file from `python3 -m http.server`
+//! over the local-cache testbed; mid-transfer the client's link 1 (the
+//! link TCP and the first MPTCP subflow use) goes down, then comes back.
+//! A small receiver (python3, run on the stack under test like any other
+//! program) timestamps every read: the stall is the longest gap between
+//! received bytes; it also reports whether the transfer completed and the
+//! sha256 of what arrived.
+
+use super::local_cache::{make_file, serve, Served};
+use super::stacks::{self, Role, Stack, UmlDevice};
+use super::{Ctx, Plan, Record, Scenario};
+use anyhow::{bail, Context, Result};
+use dropshim_testbed::{Options, Spec, Testbed};
+use std::io::BufRead;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Both links are shaped to this rate so the transfer lasts seconds.
+    pub rate_mbit: u32,
+    pub size_mb: u64,
+    /// Link 1 goes down this long after the first byte...
+    pub cut_after_s: f64,
+    /// ...and comes back after this long.
+    pub outage_s: f64,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        if quick {
+            Settings {
+                rate_mbit: 100,
+                size_mb: 40,
+                cut_after_s: 0.7,
+                outage_s: 1.5,
+            }
+        } else {
+            Settings {
+                rate_mbit: 100,
+                size_mb: 80,
+                cut_after_s: 1.0,
+                outage_s: 2.0,
+            }
+        }
+    }
+
+    /// Rough seconds per transfer, for the estimate: plain TCP at the
+    /// rate of one link, plus the outage and TCP's back-off after it.
+    pub fn expected_seconds(&self) -> f64 {
+        let tcp = self.size_mb as f64 * 8.0 / f64::from(self.rate_mbit);
+        (tcp + self.outage_s * 2.0) * 0.6 + 1.0
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{} MB at {} Mbit/s, link 1 down {:.1} s",
+            self.size_mb, self.rate_mbit, self.outage_s
+        )
+    }
+}
+
+/// Reads the HTTP response, timestamps every recv; prints FIRST at the
+/// first byte, then one JSON line at the end.
+const RECEIVER: &str = r#"
+import hashlib, json, socket, sys, time
+host, port, path, idle = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s = socket.create_connection((host, port), timeout=idle)
+s.sendall(("GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, host)).encode())
+h = hashlib.sha256()
+head, body, length = b"", 0, None
+first = last = None
+gap, error, buckets = 0.0, None, {}
+try:
+    while True:
+        d = s.recv(1 << 16)
+        now = time.monotonic()
+        if not d:
+            break
+        if first is None:
+            first = last = now
+            print("FIRST", flush=True)
+        gap = max(gap, now - last)
+        last = now
+        if length is None:
+            head += d
+            i = head.find(b"\r\n\r\n")
+            if i < 0:
+                continue
+            d = head[i + 4:]
+            length = -1
+            for line in head[:i].decode("latin1").split("\r\n")[1:]:
+                k, _, v = line.partition(":")
+                if k.strip().lower() == "content-length":
+                    length = int(v)
+        h.update(d)
+        body += len(d)
+        buckets[int((now - first) * 10)] = body
+except OSError as e:
+    error = str(e) or type(e).__name__
+timeline, seen = [], 0
+for b in range(max(buckets) + 1 if buckets else 0):
+    seen = buckets.get(b, seen)
+    timeline.append([round((b + 1) / 10, 1), seen])
+print(json.dumps({"bytes": body, "length": length, "sha256": h.hexdigest(),
+                  "gap": gap, "error": error, "timeline": timeline}), flush=True)
+"#;
+
+pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
+    let set = plan.handover.clone();
+    let setting = set.label();
+    let dir = ctx.work.join("handover");
+    ctx.step("handover: writing the file to serve".into());
+    let file = make_file(
+        &dir,
+        &format!("handover-{}MB", set.size_mb),
+        set.size_mb * 1_000_000,
+        0x5eed,
+    )?;
+    let avail = ctx.stacks.clone();
+    let mut host = Vec::new();
+    for stack in Stack::ALL {
+        match (avail.reason(stack), stack) {
+            (Some(reason), _) => ctx.records.push(
+                Record::new(Scenario::Handover, stack, &setting, 0).skipped(reason),
+            ),
+            (None, Stack::Uml) => {}
+            (None, _) => host.push(stack),
+        }
+    }
+    let spec = Spec::builtin("local-cache")?;
+    let opts = Options {
+        rate_mbit: Some(set.rate_mbit),
+        ..Default::default()
+    };
+    {
+        ctx.step("handover: building the testbed".into());
+        let tb = Testbed::up(&spec, &opts)?;
+        let mut servers = Vec::new();
+        for (slot, &stack) in host.iter().enumerate() {
+            let port = super::port(5 + slot as u16);
+            servers.push((stack, port, serve(ctx, &tb, "cache", stack, &dir, port)?));
+        }
+        for run in 1..=plan.runs {
+            for (stack, port, _server) in &servers {
+                one(ctx, &tb, *stack, None, *port, &file, &set, &setting, run);
+            }
+        }
+    }
+    if avail.reason(Stack::Uml).is_none() {
+        ctx.step("handover: booting the uml device".into());
+        let tb = Testbed::up(&spec, &opts)?;
+        match UmlDevice::up(&tb, "client", "cache", &ctx.work) {
+            Err(e) => ctx.records.push(
+                Record::new(Scenario::Handover, Stack::Uml, &setting, 0).skipped(
+                    super::one_line(&format!("uml device did not start: {e:#}")),
+                ),
+            ),
+            Ok(dev) => {
+                let port = super::port(9);
+                let _server = serve(ctx, &tb, "cache", Stack::Uml, &dir, port)?;
+                for run in 1..=plan.runs {
+                    one(ctx, &tb, Stack::Uml, Some(&dev), port, &file, &set, &setting, run);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one(
+    ctx: &mut Ctx,
+    tb: &Testbed,
+    stack: Stack,
+    uml: Option<&UmlDevice>,
+    port: u16,
+    file: &Served,
+    set: &Settings,
+    setting: &str,
+    run: u32,
+) {
+    ctx.step(format!("handover run {run}: {}", stack.label()));
+    let mut rec = Record::new(Scenario::Handover, stack, setting, run);
+    match transfer(ctx, tb, stack, uml, port, file, set) {
+        Ok(t) => {
+            rec.bytes = Some(t.bytes);
+            rec.stall_s = Some(t.gap);
+            rec.completed = Some(t.completed);
+            rec.intact = Some(t.completed && t.sha256 == file.sha256);
+            rec.seconds = t.timeline.last().map(|p| p.0);
+            rec.subflows = Some(t.subflows);
+            if let Some(reason) = t.error {
+                rec.reason = Some(super::one_line(&reason));
+            }
+            rec.timeline = t.timeline;
+            rec.outage = Some(t.outage);
+        }
+        Err(e) => rec = rec.failed(&e),
+    }
+    ctx.push(rec);
+}
+
+struct Transfer {
+    bytes: u64,
+    completed: bool,
+    sha256: String,
+    gap: f64,
+    error: Option<String>,
+    timeline: Vec<(f64, u64)>,
+    outage: (f64, f64),
+    subflows: f64,
+}
+
+fn transfer(
+    ctx: &Ctx,
+    tb: &Testbed,
+    stack: Stack,
+    uml: Option<&UmlDevice>,
+    port: u16,
+    file: &Served,
+    set: &Settings,
+) -> Result<Transfer> {
+    let cache_ns = tb.netns("cache")?.to_string();
+    let client_ns = tb.netns("client")?.to_string();
+    let client_if = tb.ifname("client", 1)?.to_string();
+    let addr = tb.addr4("cache", 1)?.to_string();
+    // The receiver gives up after this long without a byte: long enough
+    // for TCP's back-off after the outage, short of hanging the bench.
+    let idle = set.outage_s * 4.0 + 10.0;
+    let before = super::mptcp_counters(&cache_ns)?;
+    let mut cmd = stacks::command(tb, "client", stack, Role::Client, &ctx.library, uml, "python3")?;
+    cmd.args(["-c", RECEIVER, &addr, &port.to_string(), &file.name])
+        .arg(idle.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().context("starting the python3 receiver")?;
+    let mut child = super::KillOnDrop(child);
+    let (tx, rx) = mpsc::channel::<String>();
+    if let Some(out) = child.0.stdout.take() {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(15)) {
+        Ok(l) if l == "FIRST" => {}
+        Ok(l) => bail!("receiver said {l:?} before any byte arrived"),
+        Err(_) => {
+            let _ = child.0.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("no byte arrived within 15 s: {}", err.trim());
+        }
+    }
+    let t0 = Instant::now();
+    // The schedule of the experiment itself (cut at T, restore at T+D).
+    std::thread::sleep(Duration::from_secs_f64(set.cut_after_s));
+    link(&client_ns, &client_if, false)?;
+    let down = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(set.outage_s));
+    tb.set_link(1, true)?;
+    let up = t0.elapsed().as_secs_f64();
+    let budget = Duration::from_secs_f64(idle + file.bytes as f64 * 8.0 / 1e6 / f64::from(set.rate_mbit) + 10.0);
+    let line = rx
+        .recv_timeout(budget)
+        .map_err(|_| anyhow::anyhow!("receiver did not finish within {budget:?}"))?;
+    let after = super::mptcp_counters(&cache_ns)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("receiver output {line:?}"))?;
+    let bytes = v["bytes"].as_u64().unwrap_or(0);
+    let length = v["length"].as_i64().unwrap_or(-1);
+    let timeline = v["timeline"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Transfer {
+        bytes,
+        completed: length >= 0 && bytes == length as u64 && v["error"].is_null(),
+        sha256: v["sha256"].as_str().unwrap_or("").to_string(),
+        gap: v["gap"].as_f64().unwrap_or(f64::NAN),
+        error: v["error"].as_str().map(str::to_string),
+        timeline,
+        outage: (down, up),
+        subflows: super::subflows_between(&before, &after),
+    })
+}
+
+/// The client's end only: a client losing its Wi-Fi. (Both ends down would
+/// also take the cache's link-1 address, the one every subflow talks to.)
+fn link(netns: &str, ifname: &str, up: bool) -> Result<()> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["-n", netns, "link", "set", ifname, if up { "up" } else { "down" }]);
+    let out = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(10))?;
+    if !out.status.success() {
+        bail!(
+            "cannot set {ifname} down: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! What `dropshim bench` writes: one JSON file per run, one CSV of every
+//! run, and the Markdown summary (also printed): per scenario a table of
+//! medians and spread, skipped stacks with their reason, then the ratios
+//! the design's bars are about.
+
+use super::{median, Record, Scenario, Stack, Status};
+use anyhow::{Context, Result};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Runs of one scenario, setting and stack configuration.
+pub struct Group<'a> {
+    pub scenario: Scenario,
+    pub setting: &'a str,
+    pub stack: Stack,
+    pub path_manager: &'a str,
+    pub scheduler: &'a str,
+    pub records: Vec<&'a Record>,
+}
+
+impl<'a> Group<'a> {
+    pub fn ok(&self) -> Vec<&'a Record> {
+        self.records
+            .iter()
+            .copied()
+            .filter(|r| r.status == Status::Ok)
+            .collect()
+    }
+
+    /// Median, min and max of a metric over the successful runs.
+    pub fn stat(&self, f: impl Fn(&Record) -> Option<f64>) -> Option<(f64, f64, f64)> {
+        let v: Vec<f64> = self.ok().iter().filter_map(|r| f(r)).collect();
+        if v.is_empty() {
+            return None;
+        }
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some((median(v), lo, hi))
+    }
+
+    /// "skipped: why" / "failed: why" when no run succeeded.
+    pub fn not_run(&self) -> Option<String> {
+        if !self.ok().is_empty() {
+            return None;
+        }
+        let r = self.records.first()?;
+        let what = if r.status == Status::Skipped {
+            "skipped"
+        } else {
+            "failed"
+        };
+        Some(format!(
+            "{what}: {}",
+            r.reason.as_deref().unwrap_or("no reason recorded")
+        ))
+    }
+
+    fn runs(&self) -> String {
+        let ok = self.ok().len();
+        let failed = self
+            .records
+            .iter()
+            .filter(|r| r.status == Status::Failed)
+            .count();
+        if failed > 0 {
+            format!("{ok} ok, {failed} failed")
+        } else {
+            ok.to_string()
+        }
+    }
+}
+
+/// Groups in a stable order: scenario, setting as first seen, stack,
+/// path manager, scheduler.
+pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
+    let mut settings: Vec<(Scenario, &str)> = Vec::new();
+    for r in records {
+        if !r.setting.is_empty() && !settings.contains(&(r.scenario, r.setting.as_str())) {
+            settings.push((r.scenario, &r.setting));
+        }
+    }
+    let scen_order = |s: Scenario| [Scenario::TwoGateways, Scenario::LocalCache, Scenario::Handover, Scenario::Overhead]
+        .iter()
+        .position(|x| *x == s)
+        .unwrap_or(9);
+    let mut out: Vec<Group> = Vec::new();
+    for r in records {
+        match out.iter_mut().find(|g| {
+            g.scenario == r.scenario
+                && g.setting == r.setting
+                && g.stack == r.stack
+                && g.path_manager == r.path_manager
+                && g.scheduler == r.scheduler
+        }) {
+            Some(g) => g.records.push(r),
+            None => out.push(Group {
+                scenario: r.scenario,
+                setting: &r.setting,
+                stack: r.stack,
+                path_manager: &r.path_manager,
+                scheduler: &r.scheduler,
+                records: vec![r],
+            }),
+        }
+    }
+    out.sort_by_key(|g| {
+        (
+            scen_order(g.scenario),
+            settings
+                .iter()
+                .position(|s| *s == (g.scenario, g.setting))
+                .unwrap_or(usize::MAX),
+            g.stack,
+            g.path_manager.to_string(),
+            g.scheduler.to_string(),
+        )
+    });
+    out
+}
+
+fn f0(x: f64) -> String {
+    format!("{x:.0}")
+}
+
+fn spread(s: Option<(f64, f64, f64)>, digits: usize) -> (String, String) {
+    match s {
+        Some((m, lo, hi)) => (
+            format!("{m:.digits$}"),
+            format!("{lo:.digits$}..{hi:.digits$}"),
+        ),
+        None => ("-".into(), "-".into()),
+    }
+}
+
+fn subflows(g: &Group) -> String {
+    match g.stat(|r| r.subflows) {
+        Some((m, _, _)) if m == 0.0 => "0 (TCP)".into(),
+        Some((m, _, _)) => format!("{m:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn all_true(g: &Group, f: impl Fn(&Record) -> Option<bool>) -> String {
+    let ok = g.ok();
+    let v: Vec<bool> = ok.iter().filter_map(|r| f(r)).collect();
+    if v.is_empty() {
+        "-".into()
+    } else {
+        format!("{}/{}", v.iter().filter(|b| **b).count(), v.len())
+    }
+}
+
+/// The Markdown summary of all records.
+pub fn markdown(records: &[Record]) -> String {
+    let groups = groups(records);
+    let mut md = String::new();
+    let scenarios: Vec<Scenario> = {
+        let mut v: Vec<Scenario> = groups.iter().map(|g| g.scenario).collect();
+        v.dedup();
+        v
+    };
+    for scenario in scenarios {
+        let gs: Vec<&Group> = groups.iter().filter(|g| g.scenario == scenario).collect();
+        let _ = writeln!(md, "### {}\n", scenario.name());
+        let header = match scenario {
+            Scenario::TwoGateways => "| links | stack | path manager | scheduler | Mbit/s (median) | min..max | subflows/conn | runs |",
+            Scenario::LocalCache => "| size | stack | download s (median) | min..max | goodput Mbit/s | subflows/conn | sha256 ok | runs |",
+            Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
+            Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
+        };
+        let cols = header.matches('|').count() - 1;
+        let _ = writeln!(md, "{header}");
+        let _ = writeln!(md, "|{}", "---|".repeat(cols));
+        for g in gs {
+            let lead = format!("| {} | {} |", g.setting, g.stack.label());
+            if let Some(why) = g.not_run() {
+                let pad = match scenario {
+                    Scenario::TwoGateways => format!(
+                        " {} | {} | {why} |{}",
+                        g.path_manager,
+                        g.scheduler,
+                        " |".repeat(cols - 5)
+                    ),
+                    _ => format!(" {why} |{}", " |".repeat(cols - 3)),
+                };
+                let _ = writeln!(md, "{lead}{pad}");
+                continue;
+            }
+            let row = match scenario {
+                Scenario::TwoGateways => {
+                    let (m, s) = spread(g.stat(|r| r.mbit_per_s), 0);
+                    format!(
+                        " {} | {} | {m} | {s} | {} | {} |",
+                        or_dash(g.path_manager),
+                        or_dash(g.scheduler),
+                        subflows(g),
+                        g.runs()
+                    )
+                }
+                Scenario::LocalCache => {
+                    let (m, s) = spread(g.stat(|r| r.seconds), 3);
+                    let goodput = g.stat(|r| r.mbit_per_s).map_or("-".into(), |x| f0(x.0));
+                    format!(
+                        " {m} | {s} | {goodput} | {} | {} | {} |",
+                        subflows(g),
+                        all_true(g, |r| r.intact),
+                        g.runs()
+                    )
+                }
+                Scenario::Handover => {
+                    let (m, s) = spread(g.stat(|r| r.stall_s), 2);
+                    format!(
+                        " {m} | {s} | {} | {} | {} | {} |",
+                        all_true(g, |r| r.completed),
+                        all_true(g, |r| r.intact),
+                        subflows(g),
+                        g.runs()
+                    )
+                }
+                Scenario::Overhead => {
+                    let (m, s) = spread(g.stat(|r| r.mbit_per_s), 0);
+                    let cpu = g
+                        .stat(|r| r.cpu_s_per_gb)
+                        .map_or("-".into(), |x| format!("{:.2}", x.0));
+                    format!(" {m} | {s} | {cpu} | {} | {} |", subflows(g), g.runs())
+                }
+            };
+            let _ = writeln!(md, "{lead}{row}");
+        }
+        let _ = writeln!(md);
+    }
+    let bars = ratios(&groups);
+    if !bars.is_empty() {
+        let _ = writeln!(md, "### ratios (medians, same run)\n");
+        for b in bars {
+            let _ = writeln!(md, "- {b}");
+        }
+    }
+    md
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// The design's bars, from the medians.
+fn ratios(groups: &[Group]) -> Vec<String> {
+    let med = |scenario: Scenario, setting: &str, stack: Stack, f: fn(&Record) -> Option<f64>| {
+        groups
+            .iter()
+            .find(|g| {
+                g.scenario == scenario
+                    && g.setting == setting
+                    && g.stack == stack
+                    && (g.path_manager.is_empty() || g.path_manager == "kernel")
+            })
+            .and_then(|g| g.stat(f))
+            .map(|s| s.0)
+    };
+    let mbit: fn(&Record) -> Option<f64> = |r| r.mbit_per_s;
+    let mut out = Vec::new();
+    let mut seen: Vec<(Scenario, &str)> = Vec::new();
+    for g in groups {
+        if seen.contains(&(g.scenario, g.setting)) {
+            continue;
+        }
+        seen.push((g.scenario, g.setting));
+        let (sc, set) = (g.scenario, g.setting);
+        let native = med(sc, set, Stack::Native, mbit);
+        match sc {
+            Scenario::TwoGateways | Scenario::Overhead => {
+                let name = format!("{} ({set})", sc.name());
+                if let (Some(n), Some(p)) = (native, med(sc, set, Stack::Mptcpize, mbit)) {
+                    out.push(format!("{name}: dropshim native / mptcpize = {:.3} (bar >= 0.99)", n / p));
+                }
+                if sc == Scenario::TwoGateways {
+                    if let (Some(n), Some(t)) = (native, med(sc, set, Stack::Tcp, mbit)) {
+                        out.push(format!("{name}: MPTCP (dropshim native) / TCP one link = {:.3} (bar >= 1.9)", n / t));
+                    }
+                }
+                for (stack, bar) in [(Stack::Uml, if sc == Scenario::TwoGateways { 0.95 } else { 0.5 }), (Stack::Lkl, if sc == Scenario::TwoGateways { 0.95 } else { 0.7 })] {
+                    if let (Some(n), Some(x)) = (native, med(sc, set, stack, mbit)) {
+                        out.push(format!("{name}: {} / native = {:.3} (bar >= {bar})", stack.name(), x / n));
+                    }
+                }
+            }
+            Scenario::LocalCache => {
+                let secs: fn(&Record) -> Option<f64> = |r| r.seconds;
+                if let (Some(t), Some(n)) = (med(sc, set, Stack::Tcp, secs), med(sc, set, Stack::Native, secs)) {
+                    out.push(format!("local-cache {set}: download time TCP / MPTCP (dropshim native) = {:.2}", t / n));
+                }
+            }
+            Scenario::Handover => {
+                let stall: fn(&Record) -> Option<f64> = |r| r.stall_s;
+                for stack in [Stack::Native, Stack::Uml, Stack::Lkl] {
+                    if let Some(s) = med(sc, set, stack, stall) {
+                        out.push(format!("handover: {} stall = {s:.2} s (bar < 1.5 s, completed and byte-exact)", stack.label()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or(String::new(), |x| x.to_string())
+}
+
+fn optf(v: Option<f64>, digits: usize) -> String {
+    v.map_or(String::new(), |x| format!("{x:.digits$}"))
+}
+
+pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact";
+
+/// Every record, one row each (handover timelines stay in the JSON).
+pub fn csv(records: &[Record]) -> String {
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    for r in records {
+        let status = match r.status {
+            Status::Ok => "ok",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+        };
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.scenario.name(),
+            csv_field(&r.setting),
+            r.stack.name(),
+            csv_field(&r.path_manager),
+            csv_field(&r.scheduler),
+            r.run,
+            status,
+            csv_field(r.reason.as_deref().unwrap_or("")),
+            optf(r.mbit_per_s, 1),
+            optf(r.seconds, 4),
+            opt(r.bytes),
+            optf(r.cpu_s_per_gb, 3),
+            optf(r.subflows, 2),
+            optf(r.stall_s, 3),
+            opt(r.completed),
+            opt(r.intact),
+        );
+    }
+    s
+}
+
+/// run-NNN-<scenario>-<stack>.json per record, results.csv, summary.md.
+pub fn write_all(dir: &Path, records: &[Record], summary: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (i, r) in records.iter().enumerate() {
+        let path = dir.join(format!(
+            "run-{:03}-{}-{}.json",
+            i + 1,
+            r.scenario.name(),
+            r.stack.name()
+        ));
+        std::fs::write(&path, serde_json::to_string_pretty(r)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    std::fs::write(dir.join("results.csv"), csv(records))
+        .with_context(|| format!("writing {}/results.csv", dir.display()))?;
+    std::fs::write(dir.join("summary.md"), summary)
+        .with_context(|| format!("writing {}/summary.md", dir.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn rec(scenario: Scenario, stack: Stack, setting: &str, run: u32, mbit: f64) -> Record {
+        let mut r = Record::new(scenario, stack, setting, run);
+        r.mbit_per_s = Some(mbit);
+        r.seconds = Some(8000.0 / mbit);
+        r.subflows = Some(if stack == Stack::Tcp { 0.0 } else { 2.0 });
+        r.cpu_s_per_gb = Some(1.5);
+        r
+    }
+
+    pub fn sample() -> Vec<Record> {
+        let tg = Scenario::TwoGateways;
+        let set = "2 x 1000 Mbit/s";
+        let mut v = vec![
+            rec(tg, Stack::Tcp, set, 1, 950.0),
+            rec(tg, Stack::Native, set, 1, 1880.0),
+            rec(tg, Stack::Mptcpize, set, 1, 1870.0),
+            rec(tg, Stack::Tcp, set, 2, 940.0),
+            rec(tg, Stack::Native, set, 2, 1860.0),
+            rec(tg, Stack::Mptcpize, set, 2, 1880.0),
+            rec(tg, Stack::Tcp, set, 3, 960.0),
+            rec(tg, Stack::Native, set, 3, 1870.0),
+            rec(tg, Stack::Mptcpize, set, 3, 1875.0),
+            Record::new(tg, Stack::Lkl, set, 0).skipped("not built yet"),
+        ];
+        let mut us = Record::new(tg, Stack::Native, set, 0).skipped("needs a daemon, a, \"b\"");
+        us.path_manager = "userspace".into();
+        v.push(us);
+        let mut h = Record::new(Scenario::Handover, Stack::Native, "40 MB", 1);
+        h.stall_s = Some(0.42);
+        h.completed = Some(true);
+        h.intact = Some(true);
+        h.subflows = Some(2.0);
+        h.timeline = vec![(0.1, 1000), (0.2, 2000)];
+        h.outage = Some((0.05, 0.15));
+        v.push(h);
+        let mut lc = Record::new(Scenario::LocalCache, Stack::Tcp, "10 MB", 1);
+        lc.seconds = Some(0.09);
+        lc.mbit_per_s = Some(888.0);
+        lc.intact = Some(true);
+        lc.subflows = Some(0.0);
+        v.push(lc);
+        let failed = Record::new(Scenario::LocalCache, Stack::Native, "10 MB", 1)
+            .failed(&anyhow::anyhow!("curl failed | badly"));
+        v.push(failed);
+        v
+    }
+
+    #[test]
+    fn summary_has_medians_spread_skips_and_bars() {
+        let md = markdown(&sample());
+        let expect = [
+            "### two-gateways",
+            "| 2 x 1000 Mbit/s | TCP, one link | - | - | 950 | 940..960 | 0 (TCP) | 3 |",
+            "| 2 x 1000 Mbit/s | MPTCP via dropshim (native) | kernel | default | 1870 | 1860..1880 | 2.0 | 3 |",
+            "| 2 x 1000 Mbit/s | MPTCP via mptcpize | kernel | default | 1875 | 1870..1880 | 2.0 | 3 |",
+            "| 2 x 1000 Mbit/s | MPTCP via dropshim (native) | userspace | default | skipped: needs a daemon, a, \"b\" | | | |",
+            "| 2 x 1000 Mbit/s | MPTCP via dropshim (lkl) | kernel | default | skipped: not built yet | | | |",
+            "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/1 | 1 |",
+            "| 10 MB | MPTCP via dropshim (native) | failed: curl failed / badly | | | | | |",
+            "| 40 MB | MPTCP via dropshim (native) | 0.42 | 0.42..0.42 | 1/1 | 1/1 | 2.0 | 1 |",
+            "dropshim native / mptcpize = 0.997 (bar >= 0.99)",
+            "MPTCP (dropshim native) / TCP one link = 1.968 (bar >= 1.9)",
+            "MPTCP via dropshim (native) stall = 0.42 s",
+        ];
+        for e in expect {
+            assert!(md.contains(e), "missing {e:?} in\n{md}");
+        }
+        // Every table row has as many cells as its header.
+        for table in md.split("### ").skip(1) {
+            let rows: Vec<&str> = table.lines().filter(|l| l.starts_with('|')).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let n = rows[0].matches('|').count();
+            for r in &rows {
+                assert_eq!(r.matches('|').count(), n, "row {r:?} in\n{table}");
+            }
+        }
+        // The userspace row sorts after the kernel row of the same stack.
+        let k = md.find("| kernel | default | 1870").unwrap();
+        let u = md.find("| userspace |").unwrap();
+        assert!(k < u);
+    }
+
+    #[test]
+    fn csv_has_one_row_per_record_and_quotes_reasons() {
+        let recs = sample();
+        let csv = csv(&recs);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines.len(), recs.len() + 1);
+        assert_eq!(
+            lines[1],
+            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,"
+        );
+        assert!(csv.contains(
+            "two-gateways,2 x 1000 Mbit/s,native,userspace,default,0,skipped,\"needs a daemon, a, \"\"b\"\"\","
+        ), "{csv}");
+        assert!(csv.contains("handover,40 MB,native,kernel,default,1,ok,,,,,,2.00,0.420,true,true"), "{csv}");
+    }
+
+    #[test]
+    fn write_all_writes_json_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let recs = sample();
+        write_all(dir.path(), &recs, "summary").unwrap();
+        let json = std::fs::read_to_string(dir.path().join("run-012-handover-native.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["stall_s"], 0.42);
+        assert_eq!(v["timeline"][1][1], 2000);
+        assert_eq!(std::fs::read_to_string(dir.path().join("summary.md")).unwrap(), "summary");
+        let n = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(n, recs.len() + 2);
+    }
+}

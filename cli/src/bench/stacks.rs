@@ -1,0 +1,361 @@
+//! The stacks a measurement can run on, whether each can run here, and
+//! how a program is started on one: plain TCP, the shim on the native
+//! backend, mptcpize (the native backend's peer), the shim on a uml device
+//! booted inside the client's namespace, and lkl (not built yet).
+
+use anyhow::{bail, Context, Result};
+use dropshim_testbed::Testbed;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stack {
+    /// Plain TCP, no shim: one link.
+    Tcp,
+    /// LD_PRELOAD=libdropshim.so, no configuration: the native backend.
+    Native,
+    /// `mptcpize run` (mptcpd's LD_PRELOAD wrapper), the native peer.
+    Mptcpize,
+    /// The shim with a device file whose backend is uml.
+    Uml,
+    /// The shim on the lkl backend.
+    Lkl,
+}
+
+impl Stack {
+    pub const ALL: [Stack; 5] = [
+        Stack::Tcp,
+        Stack::Native,
+        Stack::Mptcpize,
+        Stack::Uml,
+        Stack::Lkl,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stack::Tcp => "TCP, one link",
+            Stack::Native => "MPTCP via dropshim (native)",
+            Stack::Mptcpize => "MPTCP via mptcpize",
+            Stack::Uml => "MPTCP via dropshim (uml)",
+            Stack::Lkl => "MPTCP via dropshim (lkl)",
+        }
+    }
+
+    /// Short name for CSV, file names and plot axes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stack::Tcp => "tcp",
+            Stack::Native => "native",
+            Stack::Mptcpize => "mptcpize",
+            Stack::Uml => "uml",
+            Stack::Lkl => "lkl",
+        }
+    }
+}
+
+/// Which stacks can run here, and why the others cannot.
+#[derive(Clone, Debug)]
+pub struct Availability {
+    /// `None` = runnable; `Some(reason)` = skipped.
+    pub reasons: Vec<(Stack, Option<String>)>,
+    pub path_managers: Vec<String>,
+    pub schedulers: Vec<String>,
+}
+
+const MPTCP_SYSCTL: &str = "/proc/sys/net/mptcp";
+
+impl Availability {
+    pub fn probe(library: &Path) -> Availability {
+        let read = |name: &str| {
+            std::fs::read_to_string(Path::new(MPTCP_SYSCTL).join(name))
+                .map(|s| s.trim().to_string())
+                .ok()
+        };
+        let mptcp = match read("enabled").as_deref() {
+            Some("1") => None,
+            Some(_) => Some("net.mptcp.enabled is 0 on this host: `sysctl -w net.mptcp.enabled=1`".to_string()),
+            None => Some("this kernel has no MPTCP (/proc/sys/net/mptcp missing)".to_string()),
+        };
+        let mptcpize = if !super::on_path("mptcpize") {
+            Some("mptcpize not installed (apt-get install mptcpize)".to_string())
+        } else {
+            mptcp.clone()
+        };
+        let list = |name: &str, fallback: &str| -> Vec<String> {
+            read(name)
+                .unwrap_or_else(|| fallback.to_string())
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        Availability {
+            reasons: vec![
+                (Stack::Tcp, None),
+                (Stack::Native, mptcp),
+                (Stack::Mptcpize, mptcpize),
+                (Stack::Uml, uml_reason(library)),
+                (
+                    Stack::Lkl,
+                    Some("not built yet: this build has no lkl backend".to_string()),
+                ),
+            ],
+            path_managers: list("available_path_managers", "kernel"),
+            schedulers: list("available_schedulers", "default"),
+        }
+    }
+
+    pub fn reason(&self, stack: Stack) -> Option<&str> {
+        self.reasons
+            .iter()
+            .find(|(s, _)| *s == stack)
+            .and_then(|(_, r)| r.as_deref())
+    }
+
+    pub fn runnable(&self) -> Vec<Stack> {
+        self.reasons
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    pub fn summary(&self) -> String {
+        self.runnable()
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Why a path manager other than `kernel` cannot be measured.
+    pub fn path_manager_reason(pm: &str) -> String {
+        match pm {
+            "userspace" => "the userspace path manager creates no subflows by itself; it needs a daemon (mptcpd or similar) driving it over netlink, which neither this host nor dropshim provides yet".to_string(),
+            other => format!("path manager {other:?} is not known to dropshim bench"),
+        }
+    }
+}
+
+/// Why the uml stack cannot run, before trying to boot it.
+fn uml_reason(library: &Path) -> Option<String> {
+    if dropshim_backend_uml::host::built_kernel().is_none() {
+        return Some("no UML kernel built yet: `dropshim up` on a uml device file builds it (about 3 minutes)".to_string());
+    }
+    if let Err(e) = dropshim_backend_uml::host::helper_binary() {
+        return Some(e);
+    }
+    if !library.is_file() {
+        return Some(format!("{} missing", library.display()));
+    }
+    None
+}
+
+/// Which end of a transfer a program is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// `program` in `node`, started the way `stack` runs programs. On the uml
+/// stack only the client goes through the uml device; the server side
+/// is the native backend.
+pub fn command(
+    tb: &Testbed,
+    node: &str,
+    stack: Stack,
+    role: Role,
+    library: &Path,
+    uml: Option<&UmlDevice>,
+    program: &str,
+) -> Result<Command> {
+    let mut cmd = if stack == Stack::Mptcpize {
+        let mut c = tb.command(node, "mptcpize")?;
+        c.args(["run", program]);
+        c
+    } else {
+        tb.command(node, program)?
+    };
+    for var in [
+        "LD_PRELOAD",
+        "DROPSHIM_CONFIG",
+        "DROPSHIM_BACKEND",
+        "DROPSHIM_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    match (stack, role) {
+        (Stack::Tcp | Stack::Mptcpize, _) => {}
+        (Stack::Native, _) | (Stack::Uml, Role::Server) => {
+            cmd.env("LD_PRELOAD", library);
+        }
+        (Stack::Uml, Role::Client) => {
+            let Some(dev) = uml else {
+                bail!("internal: uml stack without a uml device");
+            };
+            cmd.env("LD_PRELOAD", library);
+            cmd.env("DROPSHIM_CONFIG", &dev.config);
+        }
+        (Stack::Lkl, _) => bail!("the lkl backend is not built yet"),
+    }
+    Ok(cmd)
+}
+
+/// A uml device booted in the client's namespace of a testbed, owning the
+/// client's links 1 and 2 (their host addresses move into the guest).
+/// `dropshim down` runs on drop.
+pub struct UmlDevice {
+    pub config: PathBuf,
+    netns: String,
+    /// CPU time of the UML kernel's processes is added to the stack's cost.
+    run_dir: PathBuf,
+}
+
+static DEVICES: AtomicU32 = AtomicU32::new(0);
+
+impl UmlDevice {
+    pub fn up(tb: &Testbed, client: &str, server: &str, work: &Path) -> Result<UmlDevice> {
+        let n = DEVICES.fetch_add(1, Ordering::Relaxed);
+        let name = format!("bench{}x{n}", std::process::id());
+        let netns = tb.netns(client)?.to_string();
+        let mut ifaces = String::new();
+        for link in [1u32, 2] {
+            let ifname = tb.ifname(client, link)?.to_string();
+            let a4 = tb.addr4(client, link)?;
+            // The raw transport sees every frame: the host must not answer
+            // on this interface too (design brief), so its addresses go.
+            ip(&["-n", &netns, "addr", "flush", "dev", &ifname])?;
+            ifaces.push_str(&format!(
+                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n\n"
+            ));
+        }
+        // The guest has no source routing: the server announces its link-2
+        // address so the guest's second subflow goes there over link 2.
+        let srv_ns = tb.netns(server)?.to_string();
+        let srv2 = tb.addr4(server, 2)?.to_string();
+        let srv_if = tb.ifname(server, 2)?.to_string();
+        ip(&[
+            "-n", &srv_ns, "mptcp", "endpoint", "add", &srv2, "dev", &srv_if, "signal",
+        ])?;
+        let config = work.join(format!("{name}.toml"));
+        let text = format!(
+            "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n{ifaces}\
+             [mptcp]\nlimits = {{ subflows = 2, add_addr_accepted = 2 }}\npath_manager = \"kernel\"\n\n\
+             [policy]\ndefault = \"mptcp\"\n\n[uml]\nmemory_mib = 256\n"
+        );
+        std::fs::write(&config, text)
+            .with_context(|| format!("writing {}", config.display()))?;
+        let dev = UmlDevice {
+            config,
+            netns,
+            run_dir: dropshim_backend_uml::run_dir(&name),
+        };
+        let out = dev.dropshim("up", Duration::from_secs(120))?;
+        if !out.status.success() {
+            bail!(
+                "`dropshim up` of the uml device failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(dev)
+    }
+
+    fn dropshim(&self, verb: &str, timeout: Duration) -> Result<std::process::Output> {
+        let exe = std::env::current_exe().context("locating the dropshim executable")?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(exe)
+            .arg(verb)
+            .arg("--config")
+            .arg(&self.config);
+        Ok(dropshim_testbed::run_with_timeout(&mut cmd, timeout)?)
+    }
+
+    /// CPU seconds (user + system) used so far by the UML kernel's
+    /// processes (its process group).
+    pub fn cpu_seconds(&self) -> f64 {
+        let Some(pgrp) = std::fs::read_to_string(self.run_dir.join("kernel.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+        else {
+            return 0.0;
+        };
+        process_group_cpu(pgrp)
+    }
+}
+
+impl Drop for UmlDevice {
+    fn drop(&mut self) {
+        let _ = self.dropshim("down", Duration::from_secs(30));
+    }
+}
+
+/// Sum of utime + stime of every process in process group `pgrp`.
+pub fn process_group_cpu(pgrp: i64) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0u64;
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command (which may hold spaces) start after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
+        if f.len() > 12 && f[2].parse::<i64>().ok() == Some(pgrp) {
+            total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    total as f64 / ticks
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    let out = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(20))?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lkl_is_always_skipped_with_a_reason_and_tcp_always_runs() {
+        let a = Availability::probe(Path::new("/nonexistent/libdropshim.so"));
+        assert!(a.reason(Stack::Lkl).is_some_and(|r| r.contains("not built")));
+        assert_eq!(a.reason(Stack::Tcp), None);
+        assert!(a.runnable().contains(&Stack::Tcp));
+        assert!(!a.schedulers.is_empty());
+    }
+
+    #[test]
+    fn own_process_group_cpu_is_counted() {
+        // SAFETY: getpgrp has no preconditions.
+        let pgrp = i64::from(unsafe { libc::getpgrp() });
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(150) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        assert!(x != 1);
+        assert!(process_group_cpu(pgrp) > 0.05);
+    }
+}

@@ -1,0 +1,817 @@
+//! Support for the reliability suite (`tests/tests/reliability*.rs`):
+//! the small programs it runs under the shim (Python, written to a temp
+//! dir per test), sampling a process's descriptors, threads and memory
+//! from /proc, reading per-link byte counters, and the knobs that turn
+//! the bounded CI run into the long one (`scripts/reliability-long.sh`).
+
+use crate::{run_ok, shim_path};
+use anyhow::{bail, Context, Result};
+use dropshim_testbed::{Options, Spec, Testbed};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The two-gateways testbed, unshaped.
+pub fn two_gateways() -> Result<Testbed> {
+    Ok(Testbed::up(
+        &Spec::builtin("two-gateways")?,
+        &Options::default(),
+    )?)
+}
+
+/// `program` in `node` with the shim preloaded (native default policy,
+/// unless `env` says otherwise) and no inherited dropshim settings.
+pub fn shimmed(tb: &Testbed, node: &str, program: &str, env: &[(&str, &str)]) -> Result<Command> {
+    let mut cmd = plain(tb, node, program)?;
+    cmd.env("LD_PRELOAD", shim_path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd)
+}
+
+/// `program` in `node` without the shim: the kernel's own behaviour.
+pub fn plain(tb: &Testbed, node: &str, program: &str) -> Result<Command> {
+    let mut cmd = tb.command(node, program)?;
+    for var in [
+        "LD_PRELOAD",
+        "DROPSHIM_CONFIG",
+        "DROPSHIM_BACKEND",
+        "DROPSHIM_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    Ok(cmd)
+}
+
+/// Resolves gw1's neighbours on both links (one ping each) so a short
+/// transfer's join SYN is not held in the ARP queue until the
+/// connection is already over.
+pub fn warm_paths(tb: &Testbed) -> Result<()> {
+    for link in [1, 2] {
+        let peer = tb.addr4("gw2", link)?.to_string();
+        run_ok(
+            plain(tb, "gw1", "ping")?.args(["-c", "1", "-W", "5", &peer]),
+            Duration::from_secs(10),
+        )?;
+    }
+    Ok(())
+}
+
+/// A number from the environment (the long run sets these), else `default`.
+/// A value that does not parse is an error, not silently the default.
+pub fn knob(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a whole number")),
+        _ => Ok(default),
+    }
+}
+
+/// The helper programs, written once per test into a temp dir.
+pub struct Scripts {
+    dir: tempfile::TempDir,
+}
+
+impl Scripts {
+    pub fn new() -> Result<Scripts> {
+        let dir = tempfile::tempdir()?;
+        for (name, text) in [
+            ("load.py", LOAD_PY),
+            ("peer.py", PEER_PY),
+            ("fork.py", FORK_PY),
+            ("badcalls.py", BADCALLS_PY),
+            ("sig.py", SIG_PY),
+        ] {
+            std::fs::write(dir.path().join(name), text)?;
+        }
+        Ok(Scripts { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// What a process holds, from /proc/PID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub fds: u64,
+    pub threads: u64,
+    pub rss_kib: u64,
+}
+
+pub fn usage(pid: u32) -> Result<Usage> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("process {pid} is gone"))?
+        .count() as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |key: &str| -> Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))
+    };
+    Ok(Usage {
+        fds,
+        threads: field("Threads:")?,
+        rss_kib: field("VmRSS:")?,
+    })
+}
+
+/// Parses a `key=value key=value` line of whole numbers.
+pub fn fields(line: &str) -> HashMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// Bytes received plus sent on `node`'s interface for `link` (from
+/// /proc/net/dev inside the namespace): traffic in either direction.
+pub fn link_bytes(tb: &Testbed, node: &str, link: u32) -> Result<u64> {
+    let ifname = tb.ifname(node, link)?.to_string();
+    let out = run_ok(
+        plain(tb, node, "cat")?.arg("/proc/net/dev"),
+        Duration::from_secs(10),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        if let Some((name, rest)) = line.split_once(':') {
+            if name.trim() == ifname {
+                let cols: Vec<u64> = rest
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                // Columns: rx bytes, packets, errs, drop, fifo, frame,
+                // compressed, multicast, then tx bytes.
+                if cols.len() > 8 {
+                    return Ok(cols[0] + cols[8]);
+                }
+            }
+        }
+    }
+    bail!("interface {ifname} not in /proc/net/dev of {node}")
+}
+
+/// A child whose stdout is read line by line in a thread, so a test can
+/// wait for a line with a deadline while the program keeps running. It
+/// is killed when dropped.
+pub struct Lines {
+    child: Option<Child>,
+    rx: mpsc::Receiver<String>,
+    name: String,
+}
+
+impl Lines {
+    pub fn spawn(cmd: &mut Command, name: &str) -> Result<Lines> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let stdout: ChildStdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Lines {
+            child: Some(child),
+            rx,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// The next line, at most `timeout` away; `None` once stdout closed.
+    pub fn next_line(&self, timeout: Duration) -> Result<Option<String>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(line) => Ok(Some(line)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("{} printed nothing for {timeout:?}", self.name)
+            }
+        }
+    }
+
+    /// Waits for a line starting with `prefix`, returning it.
+    pub fn expect(&self, prefix: &str, timeout: Duration) -> Result<String> {
+        loop {
+            match self.next_line(timeout)? {
+                Some(line) if line.starts_with(prefix) => return Ok(line),
+                Some(_) => continue,
+                None => bail!("{} ended before printing {prefix:?}", self.name),
+            }
+        }
+    }
+
+    /// Has the program exited? Its status if so.
+    pub fn try_status(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("{} already reaped", self.name),
+        }
+    }
+
+    /// Sends `signal` to the program.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which stays reserved
+        // until we reap it.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits for exit (bounded, killed past it): status, the rest of
+    /// stdout's lines, and all of stderr.
+    pub fn finish(
+        mut self,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, Vec<String>, String)> {
+        let mut child = self.child.take().context("already reaped")?;
+        let name = self.name.clone();
+        let out = match child.try_wait()? {
+            // Already reaped by try_status: only its stderr is left.
+            Some(status) => {
+                let mut stderr = Vec::new();
+                if let Some(mut e) = child.stderr.take() {
+                    std::io::Read::read_to_end(&mut e, &mut stderr)?;
+                }
+                std::process::Output {
+                    status,
+                    stdout: Vec::new(),
+                    stderr,
+                }
+            }
+            None => crate::wait_bounded(child, timeout)
+                .with_context(|| format!("waiting for {name}"))?,
+        };
+        let mut rest = Vec::new();
+        while let Ok(line) = self.rx.recv_timeout(Duration::from_secs(5)) {
+            rest.push(line);
+        }
+        Ok((
+            out.status,
+            rest,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Load generator: asyncio server and client, random payloads verified by sha256 both ways, per-round MPTCP and /proc figures.
+pub const LOAD_PY: &str = r##"# Load generator for dropshim's reliability tests: asyncio on both sides.
+# Protocol per connection: client sends 16-byte header (up, down sizes,
+# big-endian u64) then `up` random bytes; server replies sha256(up), then
+# `down` random bytes, then sha256(down), then closes. Each side verifies.
+import asyncio, hashlib, os, random, socket, struct, sys
+
+CHUNK = 1 << 16
+SOL_MPTCP, MPTCP_INFO = 284, 1
+
+def usage(pid):
+    fds = len(os.listdir("/proc/%d/fd" % pid))
+    st = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            st[k] = v.split()
+    return {"fds": fds, "threads": int(st["Threads"][0]), "rss_kib": int(st["VmRSS"][0])}
+
+def mptcp_state(sock):
+    # Real kernel MPTCP_INFO (the shim passes SOL_MPTCP through).
+    try:
+        raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 96)
+    except OSError:
+        return None
+    flags = struct.unpack_from("=I", raw, 8)[0]
+    if flags & 1:
+        return None
+    return raw[0]  # extra subflows now open
+
+async def send_random(writer, n):
+    h = hashlib.sha256()
+    while n > 0:
+        block = os.urandom(min(CHUNK, n))
+        h.update(block)
+        writer.write(block)
+        await writer.drain()
+        n -= len(block)
+    return h.digest()
+
+async def recv_hashed(reader, n):
+    h = hashlib.sha256()
+    while n > 0:
+        block = await reader.read(min(CHUNK, n))
+        if not block:
+            raise ConnectionError("peer closed with %d bytes missing" % n)
+        h.update(block)
+        n -= len(block)
+    return h.digest()
+
+async def serve(reader, writer):
+    try:
+        up, down = struct.unpack(">QQ", await reader.readexactly(16))
+        writer.write(await recv_hashed(reader, up))
+        writer.write(await send_random(writer, down))
+        await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError) as e:
+        print("server: connection error: %r" % e, file=sys.stderr, flush=True)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+async def server_main(host, port):
+    srv = await asyncio.start_server(serve, host, port, backlog=256)
+    print("listening", flush=True)
+    async with srv:
+        await srv.serve_forever()
+
+async def one(host, port, up, down, started, go, all_in, conns):
+    reader, writer = await asyncio.open_connection(host, port)
+    started.append(1)
+    if len(started) == conns:
+        all_in.set()
+    await go.wait()
+    writer.write(struct.pack(">QQ", up, down))
+    sent = await send_random(writer, up)
+    if await reader.readexactly(32) != sent:
+        raise AssertionError("server's digest of the upload differs")
+    got = await recv_hashed(reader, down)
+    if await reader.readexactly(32) != got:
+        raise AssertionError("download digest differs")
+    extra = mptcp_state(writer.get_extra_info("socket"))
+    if await reader.read(1) != b"":
+        raise AssertionError("bytes after the trailer")
+    writer.close()
+    await writer.wait_closed()
+    return extra
+
+async def client_round(host, port, conns, max_size, rng):
+    sizes = [(rng.randint(0, max_size), rng.randint(0, max_size)) for _ in range(conns)]
+    # Edge sizes: an empty and a one-byte payload in every round.
+    sizes[0] = (0, 1)
+    if conns > 1:
+        sizes[1] = (1, 0)
+    started, go, all_in = [], asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.ensure_future(one(host, port, u, d, started, go, all_in, conns))
+             for u, d in sizes]
+    waiter = asyncio.ensure_future(all_in.wait())
+    while not waiter.done():
+        done, _ = await asyncio.wait(tasks + [waiter], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not waiter:
+                t.result()  # a connect error surfaces here
+    print("connected=%d" % conns, flush=True)
+    go.set()
+    extras = await asyncio.gather(*tasks)
+    return sum(u + d for u, d in sizes), extras
+
+async def client_main(a):
+    rng = random.Random(a["seed"])
+    for r in range(a["rounds"]):
+        moved, extras = await client_round(a["host"], a["port"], a["conns"], a["max_size"], rng)
+        rep = {"round": r, "bytes": moved, "conns": a["conns"],
+               "mptcp": sum(1 for e in extras if e is not None),
+               "joined": sum(1 for e in extras if e)}
+        for who, pid in (("client", os.getpid()), ("server", a["server_pid"])):
+            if pid:
+                for k, v in usage(pid).items():
+                    rep[who + "_" + k] = v
+        print(" ".join("%s=%d" % kv for kv in rep.items()), flush=True)
+
+def main():
+    if sys.argv[1] == "server":
+        asyncio.run(server_main(sys.argv[2], int(sys.argv[3])))
+    else:
+        a = {"host": sys.argv[2], "port": int(sys.argv[3]), "conns": int(sys.argv[4]),
+             "rounds": int(sys.argv[5]), "max_size": int(sys.argv[6]), "seed": int(sys.argv[7]),
+             "server_pid": int(sys.argv[8]) if len(sys.argv) > 8 else 0}
+        asyncio.run(client_main(a))
+
+main()
+"##;
+
+/// Peer-death cases: a server that holds or stalls, a client that waits or floods.
+pub const PEER_PY: &str = r##"# Peer-death cases for dropshim's reliability tests. Blocking sockets.
+# server HOST PORT hold|stall ; client HOST PORT recv|send|wait
+import socket, sys
+role, host, port, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+def report_error(e):
+    print("error=%s" % (type(e).__name__ if not isinstance(e, OSError) or not e.errno
+                         else __import__("errno").errorcode[e.errno]), flush=True)
+    sys.exit(3)
+
+if role == "server":
+    lst = socket.socket()
+    lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lst.bind((host, port)); lst.listen(1)
+    print("listening", flush=True)
+    conn, _ = lst.accept()
+    if mode == "stall":
+        got = 0
+        while got < 1 << 20:
+            got += len(conn.recv(1 << 16))
+        print("stalled", flush=True)
+    else:
+        print("accepted", flush=True)
+    try:
+        while True:  # blocks until the peer goes away
+            if not conn.recv(1 << 16):
+                print("eof", flush=True)
+                break
+    except OSError as e:
+        report_error(e)
+    sys.exit(0)
+
+c = socket.socket()
+c.connect((host, port))
+print("connected", flush=True)
+try:
+    if mode == "send":
+        block = b"\xa5" * (1 << 20)
+        for _ in range(4096):
+            c.sendall(block)
+        print("sent everything", flush=True)
+    else:
+        c.sendall(b"hello")
+        got = c.recv(1 << 20)  # the server never answers
+        if not got:
+            raise ConnectionError("closed by peer before the reply")
+except (OSError, ConnectionError) as e:
+    report_error(e)
+"##;
+
+/// fork() with open sockets used by parent and child.
+pub const FORK_PY: &str = r##"# fork() with open sockets: one connection written by the child then the
+# parent, a listener created by the parent and used by the child, and a
+# new connection opened by the child. Speaks load.py's protocol to PEER.
+import hashlib, os, socket, struct, sys
+host, peer, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def mptcp(s):
+    try:
+        raw = s.getsockopt(284, 1, 96)
+        return not struct.unpack_from("=I", raw, 8)[0] & 1
+    except OSError:
+        return False
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        b = s.recv(n - len(out))
+        if not b:
+            raise ConnectionError("short read")
+        out += b
+    return out
+
+def exchange_tail(s, up_digest):
+    if recv_exact(s, 32) != up_digest:
+        raise AssertionError("upload digest differs")
+    if recv_exact(s, 32) != hashlib.sha256(b"").digest():
+        raise AssertionError("trailer differs")
+    if s.recv(1) != b"":
+        raise AssertionError("extra bytes")
+
+part_a, part_b = os.urandom(3 << 20), os.urandom(5 << 20)
+shared = socket.create_connection((peer, port))
+shared.sendall(struct.pack(">QQ", len(part_a) + len(part_b), 0))
+lst = socket.socket(); lst.bind((host, 0)); lst.listen(1)
+pid = os.fork()
+if pid == 0:
+    code = 0
+    try:
+        shared.sendall(part_a)          # the parent's connection
+        conn, _ = lst.accept()          # the parent's listener
+        msg = recv_exact(conn, 1 << 20)
+        conn.sendall(hashlib.sha256(msg).digest())
+        ok_accepted = mptcp(conn)
+        own = socket.create_connection((peer, port))  # a new one
+        body = os.urandom(2 << 20)
+        own.sendall(struct.pack(">QQ", len(body), 0) + body)
+        ok_own = mptcp(own)
+        exchange_tail(own, hashlib.sha256(body).digest())
+        print("child mptcp_accepted=%d mptcp_own=%d" % (ok_accepted, ok_own), flush=True)
+    except Exception as e:
+        print("child failed: %r" % e, flush=True)
+        code = 1
+    os._exit(code)
+# The parent talks to its own listener, which the child accepts on.
+to_child = socket.create_connection(lst.getsockname())
+msg = os.urandom(1 << 20)
+to_child.sendall(msg)
+if recv_exact(to_child, 32) != hashlib.sha256(msg).digest():
+    raise AssertionError("child's digest differs")
+_, status = os.waitpid(pid, 0)
+if status != 0:
+    raise SystemExit("child exited with status %d" % status)
+shared.sendall(part_b)                  # after the child wrote its part
+ok_shared = mptcp(shared)
+exchange_tail(shared, hashlib.sha256(part_a + part_b).digest())
+print("parent mptcp_shared=%d mptcp_to_child=%d" % (ok_shared, mptcp(to_child)), flush=True)
+print("bytes=%d" % (len(part_a) + len(part_b) + (2 << 20) + 2 * (1 << 20)))
+"##;
+
+/// Invalid arguments to every intercepted call, at the C level.
+pub const BADCALLS_PY: &str = r##"# Invalid arguments to the calls dropshim intercepts, made at the C level
+# (ctypes -> libc, so through the shim when it is preloaded). Prints one
+# JSON object: call -> [return value, errno, extra]. Run with and without
+# the shim; the results must be identical.
+import ctypes, json, os, socket, struct, sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+for name in ["socket", "connect", "bind", "listen", "accept", "accept4", "setsockopt",
+             "getsockopt", "getsockname", "getpeername", "shutdown", "close", "dup2", "dup3"]:
+    getattr(libc, name).restype = ctypes.c_int
+VP = ctypes.c_void_p
+BAD_PTR = VP(1)  # non-NULL, never mapped: the kernel says EFAULT
+HOST, PEER, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+out = {}
+
+def call(name, fn, *args, extra=None):
+    ctypes.set_errno(0)
+    ret = fn(*args)
+    err = ctypes.get_errno() if ret < 0 else 0
+    out[name] = [ret if ret < 0 else 0, err, extra() if extra else None]
+    return ret
+
+def tcp(family=socket.AF_INET, ty=socket.SOCK_STREAM):
+    fd = libc.socket(family, ty, 0)
+    assert fd >= 0, "socket() failed"
+    return fd
+
+def sin(ip, port):
+    return struct.pack("=H", socket.AF_INET) + struct.pack(">H", port) + socket.inet_aton(ip) + b"\0" * 8
+
+def sin6(ip, port):
+    return struct.pack("=H", socket.AF_INET6) + struct.pack(">HI", port, 0) + socket.inet_pton(socket.AF_INET6, ip) + struct.pack("=I", 0)
+
+def buf(b):
+    return ctypes.create_string_buffer(b, len(b))
+
+r, w = os.pipe()
+peer = sin(PEER, PORT)
+# socket()
+call("socket_bad_protocol", libc.socket, socket.AF_INET, socket.SOCK_STREAM, 99)
+call("socket_bad_type_flags", libc.socket, socket.AF_INET, socket.SOCK_STREAM | 0x40000000, 0)
+call("socket_bad_family", libc.socket, 12345, socket.SOCK_STREAM, 0)
+# connect()
+call("connect_bad_fd", libc.connect, 9999, buf(peer), len(peer))
+call("connect_negative_fd", libc.connect, -1, buf(peer), len(peer))
+call("connect_not_socket", libc.connect, r, buf(peer), len(peer))
+call("connect_null_addr", libc.connect, tcp(), None, 16)
+call("connect_bad_ptr", libc.connect, tcp(), BAD_PTR, 16)
+call("connect_zero_len", libc.connect, tcp(), buf(peer), 0)
+call("connect_short_len", libc.connect, tcp(), buf(peer), 4)
+call("connect_huge_len", libc.connect, tcp(), buf(peer), 100000)
+six = sin6("2001:2:0:1::2", PORT)
+call("connect_wrong_family_v6_on_v4", libc.connect, tcp(), buf(six), len(six))
+call("connect_v4_on_v6", libc.connect, tcp(socket.AF_INET6), buf(peer), len(peer))
+unix = struct.pack("=H", socket.AF_UNIX) + b"/nonexistent\0"
+call("connect_unix_family", libc.connect, tcp(), buf(unix), len(unix))
+fd = tcp(); libc.connect(fd, buf(peer), len(peer))
+call("connect_twice", libc.connect, fd, buf(peer), len(peer))
+refused = sin(PEER, 1)
+call("connect_refused", libc.connect, tcp(), buf(refused), len(refused))
+# bind()
+local = sin(HOST, 0)
+call("bind_bad_fd", libc.bind, 9999, buf(local), len(local))
+call("bind_not_socket", libc.bind, r, buf(local), len(local))
+call("bind_null_addr", libc.bind, tcp(), None, 16)
+call("bind_bad_ptr", libc.bind, tcp(), BAD_PTR, 16)
+call("bind_short_len", libc.bind, tcp(), buf(local), 8)
+call("bind_wrong_family", libc.bind, tcp(), buf(six), len(six))
+foreign = sin("198.18.250.250", 0)
+call("bind_not_local", libc.bind, tcp(), buf(foreign), len(foreign))
+fd = tcp(); libc.bind(fd, buf(local), len(local))
+call("bind_twice", libc.bind, fd, buf(local), len(local))
+busy = tcp(); used = sin(HOST, PORT + 1); libc.bind(busy, buf(used), len(used)); libc.listen(busy, 1)
+call("bind_in_use", libc.bind, tcp(), buf(used), len(used))
+# listen()
+call("listen_bad_fd", libc.listen, 9999, 1)
+call("listen_not_socket", libc.listen, r, 1)
+call("listen_negative_backlog", libc.listen, tcp(), -5)
+# accept()/accept4()
+call("accept_bad_fd", libc.accept, 9999, None, None)
+call("accept_not_socket", libc.accept, r, None, None)
+call("accept_not_listening", libc.accept, tcp(), None, None)
+nb = tcp(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK); libc.listen(nb, 1)
+call("accept_nonblocking_empty", libc.accept, nb, None, None)
+call("accept4_bad_flags", libc.accept4, busy, None, None, 0x1234)
+# setsockopt()
+one = ctypes.c_int(1)
+call("setsockopt_bad_fd", libc.setsockopt, 9999, socket.SOL_SOCKET, socket.SO_REUSEADDR, ctypes.byref(one), 4)
+call("setsockopt_not_socket", libc.setsockopt, r, socket.SOL_SOCKET, socket.SO_REUSEADDR, ctypes.byref(one), 4)
+call("setsockopt_null_value", libc.setsockopt, tcp(), socket.SOL_SOCKET, socket.SO_REUSEADDR, None, 4)
+call("setsockopt_null_value_zero_len", libc.setsockopt, tcp(), socket.SOL_SOCKET, socket.SO_REUSEADDR, None, 0)
+call("setsockopt_bad_ptr", libc.setsockopt, tcp(), socket.SOL_SOCKET, socket.SO_REUSEADDR, BAD_PTR, 4)
+call("setsockopt_short_len", libc.setsockopt, tcp(), socket.SOL_SOCKET, socket.SO_REUSEADDR, ctypes.byref(one), 1)
+call("setsockopt_tcp_null_value", libc.setsockopt, tcp(), socket.IPPROTO_TCP, socket.TCP_NODELAY, None, 4)
+call("setsockopt_maxseg_null_value", libc.setsockopt, tcp(), socket.IPPROTO_TCP, socket.TCP_MAXSEG, None, 4)
+call("setsockopt_maxseg_bad_ptr", libc.setsockopt, tcp(), socket.IPPROTO_TCP, socket.TCP_MAXSEG, BAD_PTR, 4)
+tiny = ctypes.c_int(1)
+call("setsockopt_maxseg_too_small", libc.setsockopt, tcp(), socket.IPPROTO_TCP, socket.TCP_MAXSEG, ctypes.byref(tiny), 4)
+fd = tcp(); mss = ctypes.c_int(1200)
+call("setsockopt_maxseg_ok", libc.setsockopt, fd, socket.IPPROTO_TCP, socket.TCP_MAXSEG, ctypes.byref(mss), 4)
+call("setsockopt_unknown_option", libc.setsockopt, tcp(), socket.SOL_SOCKET, 9999, ctypes.byref(one), 4)
+call("setsockopt_unknown_level", libc.setsockopt, tcp(), 7777, 1, ctypes.byref(one), 4)
+cc = buf(b"no_such_cc\0")
+call("setsockopt_bad_congestion", libc.setsockopt, tcp(), socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc, 11)
+call("setsockopt_huge_len", libc.setsockopt, tcp(), socket.SOL_SOCKET, socket.SO_RCVBUF, ctypes.byref(one), 1 << 20)
+# getsockopt()
+def get(name, fd, level, opt, size, lenval=None, null_val=False, null_len=False, bad_val=False):
+    b = ctypes.create_string_buffer(max(size, 1))
+    ln = ctypes.c_uint(size if lenval is None else lenval)
+    val = None if null_val else (BAD_PTR if bad_val else b)
+    lp = None if null_len else ctypes.byref(ln)
+    call(name, libc.getsockopt, fd, level, opt, val, lp,
+         extra=lambda: [ln.value, b.raw[:min(ln.value, size)].hex() if not (null_val or bad_val) else None])
+get("getsockopt_bad_fd", 9999, socket.SOL_SOCKET, socket.SO_TYPE, 4)
+get("getsockopt_null_len", tcp(), socket.SOL_SOCKET, socket.SO_TYPE, 4, null_len=True)
+get("getsockopt_null_value", tcp(), socket.SOL_SOCKET, socket.SO_TYPE, 4, null_val=True)
+get("getsockopt_bad_ptr", tcp(), socket.SOL_SOCKET, socket.SO_TYPE, 4, bad_val=True)
+get("getsockopt_negative_len", tcp(), socket.SOL_SOCKET, socket.SO_TYPE, 4, lenval=0xffffffff)
+get("getsockopt_protocol_full", tcp(), socket.SOL_SOCKET, socket.SO_PROTOCOL, 4)
+get("getsockopt_protocol_short_2", tcp(), socket.SOL_SOCKET, socket.SO_PROTOCOL, 2)
+get("getsockopt_protocol_short_1", tcp(), socket.SOL_SOCKET, socket.SO_PROTOCOL, 1)
+get("getsockopt_protocol_zero", tcp(), socket.SOL_SOCKET, socket.SO_PROTOCOL, 0)
+get("getsockopt_protocol_long", tcp(), socket.SOL_SOCKET, socket.SO_PROTOCOL, 8)
+get("getsockopt_type_short", tcp(), socket.SOL_SOCKET, socket.SO_TYPE, 2)
+get("getsockopt_nodelay_short", tcp(), socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+get("getsockopt_error_fresh", tcp(), socket.SOL_SOCKET, socket.SO_ERROR, 4)
+get("getsockopt_congestion_short", tcp(), socket.IPPROTO_TCP, socket.TCP_CONGESTION, 3)
+get("getsockopt_unknown", tcp(), socket.SOL_SOCKET, 9999, 4)
+get("getsockopt_maxseg_unconnected", fd, socket.IPPROTO_TCP, socket.TCP_MAXSEG, 4)
+# getsockname()/getpeername()
+def name_call(label, fn, fd, size, null_addr=False, null_len=False, bad_ptr=False):
+    b = ctypes.create_string_buffer(max(size, 1))
+    ln = ctypes.c_uint(size)
+    a = None if null_addr else (BAD_PTR if bad_ptr else b)
+    call(label, fn, fd, a, None if null_len else ctypes.byref(ln),
+         extra=lambda: [ln.value, b.raw[:2].hex() if size >= 2 and not (null_addr or bad_ptr) else None])
+name_call("getsockname_bad_fd", libc.getsockname, 9999, 16)
+name_call("getsockname_not_socket", libc.getsockname, r, 16)
+name_call("getsockname_null_addr", libc.getsockname, tcp(), 16, null_addr=True)
+name_call("getsockname_null_len", libc.getsockname, tcp(), 16, null_len=True)
+name_call("getsockname_bad_ptr", libc.getsockname, tcp(), 16, bad_ptr=True)
+name_call("getsockname_short", libc.getsockname, tcp(), 4)
+name_call("getpeername_unconnected", libc.getpeername, tcp(), 16)
+name_call("getpeername_bad_fd", libc.getpeername, 9999, 16)
+# shutdown()/close()/dup2()/dup3()
+call("shutdown_bad_fd", libc.shutdown, 9999, socket.SHUT_RDWR)
+call("shutdown_bad_how", libc.shutdown, tcp(), 7)
+call("shutdown_unconnected", libc.shutdown, tcp(), socket.SHUT_RDWR)
+call("close_bad_fd", libc.close, 9999)
+fd = tcp(); libc.close(fd)
+call("close_twice", libc.close, fd)
+call("dup2_bad_fd", libc.dup2, 9999, 50)
+call("dup3_same_fd", libc.dup3, r, r, 0)
+call("dup3_bad_flags", libc.dup3, r, 60, 0x1234)
+# A socket replaced by dup2 must be forgotten: the new fd works as a pipe.
+fd = tcp(); libc.dup2(w, fd)
+call("dup2_over_socket_then_write", lambda: os.write(fd, b"x") - 1)
+print(json.dumps(out, sort_keys=True))
+# Not compared: whether a socket opened after all of the above still
+# speaks MPTCP (a bad call must not turn MPTCP off for the process).
+probe = socket.socket()
+try:
+    probe.getsockopt(284, 1, 96)
+    still = True
+except OSError:
+    still = False
+print(json.dumps({"mptcp_after": still}))
+"##;
+
+/// Signals delivered during blocking calls, with and without SA_RESTART.
+pub const SIG_PY: &str = r##"# Signals during blocking socket calls, at the C level (ctypes -> libc ->
+# the shim when preloaded). For each call: the main thread blocks in it, a
+# helper thread waits until /proc says the main thread sits in that very
+# system call, sends SIGUSR1 to it, waits until the C-level handler ran
+# (Python's wakeup fd), then unblocks the call. Without SA_RESTART the
+# call must fail with EINTR; with SA_RESTART it must complete.
+import ctypes, json, os, select, signal, socket, struct, sys, threading, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+HOST, PEER, PORT, DEAD = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+NR = {"accept": {43, 288}, "recvfrom": {45, 0}, "connect": {42}, "sendto": {44, 1}}
+MAIN_TID = threading.get_native_id()
+rd, wr = os.pipe()
+os.set_blocking(wr, False)
+signal.set_wakeup_fd(wr)
+signal.signal(signal.SIGUSR1, lambda *_: None)
+
+def in_syscall(nrs, deadline):
+    while time.monotonic() < deadline:
+        with open("/proc/self/task/%d/syscall" % MAIN_TID) as f:
+            first = f.read().split()[0]
+        if first.isdigit() and int(first) in nrs:
+            return True
+        select.select([], [], [], 0.002)  # poll pacing, bounded by deadline
+    return False
+
+def helper(kind, unblock, report):
+    deadline = time.monotonic() + 10
+    if not in_syscall(NR[kind], deadline):
+        report["error"] = "main thread never blocked in %s" % kind
+        unblock()
+        return
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+    ready, _, _ = select.select([rd], [], [], 10)
+    report["handled"] = bool(ready) and os.read(rd, 16) != b""
+    unblock()
+
+def run(kind, restart, call, unblock):
+    signal.siginterrupt(signal.SIGUSR1, not restart)
+    report = {}
+    t = threading.Thread(target=helper, args=(kind, unblock, report))
+    t.start()
+    ctypes.set_errno(0)
+    ret = call()
+    err = ctypes.get_errno() if ret < 0 else 0
+    t.join(15)
+    return {"ok": ret >= 0, "errno": err, **report}
+
+def mptcp(s):
+    try:
+        s.getsockopt(284, 1, 96)
+        return True
+    except OSError:
+        return False
+
+out, meta = {}, {}
+for restart in (False, True):
+    tag = "restart" if restart else "norestart"
+    # accept(): a connection from the helper unblocks it.
+    lst = socket.socket(); lst.bind((HOST, 0)); lst.listen(4)
+    conns = []
+    def unblock_accept():
+        c = socket.socket(); c.connect(lst.getsockname()); conns.append(c)
+    out["accept_" + tag] = run("accept", restart, lambda: libc.accept(lst.fileno(), None, None), unblock_accept)
+    # recv(): the peer sends one byte to unblock it.
+    a = socket.socket(); a.connect(lst.getsockname()); b, _ = lst.accept()
+    meta["mptcp_" + tag] = mptcp(a)
+    buf = ctypes.create_string_buffer(16)
+    out["recv_" + tag] = run("recvfrom", restart, lambda: libc.recv(a.fileno(), buf, 16, 0), lambda: b.send(b"!"))
+    # send(): the peer drains its receive buffer to unblock it.
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = ctypes.create_string_buffer(8 << 20)
+    stop = threading.Event()
+    def drain():
+        b.settimeout(10)
+        try:
+            while not stop.is_set():
+                if not b.recv(1 << 20):
+                    break
+        except OSError:
+            pass
+    def unblock_send():
+        threading.Thread(target=drain, daemon=True).start()
+    res = run("sendto", restart, lambda: libc.send(a.fileno(), big, len(big), 0), unblock_send)
+    out["send_" + tag] = res
+    stop.set(); a.close(); b.close(); lst.close()
+    for c in conns:
+        c.close()
+    # connect(): to an address nobody answers on link 1 (the neighbour
+    # never resolves); the helper has nothing to do but wait.
+    c = socket.socket()
+    dead = struct.pack("=H", socket.AF_INET) + struct.pack(">H", PORT) + socket.inet_aton(DEAD) + b"\0" * 8
+    res = run("connect", restart, lambda: libc.connect(c.fileno(), dead, len(dead)), lambda: None)
+    out["connect_" + tag] = res
+    c.close()
+print(json.dumps(out, sort_keys=True))
+print(" ".join("%s=%d" % kv for kv in sorted(meta.items())))
+"##;
