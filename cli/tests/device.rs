@@ -391,7 +391,7 @@ fn unavailable_scheduler_lists_available_ones() {
 }
 
 #[test]
-fn uml_backend_up_is_not_handled_here() {
+fn lkl_backend_up_says_it_is_not_available() {
     let dir = TempDir::new();
     let name = unique("gw");
     let cfg = device_file(&dir, &name, "");
@@ -400,11 +400,11 @@ fn uml_backend_up_is_not_handled_here() {
         "--config",
         cfg.to_str().unwrap(),
         "--backend",
-        "uml",
+        "lkl",
     ]));
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("backend uml: `dropshim up` is provided by the uml backend"),
+        stderr(&out).contains("backend lkl: `dropshim up` is provided by the lkl backend"),
         "{}",
         stderr(&out)
     );

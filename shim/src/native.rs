@@ -125,10 +125,11 @@ pub fn before_listen(policy: &Policy, fd: c_int, flags: u8) {
 /// option the program needs, the socket goes back to TCP and the option
 /// is applied there: the program's request wins over the upgrade.
 pub fn setsockopt(fd: c_int, flags: u8, opt: SockOpt, real: impl Fn() -> c_int) -> c_int {
-    if flags & MPTCP != 0 {
-        if let Some(errno) = tcp_would_refuse(fd, &opt) {
-            Errno(errno).set();
-            return -1;
+    let diverges = opt.level == libc::IPPROTO_TCP
+        && matches!(opt.name, libc::TCP_CONGESTION | libc::TCP_MAXSEG);
+    if flags & MPTCP != 0 && diverges {
+        if let Some(Err(errno)) = on_plain_tcp(fd, &opt) {
+            return Errno(errno).fail();
         }
     }
     let ret = real();
@@ -136,13 +137,13 @@ pub fn setsockopt(fd: c_int, flags: u8, opt: SockOpt, real: impl Fn() -> c_int) 
         fdtable::record_option(fd, opt);
         return 0;
     }
-    let err = io::Error::last_os_error();
-    let refused = matches!(
-        err.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT)
-    );
-    if !(refused && flags & MPTCP != 0) {
-        return ret;
+    let errno = Errno::from(io::Error::last_os_error());
+    let refused = matches!(errno.0, libc::EOPNOTSUPP | libc::ENOPROTOOPT);
+    // Only a refusal that plain TCP would not give means "MPTCP cannot do
+    // this" (programs often try options that fail on TCP as well, like
+    // python's IPV6_V6ONLY on an IPv4 socket).
+    if !(refused && flags & MPTCP != 0 && matches!(on_plain_tcp(fd, &opt), Some(Ok(())))) {
+        return errno.fail();
     }
     match nsock::switch_protocol(fd, Proto::Tcp, &fdtable::options(fd)) {
         Ok(()) => {
@@ -158,30 +159,27 @@ pub fn setsockopt(fd: c_int, flags: u8, opt: SockOpt, real: impl Fn() -> c_int) 
             }
             ret
         }
-        Err(_) => {
-            // Keep the original failure for the program.
-            Errno(err.raw_os_error().unwrap_or(libc::EOPNOTSUPP)).set();
-            ret
-        }
+        // Keep the original failure for the program.
+        Err(_) => errno.fail(),
     }
 }
 
-/// MPTCP accepts some TCP-level values that TCP refuses (an unknown
-/// TCP_CONGESTION name, a TCP_MAXSEG below the minimum): the program
-/// asked for TCP and must get TCP's answer, so such a value is tried on a
-/// throwaway TCP socket first. Only the options where the two are known
-/// to differ pay for this; common ones (TCP_NODELAY...) go straight through.
-fn tcp_would_refuse(fd: c_int, opt: &SockOpt) -> Option<c_int> {
+/// What a plain TCP socket of the same family says to `opt`: `None` when
+/// that cannot be found out. MPTCP and TCP differ on a few values (an
+/// unknown TCP_CONGESTION name, a TCP_MAXSEG below the minimum, options
+/// MPTCP does not implement); the program asked for TCP and must get
+/// TCP's answer. Costs a throwaway socket, so it is asked only for the
+/// options known to differ and after a refusal.
+fn on_plain_tcp(fd: c_int, opt: &SockOpt) -> Option<Result<(), c_int>> {
     use dropshim_backend_native::sys;
-    let diverges = matches!(opt.name, libc::TCP_CONGESTION | libc::TCP_MAXSEG);
-    if opt.level != libc::IPPROTO_TCP || !diverges || opt.value.is_empty() {
+    if opt.value.is_empty() {
         return None;
     }
     let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
     let probe = nsock::open(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, Proto::Tcp).ok()?;
     let res = sys::setsockopt(probe, opt.level, opt.name, &opt.value);
     let _ = sys::close(probe);
-    res.err().and_then(|e| e.raw_os_error())
+    Some(res.map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL)))
 }
 
 /// Says what MPTCP did on a connection that is about to close.

@@ -285,9 +285,18 @@ srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", int(sys.argv[1]))); srv.listen()
 lo = socket.socket(); lo.bind(("127.0.0.1", 0)); lo.listen()
 out["tcp_proto_reported"] = srv.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+# python's http.server tries IPV6_V6ONLY even on IPv4 sockets, where TCP
+# refuses it too: same errno, and the socket must stay MPTCP.
+v = socket.socket()
+try:
+    v.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); out["v6only_on_v4_errno"] = 0
+except OSError as e:
+    out["v6only_on_v4_errno"] = e.errno
+v.bind(("0.0.0.0", 0)); v.listen()
 ss = subprocess.run(["ss", "-HlnM"], capture_output=True, text=True).stdout
 out["wildcard_listener_mptcp"] = (":%s" % sys.argv[1]) in ss
 out["loopback_listener_mptcp"] = (":%d" % lo.getsockname()[1]) in ss
+out["failed_option_listener_mptcp"] = (":%d" % v.getsockname()[1]) in ss
 c = socket.socket()
 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -306,16 +315,24 @@ print(json.dumps(out))
 fn native_leaves_other_sockets_alone_and_keeps_options_across_a_switch() -> Result<()> {
     let tb = two_gateways()?;
     let port = unique_port();
-    let mut py = shimmed(&tb, "gw2", "python3", &[])?;
+    let mut py = shimmed(&tb, "gw2", "python3", &[("DROPSHIM_LOG", "info")])?;
     py.args(["-c", CORNERS, &port.to_string()]);
     let out = run_ok(&mut py, SHORT)?;
     let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // An option that fails on TCP as well is no reason to leave MPTCP.
+    ensure!(
+        !stderr.contains("stays plain TCP"),
+        "needless switch to TCP: {stderr}"
+    );
     let expect = [
         "\"udp_proto\": 17",
         "\"unix_ok\": true",
         "\"tcp_proto_reported\": 6",
         "\"wildcard_listener_mptcp\": true",
         "\"loopback_listener_mptcp\": false",
+        "\"v6only_on_v4_errno\": 92",
+        "\"failed_option_listener_mptcp\": true",
         "\"nodelay_kept\": true",
         "\"keepalive_kept\": true",
         "\"bound_port_kept\": true",

@@ -122,9 +122,9 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     let mut host = Vec::new();
     for stack in Stack::ALL {
         match (avail.reason(stack), stack) {
-            (Some(reason), _) => ctx.records.push(
-                Record::new(Scenario::Handover, stack, &setting, 0).skipped(reason),
-            ),
+            (Some(reason), _) => ctx
+                .records
+                .push(Record::new(Scenario::Handover, stack, &setting, 0).skipped(reason)),
             (None, Stack::Uml) => {}
             (None, _) => host.push(stack),
         }
@@ -153,15 +153,24 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         let tb = Testbed::up(&spec, &opts)?;
         match UmlDevice::up(&tb, "client", "cache", &ctx.work) {
             Err(e) => ctx.records.push(
-                Record::new(Scenario::Handover, Stack::Uml, &setting, 0).skipped(
-                    super::one_line(&format!("uml device did not start: {e:#}")),
-                ),
+                Record::new(Scenario::Handover, Stack::Uml, &setting, 0)
+                    .skipped(super::one_line(&format!("uml device did not start: {e:#}"))),
             ),
             Ok(dev) => {
                 let port = super::port(9);
                 let _server = serve(ctx, &tb, "cache", Stack::Uml, &dir, port)?;
                 for run in 1..=plan.runs {
-                    one(ctx, &tb, Stack::Uml, Some(&dev), port, &file, &set, &setting, run);
+                    one(
+                        ctx,
+                        &tb,
+                        Stack::Uml,
+                        Some(&dev),
+                        port,
+                        &file,
+                        &set,
+                        &setting,
+                        run,
+                    );
                 }
             }
         }
@@ -230,7 +239,15 @@ fn transfer(
     // for TCP's back-off after the outage, short of hanging the bench.
     let idle = set.outage_s * 4.0 + 10.0;
     let before = super::mptcp_counters(&cache_ns)?;
-    let mut cmd = stacks::command(tb, "client", stack, Role::Client, &ctx.library, uml, "python3")?;
+    let mut cmd = stacks::command(
+        tb,
+        "client",
+        stack,
+        Role::Client,
+        &ctx.library,
+        uml,
+        "python3",
+    )?;
     cmd.args(["-c", RECEIVER, &addr, &port.to_string(), &file.name])
         .arg(idle.to_string())
         .stdin(Stdio::null())
@@ -266,9 +283,16 @@ fn transfer(
     link(&client_ns, &client_if, false)?;
     let down = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(set.outage_s));
-    tb.set_link(1, true)?;
+    if uml.is_some() {
+        // The guest owns the link; the host end has no routes to restore.
+        link(&client_ns, &client_if, true)?;
+    } else {
+        tb.set_link(1, true)?;
+    }
     let up = t0.elapsed().as_secs_f64();
-    let budget = Duration::from_secs_f64(idle + file.bytes as f64 * 8.0 / 1e6 / f64::from(set.rate_mbit) + 10.0);
+    let budget = Duration::from_secs_f64(
+        idle + file.bytes as f64 * 8.0 / 1e6 / f64::from(set.rate_mbit) + 10.0,
+    );
     let line = rx
         .recv_timeout(budget)
         .map_err(|_| anyhow::anyhow!("receiver did not finish within {budget:?}"))?;
@@ -301,11 +325,19 @@ fn transfer(
 /// also take the cache's link-1 address, the one every subflow talks to.)
 fn link(netns: &str, ifname: &str, up: bool) -> Result<()> {
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["-n", netns, "link", "set", ifname, if up { "up" } else { "down" }]);
+    cmd.args([
+        "-n",
+        netns,
+        "link",
+        "set",
+        ifname,
+        if up { "up" } else { "down" },
+    ]);
     let out = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(10))?;
     if !out.status.success() {
         bail!(
-            "cannot set {ifname} down: {}",
+            "cannot set {ifname} {}: {}",
+            if up { "up" } else { "down" },
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

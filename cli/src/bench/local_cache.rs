@@ -62,8 +62,15 @@ pub fn serve(
 ) -> Result<KillOnDrop> {
     let addr = tb.addr4(node, 1)?.to_string();
     let mut cmd = stacks::command(tb, node, stack, Role::Server, &ctx.library, None, "python3")?;
-    cmd.args(["-m", "http.server", &port.to_string(), "--bind", &addr, "--directory"])
-        .arg(dir);
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        &addr,
+        "--directory",
+    ])
+    .arg(dir);
     let mut server = super::spawn_server(cmd)?;
     super::wait_listening(tb.netns(node)?, port, &mut server)
         .with_context(|| format!("python3 -m http.server ({})", stack.label()))?;
@@ -247,8 +254,14 @@ mod tests {
     fn served_file_hash_matches_what_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let f = make_file(dir.path(), "f", 3_000_001, 7).unwrap();
-        assert_eq!(std::fs::metadata(dir.path().join("f")).unwrap().len(), 3_000_001);
-        assert_eq!(super::super::sha256_file(&dir.path().join("f")).unwrap(), f.sha256);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("f")).unwrap().len(),
+            3_000_001
+        );
+        assert_eq!(
+            super::super::sha256_file(&dir.path().join("f")).unwrap(),
+            f.sha256
+        );
         let g = make_file(dir.path(), "g", 3_000_001, 8).unwrap();
         assert_ne!(f.sha256, g.sha256);
     }

@@ -132,8 +132,16 @@ impl Record {
         Record {
             scenario,
             stack,
-            path_manager: if mptcp { "kernel".into() } else { String::new() },
-            scheduler: if mptcp { "default".into() } else { String::new() },
+            path_manager: if mptcp {
+                "kernel".into()
+            } else {
+                String::new()
+            },
+            scheduler: if mptcp {
+                "default".into()
+            } else {
+                String::new()
+            },
             setting: setting.into(),
             run,
             status: Status::Ok,
@@ -480,8 +488,7 @@ pub fn subflows_between(before: &HashMap<String, u64>, after: &HashMap<String, u
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -516,9 +523,7 @@ mod tests {
         let before = parse_mptcp_counters(
             "TcpExt: A B\nTcpExt: 1 2\nMPTcpExt: MPCapableSYNRX MPJoinSynRx\nMPTcpExt: 3 1\n",
         );
-        let after = parse_mptcp_counters(
-            "MPTcpExt: MPCapableSYNRX MPJoinSynRx\nMPTcpExt: 5 3\n",
-        );
+        let after = parse_mptcp_counters("MPTcpExt: MPCapableSYNRX MPJoinSynRx\nMPTcpExt: 5 3\n");
         assert_eq!(subflows_between(&before, &after), 2.0);
         assert_eq!(subflows_between(&after, &after), 0.0);
     }
@@ -538,7 +543,10 @@ mod tests {
         let quick = Plan::from_args(&args);
         assert_eq!((quick.runs, quick.duration), (1, 3));
         assert_eq!(quick.sizes_mb, vec![1, 10]);
-        let full = Plan::from_args(&Args { quick: false, ..args.clone() });
+        let full = Plan::from_args(&Args {
+            quick: false,
+            ..args.clone()
+        });
         assert_eq!(full.sizes_mb, vec![1, 10, 100, 1000]);
         let (qs, qt) = quick.estimate(&args.scenario, 1000, 3);
         let (fs, ft) = full.estimate(&args.scenario, 1000, 3);

@@ -79,10 +79,17 @@ pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
             settings.push((r.scenario, &r.setting));
         }
     }
-    let scen_order = |s: Scenario| [Scenario::TwoGateways, Scenario::LocalCache, Scenario::Handover, Scenario::Overhead]
+    let scen_order = |s: Scenario| {
+        [
+            Scenario::TwoGateways,
+            Scenario::LocalCache,
+            Scenario::Handover,
+            Scenario::Overhead,
+        ]
         .iter()
         .position(|x| *x == s)
-        .unwrap_or(9);
+        .unwrap_or(9)
+    };
     let mut out: Vec<Group> = Vec::new();
     for r in records {
         match out.iter_mut().find(|g| {
@@ -275,30 +282,66 @@ fn ratios(groups: &[Group]) -> Vec<String> {
             Scenario::TwoGateways | Scenario::Overhead => {
                 let name = format!("{} ({set})", sc.name());
                 if let (Some(n), Some(p)) = (native, med(sc, set, Stack::Mptcpize, mbit)) {
-                    out.push(format!("{name}: dropshim native / mptcpize = {:.3} (bar >= 0.99)", n / p));
+                    out.push(format!(
+                        "{name}: dropshim native / mptcpize = {:.3} (bar >= 0.99)",
+                        n / p
+                    ));
                 }
                 if sc == Scenario::TwoGateways {
                     if let (Some(n), Some(t)) = (native, med(sc, set, Stack::Tcp, mbit)) {
-                        out.push(format!("{name}: MPTCP (dropshim native) / TCP one link = {:.3} (bar >= 1.9)", n / t));
+                        out.push(format!(
+                            "{name}: MPTCP (dropshim native) / TCP one link = {:.3} (bar >= 1.9)",
+                            n / t
+                        ));
                     }
                 }
-                for (stack, bar) in [(Stack::Uml, if sc == Scenario::TwoGateways { 0.95 } else { 0.5 }), (Stack::Lkl, if sc == Scenario::TwoGateways { 0.95 } else { 0.7 })] {
+                for (stack, bar) in [
+                    (
+                        Stack::Uml,
+                        if sc == Scenario::TwoGateways {
+                            0.95
+                        } else {
+                            0.5
+                        },
+                    ),
+                    (
+                        Stack::Lkl,
+                        if sc == Scenario::TwoGateways {
+                            0.95
+                        } else {
+                            0.7
+                        },
+                    ),
+                ] {
                     if let (Some(n), Some(x)) = (native, med(sc, set, stack, mbit)) {
-                        out.push(format!("{name}: {} / native = {:.3} (bar >= {bar})", stack.name(), x / n));
+                        out.push(format!(
+                            "{name}: {} / native = {:.3} (bar >= {bar})",
+                            stack.name(),
+                            x / n
+                        ));
                     }
                 }
             }
             Scenario::LocalCache => {
                 let secs: fn(&Record) -> Option<f64> = |r| r.seconds;
-                if let (Some(t), Some(n)) = (med(sc, set, Stack::Tcp, secs), med(sc, set, Stack::Native, secs)) {
-                    out.push(format!("local-cache {set}: download time TCP / MPTCP (dropshim native) = {:.2}", t / n));
+                if let (Some(t), Some(n)) = (
+                    med(sc, set, Stack::Tcp, secs),
+                    med(sc, set, Stack::Native, secs),
+                ) {
+                    out.push(format!(
+                        "local-cache {set}: download time TCP / MPTCP (dropshim native) = {:.2}",
+                        t / n
+                    ));
                 }
             }
             Scenario::Handover => {
                 let stall: fn(&Record) -> Option<f64> = |r| r.stall_s;
                 for stack in [Stack::Native, Stack::Uml, Stack::Lkl] {
                     if let Some(s) = med(sc, set, stack, stall) {
-                        out.push(format!("handover: {} stall = {s:.2} s (bar < 1.5 s, completed and byte-exact)", stack.label()));
+                        out.push(format!(
+                            "handover: {} stall = {s:.2} s (bar < 1.5 s, completed and byte-exact)",
+                            stack.label()
+                        ));
                     }
                 }
             }
@@ -481,7 +524,10 @@ pub(crate) mod tests {
         assert!(csv.contains(
             "two-gateways,2 x 1000 Mbit/s,native,userspace,default,0,skipped,\"needs a daemon, a, \"\"b\"\"\","
         ), "{csv}");
-        assert!(csv.contains("handover,40 MB,native,kernel,default,1,ok,,,,,,2.00,0.420,true,true"), "{csv}");
+        assert!(
+            csv.contains("handover,40 MB,native,kernel,default,1,ok,,,,,,2.00,0.420,true,true"),
+            "{csv}"
+        );
     }
 
     #[test]
@@ -489,11 +535,15 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let recs = sample();
         write_all(dir.path(), &recs, "summary").unwrap();
-        let json = std::fs::read_to_string(dir.path().join("run-012-handover-native.json")).unwrap();
+        let json =
+            std::fs::read_to_string(dir.path().join("run-012-handover-native.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["stall_s"], 0.42);
         assert_eq!(v["timeline"][1][1], 2000);
-        assert_eq!(std::fs::read_to_string(dir.path().join("summary.md")).unwrap(), "summary");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("summary.md")).unwrap(),
+            "summary"
+        );
         let n = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(n, recs.len() + 2);
     }

@@ -81,7 +81,10 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let root = root
-            .titled("throughput per stack (median, min..max)", ("sans-serif", 22))
+            .titled(
+                "throughput per stack (median, min..max)",
+                ("sans-serif", 22),
+            )
             .map_err(err)?;
         let areas = root.split_evenly((1, panels.len()));
         for ((title, gs), area) in panels.iter().zip(areas.iter()) {
@@ -104,7 +107,9 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
                 .disable_x_mesh()
                 .y_desc("Mbit/s")
                 .x_label_formatter(&|v| match v {
-                    SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
+                    SegmentValue::CenterOf(i) => {
+                        names.get(*i as usize).cloned().unwrap_or_default()
+                    }
                     _ => String::new(),
                 })
                 .draw()
@@ -112,14 +117,20 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
             for (i, (_, stack, (m, lo, hi))) in stats.iter().enumerate() {
                 let i = i as u32;
                 let mut bar = Rectangle::new(
-                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *m)],
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *m),
+                    ],
                     color(*stack).filled(),
                 );
                 bar.set_margin(0, 0, 8, 8);
                 chart.draw_series(std::iter::once(bar)).map_err(err)?;
                 chart
                     .draw_series(std::iter::once(PathElement::new(
-                        vec![(SegmentValue::CenterOf(i), *lo), (SegmentValue::CenterOf(i), *hi)],
+                        vec![
+                            (SegmentValue::CenterOf(i), *lo),
+                            (SegmentValue::CenterOf(i), *hi),
+                        ],
                         BLACK.stroke_width(2),
                     )))
                     .map_err(err)?;
@@ -170,7 +181,10 @@ pub fn download_time(records: &[Record]) -> Result<Option<String>> {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("local-cache: download time per size (median)", ("sans-serif", 22))
+            .caption(
+                "local-cache: download time per size (median)",
+                ("sans-serif", 22),
+            )
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
@@ -191,7 +205,9 @@ pub fn download_time(records: &[Record]) -> Result<Option<String>> {
                 .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
                 .map_err(err)?
                 .label(stack.label())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
             chart
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))
                 .map_err(err)?;
@@ -235,7 +251,10 @@ pub fn handover(records: &[Record]) -> Result<Option<String>> {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("handover: bytes received while link 1 goes down and back", ("sans-serif", 22))
+            .caption(
+                "handover: bytes received while link 1 goes down and back",
+                ("sans-serif", 22),
+            )
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
@@ -255,7 +274,12 @@ pub fn handover(records: &[Record]) -> Result<Option<String>> {
                 )))
                 .map_err(err)?
                 .label("link 1 down")
-                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], RGBColor(255, 200, 200).filled()));
+                .legend(|(x, y)| {
+                    Rectangle::new(
+                        [(x, y - 5), (x + 20, y + 5)],
+                        RGBColor(255, 200, 200).filled(),
+                    )
+                });
         }
         for r in &runs {
             let c = color(r.stack);
@@ -271,7 +295,9 @@ pub fn handover(records: &[Record]) -> Result<Option<String>> {
                     r.stack.label(),
                     r.stall_s.unwrap_or(f64::NAN)
                 ))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -299,7 +325,13 @@ mod tests {
     fn throughput_plot_has_a_bar_and_label_per_stack() {
         let svg = throughput(&sample()).unwrap().unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
-        for label in ["tcp", "native", "mptcpize", "1870", "two-gateways (2 x 1000 Mbit/s)"] {
+        for label in [
+            "tcp",
+            "native",
+            "mptcpize",
+            "1870",
+            "two-gateways (2 x 1000 Mbit/s)",
+        ] {
             assert!(has_text(&svg, label), "no {label:?} in the plot");
         }
         // Skipped stacks get no bar.

@@ -77,7 +77,9 @@ impl Availability {
         };
         let mptcp = match read("enabled").as_deref() {
             Some("1") => None,
-            Some(_) => Some("net.mptcp.enabled is 0 on this host: `sysctl -w net.mptcp.enabled=1`".to_string()),
+            Some(_) => Some(
+                "net.mptcp.enabled is 0 on this host: `sysctl -w net.mptcp.enabled=1`".to_string(),
+            ),
             None => Some("this kernel has no MPTCP (/proc/sys/net/mptcp missing)".to_string()),
         };
         let mptcpize = if !super::on_path("mptcpize") {
@@ -229,12 +231,19 @@ impl UmlDevice {
             // The raw transport sees every frame: the host must not answer
             // on this interface too (design brief), so its addresses go.
             ip(&["-n", &netns, "addr", "flush", "dev", &ifname])?;
+            // Link 2 is `fullmesh`: when the server announces its link-2
+            // address, the guest opens the second subflow from its own
+            // link-2 address (the guest has no source routing).
+            let role = if link == 2 {
+                "endpoint = [\"fullmesh\"]\n"
+            } else {
+                ""
+            };
             ifaces.push_str(&format!(
-                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n\n"
+                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n{role}\n"
             ));
         }
-        // The guest has no source routing: the server announces its link-2
-        // address so the guest's second subflow goes there over link 2.
+        // The server announces its link-2 address (see `fullmesh` above).
         let srv_ns = tb.netns(server)?.to_string();
         let srv2 = tb.addr4(server, 2)?.to_string();
         let srv_if = tb.ifname(server, 2)?.to_string();
@@ -247,8 +256,7 @@ impl UmlDevice {
              [mptcp]\nlimits = {{ subflows = 2, add_addr_accepted = 2 }}\npath_manager = \"kernel\"\n\n\
              [policy]\ndefault = \"mptcp\"\n\n[uml]\nmemory_mib = 256\n"
         );
-        std::fs::write(&config, text)
-            .with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let dev = UmlDevice {
             config,
             netns,
@@ -340,7 +348,9 @@ mod tests {
     #[test]
     fn lkl_is_always_skipped_with_a_reason_and_tcp_always_runs() {
         let a = Availability::probe(Path::new("/nonexistent/libdropshim.so"));
-        assert!(a.reason(Stack::Lkl).is_some_and(|r| r.contains("not built")));
+        assert!(a
+            .reason(Stack::Lkl)
+            .is_some_and(|r| r.contains("not built")));
         assert_eq!(a.reason(Stack::Tcp), None);
         assert!(a.runnable().contains(&Stack::Tcp));
         assert!(!a.schedulers.is_empty());

@@ -56,7 +56,14 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             );
         }
     }
-    iperf_matrix(ctx, plan, Scenario::TwoGateways, Some(rate), &setting, variants)
+    iperf_matrix(
+        ctx,
+        plan,
+        Scenario::TwoGateways,
+        Some(rate),
+        &setting,
+        variants,
+    )
 }
 
 /// Runs every variant `plan.runs` times, interleaved, on a fresh
@@ -233,7 +240,11 @@ pub fn iperf(
 }
 
 /// Throughput, bytes and CPU per GB out of an iperf3 `-J` report.
-pub fn parse_iperf(report: &serde_json::Value, extra_cpu_s: f64, subflows: f64) -> Result<Measured> {
+pub fn parse_iperf(
+    report: &serde_json::Value,
+    extra_cpu_s: f64,
+    subflows: f64,
+) -> Result<Measured> {
     let received = &report["end"]["sum_received"];
     let bits = received["bits_per_second"]
         .as_f64()

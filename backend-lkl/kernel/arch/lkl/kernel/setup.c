@@ -10,6 +10,9 @@
  */
 #include <linux/binfmts.h>
 #include <linux/init.h>
+#include <linux/stat.h>
+#include <linux/time64.h>
+#include <linux/fs.h>
 #include <linux/init_syscalls.h>
 #include <linux/jiffies.h>
 #include <linux/kernel.h>
@@ -35,7 +38,7 @@ void __init setup_arch(char **cmdline_p)
 	lkl_bootmem_init(lkl_mem_size);
 }
 
-static void lkl_run_kernel(void *arg)
+static void __ref lkl_run_kernel(void *arg)
 {
 	if (__builtin_setjmp(init_task.thread.exit_jb)) {
 		lkl_thread_gone();
@@ -50,7 +53,7 @@ void lkl_boot_done(int result)
 	lkl_ops->sem_up(boot_sem);
 }
 
-int lkl_start_kernel(const struct lkl_host_ops *ops, unsigned long mem_size,
+int __ref lkl_start_kernel(const struct lkl_host_ops *ops, unsigned long mem_size,
 		     const char *cmdline)
 {
 	/* Kernel data cannot be reset: one boot per process. */

@@ -33,9 +33,9 @@ typedef long (*lkl_syscall_fn)(long, long, long, long, long, long);
 #define sys_mmap		sys_ni_syscall
 
 #undef __SYSCALL
-#define __SYSCALL(nr, call) [nr] = (lkl_syscall_fn)(call),
+#define __SYSCALL(nr, call) [nr] = (lkl_syscall_fn)(void (*)(void))(call),
 static const lkl_syscall_fn lkl_syscall_table[__NR_syscalls] = {
-	[0 ... __NR_syscalls - 1] = (lkl_syscall_fn)sys_ni_syscall,
+	[0 ... __NR_syscalls - 1] = (lkl_syscall_fn)(void (*)(void))sys_ni_syscall,
 #undef __ASM_GENERIC_UNISTD_H
 #include <asm-generic/unistd.h>
 };

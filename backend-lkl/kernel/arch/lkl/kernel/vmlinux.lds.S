@@ -4,7 +4,7 @@
  * program links like any other. The generic section macros provide the
  * start/stop symbols generic code walks (initcalls, parameters, ...).
  */
-#include <asm/vmlinux.lds.h>
+#include <asm-generic/vmlinux.lds.h>
 #include <asm/thread_info.h>
 #include <asm/page.h>
 #include <asm/cache.h>

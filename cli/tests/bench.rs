@@ -1,0 +1,162 @@
+//! `dropshim bench --quick --out DIR` end to end (root: it builds testbeds
+//! of namespaces): every scenario leaves rows in the CSV, MPTCP rows
+//! really ran MPTCP over two subflows, TCP rows did not, transfers arrived
+//! intact, skipped stacks say why, and the JSON, Markdown and SVG files
+//! are written.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn library() -> PathBuf {
+    let dir = match std::env::var_os("DROPSHIM_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+    };
+    let lib = dir.join("libdropshim.so");
+    assert!(
+        lib.is_file(),
+        "{} is missing: run `cargo build --release` first (or set DROPSHIM_TARGET_DIR)",
+        lib.display()
+    );
+    lib
+}
+
+/// One CSV row as (column name -> value); reasons are the only quoted field.
+fn rows(csv: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = csv.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    lines
+        .map(|line| {
+            let mut fields = Vec::new();
+            let mut cur = String::new();
+            let mut quoted = false;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match (c, quoted) {
+                    ('"', true) if chars.peek() == Some(&'"') => {
+                        cur.push('"');
+                        chars.next();
+                    }
+                    ('"', _) => quoted = !quoted,
+                    (',', false) => fields.push(std::mem::take(&mut cur)),
+                    (c, _) => cur.push(c),
+                }
+            }
+            fields.push(cur);
+            assert_eq!(fields.len(), header.len(), "row {line:?}");
+            header.iter().cloned().zip(fields).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn quick_bench_writes_every_scenario_with_mptcp_proven() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test builds network namespaces: run it as root"
+    );
+    let out = tempfile::tempdir().expect("temporary folder");
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dropshim"));
+    cmd.args(["bench", "--quick", "--out"])
+        .arg(out.path())
+        .arg("--library")
+        .arg(library());
+    let res = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(240))
+        .expect("dropshim bench --quick finished within 4 minutes");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(
+        res.status.success(),
+        "dropshim bench failed:\n{stdout}\n{stderr}"
+    );
+    eprintln!("dropshim bench --quick took {took:.1?}\n{stdout}");
+
+    for f in [
+        "results.csv",
+        "summary.md",
+        "throughput.svg",
+        "download-time.svg",
+        "handover.svg",
+    ] {
+        let p = out.path().join(f);
+        assert!(p.is_file(), "{f} missing");
+        assert!(
+            std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0) > 100,
+            "{f} is empty"
+        );
+    }
+    let csv = std::fs::read_to_string(out.path().join("results.csv")).expect("results.csv");
+    let rows = rows(&csv);
+    let jsons = std::fs::read_dir(out.path())
+        .expect("out dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .count();
+    assert_eq!(jsons, rows.len(), "one JSON file per CSV row");
+    let summary = std::fs::read_to_string(out.path().join("summary.md")).expect("summary.md");
+    assert_eq!(summary, stdout, "the printed table is the summary");
+
+    for scenario in ["two-gateways", "local-cache", "handover", "overhead"] {
+        let ok: Vec<_> = rows
+            .iter()
+            .filter(|r| r["scenario"] == scenario && r["status"] == "ok")
+            .collect();
+        for stack in ["tcp", "native", "mptcpize"] {
+            assert!(
+                ok.iter().any(|r| r["stack"] == stack),
+                "{scenario}: no successful {stack} row in\n{csv}"
+            );
+        }
+        // lkl is never silently dropped.
+        assert!(
+            rows.iter().any(|r| r["scenario"] == scenario
+                && r["stack"] == "lkl"
+                && r["status"] == "skipped"
+                && r["reason"].contains("not built")),
+            "{scenario}: no skipped lkl row"
+        );
+        for r in &ok {
+            let subflows: f64 = r["subflows"].parse().expect("subflows column");
+            if r["stack"] == "tcp" {
+                assert_eq!(subflows, 0.0, "TCP row used MPTCP: {r:?}");
+            } else {
+                assert_eq!(subflows, 2.0, "MPTCP row without two subflows: {r:?}");
+            }
+            if scenario == "local-cache" || scenario == "handover" {
+                assert_eq!(r["intact"], "true", "bytes not intact: {r:?}");
+                assert_eq!(r["completed"], "true", "transfer incomplete: {r:?}");
+            } else {
+                let mbit: f64 = r["mbit_per_s"].parse().expect("mbit_per_s");
+                assert!(mbit > 10.0, "implausible throughput: {r:?}");
+            }
+        }
+    }
+    for r in rows.iter().filter(|r| r["status"] != "ok") {
+        assert!(
+            !r["reason"].trim().is_empty(),
+            "skipped/failed row without a reason: {r:?}"
+        );
+    }
+    // The table shows the README's three rows with throughput and subflows.
+    for label in [
+        "TCP, one link",
+        "MPTCP via dropshim (native)",
+        "MPTCP via mptcpize",
+        "skipped: ",
+    ] {
+        assert!(
+            summary.contains(label),
+            "{label:?} not in the summary:\n{summary}"
+        );
+    }
+}
