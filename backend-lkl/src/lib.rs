@@ -1,10 +1,639 @@
 //! The lkl backend: a Linux Kernel Library linked into the program.
 //!
-//! Not built yet: no LKL package exists in any registry reachable here and
-//! its architecture port is not in mainline Linux, so this backend needs
-//! an `arch/lkl` port of dropshim's own (GPL-2.0, to live in
-//! `backend-lkl/kernel/` under that licence). Until then the shim reports
-//! `backend lkl is not available` and the program gets a clear error.
+//! Owns `backend-lkl/`: the `lkl` architecture port of Linux 6.12
+//! (`kernel/`, GPL-2.0, kept apart and built into its own `liblkl.so` by
+//! `build-lkl.sh`), and this Rust host side (MIT OR Apache-2.0): the host
+//! operations the kernel needs, virtio-net devices fed by raw packet
+//! sockets, and a safe API (boot, interfaces, sysctls, MPTCP endpoints and
+//! limits through the library kernel's own netlink, socket calls, halt).
+//! It must not touch the shim, the other backends or the host's network
+//! configuration beyond opening packet sockets on the interfaces it is
+//! given. The GPL code is only ever loaded at run time (dlopen), when this
+//! backend is chosen.
+//!
+//! One boot per process: kernel data cannot be re-initialised, so a second
+//! [`Lkl::boot`] (even after [`Lkl::halt`]) fails with
+//! [`Error::AlreadyBooted`].
+
+mod netlink;
+mod sys;
+mod virtio;
+
+use std::ffi::{c_long, CString};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use netlink::MptcpFlags;
 
 /// Why the lkl backend cannot be used in this build.
-pub const UNAVAILABLE: &str = "the lkl backend is not built yet (no Linux Kernel Library in this build); use backend = \"native\" or \"uml\"";
+pub const UNAVAILABLE: &str = "the lkl backend could not be started (no Linux Kernel Library); use backend = \"native\" or \"uml\"";
+
+/// Generic (asm-generic/unistd.h) system call numbers used here.
+pub mod nr {
+    #![allow(missing_docs)]
+    pub const IOCTL: i64 = 29;
+    pub const OPENAT: i64 = 56;
+    pub const CLOSE: i64 = 57;
+    pub const READ: i64 = 63;
+    pub const WRITE: i64 = 64;
+    pub const UNAME: i64 = 160;
+    pub const GETPID: i64 = 172;
+    pub const SOCKET: i64 = 198;
+    pub const BIND: i64 = 200;
+    pub const LISTEN: i64 = 201;
+    pub const ACCEPT: i64 = 202;
+    pub const CONNECT: i64 = 203;
+    pub const GETSOCKNAME: i64 = 204;
+    pub const GETPEERNAME: i64 = 205;
+    pub const SENDTO: i64 = 206;
+    pub const RECVFROM: i64 = 207;
+    pub const SETSOCKOPT: i64 = 208;
+    pub const GETSOCKOPT: i64 = 209;
+    pub const SHUTDOWN: i64 = 210;
+    pub const ACCEPT4: i64 = 242;
+}
+
+/// Errors of the lkl backend.
+#[derive(Debug)]
+pub enum Error {
+    /// The library could not be found, built or loaded.
+    Library(String),
+    /// A kernel was already booted in this process.
+    AlreadyBooted,
+    /// The kernel refused to boot (negative errno from lkl_start_kernel).
+    Boot(i32),
+    /// A system call inside the library kernel failed.
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The errno.
+        errno: i32,
+    },
+    /// A host-side resource (packet socket, interface) failed.
+    Host(String),
+    /// Bad input from the caller.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Library(s) => write!(f, "{s}"),
+            Error::AlreadyBooted => write!(
+                f,
+                "a library kernel was already booted in this process; LKL boots once per process (start a new process to boot again)"
+            ),
+            Error::Boot(e) => write!(
+                f,
+                "the library kernel failed to boot: {} (errno {e}); set DROPSHIM_LKL_CONSOLE=1 to see its log",
+                std::io::Error::from_raw_os_error(*e)
+            ),
+            Error::Sys { what, errno } => write!(
+                f,
+                "{what}: {} (errno {errno}, in the library kernel)",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+            Error::Host(s) => write!(f, "{s}"),
+            Error::Invalid(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn check(what: impl FnOnce() -> String, r: c_long) -> Result<c_long> {
+    if r < 0 {
+        Err(Error::Sys {
+            what: what(),
+            errno: i32::try_from(-r).unwrap_or(libc::EINVAL),
+        })
+    } else {
+        Ok(r)
+    }
+}
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// Kernel command line (e.g. "quiet").
+    pub cmdline: String,
+    /// Memory for the kernel's page allocator, in bytes.
+    pub mem_bytes: u64,
+    /// liblkl.so to use; default: `DROPSHIM_LKL_LIB` or `build-lkl.sh`.
+    pub library: Option<PathBuf>,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            cmdline: "quiet".into(),
+            mem_bytes: 128 << 20,
+            library: None,
+        }
+    }
+}
+
+static BOOTED: AtomicBool = AtomicBool::new(false);
+
+/// A file descriptor inside the library kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fd(pub i32);
+
+/// An interface added with [`Lkl::add_interface`].
+#[derive(Debug, Clone)]
+pub struct Interface {
+    /// Host interface whose frames the device carries.
+    pub host_ifname: String,
+    /// Interface index inside the library kernel.
+    pub ifindex: i32,
+}
+
+/// The booted library kernel of this process.
+pub struct Lkl {
+    boot_time: Duration,
+    devices: Mutex<Vec<Arc<virtio::NetDevice>>>,
+    halted: AtomicBool,
+}
+
+impl Lkl {
+    /// Boots the library kernel (once per process).
+    pub fn boot(opts: &BootOptions) -> Result<Lkl> {
+        if BOOTED.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyBooted);
+        }
+        let lib = match &opts.library {
+            Some(p) => p.clone(),
+            None => sys::locate_library().map_err(Error::Library)?,
+        };
+        sys::load(&lib).map_err(Error::Library)?;
+        let start = Instant::now();
+        let r = sys::start_kernel(opts.mem_bytes, &opts.cmdline).map_err(Error::Invalid)?;
+        if r == -libc::EBUSY {
+            return Err(Error::AlreadyBooted);
+        }
+        if r < 0 {
+            return Err(Error::Boot(-r));
+        }
+        Ok(Lkl {
+            boot_time: start.elapsed(),
+            devices: Mutex::new(Vec::new()),
+            halted: AtomicBool::new(false),
+        })
+    }
+
+    /// How long lkl_start_kernel took (until the kernel took system calls).
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The kernel's console output so far.
+    pub fn log(&self) -> String {
+        sys::kernel_log()
+    }
+
+    /// Raw system call (generic numbering); returns the result or -errno.
+    ///
+    /// # Safety
+    /// Pointer arguments must be valid for what the call does with them.
+    pub unsafe fn syscall(&self, nr: i64, args: [i64; 6]) -> i64 {
+        sys::syscall(nr, args)
+    }
+
+    fn call(&self, nr: i64, args: [i64; 6]) -> i64 {
+        sys::syscall(nr, args)
+    }
+
+    /// `uname()` of the library kernel: (sysname, release).
+    pub fn uname(&self) -> Result<(String, String)> {
+        let mut buf = [0u8; 65 * 6];
+        let r = self.call(nr::UNAME, [buf.as_mut_ptr() as i64, 0, 0, 0, 0, 0]);
+        check(|| "uname".into(), r)?;
+        let field = |i: usize| {
+            let f = &buf[i * 65..(i + 1) * 65];
+            let end = f.iter().position(|&b| b == 0).unwrap_or(65);
+            String::from_utf8_lossy(&f[..end]).into_owned()
+        };
+        Ok((field(0), field(2)))
+    }
+
+    /// `getpid()` of the calling host thread's kernel task.
+    pub fn getpid(&self) -> i64 {
+        self.call(nr::GETPID, [0; 6])
+    }
+
+    /// Reads a whole file of the library kernel (e.g. under /proc).
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let c = CString::new(path).map_err(|_| Error::Invalid(format!("bad path {path:?}")))?;
+        let fd = check(
+            || format!("open {path}"),
+            self.call(
+                nr::OPENAT,
+                [
+                    libc::AT_FDCWD as i64,
+                    c.as_ptr() as i64,
+                    libc::O_RDONLY as i64,
+                    0,
+                    0,
+                    0,
+                ],
+            ),
+        )?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = self.call(
+                nr::READ,
+                [fd, buf.as_mut_ptr() as i64, buf.len() as i64, 0, 0, 0],
+            );
+            if n <= 0 {
+                self.call(nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+                check(|| format!("read {path}"), n)?;
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+
+    /// Sets a sysctl of the library kernel, e.g. ("net.mptcp.enabled", "1").
+    pub fn set_sysctl(&self, name: &str, value: &str) -> Result<()> {
+        if name.is_empty() || name.contains("..") || name.contains('/') {
+            return Err(Error::Invalid(format!("bad sysctl name {name:?}")));
+        }
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let c = CString::new(path.clone())
+            .map_err(|_| Error::Invalid(format!("bad sysctl {name:?}")))?;
+        let fd = check(
+            || format!("open {path}"),
+            self.call(
+                nr::OPENAT,
+                [
+                    libc::AT_FDCWD as i64,
+                    c.as_ptr() as i64,
+                    libc::O_WRONLY as i64,
+                    0,
+                    0,
+                    0,
+                ],
+            ),
+        )?;
+        let r = self.call(
+            nr::WRITE,
+            [fd, value.as_ptr() as i64, value.len() as i64, 0, 0, 0],
+        );
+        self.call(nr::CLOSE, [fd, 0, 0, 0, 0, 0]);
+        check(|| format!("set sysctl {name}={value}"), r)?;
+        Ok(())
+    }
+
+    /// Reads a sysctl of the library kernel.
+    pub fn sysctl(&self, name: &str) -> Result<String> {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        let v = self.read_file(&path)?;
+        Ok(String::from_utf8_lossy(&v).trim().to_string())
+    }
+
+    // ------------------------------------------------------------ sockets
+
+    /// `socket(domain, type, protocol)`.
+    pub fn socket(&self, domain: i32, ty: i32, protocol: i32) -> Result<Fd> {
+        let r = self.call(
+            nr::SOCKET,
+            [domain as i64, ty as i64, protocol as i64, 0, 0, 0],
+        );
+        check(|| format!("socket({domain}, {ty}, {protocol})"), r).map(|f| Fd(f as i32))
+    }
+
+    /// `bind(fd, addr)`.
+    pub fn bind(&self, fd: Fd, addr: SocketAddr) -> Result<()> {
+        let (sa, len) = sockaddr_from(addr);
+        let r = self.call(
+            nr::BIND,
+            [fd.0 as i64, &sa as *const _ as i64, len as i64, 0, 0, 0],
+        );
+        check(|| format!("bind {addr}"), r).map(|_| ())
+    }
+
+    /// `listen(fd, backlog)`.
+    pub fn listen(&self, fd: Fd, backlog: i32) -> Result<()> {
+        let r = self.call(nr::LISTEN, [fd.0 as i64, backlog as i64, 0, 0, 0, 0]);
+        check(|| "listen".into(), r).map(|_| ())
+    }
+
+    /// `accept4(fd, &peer, flags)`.
+    pub fn accept(&self, fd: Fd, flags: i32) -> Result<(Fd, Option<SocketAddr>)> {
+        // SAFETY: sockaddr_storage is plain data, all-zero is valid.
+        let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let r = self.call(
+            nr::ACCEPT4,
+            [
+                fd.0 as i64,
+                &mut sa as *mut _ as i64,
+                &mut len as *mut _ as i64,
+                flags as i64,
+                0,
+                0,
+            ],
+        );
+        let nfd = check(|| "accept".into(), r)?;
+        Ok((Fd(nfd as i32), sockaddr_to(&sa)))
+    }
+
+    /// `connect(fd, addr)`.
+    pub fn connect(&self, fd: Fd, addr: SocketAddr) -> Result<()> {
+        let (sa, len) = sockaddr_from(addr);
+        let r = self.call(
+            nr::CONNECT,
+            [fd.0 as i64, &sa as *const _ as i64, len as i64, 0, 0, 0],
+        );
+        check(|| format!("connect {addr}"), r).map(|_| ())
+    }
+
+    /// `send(fd, buf, flags)`: bytes sent.
+    pub fn send(&self, fd: Fd, buf: &[u8], flags: i32) -> Result<usize> {
+        let r = self.call(
+            nr::SENDTO,
+            [
+                fd.0 as i64,
+                buf.as_ptr() as i64,
+                buf.len() as i64,
+                flags as i64,
+                0,
+                0,
+            ],
+        );
+        check(|| "send".into(), r).map(|n| n as usize)
+    }
+
+    /// Sends all of `buf`.
+    pub fn send_all(&self, fd: Fd, mut buf: &[u8]) -> Result<()> {
+        while !buf.is_empty() {
+            let n = self.send(fd, buf, libc::MSG_NOSIGNAL)?;
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// `recv(fd, buf, flags)`: bytes received (0 at end of stream).
+    pub fn recv(&self, fd: Fd, buf: &mut [u8], flags: i32) -> Result<usize> {
+        let r = self.call(
+            nr::RECVFROM,
+            [
+                fd.0 as i64,
+                buf.as_mut_ptr() as i64,
+                buf.len() as i64,
+                flags as i64,
+                0,
+                0,
+            ],
+        );
+        check(|| "recv".into(), r).map(|n| n as usize)
+    }
+
+    /// `setsockopt` with an integer value.
+    pub fn setsockopt_int(&self, fd: Fd, level: i32, name: i32, value: i32) -> Result<()> {
+        let r = self.call(
+            nr::SETSOCKOPT,
+            [
+                fd.0 as i64,
+                level as i64,
+                name as i64,
+                &value as *const i32 as i64,
+                4,
+                0,
+            ],
+        );
+        check(|| format!("setsockopt({level}, {name})"), r).map(|_| ())
+    }
+
+    /// `getsockopt` into `buf`; returns the length the kernel wrote.
+    pub fn getsockopt(&self, fd: Fd, level: i32, name: i32, buf: &mut [u8]) -> Result<usize> {
+        let mut len = buf.len() as libc::socklen_t;
+        let r = self.call(
+            nr::GETSOCKOPT,
+            [
+                fd.0 as i64,
+                level as i64,
+                name as i64,
+                buf.as_mut_ptr() as i64,
+                &mut len as *mut _ as i64,
+                0,
+            ],
+        );
+        check(|| format!("getsockopt({level}, {name})"), r).map(|_| len as usize)
+    }
+
+    /// `getsockname(fd)`.
+    pub fn local_addr(&self, fd: Fd) -> Result<Option<SocketAddr>> {
+        self.name_call(nr::GETSOCKNAME, fd, "getsockname")
+    }
+
+    /// `getpeername(fd)`.
+    pub fn peer_addr(&self, fd: Fd) -> Result<Option<SocketAddr>> {
+        self.name_call(nr::GETPEERNAME, fd, "getpeername")
+    }
+
+    fn name_call(&self, n: i64, fd: Fd, what: &str) -> Result<Option<SocketAddr>> {
+        // SAFETY: sockaddr_storage is plain data, all-zero is valid.
+        let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let r = self.call(
+            n,
+            [
+                fd.0 as i64,
+                &mut sa as *mut _ as i64,
+                &mut len as *mut _ as i64,
+                0,
+                0,
+                0,
+            ],
+        );
+        check(|| what.into(), r)?;
+        Ok(sockaddr_to(&sa))
+    }
+
+    /// `shutdown(fd, how)`.
+    pub fn shutdown(&self, fd: Fd, how: i32) -> Result<()> {
+        let r = self.call(nr::SHUTDOWN, [fd.0 as i64, how as i64, 0, 0, 0, 0]);
+        check(|| "shutdown".into(), r).map(|_| ())
+    }
+
+    /// `close(fd)`.
+    pub fn close(&self, fd: Fd) -> Result<()> {
+        let r = self.call(nr::CLOSE, [fd.0 as i64, 0, 0, 0, 0, 0]);
+        check(|| "close".into(), r).map(|_| ())
+    }
+
+    // ------------------------------------------------------------ network
+
+    /// Gives the library kernel a virtio-net interface whose frames travel
+    /// over an AF_PACKET socket on `host_ifname` (which should carry no host
+    /// address), brings it up with `addrs` (address, prefix length) and adds
+    /// `routes` (destination, prefix length, optional gateway).
+    pub fn add_interface(
+        &self,
+        host_ifname: &str,
+        addrs: &[(IpAddr, u8)],
+        routes: &[(IpAddr, u8, Option<IpAddr>)],
+    ) -> Result<Interface> {
+        let index = self.devices.lock().map(|d| d.len()).unwrap_or(0);
+        let dev = virtio::NetDevice::open(host_ifname, index).map_err(Error::Host)?;
+        let base = 0x1000_0000u64 + (index as u64) * 0x1000;
+        let irq = sys::FIRST_DEVICE_IRQ + index as i32;
+        if irq >= sys::NR_IRQS {
+            return Err(Error::Invalid("too many interfaces".into()));
+        }
+        dev.set_irq(irq);
+        sys::register_device(base, 0x1000, dev.clone());
+        let r = self.call(
+            sys::NR_VIRTIO_MMIO_ADD,
+            [base as i64, 0x1000, irq as i64, 0, 0, 0],
+        );
+        let ifindex = check(|| format!("add virtio-net device for {host_ifname}"), r)? as i32;
+        if ifindex == 0 {
+            return Err(Error::Host(format!(
+                "the virtio device for {host_ifname} did not become a network interface; kernel log:\n{}",
+                self.log()
+            )));
+        }
+        dev.start_rx().map_err(Error::Host)?;
+        if let Ok(mut d) = self.devices.lock() {
+            d.push(dev);
+        }
+        let nl = netlink::Netlink::open(self)?;
+        nl.link_up(ifindex)?;
+        for (a, p) in addrs {
+            nl.add_addr(ifindex, *a, *p)?;
+        }
+        for (dst, p, gw) in routes {
+            nl.add_route(ifindex, *dst, *p, *gw)?;
+        }
+        nl.close();
+        Ok(Interface {
+            host_ifname: host_ifname.to_string(),
+            ifindex,
+        })
+    }
+
+    /// Brings the loopback interface up (127.0.0.1/8, ::1).
+    pub fn loopback_up(&self) -> Result<()> {
+        let nl = netlink::Netlink::open(self)?;
+        let r = nl.link_up(1);
+        nl.close();
+        r
+    }
+
+    /// MPTCP limits of the in-kernel path manager.
+    pub fn mptcp_set_limits(&self, subflows: u32, add_addr_accepted: u32) -> Result<()> {
+        let nl = netlink::Netlink::open_generic(self)?;
+        let r = nl.mptcp_set_limits(subflows, add_addr_accepted);
+        nl.close();
+        r
+    }
+
+    /// Adds an MPTCP endpoint (address, optional interface, flags).
+    pub fn mptcp_add_endpoint(
+        &self,
+        addr: IpAddr,
+        ifindex: Option<i32>,
+        flags: MptcpFlags,
+    ) -> Result<()> {
+        let nl = netlink::Netlink::open_generic(self)?;
+        let r = nl.mptcp_add_endpoint(addr, ifindex, flags);
+        nl.close();
+        r
+    }
+
+    /// Halts the kernel: every kernel thread ends, devices stop. Calls still
+    /// blocked in the kernel on other threads stay blocked; later calls
+    /// fail with ESHUTDOWN.
+    pub fn halt(&self) -> Result<()> {
+        if self.halted.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Ok(d) = self.devices.lock() {
+            for dev in d.iter() {
+                dev.stop();
+            }
+        }
+        let r = self.call(sys::NR_HALT, [0; 6]);
+        check(|| "halt".into(), r)?;
+        sys::join_kernel_threads();
+        sys::stop_timer();
+        Ok(())
+    }
+
+    /// Host semaphores the kernel still holds (leak checks).
+    pub fn live_semaphores(&self) -> usize {
+        sys::live_semaphores()
+    }
+
+    /// Frames moved by the interface number `index` (rx, tx).
+    pub fn frame_counts(&self, index: usize) -> Option<(u64, u64)> {
+        self.devices.lock().ok()?.get(index).map(|d| d.counts())
+    }
+}
+
+fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, usize) {
+    // SAFETY: sockaddr_storage is plain data, all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            (ss, std::mem::size_of::<libc::sockaddr_in>())
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            (ss, std::mem::size_of::<libc::sockaddr_in6>())
+        }
+    }
+}
+
+fn sockaddr_to(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says this is a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::from((
+                sin.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this is a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::from((
+                sin6.sin6_addr.s6_addr,
+                u16::from_be(sin6.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}

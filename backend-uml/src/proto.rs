@@ -37,6 +37,11 @@ pub enum Kind {
     Listen = 3,
     /// Hand over the guest connection a listener announced as `id`.
     Attach = 4,
+    /// Keep this control connection open while the instance lives (control
+    /// socket only): the supervisor acknowledges, and the connection ends
+    /// when the supervisor does, so a program learns of the instance's
+    /// death even if the supervisor was killed with it.
+    Watch = 5,
 }
 
 impl Kind {
@@ -46,6 +51,7 @@ impl Kind {
             2 => Some(Kind::Connect),
             3 => Some(Kind::Listen),
             4 => Some(Kind::Attach),
+            5 => Some(Kind::Watch),
             _ => None,
         }
     }

@@ -238,3 +238,80 @@ pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io:
     };
     check(ret).map(drop)
 }
+
+/// A pair of connected SOCK_STREAM Unix sockets.
+pub fn stream_pair() -> io::Result<(c_int, c_int)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: the kernel writes two integers into `fds`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_socketpair,
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    check(ret).map(|_| (fds[0], fds[1]))
+}
+
+/// poll(2) on the given descriptors; retries on EINTR.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> io::Result<usize> {
+    loop {
+        // SAFETY: the kernel reads and writes `fds.len()` pollfd entries.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_poll,
+                fds.as_mut_ptr(),
+                fds.len() as libc::c_ulong,
+                timeout_ms as c_long,
+            )
+        };
+        match check(ret) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A non-blocking write; returns the bytes written.
+pub fn write(fd: c_int, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads `data.len()` bytes from `data`.
+    let ret = unsafe { libc::syscall(libc::SYS_write, fd, data.as_ptr(), data.len()) };
+    check(ret).map(|v| v as usize)
+}
+
+/// epoll_ctl(2) without going through the shim's own hook.
+pub fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: Option<libc::epoll_event>,
+) -> io::Result<()> {
+    let mut ev = ev;
+    let p = ev
+        .as_mut()
+        .map_or(std::ptr::null_mut(), |e| e as *mut libc::epoll_event);
+    // SAFETY: `p` is NULL or points at one epoll_event alive for the call.
+    check(unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, p) }).map(drop)
+}
+
+/// connect(fd, AF_UNSPEC): aborts a TCP connection in place (the kernel
+/// sends a reset and wakes every thread blocked on the socket with an
+/// error), without closing the program's descriptor.
+pub fn disconnect(fd: c_int) -> io::Result<()> {
+    // SAFETY: sockaddr is plain data; all-zero with family AF_UNSPEC.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: the kernel reads `size_of::<sockaddr>()` bytes of `sa`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_connect,
+            fd,
+            &sa as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    check(ret).map(drop)
+}

@@ -8,12 +8,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn library() -> PathBuf {
-    let dir = match std::env::var_os("DROPSHIM_TARGET_DIR") {
+fn release_dir() -> PathBuf {
+    match std::env::var_os("DROPSHIM_TARGET_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
-    };
-    let lib = dir.join("libdropshim.so");
+    }
+}
+
+fn library() -> PathBuf {
+    let lib = release_dir().join("libdropshim.so");
     assert!(
         lib.is_file(),
         "{} is missing: run `cargo build --release` first (or set DROPSHIM_TARGET_DIR)",
@@ -70,6 +73,12 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
         .arg(out.path())
         .arg("--library")
         .arg(library());
+    // The uml stack runs when its helper is built (else it is a skipped
+    // row, which is checked below like any other).
+    let uml_helper = release_dir().join("dropshim-uml");
+    if uml_helper.is_file() {
+        cmd.env("DROPSHIM_UML_BIN", uml_helper);
+    }
     let res = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(240))
         .expect("dropshim bench --quick finished within 4 minutes");
     let took = started.elapsed();

@@ -99,6 +99,9 @@ try:
         buckets[int((now - first) * 10)] = body
 except OSError as e:
     error = str(e) or type(e).__name__
+    if last is not None:
+        # A transfer that never resumed stalled until we gave up.
+        gap = max(gap, time.monotonic() - last)
 timeline, seen = [], 0
 for b in range(max(buckets) + 1 if buckets else 0):
     seen = buckets.get(b, seen)
@@ -151,7 +154,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     if avail.reason(Stack::Uml).is_none() {
         ctx.step("handover: booting the uml device".into());
         let tb = Testbed::up(&spec, &opts)?;
-        match UmlDevice::up(&tb, "client", "cache", &ctx.work) {
+        match UmlDevice::up(&tb, "client", &ctx.work) {
             Err(e) => ctx.records.push(
                 Record::new(Scenario::Handover, Stack::Uml, &setting, 0)
                     .skipped(super::one_line(&format!("uml device did not start: {e:#}"))),
@@ -253,6 +256,7 @@ fn transfer(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().context("starting the python3 receiver")?;
     let mut child = super::KillOnDrop(child);
     let (tx, rx) = mpsc::channel::<String>();
@@ -274,7 +278,15 @@ fn transfer(
             if let Some(mut e) = child.0.stderr.take() {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err);
             }
-            bail!("no byte arrived within 15 s: {}", err.trim());
+            let err = err.trim();
+            bail!(
+                "no byte arrived within 15 s{}",
+                if err.is_empty() {
+                    " (the receiver printed nothing)".to_string()
+                } else {
+                    format!(": {err}")
+                }
+            );
         }
     }
     let t0 = Instant::now();

@@ -128,7 +128,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     if avail.reason(Stack::Uml).is_none() {
         ctx.step("local-cache: booting the uml device".into());
         let tb = Testbed::up(&spec, &opts)?;
-        match UmlDevice::up(&tb, "client", "cache", &ctx.work) {
+        match UmlDevice::up(&tb, "client", &ctx.work) {
             Err(e) => {
                 let reason = super::one_line(&format!("uml device did not start: {e:#}"));
                 skip_all(ctx, plan, Stack::Uml, &reason);

@@ -63,7 +63,13 @@ impl<'a> Group<'a> {
             .filter(|r| r.status == Status::Failed)
             .count();
         if failed > 0 {
-            format!("{ok} ok, {failed} failed")
+            let why = self
+                .records
+                .iter()
+                .find(|r| r.status == Status::Failed)
+                .and_then(|r| r.reason.as_deref())
+                .unwrap_or("no reason recorded");
+            format!("{ok} ok, {failed} failed ({why})")
         } else {
             ok.to_string()
         }
@@ -141,7 +147,7 @@ fn spread(s: Option<(f64, f64, f64)>, digits: usize) -> (String, String) {
 
 fn subflows(g: &Group) -> String {
     match g.stat(|r| r.subflows) {
-        Some((m, _, _)) if m == 0.0 => "0 (TCP)".into(),
+        Some((0.0, _, _)) => "0 (TCP)".into(),
         Some((m, _, _)) => format!("{m:.1}"),
         None => "-".into(),
     }
@@ -216,9 +222,17 @@ pub fn markdown(records: &[Record]) -> String {
                 }
                 Scenario::Handover => {
                     let (m, s) = spread(g.stat(|r| r.stall_s), 2);
+                    let mut completed = all_true(g, |r| r.completed);
+                    if let Some(why) = g
+                        .ok()
+                        .iter()
+                        .find(|r| r.completed == Some(false))
+                        .and_then(|r| r.reason.as_deref())
+                    {
+                        completed.push_str(&format!(" ({why})"));
+                    }
                     format!(
-                        " {m} | {s} | {} | {} | {} | {} |",
-                        all_true(g, |r| r.completed),
+                        " {m} | {s} | {completed} | {} | {} | {} |",
                         all_true(g, |r| r.intact),
                         subflows(g),
                         g.runs()
@@ -461,12 +475,23 @@ pub(crate) mod tests {
         h.timeline = vec![(0.1, 1000), (0.2, 2000)];
         h.outage = Some((0.05, 0.15));
         v.push(h);
+        let mut hu = Record::new(Scenario::Handover, Stack::Uml, "40 MB", 1);
+        hu.stall_s = Some(16.0);
+        hu.completed = Some(false);
+        hu.intact = Some(false);
+        hu.subflows = Some(1.0);
+        hu.reason = Some("timed out".into());
+        v.push(hu);
         let mut lc = Record::new(Scenario::LocalCache, Stack::Tcp, "10 MB", 1);
         lc.seconds = Some(0.09);
         lc.mbit_per_s = Some(888.0);
         lc.intact = Some(true);
         lc.subflows = Some(0.0);
         v.push(lc);
+        v.push(
+            Record::new(Scenario::LocalCache, Stack::Tcp, "10 MB", 2)
+                .failed(&anyhow::anyhow!("no byte arrived")),
+        );
         let failed = Record::new(Scenario::LocalCache, Stack::Native, "10 MB", 1)
             .failed(&anyhow::anyhow!("curl failed | badly"));
         v.push(failed);
@@ -483,9 +508,10 @@ pub(crate) mod tests {
             "| 2 x 1000 Mbit/s | MPTCP via mptcpize | kernel | default | 1875 | 1870..1880 | 2.0 | 3 |",
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (native) | userspace | default | skipped: needs a daemon, a, \"b\" | | | |",
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (lkl) | kernel | default | skipped: not built yet | | | |",
-            "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/1 | 1 |",
+            "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/1 | 1 ok, 1 failed (no byte arrived) |",
             "| 10 MB | MPTCP via dropshim (native) | failed: curl failed / badly | | | | | |",
             "| 40 MB | MPTCP via dropshim (native) | 0.42 | 0.42..0.42 | 1/1 | 1/1 | 2.0 | 1 |",
+            "| 40 MB | MPTCP via dropshim (uml) | 16.00 | 16.00..16.00 | 0/1 (timed out) | 0/1 | 1.0 | 1 |",
             "dropshim native / mptcpize = 0.997 (bar >= 0.99)",
             "MPTCP (dropshim native) / TCP one link = 1.968 (bar >= 1.9)",
             "MPTCP via dropshim (native) stall = 0.42 s",

@@ -93,13 +93,14 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
                 .filter_map(|g| Some((bar_name(g), g.stack, g.stat(|r| r.mbit_per_s)?)))
                 .collect();
             let ymax = stats.iter().map(|s| s.2 .2).fold(1.0, f64::max) * 1.15;
+            // A segmented 0..k has k + 1 slots: one per bar.
             let n = stats.len() as u32;
             let mut chart = ChartBuilder::on(area)
                 .caption(title, ("sans-serif", 16))
                 .margin(10)
                 .x_label_area_size(40)
                 .y_label_area_size(60)
-                .build_cartesian_2d((0u32..n).into_segmented(), 0f64..ymax)
+                .build_cartesian_2d((0u32..n.max(2) - 1).into_segmented(), 0f64..ymax)
                 .map_err(err)?;
             let names: Vec<String> = stats.iter().map(|s| s.0.clone()).collect();
             chart

@@ -136,7 +136,7 @@ impl Availability {
     /// Why a path manager other than `kernel` cannot be measured.
     pub fn path_manager_reason(pm: &str) -> String {
         match pm {
-            "userspace" => "the userspace path manager creates no subflows by itself; it needs a daemon (mptcpd or similar) driving it over netlink, which neither this host nor dropshim provides yet".to_string(),
+            "userspace" => "userspace path manager: needs a daemon (e.g. mptcpd) to create subflows; none installed".to_string(),
             other => format!("path manager {other:?} is not known to dropshim bench"),
         }
     }
@@ -220,7 +220,7 @@ pub struct UmlDevice {
 static DEVICES: AtomicU32 = AtomicU32::new(0);
 
 impl UmlDevice {
-    pub fn up(tb: &Testbed, client: &str, server: &str, work: &Path) -> Result<UmlDevice> {
+    pub fn up(tb: &Testbed, client: &str, work: &Path) -> Result<UmlDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench{}x{n}", std::process::id());
         let netns = tb.netns(client)?.to_string();
@@ -231,11 +231,11 @@ impl UmlDevice {
             // The raw transport sees every frame: the host must not answer
             // on this interface too (design brief), so its addresses go.
             ip(&["-n", &netns, "addr", "flush", "dev", &ifname])?;
-            // Link 2 is `fullmesh`: when the server announces its link-2
-            // address, the guest opens the second subflow from its own
-            // link-2 address (the guest has no source routing).
+            // Link 2 is a `subflow` endpoint bound to its device: the guest
+            // opens the second subflow out of link 2 (to the server's
+            // link-1 address, which the server accepts on any link).
             let role = if link == 2 {
-                "endpoint = [\"fullmesh\"]\n"
+                "endpoint = [\"subflow\"]\n"
             } else {
                 ""
             };
@@ -243,13 +243,6 @@ impl UmlDevice {
                 "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n{role}\n"
             ));
         }
-        // The server announces its link-2 address (see `fullmesh` above).
-        let srv_ns = tb.netns(server)?.to_string();
-        let srv2 = tb.addr4(server, 2)?.to_string();
-        let srv_if = tb.ifname(server, 2)?.to_string();
-        ip(&[
-            "-n", &srv_ns, "mptcp", "endpoint", "add", &srv2, "dev", &srv_if, "signal",
-        ])?;
         let config = work.join(format!("{name}.toml"));
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n{ifaces}\

@@ -130,7 +130,7 @@ pub fn iperf_matrix(
         let v = Variant::new(Stack::Uml, "kernel", &avail.schedulers[0]);
         ctx.step(format!("{}: booting the uml device", scenario.name()));
         let tb = Testbed::up(&spec, &opts)?;
-        match UmlDevice::up(&tb, "gw1", "gw2", &ctx.work) {
+        match UmlDevice::up(&tb, "gw1", &ctx.work) {
             Err(e) => ctx.records.push(
                 v.record(scenario, setting, 0)
                     .skipped(super::one_line(&format!("uml device did not start: {e:#}"))),

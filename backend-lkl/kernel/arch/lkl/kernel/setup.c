@@ -13,6 +13,8 @@
 #include <linux/stat.h>
 #include <linux/time64.h>
 #include <linux/fs.h>
+#include <linux/file.h>
+#include <linux/err.h>
 #include <linux/init_syscalls.h>
 #include <linux/jiffies.h>
 #include <linux/kernel.h>
@@ -33,8 +35,6 @@ void __init setup_arch(char **cmdline_p)
 {
 	*cmdline_p = boot_command_line;
 	lkl_console_register();
-	/* Delays use the host clock, so there is nothing to calibrate. */
-	preset_lpj = 1000000;
 	lkl_bootmem_init(lkl_mem_size);
 }
 
@@ -92,11 +92,13 @@ static struct linux_binfmt lkl_init_format = {
 
 static int __init lkl_fs_setup(void)
 {
-	int err;
+	struct file *f;
 
-	err = init_mknod("/init", S_IFREG | 0700, 0);
-	if (err)
-		return err;
+	/* Read-only open: a file open for writing could not be executed. */
+	f = filp_open("/init", O_CREAT | O_RDONLY, 0700);
+	if (IS_ERR(f))
+		return PTR_ERR(f);
+	fput(f);
 	register_binfmt(&lkl_init_format);
 	/* sysctls are set through /proc/sys, so proc is always mounted. */
 	init_mkdir("/proc", 0555);

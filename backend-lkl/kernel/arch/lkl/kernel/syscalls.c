@@ -49,6 +49,7 @@ struct lkl_hctx {
 	long *params;
 	long ret;
 	int req;			/* a request is waiting for the task */
+	int queued;			/* on the wake list */
 	struct lkl_hctx *next;		/* wake list (host) / new list (kernel) */
 };
 
@@ -108,6 +109,8 @@ static irqreturn_t lkl_wake_irq(int irq, void *dev)
 	list = __atomic_exchange_n(&wake_list, NULL, __ATOMIC_ACQ_REL);
 	while ((ctx = list)) {
 		list = ctx->next;
+		/* From here the host may queue ctx again (after a new request). */
+		__atomic_store_n(&ctx->queued, 0, __ATOMIC_SEQ_CST);
 		if (ctx->task) {
 			wake_up_process(ctx->task);
 		} else {
@@ -166,7 +169,13 @@ static void hctx_submit(struct lkl_hctx *ctx, long nr, long *params)
 
 	ctx->nr = nr;
 	ctx->params = params;
-	__atomic_store_n(&ctx->req, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&ctx->req, 1, __ATOMIC_SEQ_CST);
+	/*
+	 * Already on the wake list: the handler has yet to wake the task,
+	 * and will do so after our request is visible.
+	 */
+	if (__atomic_exchange_n(&ctx->queued, 1, __ATOMIC_SEQ_CST))
+		return;
 	head = __atomic_load_n(&wake_list, __ATOMIC_RELAXED);
 	do {
 		ctx->next = head;

@@ -13,6 +13,8 @@
 #include <linux/sched/task_stack.h>
 #include <linux/sched/signal.h>
 #include <linux/printk.h>
+#include <linux/ptrace.h>
+#include <linux/seq_file.h>
 #include "lkl.h"
 
 struct task_struct *lkl_current_task = &init_task;
@@ -143,3 +145,42 @@ void __noreturn lkl_halt_all(void)
 	lkl_ops->sem_up(lkl_idle_sem);
 	lkl_thread_leave(current);
 }
+
+/* No user mode: nothing to trace. */
+long arch_ptrace(struct task_struct *child, long request, unsigned long addr,
+		 unsigned long data)
+{
+	return ptrace_request(child, request, addr, data);
+}
+
+void ptrace_disable(struct task_struct *child)
+{
+}
+
+static int lkl_cpuinfo_show(struct seq_file *m, void *v)
+{
+	seq_puts(m, "processor\t: 0\nmodel name\t: lkl (dropshim library kernel)\n");
+	return 0;
+}
+
+static void *lkl_cpuinfo_start(struct seq_file *m, loff_t *pos)
+{
+	return *pos == 0 ? (void *)1 : NULL;
+}
+
+static void *lkl_cpuinfo_next(struct seq_file *m, void *v, loff_t *pos)
+{
+	++*pos;
+	return NULL;
+}
+
+static void lkl_cpuinfo_stop(struct seq_file *m, void *v)
+{
+}
+
+const struct seq_operations cpuinfo_op = {
+	.start = lkl_cpuinfo_start,
+	.next = lkl_cpuinfo_next,
+	.stop = lkl_cpuinfo_stop,
+	.show = lkl_cpuinfo_show,
+};

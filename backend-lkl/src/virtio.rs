@@ -1,0 +1,613 @@
+//! A virtio-net device (virtio-mmio, version 2, split virtqueues) whose
+//! frames travel over an AF_PACKET socket bound to a host interface.
+//!
+//! The packet socket carries a virtio_net_hdr with every frame
+//! (PACKET_VNET_HDR), so checksum offload and TSO/GSO pass straight between
+//! the host kernel and the library kernel without segmenting or
+//! checksumming in between. Transmit runs synchronously in the kernel task
+//! that kicks the queue; receive runs on a host thread of the device.
+//!
+//! Guest "physical" addresses are host addresses (the library kernel has no
+//! MMU), so descriptors point straight into memory; the ring indices are
+//! read and written with atomics since the kernel and the receive thread
+//! share them.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::sys::{self, MmioDevice};
+
+const QUEUE_MAX: u32 = 256;
+const VNET_HDR: usize = 10; // struct virtio_net_hdr (packet socket)
+const VNET_HDR_V1: usize = 12; // + num_buffers (virtio 1.0)
+
+const F_CSUM: u64 = 1 << 0;
+const F_GUEST_CSUM: u64 = 1 << 1;
+const F_MAC: u64 = 1 << 5;
+const F_GUEST_TSO4: u64 = 1 << 7;
+const F_GUEST_TSO6: u64 = 1 << 8;
+const F_HOST_TSO4: u64 = 1 << 11;
+const F_HOST_TSO6: u64 = 1 << 12;
+const F_MRG_RXBUF: u64 = 1 << 15;
+const F_VERSION_1: u64 = 1 << 32;
+const FEATURES: u64 = F_CSUM
+    | F_GUEST_CSUM
+    | F_MAC
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_MRG_RXBUF
+    | F_VERSION_1;
+
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+#[derive(Default, Clone, Copy)]
+struct Queue {
+    num: u32,
+    ready: bool,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    last_avail: u16,
+    used_idx: u16,
+}
+
+#[derive(Default)]
+struct Regs {
+    status: u32,
+    dev_features_sel: u32,
+    drv_features_sel: u32,
+    drv_features: u64,
+    queue_sel: u32,
+}
+
+/// One virtio-net device.
+pub(crate) struct NetDevice {
+    sock: OwnedFd,
+    ifname: String,
+    mac: [u8; 6],
+    irq: AtomicI32,
+    isr: AtomicU32,
+    regs: Mutex<Regs>,
+    queues: [Mutex<Queue>; 2],
+    rx_kick: Condvar,
+    stop: AtomicBool,
+    rx_thread: Mutex<Option<JoinHandle<()>>>,
+    rx_frames: AtomicU64,
+    tx_frames: AtomicU64,
+}
+
+fn errno_msg(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+impl NetDevice {
+    /// Opens the packet socket on `ifname`.
+    pub(crate) fn open(ifname: &str, index: usize) -> Result<Arc<NetDevice>, String> {
+        let cname =
+            std::ffi::CString::new(ifname).map_err(|_| format!("bad interface name {ifname:?}"))?;
+        // SAFETY: if_nametoindex reads a C string.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(format!(
+                "host interface {ifname} not found (create it, e.g. one end of a veth pair, and bring it up)"
+            ));
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket creation.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        if fd < 0 {
+            return Err(errno_msg(&format!(
+                "cannot open a packet socket for {ifname} (needs CAP_NET_RAW)"
+            )));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        let setopt = |level: i32, name: i32, val: &libc::c_int, what: &str| -> Result<(), String> {
+            // SAFETY: valid socket and a c_int option value.
+            let r = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    level,
+                    name,
+                    (val as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r < 0 {
+                Err(errno_msg(what))
+            } else {
+                Ok(())
+            }
+        };
+        setopt(
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            &one,
+            "PACKET_VNET_HDR",
+        )?;
+        setopt(libc::SOL_PACKET, 23, &one, "PACKET_IGNORE_OUTGOING")?;
+        let big: libc::c_int = 8 << 20;
+        let _ = setopt(
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &big,
+            "SO_RCVBUFFORCE",
+        );
+        let _ = setopt(
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            &big,
+            "SO_SNDBUFFORCE",
+        );
+        // SAFETY: sockaddr_ll is plain data.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: binding with a valid sockaddr_ll.
+        let r = unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(errno_msg(&format!(
+                "cannot bind the packet socket to {ifname}"
+            )));
+        }
+        // Frames for the library kernel's own MAC address are "other host"
+        // frames to the host interface: receive them all.
+        // SAFETY: packet_mreq is plain data.
+        let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+        mreq.mr_ifindex = ifindex as i32;
+        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+        // SAFETY: valid socket and option struct.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                (&mreq as *const libc::packet_mreq).cast(),
+                std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+            )
+        };
+        let pid = std::process::id();
+        let mac = [
+            0x02,
+            0x6c,
+            (pid >> 16) as u8,
+            (pid >> 8) as u8,
+            pid as u8,
+            index as u8,
+        ];
+        Ok(Arc::new(NetDevice {
+            sock,
+            ifname: ifname.to_string(),
+            mac,
+            irq: AtomicI32::new(0),
+            isr: AtomicU32::new(0),
+            regs: Mutex::new(Regs::default()),
+            queues: [Mutex::new(Queue::default()), Mutex::new(Queue::default())],
+            rx_kick: Condvar::new(),
+            stop: AtomicBool::new(false),
+            rx_thread: Mutex::new(None),
+            rx_frames: AtomicU64::new(0),
+            tx_frames: AtomicU64::new(0),
+        }))
+    }
+
+    pub(crate) fn set_irq(&self, irq: i32) {
+        self.irq.store(irq, Ordering::SeqCst);
+    }
+
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.rx_frames.load(Ordering::Relaxed),
+            self.tx_frames.load(Ordering::Relaxed),
+        )
+    }
+
+    pub(crate) fn start_rx(self: &Arc<Self>) -> Result<(), String> {
+        let me = Arc::clone(self);
+        let h = std::thread::Builder::new()
+            .name(format!("lkl-rx-{}", self.ifname))
+            .spawn(move || me.rx_loop())
+            .map_err(|e| format!("cannot start the receive thread: {e}"))?;
+        if let Ok(mut t) = self.rx_thread.lock() {
+            *t = Some(h);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.rx_kick.notify_all();
+        let h = self.rx_thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+
+    fn interrupt(&self, q: &Queue) {
+        // The driver may have asked for no interrupt (NAPI polling); it
+        // re-checks the used ring when it re-enables them.
+        fence(Ordering::SeqCst);
+        // SAFETY: q.avail points at the avail ring the driver gave us.
+        let flags = unsafe { ring_u16(q.avail, 0) }.load(Ordering::Acquire);
+        if flags & AVAIL_F_NO_INTERRUPT != 0 {
+            return;
+        }
+        self.isr.fetch_or(1, Ordering::SeqCst);
+        sys::trigger_irq(self.irq.load(Ordering::Relaxed));
+    }
+
+    fn config_byte(&self, off: u64) -> u8 {
+        match off {
+            0..=5 => self.mac[off as usize],
+            8 => 1, // max_virtqueue_pairs (low byte)
+            _ => 0,
+        }
+    }
+
+    /// Transmit: send every available chain (header + frame) on the socket.
+    fn process_tx(&self) {
+        let mut q = match self.queues[1].lock() {
+            Ok(q) => q,
+            Err(_) => return,
+        };
+        if !q.ready {
+            return;
+        }
+        let mut buf: Vec<u8> = Vec::with_capacity(65536 + VNET_HDR_V1);
+        let mut sent_any = false;
+        loop {
+            // SAFETY: avail ring of a ready queue.
+            let avail_idx = unsafe { ring_u16(q.avail, 2) }.load(Ordering::Acquire);
+            if avail_idx == q.last_avail {
+                break;
+            }
+            let slot = u64::from(q.last_avail % q.num as u16);
+            // SAFETY: slot < num, inside the avail ring.
+            let head = unsafe { ring_u16(q.avail, 4 + 2 * slot) }.load(Ordering::Acquire);
+            buf.clear();
+            let mut idx = head;
+            for _ in 0..q.num {
+                // SAFETY: idx < num (checked below), inside the descriptor table.
+                let d = unsafe { read_desc(q.desc, idx) };
+                // SAFETY: the driver made [addr, addr+len) readable for us.
+                let data =
+                    unsafe { std::slice::from_raw_parts(d.addr as *const u8, d.len as usize) };
+                buf.extend_from_slice(data);
+                if d.flags & DESC_F_NEXT == 0 || u32::from(d.next) >= q.num {
+                    break;
+                }
+                idx = d.next;
+            }
+            if buf.len() > VNET_HDR_V1 {
+                // The packet socket takes the 10-byte header: drop num_buffers.
+                buf.drain(VNET_HDR..VNET_HDR_V1);
+                // SAFETY: sending our own buffer on our socket.
+                let r =
+                    unsafe { libc::send(self.sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+                if r >= 0 {
+                    self.tx_frames.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            q.last_avail = q.last_avail.wrapping_add(1);
+            let used_slot = u64::from(q.used_idx % q.num as u16);
+            // SAFETY: used ring element inside the ring.
+            unsafe {
+                ring_u32(q.used, 4 + 8 * used_slot).store(u32::from(head), Ordering::Relaxed);
+                ring_u32(q.used, 8 + 8 * used_slot).store(0, Ordering::Relaxed);
+            }
+            q.used_idx = q.used_idx.wrapping_add(1);
+            // SAFETY: used ring index.
+            unsafe { ring_u16(q.used, 2) }.store(q.used_idx, Ordering::Release);
+            sent_any = true;
+        }
+        if sent_any {
+            self.interrupt(&q);
+        }
+    }
+
+    /// Receive: frames from the packet socket into available rx chains.
+    fn rx_loop(&self) {
+        let mut pkt = vec![0u8; 65536 + VNET_HDR + 64];
+        while !self.stop.load(Ordering::SeqCst) {
+            let mut pfd = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, 100) };
+            if r <= 0 {
+                continue;
+            }
+            // SAFETY: receiving into our buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    pkt.as_mut_ptr().cast(),
+                    pkt.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < VNET_HDR as isize + 14 {
+                continue;
+            }
+            let n = n as usize;
+            self.deliver(&pkt[..VNET_HDR], &pkt[VNET_HDR..n]);
+        }
+    }
+
+    fn deliver(&self, hdr: &[u8], frame: &[u8]) {
+        let mut q = match self.queues[0].lock() {
+            Ok(q) => q,
+            Err(_) => return,
+        };
+        let total = VNET_HDR_V1 + frame.len();
+        let mut written = 0usize;
+        let mut nbufs: u16 = 0;
+        let mut first_hdr: Option<*mut u8> = None;
+        let start_used = q.used_idx;
+        while written < total {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if !q.ready {
+                return;
+            }
+            // SAFETY: avail ring of a ready queue.
+            let avail_idx = unsafe { ring_u16(q.avail, 2) }.load(Ordering::Acquire);
+            if avail_idx == q.last_avail {
+                // No buffer: wait for the driver to add some (it kicks us).
+                q = match self.rx_kick.wait_timeout(q, Duration::from_millis(50)) {
+                    Ok(r) => r.0,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            let slot = u64::from(q.last_avail % q.num as u16);
+            // SAFETY: slot inside the avail ring.
+            let head = unsafe { ring_u16(q.avail, 4 + 2 * slot) }.load(Ordering::Acquire);
+            q.last_avail = q.last_avail.wrapping_add(1);
+            let mut idx = head;
+            let mut chain_len = 0usize;
+            for _ in 0..q.num {
+                // SAFETY: idx inside the descriptor table.
+                let d = unsafe { read_desc(q.desc, idx) };
+                if d.flags & DESC_F_WRITE != 0 {
+                    let dst = d.addr as *mut u8;
+                    let mut off = 0usize;
+                    while off < d.len as usize && written < total {
+                        let take;
+                        if written < VNET_HDR_V1 {
+                            if first_hdr.is_none() && written == 0 && d.len as usize >= VNET_HDR_V1
+                            {
+                                first_hdr = Some(dst);
+                            }
+                            let mut h = [0u8; VNET_HDR_V1];
+                            h[..VNET_HDR].copy_from_slice(hdr);
+                            take = (VNET_HDR_V1 - written).min(d.len as usize - off);
+                            // SAFETY: writable guest buffer of d.len bytes.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    h[written..].as_ptr(),
+                                    dst.add(off),
+                                    take,
+                                )
+                            };
+                        } else {
+                            let fo = written - VNET_HDR_V1;
+                            take = (frame.len() - fo).min(d.len as usize - off);
+                            // SAFETY: writable guest buffer of d.len bytes.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    frame[fo..].as_ptr(),
+                                    dst.add(off),
+                                    take,
+                                )
+                            };
+                        }
+                        off += take;
+                        written += take;
+                        chain_len += take;
+                    }
+                }
+                if d.flags & DESC_F_NEXT == 0 || u32::from(d.next) >= q.num || written >= total {
+                    break;
+                }
+                idx = d.next;
+            }
+            let used_slot = u64::from(q.used_idx % q.num as u16);
+            // SAFETY: used ring element.
+            unsafe {
+                ring_u32(q.used, 4 + 8 * used_slot).store(u32::from(head), Ordering::Relaxed);
+                ring_u32(q.used, 8 + 8 * used_slot).store(chain_len as u32, Ordering::Relaxed);
+            }
+            q.used_idx = q.used_idx.wrapping_add(1);
+            nbufs += 1;
+        }
+        if let Some(h) = first_hdr {
+            // SAFETY: the first buffer holds the whole 12-byte header.
+            unsafe {
+                std::ptr::copy_nonoverlapping(nbufs.to_le_bytes().as_ptr(), h.add(VNET_HDR), 2)
+            };
+        }
+        let _ = start_used;
+        // SAFETY: used ring index.
+        unsafe { ring_u16(q.used, 2) }.store(q.used_idx, Ordering::Release);
+        self.rx_frames.fetch_add(1, Ordering::Relaxed);
+        self.interrupt(&q);
+    }
+
+    fn reset(&self) {
+        for q in &self.queues {
+            if let Ok(mut q) = q.lock() {
+                *q = Queue::default();
+            }
+        }
+        self.isr.store(0, Ordering::SeqCst);
+    }
+}
+
+impl MmioDevice for NetDevice {
+    fn read(&self, off: u64, size: u32) -> u64 {
+        if off >= 0x100 {
+            let mut v = 0u64;
+            for i in 0..u64::from(size.min(8)) {
+                v |= u64::from(self.config_byte(off - 0x100 + i)) << (8 * i);
+            }
+            return v;
+        }
+        let regs = match self.regs.lock() {
+            Ok(r) => r,
+            Err(_) => return 0,
+        };
+        let sel = regs.queue_sel as usize;
+        let v: u64 = match off {
+            0x000 => 0x7472_6976, // "virt"
+            0x004 => 2,
+            0x008 => 1, // network card
+            0x00c => 0x4c4b_4c44,
+            0x010 => {
+                if regs.dev_features_sel == 0 {
+                    FEATURES & 0xffff_ffff
+                } else if regs.dev_features_sel == 1 {
+                    FEATURES >> 32
+                } else {
+                    0
+                }
+            }
+            0x034 => {
+                if sel < 2 {
+                    u64::from(QUEUE_MAX)
+                } else {
+                    0
+                }
+            }
+            0x044 => self
+                .queues
+                .get(sel)
+                .and_then(|q| q.lock().ok())
+                .map_or(0, |q| u64::from(q.ready)),
+            0x060 => u64::from(self.isr.load(Ordering::SeqCst)),
+            0x070 => u64::from(regs.status),
+            0x0fc => 0,
+            _ => 0,
+        };
+        v
+    }
+
+    fn write(&self, off: u64, val: u64, _size: u32) {
+        let v32 = val as u32;
+        if off == 0x050 {
+            // Queue notify: transmit now, or wake the receive thread.
+            match v32 {
+                0 => self.rx_kick.notify_all(),
+                1 => self.process_tx(),
+                _ => {}
+            }
+            return;
+        }
+        if off == 0x064 {
+            self.isr.fetch_and(!v32, Ordering::SeqCst);
+            return;
+        }
+        let mut regs = match self.regs.lock() {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let sel = regs.queue_sel as usize;
+        let with_q = |f: &mut dyn FnMut(&mut Queue)| {
+            if let Some(Ok(mut q)) = self.queues.get(sel).map(|q| q.lock()) {
+                f(&mut q);
+            }
+        };
+        match off {
+            0x014 => regs.dev_features_sel = v32,
+            0x020 => {
+                if regs.drv_features_sel == 0 {
+                    regs.drv_features = (regs.drv_features & !0xffff_ffff) | u64::from(v32);
+                } else if regs.drv_features_sel == 1 {
+                    regs.drv_features = (regs.drv_features & 0xffff_ffff) | (u64::from(v32) << 32);
+                }
+            }
+            0x024 => regs.drv_features_sel = v32,
+            0x030 => regs.queue_sel = v32,
+            0x038 => with_q(&mut |q| q.num = v32.min(QUEUE_MAX)),
+            0x044 => with_q(&mut |q| {
+                q.ready = v32 == 1;
+                q.last_avail = 0;
+                q.used_idx = 0;
+            }),
+            0x070 => {
+                regs.status = v32;
+                if v32 == 0 {
+                    drop(regs);
+                    self.reset();
+                }
+            }
+            0x080 => with_q(&mut |q| q.desc = (q.desc & !0xffff_ffff) | val),
+            0x084 => with_q(&mut |q| q.desc = (q.desc & 0xffff_ffff) | (val << 32)),
+            0x090 => with_q(&mut |q| q.avail = (q.avail & !0xffff_ffff) | val),
+            0x094 => with_q(&mut |q| q.avail = (q.avail & 0xffff_ffff) | (val << 32)),
+            0x0a0 => with_q(&mut |q| q.used = (q.used & !0xffff_ffff) | val),
+            0x0a4 => with_q(&mut |q| q.used = (q.used & 0xffff_ffff) | (val << 32)),
+            _ => {}
+        }
+    }
+}
+
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// # Safety
+/// `table` must be a live descriptor table with more than `idx` entries.
+unsafe fn read_desc(table: u64, idx: u16) -> Desc {
+    let p = (table + 16 * u64::from(idx)) as *const u8;
+    // SAFETY: per the function contract; unaligned-safe reads.
+    unsafe {
+        Desc {
+            addr: std::ptr::read_unaligned(p.cast::<u64>()),
+            len: std::ptr::read_unaligned(p.add(8).cast::<u32>()),
+            flags: std::ptr::read_unaligned(p.add(12).cast::<u16>()),
+            next: std::ptr::read_unaligned(p.add(14).cast::<u16>()),
+        }
+    }
+}
+
+/// # Safety
+/// `base + off` must be a live, 2-byte aligned ring field.
+unsafe fn ring_u16<'a>(base: u64, off: u64) -> &'a AtomicU16 {
+    // SAFETY: per the function contract.
+    unsafe { &*((base + off) as *const AtomicU16) }
+}
+
+/// # Safety
+/// `base + off` must be a live, 4-byte aligned ring field.
+unsafe fn ring_u32<'a>(base: u64, off: u64) -> &'a AtomicU32 {
+    // SAFETY: per the function contract.
+    unsafe { &*((base + off) as *const AtomicU32) }
+}
