@@ -94,7 +94,7 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 objcopy -G lkl_start_kernel -G lkl_syscall -G lkl_trigger_irq \
 	"$tree/vmlinux" "$tmp/lkl.o"
-undefined=$(nm -u "$tmp/lkl.o" | awk '{print $2}' | tr '\n' ' ')
+undefined=$(nm -u "$tmp/lkl.o" | awk '$2 != "_GLOBAL_OFFSET_TABLE_" {print $2}' | tr '\n' ' ')
 [ -z "$undefined" ] || die "the library has undefined symbols: $undefined"
 ar rcs "$tmp/liblkl.a" "$tmp/lkl.o"
 gcc -shared -nostdlib -Wl,-soname,liblkl.so -Wl,-z,noexecstack \

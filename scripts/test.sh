@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --workspace --quiet
-if [ -x backend-uml/build-kernel.sh ]; then
-  backend-uml/build-kernel.sh
-fi
+# The two kernels the uml and lkl backends need: a few minutes each on a
+# fresh machine, cached (instant) after that.
+backend-uml/build-kernel.sh
+backend-lkl/build-lkl.sh >/dev/null
 if cargo nextest --version >/dev/null 2>&1; then
   exec cargo nextest run --release --workspace --no-fail-fast "$@"
 else

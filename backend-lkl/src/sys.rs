@@ -63,7 +63,9 @@ static ECHO_LOG: OnceLock<bool> = OnceLock::new();
 static THREADS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 static LIVE_SEMS: AtomicUsize = AtomicUsize::new(0);
 static TIMER: OnceLock<Arc<Timer>> = OnceLock::new();
-static DEVICES: Mutex<Vec<(u64, u64, Arc<dyn MmioDevice>)>> = Mutex::new(Vec::new());
+/// Registered device register windows: (base, size, device).
+type DeviceTable = Vec<(u64, u64, Arc<dyn MmioDevice>)>;
+static DEVICES: Mutex<DeviceTable> = Mutex::new(Vec::new());
 
 /// A device whose registers the kernel reads and writes through the host.
 pub trait MmioDevice: Send + Sync {
@@ -441,6 +443,7 @@ unsafe extern "C" fn op_iomem_access(
     size: c_int,
     write: c_int,
 ) -> c_int {
+    #[allow(clippy::unnecessary_cast)] // c_ulong is u32 on some targets
     let addr = addr as u64;
     let dev = DEVICES.lock().ok().and_then(|d| {
         d.iter()

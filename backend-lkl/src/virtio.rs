@@ -496,13 +496,7 @@ impl MmioDevice for NetDevice {
                     0
                 }
             }
-            0x034 => {
-                if sel < 2 {
-                    u64::from(QUEUE_MAX)
-                } else {
-                    0
-                }
-            }
+            0x034 if sel < 2 => u64::from(QUEUE_MAX),
             0x044 => self
                 .queues
                 .get(sel)

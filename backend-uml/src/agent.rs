@@ -162,7 +162,7 @@ fn read_request(bridge: &mut TcpStream) -> io::Result<Request> {
 fn handle(mut bridge: TcpStream, pending: &Pending) -> io::Result<()> {
     let req = read_request(&mut bridge)?;
     match req.kind {
-        Kind::Connect => match open_connected(&req) {
+        Kind::Connect => match open_connected(&req, bridge.as_raw_fd()) {
             Ok((sock, reply)) => {
                 bridge.write_all(&reply.encode())?;
                 relay(bridge, sock);
@@ -196,7 +196,7 @@ fn handle(mut bridge: TcpStream, pending: &Pending) -> io::Result<()> {
                 None => bridge.write_all(&Reply::error(libc::ECONNABORTED).encode()),
             }
         }
-        Kind::Ping => bridge.write_all(&Reply::error(0).encode()),
+        Kind::Ping | Kind::Watch => bridge.write_all(&Reply::error(0).encode()),
     }
 }
 
@@ -329,7 +329,19 @@ fn from_storage(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn open_connected(req: &Request) -> io::Result<(OwnedFd, Reply)> {
+fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take integers only.
+    let fl = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let fl = if on {
+        fl | libc::O_NONBLOCK
+    } else {
+        fl & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, fl) }).map(drop)
+}
+
+fn open_connected(req: &Request, bridge: RawFd) -> io::Result<(OwnedFd, Reply)> {
     let dest = req
         .addr
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EDESTADDRREQ))?;
@@ -341,17 +353,63 @@ fn open_connected(req: &Request) -> io::Result<(OwnedFd, Reply)> {
         cvt(unsafe { libc::bind(fd, &st as *const _ as *const libc::sockaddr, len) })?;
     }
     let (st, len) = to_storage(&dest, req.domain);
-    loop {
-        // SAFETY: `st` holds a valid address of `len` bytes.
-        let ret = unsafe { libc::connect(fd, &st as *const _ as *const libc::sockaddr, len) };
-        if ret == 0 {
-            break;
-        }
+    // Non-blocking, so that a bridge closed meanwhile (the program closed
+    // its socket mid-connect) abandons the attempt instead of holding a
+    // guest socket for the whole SYN retry period.
+    set_nonblocking(fd, true)?;
+    // SAFETY: `st` holds a valid address of `len` bytes.
+    let ret = unsafe { libc::connect(fd, &st as *const _ as *const libc::sockaddr, len) };
+    if ret < 0 {
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(e);
         }
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: bridge,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a live array of two pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(e);
+            }
+            if fds[0].revents != 0 {
+                break;
+            }
+            if fds[1].revents != 0 {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+        }
+        let mut err: libc::c_int = 0;
+        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `elen` bytes into `err`.
+        cvt(unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void,
+                &mut elen,
+            )
+        })?;
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
     }
+    set_nonblocking(fd, false)?;
     let reply = Reply {
         errno: 0,
         local: sock_addr(fd, false),

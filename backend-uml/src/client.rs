@@ -1,10 +1,11 @@
 //! The shim's side of the control channel: one request, one reply, and
-//! the bridge descriptor that becomes the program's socket.
+//! the bridge descriptor that becomes the program's socket; and the watch
+//! connection that tells a program its instance died.
 //!
 //! Runs inside shimmed programs, so it only uses [`crate::sys`] (raw
 //! system calls) and allocates little.
 
-use crate::proto::{Reply, Request, REPLY_LEN};
+use crate::proto::{Kind, Reply, Request, REPLY_LEN};
 use crate::sys;
 use std::io;
 use std::os::raw::c_int;
@@ -35,30 +36,40 @@ pub fn request_cancellable(
 ) -> Result<(Reply, Option<c_int>), ClientError> {
     let path = crate::control_socket(device);
     let fd = sys::connect_unix(&path).map_err(ClientError::NotRunning)?;
-    let result = match cancel {
-        Some(c) => wait_reply(fd, c).and_then(|go| {
-            if go {
-                exchange(fd, req).map_err(ClientError::Channel)
-            } else {
-                Err(ClientError::Cancelled)
-            }
-        }),
-        None => exchange(fd, req).map_err(ClientError::Channel),
-    };
+    let result = exchange(fd, req, cancel);
     sys::close(fd);
     result
 }
 
-/// Sends nothing; waits until `fd` has the reply (true) or `cancel` hung
-/// up (false). The request itself is sent first by the caller's exchange,
-/// so this is only used after [`sys::send`]: see `exchange_cancellable`.
-fn wait_reply(fd: c_int, cancel: c_int) -> Result<bool, ClientError> {
-    let _ = (fd, cancel);
-    Ok(true)
-}
-
-fn exchange(fd: c_int, req: &Request) -> io::Result<(Reply, Option<c_int>)> {
-    sys::send(fd, &req.encode())?;
+fn exchange(
+    fd: c_int,
+    req: &Request,
+    cancel: Option<c_int>,
+) -> Result<(Reply, Option<c_int>), ClientError> {
+    sys::send(fd, &req.encode()).map_err(ClientError::Channel)?;
+    if let Some(cancel) = cancel {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: cancel,
+                events: 0,
+                revents: 0,
+            },
+        ];
+        loop {
+            sys::poll(&mut fds, -1).map_err(ClientError::Channel)?;
+            if fds[0].revents != 0 {
+                break;
+            }
+            if fds[1].revents != 0 {
+                return Err(ClientError::Cancelled);
+            }
+        }
+    }
     let mut buf = [0u8; REPLY_LEN];
     loop {
         match sys::recv_fd(fd, &mut buf, 0) {
@@ -70,22 +81,53 @@ fn exchange(fd: c_int, req: &Request) -> io::Result<(Reply, Option<c_int>)> {
                         if let Some(p) = passed {
                             sys::close(p);
                         }
-                        Err(io::Error::new(
+                        Err(ClientError::Channel(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the uml supervisor closed the request",
-                        ))
+                        )))
                     }
                 };
             }
             // A signal for the program must not fail its connect().
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(ClientError::Channel(e)),
         }
     }
 }
 
 /// Whether the device's instance answers on its control socket.
 pub fn ping(device: &str) -> bool {
-    let req = Request::new(crate::proto::Kind::Ping);
+    let req = Request::new(Kind::Ping);
     matches!(request(device, &req), Ok((r, _)) if r.errno == 0)
+}
+
+/// Opens a watch on the device's instance: a control connection the
+/// supervisor holds open while the instance lives. It reports hang-up
+/// (POLLHUP) when the instance is gone, even if the supervisor was
+/// killed with it. The descriptor is close-on-exec.
+pub fn watch(device: &str) -> io::Result<c_int> {
+    let path = crate::control_socket(device);
+    let fd = sys::connect_unix(&path)?;
+    let ack = (|| {
+        sys::send(fd, &Request::new(Kind::Watch).encode())?;
+        let mut buf = [0u8; REPLY_LEN];
+        let (n, passed) = sys::recv_fd(fd, &mut buf, 0)?;
+        if let Some(p) = passed {
+            sys::close(p);
+        }
+        match Reply::decode(&buf[..n]) {
+            Some(r) if r.errno == 0 => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the uml supervisor refused the watch",
+            )),
+        }
+    })();
+    match ack {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            sys::close(fd);
+            Err(e)
+        }
+    }
 }

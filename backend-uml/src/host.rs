@@ -603,8 +603,9 @@ fn boot_and_serve(
 /// A TCP connection to the agent across the private link.
 ///
 /// When the kernel dies, the supervisor aborts every bridge at once
-/// (SOCK_DESTROY through `ss -K`). Keepalive and TCP_USER_TIMEOUT are the
-/// fallback for when the supervisor dies too: a few seconds, and lenient
+/// (SOCK_DESTROY through `ss -K`); when the supervisor dies too, the
+/// shim's watch connection hangs up and the shim aborts them. Keepalive
+/// and TCP_USER_TIMEOUT are the last resort: a few seconds, and lenient
 /// enough that a lost probe on a saturated private link is not fatal.
 fn open_bridge() -> io::Result<TcpStream> {
     let addr = SocketAddr::new(
@@ -627,8 +628,40 @@ fn open_bridge() -> io::Result<TcpStream> {
 }
 
 fn ask_agent(req: &Request) -> io::Result<(TcpStream, Reply)> {
+    ask_agent_for(req, None)
+}
+
+/// Asks the agent; if `client` (the program's control connection) hangs
+/// up before the agent answers, gives up and closes the bridge, which
+/// makes the agent abandon the guest connect: a program that closed a
+/// socket whose non-blocking connect was still in progress leaves nothing
+/// behind.
+fn ask_agent_for(req: &Request, client: Option<libc::c_int>) -> io::Result<(TcpStream, Reply)> {
     let mut b = open_bridge()?;
     b.write_all(&req.encode())?;
+    if let Some(client) = client {
+        let mut fds = [
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: client,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            sys::poll(&mut fds, -1)?;
+            if fds[0].revents != 0 {
+                break;
+            }
+            if fds[1].revents != 0 {
+                return Err(io::Error::from_raw_os_error(libc::ECANCELED));
+            }
+        }
+    }
     let mut buf = [0u8; REPLY_LEN];
     b.read_exact(&mut buf)?;
     let reply = Reply::decode(&buf)
@@ -661,7 +694,18 @@ fn serve_client(fd: libc::c_int) {
     let errno = |e: &io::Error| e.raw_os_error().unwrap_or(libc::ECONNABORTED);
     match req.kind {
         Kind::Ping => answer(Reply::error(0), None),
-        Kind::Connect => match ask_agent(&req) {
+        Kind::Watch => {
+            answer(Reply::error(0), None);
+            // Held until the program closes it (or this process ends,
+            // which is what the program is watching for).
+            let mut fds = [libc::pollfd {
+                fd: owned.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let _ = sys::poll(&mut fds, -1);
+        }
+        Kind::Connect => match ask_agent_for(&req, Some(owned.as_raw_fd())) {
             Ok((bridge, reply)) if reply.errno == 0 => answer(reply, Some(bridge.as_raw_fd())),
             Ok((_, reply)) => answer(reply, None),
             Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),

@@ -215,7 +215,8 @@ pub fn recv_fd(fd: c_int, buf: &mut [u8], flags: c_int) -> io::Result<(usize, Op
 }
 
 pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
-    // SAFETY: only integer-argument commands (F_GETFL/F_SETFL/F_GETFD) are used.
+    // SAFETY: only integer-argument commands (F_GETFL/F_SETFL/F_GETFD/F_SETFD/
+    // F_DUPFD_CLOEXEC) are used.
     check(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as c_int)
 }
 

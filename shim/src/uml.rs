@@ -77,6 +77,13 @@ fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
 enum State {
     /// Not connected yet: the descriptor is the placeholder host socket.
     Fresh,
+    /// A non-blocking connect is in progress: the descriptor is a gate
+    /// (a Unix socket that never becomes writable) until a helper thread
+    /// puts the bridge, or a fresh placeholder if the connect failed, in
+    /// its place. `id` tells this attempt from a later one on the same fd.
+    Connecting {
+        id: u64,
+    },
     Connected {
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
@@ -92,6 +99,36 @@ struct Sock {
     opts: Vec<Opt>,
     state: State,
     device: String,
+    /// SO_ERROR still to report (a failed non-blocking connect).
+    so_error: c_int,
+    /// epoll registrations made while the descriptor is not final
+    /// (epfd, events, data): replacing the file under the descriptor drops
+    /// them in the kernel, so they are made again on the new file.
+    epolls: Vec<(c_int, u32, u64)>,
+}
+
+impl Sock {
+    fn new(domain: c_int, device: String, state: State) -> Sock {
+        Sock {
+            domain,
+            bound: None,
+            opts: Vec::new(),
+            state,
+            device,
+            so_error: 0,
+            epolls: Vec::new(),
+        }
+    }
+
+    /// Registers `fd` again in every epoll set the program put it in.
+    fn reregister(&self, fd: c_int) {
+        for &(epfd, events, data) in &self.epolls {
+            let ev = libc::epoll_event { events, u64: data };
+            if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, Some(ev)) {
+                log::debug!("uml: re-adding fd {fd} to epoll {epfd}: {e}");
+            }
+        }
+    }
 }
 
 static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
@@ -124,16 +161,9 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
     if fd < 0 {
         return fd;
     }
-    SOCKS.lock().insert(
-        fd,
-        Sock {
-            domain,
-            bound: None,
-            opts: Vec::new(),
-            state: State::Fresh,
-            device: device.clone(),
-        },
-    );
+    SOCKS
+        .lock()
+        .insert(fd, Sock::new(domain, device.clone(), State::Fresh));
     fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP);
     fd
 }
@@ -175,6 +205,7 @@ fn ask(device: &str, req: &Request) -> Result<(Reply, Option<c_int>), c_int> {
             log::debug!("uml: the supervisor of {device:?} dropped a request: {e}");
             Err(Errno(libc::ECONNABORTED).fail())
         }
+        Err(ClientError::Cancelled) => Err(Errno(libc::ECONNABORTED).fail()),
     }
 }
 
@@ -204,15 +235,17 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         return Errno(libc::EAFNOSUPPORT).fail();
     };
     let (req, device) = {
-        let socks = SOCKS.lock();
-        let Some(s) = socks.get(&fd) else {
+        let mut socks = SOCKS.lock();
+        let Some(s) = socks.get_mut(&fd) else {
             return real::connect(fd, addr, len);
         };
         match s.state {
             State::Fresh => {}
+            State::Connecting { .. } => return Errno(libc::EALREADY).fail(),
             State::Connected { .. } => return Errno(libc::EISCONN).fail(),
             State::Listening { .. } => return Errno(libc::EINVAL).fail(),
         }
+        s.so_error = 0;
         if is_local(dest.ip()) || dest.ip().is_unspecified() {
             drop(socks);
             release(fd);
@@ -224,6 +257,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         req.bind = s.bound;
         req.opts = s.opts.clone();
         req.mptcp = POLICY.get().is_none_or(|p| wants_mptcp(p.decide(&dest)));
+        if sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) & libc::O_NONBLOCK != 0 {
+            return start_connect(fd, s, req);
+        }
         (req, s.device.clone())
     };
     let (reply, bridge) = match ask(&device, &req) {
@@ -251,9 +287,253 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             local: reply.local,
             peer: reply.peer,
         };
+        s.reregister(fd);
+        s.epolls.clear();
     }
     fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    ensure_watch(&device);
     0
+}
+
+/// Applies the buffer sizes the program chose to the bridge too.
+fn apply_buffers(bridge: c_int, opts: &[Opt]) {
+    for o in opts {
+        if o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF) {
+            // SAFETY: `value` holds `value.len()` readable bytes.
+            unsafe {
+                real::setsockopt(
+                    bridge,
+                    o.level,
+                    o.name,
+                    o.value.as_ptr().cast(),
+                    o.value.len() as socklen_t,
+                )
+            };
+        }
+    }
+}
+
+static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A gate: the program's end of a Unix stream pair whose send buffer is
+/// full, so it is neither readable nor writable until its other end
+/// (kept by the shim) is closed. Returns (program's end, shim's end).
+fn gate() -> std::io::Result<(c_int, c_int)> {
+    let (prog, shim) = sys::stream_pair()?;
+    let filled = (|| {
+        sys::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
+        sys::fcntl(
+            prog,
+            libc::F_SETFL,
+            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
+        )?;
+        let block = [0u8; 4096];
+        for _ in 0..64 {
+            match sys::write(prog, &block) {
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("the gate never filled"))
+    })();
+    match filled {
+        Ok(()) => Ok((prog, shim)),
+        Err(e) => {
+            sys::close(prog);
+            sys::close(shim);
+            Err(e)
+        }
+    }
+}
+
+/// Non-blocking connect: puts a gate in place of the descriptor, hands
+/// the request to a helper thread and says EINPROGRESS, like a kernel
+/// socket. The descriptor becomes writable when the guest connect is
+/// done; SO_ERROR then says how it went.
+fn start_connect(fd: c_int, s: &mut Sock, req: Request) -> c_int {
+    let (prog, waker) = match gate() {
+        Ok(p) => p,
+        Err(e) => return Errno::from(e).fail(),
+    };
+    if let Err(ret) = install(prog, fd) {
+        sys::close(waker);
+        return ret;
+    }
+    s.reregister(fd);
+    let id = NEXT_CONNECT.fetch_add(1, Ordering::Relaxed);
+    s.state = State::Connecting { id };
+    let device = s.device.clone();
+    let domain = s.domain;
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-connect".into())
+        .spawn(move || finish_connect(fd, id, domain, &device, &req, waker));
+    if spawned.is_err() {
+        // No thread to spare: answer like a kernel out of resources.
+        s.state = State::Fresh;
+        sys::close(waker);
+        return Errno(libc::EAGAIN).fail();
+    }
+    Errno(libc::EINPROGRESS).fail()
+}
+
+/// The helper thread of a non-blocking connect.
+fn finish_connect(fd: c_int, id: u64, domain: c_int, device: &str, req: &Request, waker: c_int) {
+    // Cancelled when the program closes the gate (its socket) first.
+    let res = client::request_cancellable(device, req, Some(waker));
+    let mut socks = SOCKS.lock();
+    let current = socks
+        .get_mut(&fd)
+        .filter(|s| matches!(s.state, State::Connecting { id: i } if i == id));
+    let Some(s) = current else {
+        // The program closed the socket meanwhile: nothing to deliver.
+        if let Ok((_, Some(b))) = res {
+            sys::close(b);
+        }
+        drop(socks);
+        sys::close(waker);
+        return;
+    };
+    let errno = match res {
+        Ok((reply, Some(bridge))) if reply.errno == 0 => {
+            apply_buffers(bridge, &s.opts);
+            match install(bridge, fd) {
+                Ok(()) => {
+                    s.state = State::Connected {
+                        local: reply.local,
+                        peer: reply.peer,
+                    };
+                    s.reregister(fd);
+                    s.epolls.clear();
+                    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+                    0
+                }
+                Err(_) => std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::ECONNABORTED),
+            }
+        }
+        Ok((reply, bridge)) => {
+            if let Some(b) = bridge {
+                sys::close(b);
+            }
+            if reply.errno == 0 {
+                libc::ECONNABORTED
+            } else {
+                reply.errno
+            }
+        }
+        Err(ClientError::NotRunning(_)) => libc::ENETDOWN,
+        Err(ClientError::Channel(_)) | Err(ClientError::Cancelled) => libc::ECONNABORTED,
+    };
+    if errno != 0 {
+        // A fresh placeholder: writable and hung up, like a kernel socket
+        // whose connect failed; SO_ERROR reports why, once.
+        // SAFETY: libc's socket with integer arguments.
+        let placeholder =
+            unsafe { real::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if placeholder >= 0 && install(placeholder, fd).is_ok() {
+            s.reregister(fd);
+        }
+        s.state = State::Fresh;
+        s.so_error = errno;
+    }
+    let watch = errno == 0;
+    drop(socks);
+    // Closing the gate's other end wakes poll()/select() sleeping on the
+    // gate; they look the descriptor up again and find the new file.
+    sys::close(waker);
+    if watch {
+        ensure_watch(device);
+    }
+}
+
+/// Records the program's epoll registrations of a descriptor that is not
+/// final yet, then makes the call.
+pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
+    let mut socks = SOCKS.lock();
+    // SAFETY: the program's own arguments; the kernel checks the pointer.
+    let ret = libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) as c_int;
+    if ret < 0 {
+        return ret;
+    }
+    if let Some(s) = socks.get_mut(&fd) {
+        if matches!(s.state, State::Fresh | State::Connecting { .. }) {
+            s.epolls.retain(|&(e, _, _)| e != epfd);
+            if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
+                // SAFETY: the kernel just read this epoll_event successfully.
+                let e = std::ptr::read_unaligned(ev);
+                s.epolls.push((epfd, e.events, e.u64));
+            }
+        }
+    }
+    ret
+}
+
+/// One watch per device and process: see [`client::watch`].
+static WATCHES: Lazy<Mutex<HashMap<String, u32>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+/// Makes sure this process learns at once when the device's instance
+/// dies, even with its supervisor: then every bridge of that device is
+/// aborted in place, so blocked calls fail instead of waiting for the
+/// bridges' keepalive.
+fn ensure_watch(device: &str) {
+    let pid = std::process::id();
+    let mut w = WATCHES.lock();
+    if w.get(device) == Some(&pid) {
+        return;
+    }
+    let Ok(fd) = client::watch(device) else {
+        return;
+    };
+    // Out of the way of the small numbers programs reuse.
+    let fd = match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, 512) {
+        Ok(high) => {
+            sys::close(fd);
+            high
+        }
+        Err(_) => fd,
+    };
+    let dev = device.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-watch".into())
+        .spawn(move || watch_loop(&dev, fd));
+    match spawned {
+        Ok(_) => {
+            w.insert(device.to_string(), pid);
+        }
+        Err(_) => sys::close(fd),
+    }
+}
+
+fn watch_loop(device: &str, fd: c_int) {
+    let mut fds = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let gone = match sys::poll(&mut fds, -1) {
+        // POLLNVAL: the program closed our descriptor; stop watching.
+        Ok(_) => fds[0].revents & libc::POLLNVAL == 0 && !client::ping(device),
+        Err(_) => false,
+    };
+    WATCHES.lock().remove(device);
+    if fds[0].revents & libc::POLLNVAL == 0 {
+        sys::close(fd);
+    }
+    if gone {
+        let socks = SOCKS.lock();
+        let mut n = 0;
+        for (&bfd, s) in socks.iter() {
+            if s.device == device
+                && matches!(s.state, State::Connected { .. })
+                && sys::disconnect(bfd).is_ok()
+            {
+                n += 1;
+            }
+        }
+        log::error!("the uml instance of device {device:?} is gone; {n} connection(s) aborted");
+    }
 }
 
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
@@ -288,7 +568,9 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         match s.state {
             State::Fresh => {}
             State::Listening { .. } => return 0,
-            State::Connected { .. } => return Errno(libc::EINVAL).fail(),
+            State::Connected { .. } | State::Connecting { .. } => {
+                return Errno(libc::EINVAL).fail()
+            }
         }
         let mut req = Request::new(Kind::Listen);
         req.domain = s.domain;
@@ -311,8 +593,11 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     if let Some(s) = SOCKS.lock().get_mut(&fd) {
         s.state = State::Listening { local: reply.local };
+        s.reregister(fd);
+        s.epolls.clear();
     }
     fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    ensure_watch(&device);
     0
 }
 
@@ -355,18 +640,17 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     }
     SOCKS.lock().insert(
         conn,
-        Sock {
+        Sock::new(
             domain,
-            bound: None,
-            opts: Vec::new(),
-            state: State::Connected {
+            device.clone(),
+            State::Connected {
                 local: reply.local,
                 peer: reply.peer,
             },
-            device,
-        },
+        ),
     );
     fdtable::set(conn, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    ensure_watch(&device);
     if let Some(peer) = reply.peer {
         write_addr(peer, domain, addr, len);
     }
@@ -417,6 +701,17 @@ pub unsafe fn setsockopt(
             ret
         }
         State::Listening { .. } => 0,
+        // The gate cannot take TCP options; the guest socket already has
+        // the ones set before connect, and buffer sizes reach the bridge.
+        State::Connecting { .. } => {
+            if !val.is_null() && len <= 1024 {
+                // SAFETY: the program promises `len` readable bytes at `val`.
+                let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+                s.opts.retain(|o| !(o.level == level && o.name == name));
+                s.opts.push(Opt { level, name, value });
+            }
+            0
+        }
         State::Connected { .. } => {
             if bridge_owned(level, name) || level == libc::IPPROTO_IP || level == libc::IPPROTO_IPV6
             {
@@ -443,10 +738,25 @@ pub unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    let (domain, listening) = {
-        let socks = SOCKS.lock();
-        match socks.get(&fd) {
-            Some(s) => (s.domain, matches!(s.state, State::Listening { .. })),
+    let (domain, listening, connecting) = {
+        let mut socks = SOCKS.lock();
+        match socks.get_mut(&fd) {
+            Some(s) => {
+                if level == libc::SOL_SOCKET && name == libc::SO_ERROR && s.so_error != 0 {
+                    // Reported once, then cleared, like the kernel's.
+                    let e = s.so_error;
+                    let ret = put_int(val, len, e);
+                    if ret == 0 {
+                        s.so_error = 0;
+                    }
+                    return ret;
+                }
+                (
+                    s.domain,
+                    matches!(s.state, State::Listening { .. }),
+                    matches!(s.state, State::Connecting { .. }),
+                )
+            }
             None => return real::getsockopt(fd, level, name, val, len),
         }
     };
@@ -458,6 +768,15 @@ pub unsafe fn getsockopt(
             libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(listening)),
             _ => {}
         }
+    }
+    if connecting {
+        // The gate is a Unix socket: a connect in progress has no error
+        // yet, and TCP-level answers wait for the connection.
+        return match (level, name) {
+            (libc::SOL_SOCKET, libc::SO_ERROR) => put_int(val, len, 0),
+            (libc::SOL_SOCKET, _) => real::getsockopt(fd, level, name, val, len),
+            _ => put_int(val, len, 0),
+        };
     }
     if listening {
         // The descriptor is a Unix socket: answer TCP-level questions with
@@ -527,7 +846,7 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
         return real::getsockname(fd, addr, len);
     };
     let a = match s.state {
-        State::Fresh => s.bound,
+        State::Fresh | State::Connecting { .. } => s.bound,
         State::Connected { local, .. } | State::Listening { local } => local,
     }
     .unwrap_or_else(|| wildcard(s.domain));
@@ -555,7 +874,7 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     let fresh = SOCKS
         .lock()
         .get(&fd)
-        .map(|s| matches!(s.state, State::Fresh));
+        .map(|s| matches!(s.state, State::Fresh | State::Connecting { .. }));
     match fresh {
         Some(true) => Errno(libc::ENOTCONN).fail(),
         _ => real::shutdown(fd, how),

@@ -78,10 +78,129 @@ impl UmlDevice {
         Ok(text.trim().parse()?)
     }
 
+    /// The instance's supervisor process.
+    pub fn supervisor_pid(&self) -> Result<i32> {
+        let path = run_dir(&self.name).join("supervisor.pid");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text.trim().parse()?)
+    }
+
     pub fn config(&self) -> &Path {
         &self.config
     }
+
+    /// `dropshim down` then `dropshim up` for this device, in `node`.
+    pub fn restart(&self, tb: &Testbed, node: &str) -> Result<()> {
+        for verb in ["down", "up"] {
+            let mut cmd = tb.command(node, &cli_path().display().to_string())?;
+            cmd.arg(verb).arg("--config").arg(&self.config);
+            run_ok(&mut cmd, Duration::from_secs(120))
+                .with_context(|| format!("dropshim {verb} (uml)"))?;
+        }
+        Ok(())
+    }
 }
+
+/// Non-blocking connect the way event loops do it, one line per case
+/// (`NAME key=value ...`): for a listening peer and a closed port, through epoll
+/// (selectors) and poll: connect's errno, how long the call took, whether
+/// the socket became writable, SO_ERROR (twice: it is cleared once read);
+/// for the listening peer also 1 MiB echoed back as its sha256; and an
+/// unreachable address, which must leave the loop free (not writable
+/// within 0.5 s, connect returning at once).
+pub const NONBLOCKING_PY: &str = r##"import errno, hashlib, os, select, selectors, socket, sys, time
+peer, port, closed, dead = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out = {}
+
+def start(addr):
+    s = socket.socket()
+    s.setblocking(False)
+    t0 = time.monotonic()
+    rc = s.connect_ex(addr)
+    return s, rc, time.monotonic() - t0
+
+def wait_epoll(s, timeout):
+    sel = selectors.EpollSelector()
+    sel.register(s, selectors.EVENT_WRITE)
+    ev = sel.select(timeout)
+    sel.unregister(s)
+    sel.close()
+    return bool(ev)
+
+def wait_poll(s, timeout):
+    p = select.poll()
+    p.register(s, select.POLLOUT)
+    return bool(p.poll(timeout * 1000))
+
+def case(name, addr, waiter, timeout=10):
+    s, rc, took = start(addr)
+    t0 = time.monotonic()
+    writable = waiter(s, timeout)
+    r = {"connect": errno.errorcode.get(rc, str(rc)), "call_s": round(took, 4),
+         "writable": int(writable), "wait_s": round(time.monotonic() - t0, 3)}
+    if writable:
+        e = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        r["so_error"] = errno.errorcode.get(e, str(e)) if e else "0"
+        r["so_error_again"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    out[name] = r
+    return s
+
+for name, waiter in (("epoll", wait_epoll), ("poll", wait_poll)):
+    s = case("listening_" + name, (peer, port), waiter)
+    if out["listening_" + name].get("so_error") == "0":
+        s.setblocking(True)
+        body = os.urandom(1 << 20)
+        s.sendall(body)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            b = s.recv(1 << 16)
+            if not b:
+                break
+            got += b
+        out["listening_" + name]["digest_ok"] = int(got == hashlib.sha256(body).digest())
+        out["listening_" + name]["peer"] = "%s:%d" % s.getpeername()[:2]
+    s.close()
+    case("closed_" + name, (peer, closed), waiter).close()
+s = case("unreachable", (dead, port), wait_epoll, timeout=0.5)
+s.close()
+for name, r in sorted(out.items()):
+    print(name + " " + " ".join("%s=%s" % kv for kv in sorted(r.items())))
+"##;
+
+/// A plain server: for each connection, reads to EOF and answers with
+/// the sha256 of what it read.
+pub const DIGEST_SERVER_PY: &str = r##"import hashlib, socket, sys
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(16)
+print("listening", flush=True)
+while True:
+    c, _ = l.accept()
+    h = hashlib.sha256()
+    while True:
+        b = c.recv(1 << 16)
+        if not b:
+            break
+        h.update(b)
+    c.sendall(h.digest())
+    c.close()
+"##;
+
+/// Connects, sends one byte, prints "connected", then blocks in recv()
+/// (the server never answers) and prints how that ended.
+pub const BLOCKED_RECV_PY: &str = r##"import errno, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(b"x")
+print("connected", flush=True)
+try:
+    got = c.recv(100)
+    print("eof" if not got else "data", flush=True)
+except OSError as e:
+    print("error=%s" % errno.errorcode.get(e.errno, e.errno), flush=True)
+"##;
 
 /// Same rule as the backend: `DROPSHIM_UML_RUN` or /run/dropshim/uml.
 pub fn run_dir(device: &str) -> PathBuf {

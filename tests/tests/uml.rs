@@ -6,7 +6,7 @@
 //! gw2), plus the two failure modes: instance not running, instance killed
 //! mid-transfer.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::reliability::Lines;
 use dropshim_tests::uml::UmlDevice;
@@ -349,6 +349,173 @@ fn uml_instance_killed_mid_transfer_fails_the_program_quickly() -> Result<()> {
     ensure!(
         !out.status.success(),
         "iperf3 reported success although its stack died"
+    );
+    ensure!(
+        took < Duration::from_secs(2),
+        "the program noticed after {took:?}; the bar is 2 s"
+    );
+    Ok(())
+}
+
+/// Writes one of the helper scripts into `dir` and returns its path.
+fn script(dir: &Path, name: &str, text: &str) -> Result<std::path::PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// An address on gw2's link-1 subnet that nobody holds: a connect to it
+/// waits for a neighbour that never answers.
+fn unheld_address(tb: &Testbed) -> Result<String> {
+    let o = tb.addr4("gw2", 1)?.octets();
+    Ok(format!("{}.{}.{}.77", o[0], o[1], o[2]))
+}
+
+#[test]
+fn uml_nonblocking_connect_reports_through_poll_and_so_error() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "nb")?;
+    let dir = tempfile::tempdir()?;
+    let server_py = script(
+        dir.path(),
+        "digest.py",
+        dropshim_tests::uml::DIGEST_SERVER_PY,
+    )?;
+    let client_py = script(dir.path(), "nb.py", dropshim_tests::uml::NONBLOCKING_PY)?;
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let (port, closed) = (unique_port(), unique_port());
+    let mut server = shimmed(&tb, "gw2", "python3", None)?;
+    server
+        .arg(&server_py)
+        .args([ip.as_str(), &port.to_string()]);
+    let server = Lines::spawn(&mut server, "digest server")?;
+    server.expect("listening", SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let mut client = shimmed(&tb, "gw1", "python3", Some(&dev))?;
+    client.arg(&client_py).args([
+        ip.as_str(),
+        &port.to_string(),
+        &closed.to_string(),
+        &unheld_address(&tb)?,
+    ]);
+    let out = run_ok(&mut client, TRANSFER)?;
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let cases: std::collections::HashMap<String, std::collections::HashMap<String, String>> =
+        report
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.split_once(' ')?;
+                let kv = rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Some((name.to_string(), kv))
+            })
+            .collect();
+    let field = |case: &str, key: &str| -> String {
+        cases
+            .get(case)
+            .and_then(|c| c.get(key))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let secs = |case: &str, key: &str| field(case, key).parse::<f64>().unwrap_or(f64::MAX);
+    for case in [
+        "listening_epoll",
+        "listening_poll",
+        "closed_epoll",
+        "closed_poll",
+        "unreachable",
+    ] {
+        ensure!(
+            field(case, "connect") == "EINPROGRESS",
+            "{case}: connect() did not say EINPROGRESS: {report}"
+        );
+        ensure!(
+            secs(case, "call_s") < 0.05,
+            "{case}: the non-blocking connect() blocked: {report}"
+        );
+    }
+    for case in ["listening_epoll", "listening_poll"] {
+        ensure!(
+            field(case, "writable") == "1" && field(case, "so_error") == "0",
+            "{case}: not writable with SO_ERROR 0: {report}"
+        );
+        ensure!(
+            field(case, "digest_ok") == "1",
+            "{case}: the echoed digest differs: {report}"
+        );
+        ensure!(
+            field(case, "peer") == format!("{ip}:{port}"),
+            "{case}: getpeername: {report}"
+        );
+    }
+    for case in ["closed_epoll", "closed_poll"] {
+        ensure!(
+            field(case, "writable") == "1" && field(case, "so_error") == "ECONNREFUSED",
+            "{case}: a closed port must be writable with SO_ERROR ECONNREFUSED: {report}"
+        );
+        ensure!(
+            field(case, "so_error_again") == "0",
+            "{case}: SO_ERROR must clear once read: {report}"
+        );
+    }
+    ensure!(
+        field("unreachable", "writable") == "0",
+        "an unreachable host cannot be connected within 0.5 s: {report}"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 2,
+        "the connections from the UML instance were not MPTCP"
+    );
+    eprintln!("uml non-blocking connect: {report}");
+    Ok(())
+}
+
+#[test]
+fn uml_supervisor_and_instance_killed_fail_blocked_calls_within_2s() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "sk")?;
+    let dir = tempfile::tempdir()?;
+    let server_py = script(
+        dir.path(),
+        "digest.py",
+        dropshim_tests::uml::DIGEST_SERVER_PY,
+    )?;
+    let client_py = script(dir.path(), "recv.py", dropshim_tests::uml::BLOCKED_RECV_PY)?;
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let port = unique_port().to_string();
+    let mut server = shimmed(&tb, "gw2", "python3", None)?;
+    server.arg(&server_py).args([ip.as_str(), &port]);
+    let server = Lines::spawn(&mut server, "digest server")?;
+    server.expect("listening", SHORT)?;
+    let mut client = shimmed(&tb, "gw1", "python3", Some(&dev))?;
+    client.arg(&client_py).args([ip.as_str(), &port]);
+    let client = Lines::spawn(&mut client, "blocked client")?;
+    client.expect("connected", SHORT)?;
+    // Blocked in recvfrom(2) (syscall 45 on x86_64) before the kill.
+    let pid = client.pid();
+    wait_until(SHORT, "the client to block in recv", || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some("45"))
+    })?;
+    let (sup, kernel) = (dev.supervisor_pid()?, dev.kernel_pid()?);
+    // SAFETY: SIGKILL to the supervisor and kernel this test started.
+    let killed =
+        unsafe { libc::kill(sup, libc::SIGKILL) == 0 && libc::kill(kernel, libc::SIGKILL) == 0 };
+    ensure!(
+        killed,
+        "could not kill supervisor {sup} and kernel {kernel}"
+    );
+    let start = Instant::now();
+    let line = client.next_line(Duration::from_secs(10))?;
+    let took = start.elapsed();
+    eprintln!("uml supervisor+kernel killed: the blocked recv ended after {took:?} with {line:?}");
+    ensure!(
+        line.as_deref().is_some_and(|l| l.starts_with("error=")),
+        "the blocked recv must fail with an error, not {line:?}"
     );
     ensure!(
         took < Duration::from_secs(2),

@@ -91,6 +91,16 @@ static int host_task_fn(void *arg)
 		ctx->req = 0;
 		nr = ctx->nr;
 		if (nr == LKL_NR_CTX_EXIT) {
+			/*
+			 * The host frees ctx once we answer, so ctx must be off
+			 * the wake list first: let the wake interrupt run.
+			 */
+			while (__atomic_load_n(&ctx->queued, __ATOMIC_SEQ_CST)) {
+				local_irq_disable();
+				local_irq_enable();
+				if (__atomic_load_n(&ctx->queued, __ATOMIC_SEQ_CST))
+					schedule_timeout_uninterruptible(1);
+			}
 			lkl_ops->sem_up(ctx->done_sem);
 			do_exit(0);
 		}
