@@ -605,8 +605,10 @@ fn boot_and_serve(
 /// When the kernel dies, the supervisor aborts every bridge at once
 /// (SOCK_DESTROY through `ss -K`); when the supervisor dies too, the
 /// shim's watch connection hangs up and the shim aborts them. Keepalive
-/// and TCP_USER_TIMEOUT are the last resort: a few seconds, and lenient
-/// enough that a lost probe on a saturated private link is not fatal.
+/// and TCP_USER_TIMEOUT are only the last resort (about 15 s), lenient
+/// on purpose: a guest saturated by a transfer drops frames on the
+/// private link, and an idle control connection (iperf3's) whose probes
+/// were lost must not be reset under the program.
 fn open_bridge() -> io::Result<TcpStream> {
     let addr = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR)),
@@ -617,10 +619,10 @@ fn open_bridge() -> io::Result<TcpStream> {
     let fd = s.as_raw_fd();
     for (level, name, v) in [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 4000),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 5),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 20_000),
     ] {
         sys::setsockopt_int(fd, level, name, v)?;
     }

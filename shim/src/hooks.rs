@@ -10,7 +10,7 @@
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::log;
 use crate::runtime::{self, Mode};
-use crate::{native, uml, Errno};
+use crate::{lkl, native, uml, Errno};
 use dropshim_backend_native::socket::{socket_addr, SockOpt};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::net::SocketAddr;
@@ -18,6 +18,18 @@ use std::net::SocketAddr;
 /// Options longer than this are passed through without being recorded
 /// (no option a program sets before connecting comes close).
 const MAX_RECORDED_OPTION: socklen_t = 1024;
+
+/// Which backend owns the BACKEND_OWNED descriptors: one per process.
+fn on_lkl() -> bool {
+    matches!(runtime::mode(), Mode::Lkl(_))
+}
+
+/// Calls `$f` of the backend that owns BACKEND_OWNED descriptors.
+macro_rules! backend {
+    ($f:ident($($a:expr),*)) => {
+        if on_lkl() { lkl::$f($($a),*) } else { uml::$f($($a),*) }
+    };
+}
 
 /// Is this a request for a TCP socket the shim should take over?
 fn wants_tcp(domain: c_int, ty: c_int, protocol: c_int) -> bool {
@@ -31,7 +43,7 @@ fn wants_tcp(domain: c_int, ty: c_int, protocol: c_int) -> bool {
 /// answer with EFAULT) must not crash the program inside the shim.
 /// process_vm_readv on our own pid reports unmapped memory as an error
 /// instead of faulting. Returns false unless every byte was copied.
-fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
+pub(crate) fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
     if src.is_null() {
         return false;
     }
@@ -102,7 +114,7 @@ redhook::hook! {
         match runtime::mode() {
             Mode::Native(policy) => native::socket(policy, domain, ty).unwrap_or_else(Errno::fail),
             Mode::Uml(config) => uml::socket(config, domain, ty),
-            Mode::Unavailable => Errno(libc::EPROTONOSUPPORT).fail(),
+            Mode::Lkl(config) => lkl::socket(config, domain, ty),
             Mode::Passthrough => redhook::real!(socket)(domain, ty, protocol),
         }
     }
@@ -112,7 +124,7 @@ redhook::hook! {
     unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_connect {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::connect(fd, addr, len);
+            return backend!(connect(fd, addr, len));
         }
         if flags & TRACKED != 0 && flags & FIXED == 0 {
             if let Mode::Native(policy) = runtime::mode() {
@@ -127,7 +139,7 @@ redhook::hook! {
     unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_bind {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::bind(fd, addr, len);
+            return backend!(bind(fd, addr, len));
         }
         if flags & TRACKED != 0 && flags & FIXED == 0 {
             if let Mode::Native(policy) = runtime::mode() {
@@ -142,7 +154,7 @@ redhook::hook! {
     unsafe fn listen(fd: c_int, backlog: c_int) -> c_int => ds_listen {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::listen(fd, backlog);
+            return backend!(listen(fd, backlog));
         }
         if flags & TRACKED != 0 {
             if let Mode::Native(policy) = runtime::mode() {
@@ -166,7 +178,7 @@ redhook::hook! {
     unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_accept {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::accept4(fd, addr, len, 0);
+            return backend!(accept4(fd, addr, len, 0));
         }
         after_accept(flags, redhook::real!(accept)(fd, addr, len))
     }
@@ -176,7 +188,7 @@ redhook::hook! {
     unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, fl: c_int) -> c_int => ds_accept4 {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::accept4(fd, addr, len, fl);
+            return backend!(accept4(fd, addr, len, fl));
         }
         after_accept(flags, redhook::real!(accept4)(fd, addr, len, fl))
     }
@@ -186,7 +198,7 @@ redhook::hook! {
     unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int => ds_setsockopt {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::setsockopt(fd, level, name, val, len);
+            return backend!(setsockopt(fd, level, name, val, len));
         }
         if flags & TRACKED == 0 || flags & FIXED != 0 || len > MAX_RECORDED_OPTION {
             return redhook::real!(setsockopt)(fd, level, name, val, len);
@@ -208,7 +220,7 @@ redhook::hook! {
     unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int => ds_getsockopt {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 {
-            return uml::getsockopt(fd, level, name, val, len);
+            return backend!(getsockopt(fd, level, name, val, len));
         }
         let ret = redhook::real!(getsockopt)(fd, level, name, val, len);
         // The program asked for TCP and must not be able to tell it got
@@ -229,7 +241,7 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getsockname {
         if fdtable::get(fd) & BACKEND_OWNED != 0 {
-            return uml::getsockname(fd, addr, len);
+            return backend!(getsockname(fd, addr, len));
         }
         redhook::real!(getsockname)(fd, addr, len)
     }
@@ -238,7 +250,7 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getpeername {
         if fdtable::get(fd) & BACKEND_OWNED != 0 {
-            return uml::getpeername(fd, addr, len);
+            return backend!(getpeername(fd, addr, len));
         }
         redhook::real!(getpeername)(fd, addr, len)
     }
@@ -247,7 +259,7 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn shutdown(fd: c_int, how: c_int) -> c_int => ds_shutdown {
         if fdtable::get(fd) & BACKEND_OWNED != 0 {
-            return uml::shutdown(fd, how);
+            return backend!(shutdown(fd, how));
         }
         redhook::real!(shutdown)(fd, how)
     }
@@ -257,7 +269,7 @@ redhook::hook! {
     unsafe fn close(fd: c_int) -> c_int => ds_close {
         let flags = fdtable::take(fd);
         if flags & BACKEND_OWNED != 0 {
-            uml::forget(fd);
+            backend!(forget(fd));
         } else if flags & MPTCP != 0 && log::enabled(log::Level::Info) {
             native::report_close(fd);
         }
@@ -268,7 +280,7 @@ redhook::hook! {
 /// dup2/dup3 close what `newfd` was: forget it like close() would.
 fn forget_replaced(oldfd: c_int, newfd: c_int, ret: c_int) -> c_int {
     if ret >= 0 && oldfd != newfd && fdtable::take(newfd) & BACKEND_OWNED != 0 {
-        uml::forget(newfd);
+        backend!(forget(newfd));
     }
     ret
 }

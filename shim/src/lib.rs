@@ -12,11 +12,12 @@
 //! never crash, block or print on stdout in the host program.
 //!
 //! Layout: [`hooks`] is the only place that exports C symbols; it sorts
-//! calls and hands ours to [`native`] or [`uml`]. [`fdtable`] remembers
+//! calls and hands ours to [`native`], [`uml`] or [`lkl`]. [`fdtable`] remembers
 //! which descriptors are ours. [`runtime`] reads the configuration once.
 
 mod fdtable;
 mod hooks;
+mod lkl;
 mod log;
 mod native;
 mod runtime;

