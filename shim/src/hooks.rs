@@ -297,13 +297,13 @@ redhook::hook! {
     }
 }
 
-// uml: a socket whose connect is not final yet gets a new file under its
-// descriptor later; its epoll registrations are recorded to be made again.
+// uml and lkl: a socket whose connect is not final yet gets a new file under
+// its descriptor later; its epoll registrations are recorded to be made again.
 redhook::hook! {
     unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int => ds_epoll_ctl {
         let flags = fdtable::get(fd);
         if flags & BACKEND_OWNED != 0 && flags & FIXED == 0 {
-            return uml::epoll_ctl(epfd, op, fd, ev);
+            return backend!(epoll_ctl(epfd, op, fd, ev));
         }
         redhook::real!(epoll_ctl)(epfd, op, fd, ev)
     }

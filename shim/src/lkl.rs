@@ -34,14 +34,14 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
-use crate::hooks::{copy_in, read_addr};
+use crate::hooks::{copy_in, read_addr, real};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl, MptcpFlags};
 use dropshim_conf::{DeviceConfig, EndpointRole, PathManager};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::{Lazy, OnceCell};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,6 +185,7 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
     // has no preconditions.
     let pid = unsafe {
         libc::pthread_atfork(Some(prepare), Some(after), Some(after));
+        libc::atexit(flush_at_exit);
         libc::getpid()
     };
     Ok(Kernel { lkl, pid })
@@ -197,12 +198,13 @@ struct Conn {
     lkl: Fd,
     /// errno of the connect once known (0 = connected).
     result: Mutex<Option<c_int>>,
-    done: Condvar,
     /// SO_ERROR reported once already.
     reported: AtomicBool,
     /// The program closed its descriptor: once the bytes it wrote are
     /// sent, the library socket may be shut down both ways.
     closed: AtomicBool,
+    /// No program→kernel relay is running (never started, or finished).
+    up_done: AtomicBool,
 }
 
 impl Conn {
@@ -210,25 +212,14 @@ impl Conn {
         Arc::new(Conn {
             lkl,
             result: Mutex::new(result),
-            done: Condvar::new(),
             reported: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            up_done: AtomicBool::new(true),
         })
     }
 
     fn finish(&self, errno: c_int) {
         *self.result.lock() = Some(errno);
-        self.done.notify_all();
-    }
-
-    fn wait(&self) -> c_int {
-        let mut r = self.result.lock();
-        loop {
-            if let Some(e) = *r {
-                return e;
-            }
-            self.done.wait(&mut r);
-        }
     }
 }
 
@@ -279,6 +270,13 @@ enum State {
 struct Sock {
     domain: c_int,
     state: State,
+    /// Options set before connect/bind, replayed if the socket moves to
+    /// the host stack (loopback).
+    opts: Vec<(c_int, c_int, Vec<u8>)>,
+    /// epoll registrations made while a non-blocking connect is pending
+    /// (epfd, events, data): the file under the descriptor changes when it
+    /// completes, which drops them in the kernel, so they are made again.
+    epolls: Vec<(c_int, u32, u64)>,
 }
 
 impl Sock {
@@ -331,9 +329,39 @@ fn apply_flags(fd: c_int, flags: c_int) {
     }
 }
 
-fn register(fd: c_int, sock: Sock) {
+/// Flags of a socket whose file may still change (fresh: connect or
+/// listen replace it): epoll_ctl comes to [`epoll_ctl`] to be recorded.
+const MOVABLE: u8 = TRACKED | MPTCP | BACKEND_OWNED;
+/// Flags of a socket whose file is final.
+const SETTLED: u8 = TRACKED | MPTCP | FIXED | BACKEND_OWNED;
+
+fn register(fd: c_int, sock: Sock, flags: u8) {
     SOCKS.lock().insert(fd, sock);
-    fdtable::set(fd, TRACKED | MPTCP | FIXED | BACKEND_OWNED);
+    fdtable::set(fd, flags);
+}
+
+/// The file under `fd` is final: forget its epoll registrations.
+fn settle(fd: c_int, sock: &mut Sock) {
+    sock.epolls.clear();
+    fdtable::set(fd, SETTLED);
+}
+
+/// Makes `fd`'s recorded epoll registrations again (on the file now under
+/// it); the kernel dropped them with the file that was there before.
+fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
+    for &(epfd, events, u64) in epolls {
+        let mut ev = libc::epoll_event { events, u64 };
+        // SAFETY: `ev` is a live epoll_event; the raw syscall skips the hook.
+        unsafe {
+            libc::syscall(
+                libc::SYS_epoll_ctl,
+                epfd as libc::c_long,
+                op as libc::c_long,
+                fd as libc::c_long,
+                &mut ev as *mut libc::epoll_event,
+            )
+        };
+    }
 }
 
 // ------------------------------------------------------------ relay
@@ -342,6 +370,15 @@ fn register(fd: c_int, sock: Sock) {
 /// and the connected library socket, one thread per direction (a call
 /// blocked in the library kernel holds its host thread).
 fn start_relay(conn: Arc<Conn>, host: c_int) {
+    conn.up_done.store(false, Ordering::Release);
+    {
+        let mut relayed = RELAYED.lock();
+        // Forget finished connections now and then (amortised).
+        if relayed.len() >= 64 && relayed.len().is_power_of_two() {
+            relayed.retain(|w| w.strong_count() > 0);
+        }
+        relayed.push(Arc::downgrade(&conn));
+    }
     let host = Arc::new(HostEnd(host));
     let (c2, h2) = (conn.clone(), host.clone());
     let spawned = std::thread::Builder::new()
@@ -356,6 +393,65 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
         .spawn(move || relay_up(&conn, host.0));
     if let Err(e) = spawned {
         log::error!("lkl: cannot start a relay thread: {e}");
+    }
+}
+
+/// Connections that were relayed, for the flush at exit.
+static RELAYED: Lazy<Mutex<Vec<std::sync::Weak<Conn>>>> = Lazy::new(|| Mutex::new(Vec::new()));
+
+/// Longest the program's exit waits for its bytes to leave.
+const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// At exit the library kernel dies with the process: without this, bytes
+/// still in a socketpair or unacknowledged in the kernel would be lost and
+/// the peers would never see a FIN. Ends every open connection's writing
+/// (the relays send what is queued, then FIN) and waits, bounded, until
+/// the relays are done and the kernel's send queues are empty.
+extern "C" fn flush_at_exit() {
+    let Some(k) = live() else { return };
+    let open: Vec<c_int> = SOCKS
+        .lock()
+        .iter()
+        .filter(|(_, s)| matches!(s.state, State::Connected(_)))
+        .map(|(fd, _)| *fd)
+        .collect();
+    for fd in open {
+        // SAFETY: shutdown on a descriptor the shim created; the program
+        // is exiting and writes nothing more.
+        unsafe {
+            libc::syscall(
+                libc::SYS_shutdown,
+                fd as libc::c_long,
+                libc::SHUT_WR as libc::c_long,
+            )
+        };
+    }
+    let conns: Vec<Arc<Conn>> = RELAYED.lock().iter().filter_map(|w| w.upgrade()).collect();
+    let deadline = std::time::Instant::now() + EXIT_FLUSH;
+    for c in conns {
+        loop {
+            let mut queued: c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int into `queued`.
+            let r = unsafe {
+                k.syscall(
+                    dropshim_backend_lkl::nr::IOCTL,
+                    [
+                        i64::from(c.lkl.0),
+                        libc::TIOCOUTQ as i64,
+                        &mut queued as *mut c_int as i64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )
+            };
+            let drained = c.up_done.load(Ordering::Acquire) && (r < 0 || queued == 0);
+            if drained || std::time::Instant::now() >= deadline {
+                break;
+            }
+            // A bounded wait for the network, at exit only.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
 
@@ -379,6 +475,7 @@ fn relay_up(conn: &Conn, host: c_int) {
                 continue;
             }
             let _ = k.shutdown(conn.lkl, libc::SHUT_WR);
+            conn.up_done.store(true, Ordering::Release);
             return;
         }
         if n == 0 {
@@ -388,6 +485,7 @@ fn relay_up(conn: &Conn, host: c_int) {
                 libc::SHUT_WR
             };
             let _ = k.shutdown(conn.lkl, how);
+            conn.up_done.store(true, Ordering::Release);
             return;
         }
         if let Err(e) = k.send_all(conn.lkl, &buf[..n as usize]) {
@@ -395,6 +493,7 @@ fn relay_up(conn: &Conn, host: c_int) {
             // The program's further writes fail with EPIPE.
             // SAFETY: shutdown on our own descriptor.
             unsafe { libc::shutdown(host, libc::SHUT_RD) };
+            conn.up_done.store(true, Ordering::Release);
             return;
         }
     }
@@ -476,9 +575,81 @@ pub unsafe fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
                 lkl: lfd,
                 relay_end: sv[1],
             },
+            opts: Vec::new(),
+            epolls: Vec::new(),
         },
+        MOVABLE,
     );
     sv[0]
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Puts a plain host TCP socket under `fd` (same descriptor number,
+/// O_NONBLOCK, FD_CLOEXEC and recorded options) and drops the library
+/// socket: for loopback, which must stay the host's. Only before the
+/// socket is connected, listening or bound in the library kernel.
+unsafe fn move_to_host(fd: c_int) -> Result<(), Errno> {
+    let mut socks = SOCKS.lock();
+    let Some(sock) = socks.get(&fd) else {
+        return Err(Errno(libc::EBADF));
+    };
+    let State::Fresh { lkl, relay_end } = sock.state else {
+        return Err(Errno(libc::EISCONN));
+    };
+    let host = real::socket(
+        sock.domain,
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        libc::IPPROTO_TCP,
+    );
+    if host < 0 {
+        return Err(Errno::from(std::io::Error::last_os_error()));
+    }
+    for (level, name, value) in &sock.opts {
+        real::setsockopt(
+            host,
+            *level,
+            *name,
+            value.as_ptr() as *const c_void,
+            value.len() as socklen_t,
+        );
+    }
+    let fl = libc::fcntl(fd, libc::F_GETFL);
+    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
+        libc::fcntl(host, libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    // The raw syscall skips the dup3 hook, which would forget `fd` too.
+    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    if libc::syscall(
+        libc::SYS_dup3,
+        host as libc::c_long,
+        fd as libc::c_long,
+        dflags as libc::c_long,
+    ) < 0
+    {
+        let e = Errno::from(std::io::Error::last_os_error());
+        close_fd(host);
+        return Err(e);
+    }
+    close_fd(host);
+    if let Some(old) = socks.remove(&fd) {
+        reregister(fd, &old.epolls, libc::EPOLL_CTL_ADD);
+    }
+    drop(socks);
+    fdtable::take(fd);
+    close_fd(relay_end);
+    if let Some(k) = live() {
+        let _ = k.close(lkl);
+    }
+    Ok(())
 }
 
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
@@ -504,6 +675,12 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
         })
         .fail();
     };
+    if is_loopback(a.ip()) {
+        if let Err(e) = move_to_host(fd) {
+            return e.fail();
+        }
+        return real::bind(fd, addr, len);
+    }
     match k.bind(lfd, a) {
         Ok(()) => 0,
         Err(e) => fail_lkl(&e),
@@ -522,6 +699,14 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         })
         .fail();
     };
+    if is_loopback(dest.ip()) {
+        // The library kernel's loopback is not the host's: local services
+        // stay on the host stack, as plain TCP.
+        if let Err(e) = move_to_host(fd) {
+            return e.fail();
+        }
+        return real::connect(fd, addr, len);
+    }
     let (conn, relay_end) = {
         let mut socks = SOCKS.lock();
         let Some(sock) = socks.get_mut(&fd) else {
@@ -563,24 +748,182 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         }
     };
     if nonblocking {
-        let c = conn.clone();
-        let spawned = std::thread::Builder::new()
-            .name("dropshim-lkl-connect".into())
-            .spawn(move || {
-                run(c);
-            });
-        if let Err(e) = spawned {
-            log::error!("lkl: cannot start the connect thread: {e}");
-            conn.finish(libc::EAGAIN);
-            close_fd(relay_end);
-            return Errno(libc::EAGAIN).fail();
-        }
-        return Errno(libc::EINPROGRESS).fail();
+        return connect_in_background(k, fd, conn, relay_end, dest);
     }
-    match run(conn) {
+    let r = run(conn);
+    if let Some(sock) = SOCKS.lock().get_mut(&fd) {
+        settle(fd, sock);
+    }
+    match r {
         0 => 0,
         e => Errno(e).fail(),
     }
+}
+
+/// A pair whose first end is neither readable nor writable (its peer's
+/// receive queue is full) until the second end is drained: what the
+/// program's descriptor is while its connect is pending, as a TCP
+/// socket in SYN_SENT is.
+fn gate() -> Result<[c_int; 2], Errno> {
+    let g = pair()?;
+    let tiny: c_int = 1; // the kernel rounds up to its minimum
+                         // SAFETY: plain fcntl/setsockopt/write calls on descriptors we own,
+                         // with live buffers.
+    unsafe {
+        libc::setsockopt(
+            g[0],
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &tiny as *const c_int as *const c_void,
+            4,
+        );
+        libc::fcntl(g[0], libc::F_SETFL, libc::O_NONBLOCK);
+        let junk = [0u8; 4096];
+        while libc::write(g[0], junk.as_ptr() as *const c_void, junk.len()) > 0 {}
+    }
+    Ok(g)
+}
+
+/// Non-blocking connect: the program's descriptor becomes a gate until
+/// the library kernel's connect ends; then the data end (or, after a
+/// failure, an end whose reads say EOF) is put back under it, its epoll
+/// registrations are made again, and the gate is opened so that a poll
+/// or select already waiting on it wakes up.
+unsafe fn connect_in_background(
+    k: &'static Lkl,
+    fd: c_int,
+    conn: Arc<Conn>,
+    relay_end: c_int,
+    dest: SocketAddr,
+) -> c_int {
+    let fail = |e: Errno, data: c_int| {
+        conn.finish(e.0);
+        close_fd(relay_end);
+        if data >= 0 {
+            close_fd(data);
+        }
+        e.fail()
+    };
+    let data = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0);
+    if data < 0 {
+        return fail(Errno::from(std::io::Error::last_os_error()), -1);
+    }
+    let g = match gate() {
+        Ok(g) => g,
+        Err(e) => return fail(e, data),
+    };
+    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // Under the lock, so that close() (which forgets the socket first)
+    // cannot slip in between; the raw syscall skips the dup3 hook.
+    {
+        let mut socks = SOCKS.lock();
+        let epolls = socks.get(&fd).map(|s| s.epolls.clone()).unwrap_or_default();
+        // The data file stays open (as `data`), so its registrations would
+        // outlive the swap and report it writable too early: move them.
+        reregister(fd, &epolls, libc::EPOLL_CTL_DEL);
+        if libc::syscall(
+            libc::SYS_dup3,
+            g[0] as libc::c_long,
+            fd as libc::c_long,
+            dflags as libc::c_long,
+        ) < 0
+        {
+            let e = Errno::from(std::io::Error::last_os_error());
+            close_fd(g[0]);
+            close_fd(g[1]);
+            return fail(e, data);
+        }
+        reregister(fd, &epolls, libc::EPOLL_CTL_ADD);
+        if let Some(sock) = socks.get_mut(&fd) {
+            sock.epolls = epolls;
+        }
+    }
+    close_fd(g[0]);
+    let c = conn.clone();
+    let opener = g[1];
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-lkl-connect".into())
+        .spawn(move || {
+            let errno = match k.connect(c.lkl, dest) {
+                Ok(()) => 0,
+                Err(e) => {
+                    log::debug!("lkl: connect {dest}: {e}");
+                    errno_of(&e)
+                }
+            };
+            c.finish(errno);
+            {
+                let mut socks = SOCKS.lock();
+                let ours = socks
+                    .get(&fd)
+                    .is_some_and(|s| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c)));
+                if ours {
+                    // SAFETY: `fd` is still this socket's descriptor (the
+                    // program forgets it under this lock before closing).
+                    unsafe {
+                        let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+                        let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
+                        libc::syscall(
+                            libc::SYS_dup3,
+                            data as libc::c_long,
+                            fd as libc::c_long,
+                            dflags as libc::c_long,
+                        );
+                    }
+                    if let Some(sock) = socks.get_mut(&fd) {
+                        reregister(fd, &sock.epolls, libc::EPOLL_CTL_ADD);
+                        settle(fd, sock);
+                    }
+                }
+            }
+            close_fd(data);
+            if errno == 0 {
+                start_relay(c, relay_end);
+            } else {
+                // The program's reads see EOF, writes EPIPE.
+                close_fd(relay_end);
+            }
+            // Wakes a poll/select still sleeping on the gate: draining it
+            // makes the gate writable.
+            // SAFETY: reads into a live buffer from our own descriptor.
+            unsafe {
+                libc::fcntl(opener, libc::F_SETFL, libc::O_NONBLOCK);
+                let mut junk = [0u8; 4096];
+                while libc::read(opener, junk.as_mut_ptr() as *mut c_void, junk.len()) > 0 {}
+            }
+            close_fd(opener);
+        });
+    if let Err(e) = spawned {
+        log::error!("lkl: cannot start the connect thread: {e}");
+        close_fd(g[1]);
+        return fail(Errno(libc::EAGAIN), data);
+    }
+    Errno(libc::EINPROGRESS).fail()
+}
+
+/// epoll_ctl on a socket whose connect is pending: done on the gate and
+/// recorded, to be made again on the final file.
+pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
+    let mut socks = SOCKS.lock();
+    let r = libc::syscall(
+        libc::SYS_epoll_ctl,
+        epfd as libc::c_long,
+        op as libc::c_long,
+        fd as libc::c_long,
+        ev,
+    ) as c_int;
+    if r == 0 {
+        if let Some(sock) = socks.get_mut(&fd) {
+            sock.epolls.retain(|(e, _, _)| *e != epfd);
+            if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
+                // SAFETY: the kernel just read `*ev` successfully.
+                let e = std::ptr::read_unaligned(ev);
+                sock.epolls.push((epfd, e.events, e.u64));
+            }
+        }
+    }
+    r
 }
 
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
@@ -631,6 +974,8 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
     }
     close_fd(relay_end);
+    reregister(fd, &sock.epolls, libc::EPOLL_CTL_ADD);
+    settle(fd, sock);
     let listener = Arc::new(Listener {
         lkl: lfd,
         queue: Mutex::new(VecDeque::new()),
@@ -704,6 +1049,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         Some(Sock {
             state: State::Listening(l),
             domain,
+            ..
         }) => (l.clone(), *domain),
         Some(_) => return Errno(libc::EINVAL).fail(),
         None => return Errno(libc::EBADF).fail(),
@@ -733,7 +1079,10 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         Sock {
             domain,
             state: State::Connected(a.conn),
+            opts: Vec::new(),
+            epolls: Vec::new(),
         },
+        SETTLED,
     );
     nfd
 }
@@ -786,10 +1135,9 @@ fn names(fd: c_int, peer: bool) -> Result<(Option<SocketAddr>, c_int), Errno> {
         };
         (s.lkl(), s.domain, conn)
     };
-    if let Some(c) = &conn {
-        // A non-blocking connect still running: answer once it is known.
-        c.wait();
-    } else if peer {
+    // As TCP: no peer until connected (or while a connect is pending).
+    let connected = conn.as_ref().is_some_and(|c| *c.result.lock() == Some(0));
+    if peer && !connected {
         return Err(Errno(libc::ENOTCONN));
     }
     let r = if peer {
@@ -880,6 +1228,11 @@ pub unsafe fn setsockopt(
     if r < 0 {
         return Errno(-r as c_int).fail();
     }
+    if let Some(sock) = SOCKS.lock().get_mut(&fd) {
+        if matches!(sock.state, State::Fresh { .. }) {
+            sock.opts.push((level, name, value));
+        }
+    }
     0
 }
 
@@ -931,9 +1284,10 @@ pub unsafe fn getsockopt(
             libc::SO_ACCEPTCONN => return put_int(c_int::from(state.1)),
             libc::SO_ERROR => {
                 let e = match &state.0 {
+                    // 0 while the connect is pending, as on TCP.
                     Some(c) => {
-                        let e = c.wait();
-                        if c.reported.swap(true, Ordering::AcqRel) {
+                        let e = c.result.lock().unwrap_or(0);
+                        if e == 0 || c.reported.swap(true, Ordering::AcqRel) {
                             0
                         } else {
                             e

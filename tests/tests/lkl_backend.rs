@@ -8,6 +8,7 @@
 
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_tests::reliability::Lines;
 use dropshim_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -232,6 +233,30 @@ fn lkl_http_server_serves_native_curl_and_announces_link2() -> Result<()> {
 const SEMANTICS: &str = r#"
 import errno, os, select, socket, sys
 gw1, gw2, port, closed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+unreach = sys.argv[5]
+
+# A pending connect is not writable (poll, select, epoll registered
+# before connect), SO_ERROR is 0 and there is no peer yet.
+u = socket.socket(); u.setblocking(False)
+ep2 = select.epoll(); ep2.register(u.fileno(), select.EPOLLOUT)
+assert u.connect_ex((unreach, 80)) == errno.EINPROGRESS
+assert select.select([], [u], [], 1.0)[1] == [], "writable before connected"
+assert ep2.poll(0.5) == [], "epoll said writable before connected"
+assert u.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+try:
+    u.getpeername(); raise SystemExit("a peer while connecting")
+except OSError as e:
+    assert e.errno == errno.ENOTCONN, e
+u.close()
+
+# epoll registered before connect reports the completion.
+e = socket.socket(); e.setblocking(False)
+ep3 = select.epoll(); ep3.register(e.fileno(), select.EPOLLOUT)
+assert e.connect_ex((gw2, port)) == errno.EINPROGRESS
+assert ep3.poll(10) == [(e.fileno(), select.EPOLLOUT)]
+assert e.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+assert e.getpeername() == (gw2, port)
+e.close()
 
 c = socket.socket(); c.setblocking(False)
 assert c.connect_ex((gw2, port)) == errno.EINPROGRESS
@@ -313,6 +338,9 @@ fn lkl_socket_semantics_nonblocking_connect_options_accept_and_readiness() -> Re
             &gw2.to_string(),
             &port.to_string(),
             &closed.to_string(),
+            // On link 1's prefix, answered by nobody: its connect stays
+            // pending for seconds (ARP).
+            "198.18.1.77",
         ]),
         SHORT,
     )
@@ -321,6 +349,371 @@ fn lkl_socket_semantics_nonblocking_connect_options_accept_and_readiness() -> Re
         String::from_utf8_lossy(&out.stdout).contains("semantics ok"),
         "the script did not finish: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
+
+/// iperf3's bits per second at the receiver, or why there is none.
+fn iperf3_received(json: &str) -> Result<f64> {
+    ensure!(
+        !json.contains("\"error\""),
+        "iperf3 reported an error: {json}"
+    );
+    let at = json
+        .find("\"sum_received\"")
+        .with_context(|| format!("no sum_received in iperf3's report: {json}"))?;
+    let rest = &json[at..];
+    let key = "\"bits_per_second\":";
+    let from = rest.find(key).context("no bits_per_second")? + key.len();
+    let num: String = rest[from..]
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    Ok(num.parse()?)
+}
+
+#[test]
+fn lkl_iperf3_client_aggregates_two_1gbit_links() -> Result<()> {
+    let tb = two_gateways(Some(1000))?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let port = unique_port();
+    let ip = tb.addr4("gw2", 1)?;
+    let mut srv = native_peer(&tb, "iperf3")?;
+    srv.args(["-s", "-1", "-p", &port.to_string(), "-B", &ip.to_string()]);
+    let server = Background::spawn(&mut srv, "iperf3 -s in gw2")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = run_ok(
+        on_lkl(&tb, &node, "iperf3")?.args([
+            "-c",
+            &ip.to_string(),
+            "-p",
+            &port.to_string(),
+            "-t",
+            "3",
+            "-J",
+        ]),
+        TRANSFER,
+    )?;
+    let bps = iperf3_received(&String::from_utf8_lossy(&out.stdout))?;
+    server.wait(SHORT)?;
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    eprintln!(
+        "lkl iperf3 client over 2 x 1 Gbit/s: {:.0} Mbit/s",
+        bps / 1e6
+    );
+    ensure!(
+        delta(&before, &after, "MPJoinSynRx") >= 1,
+        "no second subflow reached gw2: {after:?}"
+    );
+    // One link carries at most 1 Gbit/s: more proves both links carried
+    // the data.
+    ensure!(
+        bps > 1.1e9,
+        "{:.0} Mbit/s: no more than one 1 Gbit/s link's worth",
+        bps / 1e6
+    );
+    Ok(())
+}
+
+#[test]
+fn lkl_iperf3_server_serves_native_client() -> Result<()> {
+    let tb = two_gateways(None)?;
+    let node = lkl_node(&tb, r#""signal""#)?;
+    let port = unique_port();
+    let ip = tb.addr4("gw1", 1)?;
+    let mut srv = on_lkl(&tb, &node, "iperf3")?;
+    // --forceflush: stdout is a pipe, and "Server listening" (printed
+    // after listen(), which returns once the library kernel listens) is
+    // the readiness signal; the listener is invisible to `ss`, and a probe
+    // connection would use up iperf3 -s -1's one test.
+    srv.args(["-s", "-1", "--forceflush", "-p", &port.to_string()]);
+    let server = Lines::spawn(&mut srv, "iperf3 -s on lkl")?;
+    server.expect("Server listening on", SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = run_ok(
+        native_peer(&tb, "iperf3")?.args([
+            "-c",
+            &ip.to_string(),
+            "-p",
+            &port.to_string(),
+            "-t",
+            "2",
+            "-J",
+        ]),
+        TRANSFER,
+    )?;
+    let bps = iperf3_received(&String::from_utf8_lossy(&out.stdout))?;
+    let (status, _, stderr) = server.finish(SHORT)?;
+    ensure!(
+        status.success(),
+        "iperf3 -s -1 on lkl failed ({status}): {stderr}"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(bps > 0.0, "nothing received");
+    ensure!(
+        delta(&before, &after, "MPCapableSYNACKRX") >= 2,
+        "the lkl server did not answer MP_CAPABLE on both iperf3 connections: {after:?}"
+    );
+    ensure!(
+        delta(&before, &after, "MPJoinSynAckRx") >= 1,
+        "no subflow to the announced link-2 address: {after:?}"
+    );
+    Ok(())
+}
+
+/// A forked child keeps using an inherited connection (its relay lives in
+/// the parent), and its new TCP sockets fail clearly; nothing is lost or
+/// duplicated on the wire.
+const FORK: &str = r#"
+import errno, os, socket, sys
+gw2, port = sys.argv[1], int(sys.argv[2])
+c = socket.create_connection((gw2, port), timeout=10)
+f = c.makefile("rb")
+c.sendall(b"parent-1\n"); assert f.readline() == b"parent-1\n"
+pid = os.fork()
+if pid == 0:
+    try:
+        c.sendall(b"child\n")
+        assert f.readline() == b"child\n"
+        try:
+            socket.socket(); print("child: new socket worked", flush=True); os._exit(3)
+        except OSError as e:
+            if e.errno != errno.EPROTONOSUPPORT: os._exit(4)
+        os._exit(0)
+    except BaseException as e:
+        print("child:", e, flush=True); os._exit(5)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+c.sendall(b"parent-2\n"); assert f.readline() == b"parent-2\n"
+c.shutdown(socket.SHUT_WR)
+assert f.read() == b""
+print("fork ok")
+"#;
+
+#[test]
+fn lkl_fork_child_uses_inherited_socket_and_new_sockets_fail_clearly() -> Result<()> {
+    let tb = two_gateways(None)?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let port = unique_port();
+    let gw2 = tb.addr4("gw2", 1)?;
+    let mut echo = native_peer(&tb, "socat")?;
+    echo.args([
+        &format!("TCP-LISTEN:{port},bind={gw2},reuseaddr"),
+        "EXEC:cat",
+    ]);
+    let _echo = Background::spawn(&mut echo, "socat echo in gw2")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    let out = run_ok(
+        on_lkl(&tb, &node, "python3")?.args(["-c", FORK, &gw2.to_string(), &port.to_string()]),
+        SHORT,
+    )
+    .context("the fork script failed on the lkl backend")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        stdout.contains("fork ok"),
+        "the script did not finish: {stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("fork of the one that booted the library kernel"),
+        "the child's refused socket was not explained: {stderr}"
+    );
+    Ok(())
+}
+
+/// The library kernel dies with the process: a program that writes and
+/// exits at once (without closing) must still deliver every byte and a
+/// FIN, as it would on the host stack.
+#[test]
+fn lkl_program_exit_delivers_pending_bytes_and_fin() -> Result<()> {
+    // Slow links (2 x 100 Mbit/s): megabytes are still queued in the
+    // library kernel when the program exits.
+    let tb = two_gateways(Some(100))?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let dir = tempfile::tempdir()?;
+    let port = unique_port();
+    let gw2 = tb.addr4("gw2", 1)?;
+    let got = dir.path().join("got.bin");
+    let mut sink = native_peer(&tb, "socat")?;
+    sink.args([
+        "-u".to_string(),
+        format!("TCP-LISTEN:{port},bind={gw2},reuseaddr"),
+        format!("OPEN:{},creat,trunc", got.display()),
+    ]);
+    let sink = Background::spawn(&mut sink, "socat sink in gw2")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    let sent = dir.path().join("sent.bin");
+    write_random_file(&sent, 30 << 20, 7)?;
+    let script = "import socket, sys\n\
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
+        c.sendall(open(sys.argv[3], 'rb').read())\n\
+        sys.exit(0)\n";
+    run_ok(
+        on_lkl(&tb, &node, "python3")?
+            .args(["-c", script, &gw2.to_string(), &port.to_string()])
+            .arg(&sent),
+        TRANSFER,
+    )?;
+    // socat -u exits at the FIN; a lost FIN shows as this timing out.
+    sink.wait(SHORT)
+        .context("the receiver never saw the end of the stream")?;
+    ensure!(
+        sha256_file(&got)? == sha256_file(&sent)?,
+        "bytes written just before exit were lost ({} of {} bytes arrived)",
+        std::fs::metadata(&got)?.len(),
+        30 << 20
+    );
+    Ok(())
+}
+
+/// Loopback stays the host's: a listener on 127.0.0.1 and a connection
+/// to it are plain host TCP sockets (the host's /proc/net/tcp lists the
+/// listener), options set before bind carry over, and bytes flow.
+const LOOPBACK: &str = r#"
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 0)); l.listen(4)
+port = l.getsockname()[1]
+assert l.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+listening = [x.split() for x in open("/proc/net/tcp").read().splitlines()[1:]]
+assert any(f[1] == "0100007F:%04X" % port and f[3] == "0A" for f in listening), "listener not on the host stack"
+c = socket.socket(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+c.connect(("127.0.0.1", port))
+assert c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+a, _ = l.accept()
+c.sendall(b"local" * 1000); c.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = a.recv(4096)
+    if not b: break
+    got += b
+assert got == b"local" * 1000
+print("loopback ok")
+"#;
+
+#[test]
+fn lkl_loopback_stays_on_the_host_stack() -> Result<()> {
+    let tb = two_gateways(None)?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let out = run_ok(on_lkl(&tb, &node, "python3")?.args(["-c", LOOPBACK]), SHORT)
+        .context("the loopback script failed on the lkl backend")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        stdout.contains("loopback ok"),
+        "the script did not finish: {stdout}"
+    );
+    Ok(())
+}
+
+/// exec replaces the program and with it the library kernel that carried
+/// its connections: a socket kept across exec fails clearly (end of
+/// stream on read, EPIPE on write) instead of carrying anything wrong,
+/// and the new program's own TCP sockets work (it boots its own kernel).
+const EXEC: &str = r#"
+import os, socket, sys
+gw2, port = sys.argv[1], int(sys.argv[2])
+c = socket.create_connection((gw2, port), timeout=10)
+c.sendall(b"before\n"); assert c.makefile("rb").readline() == b"before\n"
+os.set_inheritable(c.fileno(), True)
+after = r'''
+import errno, os, socket, sys
+fd, gw2, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+assert os.read(fd, 100) == b"", "read after exec was not end of stream"
+try:
+    os.write(fd, b"x"); raise SystemExit("write after exec succeeded")
+except BrokenPipeError:
+    pass
+n = socket.create_connection((gw2, port), timeout=10)
+n.sendall(b"new\n"); assert n.makefile("rb").readline() == b"new\n"
+print("exec ok", flush=True)
+'''
+os.execv(sys.executable, [sys.executable, "-c", after, str(c.fileno()), gw2, str(port)])
+"#;
+
+#[test]
+fn lkl_exec_inherited_socket_fails_clearly_and_new_program_boots_its_own() -> Result<()> {
+    let tb = two_gateways(None)?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let port = unique_port();
+    let gw2 = tb.addr4("gw2", 1)?;
+    let mut echo = native_peer(&tb, "socat")?;
+    echo.args([
+        &format!("TCP-LISTEN:{port},bind={gw2},reuseaddr,fork"),
+        "EXEC:cat",
+    ]);
+    let _echo = Background::spawn(&mut echo, "socat echo in gw2")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    let out = run_ok(
+        on_lkl(&tb, &node, "python3")?.args(["-c", EXEC, &gw2.to_string(), &port.to_string()]),
+        SHORT,
+    )
+    .context("the exec script failed on the lkl backend")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        stdout.contains("exec ok"),
+        "the script did not finish: {stdout}"
+    );
+    Ok(())
+}
+
+/// A device the library kernel cannot bring up (an interface that does
+/// not exist) makes TCP sockets fail with one line saying why, never a
+/// silent fall back to another stack.
+#[test]
+fn lkl_missing_interface_fails_tcp_sockets_with_an_explanation() -> Result<()> {
+    let tb = two_gateways(None)?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let text = std::fs::read_to_string(&node.config)?.replace("\"link2\"", "\"nosuchif9\"");
+    std::fs::write(&node.config, text)?;
+    let out = on_lkl(&tb, &node, "curl")?
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
+        .arg(format!("http://{}:9/", tb.addr4("gw2", 1)?))
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "curl succeeded without a usable device"
+    );
+    ensure!(
+        stderr.contains("interface nosuchif9") && stderr.contains("EPROTONOSUPPORT"),
+        "the failure was not explained: {stderr}"
+    );
+    ensure!(
+        stderr.lines().filter(|l| l.contains("nosuchif9")).count() == 1,
+        "the explanation should be said once: {stderr}"
+    );
+    Ok(())
+}
+
+/// The GPL library kernel is loaded only on the lkl backend, and only at
+/// the first TCP socket.
+#[test]
+fn lkl_library_is_loaded_only_by_lkl_programs_at_their_first_tcp_socket() -> Result<()> {
+    let tb = two_gateways(None)?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let script = "import socket\n\
+        maps = lambda: 'liblkl' in open('/proc/self/maps').read()\n\
+        before = maps()\n\
+        s = socket.socket()\n\
+        print(before, maps())\n";
+    let lkl = run_ok(on_lkl(&tb, &node, "python3")?.args(["-c", script]), SHORT)?;
+    ensure!(
+        String::from_utf8_lossy(&lkl.stdout).trim() == "False True",
+        "lkl backend: liblkl.so should be loaded at the first TCP socket, not before: {}",
+        String::from_utf8_lossy(&lkl.stdout)
+    );
+    let native = run_ok(
+        on_lkl(&tb, &node, "python3")?
+            .env("DROPSHIM_BACKEND", "native")
+            .args(["-c", script]),
+        SHORT,
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&native.stdout).trim() == "False False",
+        "native backend: liblkl.so must never be loaded: {}",
+        String::from_utf8_lossy(&native.stdout)
     );
     Ok(())
 }

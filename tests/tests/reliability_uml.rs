@@ -63,6 +63,23 @@ fn load_client(
     Lines::spawn(&mut cmd, "load client (uml)")
 }
 
+/// One small connection from the instance to gw2 before the load: it
+/// resolves the neighbours on both links (the join goes over link 2).
+/// Without it, 64 simultaneous connections from a freshly booted
+/// instance stall on retransmissions: 3 rounds took 27 to 53 s instead
+/// of 2 (see the README's known limits).
+fn warm_up(
+    tb: &Testbed,
+    dev: &UmlDevice,
+    scripts: &Scripts,
+    port: u16,
+    server: &Lines,
+) -> Result<()> {
+    let client = load_client(tb, dev, scripts, port, (1, 1, 1024), server.pid())?;
+    run_rounds(client, 1).context("warm-up connection")?;
+    Ok(())
+}
+
 /// Stops the server and returns its stderr.
 fn stop(server: Lines) -> Result<String> {
     server.signal(libc::SIGTERM)?;
@@ -95,9 +112,9 @@ fn get(r: &HashMap<String, u64>, k: &str) -> u64 {
 #[test]
 fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
-    // Small payloads: with 64 MPTCP connections at once the UML guest
-    // drops frames and the round waits for retransmissions (see the
-    // README); the count of connections is what this test is about.
+    // 256 KiB: larger concurrent payloads hit the retransmission stalls
+    // of the README's known limits (1 MiB x 5 rounds took 130 s), which
+    // would take this over its CI budget without testing more here.
     let max_size = knob("RELIABILITY_MAX_SIZE", 256 << 10)?;
     let rounds = match knob("RELIABILITY_BYTES", 0)? {
         0 => knob("RELIABILITY_ROUNDS", 3)?,
@@ -109,6 +126,7 @@ fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
+    warm_up(&tb, &dev, &scripts, port, &server)?;
     let started = Instant::now();
     let client = load_client(
         &tb,
@@ -178,6 +196,7 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     let scripts = Scripts::new()?;
     let port = unique_port();
     let server = load_server(&tb, &scripts, port)?;
+    warm_up(&tb, &dev, &scripts, port, &server)?;
     // Large payloads: still transferring when the instance dies.
     let client = load_client(&tb, &dev, &scripts, port, (conns, 1, 1 << 30), server.pid())?;
     client.expect("connected=", SHORT)?;
@@ -222,6 +241,7 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     // Restart: the same device works again, every byte verified, MPTCP.
     dev.restart(&tb, "gw1")?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
+    warm_up(&tb, &dev, &scripts, port, &server)?;
     let client = load_client(
         &tb,
         &dev,
@@ -276,6 +296,7 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
+    warm_up(&tb, &dev, &scripts, port, &server)?;
     let mut client = load_client(
         &tb,
         &dev,
