@@ -815,3 +815,42 @@ for restart in (False, True):
 print(json.dumps(out, sort_keys=True))
 print(" ".join("%s=%d" % kv for kv in sorted(meta.items())))
 "##;
+
+/// The load server (shimmed on the native backend, long-lived) in gw2 on
+/// its link-1 address.
+pub fn load_server(tb: &Testbed, scripts: &Scripts, port: u16) -> Result<Lines> {
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let mut cmd = shimmed(tb, "gw2", "python3", &[])?;
+    cmd.arg(scripts.path("load.py"))
+        .args(["server", &ip, &port.to_string()]);
+    let server = Lines::spawn(&mut cmd, "load server")?;
+    server.expect("listening", Duration::from_secs(20))?;
+    Ok(server)
+}
+
+/// The shimmed load client in gw1: `rounds` rounds of `conns` concurrent
+/// connections, payload sizes up to `max_size` each way; `env` picks the
+/// backend (empty: native).
+pub fn load_client(
+    tb: &Testbed,
+    scripts: &Scripts,
+    port: u16,
+    (conns, rounds, max_size): (u64, u64, u64),
+    server_pid: u32,
+    env: &[(&str, &str)],
+) -> Result<Lines> {
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
+    let mut cmd = shimmed(tb, "gw1", "python3", env)?;
+    cmd.arg(scripts.path("load.py")).args([
+        "client",
+        &ip,
+        &port.to_string(),
+        &conns.to_string(),
+        &rounds.to_string(),
+        &max_size.to_string(),
+        &seed.to_string(),
+        &server_pid.to_string(),
+    ]);
+    Lines::spawn(&mut cmd, "load client")
+}

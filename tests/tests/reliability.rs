@@ -19,42 +19,6 @@ use std::time::{Duration, Instant};
 const SHORT: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(600);
 
-/// The load server (shimmed, long-lived) in gw2 on its link-1 address.
-fn load_server(tb: &Testbed, scripts: &Scripts, port: u16) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let mut cmd = shimmed(tb, "gw2", "python3", &[])?;
-    cmd.arg(scripts.path("load.py"))
-        .args(["server", &ip, &port.to_string()]);
-    let server = Lines::spawn(&mut cmd, "load server")?;
-    server.expect("listening", SHORT)?;
-    Ok(server)
-}
-
-/// The shimmed load client in gw1: `rounds` rounds of `conns` concurrent
-/// connections, payload sizes up to `max_size` each way.
-fn load_client(
-    tb: &Testbed,
-    scripts: &Scripts,
-    port: u16,
-    (conns, rounds, max_size): (u64, u64, u64),
-    server_pid: u32,
-) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
-    let mut cmd = shimmed(tb, "gw1", "python3", &[])?;
-    cmd.arg(scripts.path("load.py")).args([
-        "client",
-        &ip,
-        &port.to_string(),
-        &conns.to_string(),
-        &rounds.to_string(),
-        &max_size.to_string(),
-        &seed.to_string(),
-        &server_pid.to_string(),
-    ]);
-    Lines::spawn(&mut cmd, "load client")
-}
-
 /// Stops the server and returns its stderr (which must hold no errors).
 fn stop(server: Lines) -> Result<String> {
     server.signal(libc::SIGTERM)?;
@@ -77,7 +41,14 @@ fn reliability_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
-    let client = load_client(&tb, &scripts, port, (conns, rounds, max_size), server.pid())?;
+    let client = load_client(
+        &tb,
+        &scripts,
+        port,
+        (conns, rounds, max_size),
+        server.pid(),
+        &[],
+    )?;
     let mut reports = Vec::new();
     let started = Instant::now();
     while let Some(line) = client.next_line(LONG)? {
@@ -162,7 +133,7 @@ fn reliability_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
-    let mut client = load_client(&tb, &scripts, port, (conns, 1, max_size), server.pid())?;
+    let mut client = load_client(&tb, &scripts, port, (conns, 1, max_size), server.pid(), &[])?;
     client.expect("connected=", SHORT)?;
     // Every connection is up before the first cut. Link 2 carries the
     // joined subflows; link 1 the initial ones, and stays up: the kernel

@@ -24,43 +24,25 @@ use std::time::{Duration, Instant};
 const SHORT: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(300);
 
-/// The native load server in gw2, on its link-1 address.
-fn load_server(tb: &Testbed, scripts: &Scripts, port: u16) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let mut cmd = shimmed(tb, "gw2", "python3", &[])?;
-    cmd.arg(scripts.path("load.py"))
-        .args(["server", &ip, &port.to_string()]);
-    let server = Lines::spawn(&mut cmd, "load server")?;
-    server.expect("listening", SHORT)?;
-    Ok(server)
-}
-
-/// The load client in gw1 on backend uml: `rounds` rounds of `conns`
-/// concurrent connections (asyncio: non-blocking connects), payloads up
-/// to `max_size` each way.
-fn load_client(
+/// The load client in gw1 on backend uml (asyncio: non-blocking
+/// connects), otherwise as the native one.
+fn load_client_uml(
     tb: &Testbed,
     dev: &UmlDevice,
     scripts: &Scripts,
     port: u16,
-    (conns, rounds, max_size): (u64, u64, u64),
+    shape: (u64, u64, u64),
     server_pid: u32,
 ) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
     let config = dev.config().display().to_string();
-    let mut cmd = shimmed(tb, "gw1", "python3", &[("DROPSHIM_CONFIG", &config)])?;
-    cmd.arg(scripts.path("load.py")).args([
-        "client",
-        &ip,
-        &port.to_string(),
-        &conns.to_string(),
-        &rounds.to_string(),
-        &max_size.to_string(),
-        &seed.to_string(),
-        &server_pid.to_string(),
-    ]);
-    Lines::spawn(&mut cmd, "load client (uml)")
+    load_client(
+        tb,
+        scripts,
+        port,
+        shape,
+        server_pid,
+        &[("DROPSHIM_CONFIG", &config)],
+    )
 }
 
 /// One small connection from the instance to gw2 before the load: it
@@ -75,7 +57,7 @@ fn warm_up(
     port: u16,
     server: &Lines,
 ) -> Result<()> {
-    let client = load_client(tb, dev, scripts, port, (1, 1, 1024), server.pid())?;
+    let client = load_client_uml(tb, dev, scripts, port, (1, 1, 1024), server.pid())?;
     run_rounds(client, 1).context("warm-up connection")?;
     Ok(())
 }
@@ -128,7 +110,7 @@ fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
     let server = load_server(&tb, &scripts, port)?;
     warm_up(&tb, &dev, &scripts, port, &server)?;
     let started = Instant::now();
-    let client = load_client(
+    let client = load_client_uml(
         &tb,
         &dev,
         &scripts,
@@ -198,7 +180,7 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     let server = load_server(&tb, &scripts, port)?;
     warm_up(&tb, &dev, &scripts, port, &server)?;
     // Large payloads: still transferring when the instance dies.
-    let client = load_client(&tb, &dev, &scripts, port, (conns, 1, 1 << 30), server.pid())?;
+    let client = load_client_uml(&tb, &dev, &scripts, port, (conns, 1, 1 << 30), server.pid())?;
     client.expect("connected=", SHORT)?;
     let kernel = dev.kernel_pid()?;
     // SAFETY: SIGKILL to the UML kernel this test started.
@@ -242,7 +224,7 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     dev.restart(&tb, "gw1")?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
     warm_up(&tb, &dev, &scripts, port, &server)?;
-    let client = load_client(
+    let client = load_client_uml(
         &tb,
         &dev,
         &scripts,
@@ -297,7 +279,7 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
     warm_up(&tb, &dev, &scripts, port, &server)?;
-    let mut client = load_client(
+    let mut client = load_client_uml(
         &tb,
         &dev,
         &scripts,
