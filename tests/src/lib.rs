@@ -10,6 +10,7 @@ pub mod reliability;
 pub mod uml;
 
 use anyhow::{bail, Context, Result};
+use dropshim_testbed::{Options, Spec, Testbed};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
@@ -43,6 +44,39 @@ pub fn shim_path() -> PathBuf {
 
 pub fn cli_path() -> PathBuf {
     artifact("dropshim")
+}
+
+/// The two-gateways testbed, unshaped.
+pub fn two_gateways() -> Result<Testbed> {
+    Ok(Testbed::up(
+        &Spec::builtin("two-gateways")?,
+        &Options::default(),
+    )?)
+}
+
+/// `program` in `node` with the shim preloaded (native default policy,
+/// unless `env` says otherwise) and no inherited dropshim settings.
+pub fn shimmed(tb: &Testbed, node: &str, program: &str, env: &[(&str, &str)]) -> Result<Command> {
+    let mut cmd = plain(tb, node, program)?;
+    cmd.env("LD_PRELOAD", shim_path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd)
+}
+
+/// `program` in `node` without the shim: the kernel's own behaviour.
+pub fn plain(tb: &Testbed, node: &str, program: &str) -> Result<Command> {
+    let mut cmd = tb.command(node, program)?;
+    for var in [
+        "LD_PRELOAD",
+        "DROPSHIM_CONFIG",
+        "DROPSHIM_BACKEND",
+        "DROPSHIM_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    Ok(cmd)
 }
 
 /// A port no other test in this run uses: tests run side by side in one

@@ -4,9 +4,9 @@
 //! from /proc, reading per-link byte counters, and the knobs that turn
 //! the bounded CI run into the long one (`scripts/reliability-long.sh`).
 
-use crate::{run_ok, shim_path};
+use crate::run_ok;
 use anyhow::{bail, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_testbed::Testbed;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,38 +14,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The two-gateways testbed, unshaped.
-pub fn two_gateways() -> Result<Testbed> {
-    Ok(Testbed::up(
-        &Spec::builtin("two-gateways")?,
-        &Options::default(),
-    )?)
-}
-
-/// `program` in `node` with the shim preloaded (native default policy,
-/// unless `env` says otherwise) and no inherited dropshim settings.
-pub fn shimmed(tb: &Testbed, node: &str, program: &str, env: &[(&str, &str)]) -> Result<Command> {
-    let mut cmd = plain(tb, node, program)?;
-    cmd.env("LD_PRELOAD", shim_path());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(cmd)
-}
-
-/// `program` in `node` without the shim: the kernel's own behaviour.
-pub fn plain(tb: &Testbed, node: &str, program: &str) -> Result<Command> {
-    let mut cmd = tb.command(node, program)?;
-    for var in [
-        "LD_PRELOAD",
-        "DROPSHIM_CONFIG",
-        "DROPSHIM_BACKEND",
-        "DROPSHIM_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
-    Ok(cmd)
-}
+pub use crate::{plain, shimmed, two_gateways};
 
 /// Resolves gw1's neighbours on both links (one ping each) so a short
 /// transfer's join SYN is not held in the ARP queue until the

@@ -5,7 +5,7 @@
 //! shim's own close report), not merely that the program exited 0.
 
 use anyhow::{ensure, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_testbed::Testbed;
 use dropshim_tests::*;
 use std::net::IpAddr;
 use std::path::Path;
@@ -14,26 +14,6 @@ use std::time::Duration;
 
 const SHORT: Duration = Duration::from_secs(20);
 const TRANSFER: Duration = Duration::from_secs(90);
-
-fn two_gateways() -> Result<Testbed> {
-    Ok(Testbed::up(
-        &Spec::builtin("two-gateways")?,
-        &Options::default(),
-    )?)
-}
-
-/// A command in `node` with the shim preloaded and the given extra env.
-fn shimmed(tb: &Testbed, node: &str, program: &str, env: &[(&str, &str)]) -> Result<Command> {
-    let mut cmd = tb.command(node, program)?;
-    cmd.env("LD_PRELOAD", shim_path());
-    for var in ["DROPSHIM_CONFIG", "DROPSHIM_BACKEND", "DROPSHIM_LOG"] {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Ok(cmd)
-}
 
 fn url(ip: IpAddr, port: u16, file: &str) -> String {
     match ip {
