@@ -126,6 +126,36 @@ fn run_command(argv: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Reopens `vec<index>` after its host interface came back: closing the
+/// device clears the vector driver's failed-transport mark and opening it
+/// makes a fresh raw socket. The bounce removes the device's IPv6
+/// addresses and the routes through it, so its configuration commands
+/// run again; those whose result survived the bounce (IPv4 addresses,
+/// MPTCP endpoints) fail with "File exists" or "already assigned",
+/// which is fine.
+fn reset_device(index: u64) -> Result<(), String> {
+    let dev = format!("vec{index}");
+    run_command(&["ip", "link", "set", &dev, "down"])?;
+    run_command(&["ip", "link", "set", &dev, "up"])?;
+    let cmds = std::env::var_os(crate::ENV_GUEST)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{} is not set", crate::ENV_GUEST))?;
+    let text = std::fs::read_to_string(&cmds)
+        .map_err(|e| format!("cannot read {}: {e}", cmds.display()))?;
+    for line in text.lines() {
+        let argv: Vec<&str> = line.split('\t').collect();
+        if !argv.contains(&dev.as_str()) {
+            continue;
+        }
+        if let Err(e) = run_command(&argv) {
+            if !(e.contains("exists") || e.contains("already assigned")) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Guest connections accepted by listeners, waiting for their bridge.
 type Pending = Arc<Mutex<HashMap<u64, OwnedFd>>>;
 
@@ -195,6 +225,16 @@ fn handle(mut bridge: TcpStream, pending: &Pending) -> io::Result<()> {
                 }
                 None => bridge.write_all(&Reply::error(libc::ECONNABORTED).encode()),
             }
+        }
+        Kind::Reset => {
+            let errno = match reset_device(req.id) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("dropshim-uml agent: {e}");
+                    libc::EIO
+                }
+            };
+            bridge.write_all(&Reply::error(errno).encode())
         }
         Kind::Ping | Kind::Watch => bridge.write_all(&Reply::error(0).encode()),
     }

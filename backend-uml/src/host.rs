@@ -542,6 +542,10 @@ fn boot_and_serve(
         std::thread::sleep(Duration::from_millis(10));
     }
 
+    // Link changes of the device's interfaces, watched from their own
+    // namespace (the socket stays there after the setns below).
+    let links = LinkWatcher::open(cfg)?;
+
     // From here on, this process lives in the private namespace: bridge
     // sockets are created there, out of reach of the host's other users.
     let nsf = std::fs::File::open(format!("/run/netns/{}", n.netns))
@@ -578,6 +582,7 @@ fn boot_and_serve(
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
     });
+    std::thread::spawn(move || links.run());
     println!(
         "uml instance of {:?} ready (kernel pid {kpid})",
         cfg.device.name
@@ -598,6 +603,87 @@ fn boot_and_serve(
     unsafe { libc::kill(-kpid, libc::SIGKILL) };
     println!("uml kernel exited ({status})");
     Ok(())
+}
+
+/// Brings an instance's interface back after its host interface went
+/// down and up again (either end of a veth: admin down here, or the peer
+/// down, which drops the carrier here).
+///
+/// While the host interface is down, the vector driver's raw socket fails
+/// a send or receive (ENETDOWN, or ENOBUFS as the frames are dropped),
+/// and the driver then marks its transport as failed for good: every
+/// later transmit is refused and the device's descriptors are
+/// deactivated, so the link stays dead when the host interface returns.
+/// Only closing and reopening the guest device clears that, so on each
+/// down -> running transition the agent bounces the device and restores
+/// its configuration (IPv6 addresses and the routes the bounce removed).
+struct LinkWatcher {
+    watch: crate::linkwatch::LinkWatch,
+    /// Host interface name and index, in `vec<i>` order.
+    ifaces: Vec<(String, i32)>,
+    running: Vec<bool>,
+}
+
+impl LinkWatcher {
+    fn open(cfg: &DeviceConfig) -> Result<LinkWatcher> {
+        let watch = crate::linkwatch::LinkWatch::open()
+            .map_err(io_err("cannot watch link changes (rtnetlink)"))?;
+        let mut ifaces = Vec::new();
+        let mut running = Vec::new();
+        for iface in &cfg.interfaces {
+            let index = crate::linkwatch::ifindex(&iface.name)
+                .map_err(io_err(format!("interface {}", iface.name)))?;
+            ifaces.push((iface.name.clone(), index));
+            running.push(crate::linkwatch::is_running(&iface.name).unwrap_or(true));
+        }
+        Ok(LinkWatcher {
+            watch,
+            ifaces,
+            running,
+        })
+    }
+
+    fn run(mut self) {
+        loop {
+            match self.watch.next() {
+                Ok(events) => {
+                    for ev in events {
+                        let Some(i) = self.ifaces.iter().position(|(_, x)| *x == ev.ifindex) else {
+                            continue;
+                        };
+                        if ev.running && !self.running[i] {
+                            self.reset(i);
+                        }
+                        self.running[i] = ev.running;
+                    }
+                }
+                // Messages were lost: any link may have flapped meanwhile.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    for i in 0..self.ifaces.len() {
+                        self.reset(i);
+                    }
+                }
+                Err(e) => {
+                    eprintln!("link watch ended: {e}; interfaces that flap now stay down until `dropshim down` and `up`");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn reset(&self, i: usize) {
+        let mut req = Request::new(Kind::Reset);
+        req.id = i as u64;
+        let name = &self.ifaces[i].0;
+        match ask_agent(&req) {
+            Ok((_, r)) if r.errno == 0 => println!("{name} is back up: guest vec{i} reopened"),
+            Ok((_, r)) => eprintln!(
+                "{name} is back up but the guest could not reopen vec{i}: {}",
+                io::Error::from_raw_os_error(r.errno)
+            ),
+            Err(e) => eprintln!("{name} is back up but the agent did not answer: {e}"),
+        }
+    }
 }
 
 /// A TCP connection to the agent across the private link.
@@ -727,7 +813,7 @@ fn serve_client(fd: libc::c_int) {
             Ok((_, reply)) => answer(reply, None),
             Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),
         },
-        Kind::Attach => answer(Reply::error(libc::EINVAL), None),
+        Kind::Attach | Kind::Reset => answer(Reply::error(libc::EINVAL), None),
     }
 }
 

@@ -20,10 +20,14 @@
 //! - The shim ([`client`]) asks the supervisor over the control socket and
 //!   receives the host end of a bridge, which becomes the program's
 //!   descriptor: reads, writes, poll and epoll need no translation.
+//! - The supervisor watches the device's host interfaces ([`linkwatch`]);
+//!   when one comes back up after going down, it has the agent reopen the
+//!   guest device, whose vector transport does not survive the outage.
 
 pub mod agent;
 pub mod client;
 pub mod host;
+pub mod linkwatch;
 pub mod proto;
 pub mod sys;
 

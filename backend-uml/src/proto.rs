@@ -42,6 +42,12 @@ pub enum Kind {
     /// when the supervisor does, so a program learns of the instance's
     /// death even if the supervisor was killed with it.
     Watch = 5,
+    /// Supervisor -> agent only: the host interface of `vec<id>` came back
+    /// up after being down. The vector driver marks its transport dead on
+    /// the first send/receive error (ENETDOWN, ENOBUFS while the link was
+    /// down) and never clears that mark short of closing the device, so
+    /// the agent bounces `vec<id>` and restores what the bounce removed.
+    Reset = 6,
 }
 
 impl Kind {
@@ -52,6 +58,7 @@ impl Kind {
             3 => Some(Kind::Listen),
             4 => Some(Kind::Attach),
             5 => Some(Kind::Watch),
+            6 => Some(Kind::Reset),
             _ => None,
         }
     }

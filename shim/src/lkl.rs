@@ -17,19 +17,30 @@
 //! readable exactly when accept() has something to return.
 //!
 //! Non-blocking connect returns EINPROGRESS and connects in a helper
-//! thread; the descriptor is writable at once (bytes written early wait in
-//! the socketpair), and SO_ERROR, getpeername and getsockname wait for
-//! the outcome, so a program that checks SO_ERROR after poll() sees the
-//! real result.
+//! thread; meanwhile the descriptor is a gate (a socketpair end whose peer
+//! is full, so neither readable nor writable), SO_ERROR is 0 and
+//! getpeername says ENOTCONN, as on TCP. When the connect ends, the data
+//! end is put back under the descriptor (dup3), epoll registrations the
+//! program made are made again on it, and the gate opens so a poll or
+//! select already sleeping on it wakes; SO_ERROR then tells the outcome.
+//!
+//! Exit: the library kernel dies with the process, so an atexit handler
+//! ends every connection's writing and waits (at most 5 s) until the
+//! relays and the kernel's send queues are empty: bytes written just
+//! before exit() and the FIN still reach the peer. `_exit()` skips it.
 //!
 //! fork: the library kernel's threads stay in the parent. A child's
 //! inherited sockets keep working for reading and writing (they are plain
 //! socketpair ends, relayed by the parent while it lives), but calls that
 //! need the kernel (new TCP sockets, connect, setsockopt, ...) fail with
-//! EPROTONOSUPPORT/EOPNOTSUPP and one error line; a child that execs a
-//! program boots that program's own kernel at its first TCP socket.
-//! Loopback destinations are the library kernel's loopback, not the
-//! host's.
+//! EPROTONOSUPPORT/EOPNOTSUPP and one error line. exec: the old image's
+//! kernel is gone, so an inherited socket reads end of stream and writes
+//! fail with EPIPE; the new program boots its own kernel at its first TCP
+//! socket.
+//!
+//! Loopback stays the host's: binding or connecting to 127.0.0.0/8 or ::1
+//! swaps in a plain host TCP socket under the same descriptor (options set
+//! so far are applied to it) and drops the library socket.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -1056,6 +1067,11 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     };
     if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Errno(libc::EINVAL).fail();
+    }
+    // A forked child's copy of the queue is stale: taking a token here
+    // would lose the parent's connection.
+    if live().is_none() {
+        return Errno(libc::EOPNOTSUPP).fail();
     }
     let mut b = [0u8; 1];
     // Waits (or says EAGAIN) by the program's own O_NONBLOCK.
