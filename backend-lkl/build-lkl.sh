@@ -54,6 +54,12 @@ if [ -f "$out/liblkl.so" ]; then
 	echo "$out"
 	exit 0
 fi
+# Programs booting the library ask with LKL_NO_BUILD=1: a build takes
+# minutes and must never happen inside a program's socket() call.
+if [ -n "${LKL_NO_BUILD:-}" ]; then
+	echo "build-lkl.sh: the Linux Kernel Library is not built yet; run $0 (about 4 minutes)" >&2
+	exit 3
+fi
 
 exec 9>"$cache/.lock"
 flock 9

@@ -127,6 +127,9 @@ pub struct BootOptions {
     pub mem_bytes: u64,
     /// liblkl.so to use; default: `DROPSHIM_LKL_LIB` or `build-lkl.sh`.
     pub library: Option<PathBuf>,
+    /// Without `library`: may `build-lkl.sh` build the library when it is
+    /// not cached yet (minutes)? Tests say yes; the shim says no.
+    pub build_if_missing: bool,
 }
 
 impl Default for BootOptions {
@@ -135,6 +138,7 @@ impl Default for BootOptions {
             cmdline: "quiet".into(),
             mem_bytes: 128 << 20,
             library: None,
+            build_if_missing: true,
         }
     }
 }
@@ -169,7 +173,7 @@ impl Lkl {
         }
         let lib = match &opts.library {
             Some(p) => p.clone(),
-            None => sys::locate_library().map_err(Error::Library)?,
+            None => sys::locate_library(opts.build_if_missing).map_err(Error::Library)?,
         };
         sys::load(&lib).map_err(Error::Library)?;
         let start = Instant::now();

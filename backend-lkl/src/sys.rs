@@ -208,9 +208,10 @@ pub fn register_device(base: u64, size: u64, dev: Arc<dyn MmioDevice>) {
     }
 }
 
-/// Path of the library: `DROPSHIM_LKL_LIB`, else built (or taken from the
-/// cache) by `build-lkl.sh` next to this crate's sources.
-pub fn locate_library() -> Result<PathBuf, String> {
+/// Path of the library: `DROPSHIM_LKL_LIB`, else taken from the cache of
+/// `build-lkl.sh` next to this crate's sources, which builds it first only
+/// when `allow_build` (never inside a shimmed program: minutes).
+pub fn locate_library(allow_build: bool) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("DROPSHIM_LKL_LIB") {
         let p = PathBuf::from(p);
         return if p.is_file() {
@@ -223,8 +224,12 @@ pub fn locate_library() -> Result<PathBuf, String> {
         };
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-lkl.sh");
-    let out = std::process::Command::new("sh")
-        .arg(&script)
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg(&script);
+    if !allow_build {
+        cmd.env("LKL_NO_BUILD", "1");
+    }
+    let out = cmd
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;

@@ -123,7 +123,10 @@ fn endpoint_flags(roles: &[EndpointRole]) -> MptcpFlags {
 }
 
 fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
-    let mut opts = BootOptions::default();
+    let mut opts = BootOptions {
+        build_if_missing: false,
+        ..BootOptions::default()
+    };
     if let Some(s) = &config.lkl {
         opts.mem_bytes = u64::from(s.memory_mib) << 20;
         for o in &s.boot_options {

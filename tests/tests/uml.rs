@@ -678,6 +678,31 @@ fn uml_link_flap_recovers() -> Result<()> {
     );
     let moved = sent2(&tb) - back2;
     if came_back.is_err() || moved < 4 * MIB {
+        let console =
+            std::fs::read_to_string(dropshim_tests::uml::run_dir(&dev.name).join("console.log"))
+                .unwrap_or_default();
+        let sup =
+            std::fs::read_to_string(dropshim_tests::uml::run_dir(&dev.name).join("supervisor.log"))
+                .unwrap_or_default();
+        let now = mptcp_counters(tb.netns("gw2")?)?;
+        let d: Vec<String> = now
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}={}", v - before.get(k).copied().unwrap_or(0)))
+            .collect();
+        eprintln!(
+            "DIAG console:\n{console}\nDIAG sup:\n{sup}\nDIAG counters: {}",
+            d.join(" ")
+        );
+        if !curl_running() {
+            let got = curl.wait(SHORT)?;
+            eprintln!(
+                "DIAG curl: {} {}",
+                got.status,
+                String::from_utf8_lossy(&got.stderr)
+            );
+            anyhow::bail!("curl ended");
+        }
         let mut ss = tb.command("gw2", "ss")?;
         ss.args(["-tinM"]);
         let ss = run_bounded(&mut ss, SHORT)?;
@@ -689,7 +714,33 @@ fn uml_link_flap_recovers() -> Result<()> {
     }
     let back = flap.elapsed();
 
-    let got = curl.wait(TRANSFER)?;
+    eprintln!("DIAG moved {moved} after {:?}", flap.elapsed());
+    std::thread::sleep(Duration::from_secs(8));
+    {
+        let mut ss = tb.command("gw2", "ss")?;
+        ss.args(["-tinM"]);
+        let ss = run_bounded(&mut ss, SHORT)?;
+        let now = mptcp_counters(tb.netns("gw2")?)?;
+        let d: Vec<String> = now
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}={}", v - before.get(k).copied().unwrap_or(0)))
+            .collect();
+        eprintln!(
+            "DIAG2 ss:\n{}\nDIAG counters: {}\n{:?}",
+            String::from_utf8_lossy(&ss.stdout),
+            d.join(" "),
+            link_bytes(&tb, "gw2", 2)
+        );
+        let sup =
+            std::fs::read_to_string(dropshim_tests::uml::run_dir(&dev.name).join("supervisor.log"))
+                .unwrap_or_default();
+        let console =
+            std::fs::read_to_string(dropshim_tests::uml::run_dir(&dev.name).join("console.log"))
+                .unwrap_or_default();
+        eprintln!("{sup}\n{console}");
+    }
+    let got = curl.wait(SHORT)?;
     ensure!(
         got.status.success(),
         "curl across the flap failed ({}): {}",

@@ -7,7 +7,7 @@
 //! sha256 of what arrived.
 
 use super::local_cache::{make_file, serve, Served};
-use super::stacks::{self, Role, Stack, UmlDevice};
+use super::stacks::{self, Device, Role, Stack, UmlDevice};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -125,6 +125,10 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     let mut host = Vec::new();
     for stack in Stack::ALL {
         match (avail.reason(stack), stack) {
+            (_, Stack::Lkl) => ctx.records.push(
+                Record::new(Scenario::Handover, stack, &setting, 0)
+                    .skipped(super::local_cache::lkl_reason(&avail)),
+            ),
             (Some(reason), _) => ctx
                 .records
                 .push(Record::new(Scenario::Handover, stack, &setting, 0).skipped(reason)),
@@ -167,7 +171,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                         ctx,
                         &tb,
                         Stack::Uml,
-                        Some(&dev),
+                        Some(Device::Uml(&dev)),
                         port,
                         &file,
                         &set,
@@ -186,7 +190,7 @@ fn one(
     ctx: &mut Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<&UmlDevice>,
+    uml: Option<Device>,
     port: u16,
     file: &Served,
     set: &Settings,
@@ -229,7 +233,7 @@ fn transfer(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<&UmlDevice>,
+    uml: Option<Device>,
     port: u16,
     file: &Served,
     set: &Settings,

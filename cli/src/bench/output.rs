@@ -462,7 +462,7 @@ pub(crate) mod tests {
             rec(tg, Stack::Tcp, set, 3, 960.0),
             rec(tg, Stack::Native, set, 3, 1870.0),
             rec(tg, Stack::Mptcpize, set, 3, 1875.0),
-            Record::new(tg, Stack::Lkl, set, 0).skipped("not built yet"),
+            Record::new(tg, Stack::Lkl, set, 0).skipped("run backend-lkl/build-lkl.sh"),
         ];
         let mut us = Record::new(tg, Stack::Native, set, 0).skipped("needs a daemon, a, \"b\"");
         us.path_manager = "userspace".into();
@@ -507,7 +507,7 @@ pub(crate) mod tests {
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (native) | kernel | default | 1870 | 1860..1880 | 2.0 | 3 |",
             "| 2 x 1000 Mbit/s | MPTCP via mptcpize | kernel | default | 1875 | 1870..1880 | 2.0 | 3 |",
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (native) | userspace | default | skipped: needs a daemon, a, \"b\" | | | |",
-            "| 2 x 1000 Mbit/s | MPTCP via dropshim (lkl) | kernel | default | skipped: not built yet | | | |",
+            "| 2 x 1000 Mbit/s | MPTCP via dropshim (lkl) | kernel | default | skipped: run backend-lkl/build-lkl.sh | | | |",
             "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/1 | 1 ok, 1 failed (no byte arrived) |",
             "| 10 MB | MPTCP via dropshim (native) | failed: curl failed / badly | | | | | |",
             "| 40 MB | MPTCP via dropshim (native) | 0.42 | 0.42..0.42 | 1/1 | 1/1 | 2.0 | 1 |",

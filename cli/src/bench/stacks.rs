@@ -1,7 +1,8 @@
 //! The stacks a measurement can run on, whether each can run here, and
 //! how a program is started on one: plain TCP, the shim on the native
 //! backend, mptcpize (the native backend's peer), the shim on a uml device
-//! booted inside the client's namespace, and lkl (not built yet).
+//! booted inside the client's namespace, and the shim on the lkl backend
+//! (a Linux Kernel Library booted inside the client program itself).
 
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::Testbed;
@@ -64,6 +65,8 @@ pub struct Availability {
     pub reasons: Vec<(Stack, Option<String>)>,
     pub path_managers: Vec<String>,
     pub schedulers: Vec<String>,
+    /// liblkl.so for the lkl stack, when it is runnable.
+    pub lkl_library: Option<PathBuf>,
 }
 
 const MPTCP_SYSCTL: &str = "/proc/sys/net/mptcp";
@@ -94,19 +97,28 @@ impl Availability {
                 .map(str::to_string)
                 .collect()
         };
+        // The lkl client's peer is the shim on the native backend, so the
+        // host's MPTCP is needed too.
+        let lkl = match (&mptcp, library.is_file()) {
+            (Some(r), _) => Err(r.clone()),
+            (None, false) => Err(format!("{} missing", library.display())),
+            (None, true) => lkl_library(),
+        };
+        let (lkl_reason, lkl_library) = match lkl {
+            Ok(lib) => (None, Some(lib)),
+            Err(r) => (Some(r), None),
+        };
         Availability {
             reasons: vec![
                 (Stack::Tcp, None),
                 (Stack::Native, mptcp),
                 (Stack::Mptcpize, mptcpize),
                 (Stack::Uml, uml_reason(library)),
-                (
-                    Stack::Lkl,
-                    Some("not built yet: this build has no lkl backend".to_string()),
-                ),
+                (Stack::Lkl, lkl_reason),
             ],
             path_managers: list("available_path_managers", "kernel"),
             schedulers: list("available_schedulers", "default"),
+            lkl_library,
         }
     }
 
@@ -156,6 +168,82 @@ fn uml_reason(library: &Path) -> Option<String> {
     None
 }
 
+/// The script that builds liblkl.so, in this source tree.
+fn lkl_build_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend-lkl/build-lkl.sh")
+}
+
+/// Where build-lkl.sh may have cached a build (its DROPSHIM_LKL_CACHE
+/// default and fallback).
+fn lkl_cache_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("DROPSHIM_LKL_CACHE") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from("/var/cache/dropshim/lkl"));
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        dirs.push(Path::new(&d).join("dropshim/lkl"));
+    } else if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&h).join(".cache/dropshim/lkl"));
+    }
+    dirs
+}
+
+/// Whether some build of liblkl.so sits in `dir` (build-lkl.sh's
+/// `out-<key>/liblkl.so`), up to date or not.
+fn has_cached_build(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("out-")
+                && e.path().join("liblkl.so").is_file()
+        })
+    })
+}
+
+const BUILD_LKL: &str = "liblkl.so is not built: run backend-lkl/build-lkl.sh (or point DROPSHIM_LKL_LIB at a liblkl.so)";
+
+/// liblkl.so for the lkl stack: `DROPSHIM_LKL_LIB` (as the shim reads
+/// it), else build-lkl.sh's answer. The script is run only when it has
+/// built before: a cache hit returns at once (or rebuilds incrementally
+/// after a change to the port), while a first build takes many minutes
+/// and is left to the user.
+fn lkl_library() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("DROPSHIM_LKL_LIB") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!(
+                "DROPSHIM_LKL_LIB={} is not a file: point it at liblkl.so, or unset it and run backend-lkl/build-lkl.sh",
+                p.display()
+            ))
+        };
+    }
+    let script = lkl_build_script();
+    if !script.is_file() || !lkl_cache_dirs().iter().any(|d| has_cached_build(d)) {
+        return Err(BUILD_LKL.to_string());
+    }
+    let mut cmd = Command::new("sh");
+    cmd.arg(&script);
+    let out = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(1800))
+        .map_err(|e| format!("{}: {e}; {BUILD_LKL}", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim();
+        return Err(format!("{} failed ({last}): {BUILD_LKL}", script.display()));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lib = Path::new(stdout.lines().last().unwrap_or("").trim()).join("liblkl.so");
+    if lib.is_file() {
+        Ok(lib)
+    } else {
+        Err(format!(
+            "{} did not print its output directory: {BUILD_LKL}",
+            script.display()
+        ))
+    }
+}
+
 /// Which end of a transfer a program is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {
@@ -163,16 +251,35 @@ pub enum Role {
     Server,
 }
 
+/// The device a client program of the uml or lkl stack goes through.
+#[derive(Clone, Copy)]
+pub enum Device<'a> {
+    Uml(&'a UmlDevice),
+    Lkl(&'a LklDevice),
+}
+
+impl Device<'_> {
+    /// CPU seconds used so far outside the measured programs: the UML
+    /// kernel's processes. The library kernel runs inside the program,
+    /// so the program's own CPU figure already holds it.
+    pub fn cpu_seconds(self) -> f64 {
+        match self {
+            Device::Uml(d) => d.cpu_seconds(),
+            Device::Lkl(_) => 0.0,
+        }
+    }
+}
+
 /// `program` in `node`, started the way `stack` runs programs. On the uml
-/// stack only the client goes through the uml device; the server side
-/// is the native backend.
+/// and lkl stacks only the client goes through the device; the server
+/// side is the native backend.
 pub fn command(
     tb: &Testbed,
     node: &str,
     stack: Stack,
     role: Role,
     library: &Path,
-    uml: Option<&UmlDevice>,
+    device: Option<Device>,
     program: &str,
 ) -> Result<Command> {
     let mut cmd = if stack == Stack::Mptcpize {
@@ -182,29 +289,52 @@ pub fn command(
     } else {
         tb.command(node, program)?
     };
+    stack_env(&mut cmd, stack, role, library, device)?;
+    Ok(cmd)
+}
+
+/// The environment that puts `cmd` on `stack` (and nothing left over
+/// from the bench's own environment).
+fn stack_env(
+    cmd: &mut Command,
+    stack: Stack,
+    role: Role,
+    library: &Path,
+    device: Option<Device>,
+) -> Result<()> {
     for var in [
         "LD_PRELOAD",
         "DROPSHIM_CONFIG",
         "DROPSHIM_BACKEND",
         "DROPSHIM_LOG",
+        "DROPSHIM_LKL_LIB",
     ] {
         cmd.env_remove(var);
     }
     match (stack, role) {
         (Stack::Tcp | Stack::Mptcpize, _) => {}
-        (Stack::Native, _) | (Stack::Uml, Role::Server) => {
+        (Stack::Native, _) | (Stack::Uml | Stack::Lkl, Role::Server) => {
             cmd.env("LD_PRELOAD", library);
         }
         (Stack::Uml, Role::Client) => {
-            let Some(dev) = uml else {
+            let Some(Device::Uml(dev)) = device else {
                 bail!("internal: uml stack without a uml device");
             };
             cmd.env("LD_PRELOAD", library);
             cmd.env("DROPSHIM_CONFIG", &dev.config);
         }
-        (Stack::Lkl, _) => bail!("the lkl backend is not built yet"),
+        (Stack::Lkl, Role::Client) => {
+            let Some(Device::Lkl(dev)) = device else {
+                bail!("internal: lkl stack without an lkl device");
+            };
+            cmd.env("LD_PRELOAD", library);
+            cmd.env("DROPSHIM_CONFIG", &dev.config);
+            cmd.env("DROPSHIM_BACKEND", "lkl");
+            // Found once by the bench, so no client runs build-lkl.sh.
+            cmd.env("DROPSHIM_LKL_LIB", &dev.library);
+        }
     }
-    Ok(cmd)
+    Ok(())
 }
 
 /// A uml device booted in the client's namespace of a testbed, owning the
@@ -295,6 +425,50 @@ impl Drop for UmlDevice {
     }
 }
 
+/// The client's links 1 and 2 handed to the library kernel of the lkl
+/// stack: their host addresses go (the packet sockets see every frame, so
+/// the host stack must not answer too) and a device file gives them to
+/// the library kernel, which each lkl client boots in-process.
+pub struct LklDevice {
+    pub config: PathBuf,
+    pub library: PathBuf,
+}
+
+impl LklDevice {
+    pub fn up(tb: &Testbed, client: &str, work: &Path, library: &Path) -> Result<LklDevice> {
+        let n = DEVICES.fetch_add(1, Ordering::Relaxed);
+        let name = format!("benchlkl{}x{n}", std::process::id());
+        let netns = tb.netns(client)?.to_string();
+        let mut ifaces = String::new();
+        for link in [1u32, 2] {
+            let ifname = tb.ifname(client, link)?.to_string();
+            let a4 = tb.addr4(client, link)?;
+            ip(&["-n", &netns, "addr", "flush", "dev", &ifname])?;
+            // As on uml: the library kernel opens the second subflow out
+            // of link 2, to the server's link-1 address.
+            let role = if link == 2 {
+                "endpoint = [\"subflow\"]\n"
+            } else {
+                ""
+            };
+            ifaces.push_str(&format!(
+                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n{role}\n"
+            ));
+        }
+        let config = work.join(format!("{name}.toml"));
+        let text = format!(
+            "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"lkl\"\n\n{ifaces}\
+             [mptcp]\nlimits = {{ subflows = 2, add_addr_accepted = 2 }}\npath_manager = \"kernel\"\n\n\
+             [policy]\ndefault = \"mptcp\"\n"
+        );
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        Ok(LklDevice {
+            config,
+            library: library.to_path_buf(),
+        })
+    }
+}
+
 /// Sum of utime + stime of every process in process group `pgrp`.
 pub fn process_group_cpu(pgrp: i64) -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -339,14 +513,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lkl_is_always_skipped_with_a_reason_and_tcp_always_runs() {
+    fn without_the_shim_lkl_is_skipped_with_a_reason_and_tcp_always_runs() {
         let a = Availability::probe(Path::new("/nonexistent/libdropshim.so"));
-        assert!(a
-            .reason(Stack::Lkl)
-            .is_some_and(|r| r.contains("not built")));
+        let lkl = a.reason(Stack::Lkl).unwrap_or_default().to_string();
+        assert!(
+            lkl.contains("/nonexistent/libdropshim.so missing") || lkl.contains("MPTCP"),
+            "{lkl}"
+        );
+        assert_eq!(a.lkl_library, None);
         assert_eq!(a.reason(Stack::Tcp), None);
         assert!(a.runnable().contains(&Stack::Tcp));
         assert!(!a.schedulers.is_empty());
+    }
+
+    fn lkl_command(role: Role, shim: &Path, device: Option<Device>) -> Result<Command> {
+        let mut cmd = Command::new("true");
+        stack_env(&mut cmd, Stack::Lkl, role, shim, device)?;
+        Ok(cmd)
+    }
+
+    #[test]
+    fn lkl_client_gets_the_device_backend_and_library_and_server_stays_native() {
+        let work = tempfile::tempdir().unwrap();
+        let config = work.path().join("d.toml");
+        std::fs::write(&config, "").unwrap();
+        let dev = LklDevice {
+            config: config.clone(),
+            library: PathBuf::from("/x/liblkl.so"),
+        };
+        let env = |c: &Command| -> Vec<(String, Option<String>)> {
+            let mut v: Vec<_> = c
+                .get_envs()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.map(|v| v.to_string_lossy().into_owned()),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let shim = Path::new("/x/libdropshim.so");
+        let client = lkl_command(Role::Client, shim, Some(Device::Lkl(&dev))).unwrap();
+        let e = env(&client);
+        let get = |k: &str| e.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
+        assert_eq!(get("LD_PRELOAD").as_deref(), Some("/x/libdropshim.so"));
+        assert_eq!(get("DROPSHIM_BACKEND").as_deref(), Some("lkl"));
+        assert_eq!(get("DROPSHIM_LKL_LIB").as_deref(), Some("/x/liblkl.so"));
+        assert_eq!(get("DROPSHIM_CONFIG"), Some(config.display().to_string()));
+        let server = lkl_command(Role::Server, shim, None).unwrap();
+        let e = env(&server);
+        let get = |k: &str| e.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
+        assert_eq!(get("LD_PRELOAD").as_deref(), Some("/x/libdropshim.so"));
+        assert_eq!(get("DROPSHIM_BACKEND"), None);
+        assert_eq!(get("DROPSHIM_LKL_LIB"), None);
+        let err = lkl_command(Role::Client, shim, None).unwrap_err();
+        assert!(err.to_string().contains("without an lkl device"), "{err}");
+    }
+
+    #[test]
+    fn a_cached_lkl_build_is_recognised_only_with_its_library() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!has_cached_build(d.path()));
+        std::fs::create_dir(d.path().join("out-0123")).unwrap();
+        assert!(!has_cached_build(d.path()));
+        std::fs::write(d.path().join("out-0123/liblkl.so"), b"x").unwrap();
+        assert!(has_cached_build(d.path()));
+        assert!(!has_cached_build(&d.path().join("missing")));
     }
 
     #[test]

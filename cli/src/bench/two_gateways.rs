@@ -2,7 +2,7 @@
 //! TCP on link 1 vs MPTCP over both, for every stack, path manager and
 //! scheduler. The iperf3 measurement here is shared with `overhead`.
 
-use super::stacks::{self, Availability, Role, Stack, UmlDevice};
+use super::stacks::{self, Availability, Device, LklDevice, Role, Stack, UmlDevice};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -67,8 +67,8 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
 }
 
 /// Runs every variant `plan.runs` times, interleaved, on a fresh
-/// two-gateways testbed; then the uml stack on a testbed of its own
-/// (its device takes gw1's links over). Unavailable stacks are recorded
+/// two-gateways testbed; then the uml and lkl stacks, each on a testbed
+/// of its own (their device takes gw1's links over). Unavailable stacks are recorded
 /// as skipped.
 pub fn iperf_matrix(
     ctx: &mut Ctx,
@@ -126,24 +126,54 @@ pub fn iperf_matrix(
             }
         }
     }
-    if avail.reason(Stack::Uml).is_none() {
-        let v = Variant::new(Stack::Uml, "kernel", &avail.schedulers[0]);
-        ctx.step(format!("{}: booting the uml device", scenario.name()));
+    for stack in [Stack::Uml, Stack::Lkl] {
+        if avail.reason(stack).is_some() {
+            continue;
+        }
+        let v = Variant::new(stack, "kernel", &avail.schedulers[0]);
+        ctx.step(format!(
+            "{}: handing gw1's links to the {} device",
+            scenario.name(),
+            stack.name()
+        ));
         let tb = Testbed::up(&spec, &opts)?;
-        match UmlDevice::up(&tb, "gw1", &ctx.work) {
-            Err(e) => ctx.records.push(
-                v.record(scenario, setting, 0)
-                    .skipped(super::one_line(&format!("uml device did not start: {e:#}"))),
-            ),
+        // Each device lives until the end of this iteration; `device`
+        // borrows whichever one started.
+        let (mut uml, mut lkl) = (None, None);
+        let started = match stack {
+            Stack::Uml => UmlDevice::up(&tb, "gw1", &ctx.work).map(|d| uml = Some(d)),
+            _ => match &avail.lkl_library {
+                Some(lib) => LklDevice::up(&tb, "gw1", &ctx.work, lib).map(|d| lkl = Some(d)),
+                None => Err(anyhow::anyhow!("internal: lkl runnable without a library")),
+            },
+        };
+        let device = match (&uml, &lkl, started) {
+            (Some(d), _, Ok(())) => Ok(Device::Uml(d)),
+            (_, Some(d), Ok(())) => Ok(Device::Lkl(d)),
+            (_, _, Err(e)) => Err(e),
+            _ => Err(anyhow::anyhow!(
+                "internal: no device after a successful start"
+            )),
+        };
+        match device {
+            Err(e) => {
+                ctx.records.push(
+                    v.record(scenario, setting, 0)
+                        .skipped(super::one_line(&format!(
+                            "{} device did not start: {e:#}",
+                            stack.name()
+                        ))),
+                )
+            }
             Ok(dev) => {
                 for run in 1..=plan.runs {
                     ctx.step(format!(
                         "{} {setting} run {run}: {}",
                         scenario.name(),
-                        Stack::Uml.label()
+                        stack.label()
                     ));
                     let mut rec = v.record(scenario, setting, run);
-                    match iperf(ctx, &tb, Stack::Uml, Some(&dev), plan.duration) {
+                    match iperf(ctx, &tb, stack, Some(dev), plan.duration) {
                         Ok(m) => m.fill(&mut rec),
                         Err(e) => rec = rec.failed(&e),
                     }
@@ -191,13 +221,13 @@ impl Measured {
 }
 
 /// iperf3 from gw1 to gw2's link-1 address for `duration` seconds. CPU is
-/// both iperf3 processes' (as iperf3 reports it) plus, on uml, the UML
-/// kernel's processes.
+/// both iperf3 processes' (as iperf3 reports it, which on lkl holds the
+/// library kernel's threads) plus, on uml, the UML kernel's processes.
 pub fn iperf(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<&UmlDevice>,
+    uml: Option<Device>,
     duration: u32,
 ) -> Result<Measured> {
     let server_ns = tb.netns("gw2")?.to_string();
@@ -219,12 +249,12 @@ pub fn iperf(
         &duration.to_string(),
         "-J",
     ]);
-    let uml_cpu_before = uml.map_or(0.0, |d| d.cpu_seconds());
+    let uml_cpu_before = uml.map_or(0.0, Device::cpu_seconds);
     let out = dropshim_testbed::run_with_timeout(
         &mut client,
         Duration::from_secs(u64::from(duration) + 30),
     )?;
-    let uml_cpu = uml.map_or(0.0, |d| d.cpu_seconds()) - uml_cpu_before;
+    let uml_cpu = uml.map_or(0.0, Device::cpu_seconds) - uml_cpu_before;
     if !out.status.success() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let why = report["error"]
