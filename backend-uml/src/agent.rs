@@ -130,8 +130,14 @@ fn run_command(argv: &[&str]) -> Result<(), String> {
 /// device clears the vector driver's failed-transport mark and opening it
 /// makes a fresh raw socket. The bounce removes the device's IPv6
 /// addresses and the routes through it, so its configuration commands
-/// run again; those whose result survived the bounce (IPv4 addresses)
-/// fail with "File exists" or "already assigned", which is fine.
+/// run again; those whose result survived the bounce (IPv4 addresses,
+/// MPTCP endpoints) fail with "File exists", "already assigned" or
+/// "duplicate", which is fine.
+///
+/// Endpoints are deliberately not deleted and added again to make the
+/// path manager open fresh subflows for existing connections: tried, and
+/// it stalled the connection at the data level (a 128 MiB download never
+/// finished). New connections get a subflow over the device again.
 fn reset_device(index: u64) -> Result<(), String> {
     let dev = format!("vec{index}");
     run_command(&["ip", "link", "set", &dev, "down"])?;
@@ -146,15 +152,6 @@ fn reset_device(index: u64) -> Result<(), String> {
         if !argv.contains(&dev.as_str()) {
             continue;
         }
-        // An endpoint is deleted and added again: the subflows over this
-        // device died during the outage, and the in-kernel path manager
-        // opens subflows for existing connections only when an endpoint
-        // is added.
-        if let ["ip", "mptcp", "endpoint", "add", addr, ..] = argv.as_slice() {
-            if let Some(id) = endpoint_id(addr) {
-                run_command(&["ip", "mptcp", "endpoint", "delete", "id", &id])?;
-            }
-        }
         if let Err(e) = run_command(&argv) {
             let benign = ["exists", "already assigned", "duplicate"];
             if !benign.iter().any(|b| e.contains(b)) {
@@ -163,23 +160,6 @@ fn reset_device(index: u64) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The id of the MPTCP endpoint for `addr` (`ip mptcp endpoint show`
-/// prints `ADDR id N FLAGS... dev DEV` per endpoint).
-fn endpoint_id(addr: &str) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["mptcp", "endpoint", "show"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let words: Vec<&str> = l.split_whitespace().collect();
-        if words.first() != Some(&addr) {
-            return None;
-        }
-        let at = words.iter().position(|w| *w == "id")?;
-        words.get(at + 1).map(|w| w.to_string())
-    })
 }
 
 /// Guest connections accepted by listeners, waiting for their bridge.
