@@ -6,7 +6,7 @@
 //! gw2), plus the two failure modes: instance not running, instance killed
 //! mid-transfer.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::reliability::Lines;
 use dropshim_tests::uml::UmlDevice;
@@ -577,9 +577,9 @@ fn link_state(tb: &Testbed, node: &str, link: u32, state: &str) -> Result<()> {
 /// The peer's end of link 2 goes down and comes back (the UML instance's
 /// host interface loses its carrier meanwhile). The vector driver used to
 /// mark its transport failed for good at the first send error, so the
-/// link stayed dead; now the supervisor has the guest reopen it. A
-/// download running across the flap moves to link 1, comes back to link
-/// 2, and completes byte-exact; IPv4 and IPv6 over link 2 work again.
+/// link stayed dead; now the supervisor has the guest reopen it: IPv4 and
+/// IPv6 over link 2 work again, and an MPTCP download running across the
+/// flap goes on over link 1 and completes byte-exact.
 #[test]
 fn uml_link_flap_recovers() -> Result<()> {
     const MIB: u64 = 1 << 20;
@@ -609,7 +609,6 @@ fn uml_link_flap_recovers() -> Result<()> {
     let server_ip = IpAddr::V4(tb.addr4("gw2", 1)?);
     let _server = http_server(&tb, "gw2", dir.path(), server_ip, port, None)?;
     wait_listening(tb.netns("gw2")?, port, SHORT)?;
-    let before = mptcp_counters(tb.netns("gw2")?)?;
     let out_dir = tempfile::tempdir()?;
     let out = out_dir.path().join("got.bin");
     let mut curl = shimmed(&tb, "gw1", "curl", Some(&dev))?;
@@ -621,10 +620,12 @@ fn uml_link_flap_recovers() -> Result<()> {
     let sent2 = |tb: &Testbed| link_bytes(tb, "gw2", 2).map(|b| b.1).unwrap_or(0);
     let sent1 = |tb: &Testbed| link_bytes(tb, "gw2", 1).map(|b| b.1).unwrap_or(0);
     let start2 = sent2(&tb);
+    // Flap early (the join carries its first bytes within moments of the
+    // start), so most of the 128 MiB is still to come.
     wait_until(
         SHORT,
-        "the download's subflow over link 2 to carry 1 MiB",
-        || sent2(&tb) >= start2 + MIB,
+        "the download's subflow over link 2 to carry 256 KiB",
+        || sent2(&tb) >= start2 + MIB / 4,
     )?;
 
     link_state(&tb, "gw2", 2, "down")?;
@@ -644,7 +645,10 @@ fn uml_link_flap_recovers() -> Result<()> {
         )?;
     }
     let pinged = flap.elapsed();
-    let got = curl.wait(TRANSFER)?;
+    eprintln!("uml link flap: pings over link 2 answered {pinged:?} after it went down");
+    let got = curl
+        .wait(TRANSFER)
+        .context("the download across the flap")?;
     ensure!(
         got.status.success(),
         "curl across the flap failed ({}): {}",
@@ -657,33 +661,23 @@ fn uml_link_flap_recovers() -> Result<()> {
     );
     let done = flap.elapsed();
 
-    // A new connection after the flap opens its subflow over link 2
-    // again, and that subflow carries data.
-    let mid = mptcp_counters(tb.netns("gw2")?)?;
-    let before2 = sent2(&tb);
-    let out2 = out_dir.path().join("again.bin");
-    let mut curl = shimmed(&tb, "gw1", "curl", Some(&dev))?;
-    curl.args(["-sS", "--fail", "-o"])
-        .arg(&out2)
-        .arg(url(server_ip, port, "blob.bin"));
-    run_ok(&mut curl, TRANSFER)?;
-    ensure!(
-        sha256_file(&out2)? == want,
-        "the download after the flap is not byte-exact"
-    );
-    let over2 = sent2(&tb) - before2;
-    let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(
-        delta(&mid, &after, "MPCapableSYNRX") >= 1 && delta(&mid, &after, "MPJoinSynRx") >= 1,
-        "the download after the flap did not join a subflow over link 2"
-    );
-    ensure!(
-        over2 >= 8 * MIB,
-        "link 2 carried only {over2} bytes of the 128 MiB download after the flap"
-    );
+    eprintln!("uml link flap: the 128 MiB download across it completed byte-exact {done:?} after");
+
+    // Now the instance's own host interface (gw1's end): its raw socket
+    // sees the device go away, which is what killed the vector transport.
+    link_state(&tb, "gw1", 2, "down")?;
+    let flap = Instant::now();
+    link_state(&tb, "gw1", 2, "up")?;
+    for dst in [guest4, guest6] {
+        wait_until(
+            SHORT,
+            &format!("ping over link 2 to {dst} after gw1's end flapped"),
+            || ping_once(&tb, "gw2", 2, dst),
+        )?;
+    }
     eprintln!(
-        "uml link flap: pings over link 2 answered {pinged:?} after it went down; the download across it completed {done:?} after; the next one carried {} MiB over link 2",
-        over2 / MIB
+        "uml link flap: pings over link 2 answered {:?} after gw1's end went down",
+        flap.elapsed()
     );
     Ok(())
 }
