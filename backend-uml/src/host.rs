@@ -657,10 +657,18 @@ impl LinkWatcher {
                         self.running[i] = ev.running;
                     }
                 }
-                // Messages were lost: any link may have flapped meanwhile.
+                // Messages were lost: resync from the interfaces' state and
+                // reset only those that are back after being seen down.
+                // Bouncing a healthy device would stall the subflows that
+                // carry the traffic (a flap hidden entirely in the lost
+                // messages is missed: rare, and the next one is seen).
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                     for i in 0..self.ifaces.len() {
-                        self.reset(i);
+                        let now = crate::linkwatch::is_running(&self.ifaces[i].0).unwrap_or(true);
+                        if now && !self.running[i] {
+                            self.reset(i);
+                        }
+                        self.running[i] = now;
                     }
                 }
                 Err(e) => {
