@@ -539,6 +539,9 @@ limits = { subflows = 2, add_addr_accepted = 0 }
                 .find(|c| {
                     c["local"] == format!("198.18.20.2:{port}")
                         && c["subflows"].as_array().is_some_and(|s| s.len() >= 2)
+                        // MPTCP_INFO's count can lag the subflow list by an
+                        // instant: wait until both agree.
+                        && c["subflow_count"].as_u64().is_some_and(|n| n >= 2)
                         && c["bytes_received"].as_u64().is_some_and(|b| b > 0)
                 })
                 .cloned()
