@@ -215,11 +215,21 @@ fn peers(
         .args(["server", &ip, &port, server_mode]);
     let server = Lines::spawn(&mut s, "peer server")?;
     server.expect("listening", SHORT)?;
+    let joins_before = mptcp_counters(tb.netns("gw2")?)?;
     let mut c = shimmed(tb, "gw1", "python3", &[])?;
     c.arg(scripts.path("peer.py"))
         .args(["client", &ip, &port, client_mode]);
     let client = Lines::spawn(&mut c, "peer client")?;
     client.expect("connected", SHORT)?;
+    // Kill only once the second subflow has joined (or clearly will not):
+    // these cases are about established connections. A kill while the
+    // join handshake is in flight is a kernel race of its own (seen once
+    // under load: the peer's recv then waited > 10 s).
+    let _ = wait_until(Duration::from_secs(5), "the second subflow to join", || {
+        mptcp_counters(tb.netns("gw2").unwrap_or_default())
+            .map(|now| delta(&joins_before, &now, "MPJoinAckRx") >= 1)
+            .unwrap_or(false)
+    });
     Ok((server, client))
 }
 
