@@ -9,49 +9,8 @@
 //! too. Bar (design brief): shimmed minus bare < 250 ns, median.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use std::path::PathBuf;
 
-const IPPROTO_MPTCP: libc::c_int = 262;
-
-fn shim_path() -> PathBuf {
-    match std::env::var_os("DROPSHIM_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("libdropshim.so"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/libdropshim.so"),
-    }
-}
-
-/// Re-executes this benchmark with the shim preloaded, once.
-fn ensure_preloaded() {
-    let preload = std::env::var("LD_PRELOAD").unwrap_or_default();
-    if preload.contains("libdropshim.so") {
-        return;
-    }
-    let shim = shim_path();
-    if !shim.is_file() {
-        eprintln!(
-            "{} is missing: run `cargo build --release` first",
-            shim.display()
-        );
-        std::process::exit(2);
-    }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("cannot find this benchmark's executable: {e}");
-            std::process::exit(2);
-        }
-    };
-    use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("LD_PRELOAD", shim)
-        .env_remove("DROPSHIM_CONFIG")
-        .env_remove("DROPSHIM_BACKEND")
-        .env_remove("DROPSHIM_LOG")
-        .exec();
-    eprintln!("cannot re-execute with the shim preloaded: {err}");
-    std::process::exit(2);
-}
+use dropshim_benches::{ensure_preloaded, IPPROTO_MPTCP};
 
 fn bare_pair(protocol: libc::c_int) {
     // SAFETY: raw socket/close system calls on a descriptor we own.

@@ -13,7 +13,7 @@ use crate::runtime::{self, Mode};
 use crate::{lkl, native, uml, Errno};
 use dropshim_backend_native::socket::{socket_addr, SockOpt};
 use libc::{c_int, c_void, sockaddr, socklen_t};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Options longer than this are passed through without being recorded
 /// (no option a program sets before connecting comes close).
@@ -104,6 +104,54 @@ pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketA
         return None;
     }
     socket_addr(&storage, n as socklen_t)
+}
+
+/// Writes `a` into the program's address buffer (the backends'
+/// getsockname, getpeername and accept) in the socket's own family (IPv4 on an AF_INET6 socket is
+/// IPv4-mapped), truncating like the kernel when the buffer is short.
+pub(crate) unsafe fn write_addr(
+    a: SocketAddr,
+    domain: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) {
+    if addr.is_null() || len.is_null() {
+        return;
+    }
+    let a = match (a, domain) {
+        (SocketAddr::V4(v4), libc::AF_INET6) => {
+            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+        }
+        (SocketAddr::V6(v6), libc::AF_INET) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(IpAddr::V4(ip), v6.port()),
+            None => a,
+        },
+        _ => a,
+    };
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut st: libc::sockaddr_storage = std::mem::zeroed();
+    let full = match a {
+        SocketAddr::V4(v4) => {
+            let sin = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in);
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6);
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let n = full.min(*len as usize);
+    // SAFETY: the program gave `*len` writable bytes at `addr`; we write
+    // at most that many, then report the full length like the kernel.
+    std::ptr::copy_nonoverlapping(&st as *const _ as *const u8, addr as *mut u8, n);
+    *len = full as socklen_t;
 }
 
 redhook::hook! {

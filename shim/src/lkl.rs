@@ -45,6 +45,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::hooks::write_addr;
 use crate::hooks::{copy_in, read_addr, real};
 use crate::log;
 use crate::Errno;
@@ -1104,43 +1105,6 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         SETTLED,
     );
     nfd
-}
-
-/// Writes `a` to the program's buffer, truncated like the kernel does,
-/// mapping IPv4 into IPv6 for IPv6 sockets.
-unsafe fn write_addr(a: SocketAddr, domain: c_int, addr: *mut sockaddr, len: *mut socklen_t) {
-    if addr.is_null() || len.is_null() {
-        return;
-    }
-    let a = match (a, domain) {
-        (SocketAddr::V4(v4), libc::AF_INET6) => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
-        _ => a,
-    };
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut st: libc::sockaddr_storage = std::mem::zeroed();
-    let full = match a {
-        SocketAddr::V4(v4) => {
-            let sin = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in);
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6);
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            sin6.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    let n = (*len as usize).min(full);
-    // SAFETY: the program gave `*len` writable bytes at `addr`.
-    std::ptr::copy_nonoverlapping(&st as *const _ as *const u8, addr as *mut u8, n);
-    *len = full as socklen_t;
 }
 
 fn names(fd: c_int, peer: bool) -> Result<(Option<SocketAddr>, c_int), Errno> {
