@@ -79,6 +79,14 @@ pub fn plain(tb: &Testbed, node: &str, program: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// An http URL for `file` at `ip:port` (IPv6 in brackets).
+pub fn url(ip: std::net::IpAddr, port: u16, file: &str) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("http://{v4}:{port}/{file}"),
+        std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{port}/{file}"),
+    }
+}
+
 /// A port no other test in this run uses: tests run side by side in one
 /// process (threads) and in several (nextest), so mix in the pid.
 pub fn unique_port() -> u16 {

@@ -15,13 +15,6 @@ use std::time::Duration;
 const SHORT: Duration = Duration::from_secs(20);
 const TRANSFER: Duration = Duration::from_secs(90);
 
-fn url(ip: IpAddr, port: u16, file: &str) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("http://{v4}:{port}/{file}"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:{port}/{file}"),
-    }
-}
-
 /// Serves `dir` with `python3 -m http.server` in `node`, bound to `ip`.
 fn http_server(
     tb: &Testbed,

@@ -49,13 +49,6 @@ fn shimmed(tb: &Testbed, node: &str, program: &str, dev: Option<&UmlDevice>) -> 
     Ok(cmd)
 }
 
-fn url(ip: IpAddr, port: u16, file: &str) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("http://{v4}:{port}/{file}"),
-        IpAddr::V6(v6) => format!("http://[{v6}]:{port}/{file}"),
-    }
-}
-
 /// Waits until a TCP connect from `node` to `ip:port` succeeds (the
 /// listener may live inside a UML guest, invisible to `ss` on the host).
 fn wait_reachable(tb: &Testbed, node: &str, ip: IpAddr, port: u16) -> Result<()> {
