@@ -416,6 +416,24 @@ impl Lkl {
         check(|| format!("setsockopt({level}, {name})"), r).map(|_| ())
     }
 
+    /// `SO_RCVTIMEO`: a blocking receive returns `EAGAIN` after `timeout`.
+    pub fn set_recv_timeout(&self, fd: Fd, timeout: Duration) -> Result<()> {
+        // struct __kernel_old_timeval: two longs (the library is 64-bit).
+        let tv: [i64; 2] = [timeout.as_secs() as i64, i64::from(timeout.subsec_micros())];
+        let r = self.call(
+            nr::SETSOCKOPT,
+            [
+                fd.0 as i64,
+                libc::SOL_SOCKET as i64,
+                libc::SO_RCVTIMEO as i64,
+                tv.as_ptr() as i64,
+                16,
+                0,
+            ],
+        );
+        check(|| "setsockopt(SO_RCVTIMEO)".into(), r).map(|_| ())
+    }
+
     /// `getsockopt` into `buf`; returns the length the kernel wrote.
     pub fn getsockopt(&self, fd: Fd, level: i32, name: i32, buf: &mut [u8]) -> Result<usize> {
         let mut len = buf.len() as libc::socklen_t;

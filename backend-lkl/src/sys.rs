@@ -9,7 +9,7 @@
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_ulonglong, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -302,16 +302,125 @@ unsafe extern "C" fn op_panic() {
     std::process::abort();
 }
 
+/// A counting semaphore on one futex word: `up` is an atomic update
+/// (plus a wake only when someone sleeps), `down` takes a unit without a
+/// system call whenever one is there. Every kernel context switch is an
+/// `up` of the next task's semaphore and a `down` of the previous one's,
+/// so this is the hottest host operation the kernel uses.
+///
+/// The word holds the count and, in its top bit, "someone sleeps here".
+/// After its atomic update `up` touches the word only through the futex
+/// call, so a waiter may free the semaphore as soon as it has its unit.
 struct Sem {
-    count: Mutex<u64>,
-    cv: Condvar,
+    word: AtomicU32,
+}
+
+const SLEEPERS: u32 = 1 << 31;
+
+impl Sem {
+    fn try_take(&self) -> bool {
+        let mut w = self.word.load(Ordering::Acquire);
+        while w & !SLEEPERS > 0 {
+            match self
+                .word
+                .compare_exchange_weak(w, w - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+        false
+    }
+
+    fn up(&self) {
+        // Add one and clear the sleepers bit; whoever slept re-checks.
+        let mut w = self.word.load(Ordering::Acquire);
+        loop {
+            let new = (w & !SLEEPERS) + 1;
+            match self
+                .word
+                .compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        if w & SLEEPERS != 0 {
+            futex(
+                &self.word,
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX as u32,
+            );
+        }
+    }
+
+    fn down(&self) {
+        for _ in 0..sem_spins() {
+            if self.try_take() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        loop {
+            if self.try_take() {
+                return;
+            }
+            // The count is 0: mark that we sleep, then sleep only while
+            // the word still says exactly that (an `up` in between changes
+            // it and FUTEX_WAIT returns at once).
+            let w = self.word.load(Ordering::Acquire);
+            if w & !SLEEPERS != 0 {
+                continue;
+            }
+            if w & SLEEPERS == 0
+                && self
+                    .word
+                    .compare_exchange(0, SLEEPERS, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
+            futex(
+                &self.word,
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                SLEEPERS,
+            );
+        }
+    }
+}
+
+fn futex(word: &AtomicU32, op: c_int, val: u32) {
+    // SAFETY: word is a live, aligned u32; no timeout, no second word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op,
+            val,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+}
+
+/// Polls of a semaphore before sleeping on it (`DROPSHIM_LKL_SPIN`,
+/// default 0). A hand-off between kernel tasks is then a cache-line
+/// transfer instead of a futex wake, at the price of a busy core.
+fn sem_spins() -> u32 {
+    static SPINS: OnceLock<u32> = OnceLock::new();
+    *SPINS.get_or_init(|| {
+        std::env::var("DROPSHIM_LKL_SPIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 unsafe extern "C" fn op_sem_alloc(count: c_int) -> *mut c_void {
     LIVE_SEMS.fetch_add(1, Ordering::SeqCst);
     let s = Box::new(Sem {
-        count: Mutex::new(u64::try_from(count).unwrap_or(0)),
-        cv: Condvar::new(),
+        word: AtomicU32::new(u32::try_from(count).unwrap_or(0).min(SLEEPERS - 1)),
     });
     Box::into_raw(s).cast()
 }
@@ -327,20 +436,12 @@ unsafe extern "C" fn op_sem_free(sem: *mut c_void) {
 
 unsafe extern "C" fn op_sem_up(sem: *mut c_void) {
     // SAFETY: sem came from op_sem_alloc and is alive while the kernel uses it.
-    let s = unsafe { &*sem.cast::<Sem>() };
-    let mut c = s.count.lock().unwrap_or_else(|e| e.into_inner());
-    *c += 1;
-    s.cv.notify_one();
+    unsafe { &*sem.cast::<Sem>() }.up();
 }
 
 unsafe extern "C" fn op_sem_down(sem: *mut c_void) {
     // SAFETY: as in op_sem_up.
-    let s = unsafe { &*sem.cast::<Sem>() };
-    let mut c = s.count.lock().unwrap_or_else(|e| e.into_inner());
-    while *c == 0 {
-        c = s.cv.wait(c).unwrap_or_else(|e| e.into_inner());
-    }
-    *c -= 1;
+    unsafe { &*sem.cast::<Sem>() }.down();
 }
 
 struct SendPtr(*mut c_void);

@@ -23,6 +23,8 @@ use crate::sys::{self, MmioDevice};
 const QUEUE_MAX: u32 = 256;
 const VNET_HDR: usize = 10; // struct virtio_net_hdr (packet socket)
 const VNET_HDR_V1: usize = 12; // + num_buffers (virtio 1.0)
+/// Frames taken from the packet socket per receive interrupt at most.
+const RX_BATCH: usize = 64;
 
 const F_CSUM: u64 = 1 << 0;
 const F_GUEST_CSUM: u64 = 1 << 1;
@@ -274,7 +276,10 @@ impl NetDevice {
         if !q.ready {
             return;
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(65536 + VNET_HDR_V1);
+        // One frame is sent straight from the driver's buffers (a gather
+        // list, no copy of ours), minus the header's num_buffers field,
+        // which the packet socket's 10-byte header does not have.
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(20);
         let mut sent_any = false;
         loop {
             // SAFETY: avail ring of a ready queue.
@@ -285,26 +290,36 @@ impl NetDevice {
             let slot = u64::from(q.last_avail % q.num as u16);
             // SAFETY: slot < num, inside the avail ring.
             let head = unsafe { ring_u16(q.avail, 4 + 2 * slot) }.load(Ordering::Acquire);
-            buf.clear();
+            iov.clear();
+            let mut at = 0usize; // offset of the next descriptor in the chain
             let mut idx = head;
             for _ in 0..q.num {
                 // SAFETY: idx < num (checked below), inside the descriptor table.
                 let d = unsafe { read_desc(q.desc, idx) };
-                // SAFETY: the driver made [addr, addr+len) readable for us.
-                let data =
-                    unsafe { std::slice::from_raw_parts(d.addr as *const u8, d.len as usize) };
-                buf.extend_from_slice(data);
+                let (start, end) = (at, at + d.len as usize);
+                // The parts of [start, end) outside [VNET_HDR, VNET_HDR_V1).
+                for (lo, hi) in [(start, end.min(VNET_HDR)), (start.max(VNET_HDR_V1), end)] {
+                    if lo < hi {
+                        iov.push(libc::iovec {
+                            iov_base: (d.addr as usize + (lo - start)) as *mut libc::c_void,
+                            iov_len: hi - lo,
+                        });
+                    }
+                }
+                at = end;
                 if d.flags & DESC_F_NEXT == 0 || u32::from(d.next) >= q.num {
                     break;
                 }
                 idx = d.next;
             }
-            if buf.len() > VNET_HDR_V1 {
-                // The packet socket takes the 10-byte header: drop num_buffers.
-                buf.drain(VNET_HDR..VNET_HDR_V1);
-                // SAFETY: sending our own buffer on our socket.
-                let r =
-                    unsafe { libc::send(self.sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+            if at > VNET_HDR_V1 {
+                // SAFETY: a zeroed msghdr is valid; we set the gather list.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len();
+                // SAFETY: every iovec points into buffers the driver made
+                // readable for us until we return them on the used ring.
+                let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
                 if r >= 0 {
                     self.tx_frames.fetch_add(1, Ordering::Relaxed);
                 }
@@ -340,27 +355,44 @@ impl NetDevice {
             if r <= 0 {
                 continue;
             }
-            // SAFETY: receiving into our buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    pkt.as_mut_ptr().cast(),
-                    pkt.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < VNET_HDR as isize + 14 {
-                continue;
+            // Take every frame already queued before interrupting once:
+            // a burst of ACKs then costs the kernel one wake-up, not one
+            // per frame.
+            let mut delivered = 0;
+            while delivered < RX_BATCH {
+                // SAFETY: receiving into our buffer.
+                let n = unsafe {
+                    libc::recv(
+                        self.sock.as_raw_fd(),
+                        pkt.as_mut_ptr().cast(),
+                        pkt.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    break;
+                }
+                if n < VNET_HDR as isize + 14 {
+                    continue;
+                }
+                let n = n as usize;
+                if self.deliver(&pkt[..VNET_HDR], &pkt[VNET_HDR..n]) {
+                    delivered += 1;
+                }
             }
-            let n = n as usize;
-            self.deliver(&pkt[..VNET_HDR], &pkt[VNET_HDR..n]);
+            if delivered > 0 {
+                if let Ok(q) = self.queues[0].lock() {
+                    self.interrupt(&q);
+                }
+            }
         }
     }
 
-    fn deliver(&self, hdr: &[u8], frame: &[u8]) {
+    /// One frame into the receive queue; false if it was dropped.
+    fn deliver(&self, hdr: &[u8], frame: &[u8]) -> bool {
         let mut q = match self.queues[0].lock() {
             Ok(q) => q,
-            Err(_) => return,
+            Err(_) => return false,
         };
         let total = VNET_HDR_V1 + frame.len();
         let mut written = 0usize;
@@ -369,18 +401,20 @@ impl NetDevice {
         let start_used = q.used_idx;
         while written < total {
             if self.stop.load(Ordering::SeqCst) {
-                return;
+                return false;
             }
             if !q.ready {
-                return;
+                return false;
             }
             // SAFETY: avail ring of a ready queue.
             let avail_idx = unsafe { ring_u16(q.avail, 2) }.load(Ordering::Acquire);
             if avail_idx == q.last_avail {
-                // No buffer: wait for the driver to add some (it kicks us).
+                // No buffer: wait for the driver to add some (it kicks us),
+                // after telling it about the frames of this batch.
+                self.interrupt(&q);
                 q = match self.rx_kick.wait_timeout(q, Duration::from_millis(50)) {
                     Ok(r) => r.0,
-                    Err(_) => return,
+                    Err(_) => return false,
                 };
                 continue;
             }
@@ -455,7 +489,7 @@ impl NetDevice {
         // SAFETY: used ring index.
         unsafe { ring_u16(q.used, 2) }.store(q.used_idx, Ordering::Release);
         self.rx_frames.fetch_add(1, Ordering::Relaxed);
-        self.interrupt(&q);
+        true
     }
 
     fn reset(&self) {

@@ -98,6 +98,24 @@ fn lkl_loopback_tcp_mptcp_and_threads() {
             peer,
             Some(format!("127.0.0.1:{port}").parse().expect("addr"))
         );
+        // A receive timeout ends a blocking receive with EAGAIN (the
+        // shim's receiving relay relies on it).
+        lkl.set_recv_timeout(fd, std::time::Duration::from_millis(200))
+            .expect("SO_RCVTIMEO");
+        let started = std::time::Instant::now();
+        let mut b = [0u8; 16];
+        match lkl.recv(fd, &mut b, 0) {
+            Err(dropshim_backend_lkl::Error::Sys { errno, .. }) => {
+                assert_eq!(errno, libc::EAGAIN, "recv with a timeout")
+            }
+            other => panic!("recv with a timeout and no data gave {other:?}"),
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(150)
+                && waited < std::time::Duration::from_secs(2),
+            "timed out after {waited:?}, not about 200 ms"
+        );
         lkl.shutdown(fd, libc::SHUT_WR).expect("shutdown");
         let mut b = [0u8; 16];
         assert_eq!(lkl.recv(fd, &mut b, 0).expect("recv eof"), 0);

@@ -126,20 +126,17 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
                 "{scenario}: no successful {stack} row in\n{csv}"
             );
         }
-        // lkl is never silently dropped: where the bench wires it
-        // (two-gateways, overhead) it runs when liblkl.so is built, else
-        // its row says how to build it; elsewhere it says it is not wired.
+        // lkl is never silently dropped: it runs when liblkl.so is
+        // built, else its row says how to build it.
         let lkl: Vec<_> = rows
             .iter()
             .filter(|r| r["scenario"] == scenario && r["stack"] == "lkl")
             .collect();
-        let wired = matches!(scenario, "two-gateways" | "overhead");
         assert!(
-            lkl.iter().any(|r| (wired && r["status"] == "ok")
+            lkl.iter().any(|r| r["status"] == "ok"
                 || (r["status"] == "skipped"
                     && (r["reason"].contains("build-lkl.sh")
-                        || r["reason"].contains("DROPSHIM_LKL_LIB")
-                        || (!wired && r["reason"].contains("not wired in this scenario"))))),
+                        || r["reason"].contains("DROPSHIM_LKL_LIB")))),
             "{scenario}: no ok or honestly skipped lkl row in {lkl:?}"
         );
         for r in &ok {

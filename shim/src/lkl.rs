@@ -62,6 +62,10 @@ use std::sync::Arc;
 /// Bytes moved per relay call.
 const RELAY_CHUNK: usize = 256 * 1024;
 
+/// How long the receiving relay sleeps in the library kernel before it
+/// looks again (see `relay_down`).
+const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 struct Kernel {
     lkl: Lkl,
     pid: libc::pid_t,
@@ -517,11 +521,20 @@ fn relay_up(conn: &Conn, host: c_int) {
 /// Library kernel → program.
 fn relay_down(conn: &Conn, host: c_int) {
     let Some(k) = live() else { return };
+    // Linux 6.12's MPTCP can leave a blocked reader asleep for good: when
+    // out-of-order data fills the receive buffer (a path was cut and the
+    // other one went on), the segment that fills the hole stays in its
+    // subflow and nothing wakes the reader to pull it in. A receive that
+    // times out re-enters recvmsg, which pulls it; the stall is then at
+    // most this long (handover in the bench: never more than 0.6 s).
+    if let Err(e) = k.set_recv_timeout(conn.lkl, RECV_RETRY) {
+        log::debug!("lkl: SO_RCVTIMEO: {e}");
+    }
     let mut buf = vec![0u8; RELAY_CHUNK];
     loop {
         let n = match k.recv(conn.lkl, &mut buf, 0) {
             Ok(n) => n,
-            Err(e) if errno_of(&e) == libc::EINTR => continue,
+            Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EAGAIN) => continue,
             Err(e) => {
                 log::debug!("lkl: recv: {e}");
                 0

@@ -7,7 +7,7 @@
 //! sha256 of what arrived.
 
 use super::local_cache::{make_file, serve, Served};
-use super::stacks::{self, Device, Role, Stack, UmlDevice};
+use super::stacks::{self, Device, DeviceHandle, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -125,14 +125,10 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     let mut host = Vec::new();
     for stack in Stack::ALL {
         match (avail.reason(stack), stack) {
-            (_, Stack::Lkl) => ctx.records.push(
-                Record::new(Scenario::Handover, stack, &setting, 0)
-                    .skipped(super::local_cache::lkl_reason(&avail)),
-            ),
             (Some(reason), _) => ctx
                 .records
                 .push(Record::new(Scenario::Handover, stack, &setting, 0).skipped(reason)),
-            (None, Stack::Uml) => {}
+            (None, Stack::Uml | Stack::Lkl) => {}
             (None, _) => host.push(stack),
         }
     }
@@ -155,23 +151,28 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             }
         }
     }
-    if avail.reason(Stack::Uml).is_none() {
-        ctx.step("handover: booting the uml device".into());
+    for stack in [Stack::Uml, Stack::Lkl] {
+        if avail.reason(stack).is_some() {
+            continue;
+        }
+        ctx.step(format!("handover: starting the {} device", stack.name()));
         let tb = Testbed::up(&spec, &opts)?;
-        match UmlDevice::up(&tb, "client", &ctx.work) {
-            Err(e) => ctx.records.push(
-                Record::new(Scenario::Handover, Stack::Uml, &setting, 0)
-                    .skipped(super::one_line(&format!("uml device did not start: {e:#}"))),
-            ),
+        match DeviceHandle::start(stack, &tb, "client", &ctx.work, &avail) {
+            Err(e) => {
+                ctx.records
+                    .push(Record::new(Scenario::Handover, stack, &setting, 0).skipped(
+                        super::one_line(&format!("{} device did not start: {e:#}", stack.name())),
+                    ))
+            }
             Ok(dev) => {
                 let port = super::port(9);
-                let _server = serve(ctx, &tb, "cache", Stack::Uml, &dir, port)?;
+                let _server = serve(ctx, &tb, "cache", stack, &dir, port)?;
                 for run in 1..=plan.runs {
                     one(
                         ctx,
                         &tb,
-                        Stack::Uml,
-                        Some(Device::Uml(&dev)),
+                        stack,
+                        Some(dev.device()),
                         port,
                         &file,
                         &set,
@@ -190,7 +191,7 @@ fn one(
     ctx: &mut Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<Device>,
+    device: Option<Device>,
     port: u16,
     file: &Served,
     set: &Settings,
@@ -199,7 +200,7 @@ fn one(
 ) {
     ctx.step(format!("handover run {run}: {}", stack.label()));
     let mut rec = Record::new(Scenario::Handover, stack, setting, run);
-    match transfer(ctx, tb, stack, uml, port, file, set) {
+    match transfer(ctx, tb, stack, device, port, file, set) {
         Ok(t) => {
             rec.bytes = Some(t.bytes);
             rec.stall_s = Some(t.gap);
@@ -233,7 +234,7 @@ fn transfer(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<Device>,
+    device: Option<Device>,
     port: u16,
     file: &Served,
     set: &Settings,
@@ -252,7 +253,7 @@ fn transfer(
         stack,
         Role::Client,
         &ctx.library,
-        uml,
+        device,
         "python3",
     )?;
     cmd.args(["-c", RECEIVER, &addr, &port.to_string(), &file.name])
@@ -299,8 +300,8 @@ fn transfer(
     link(&client_ns, &client_if, false)?;
     let down = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(set.outage_s));
-    if uml.is_some() {
-        // The guest owns the link; the host end has no routes to restore.
+    if device.is_some() {
+        // The device owns the link; the host end has no routes to restore.
         link(&client_ns, &client_if, true)?;
     } else {
         tb.set_link(1, true)?;

@@ -2,7 +2,7 @@
 //! `client` downloads them over two links shaped at --rate; download time
 //! and goodput per size, every stack, each download checked by sha256.
 
-use super::stacks::{self, Device, Role, Stack, UmlDevice};
+use super::stacks::{self, Device, DeviceHandle, Role, Stack};
 use super::{Ctx, KillOnDrop, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -98,10 +98,11 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             Some(reason) => skip_all(ctx, plan, stack, reason),
         }
     }
-    if let Some(reason) = avail.reason(Stack::Uml) {
-        skip_all(ctx, plan, Stack::Uml, reason);
+    for stack in [Stack::Uml, Stack::Lkl] {
+        if let Some(reason) = avail.reason(stack) {
+            skip_all(ctx, plan, stack, reason);
+        }
     }
-    skip_all(ctx, plan, Stack::Lkl, &lkl_reason(&avail));
     let spec = Spec::builtin("local-cache")?;
     let opts = Options {
         rate_mbit: Some(rate),
@@ -124,44 +125,32 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             }
         }
     }
-    if avail.reason(Stack::Uml).is_none() {
-        ctx.step("local-cache: booting the uml device".into());
+    // The device stacks: the client's links belong to the device, each on
+    // a testbed of its own; the cache serves with the native backend.
+    for stack in [Stack::Uml, Stack::Lkl] {
+        if avail.reason(stack).is_some() {
+            continue;
+        }
+        ctx.step(format!("local-cache: starting the {} device", stack.name()));
         let tb = Testbed::up(&spec, &opts)?;
-        match UmlDevice::up(&tb, "client", &ctx.work) {
+        match DeviceHandle::start(stack, &tb, "client", &ctx.work, &avail) {
             Err(e) => {
-                let reason = super::one_line(&format!("uml device did not start: {e:#}"));
-                skip_all(ctx, plan, Stack::Uml, &reason);
+                let reason =
+                    super::one_line(&format!("{} device did not start: {e:#}", stack.name()));
+                skip_all(ctx, plan, stack, &reason);
             }
             Ok(dev) => {
                 let port = super::port(4);
-                let _server = serve(ctx, &tb, "cache", Stack::Uml, &www, port)?;
+                let _server = serve(ctx, &tb, "cache", stack, &www, port)?;
                 for run in 1..=plan.runs {
                     for file in &files {
-                        download_one(
-                            ctx,
-                            &tb,
-                            Stack::Uml,
-                            Some(Device::Uml(&dev)),
-                            port,
-                            file,
-                            run,
-                        );
+                        download_one(ctx, &tb, stack, Some(dev.device()), port, file, run);
                     }
                 }
             }
         }
     }
     Ok(())
-}
-
-/// Why the lkl stack has no row here: the bench gives it a device only in
-/// the two-gateways and overhead scenarios so far.
-pub fn lkl_reason(avail: &super::stacks::Availability) -> String {
-    match avail.reason(Stack::Lkl) {
-        Some(r) => r.to_string(),
-        None => "lkl is not wired in this scenario yet (measured in two-gateways and overhead)"
-            .to_string(),
-    }
 }
 
 fn setting(bytes: u64) -> String {
@@ -180,7 +169,7 @@ fn download_one(
     ctx: &mut Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<Device>,
+    device: Option<Device>,
     port: u16,
     file: &Served,
     run: u32,
@@ -191,7 +180,7 @@ fn download_one(
         stack.label()
     ));
     let mut rec = Record::new(Scenario::LocalCache, stack, setting(file.bytes), run);
-    match download(ctx, tb, stack, uml, port, file) {
+    match download(ctx, tb, stack, device, port, file) {
         Ok(d) => {
             rec.seconds = Some(d.seconds);
             rec.bytes = Some(d.bytes);
@@ -216,7 +205,7 @@ fn download(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<Device>,
+    device: Option<Device>,
     port: u16,
     file: &Served,
 ) -> Result<Download> {
@@ -227,7 +216,15 @@ fn download(
     // Generous: a tenth of the link rate, plus start-up.
     let budget = 20 + file.bytes * 8 / (u64::from(ctx.args.rate.max(1)) * 100_000);
     let before = super::mptcp_counters(&cache_ns)?;
-    let mut curl = stacks::command(tb, "client", stack, Role::Client, &ctx.library, uml, "curl")?;
+    let mut curl = stacks::command(
+        tb,
+        "client",
+        stack,
+        Role::Client,
+        &ctx.library,
+        device,
+        "curl",
+    )?;
     curl.args(["-sS", "--fail", "--max-time", &budget.to_string(), "-o"])
         .arg(&out_file)
         .args(["-w", "%{time_total} %{size_download}"])

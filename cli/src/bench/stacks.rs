@@ -242,6 +242,40 @@ impl Device<'_> {
     }
 }
 
+/// A started uml or lkl device, owned for as long as a scenario measures
+/// through it (the uml instance is shut down on drop).
+pub enum DeviceHandle {
+    Uml(UmlDevice),
+    Lkl(LklDevice),
+}
+
+impl DeviceHandle {
+    /// Hands `node`'s links 1 and 2 of `tb` to a new device of `stack`.
+    pub fn start(
+        stack: Stack,
+        tb: &Testbed,
+        node: &str,
+        work: &Path,
+        avail: &Availability,
+    ) -> Result<DeviceHandle> {
+        match stack {
+            Stack::Uml => UmlDevice::up(tb, node, work).map(DeviceHandle::Uml),
+            Stack::Lkl => match &avail.lkl_library {
+                Some(lib) => LklDevice::up(tb, node, work, lib).map(DeviceHandle::Lkl),
+                None => bail!("internal: lkl runnable without a library"),
+            },
+            other => bail!("internal: {} has no device", other.name()),
+        }
+    }
+
+    pub fn device(&self) -> Device<'_> {
+        match self {
+            DeviceHandle::Uml(d) => Device::Uml(d),
+            DeviceHandle::Lkl(d) => Device::Lkl(d),
+        }
+    }
+}
+
 /// `program` in `node`, started the way `stack` runs programs. On the uml
 /// and lkl stacks only the client goes through the device; the server
 /// side is the native backend.

@@ -2,7 +2,7 @@
 //! TCP on link 1 vs MPTCP over both, for every stack, path manager and
 //! scheduler. The iperf3 measurement here is shared with `overhead`.
 
-use super::stacks::{self, Availability, Device, LklDevice, Role, Stack, UmlDevice};
+use super::stacks::{self, Availability, Device, DeviceHandle, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -137,24 +137,8 @@ pub fn iperf_matrix(
             stack.name()
         ));
         let tb = Testbed::up(&spec, &opts)?;
-        // Each device lives until the end of this iteration; `device`
-        // borrows whichever one started.
-        let (mut uml, mut lkl) = (None, None);
-        let started = match stack {
-            Stack::Uml => UmlDevice::up(&tb, "gw1", &ctx.work).map(|d| uml = Some(d)),
-            _ => match &avail.lkl_library {
-                Some(lib) => LklDevice::up(&tb, "gw1", &ctx.work, lib).map(|d| lkl = Some(d)),
-                None => Err(anyhow::anyhow!("internal: lkl runnable without a library")),
-            },
-        };
-        let device = match (&uml, &lkl, started) {
-            (Some(d), _, Ok(())) => Ok(Device::Uml(d)),
-            (_, Some(d), Ok(())) => Ok(Device::Lkl(d)),
-            (_, _, Err(e)) => Err(e),
-            _ => Err(anyhow::anyhow!(
-                "internal: no device after a successful start"
-            )),
-        };
+        let handle = DeviceHandle::start(stack, &tb, "gw1", &ctx.work, &avail);
+        let device = handle.as_ref().map(DeviceHandle::device);
         match device {
             Err(e) => {
                 ctx.records.push(

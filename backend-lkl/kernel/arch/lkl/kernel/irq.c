@@ -11,11 +11,20 @@
 #include <linux/irq.h>
 #include <linux/irqdesc.h>
 #include <linux/sched.h>
+#include <asm/irq_regs.h>
 #include "lkl.h"
 
 static unsigned long irq_pending;
 static unsigned long irqs_enabled;
 void *lkl_idle_sem;
+
+/*
+ * The register frame interrupt handlers see. There are no registers to
+ * save, but the tick only runs the timer wheel (update_process_times)
+ * when get_irq_regs() says it interrupted something: without this,
+ * jiffies advance and no timer_list timer ever fires.
+ */
+static struct pt_regs lkl_irq_frame;
 
 void lkl_trigger_irq(int irq)
 {
@@ -32,7 +41,10 @@ static void run_irqs(void)
 {
 	unsigned long pending;
 
+	struct pt_regs *old_regs;
+
 	irqs_enabled = 0;
+	old_regs = set_irq_regs(&lkl_irq_frame);
 	while ((pending = __atomic_exchange_n(&irq_pending, 0,
 					      __ATOMIC_SEQ_CST))) {
 		irq_enter();
@@ -44,6 +56,7 @@ static void run_irqs(void)
 		}
 		irq_exit();
 	}
+	set_irq_regs(old_regs);
 	irqs_enabled = 1;
 }
 
