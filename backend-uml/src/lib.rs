@@ -37,6 +37,9 @@ use std::path::PathBuf;
 pub const ENV_RUN_DIR: &str = "DROPSHIM_UML_RUN";
 /// Overrides the kernel to boot (else the device file's, else the built one).
 pub const ENV_KERNEL: &str = "DROPSHIM_UML_KERNEL";
+/// The host CPU an instance runs on: a CPU number, or `any` to leave
+/// placement to the scheduler (default: one CPU chosen by device name).
+pub const ENV_CPU: &str = "DROPSHIM_UML_CPU";
 /// Passed to the guest agent on the kernel command line.
 pub const ENV_GUEST: &str = "DROPSHIM_UML_GUEST";
 const DEFAULT_RUN_DIR: &str = "/run/dropshim/uml";
