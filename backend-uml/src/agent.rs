@@ -548,12 +548,21 @@ fn accept_loop(mut bridge: TcpStream, sock: OwnedFd, pending: &Pending) -> io::R
     }
 }
 
+/// How long a splice from the guest socket waits before it looks again.
+const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Moves bytes both ways until both directions ended. A reset on one side
 /// becomes a reset on the other, so the program sees the peer's error.
 fn relay(bridge: TcpStream, sock: OwnedFd) {
     // SAFETY: `sock` is a connected stream socket we own; TcpStream only
     // issues read/write/shutdown/close on it.
     let sock = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
+    // Linux 6.12's MPTCP can leave a reader blocked for good after a path
+    // was cut: the segment that fills the hole stays in its subflow while
+    // out-of-order data fills the receive buffer, and nothing wakes the
+    // reader to pull it in. A receive timeout makes `pump` call splice
+    // again, which pulls it (the same cure as the lkl backend's relay).
+    let _ = sock.set_read_timeout(Some(RECV_RETRY));
     let (b2, s2) = match (bridge.try_clone(), sock.try_clone()) {
         (Ok(b), Ok(s)) => (b, s),
         _ => return,
@@ -593,7 +602,11 @@ fn pump(from: &TcpStream, to: &TcpStream) {
             break false;
         }
         if n < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            // EAGAIN: the receive timeout set in `relay` (no data yet).
+            if matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN)
+            ) {
                 continue;
             }
             break true;
