@@ -23,6 +23,9 @@
 //! end is put back under the descriptor (dup3), epoll registrations the
 //! program made are made again on it, and the gate opens so a poll or
 //! select already sleeping on it wakes; SO_ERROR then tells the outcome.
+//! A blocking connect does the same and waits for the outcome in a host
+//! read(), so signals act on it as on a kernel socket's connect (EINTR
+//! without SA_RESTART, the connect going on behind; restarted with it).
 //!
 //! Exit: the library kernel dies with the process, so an atexit handler
 //! ends every connection's writing and waits (at most 5 s) until the
@@ -758,33 +761,42 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         }
     };
     let nonblocking = libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0;
-    let run = move |conn: Arc<Conn>| -> c_int {
-        match k.connect(conn.lkl, dest) {
-            Ok(()) => {
-                conn.finish(0);
-                start_relay(conn, relay_end);
-                0
-            }
-            Err(e) => {
-                let errno = errno_of(&e);
-                log::debug!("lkl: connect {dest}: {e}");
-                conn.finish(errno);
-                // The program's reads see EOF, writes EPIPE.
-                close_fd(relay_end);
-                errno
-            }
+    if nonblocking {
+        return connect_in_background(k, fd, conn, relay_end, dest, None);
+    }
+    // Blocking: connect in the background as well and wait in a host
+    // read(), so that a signal ends the wait exactly as it ends a kernel
+    // socket's connect: EINTR without SA_RESTART (the connect goes on, and
+    // a later connect() says EALREADY, SO_ERROR tells the outcome), and a
+    // transparent restart with it.
+    let [wait, done] = match pair() {
+        Ok(p) => p,
+        Err(e) => {
+            conn.finish(e.0);
+            close_fd(relay_end);
+            return e.fail();
         }
     };
-    if nonblocking {
-        return connect_in_background(k, fd, conn, relay_end, dest);
+    let r = connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done));
+    if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        close_fd(wait);
+        close_fd(done);
+        return r;
     }
-    let r = run(conn);
-    if let Some(sock) = SOCKS.lock().get_mut(&fd) {
-        settle(fd, sock);
+    let mut byte = 0u8;
+    let n = libc::read(wait, (&mut byte as *mut u8).cast(), 1);
+    let interrupted = n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+    close_fd(wait);
+    if interrupted {
+        return Errno(libc::EINTR).fail();
     }
-    match r {
-        0 => 0,
-        e => Errno(e).fail(),
+    // The outcome is this call's to report: SO_ERROR says 0 afterwards.
+    conn.reported.store(true, Ordering::Release);
+    let outcome = *conn.result.lock();
+    match outcome {
+        Some(0) => 0,
+        Some(e) => Errno(e).fail(),
+        None => Errno(libc::EIO).fail(),
     }
 }
 
@@ -823,6 +835,7 @@ unsafe fn connect_in_background(
     conn: Arc<Conn>,
     relay_end: c_int,
     dest: SocketAddr,
+    done: Option<c_int>,
 ) -> c_int {
     let fail = |e: Errno, data: c_int| {
         conn.finish(e.0);
@@ -921,6 +934,13 @@ unsafe fn connect_in_background(
                 while libc::read(opener, junk.as_mut_ptr() as *mut c_void, junk.len()) > 0 {}
             }
             close_fd(opener);
+            // A blocking connect() waits for this byte (it may have been
+            // interrupted and gone: MSG_NOSIGNAL, and the error is moot).
+            if let Some(done) = done {
+                // SAFETY: a one-byte send from a live buffer on our own end.
+                unsafe { libc::send(done, [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+                close_fd(done);
+            }
         });
     if let Err(e) = spawned {
         log::error!("lkl: cannot start the connect thread: {e}");

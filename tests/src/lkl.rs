@@ -1,0 +1,118 @@
+//! Support for the lkl backend's tests: gw1 handed over to a Linux Kernel
+//! Library booted inside each shimmed program (its links keep no host
+//! address; a device file gives gw1's addresses to the library kernel),
+//! where `liblkl.so` is, and commands for programs on that backend and for
+//! native MPTCP peers in gw2.
+
+use crate::{run_ok, shim_path};
+use anyhow::Result;
+use dropshim_testbed::Testbed;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// liblkl.so, built (or found in its cache) by build-lkl.sh once per run.
+pub fn liblkl() -> Result<PathBuf> {
+    static LIB: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend-lkl/build-lkl.sh");
+        let out = run_ok(Command::new("sh").arg(&script), Duration::from_secs(1800))
+            .map_err(|e| format!("{}: {e:#}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or("").trim();
+        let lib = Path::new(dir).join("liblkl.so");
+        if lib.is_file() {
+            Ok(lib)
+        } else {
+            Err(format!(
+                "{} did not produce {}",
+                script.display(),
+                lib.display()
+            ))
+        }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// gw1 handed over to the library kernel: its links carry no host
+/// address (the packet sockets see every frame; a host address would make
+/// the host stack answer too), and a device file gives gw1's addresses to
+/// the library kernel instead.
+pub struct LklNode {
+    _dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// [`lkl_node_with`] without IPv6.
+pub fn lkl_node(tb: &Testbed, roles2: &str) -> Result<LklNode> {
+    lkl_node_with(tb, roles2, false)
+}
+
+/// gw1 on the lkl backend; `roles2` is link 2's MPTCP endpoint roles as
+/// TOML list items (`"subflow"` for a client, `"signal"` for a server);
+/// with `ipv6`, the library kernel gets gw1's IPv6 addresses too.
+pub fn lkl_node_with(tb: &Testbed, roles2: &str, ipv6: bool) -> Result<LklNode> {
+    for link in ["link1", "link2"] {
+        run_ok(
+            tb.command("gw1", "ip")?
+                .args(["addr", "flush", "dev", link]),
+            Duration::from_secs(20),
+        )?;
+    }
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("gw1-lkl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[device]
+name = "gw1lkl"
+backend = "lkl"
+
+[[interfaces]]
+name = "link1"
+addresses = ["{a1}/24"{b1}]
+
+[[interfaces]]
+name = "link2"
+addresses = ["{a2}/24"{b2}]
+endpoint = [{roles2}]
+
+[mptcp]
+limits = {{ subflows = 2, add_addr_accepted = 2 }}
+"#,
+            a1 = tb.addr4("gw1", 1)?,
+            a2 = tb.addr4("gw1", 2)?,
+            b1 = if ipv6 {
+                format!(", \"{}/64\"", tb.addr6("gw1", 1)?)
+            } else {
+                String::new()
+            },
+            b2 = if ipv6 {
+                format!(", \"{}/64\"", tb.addr6("gw1", 2)?)
+            } else {
+                String::new()
+            },
+        ),
+    )?;
+    Ok(LklNode { _dir: dir, config })
+}
+
+/// `program` in gw1 under the shim with backend lkl.
+pub fn on_lkl(tb: &Testbed, node: &LklNode, program: &str) -> Result<Command> {
+    let mut cmd = tb.command("gw1", program)?;
+    cmd.env("LD_PRELOAD", shim_path())
+        .env("DROPSHIM_CONFIG", &node.config)
+        .env("DROPSHIM_BACKEND", "lkl")
+        .env("DROPSHIM_LKL_LIB", liblkl()?)
+        .env_remove("DROPSHIM_LOG");
+    Ok(cmd)
+}
+
+/// `program` in gw2 as a native MPTCP program (Debian's `mptcpize`).
+pub fn native_peer(tb: &Testbed, program: &str) -> Result<Command> {
+    let mut cmd = tb.command("gw2", "mptcpize")?;
+    cmd.args(["run", program]);
+    Ok(cmd)
+}

@@ -1,0 +1,863 @@
+//! Reliability on the lkl backend: programs in gw1 run under the shim
+//! with backend lkl, so their TCP lives in a Linux Kernel Library booted
+//! inside their own process (gw1's links keep no host address); the peer
+//! in gw2 is a native MPTCP program. Every test name contains
+//! `reliability` and `lkl`. Bounded for CI; the RELIABILITY_* knobs of
+//! tests/src/reliability.rs make them long (`scripts/reliability-long.sh`).
+//!
+//! What is checked is what a user would see: every byte verified by
+//! sha256, MPTCP proven at the peer (gw2's MPTcpExt counters: MP_CAPABLE
+//! and MP_JOIN), errors instead of hangs, signal semantics as on a plain
+//! kernel socket, and a long-lived process keeping its descriptors,
+//! threads and memory flat across rounds.
+
+use anyhow::{ensure, Context, Result};
+use dropshim_testbed::Testbed;
+use dropshim_tests::lkl::*;
+use dropshim_tests::reliability::*;
+use dropshim_tests::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const SHORT: Duration = Duration::from_secs(20);
+/// Longest wait for one round (or one program transfer): a stalled
+/// connection fails the test well inside nextest's 300 s limit.
+const LONG: Duration = Duration::from_secs(180);
+
+fn get(r: &HashMap<String, u64>, k: &str) -> u64 {
+    r.get(k).copied().unwrap_or(u64::MAX)
+}
+
+/// load.py's client rounds, with one difference for the lkl backend: a
+/// connection's relay threads and their descriptors end just after the
+/// program closed it, so each round's figures are taken once every relay
+/// thread of the round is gone (bounded: a relay that never ends is a
+/// leak, reported as `relays_left`). Runs load.py's own code (its last
+/// line, the call to main(), left out).
+const LKL_LOAD_PY: &str = r##"import os, sys, time
+src = open(sys.argv[1]).read()
+exec(compile(src[:src.rindex("main()")], sys.argv[1], "exec"))
+
+def threads_named(prefix):
+    n = 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % t) as f:
+                n += f.read().startswith(prefix)
+        except OSError:
+            pass
+    return n
+
+def relays():
+    return threads_named("dropshim-lkl-")
+
+async def lkl_main(a):
+    rng = random.Random(a["seed"])
+    for r in range(a["rounds"]):
+        moved, extras = await client_round(a["host"], a["port"], a["conns"], a["max_size"], rng)
+        deadline = time.monotonic() + 20
+        while relays() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # poll pacing, bounded by the deadline
+        rep = {"round": r, "bytes": moved, "conns": a["conns"],
+               "mptcp": sum(1 for e in extras if e is not None),
+               "joined": sum(1 for e in extras if e), "relays_left": relays(),
+               "kthreads": threads_named("lkl-kernel")}
+        for who, pid in (("client", os.getpid()), ("server", a["server_pid"])):
+            for k, v in usage(pid).items():
+                rep[who + "_" + k] = v
+        print(" ".join("%s=%d" % kv for kv in rep.items()), flush=True)
+
+host, port, conns, rounds, max_size, seed, server_pid = sys.argv[2:9]
+asyncio.run(lkl_main({"host": host, "port": int(port), "conns": int(conns),
+                      "rounds": int(rounds), "max_size": int(max_size),
+                      "seed": int(seed), "server_pid": int(server_pid)}))
+"##;
+
+/// The load client in gw1 on the lkl backend (one process: all its
+/// connections in one library kernel), towards the native load server.
+fn lkl_load_client(
+    tb: &Testbed,
+    node: &LklNode,
+    scripts: &Scripts,
+    port: u16,
+    (conns, rounds, max_size): (u64, u64, u64),
+    server_pid: u32,
+) -> Result<Lines> {
+    let driver = scripts.dir().join("lkl_load.py");
+    std::fs::write(&driver, LKL_LOAD_PY)?;
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
+    let mut cmd = on_lkl(tb, node, "python3")?;
+    cmd.arg(&driver).arg(scripts.path("load.py")).args([
+        &ip,
+        &port.to_string(),
+        &conns.to_string(),
+        &rounds.to_string(),
+        &max_size.to_string(),
+        &seed.to_string(),
+        &server_pid.to_string(),
+    ]);
+    Lines::spawn(&mut cmd, "load client on lkl")
+}
+
+/// Stops the server and returns its stderr.
+fn stop(server: Lines) -> Result<String> {
+    server.signal(libc::SIGTERM)?;
+    let (_, _, stderr) = server.finish(SHORT)?;
+    Ok(stderr)
+}
+
+/// Runs a load client to the end; returns its round reports.
+fn run_rounds(client: Lines, rounds: u64) -> Result<Vec<HashMap<String, u64>>> {
+    let mut reports = Vec::new();
+    while let Some(line) = client.next_line(LONG)? {
+        if line.starts_with("round=") {
+            reports.push(fields(&line));
+        }
+    }
+    let (status, _, stderr) = client.finish(SHORT)?;
+    ensure!(status.success(), "load client failed: {stderr}");
+    ensure!(
+        reports.len() as u64 == rounds,
+        "{} of {rounds} rounds reported",
+        reports.len()
+    );
+    Ok(reports)
+}
+
+#[test]
+fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
+    let conns = knob("RELIABILITY_CONNS", 64)?;
+    let max_size = knob("RELIABILITY_MAX_SIZE", 1 << 20)?;
+    let rounds = match knob("RELIABILITY_BYTES", 0)? {
+        0 => knob("RELIABILITY_ROUNDS", 16)?,
+        bytes => (bytes / (conns * max_size).max(1)).max(3),
+    };
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let server = load_server(&tb, &scripts, port)?;
+    let started = Instant::now();
+    let client = lkl_load_client(
+        &tb,
+        &node,
+        &scripts,
+        port,
+        (conns, rounds, max_size),
+        server.pid(),
+    )?;
+    let reports = run_rounds(client, rounds)?;
+    let elapsed = started.elapsed();
+    let server_err = stop(server)?;
+    ensure!(
+        !server_err.contains("error"),
+        "the server saw errors: {server_err}"
+    );
+    let bytes: u64 = reports.iter().map(|r| get(r, "bytes")).sum();
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    let capable = delta(&before, &after, "MPCapableSYNRX");
+    let joins = delta(&before, &after, "MPJoinSynRx");
+    ensure!(
+        capable >= conns * rounds,
+        "the server saw {capable} MP_CAPABLE SYNs for {} connections from the library kernel",
+        conns * rounds
+    );
+    ensure!(
+        joins >= 1,
+        "the server saw no MP_JOIN from the library kernel"
+    );
+    // Round 0 warms up; from round 1 on nothing of the program's or the
+    // shim's may grow: descriptors, relay threads (all gone after each
+    // round), other threads. The library kernel's own threads (its
+    // workqueue pool, "lkl-kernel") and its memory (pages of its fixed
+    // arena touched for the first time) grow to a plateau: bounded, not
+    // flat.
+    let base = &reports[1.min(reports.len() - 1)];
+    let last = &reports[reports.len() - 1];
+    for r in &reports {
+        ensure!(
+            get(r, "relays_left") == 0,
+            "round {}: {} relay threads still ran 20 s after every connection closed",
+            get(r, "round"),
+            get(r, "relays_left")
+        );
+        ensure!(
+            get(r, "mptcp") == conns,
+            "round {}: {} of {conns} connections were MPTCP in the library kernel",
+            get(r, "round"),
+            get(r, "mptcp")
+        );
+    }
+    let own =
+        |r: &HashMap<String, u64>| get(r, "client_threads").saturating_sub(get(r, "kthreads"));
+    ensure!(
+        own(last) <= own(base),
+        "the program's and the shim's threads grew from {} to {} across rounds",
+        own(base),
+        own(last)
+    );
+    ensure!(
+        get(last, "kthreads") <= 64,
+        "the library kernel runs {} threads",
+        get(last, "kthreads")
+    );
+    for k in ["client_fds", "server_fds", "server_threads"] {
+        ensure!(
+            get(last, k) <= get(base, k),
+            "{k} grew from {} to {} across rounds",
+            get(base, k),
+            get(last, k)
+        );
+    }
+    // Memory: the second half of the run stays within 8 MiB of the
+    // highest point of the first half.
+    let mid = reports.len() / 2;
+    let plateau = reports[1.min(mid)..=mid]
+        .iter()
+        .map(|r| get(r, "client_rss_kib"))
+        .max()
+        .unwrap_or(0);
+    let late = reports[mid..]
+        .iter()
+        .map(|r| get(r, "client_rss_kib"))
+        .max()
+        .unwrap_or(0);
+    ensure!(
+        late <= plateau + 8 * 1024,
+        "client memory kept growing: {plateau} KiB by round {mid}, {late} KiB later"
+    );
+    eprintln!(
+        "reliability lkl load: {} connections in {rounds} rounds, {bytes} bytes verified in {elapsed:?}, \
+         {capable} MP_CAPABLE / {joins} MP_JOIN at the peer; client fds {} -> {}, own threads {} -> {}, \
+         library-kernel threads {} -> {}, rss plateau {plateau} KiB, later {late} KiB",
+        conns * rounds,
+        get(base, "client_fds"),
+        get(last, "client_fds"),
+        own(base),
+        own(last),
+        get(base, "kthreads"),
+        get(last, "kthreads"),
+    );
+    Ok(())
+}
+
+/// Takes gw2's end of `link` down or up; its connected routes come back
+/// with it. gw1's end belongs to the library kernel (its host side has no
+/// address), and loses its carrier with gw2's.
+fn set_peer_end(tb: &Testbed, link: u32, up: bool) -> Result<()> {
+    let netns = tb.netns("gw2")?.to_string();
+    let ifname = tb.ifname("gw2", link)?.to_string();
+    let state = if up { "up" } else { "down" };
+    run_ok(
+        std::process::Command::new("ip").args(["-n", &netns, "link", "set", &ifname, state]),
+        SHORT,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
+    let conns = knob("RELIABILITY_CONNS", 64)?;
+    let max_size = knob("RELIABILITY_FAULT_MAX_SIZE", 16 << 20)?;
+    let min_faults = knob("RELIABILITY_MIN_FAULTS", 3)?;
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let server = load_server(&tb, &scripts, port)?;
+    let mut client = lkl_load_client(
+        &tb,
+        &node,
+        &scripts,
+        port,
+        (conns, 1, max_size),
+        server.pid(),
+    )?;
+    client.expect("connected=", SHORT)?;
+    // Link 2 carries the joined subflows and is cut; link 1 (the initial
+    // subflows) stays up, as in the native and uml suites.
+    let (link, other) = (2, 1);
+    let mut faults = 0u64;
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    while client.try_status()?.is_none() {
+        let from = link_bytes(&tb, "gw2", other)?;
+        set_peer_end(&tb, link, false)?;
+        let cut = Instant::now();
+        faults += 1;
+        let progressed = wait_until(SHORT, "progress on the surviving path", || {
+            link_bytes(&tb, "gw2", other).is_ok_and(|b| b >= from + (1 << 20))
+                || client.try_status().is_ok_and(|s| s.is_some())
+        });
+        worst = worst.max(cut.elapsed());
+        set_peer_end(&tb, link, true)?;
+        progressed.with_context(|| format!("link {link} cut: the transfer stalled"))?;
+        let total = link_bytes(&tb, "gw2", 1)? + link_bytes(&tb, "gw2", 2)?;
+        wait_until(SHORT, "progress after the restore", || {
+            let now =
+                link_bytes(&tb, "gw2", 1).unwrap_or(0) + link_bytes(&tb, "gw2", 2).unwrap_or(0);
+            now >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
+        })?;
+    }
+    let (status, lines, stderr) = client.finish(SHORT)?;
+    let elapsed = started.elapsed();
+    ensure!(
+        status.success(),
+        "load client failed under path cuts: {stderr}"
+    );
+    let report = lines
+        .iter()
+        .find(|l| l.starts_with("round="))
+        .map(|l| fields(l))
+        .context("no round report")?;
+    let server_err = stop(server)?;
+    ensure!(!server_err.contains("error"), "server errors: {server_err}");
+    ensure!(
+        faults >= min_faults,
+        "only {faults} cuts happened before the transfer ended; raise RELIABILITY_FAULT_MAX_SIZE"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= conns,
+        "the connections from the library kernel were not MPTCP"
+    );
+    ensure!(
+        delta(&before, &after, "MPJoinSynRx") >= 1,
+        "no subflow joined over link 2"
+    );
+    eprintln!(
+        "reliability lkl path cuts: {faults} cuts of link 2 during {} bytes over {conns} connections \
+         in {elapsed:?}, all verified; longest wait for progress on link 1 {worst:?}",
+        get(&report, "bytes")
+    );
+    Ok(())
+}
+
+/// peer.py's server, native and shimmed, in gw2.
+fn native_peer_server(tb: &Testbed, scripts: &Scripts, port: u16, mode: &str) -> Result<Lines> {
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let mut s = shimmed(tb, "gw2", "python3", &[])?;
+    s.arg(scripts.path("peer.py"))
+        .args(["server", &ip, &port.to_string(), mode]);
+    let server = Lines::spawn(&mut s, "peer server in gw2")?;
+    server.expect("listening", SHORT)?;
+    Ok(server)
+}
+
+/// peer.py's client in gw1 on the lkl backend.
+fn lkl_peer_client(
+    tb: &Testbed,
+    node: &LklNode,
+    scripts: &Scripts,
+    port: u16,
+    mode: &str,
+) -> Result<Lines> {
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let mut c = on_lkl(tb, node, "python3")?;
+    c.arg(scripts.path("peer.py"))
+        .args(["client", &ip, &port.to_string(), mode]);
+    let client = Lines::spawn(&mut c, "peer client on lkl")?;
+    client.expect("connected", SHORT)?;
+    Ok(client)
+}
+
+/// SIGKILLs `victim`; how long `survivor` took to end, and what it said.
+fn kill_and_time(victim: Lines, survivor: Lines) -> Result<(Duration, String)> {
+    victim.signal(libc::SIGKILL)?;
+    let killed = Instant::now();
+    let (status, lines, stderr) = survivor.finish(Duration::from_secs(30))?;
+    let took = killed.elapsed();
+    drop(victim);
+    let said = lines.join(" ");
+    ensure!(
+        !status.success() || said.contains("eof"),
+        "the survivor did not notice: {said} {stderr}"
+    );
+    Ok((took, said))
+}
+
+#[test]
+fn reliability_lkl_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let scripts = Scripts::new()?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let bound = Duration::from_secs(2);
+    let mut figures = Vec::new();
+
+    // lkl client blocked in recv(), the native server killed: the
+    // program sees the end of the stream before the reply (an error).
+    let port = unique_port();
+    let server = native_peer_server(&tb, &scripts, port, "hold")?;
+    let client = lkl_peer_client(&tb, &node, &scripts, port, "recv")?;
+    server.expect("accepted", SHORT)?;
+    let (took, said) = kill_and_time(server, client)?;
+    ensure!(said.contains("error="), "the lkl client said {said:?}");
+    ensure!(took < bound, "the lkl client took {took:?} to notice");
+    figures.push(format!("recv-blocked lkl client: {said} after {took:?}"));
+
+    // lkl client blocked in send() into a server that stopped reading:
+    // the killed server's unread data means a reset; the program's
+    // writes fail.
+    let port = unique_port();
+    let server = native_peer_server(&tb, &scripts, port, "stall")?;
+    let client = lkl_peer_client(&tb, &node, &scripts, port, "send")?;
+    server.expect("stalled", SHORT)?;
+    let (took, said) = kill_and_time(server, client)?;
+    ensure!(
+        said.contains("error=ECONNRESET") || said.contains("error=EPIPE"),
+        "the lkl client said {said:?}"
+    );
+    ensure!(took < bound, "the lkl client took {took:?} to notice");
+    figures.push(format!("send-blocked lkl client: {said} after {took:?}"));
+
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 2,
+        "the lkl clients were not MPTCP"
+    );
+    eprintln!("reliability lkl peer killed: {}", figures.join("; "));
+    Ok(())
+}
+
+/// Signals during blocking calls (see the script's first lines).
+const LKL_SIG_PY: &str = r##"# Signals during blocking socket calls, at the C level (ctypes -> libc ->
+# the shim when preloaded). For each call and each of "no SA_RESTART" /
+# "SA_RESTART": the main thread blocks in the call; a helper thread waits
+# until the main thread has sat in a system call for a while, sends it
+# SIGUSR1, waits until the C-level handler ran (Python's wakeup fd), then
+# unblocks the call. connect() goes to an address on link 1 nobody holds:
+# the neighbour never resolves, a plain kernel fails it after about 3 s.
+# argv: HOST DEAD PORT CALLS (comma-separated: accept,recv,send | connect).
+# Prints one JSON object: call -> outcome, where the outcome holds only
+# what a program sees (ok, errno, bytes intact), plus timings.
+import ctypes, errno, hashlib, json, os, select, signal, socket, struct, sys, threading, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+for n in ("accept", "recv", "send", "connect"):
+    getattr(libc, n).restype = ctypes.c_ssize_t if n in ("recv", "send") else ctypes.c_int
+HOST, DEAD, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+CALLS = sys.argv[4].split(",")
+MAIN_TID = threading.get_native_id()
+rd, wr = os.pipe()
+os.set_blocking(wr, False)
+signal.set_wakeup_fd(wr)
+signal.signal(signal.SIGUSR1, lambda *_: None)
+
+def blocked(deadline):
+    # In a system call, sleeping, for 20 samples in a row (~0.2 s): a
+    # short wait for the GIL does not last that long.
+    seen = 0
+    while time.monotonic() < deadline:
+        with open("/proc/self/task/%d/stat" % MAIN_TID) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/self/task/%d/syscall" % MAIN_TID) as f:
+            nr = f.read().split()[0]
+        seen = seen + 1 if state == "S" and nr.isdigit() else 0
+        if seen >= 20:
+            return True
+        select.select([], [], [], 0.01)  # poll pacing, bounded by deadline
+    return False
+
+def helper(unblock, report, t0):
+    if not blocked(time.monotonic() + 10):
+        report["error"] = "main thread never blocked"
+        unblock()
+        return
+    report["signal_s"] = round(time.monotonic() - t0, 2)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+    ready, _, _ = select.select([rd], [], [], 10)
+    report["handled"] = bool(ready) and os.read(rd, 16) != b""
+    unblock()
+
+def run(restart, call, unblock):
+    signal.siginterrupt(signal.SIGUSR1, not restart)
+    report = {}
+    t0 = time.monotonic()
+    t = threading.Thread(target=helper, args=(unblock, report, t0))
+    t.start()
+    ctypes.set_errno(0)
+    ret = call()
+    err = ctypes.get_errno() if ret < 0 else 0
+    report["return_s"] = round(time.monotonic() - t0, 2)
+    t.join(15)
+    report.update({"ok": ret >= 0, "errno": errno.errorcode.get(err, str(err)) if err else "0"})
+    return ret, report
+
+out, timing = {}, {}
+def keep(name, report):
+    timing[name] = {k: report.pop(k) for k in ("signal_s", "return_s") if k in report}
+    out[name] = report
+
+for restart in (False, True):
+    tag = "restart" if restart else "norestart"
+    if "connect" in CALLS:
+        c = socket.socket()
+        dead = struct.pack("=H", socket.AF_INET) + struct.pack(">H", PORT) + socket.inet_aton(DEAD) + b"\0" * 8
+        ret, rep = run(restart, lambda: libc.connect(c.fileno(), dead, len(dead)), lambda: None)
+        keep("connect_" + tag, rep)
+        c.close()
+    if "accept" not in CALLS:
+        continue
+    lst = socket.socket(); lst.bind((HOST, 0)); lst.listen(4)
+    # accept(): a connection from the helper unblocks it.
+    conns = []
+    def unblock_accept():
+        c = socket.socket(); c.connect(lst.getsockname()); conns.append(c)
+    ret, rep = run(restart, lambda: libc.accept(lst.fileno(), None, None), unblock_accept)
+    if ret < 0:  # EINTR: the connection waits in the queue for the next call
+        ret = libc.accept(lst.fileno(), None, None)
+    a = socket.socket(fileno=ret)
+    rep["peer_is_ours"] = a.getpeername() == conns[0].getsockname()
+    a.close()
+    keep("accept_" + tag, rep)
+    # recv(): the peer sends bytes to unblock it; they must arrive intact.
+    a = socket.socket(); a.connect(lst.getsockname()); b, _ = lst.accept()
+    buf = ctypes.create_string_buffer(64)
+    msg = b"after the signal " + os.urandom(8).hex().encode()
+    ret, rep = run(restart, lambda: libc.recv(a.fileno(), buf, 64, 0), lambda: b.sendall(msg))
+    if ret < 0:  # EINTR: the bytes are still there for the next call
+        ret = libc.recv(a.fileno(), buf, 64, 0)
+    rep["intact"] = buf.raw[:ret] == msg
+    keep("recv_" + tag, rep)
+    # send(): 16 MiB into a peer that does not read; the helper starts
+    # draining. Whatever send() says it sent must arrive, intact.
+    big = os.urandom(16 << 20)
+    cbig = ctypes.create_string_buffer(big, len(big))
+    got = hashlib.sha256()
+    count = [0]
+    def drain():
+        while True:
+            d = b.recv(1 << 20)
+            if not d:
+                break
+            got.update(d); count[0] += len(d)
+    drainer = threading.Thread(target=drain)
+    ret, rep = run(restart, lambda: libc.send(a.fileno(), cbig, len(big), 0), drainer.start)
+    sent = max(ret, 0)
+    a.shutdown(socket.SHUT_WR)
+    drainer.join(30)
+    rep["complete"] = sent == len(big)
+    rep["intact"] = count[0] == sent and got.digest() == hashlib.sha256(big[:sent]).digest()
+    keep("send_" + tag, rep)
+    a.close(); b.close(); lst.close()
+    for c in conns:
+        c.close()
+print(json.dumps(out, sort_keys=True))
+print(json.dumps(timing, sort_keys=True))
+"##;
+
+/// Runs LKL_SIG_PY in gw1 on the lkl backend and, for the reference, on
+/// gw2's plain host stack; returns (plain, lkl) outcomes and the lkl
+/// timings.
+fn signal_outcomes(
+    tb: &Testbed,
+    node: &LklNode,
+    calls: &str,
+    bound: Duration,
+) -> Result<(String, String, String)> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("sig.py");
+    std::fs::write(&script, LKL_SIG_PY)?;
+    let port = unique_port().to_string();
+    // On link 1's prefix, held by nobody: a connect to it stays pending.
+    let dead = "198.18.1.77";
+    let mut outs = Vec::new();
+    for lkl in [false, true] {
+        let (mut cmd, host) = if lkl {
+            (on_lkl(tb, node, "python3")?, tb.addr4("gw1", 1)?)
+        } else {
+            (plain(tb, "gw2", "python3")?, tb.addr4("gw2", 1)?)
+        };
+        cmd.arg(&script)
+            .args([&host.to_string(), dead, &port, calls]);
+        let out = run_bounded(&mut cmd, bound).with_context(|| {
+            format!("sig.py ({calls}) {}", if lkl { "on lkl" } else { "plain" })
+        })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "sig.py {} ({}): {stdout}\n{}",
+            if lkl { "on lkl" } else { "plain" },
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outs.push(stdout);
+    }
+    let lkl: Vec<&str> = outs[1].lines().collect();
+    let plain: Vec<&str> = outs[0].lines().collect();
+    ensure!(lkl.len() == 2 && plain.len() == 2, "probe output: {outs:?}");
+    Ok((plain[0].to_string(), lkl[0].to_string(), lkl[1].to_string()))
+}
+
+#[test]
+fn reliability_lkl_signals_during_blocking_accept_recv_send_behave_as_the_kernels() -> Result<()> {
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let (plain, lkl, timing) =
+        signal_outcomes(&tb, &node, "accept,recv,send", Duration::from_secs(60))?;
+    ensure!(
+        plain == lkl,
+        "signals behave differently on lkl:\nplain {plain}\nlkl   {lkl}\nlkl timings {timing}"
+    );
+    // The reference's own sanity: these are the kernel's rules.
+    for e in [
+        r#""accept_norestart": {"errno": "EINTR", "handled": true, "ok": false, "peer_is_ours": true}"#,
+        r#""accept_restart": {"errno": "0", "handled": true, "ok": true, "peer_is_ours": true}"#,
+        r#""recv_norestart": {"errno": "EINTR", "handled": true, "intact": true, "ok": false}"#,
+        r#""recv_restart": {"errno": "0", "handled": true, "intact": true, "ok": true}"#,
+        r#""send_restart": {"complete": false, "errno": "0", "handled": true, "intact": true, "ok": true}"#,
+    ] {
+        ensure!(plain.contains(e), "expected {e} in {plain}");
+    }
+    eprintln!("reliability lkl signals: {lkl}; timings {timing}");
+    Ok(())
+}
+
+/// A blocking connect() interrupted by a signal: EINTR without
+/// SA_RESTART, resumed with it, as on the plain kernel. (The shim used to
+/// run the library kernel's connect on the caller's thread, where no
+/// signal could end it: the call returned EHOSTUNREACH after 3 s.)
+#[test]
+fn reliability_lkl_signals_during_blocking_connect_behave_as_the_kernels() -> Result<()> {
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""subflow""#)?;
+    let (plain, lkl, timing) = signal_outcomes(&tb, &node, "connect", Duration::from_secs(30))?;
+    ensure!(
+        plain.contains(r#""connect_norestart": {"errno": "EINTR", "handled": true, "ok": false}"#),
+        "plain reference: {plain}"
+    );
+    ensure!(
+        plain == lkl,
+        "signals behave differently on lkl:\nplain {plain}\nlkl   {lkl}\nlkl timings {timing}"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------ programs
+
+fn program_size() -> Result<usize> {
+    Ok(knob("RELIABILITY_PROGRAM_BYTES", 64 << 20)? as usize)
+}
+
+fn blob(dir: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
+    let file = dir.join("blob.bin");
+    write_random_file(
+        &file,
+        program_size()?,
+        u64::from(std::process::id()) ^ 0x1c1,
+    )?;
+    let sum = sha256_file(&file)?;
+    Ok((file, sum))
+}
+
+/// Counters of gw2 around `run`: the lkl side was the client (gw2 saw
+/// MP_CAPABLE and MP_JOIN SYNs) or the server (gw2's client got MPTCP
+/// SYN-ACKs, and joined the announced link-2 address).
+fn proves_mptcp(tb: &Testbed, lkl_is_client: bool, run: impl FnOnce() -> Result<()>) -> Result<()> {
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    run()?;
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    let (capable, join) = if lkl_is_client {
+        ("MPCapableSYNRX", "MPJoinSynRx")
+    } else {
+        ("MPCapableSYNACKRX", "MPJoinSynAckRx")
+    };
+    ensure!(
+        delta(&before, &after, capable) >= 1,
+        "gw2 saw no MPTCP connection ({capable}): {after:?}"
+    );
+    ensure!(
+        delta(&before, &after, join) >= 1,
+        "gw2 saw no second subflow ({join}): {after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn reliability_lkl_socat_client() -> Result<()> {
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path())?;
+    // lkl socat client -> native shimmed socat server in gw2.
+    let client_node = lkl_node(&tb, r#""subflow""#)?;
+    let got = dir.path().join("got-by-gw2.bin");
+    let ip2 = tb.addr4("gw2", 1)?;
+    let port = unique_port();
+    proves_mptcp(&tb, true, || {
+        let mut srv = shimmed(&tb, "gw2", "socat", &[])?;
+        srv.arg("-u")
+            .arg(format!("TCP-LISTEN:{port},bind={ip2},reuseaddr,fork"))
+            .arg(format!("CREATE:{}", got.display()));
+        let _server = Background::spawn(&mut srv, "socat server in gw2")?;
+        wait_listening(tb.netns("gw2")?, port, SHORT)?;
+        let mut cli = on_lkl(&tb, &client_node, "socat")?;
+        cli.arg("-u")
+            .arg(format!("OPEN:{}", file.display()))
+            .arg(format!("TCP:{ip2}:{port}"));
+        run_ok(&mut cli, LONG)?;
+        let want_len = std::fs::metadata(&file)?.len();
+        wait_until(SHORT, "socat's child to write the whole file", || {
+            std::fs::metadata(&got).is_ok_and(|m| m.len() >= want_len)
+        })
+    })?;
+    ensure!(
+        sha256_file(&got)? == want,
+        "socat on lkl sent different bytes"
+    );
+    Ok(())
+}
+
+#[test]
+fn reliability_lkl_netcat_openbsd_client() -> Result<()> {
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path())?;
+    // lkl nc client -> native shimmed nc -l in gw2.
+    let client_node = lkl_node(&tb, r#""subflow""#)?;
+    let got = dir.path().join("got-by-gw2.bin");
+    let ip2 = tb.addr4("gw2", 1)?;
+    let port = unique_port();
+    proves_mptcp(&tb, true, || {
+        let mut srv = shimmed(&tb, "gw2", "sh", &[])?;
+        srv.args([
+            "-c",
+            &format!("exec nc -l -s {ip2} -p {port} > '{}'", got.display()),
+        ]);
+        let server = Background::spawn(&mut srv, "nc -l in gw2")?;
+        wait_listening(tb.netns("gw2")?, port, SHORT)?;
+        let mut cli = on_lkl(&tb, &client_node, "sh")?;
+        cli.args([
+            "-c",
+            &format!("exec nc -N {ip2} {port} < '{}'", file.display()),
+        ]);
+        run_ok(&mut cli, LONG)?;
+        server.wait(SHORT)?;
+        Ok(())
+    })?;
+    ensure!(sha256_file(&got)? == want, "nc on lkl sent different bytes");
+    Ok(())
+}
+
+/// An nginx configuration in `dir` serving `www` on `listen`: no daemon,
+/// one process, sendfile and epoll on.
+fn nginx_conf(
+    dir: &std::path::Path,
+    www: &std::path::Path,
+    listen: &str,
+) -> Result<std::path::PathBuf> {
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ use epoll; worker_connections 64; }}\n\
+         http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n\
+         client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         server {{ listen {listen}; root {}; }}\n}}\n",
+        www.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+#[test]
+fn reliability_lkl_wget_from_nginx_large_file() -> Result<()> {
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www)?;
+    let (file, want) = blob(&www)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // wget on lkl <- native shimmed nginx in gw2.
+    let client_node = lkl_node(&tb, r#""subflow""#)?;
+    let ip2 = tb.addr4("gw2", 1)?;
+    let port = unique_port();
+    let conf = nginx_conf(dir.path(), &www, &format!("{ip2}:{port}"))?;
+    let got = dir.path().join("got-by-lkl.bin");
+    proves_mptcp(&tb, true, || {
+        let mut srv = shimmed(&tb, "gw2", "nginx", &[])?;
+        srv.arg("-c").arg(&conf).arg("-p").arg(dir.path());
+        let _server = Background::spawn(&mut srv, "nginx in gw2")?;
+        wait_listening(tb.netns("gw2")?, port, SHORT)?;
+        let mut cli = on_lkl(&tb, &client_node, "wget")?;
+        cli.args(["-q", "-O"])
+            .arg(&got)
+            .arg(url(ip2.into(), port, &name));
+        run_ok(&mut cli, LONG)?;
+        Ok(())
+    })?;
+    ensure!(
+        sha256_file(&got)? == want,
+        "wget on lkl got different bytes"
+    );
+    Ok(())
+}
+
+#[test]
+fn reliability_lkl_python_asyncio_server_serves_64_native_connections() -> Result<()> {
+    let conns = knob("RELIABILITY_CONNS", 64)?;
+    let rounds = 2;
+    let max_size = 1 << 20;
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""signal""#)?;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let ip1 = tb.addr4("gw1", 1)?.to_string();
+    // load.py's asyncio server on lkl, on every address (joins arrive at
+    // the announced link-2 address).
+    let mut srv = on_lkl(&tb, &node, "python3")?;
+    srv.arg(scripts.path("load.py"))
+        .args(["server", "0.0.0.0", &port.to_string()]);
+    let server = Lines::spawn(&mut srv, "asyncio server on lkl")?;
+    server.expect("listening", SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let mut cli = shimmed(&tb, "gw2", "python3", &[])?;
+    cli.arg(scripts.path("load.py")).args([
+        "client",
+        &ip1,
+        &port.to_string(),
+        &conns.to_string(),
+        &rounds.to_string(),
+        &max_size.to_string(),
+        &(u64::from(std::process::id()) + 17).to_string(),
+        &server.pid().to_string(),
+    ]);
+    let client = Lines::spawn(&mut cli, "native asyncio client in gw2")?;
+    let reports = run_rounds(client, rounds)?;
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    let server_err = stop(server)?;
+    ensure!(
+        !server_err.contains("error"),
+        "the lkl server saw errors: {server_err}"
+    );
+    for r in &reports {
+        ensure!(
+            get(r, "mptcp") == conns,
+            "round {}: {} of {conns} connections were MPTCP at the native client",
+            get(r, "round"),
+            get(r, "mptcp")
+        );
+    }
+    ensure!(
+        delta(&before, &after, "MPCapableSYNACKRX") >= conns * rounds,
+        "the lkl server did not answer MP_CAPABLE to every connection: {after:?}"
+    );
+    ensure!(
+        delta(&before, &after, "MPJoinSynAckRx") >= 1,
+        "no subflow joined the announced link-2 address: {after:?}"
+    );
+    eprintln!(
+        "reliability lkl asyncio server: {} connections, {} bytes verified, {} joined",
+        conns * rounds,
+        reports.iter().map(|r| get(r, "bytes")).sum::<u64>(),
+        reports.iter().map(|r| get(r, "joined")).sum::<u64>()
+    );
+    Ok(())
+}
