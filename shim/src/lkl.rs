@@ -4,7 +4,11 @@
 //! The kernel boots at the program's first TCP socket (the library is
 //! dlopen'ed then, never on other backends) and takes the device file's
 //! interfaces (raw packet sockets on the named host interfaces), their
-//! addresses, default gateway, MPTCP limits and endpoints.
+//! addresses, default gateway, MPTCP limits and endpoints. It announces
+//! the addresses at once (gratuitous ARP, unsolicited neighbour
+//! advertisement): its MAC addresses are new in every process, and a peer
+//! still holding the previous process's would send a server here SYNs
+//! nobody receives.
 //!
 //! Every socket the program gets is a real host descriptor: one end of an
 //! AF_UNIX stream socketpair carrying the program's NONBLOCK/CLOEXEC
@@ -163,6 +167,22 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
         lkl.mptcp_set_limits(l.subflows, l.add_addr_accepted)
             .map_err(|e| e.to_string())?;
     }
+    // The library kernel's MAC addresses are new in every process, but a
+    // peer keeps the address it learned from the last process on these
+    // links: its first SYNs to a server here would go to a MAC nobody
+    // has any more (dropped, the connection falling back to TCP after a
+    // retransmission, or failing). Announce the addresses (gratuitous
+    // ARP, unsolicited neighbour advertisement) as they come up.
+    for (name, v) in [
+        ("net.ipv4.conf.all.arp_notify", "1"),
+        ("net.ipv6.conf.all.ndisc_notify", "1"),
+    ] {
+        if let Err(e) = lkl.set_sysctl(name, v) {
+            log::warning!(
+                "lkl: {name}: {e}; peers may not learn this process's MAC addresses at once"
+            );
+        }
+    }
     let (mut gw4, mut gw6) = (false, false);
     for iface in &config.interfaces {
         let addrs: Vec<(IpAddr, u8)> = iface.addresses.iter().map(|c| (c.addr, c.prefix)).collect();
@@ -183,6 +203,12 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
         let itf = lkl
             .add_interface(&iface.name, &addrs, &routes)
             .map_err(|e| format!("interface {}: {e}", iface.name))?;
+        if let Err(e) = announce(&lkl, itf.ifindex) {
+            log::warning!(
+                "lkl: cannot announce the addresses of {}: {e}; a peer may reach this process only after its neighbour entry expires",
+                iface.name
+            );
+        }
         if !iface.endpoint.is_empty() {
             let flags = endpoint_flags(&iface.endpoint);
             for (a, _) in &addrs {
@@ -211,6 +237,44 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
         libc::getpid()
     };
     Ok(Kernel { lkl, pid })
+}
+
+/// Makes the library kernel announce `ifindex`'s addresses now (with
+/// arp_notify/ndisc_notify on): setting an interface's MAC address to the
+/// one it has is a "changed address" event, whose handlers send a
+/// gratuitous ARP per IPv4 address and an unsolicited neighbour
+/// advertisement per IPv6 address. Linking the interface up came before
+/// its addresses, so that event announced nothing.
+fn announce(lkl: &Lkl, ifindex: i32) -> Result<(), String> {
+    const SIOCGIFNAME: i64 = 0x8910;
+    const SIOCGIFHWADDR: i64 = 0x8927;
+    const SIOCSIFHWADDR: i64 = 0x8924;
+    let s = lkl
+        .socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+        .map_err(|e| e.to_string())?;
+    // struct ifreq: a 16-byte name, then a 24-byte union (ifindex, or a
+    // sockaddr holding the hardware address).
+    let mut ifr = [0u8; 40];
+    ifr[16..20].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut r = 0;
+    for req in [SIOCGIFNAME, SIOCGIFHWADDR, SIOCSIFHWADDR] {
+        // SAFETY: `ifr` is a live, writable ifreq-sized buffer; the
+        // library kernel reads and writes only within it.
+        r = unsafe {
+            lkl.syscall(
+                dropshim_backend_lkl::nr::IOCTL,
+                [i64::from(s.0), req, ifr.as_mut_ptr() as i64, 0, 0, 0],
+            )
+        };
+        if r < 0 {
+            break;
+        }
+    }
+    let _ = lkl.close(s);
+    if r < 0 {
+        return Err(std::io::Error::from_raw_os_error(-r as i32).to_string());
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ bookkeeping
