@@ -99,6 +99,21 @@ pub fn usage(pid: u32) -> Result<Usage> {
     })
 }
 
+/// Rounds of the load test: `RELIABILITY_ROUNDS` (else `default`), or,
+/// when `RELIABILITY_BYTES` asks for a total, enough rounds to move it. A
+/// round moves `conns * max_size` bytes on average (both directions, sizes
+/// uniform in 0..=max_size); a tenth more rounds makes the random total
+/// reach the target, and at least 3 leave rounds to compare for leaks.
+pub fn load_rounds(conns: u64, max_size: u64, default: u64) -> Result<u64> {
+    Ok(match knob("RELIABILITY_BYTES", 0)? {
+        0 => knob("RELIABILITY_ROUNDS", default)?,
+        bytes => {
+            let per_round = (conns * max_size).max(1);
+            (bytes.div_ceil(per_round) * 11).div_ceil(10).max(3)
+        }
+    })
+}
+
 /// Parses a `key=value key=value` line of whole numbers.
 pub fn fields(line: &str) -> HashMap<String, u64> {
     line.split_whitespace()

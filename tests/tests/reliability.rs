@@ -30,12 +30,7 @@ fn stop(server: Lines) -> Result<String> {
 fn reliability_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
     let max_size = knob("RELIABILITY_MAX_SIZE", 2 << 20)?;
-    // Long run: RELIABILITY_BYTES total; a round moves conns * max_size on
-    // average (both directions, sizes uniform in 0..=max_size).
-    let rounds = match knob("RELIABILITY_BYTES", 0)? {
-        0 => knob("RELIABILITY_ROUNDS", 5)?,
-        bytes => (bytes / (conns * max_size).max(1)).max(3),
-    };
+    let rounds = load_rounds(conns, max_size, 5)?;
     let tb = two_gateways()?;
     let scripts = Scripts::new()?;
     let port = unique_port();

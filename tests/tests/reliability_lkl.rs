@@ -129,10 +129,7 @@ fn run_rounds(client: Lines, rounds: u64) -> Result<Vec<HashMap<String, u64>>> {
 fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
     let max_size = knob("RELIABILITY_MAX_SIZE", 1 << 20)?;
-    let rounds = match knob("RELIABILITY_BYTES", 0)? {
-        0 => knob("RELIABILITY_ROUNDS", 16)?,
-        bytes => (bytes / (conns * max_size).max(1)).max(3),
-    };
+    let rounds = load_rounds(conns, max_size, 16)?;
     let tb = two_gateways()?;
     let node = lkl_node(&tb, r#""subflow""#)?;
     let scripts = Scripts::new()?;

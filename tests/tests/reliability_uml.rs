@@ -98,10 +98,7 @@ fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
     // of the README's known limits (1 MiB x 5 rounds took 130 s), which
     // would take this over its CI budget without testing more here.
     let max_size = knob("RELIABILITY_MAX_SIZE", 256 << 10)?;
-    let rounds = match knob("RELIABILITY_BYTES", 0)? {
-        0 => knob("RELIABILITY_ROUNDS", 3)?,
-        bytes => (bytes / (conns * max_size).max(1)).max(3),
-    };
+    let rounds = load_rounds(conns, max_size, 3)?;
     let tb = two_gateways()?;
     let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "rl")?;
     let scripts = Scripts::new()?;
