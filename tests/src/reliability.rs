@@ -99,6 +99,45 @@ pub fn usage(pid: u32) -> Result<Usage> {
     })
 }
 
+/// SIGKILLs `victim`; how long `survivor` took to end (at most `limit`)
+/// and what it said. A survivor that hangs fails the test with both
+/// gateways' TCP and MPTCP sockets (`ss -taniM`) in the error, so a rare
+/// hang leaves its evidence behind.
+pub fn kill_and_time(
+    tb: &Testbed,
+    victim: Lines,
+    survivor: Lines,
+    limit: Duration,
+) -> Result<(Duration, String)> {
+    victim.signal(libc::SIGKILL)?;
+    let killed = std::time::Instant::now();
+    let finished = survivor.finish(limit);
+    let took = killed.elapsed();
+    drop(victim);
+    let (status, lines, stderr) = match finished {
+        Ok(f) => f,
+        Err(e) => {
+            let mut sockets = String::new();
+            for node in ["gw1", "gw2"] {
+                if let Ok(mut ss) = crate::plain(tb, node, "ss") {
+                    if let Ok(out) = run_ok(ss.arg("-taniM"), Duration::from_secs(10)) {
+                        sockets.push_str(&format!(
+                            "--- {node}:\n{}",
+                            String::from_utf8_lossy(&out.stdout)
+                        ));
+                    }
+                }
+            }
+            return Err(e.context(format!("sockets when it hung:\n{sockets}")));
+        }
+    };
+    let said = lines.join(" ");
+    if status.success() && !said.contains("eof") {
+        bail!("the survivor did not notice: {said} {stderr}");
+    }
+    Ok((took, said))
+}
+
 /// Rounds of the load test: `RELIABILITY_ROUNDS` (else `default`), or,
 /// when `RELIABILITY_BYTES` asks for a total, enough rounds to move it. A
 /// round moves `conns * max_size` bytes on average (both directions, sizes

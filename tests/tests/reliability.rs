@@ -228,22 +228,6 @@ fn peers(
     Ok((server, client))
 }
 
-/// SIGKILLs `victim` and returns how long `survivor` took to end, with
-/// its error line.
-fn kill_and_time(victim: Lines, survivor: Lines) -> Result<(Duration, String)> {
-    victim.signal(libc::SIGKILL)?;
-    let killed = Instant::now();
-    let (status, lines, stderr) = survivor.finish(Duration::from_secs(10))?;
-    let took = killed.elapsed();
-    drop(victim);
-    let said = lines.join(" ");
-    ensure!(
-        !status.success() || said.contains("eof"),
-        "the survivor did not notice: {said} {stderr}"
-    );
-    Ok((took, said))
-}
-
 #[test]
 fn reliability_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     let tb = two_gateways()?;
@@ -255,7 +239,7 @@ fn reliability_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     // Client blocked in recv(), server killed: EOF before the reply.
     let (server, client) = peers(&tb, &scripts, "hold", "recv")?;
     server.expect("accepted", SHORT)?;
-    let (took, said) = kill_and_time(server, client)?;
+    let (took, said) = kill_and_time(&tb, server, client, Duration::from_secs(10))?;
     ensure!(said.contains("error="), "client said {said}");
     ensure!(took < bound, "client took {took:?} to notice");
     figures.push(format!("recv-blocked client: {said} after {took:?}"));
@@ -264,7 +248,7 @@ fn reliability_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     // killed server's unread data means a reset.
     let (server, client) = peers(&tb, &scripts, "stall", "send")?;
     server.expect("stalled", SHORT)?;
-    let (took, said) = kill_and_time(server, client)?;
+    let (took, said) = kill_and_time(&tb, server, client, Duration::from_secs(10))?;
     ensure!(
         said.contains("error=ECONNRESET") || said.contains("error=EPIPE"),
         "client said {said}"
@@ -275,7 +259,7 @@ fn reliability_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     // Server blocked in recv(), client killed: the server sees the end.
     let (server, client) = peers(&tb, &scripts, "hold", "recv")?;
     server.expect("accepted", SHORT)?;
-    let (took, said) = kill_and_time(client, server)?;
+    let (took, said) = kill_and_time(&tb, client, server, Duration::from_secs(10))?;
     ensure!(
         said.contains("eof") || said.contains("error="),
         "server said {said}"

@@ -361,21 +361,6 @@ fn lkl_peer_client(
     Ok(client)
 }
 
-/// SIGKILLs `victim`; how long `survivor` took to end, and what it said.
-fn kill_and_time(victim: Lines, survivor: Lines) -> Result<(Duration, String)> {
-    victim.signal(libc::SIGKILL)?;
-    let killed = Instant::now();
-    let (status, lines, stderr) = survivor.finish(Duration::from_secs(30))?;
-    let took = killed.elapsed();
-    drop(victim);
-    let said = lines.join(" ");
-    ensure!(
-        !status.success() || said.contains("eof"),
-        "the survivor did not notice: {said} {stderr}"
-    );
-    Ok((took, said))
-}
-
 #[test]
 fn reliability_lkl_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     let tb = two_gateways()?;
@@ -391,7 +376,7 @@ fn reliability_lkl_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     let server = native_peer_server(&tb, &scripts, port, "hold")?;
     let client = lkl_peer_client(&tb, &node, &scripts, port, "recv")?;
     server.expect("accepted", SHORT)?;
-    let (took, said) = kill_and_time(server, client)?;
+    let (took, said) = kill_and_time(&tb, server, client, Duration::from_secs(30))?;
     ensure!(said.contains("error="), "the lkl client said {said:?}");
     ensure!(took < bound, "the lkl client took {took:?} to notice");
     figures.push(format!("recv-blocked lkl client: {said} after {took:?}"));
@@ -403,7 +388,7 @@ fn reliability_lkl_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     let server = native_peer_server(&tb, &scripts, port, "stall")?;
     let client = lkl_peer_client(&tb, &node, &scripts, port, "send")?;
     server.expect("stalled", SHORT)?;
-    let (took, said) = kill_and_time(server, client)?;
+    let (took, said) = kill_and_time(&tb, server, client, Duration::from_secs(30))?;
     ensure!(
         said.contains("error=ECONNRESET") || said.contains("error=EPIPE"),
         "the lkl client said {said:?}"
