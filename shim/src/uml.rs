@@ -235,7 +235,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let Some(dest) = read_addr(addr, len) else {
         return Errno(libc::EAFNOSUPPORT).fail();
     };
-    let (req, device) = {
+    {
         let mut socks = SOCKS.lock();
         let Some(s) = socks.get_mut(&fd) else {
             return real::connect(fd, addr, len);
@@ -259,41 +259,50 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         req.opts = s.opts.clone();
         req.mptcp = POLICY.get().is_none_or(|p| wants_mptcp(p.decide(&dest)));
         if sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) & libc::O_NONBLOCK != 0 {
-            return start_connect(fd, s, req);
+            return start_connect(fd, s, req, None);
         }
-        (req, s.device.clone())
-    };
-    let (reply, bridge) = match ask(&device, &req) {
-        Ok((r, Some(b))) => (r, b),
-        Ok((_, None)) => return Errno(libc::ECONNABORTED).fail(),
-        Err(ret) => return ret,
-    };
-    // Buffer sizes the program chose also bound the host side.
-    for o in &req.opts {
-        if o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF) {
-            real::setsockopt(
-                bridge,
-                o.level,
-                o.name,
-                o.value.as_ptr().cast(),
-                o.value.len() as socklen_t,
-            );
+        // Blocking: connect in the background as well and wait in a host
+        // read(), so that a signal ends the wait as it ends a kernel
+        // socket's connect: EINTR without SA_RESTART (the connect goes on;
+        // connect() then says EALREADY and SO_ERROR tells the outcome),
+        // a transparent restart with it.
+        let mut ends = [-1; 2];
+        if libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            ends.as_mut_ptr(),
+        ) < 0
+        {
+            return -1;
+        }
+        let [wait, done] = ends;
+        let r = start_connect(fd, s, req, Some(done));
+        if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+            sys::close(wait);
+            sys::close(done);
+            return r;
+        }
+        drop(socks);
+        let mut byte = 0u8;
+        let n = libc::read(wait, (&mut byte as *mut u8).cast(), 1);
+        let interrupted =
+            n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        sys::close(wait);
+        if interrupted {
+            return Errno(libc::EINTR).fail();
+        }
+        let mut socks = SOCKS.lock();
+        match socks.get_mut(&fd) {
+            Some(s) if matches!(s.state, State::Connected { .. }) => 0,
+            // The outcome is this call's to report: SO_ERROR says 0 after.
+            Some(s) if s.so_error != 0 => {
+                let e = std::mem::take(&mut s.so_error);
+                Errno(e).fail()
+            }
+            _ => Errno(libc::ECONNABORTED).fail(),
         }
     }
-    if let Err(ret) = install(bridge, fd) {
-        return ret;
-    }
-    if let Some(s) = SOCKS.lock().get_mut(&fd) {
-        s.state = State::Connected {
-            local: reply.local,
-            peer: reply.peer,
-        };
-        s.reregister(fd);
-        s.epolls.clear();
-    }
-    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
-    ensure_watch(&device);
-    0
 }
 
 /// Applies the buffer sizes the program chose to the bridge too.
@@ -352,14 +361,20 @@ fn gate() -> std::io::Result<(c_int, c_int)> {
 /// the request to a helper thread and says EINPROGRESS, like a kernel
 /// socket. The descriptor becomes writable when the guest connect is
 /// done; SO_ERROR then says how it went.
-fn start_connect(fd: c_int, s: &mut Sock, req: Request) -> c_int {
+fn start_connect(fd: c_int, s: &mut Sock, req: Request, done: Option<c_int>) -> c_int {
     let (prog, waker) = match gate() {
         Ok(p) => p,
         Err(e) => return Errno::from(e).fail(),
     };
+    let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
     if let Err(ret) = install(prog, fd) {
         sys::close(waker);
         return ret;
+    }
+    // The gate is non-blocking (it was filled that way); a blocking
+    // socket's descriptor stays blocking, and so does what replaces it.
+    if flags & libc::O_NONBLOCK == 0 {
+        let _ = sys::fcntl(fd, libc::F_SETFL, libc::c_long::from(flags));
     }
     s.reregister(fd);
     let id = NEXT_CONNECT.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +383,7 @@ fn start_connect(fd: c_int, s: &mut Sock, req: Request) -> c_int {
     let domain = s.domain;
     let spawned = std::thread::Builder::new()
         .name("dropshim-connect".into())
-        .spawn(move || finish_connect(fd, id, domain, &device, &req, waker));
+        .spawn(move || finish_connect(fd, id, domain, &device, &req, waker, done));
     if spawned.is_err() {
         // No thread to spare: answer like a kernel out of resources.
         s.state = State::Fresh;
@@ -379,7 +394,15 @@ fn start_connect(fd: c_int, s: &mut Sock, req: Request) -> c_int {
 }
 
 /// The helper thread of a non-blocking connect.
-fn finish_connect(fd: c_int, id: u64, domain: c_int, device: &str, req: &Request, waker: c_int) {
+fn finish_connect(
+    fd: c_int,
+    id: u64,
+    domain: c_int,
+    device: &str,
+    req: &Request,
+    waker: c_int,
+    done: Option<c_int>,
+) {
     // Cancelled when the program closes the gate (its socket) first.
     let res = client::request_cancellable(device, req, Some(waker));
     let mut socks = SOCKS.lock();
@@ -393,6 +416,7 @@ fn finish_connect(fd: c_int, id: u64, domain: c_int, device: &str, req: &Request
         }
         drop(socks);
         sys::close(waker);
+        notify(done);
         return;
     };
     let errno = match res {
@@ -446,6 +470,17 @@ fn finish_connect(fd: c_int, id: u64, domain: c_int, device: &str, req: &Request
     sys::close(waker);
     if watch {
         ensure_watch(device);
+    }
+    notify(done);
+}
+
+/// Wakes a blocking connect() waiting for the outcome (it may have been
+/// interrupted and gone: MSG_NOSIGNAL, and the error is moot).
+fn notify(done: Option<c_int>) {
+    if let Some(d) = done {
+        // SAFETY: a one-byte send from a live buffer on our own end.
+        unsafe { libc::send(d, [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+        sys::close(d);
     }
 }
 
