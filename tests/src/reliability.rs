@@ -99,6 +99,209 @@ pub fn usage(pid: u32) -> Result<Usage> {
     })
 }
 
+/// Signals during blocking calls (see the script's first lines).
+pub const SIGNALS_PY: &str = r##"# Signals during blocking socket calls, at the C level (ctypes -> libc ->
+# the shim when preloaded). For each call and each of "no SA_RESTART" /
+# "SA_RESTART": the main thread blocks in the call; a helper thread waits
+# until the main thread has sat in a system call for a while, sends it
+# SIGUSR1, waits until the C-level handler ran (Python's wakeup fd), then
+# unblocks the call. connect() goes to an address on link 1 nobody holds:
+# the neighbour never resolves, a plain kernel fails it after about 3 s.
+# argv: HOST DEAD PORT CALLS (comma-separated: accept,recv,send | connect).
+# Prints one JSON object: call -> outcome, where the outcome holds only
+# what a program sees (ok, errno, bytes intact), plus timings.
+import ctypes, errno, hashlib, json, os, select, signal, socket, struct, sys, threading, time
+
+libc = ctypes.CDLL(None, use_errno=True)
+for n in ("accept", "recv", "send", "connect"):
+    getattr(libc, n).restype = ctypes.c_ssize_t if n in ("recv", "send") else ctypes.c_int
+HOST, DEAD, PORT = sys.argv[1], sys.argv[2], int(sys.argv[3])
+CALLS = sys.argv[4].split(",")
+MAIN_TID = threading.get_native_id()
+rd, wr = os.pipe()
+os.set_blocking(wr, False)
+signal.set_wakeup_fd(wr)
+signal.signal(signal.SIGUSR1, lambda *_: None)
+
+def blocked(deadline):
+    # In a system call, sleeping, for 20 samples in a row (~0.2 s): a
+    # short wait for the GIL does not last that long.
+    seen = 0
+    while time.monotonic() < deadline:
+        with open("/proc/self/task/%d/stat" % MAIN_TID) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open("/proc/self/task/%d/syscall" % MAIN_TID) as f:
+            nr = f.read().split()[0]
+        seen = seen + 1 if state == "S" and nr.isdigit() else 0
+        if seen >= 20:
+            return True
+        select.select([], [], [], 0.01)  # poll pacing, bounded by deadline
+    return False
+
+def helper(unblock, report, t0):
+    if not blocked(time.monotonic() + 10):
+        report["error"] = "main thread never blocked"
+        unblock()
+        return
+    report["signal_s"] = round(time.monotonic() - t0, 2)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+    ready, _, _ = select.select([rd], [], [], 10)
+    report["handled"] = bool(ready) and os.read(rd, 16) != b""
+    unblock()
+
+def run(restart, call, unblock):
+    signal.siginterrupt(signal.SIGUSR1, not restart)
+    report = {}
+    t0 = time.monotonic()
+    t = threading.Thread(target=helper, args=(unblock, report, t0))
+    t.start()
+    ctypes.set_errno(0)
+    ret = call()
+    err = ctypes.get_errno() if ret < 0 else 0
+    report["return_s"] = round(time.monotonic() - t0, 2)
+    t.join(15)
+    report.update({"ok": ret >= 0, "errno": errno.errorcode.get(err, str(err)) if err else "0"})
+    return ret, report
+
+out, timing = {}, {}
+def keep(name, report):
+    timing[name] = {k: report.pop(k) for k in ("signal_s", "return_s") if k in report}
+    out[name] = report
+
+for restart in (False, True):
+    tag = "restart" if restart else "norestart"
+    if "connect" in CALLS:
+        c = socket.socket()
+        dead = struct.pack("=H", socket.AF_INET) + struct.pack(">H", PORT) + socket.inet_aton(DEAD) + b"\0" * 8
+        ret, rep = run(restart, lambda: libc.connect(c.fileno(), dead, len(dead)), lambda: None)
+        keep("connect_" + tag, rep)
+        c.close()
+    if "accept" not in CALLS:
+        continue
+    lst = socket.socket(); lst.bind((HOST, 0)); lst.listen(4)
+    # accept(): a connection from the helper unblocks it.
+    conns = []
+    def unblock_accept():
+        c = socket.socket(); c.connect(lst.getsockname()); conns.append(c)
+    ret, rep = run(restart, lambda: libc.accept(lst.fileno(), None, None), unblock_accept)
+    if ret < 0:  # EINTR: the connection waits in the queue for the next call
+        ret = libc.accept(lst.fileno(), None, None)
+    a = socket.socket(fileno=ret)
+    rep["peer_is_ours"] = a.getpeername() == conns[0].getsockname()
+    a.close()
+    keep("accept_" + tag, rep)
+    # recv(): the peer sends bytes to unblock it; they must arrive intact.
+    a = socket.socket(); a.connect(lst.getsockname()); b, _ = lst.accept()
+    buf = ctypes.create_string_buffer(64)
+    msg = b"after the signal " + os.urandom(8).hex().encode()
+    ret, rep = run(restart, lambda: libc.recv(a.fileno(), buf, 64, 0), lambda: b.sendall(msg))
+    if ret < 0:  # EINTR: the bytes are still there for the next call
+        ret = libc.recv(a.fileno(), buf, 64, 0)
+    rep["intact"] = buf.raw[:ret] == msg
+    keep("recv_" + tag, rep)
+    # send(): 16 MiB into a peer that does not read; the helper starts
+    # draining. Whatever send() says it sent must arrive, intact.
+    big = os.urandom(16 << 20)
+    cbig = ctypes.create_string_buffer(big, len(big))
+    got = hashlib.sha256()
+    count = [0]
+    def drain():
+        while True:
+            d = b.recv(1 << 20)
+            if not d:
+                break
+            got.update(d); count[0] += len(d)
+    drainer = threading.Thread(target=drain)
+    ret, rep = run(restart, lambda: libc.send(a.fileno(), cbig, len(big), 0), drainer.start)
+    sent = max(ret, 0)
+    a.shutdown(socket.SHUT_WR)
+    drainer.join(30)
+    rep["complete"] = sent == len(big)
+    rep["intact"] = count[0] == sent and got.digest() == hashlib.sha256(big[:sent]).digest()
+    keep("send_" + tag, rep)
+    a.close(); b.close(); lst.close()
+    for c in conns:
+        c.close()
+print(json.dumps(out, sort_keys=True))
+print(json.dumps(timing, sort_keys=True))
+"##;
+
+/// Runs SIGNALS_PY for `calls` twice: as `backend` (python3 in gw1 on the
+/// backend under test) and, for the reference, on gw2's plain kernel.
+/// Returns (plain outcomes, backend outcomes, backend timings).
+pub fn signal_outcomes(
+    tb: &Testbed,
+    mut backend: Command,
+    calls: &str,
+    bound: Duration,
+) -> Result<(String, String, String)> {
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("sig.py");
+    std::fs::write(&script, SIGNALS_PY)?;
+    let port = crate::unique_port().to_string();
+    // On link 1's prefix, held by nobody: a connect to it stays pending.
+    let dead = "198.18.1.77";
+    let mut plain = crate::plain(tb, "gw2", "python3")?;
+    let mut outs = Vec::new();
+    for (what, cmd, host) in [
+        ("plain", &mut plain, tb.addr4("gw2", 1)?),
+        ("on the backend", &mut backend, tb.addr4("gw1", 1)?),
+    ] {
+        cmd.arg(&script)
+            .args([&host.to_string(), dead, &port, calls]);
+        let out =
+            crate::run_bounded(cmd, bound).with_context(|| format!("sig.py ({calls}) {what}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "sig.py {what} ({}): {stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        outs.push(stdout);
+    }
+    let plain: Vec<&str> = outs[0].lines().collect();
+    let backend: Vec<&str> = outs[1].lines().collect();
+    if plain.len() != 2 || backend.len() != 2 {
+        bail!("probe output: {outs:?}");
+    }
+    Ok((
+        plain[0].to_string(),
+        backend[0].to_string(),
+        backend[1].to_string(),
+    ))
+}
+
+/// The calls whose outcomes differ between the plain kernel's JSON and
+/// the backend's (objects of objects printed with sorted keys), one line
+/// per call, so a mismatch names the call.
+pub fn signal_differences(plain: &str, backend: &str) -> Vec<String> {
+    let entries = |json: &str| -> Vec<String> {
+        json.trim()
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+            .split("}, \"")
+            .map(|e| e.trim_start_matches('"').trim_end_matches('}').to_string())
+            .collect()
+    };
+    let (a, b) = (entries(plain), entries(backend));
+    let mut out: Vec<String> = a
+        .iter()
+        .zip(b.iter())
+        .filter(|(x, y)| x != y)
+        .map(|(x, y)| format!("plain \"{x}}} / backend \"{y}}}"))
+        .collect();
+    if a.len() != b.len() {
+        out.push(format!(
+            "{} calls plain, {} on the backend",
+            a.len(),
+            b.len()
+        ));
+    }
+    out
+}
+
 /// SIGKILLs `victim`; how long `survivor` took to end (at most `limit`)
 /// and what it said. A survivor that hangs fails the test with both
 /// gateways' TCP and MPTCP sockets (`ss -taniM`) in the error, so a rare
