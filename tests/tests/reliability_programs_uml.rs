@@ -143,7 +143,13 @@ fn proves_mptcp(
     let started = Instant::now();
     run()?;
     let took = started.elapsed();
-    let after = mptcp_counters(bed.tb.netns("gw2")?)?;
+    // A short transfer can end while the join's handshake is still in
+    // flight (the guest answers late under load): give it a moment.
+    let netns = bed.tb.netns("gw2")?.to_string();
+    let _ = wait_until(Duration::from_secs(3), "the join to be counted", || {
+        mptcp_counters(&netns).is_ok_and(|now| delta(&before, &now, join) >= 1)
+    });
+    let after = mptcp_counters(&netns)?;
     let (c, j) = (
         delta(&before, &after, capable),
         delta(&before, &after, join),
