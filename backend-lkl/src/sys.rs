@@ -355,12 +355,6 @@ impl Sem {
     }
 
     fn down(&self) {
-        for _ in 0..sem_spins() {
-            if self.try_take() {
-                return;
-            }
-            std::hint::spin_loop();
-        }
         loop {
             if self.try_take() {
                 return;
@@ -402,19 +396,6 @@ fn futex(word: &AtomicU32, op: c_int, val: u32) {
             0u32,
         )
     };
-}
-
-/// Polls of a semaphore before sleeping on it (`DROPSHIM_LKL_SPIN`,
-/// default 0). A hand-off between kernel tasks is then a cache-line
-/// transfer instead of a futex wake, at the price of a busy core.
-fn sem_spins() -> u32 {
-    static SPINS: OnceLock<u32> = OnceLock::new();
-    *SPINS.get_or_init(|| {
-        std::env::var("DROPSHIM_LKL_SPIN")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    })
 }
 
 unsafe extern "C" fn op_sem_alloc(count: c_int) -> *mut c_void {

@@ -53,7 +53,7 @@
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::hooks::write_addr;
-use crate::hooks::{copy_in, read_addr, real};
+use crate::hooks::{connect_done, copy_in, read_addr, real, wait_for_connect};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl, MptcpFlags};
@@ -847,11 +847,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         close_fd(done);
         return r;
     }
-    let mut byte = 0u8;
-    let n = libc::read(wait, (&mut byte as *mut u8).cast(), 1);
-    let interrupted = n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
-    close_fd(wait);
-    if interrupted {
+    if !wait_for_connect(wait) {
         return Errno(libc::EINTR).fail();
     }
     // The outcome is this call's to report: SO_ERROR says 0 afterwards.
@@ -998,12 +994,8 @@ unsafe fn connect_in_background(
                 while libc::read(opener, junk.as_mut_ptr() as *mut c_void, junk.len()) > 0 {}
             }
             close_fd(opener);
-            // A blocking connect() waits for this byte (it may have been
-            // interrupted and gone: MSG_NOSIGNAL, and the error is moot).
             if let Some(done) = done {
-                // SAFETY: a one-byte send from a live buffer on our own end.
-                unsafe { libc::send(done, [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
-                close_fd(done);
+                connect_done(done);
             }
         });
     if let Err(e) = spawned {

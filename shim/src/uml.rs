@@ -19,8 +19,8 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
-use crate::hooks::real;
 use crate::hooks::write_addr;
+use crate::hooks::{connect_done, real, wait_for_connect};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_native::socket::socket_addr;
@@ -284,12 +284,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             return r;
         }
         drop(socks);
-        let mut byte = 0u8;
-        let n = libc::read(wait, (&mut byte as *mut u8).cast(), 1);
-        let interrupted =
-            n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
-        sys::close(wait);
-        if interrupted {
+        if !wait_for_connect(wait) {
             return Errno(libc::EINTR).fail();
         }
         let mut socks = SOCKS.lock();
@@ -416,7 +411,9 @@ fn finish_connect(
         }
         drop(socks);
         sys::close(waker);
-        notify(done);
+        if let Some(d) = done {
+            connect_done(d);
+        }
         return;
     };
     let errno = match res {
@@ -471,16 +468,8 @@ fn finish_connect(
     if watch {
         ensure_watch(device);
     }
-    notify(done);
-}
-
-/// Wakes a blocking connect() waiting for the outcome (it may have been
-/// interrupted and gone: MSG_NOSIGNAL, and the error is moot).
-fn notify(done: Option<c_int>) {
     if let Some(d) = done {
-        // SAFETY: a one-byte send from a live buffer on our own end.
-        unsafe { libc::send(d, [1u8].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
-        sys::close(d);
+        connect_done(d);
     }
 }
 

@@ -302,6 +302,47 @@ pub fn signal_differences(plain: &str, backend: &str) -> Vec<String> {
     out
 }
 
+/// peer.py's server in gw2 on the native backend (shimmed), listening.
+pub fn native_peer_server(tb: &Testbed, scripts: &Scripts, port: u16, mode: &str) -> Result<Lines> {
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let mut s = crate::shimmed(tb, "gw2", "python3", &[])?;
+    s.arg(scripts.path("peer.py"))
+        .args(["server", &ip, &port.to_string(), mode]);
+    let server = Lines::spawn(&mut s, "peer server in gw2")?;
+    server.expect("listening", Duration::from_secs(20))?;
+    Ok(server)
+}
+
+/// Size of the files the program tests move: `RELIABILITY_PROGRAM_BYTES`,
+/// else `default`.
+pub fn program_bytes(default: u64) -> Result<usize> {
+    Ok(knob("RELIABILITY_PROGRAM_BYTES", default)? as usize)
+}
+
+/// `bytes` random bytes in `dir/blob.bin` (seeded by `seed` and the pid)
+/// and their sha256.
+pub fn random_blob(dir: &Path, bytes: usize, seed: u64) -> Result<(PathBuf, String)> {
+    let file = dir.join("blob.bin");
+    crate::write_random_file(&file, bytes, u64::from(std::process::id()) ^ seed)?;
+    let sum = crate::sha256_file(&file)?;
+    Ok((file, sum))
+}
+
+/// Fails with what to install unless every program is on the PATH
+/// (scripts/setup.sh installs them all).
+pub fn need_programs(programs: &[&str]) -> Result<()> {
+    for p in programs {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            bail!("{p} is not installed: run scripts/setup.sh (apt-get install socat netcat-openbsd wget nginx-light curl)");
+        }
+    }
+    Ok(())
+}
+
 /// SIGKILLs `victim`; how long `survivor` took to end (at most `limit`)
 /// and what it said. A survivor that hangs fails the test with both
 /// gateways' TCP and MPTCP sockets (`ss -taniM`) in the error, so a rare

@@ -204,12 +204,9 @@ fn peers(
     client_mode: &str,
 ) -> Result<(Lines, Lines)> {
     let ip = tb.addr4("gw2", 1)?.to_string();
-    let port = unique_port().to_string();
-    let mut s = shimmed(tb, "gw2", "python3", &[])?;
-    s.arg(scripts.path("peer.py"))
-        .args(["server", &ip, &port, server_mode]);
-    let server = Lines::spawn(&mut s, "peer server")?;
-    server.expect("listening", SHORT)?;
+    let port = unique_port();
+    let server = native_peer_server(tb, scripts, port, server_mode)?;
+    let port = port.to_string();
     let joins_before = mptcp_counters(tb.netns("gw2")?)?;
     let mut c = shimmed(tb, "gw1", "python3", &[])?;
     c.arg(scripts.path("peer.py"))

@@ -333,17 +333,6 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     Ok(())
 }
 
-/// peer.py's server, native and shimmed, in gw2.
-fn native_peer_server(tb: &Testbed, scripts: &Scripts, port: u16, mode: &str) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let mut s = shimmed(tb, "gw2", "python3", &[])?;
-    s.arg(scripts.path("peer.py"))
-        .args(["server", &ip, &port.to_string(), mode]);
-    let server = Lines::spawn(&mut s, "peer server in gw2")?;
-    server.expect("listening", SHORT)?;
-    Ok(server)
-}
-
 /// peer.py's client in gw1 on the lkl backend.
 fn lkl_peer_client(
     tb: &Testbed,
@@ -461,18 +450,11 @@ fn reliability_lkl_signals_during_blocking_connect_behave_as_the_kernels() -> Re
 // ------------------------------------------------------------ programs
 
 fn program_size() -> Result<usize> {
-    Ok(knob("RELIABILITY_PROGRAM_BYTES", 64 << 20)? as usize)
+    program_bytes(64 << 20)
 }
 
 fn blob(dir: &std::path::Path) -> Result<(std::path::PathBuf, String)> {
-    let file = dir.join("blob.bin");
-    write_random_file(
-        &file,
-        program_size()?,
-        u64::from(std::process::id()) ^ 0x1c1,
-    )?;
-    let sum = sha256_file(&file)?;
-    Ok((file, sum))
+    random_blob(dir, program_size()?, 0x1c1)
 }
 
 /// Counters of gw2 around `run`: the lkl side was the client (gw2 saw

@@ -16,7 +16,7 @@ const SHORT: Duration = Duration::from_secs(20);
 const TRANSFER: Duration = Duration::from_secs(120);
 
 fn size() -> Result<usize> {
-    Ok(knob("RELIABILITY_PROGRAM_BYTES", 64 << 20)? as usize)
+    program_bytes(64 << 20)
 }
 
 /// Counters before, a transfer, counters after: at least one MPTCP
@@ -35,32 +35,12 @@ fn proves_mptcp(tb: &Testbed, run: impl FnOnce() -> Result<()>) -> Result<()> {
 }
 
 fn blob(dir: &Path) -> Result<(std::path::PathBuf, String)> {
-    let file = dir.join("blob.bin");
-    write_random_file(&file, size()?, u64::from(std::process::id()) ^ 0x5eed)?;
-    let sum = sha256_file(&file)?;
-    Ok((file, sum))
-}
-
-fn installed(program: &str) -> bool {
-    std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn need(programs: &[&str]) -> Result<()> {
-    for p in programs {
-        ensure!(
-            installed(p),
-            "{p} is not installed: apt-get install socat netcat-openbsd wget nginx-light"
-        );
-    }
-    Ok(())
+    random_blob(dir, size()?, 0x5eed)
 }
 
 #[test]
 fn reliability_socat_client_and_server() -> Result<()> {
-    need(&["socat"])?;
+    need_programs(&["socat"])?;
     let tb = two_gateways()?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
@@ -98,7 +78,7 @@ fn reliability_socat_client_and_server() -> Result<()> {
 
 #[test]
 fn reliability_netcat_openbsd_client_and_server() -> Result<()> {
-    need(&["nc"])?;
+    need_programs(&["nc"])?;
     let tb = two_gateways()?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
@@ -130,7 +110,7 @@ fn reliability_netcat_openbsd_client_and_server() -> Result<()> {
 
 #[test]
 fn reliability_wget_from_nginx_large_file() -> Result<()> {
-    need(&["nginx", "wget"])?;
+    need_programs(&["nginx", "wget"])?;
     let tb = two_gateways()?;
     let dir = tempfile::tempdir()?;
     let www = dir.path().join("www");

@@ -28,24 +28,7 @@ const SHORT: Duration = Duration::from_secs(20);
 const TRANSFER: Duration = Duration::from_secs(180);
 
 fn size() -> Result<usize> {
-    Ok(knob("RELIABILITY_PROGRAM_BYTES", 32 << 20)? as usize)
-}
-
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn need(programs: &[&str]) -> Result<()> {
-    for p in programs {
-        ensure!(
-            installed(p),
-            "{p} is not installed: apt-get install socat netcat-openbsd wget nginx-light curl"
-        );
-    }
-    Ok(())
+    program_bytes(32 << 20)
 }
 
 /// The testbed with gw1's links in a UML instance. `dev` is declared
@@ -169,10 +152,7 @@ fn proves_mptcp(
 }
 
 fn blob(dir: &Path) -> Result<(PathBuf, String)> {
-    let file = dir.join("blob.bin");
-    write_random_file(&file, size()?, u64::from(std::process::id()) ^ 0x0b1e)?;
-    let sum = sha256_file(&file)?;
-    Ok((file, sum))
+    random_blob(dir, size()?, 0x0b1e)
 }
 
 /// Waits until the file at `log` contains `needle`: a server's own
@@ -255,7 +235,7 @@ fn wait_len(got: &Path, want: &Path, what: &str) -> Result<()> {
 
 #[test]
 fn reliability_uml_socat_client_to_native_server() -> Result<()> {
-    need(&["socat"])?;
+    need_programs(&["socat"])?;
     let bed = Bed::up("psc")?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
@@ -286,7 +266,7 @@ fn reliability_uml_socat_client_to_native_server() -> Result<()> {
 
 #[test]
 fn reliability_uml_socat_server_from_native_client() -> Result<()> {
-    need(&["socat"])?;
+    need_programs(&["socat"])?;
     let bed = Bed::up("pss")?;
     bed.peer_joins()?;
     let dir = tempfile::tempdir()?;
@@ -324,7 +304,7 @@ fn reliability_uml_socat_server_from_native_client() -> Result<()> {
 
 #[test]
 fn reliability_uml_netcat_openbsd_client_to_native_server() -> Result<()> {
-    need(&["nc"])?;
+    need_programs(&["nc"])?;
     let bed = Bed::up("pnc")?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
@@ -357,7 +337,7 @@ fn reliability_uml_netcat_openbsd_client_to_native_server() -> Result<()> {
 
 #[test]
 fn reliability_uml_netcat_openbsd_server_from_native_client() -> Result<()> {
-    need(&["nc"])?;
+    need_programs(&["nc"])?;
     let bed = Bed::up("pns")?;
     bed.peer_joins()?;
     let dir = tempfile::tempdir()?;
@@ -434,7 +414,7 @@ fn nginx_conf(dir: &Path, www: &Path, ip: &str, port: u16, workers: u32) -> Resu
 /// native one does) and is bounded by TRANSFER.
 #[test]
 fn reliability_uml_wget_from_native_nginx_large_file() -> Result<()> {
-    need(&["nginx", "wget"])?;
+    need_programs(&["nginx", "wget"])?;
     let bed = Bed::up("pwg")?;
     let dir = tempfile::tempdir()?;
     let www = dir.path().join("www");
@@ -467,7 +447,7 @@ fn reliability_uml_wget_from_native_nginx_large_file() -> Result<()> {
 /// answers (a small file: nginx serves any number of requests), then
 /// wget in gw2 downloads the large one.
 fn nginx_on_uml(tag: &str, workers: u32) -> Result<()> {
-    need(&["nginx", "wget", "curl"])?;
+    need_programs(&["nginx", "wget", "curl"])?;
     let bed = Bed::up(tag)?;
     bed.peer_joins()?;
     let dir = tempfile::tempdir()?;

@@ -348,17 +348,6 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
 
 // ------------------------------------------- peer killed, signals, fork
 
-/// peer.py's server in gw2, on the native backend (shimmed).
-fn native_peer_server(tb: &Testbed, scripts: &Scripts, port: u16, mode: &str) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let mut s = shimmed(tb, "gw2", "python3", &[])?;
-    s.arg(scripts.path("peer.py"))
-        .args(["server", &ip, &port.to_string(), mode]);
-    let server = Lines::spawn(&mut s, "peer server in gw2")?;
-    server.expect("listening", SHORT)?;
-    Ok(server)
-}
-
 /// peer.py's client in gw1 on the uml backend; returns once connected
 /// and the second subflow has joined (or clearly will not: bounded), as
 /// in the native test: these cases are about established connections.
