@@ -311,13 +311,19 @@ unsafe extern "C" fn op_panic() {
 /// The word holds the count and, in its top bit, "someone sleeps here".
 /// After its atomic update `up` touches the word only through the futex
 /// call, so a waiter may free the semaphore as soon as it has its unit.
-struct Sem {
+pub(crate) struct Sem {
     word: AtomicU32,
 }
 
 const SLEEPERS: u32 = 1 << 31;
 
 impl Sem {
+    pub(crate) const fn new() -> Sem {
+        Sem {
+            word: AtomicU32::new(0),
+        }
+    }
+
     fn try_take(&self) -> bool {
         let mut w = self.word.load(Ordering::Acquire);
         while w & !SLEEPERS > 0 {
@@ -332,7 +338,7 @@ impl Sem {
         false
     }
 
-    fn up(&self) {
+    pub(crate) fn up(&self) {
         // Add one and clear the sleepers bit; whoever slept re-checks.
         let mut w = self.word.load(Ordering::Acquire);
         loop {
@@ -354,7 +360,7 @@ impl Sem {
         }
     }
 
-    fn down(&self) {
+    pub(crate) fn down(&self) {
         loop {
             if self.try_take() {
                 return;
