@@ -524,7 +524,7 @@ impl Lkl {
                 self.log()
             )));
         }
-        dev.start_threads().map_err(Error::Host)?;
+        dev.start_rx().map_err(Error::Host)?;
         if let Ok(mut d) = self.devices.lock() {
             d.push(dev);
         }

@@ -311,19 +311,13 @@ unsafe extern "C" fn op_panic() {
 /// The word holds the count and, in its top bit, "someone sleeps here".
 /// After its atomic update `up` touches the word only through the futex
 /// call, so a waiter may free the semaphore as soon as it has its unit.
-pub(crate) struct Sem {
+struct Sem {
     word: AtomicU32,
 }
 
 const SLEEPERS: u32 = 1 << 31;
 
 impl Sem {
-    pub(crate) const fn new() -> Sem {
-        Sem {
-            word: AtomicU32::new(0),
-        }
-    }
-
     fn try_take(&self) -> bool {
         let mut w = self.word.load(Ordering::Acquire);
         while w & !SLEEPERS > 0 {
@@ -338,7 +332,7 @@ impl Sem {
         false
     }
 
-    pub(crate) fn up(&self) {
+    fn up(&self) {
         // Add one and clear the sleepers bit; whoever slept re-checks.
         let mut w = self.word.load(Ordering::Acquire);
         loop {
@@ -360,7 +354,7 @@ impl Sem {
         }
     }
 
-    pub(crate) fn down(&self) {
+    fn down(&self) {
         loop {
             if self.try_take() {
                 return;

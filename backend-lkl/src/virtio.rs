@@ -4,16 +4,12 @@
 //! The packet socket carries a virtio_net_hdr with every frame
 //! (PACKET_VNET_HDR), so checksum offload and TSO/GSO pass straight between
 //! the host kernel and the library kernel without segmenting or
-//! checksumming in between. Each direction has a host thread of its own
-//! (like vhost): a kick of the transmit queue only wakes the transmit
-//! thread, so the library kernel, which has one CPU, goes on with its work
-//! while the host sends. That matters on veth, where the host's `sendmsg`
-//! also runs the peer's receive path: done inline it took about a third of
-//! the kernel's only CPU (unshaped lkl/native went from about 0.48 to 0.65).
+//! checksumming in between. Transmit runs synchronously in the kernel task
+//! that kicks the queue; receive runs on a host thread of the device.
 //!
 //! Guest "physical" addresses are host addresses (the library kernel has no
 //! MMU), so descriptors point straight into memory; the ring indices are
-//! read and written with atomics since the kernel and the device threads
+//! read and written with atomics since the kernel and the receive thread
 //! share them.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -52,7 +48,6 @@ const FEATURES: u64 = F_CSUM
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
-const USED_F_NO_NOTIFY: u16 = 1;
 
 #[derive(Default, Clone, Copy)]
 struct Queue {
@@ -86,10 +81,6 @@ pub(crate) struct NetDevice {
     rx_kick: Condvar,
     stop: AtomicBool,
     rx_thread: Mutex<Option<JoinHandle<()>>>,
-    tx_thread: Mutex<Option<JoinHandle<()>>>,
-    /// The transmit thread is awake or about to be: kicks need not wake it.
-    tx_busy: AtomicBool,
-    tx_wake: sys::Sem,
     rx_frames: AtomicU64,
     tx_frames: AtomicU64,
 }
@@ -218,9 +209,6 @@ impl NetDevice {
             rx_kick: Condvar::new(),
             stop: AtomicBool::new(false),
             rx_thread: Mutex::new(None),
-            tx_thread: Mutex::new(None),
-            tx_busy: AtomicBool::new(false),
-            tx_wake: sys::Sem::new(),
             rx_frames: AtomicU64::new(0),
             tx_frames: AtomicU64::new(0),
         }))
@@ -237,94 +225,22 @@ impl NetDevice {
         )
     }
 
-    /// Starts the device's receive and transmit threads.
-    pub(crate) fn start_threads(self: &Arc<Self>) -> Result<(), String> {
-        self.spawn("rx", &self.rx_thread, NetDevice::rx_loop)?;
-        self.spawn("tx", &self.tx_thread, NetDevice::tx_loop)
-    }
-
-    fn spawn(
-        self: &Arc<Self>,
-        what: &str,
-        slot: &Mutex<Option<JoinHandle<()>>>,
-        body: fn(&NetDevice),
-    ) -> Result<(), String> {
+    pub(crate) fn start_rx(self: &Arc<Self>) -> Result<(), String> {
         let me = Arc::clone(self);
         let h = std::thread::Builder::new()
-            .name(format!("lkl-{what}-{}", self.ifname))
-            .spawn(move || body(&me))
-            .map_err(|e| format!("cannot start the {what} thread: {e}"))?;
-        if let Ok(mut t) = slot.lock() {
+            .name(format!("lkl-rx-{}", self.ifname))
+            .spawn(move || me.rx_loop())
+            .map_err(|e| format!("cannot start the receive thread: {e}"))?;
+        if let Ok(mut t) = self.rx_thread.lock() {
             *t = Some(h);
         }
         Ok(())
-    }
-
-    /// The driver kicked the transmit queue (on the kernel's thread).
-    fn tx_kick(&self) {
-        if !self.tx_busy.swap(true, Ordering::SeqCst) {
-            self.tx_wake.up();
-        }
-    }
-
-    fn tx_has_work(&self) -> bool {
-        match self.queues[1].lock() {
-            // SAFETY: avail ring of a ready queue.
-            Ok(q) => {
-                q.ready && unsafe { ring_u16(q.avail, 2) }.load(Ordering::Acquire) != q.last_avail
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Tells the driver whether to kick (VRING_USED_F_NO_NOTIFY): not while
-    /// the transmit thread is draining the queue anyway.
-    fn tx_want_kicks(&self, want: bool) {
-        if let Ok(q) = self.queues[1].lock() {
-            if q.ready {
-                // SAFETY: used ring flags of a ready queue.
-                unsafe { ring_u16(q.used, 0) }
-                    .store(if want { 0 } else { USED_F_NO_NOTIFY }, Ordering::SeqCst);
-            }
-        }
-    }
-
-    /// Sends what the driver queues until the device stops. The driver
-    /// publishes a frame before it reads the no-kick flag, and this thread
-    /// clears the flag (and `tx_busy`) before it looks for frames again,
-    /// so a frame is never left behind with nobody awake to send it.
-    fn tx_loop(&self) {
-        loop {
-            self.tx_wake.down();
-            if self.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            loop {
-                self.tx_want_kicks(false);
-                self.process_tx();
-                self.tx_want_kicks(true);
-                fence(Ordering::SeqCst);
-                if self.tx_has_work() {
-                    continue;
-                }
-                self.tx_busy.store(false, Ordering::SeqCst);
-                if self.tx_has_work() && !self.tx_busy.swap(true, Ordering::SeqCst) {
-                    continue;
-                }
-                break;
-            }
-        }
     }
 
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.rx_kick.notify_all();
         let h = self.rx_thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(h) = h {
-            let _ = h.join();
-        }
-        self.tx_wake.up();
-        let h = self.tx_thread.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = h {
             let _ = h.join();
         }
@@ -631,10 +547,10 @@ impl MmioDevice for NetDevice {
     fn write(&self, off: u64, val: u64, _size: u32) {
         let v32 = val as u32;
         if off == 0x050 {
-            // Queue notify: wake the receive or the transmit thread.
+            // Queue notify: transmit now, or wake the receive thread.
             match v32 {
                 0 => self.rx_kick.notify_all(),
-                1 => self.tx_kick(),
+                1 => self.process_tx(),
                 _ => {}
             }
             return;
