@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use netlink::MptcpFlags;
+pub use sys::locate_library;
 
 /// Why the lkl backend cannot be used in this build.
 pub const UNAVAILABLE: &str = "the lkl backend could not be started (no Linux Kernel Library); use backend = \"native\" or \"uml\"";

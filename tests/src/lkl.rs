@@ -7,33 +7,18 @@
 use crate::{run_ok, shim_path};
 use anyhow::Result;
 use dropshim_testbed::Testbed;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// liblkl.so, built (or found in its cache) by build-lkl.sh once per run.
+/// liblkl.so, built (or found in its cache) by build-lkl.sh once per run,
+/// the way the shim finds it.
 pub fn liblkl() -> Result<PathBuf> {
     static LIB: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend-lkl/build-lkl.sh");
-        let out = run_ok(Command::new("sh").arg(&script), Duration::from_secs(1800))
-            .map_err(|e| format!("{}: {e:#}", script.display()))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let dir = stdout.lines().last().unwrap_or("").trim();
-        let lib = Path::new(dir).join("liblkl.so");
-        if lib.is_file() {
-            Ok(lib)
-        } else {
-            Err(format!(
-                "{} did not produce {}",
-                script.display(),
-                lib.display()
-            ))
-        }
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
+    LIB.get_or_init(|| dropshim_backend_lkl::locate_library(true))
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 /// gw1 handed over to the library kernel: its links carry no host

@@ -168,52 +168,13 @@ fn uml_reason(library: &Path) -> Option<String> {
     None
 }
 
-/// The script that builds liblkl.so, in this source tree.
-fn lkl_build_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend-lkl/build-lkl.sh")
-}
+const BUILD_LKL: &str = "run backend-lkl/build-lkl.sh (or point DROPSHIM_LKL_LIB at a liblkl.so)";
 
-const BUILD_LKL: &str = "liblkl.so is not built: run backend-lkl/build-lkl.sh (or point DROPSHIM_LKL_LIB at a liblkl.so)";
-
-/// liblkl.so for the lkl stack: `DROPSHIM_LKL_LIB` (as the shim reads
-/// it), else build-lkl.sh's cached build. The script is asked with
-/// LKL_NO_BUILD=1, so it answers from its cache at once and never starts
-/// a build (minutes) behind a benchmark's back.
+/// liblkl.so for the lkl stack, found the way the shim finds it, but
+/// never built here: a build takes minutes and must not start behind a
+/// benchmark's back.
 fn lkl_library() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("DROPSHIM_LKL_LIB") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!(
-                "DROPSHIM_LKL_LIB={} is not a file: point it at liblkl.so, or unset it and run backend-lkl/build-lkl.sh",
-                p.display()
-            ))
-        };
-    }
-    let script = lkl_build_script();
-    if !script.is_file() {
-        return Err(BUILD_LKL.to_string());
-    }
-    let mut cmd = Command::new("sh");
-    cmd.arg(&script).env("LKL_NO_BUILD", "1");
-    let out = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(120))
-        .map_err(|e| format!("{}: {e}; {BUILD_LKL}", script.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err.lines().last().unwrap_or("").trim();
-        return Err(format!("{} failed ({last}): {BUILD_LKL}", script.display()));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lib = Path::new(stdout.lines().last().unwrap_or("").trim()).join("liblkl.so");
-    if lib.is_file() {
-        Ok(lib)
-    } else {
-        Err(format!(
-            "{} did not print its output directory: {BUILD_LKL}",
-            script.display()
-        ))
-    }
+    dropshim_backend_lkl::locate_library(false).map_err(|e| format!("{e}; {BUILD_LKL}"))
 }
 
 /// Which end of a transfer a program is.
