@@ -1095,6 +1095,26 @@ pub fn load_server(tb: &Testbed, scripts: &Scripts, port: u16) -> Result<Lines> 
     Ok(server)
 }
 
+/// The load client's arguments after its mode: the server (gw2's link-1
+/// address and `port`), the load, a per-run seed and the server's pid.
+pub fn load_client_args(
+    tb: &Testbed,
+    port: u16,
+    (conns, rounds, max_size): (u64, u64, u64),
+    server_pid: u32,
+) -> Result<Vec<String>> {
+    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
+    Ok(vec![
+        tb.addr4("gw2", 1)?.to_string(),
+        port.to_string(),
+        conns.to_string(),
+        rounds.to_string(),
+        max_size.to_string(),
+        seed.to_string(),
+        server_pid.to_string(),
+    ])
+}
+
 /// The shimmed load client in gw1: `rounds` rounds of `conns` concurrent
 /// connections, payload sizes up to `max_size` each way; `env` picks the
 /// backend (empty: native).
@@ -1106,18 +1126,14 @@ pub fn load_client(
     server_pid: u32,
     env: &[(&str, &str)],
 ) -> Result<Lines> {
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
     let mut cmd = shimmed(tb, "gw1", "python3", env)?;
-    cmd.arg(scripts.path("load.py")).args([
-        "client",
-        &ip,
-        &port.to_string(),
-        &conns.to_string(),
-        &rounds.to_string(),
-        &max_size.to_string(),
-        &seed.to_string(),
-        &server_pid.to_string(),
-    ]);
+    cmd.arg(scripts.path("load.py"))
+        .arg("client")
+        .args(load_client_args(
+            tb,
+            port,
+            (conns, rounds, max_size),
+            server_pid,
+        )?);
     Lines::spawn(&mut cmd, "load client")
 }

@@ -85,18 +85,15 @@ fn lkl_load_client(
 ) -> Result<Lines> {
     let driver = scripts.dir().join("lkl_load.py");
     std::fs::write(&driver, LKL_LOAD_PY)?;
-    let ip = tb.addr4("gw2", 1)?.to_string();
-    let seed = u64::from(std::process::id()) * 7919 + u64::from(port);
     let mut cmd = on_lkl(tb, node, "python3")?;
-    cmd.arg(&driver).arg(scripts.path("load.py")).args([
-        &ip,
-        &port.to_string(),
-        &conns.to_string(),
-        &rounds.to_string(),
-        &max_size.to_string(),
-        &seed.to_string(),
-        &server_pid.to_string(),
-    ]);
+    cmd.arg(&driver)
+        .arg(scripts.path("load.py"))
+        .args(load_client_args(
+            tb,
+            port,
+            (conns, rounds, max_size),
+            server_pid,
+        )?);
     Lines::spawn(&mut cmd, "load client on lkl")
 }
 
