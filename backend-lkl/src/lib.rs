@@ -419,6 +419,16 @@ impl Lkl {
 
     /// `SO_RCVTIMEO`: a blocking receive returns `EAGAIN` after `timeout`.
     pub fn set_recv_timeout(&self, fd: Fd, timeout: Duration) -> Result<()> {
+        self.set_timeout(fd, libc::SO_RCVTIMEO, "SO_RCVTIMEO", timeout)
+    }
+
+    /// `SO_SNDTIMEO`: a blocking send returns what it queued, or `EAGAIN`
+    /// if nothing, after `timeout`.
+    pub fn set_send_timeout(&self, fd: Fd, timeout: Duration) -> Result<()> {
+        self.set_timeout(fd, libc::SO_SNDTIMEO, "SO_SNDTIMEO", timeout)
+    }
+
+    fn set_timeout(&self, fd: Fd, name: i32, what: &str, timeout: Duration) -> Result<()> {
         // struct __kernel_old_timeval: two longs (the library is 64-bit).
         let tv: [i64; 2] = [timeout.as_secs() as i64, i64::from(timeout.subsec_micros())];
         let r = self.call(
@@ -426,13 +436,13 @@ impl Lkl {
             [
                 fd.0 as i64,
                 libc::SOL_SOCKET as i64,
-                libc::SO_RCVTIMEO as i64,
+                name as i64,
                 tv.as_ptr() as i64,
                 16,
                 0,
             ],
         );
-        check(|| "setsockopt(SO_RCVTIMEO)".into(), r).map(|_| ())
+        check(|| format!("setsockopt({what})"), r).map(|_| ())
     }
 
     /// `getsockopt` into `buf`; returns the length the kernel wrote.
@@ -525,7 +535,7 @@ impl Lkl {
                 self.log()
             )));
         }
-        dev.start_rx().map_err(Error::Host)?;
+        dev.start_thread().map_err(Error::Host)?;
         if let Ok(mut d) = self.devices.lock() {
             d.push(dev);
         }

@@ -548,8 +548,10 @@ fn accept_loop(mut bridge: TcpStream, sock: OwnedFd, pending: &Pending) -> io::R
     }
 }
 
-/// How long a splice from the guest socket waits before it looks again.
+/// How long a splice from or to the guest socket waits before it looks
+/// again.
 const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+const SEND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Moves bytes both ways until both directions ended. A reset on one side
 /// becomes a reset on the other, so the program sees the peer's error.
@@ -563,6 +565,11 @@ fn relay(bridge: TcpStream, sock: OwnedFd) {
     // reader to pull it in. A receive timeout makes `pump` call splice
     // again, which pulls it (the same cure as the lkl backend's relay).
     let _ = sock.set_read_timeout(Some(RECV_RETRY));
+    // Nor has it a persist timer: a writer asleep for room, with nothing
+    // in flight on any subflow (the peer's window closed, or memory ran
+    // short), is never woken. A send timeout makes `pump` splice again,
+    // and that pushes what is pending or probes the window.
+    let _ = sock.set_write_timeout(Some(SEND_RETRY));
     let (b2, s2) = match (bridge.try_clone(), sock.try_clone()) {
         (Ok(b), Ok(s)) => (b, s),
         _ => return,
@@ -625,7 +632,13 @@ fn pump(from: &TcpStream, to: &TcpStream) {
                 )
             };
             if m <= 0 {
-                if m < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                // EAGAIN: the send timeout set in `relay` (no room yet).
+                if m < 0
+                    && matches!(
+                        io::Error::last_os_error().raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN)
+                    )
+                {
                     continue;
                 }
                 break 'outer true;

@@ -72,6 +72,8 @@ const RELAY_CHUNK: usize = 256 * 1024;
 /// How long the receiving relay sleeps in the library kernel before it
 /// looks again (see `relay_down`).
 const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long the program → kernel relay sleeps in one send (see relay_up).
+const SEND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Kernel {
     lkl: Lkl,
@@ -552,6 +554,16 @@ impl Drop for HostEnd {
 /// Program → library kernel.
 fn relay_up(conn: &Conn, host: c_int) {
     let Some(k) = live() else { return };
+    // Linux 6.12's MPTCP has no persist timer of its own: when the peer's
+    // connection-level window closes, or its memory runs short, with
+    // nothing in flight on any subflow, a sender asleep for room is never
+    // woken (seen in the path-cut test: every subflow idle and empty, the
+    // relay asleep in send for good). A send that times out re-enters
+    // sendmsg, which pushes what is pending or probes the window; the
+    // stall is then at most this long.
+    if let Err(e) = k.set_send_timeout(conn.lkl, SEND_RETRY) {
+        log::debug!("lkl: SO_SNDTIMEO: {e}");
+    }
     let mut buf = vec![0u8; RELAY_CHUNK];
     loop {
         // SAFETY: `buf` is writable for its length; `host` is our end.
@@ -574,7 +586,7 @@ fn relay_up(conn: &Conn, host: c_int) {
             conn.up_done.store(true, Ordering::Release);
             return;
         }
-        if let Err(e) = k.send_all(conn.lkl, &buf[..n as usize]) {
+        if let Err(e) = send_retrying(k, conn.lkl, &buf[..n as usize]) {
             log::debug!("lkl: send: {e}");
             // The program's further writes fail with EPIPE.
             // SAFETY: shutdown on our own descriptor.
@@ -583,6 +595,18 @@ fn relay_up(conn: &Conn, host: c_int) {
             return;
         }
     }
+}
+
+/// Sends all of `buf`, going back into the kernel after each send timeout.
+fn send_retrying(k: &Lkl, fd: Fd, mut buf: &[u8]) -> Result<(), LklError> {
+    while !buf.is_empty() {
+        match k.send(fd, buf, libc::MSG_NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EAGAIN) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Library kernel → program.
