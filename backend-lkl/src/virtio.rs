@@ -10,7 +10,7 @@
 //! write. The library kernel, which has one CPU, therefore never runs the
 //! host's `sendmsg` itself. That matters on veth, where `sendmsg` also runs
 //! the peer's receive path: done inline it took about a third of the
-//! kernel's only CPU (unshaped lkl/native went from about 0.48 to 0.7).
+//! kernel's only CPU (unshaped lkl/native went from about 0.5 to 1.0).
 //! While the thread is busy sending it also picks up what arrived (the
 //! ACKs), so a busy device costs no wake-ups for those.
 //!
