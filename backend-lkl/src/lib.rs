@@ -445,6 +445,44 @@ impl Lkl {
         check(|| format!("setsockopt({what})"), r).map(|_| ())
     }
 
+    /// `SO_LINGER` on: a later close of `fd` waits, up to `timeout`
+    /// (whole seconds), until the peer acknowledged the end of the stream.
+    pub fn set_linger(&self, fd: Fd, timeout: Duration) -> Result<()> {
+        // struct linger: l_onoff, l_linger (seconds), two ints.
+        let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX).max(1);
+        let linger: [i32; 2] = [1, secs];
+        let r = self.call(
+            nr::SETSOCKOPT,
+            [
+                fd.0 as i64,
+                libc::SOL_SOCKET as i64,
+                libc::SO_LINGER as i64,
+                linger.as_ptr() as i64,
+                8,
+                0,
+            ],
+        );
+        check(|| "setsockopt(SO_LINGER)".to_string(), r).map(|_| ())
+    }
+
+    /// Bytes (and a FIN) written to `fd` that the peer has not yet
+    /// acknowledged (`SIOCOUTQ`).
+    pub fn unacked(&self, fd: Fd) -> Result<usize> {
+        let mut queued: i32 = 0;
+        let r = self.call(
+            nr::IOCTL,
+            [
+                fd.0 as i64,
+                libc::TIOCOUTQ as i64,
+                &mut queued as *mut i32 as i64,
+                0,
+                0,
+                0,
+            ],
+        );
+        check(|| "ioctl(SIOCOUTQ)".to_string(), r).map(|_| queued.max(0) as usize)
+    }
+
     /// `getsockopt` into `buf`; returns the length the kernel wrote.
     pub fn getsockopt(&self, fd: Fd, level: i32, name: i32, buf: &mut [u8]) -> Result<usize> {
         let mut len = buf.len() as libc::socklen_t;

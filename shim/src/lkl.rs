@@ -35,6 +35,10 @@
 //! ends every connection's writing and waits (at most 5 s) until the
 //! relays and the kernel's send queues are empty: bytes written just
 //! before exit() and the FIN still reach the peer. `_exit()` skips it.
+//! A connection the program closed before exiting is covered too: its
+//! library socket is closed with SO_LINGER on a relay (or helper) thread
+//! while anything is unacknowledged, and the exit handler waits for such
+//! closes to end.
 //!
 //! fork: the library kernel's threads stay in the parent. A child's
 //! inherited sockets keep working for reading and writing (they are plain
@@ -313,8 +317,94 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if let Some(k) = live() {
+        let Some(k) = live() else { return };
+        let unacked = k.unacked(self.lkl).unwrap_or(0);
+        if unacked == 0 {
             let _ = k.close(self.lkl);
+            return;
+        }
+        log::debug!("lkl: {unacked} bytes unacknowledged at close; the close lingers");
+        // Bytes or the FIN are still unacknowledged: the close waits for
+        // them (bounded), so that an exit right after it can wait for the
+        // close. Off the program's own threads: its close() never blocks.
+        let closing = Closing::enter();
+        let fd = self.lkl;
+        if ON_RELAY_THREAD.get() {
+            lingering_close(k, fd, closing);
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("dropshim-lkl-close".into())
+            .spawn(move || {
+                if let Some(k) = live() {
+                    lingering_close(k, fd, closing);
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("lkl: no thread for a lingering close ({e}); closing at once");
+            let _ = k.close(fd);
+        }
+    }
+}
+
+/// Closes `fd` once the peer has acknowledged everything written to it,
+/// or after [`LINGER`]: the library kernel sends what is queued and the
+/// FIN either way (an orphaned socket goes on after close), but only a
+/// close still waiting keeps the exit flush waiting.
+fn lingering_close(k: &Lkl, fd: Fd, _closing: Closing) {
+    if let Err(e) = k.set_linger(fd, LINGER) {
+        log::debug!("lkl: SO_LINGER: {e}");
+    }
+    let _ = k.close(fd);
+}
+
+/// How long a close waits for the peer's acknowledgement. Longer than
+/// [`EXIT_FLUSH`]: a connection closed shortly before exit is still being
+/// waited for then.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+
+std::thread_local! {
+    /// This thread is a relay: it ends when its connection does, so it
+    /// may wait in a lingering close.
+    static ON_RELAY_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Closes in progress that wait for the peer's acknowledgement (and
+/// relays about to drop their connection, which may start one).
+static CLOSING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static CLOSING_DONE: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Counts one in [`CLOSING`] while it lives.
+struct Closing;
+
+impl Closing {
+    fn enter() -> Closing {
+        *CLOSING.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Closing
+    }
+
+    /// Waits until no close is in progress, or until `deadline`.
+    fn wait_all(deadline: std::time::Instant) {
+        let mut n = CLOSING.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            n = match CLOSING_DONE.wait_timeout(n, left) {
+                Ok((n, _)) => n,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let mut n = CLOSING.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            CLOSING_DONE.notify_all();
         }
     }
 }
@@ -471,17 +561,36 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
     let (c2, h2) = (conn.clone(), host.clone());
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-rx".into())
-        .spawn(move || relay_down(&c2, h2.0));
+        .spawn(move || {
+            relay_down(&c2, h2.0);
+            drop(h2);
+            let_go(c2);
+        });
     if let Err(e) = spawned {
         log::error!("lkl: cannot start a relay thread: {e}; the connection is closed");
         return;
     }
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-tx".into())
-        .spawn(move || relay_up(&conn, host.0));
+        .spawn(move || {
+            relay_up(&conn, host.0);
+            drop(host);
+            let_go(conn);
+        });
     if let Err(e) = spawned {
         log::error!("lkl: cannot start a relay thread: {e}");
     }
+}
+
+/// A relay's end (its end of the pair already let go of, so a lingering
+/// close holds no descriptor of the program's): drops its hold on the
+/// connection, closing the library socket if it was the last one. Counted in [`CLOSING`] throughout, so
+/// the exit flush never sees the connection gone before its lingering
+/// close has begun.
+fn let_go(conn: Arc<Conn>) {
+    let _closing = Closing::enter();
+    ON_RELAY_THREAD.set(true);
+    drop(conn);
 }
 
 /// Connections that were relayed, for the flush at exit.
@@ -494,7 +603,8 @@ const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 /// still in a socketpair or unacknowledged in the kernel would be lost and
 /// the peers would never see a FIN. Ends every open connection's writing
 /// (the relays send what is queued, then FIN) and waits, bounded, until
-/// the relays are done and the kernel's send queues are empty.
+/// the relays are done, the kernel's send queues are empty and no
+/// lingering close (a connection the program closed earlier) is left.
 extern "C" fn flush_at_exit() {
     let Some(k) = live() else { return };
     let open: Vec<c_int> = SOCKS
@@ -516,24 +626,10 @@ extern "C" fn flush_at_exit() {
     }
     let conns: Vec<Arc<Conn>> = RELAYED.lock().iter().filter_map(|w| w.upgrade()).collect();
     let deadline = std::time::Instant::now() + EXIT_FLUSH;
-    for c in conns {
+    for c in &conns {
         loop {
-            let mut queued: c_int = 0;
-            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int into `queued`.
-            let r = unsafe {
-                k.syscall(
-                    dropshim_backend_lkl::nr::IOCTL,
-                    [
-                        i64::from(c.lkl.0),
-                        libc::TIOCOUTQ as i64,
-                        &mut queued as *mut c_int as i64,
-                        0,
-                        0,
-                        0,
-                    ],
-                )
-            };
-            let drained = c.up_done.load(Ordering::Acquire) && (r < 0 || queued == 0);
+            let drained =
+                c.up_done.load(Ordering::Acquire) && k.unacked(c.lkl).map_or(true, |n| n == 0);
             if drained || std::time::Instant::now() >= deadline {
                 break;
             }
@@ -541,6 +637,14 @@ extern "C" fn flush_at_exit() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
+    // Connections the program closed earlier may still be waiting for
+    // their acknowledgement in a lingering close; so may these, now.
+    drop(conns);
+    Closing::wait_all(deadline);
+    log::debug!(
+        "lkl: exit flush done in {:?}",
+        EXIT_FLUSH - deadline.saturating_duration_since(std::time::Instant::now())
+    );
 }
 
 struct HostEnd(c_int);

@@ -443,48 +443,111 @@ fn lkl_fork_child_uses_inherited_socket_and_new_sockets_fail_clearly() -> Result
     Ok(())
 }
 
+/// The native peer of the exit test: reads the open connection to its
+/// end first, and only then the closed one. Until the program exits, the
+/// closed connection's window stays shut (a small receive buffer nobody
+/// reads), so its last bytes and FIN are still in the library kernel,
+/// unacknowledged, when the exit begins; the open connection's end of
+/// stream comes from the exit flush itself.
+const EXIT_PEER: &str = r#"
+import hashlib, socket, sys
+def listener(port):
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    l.bind((sys.argv[1], int(port)))
+    l.listen(1)
+    return l
+kept_l, closed_l = listener(sys.argv[2]), listener(sys.argv[3])
+kept, _ = kept_l.accept()
+closed, _ = closed_l.accept()
+def drain(s):
+    h, n = hashlib.sha256(), 0
+    while True:
+        b = s.recv(65536)
+        if not b:
+            return "%d %s" % (n, h.hexdigest())
+        n += len(b)
+        h.update(b)
+print("kept", drain(kept), flush=True)
+print("closed", drain(closed), flush=True)
+"#;
+
+/// The program of the exit test: writes on both, closes one, and exits
+/// with the other still open. The closed connection's bytes fit in its
+/// library socket's send buffer, so its relays hand them all over and end
+/// at once; the 200 ms of other work before exit are no synchronisation
+/// (the peer waits for the exit whatever the timing), they only make sure
+/// the exit finds that connection already let go of by its relays.
+const EXIT_PROGRAM: &str = r#"
+import socket, sys, time
+kept_data, closed_data = open(sys.argv[3], "rb").read(), open(sys.argv[4], "rb").read()
+kept = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+closed = socket.create_connection((sys.argv[1], int(sys.argv[5])))
+closed.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+kept.sendall(kept_data)
+closed.sendall(closed_data)
+closed.close()
+time.sleep(0.2)
+sys.exit(0)
+"#;
+
 /// The library kernel dies with the process: a program that writes and
-/// exits at once (without closing) must still deliver every byte and a
-/// FIN, as it would on the host stack.
+/// exits at once must still deliver every byte and a FIN, as it would on
+/// the host stack, both on a connection it left open and on one it
+/// closed just before, whose bytes are still unacknowledged then.
 #[test]
 fn lkl_program_exit_delivers_pending_bytes_and_fin() -> Result<()> {
-    // Slow links (2 x 100 Mbit/s): megabytes are still queued in the
-    // library kernel when the program exits.
+    // Slow links (2 x 100 Mbit/s): the open connection's megabytes are
+    // still queued when the program exits.
     let tb = two_gateways(Some(100))?;
     let node = lkl_node(&tb, r#""subflow""#)?;
     let dir = tempfile::tempdir()?;
-    let port = unique_port();
     let gw2 = tb.addr4("gw2", 1)?;
-    let got = dir.path().join("got.bin");
-    let mut sink = native_peer(&tb, "socat")?;
-    sink.args([
-        "-u".to_string(),
-        format!("TCP-LISTEN:{port},bind={gw2},reuseaddr"),
-        format!("OPEN:{},creat,trunc", got.display()),
-    ]);
-    let sink = Background::spawn(&mut sink, "socat sink in gw2")?;
-    wait_listening(tb.netns("gw2")?, port, SHORT)?;
-    let sent = dir.path().join("sent.bin");
-    write_random_file(&sent, 30 << 20, 7)?;
-    let script = "import socket, sys\n\
-        c = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n\
-        c.sendall(open(sys.argv[3], 'rb').read())\n\
-        sys.exit(0)\n";
+    let kept_data = dir.path().join("kept.bin");
+    write_random_file(&kept_data, 16 << 20, 7)?;
+    let closed_data = dir.path().join("closed.bin");
+    write_random_file(&closed_data, 200 << 10, 8)?;
+    let (kept_port, closed_port) = (unique_port(), unique_port());
+    let peer = Background::spawn(
+        native_peer(&tb, "python3")?.args([
+            "-c",
+            EXIT_PEER,
+            &gw2.to_string(),
+            &kept_port.to_string(),
+            &closed_port.to_string(),
+        ]),
+        "exit test peer in gw2",
+    )?;
+    for port in [kept_port, closed_port] {
+        wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    }
     run_ok(
         on_lkl(&tb, &node, "python3")?
-            .args(["-c", script, &gw2.to_string(), &port.to_string()])
-            .arg(&sent),
+            .args(["-c", EXIT_PROGRAM, &gw2.to_string(), &kept_port.to_string()])
+            .arg(&kept_data)
+            .arg(&closed_data)
+            .arg(closed_port.to_string()),
         TRANSFER,
     )?;
-    // socat -u exits at the FIN; a lost FIN shows as this timing out.
-    sink.wait(SHORT)
-        .context("the receiver never saw the end of the stream")?;
-    ensure!(
-        sha256_file(&got)? == sha256_file(&sent)?,
-        "bytes written just before exit were lost ({} of {} bytes arrived)",
-        std::fs::metadata(&got)?.len(),
-        30 << 20
-    );
+    // The peer ends once both connections have ended; a lost FIN shows as
+    // this timing out.
+    let out = peer
+        .wait(SHORT)
+        .context("the peer never saw both connections end")?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    for (name, file) in [("kept", &kept_data), ("closed", &closed_data)] {
+        let want = format!(
+            "{name} {} {}",
+            std::fs::metadata(file)?.len(),
+            sha256_file(file)?
+        );
+        ensure!(
+            report.lines().any(|l| l == want),
+            "bytes written just before exit were lost on the {name} connection: \
+             the peer reported {report:?}, expected the line {want:?}"
+        );
+    }
     Ok(())
 }
 
