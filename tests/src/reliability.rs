@@ -4,15 +4,15 @@
 //! from /proc, reading per-link byte counters, and the knobs that turn
 //! the bounded CI run into the long one (`scripts/reliability-long.sh`).
 
-use crate::run_ok;
-use anyhow::{bail, Context, Result};
+use crate::{delta, mptcp_counters, run_ok, wait_until};
+use anyhow::{bail, ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::{plain, shimmed, two_gateways};
 
@@ -395,6 +395,169 @@ pub fn load_rounds(conns: u64, max_size: u64, default: u64) -> Result<u64> {
             (bytes.div_ceil(per_round) * 11).div_ceil(10).max(3)
         }
     })
+}
+
+/// Stops a load server (SIGTERM) and returns its stderr, which the
+/// caller checks for errors.
+pub fn stop_server(server: Lines) -> Result<String> {
+    server.signal(libc::SIGTERM)?;
+    let (_, _, stderr) = server.finish(Duration::from_secs(20))?;
+    Ok(stderr)
+}
+
+/// Runs a load client to the end (each line at most `timeout` apart);
+/// returns its round reports, all `rounds` of them.
+pub fn run_rounds(
+    client: Lines,
+    rounds: u64,
+    timeout: Duration,
+) -> Result<Vec<HashMap<String, u64>>> {
+    let mut reports = Vec::new();
+    while let Some(line) = client.next_line(timeout)? {
+        if line.starts_with("round=") {
+            reports.push(fields(&line));
+        }
+    }
+    let (status, _, stderr) = client.finish(Duration::from_secs(20))?;
+    ensure!(status.success(), "load client failed: {stderr}");
+    ensure!(
+        reports.len() as u64 == rounds,
+        "{} of {rounds} rounds reported",
+        reports.len()
+    );
+    Ok(reports)
+}
+
+/// Where a path is cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CutAt {
+    /// The whole link, both ends (native: gw1's end is the host's).
+    Link,
+    /// gw2's end only, which takes gw1's carrier with it: gw1's end
+    /// belongs to the backend's kernel (uml, lkl), and its host side has
+    /// no address or routes to bring back.
+    PeerEnd,
+}
+
+/// The path-cut test, for one backend.
+pub struct PathCuts<'a> {
+    pub tb: &'a Testbed,
+    /// gw2's MPTCP counters from before the connections.
+    pub before: HashMap<String, u64>,
+    pub conns: u64,
+    /// Fewer cuts than this before the transfer ended fails the test.
+    pub min_faults: u64,
+    pub at: CutAt,
+    /// Cut link 1 and link 2 in turn (link 1 carries the initial
+    /// subflows, which a connection whose join failed cannot do without);
+    /// otherwise only link 2, which carries the joined ones.
+    pub alternate: bool,
+}
+
+/// What a path-cut run saw.
+pub struct CutReport {
+    pub faults: u64,
+    /// Longest wait for 1 MiB to get through the surviving path.
+    pub worst: Duration,
+    /// The load client's round report.
+    pub round: HashMap<String, u64>,
+}
+
+impl PathCuts<'_> {
+    /// While `client` (connected, one round) runs: cuts a link, waits
+    /// for 1 MiB to get through the other (or the client to finish),
+    /// brings the link back, waits for 1 MiB more across both, and again.
+    /// Then checks that the client verified every byte, `server` saw no
+    /// error, enough cuts happened, and the connections were MPTCP with a
+    /// subflow joined over link 2.
+    pub fn run(&self, mut client: Lines, server: Lines) -> Result<CutReport> {
+        const WAIT: Duration = Duration::from_secs(20);
+        let tb = self.tb;
+        let both = |tb: &Testbed| -> u64 {
+            link_bytes(tb, "gw2", 1).unwrap_or(0) + link_bytes(tb, "gw2", 2).unwrap_or(0)
+        };
+        let mut faults = 0u64;
+        let mut worst = Duration::ZERO;
+        let mut link = 2;
+        while client.try_status()?.is_none() {
+            let other = 3 - link;
+            let from = link_bytes(tb, "gw2", other)?;
+            self.set_link(link, false)?;
+            let cut = Instant::now();
+            faults += 1;
+            let progressed = wait_until(WAIT, "progress on the surviving path", || {
+                link_bytes(tb, "gw2", other).is_ok_and(|b| b >= from + (1 << 20))
+                    || client.try_status().is_ok_and(|s| s.is_some())
+            });
+            worst = worst.max(cut.elapsed());
+            self.set_link(link, true)?;
+            progressed.with_context(|| format!("link {link} cut: the transfer stalled"))?;
+            let total = both(tb);
+            wait_until(WAIT, "progress after the restore", || {
+                both(tb) >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
+            })?;
+            if self.alternate {
+                link = other;
+            }
+        }
+        let (status, lines, stderr) = client.finish(WAIT)?;
+        ensure!(
+            status.success(),
+            "load client failed under path cuts: {stderr}"
+        );
+        let round = lines
+            .iter()
+            .find(|l| l.starts_with("round="))
+            .map(|l| fields(l))
+            .context("no round report")?;
+        let server_err = stop_server(server)?;
+        ensure!(!server_err.contains("error"), "server errors: {server_err}");
+        ensure!(
+            faults >= self.min_faults,
+            "only {faults} cuts happened before the transfer ended; raise RELIABILITY_FAULT_MAX_SIZE"
+        );
+        let after = mptcp_counters(tb.netns("gw2")?)?;
+        ensure!(
+            delta(&self.before, &after, "MPCapableSYNRX") >= self.conns,
+            "gw2 saw fewer MP_CAPABLE SYNs than the {} connections: not all were MPTCP",
+            self.conns
+        );
+        ensure!(
+            delta(&self.before, &after, "MPJoinSynRx") >= 1,
+            "no subflow joined over link 2"
+        );
+        Ok(CutReport {
+            faults,
+            worst,
+            round,
+        })
+    }
+
+    fn set_link(&self, link: u32, up: bool) -> Result<()> {
+        match self.at {
+            CutAt::Link => Ok(self.tb.set_link(link, up)?),
+            CutAt::PeerEnd => set_peer_end(self.tb, link, up),
+        }
+    }
+}
+
+/// Takes gw2's end of `link` down or up; its connected routes come back
+/// with it (its addresses are kept while down).
+pub fn set_peer_end(tb: &Testbed, link: u32, up: bool) -> Result<()> {
+    let netns = tb.netns("gw2")?.to_string();
+    let ifname = tb.ifname("gw2", link)?.to_string();
+    let state = if up { "up" } else { "down" };
+    run_ok(
+        Command::new("ip").args(["-n", &netns, "link", "set", &ifname, state]),
+        Duration::from_secs(20),
+    )?;
+    Ok(())
+}
+
+/// `key` of a report; u64::MAX if missing, so that no bound is met by
+/// a report that lacks it.
+pub fn get(report: &HashMap<String, u64>, key: &str) -> u64 {
+    report.get(key).copied().unwrap_or(u64::MAX)
 }
 
 /// Parses a `key=value key=value` line of whole numbers.

@@ -8,23 +8,15 @@
 //! fallback flag) and at the peer (MPTcpExt counters), errnos compared
 //! with the same calls made without the shim.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use dropshim_testbed::Testbed;
 use dropshim_tests::reliability::*;
 use dropshim_tests::*;
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(600);
-
-/// Stops the server and returns its stderr (which must hold no errors).
-fn stop(server: Lines) -> Result<String> {
-    server.signal(libc::SIGTERM)?;
-    let (_, _, stderr) = server.finish(SHORT)?;
-    Ok(stderr)
-}
 
 #[test]
 fn reliability_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
@@ -54,7 +46,7 @@ fn reliability_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let elapsed = started.elapsed();
     let (status, _, client_err) = client.finish(SHORT)?;
     ensure!(status.success(), "load client failed: {client_err}");
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     ensure!(
         !server_err.contains("error"),
         "the server saw errors: {server_err}"
@@ -64,7 +56,6 @@ fn reliability_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
         "{} of {rounds} rounds reported",
         reports.len()
     );
-    let get = |r: &HashMap<String, u64>, k: &str| r.get(k).copied().unwrap_or(u64::MAX);
     let mut bytes = 0;
     for r in &reports {
         bytes += get(r, "bytes");
@@ -128,7 +119,7 @@ fn reliability_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
-    let mut client = load_client(&tb, &scripts, port, (conns, 1, max_size), server.pid(), &[])?;
+    let client = load_client(&tb, &scripts, port, (conns, 1, max_size), server.pid(), &[])?;
     client.expect("connected=", SHORT)?;
     // Every connection is up before the first cut. Link 2 carries the
     // joined subflows; link 1 the initial ones, and stays up: the kernel
@@ -136,62 +127,26 @@ fn reliability_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     // some of 64 simultaneous connections have one subflow only (gw1's
     // MPJoinSynTxConnectErr counts them) and could not survive a link-1
     // cut. RELIABILITY_CUT_BOTH=1 alternates both links anyway.
-    let cut_both = knob("RELIABILITY_CUT_BOTH", 0)? != 0;
-    let mut faults = 0u64;
-    let mut worst_stall = Duration::ZERO;
-    let mut link = 2;
-    while client.try_status()?.is_none() {
-        let other = 3 - link;
-        let from = link_bytes(&tb, "gw2", other)?;
-        tb.set_link(link, false)?;
-        let cut = Instant::now();
-        faults += 1;
-        // The transfer must go on over the other path while this one is
-        // down: 1 MB through it, or the client finishing.
-        let progressed = wait_until(SHORT, "progress on the surviving path", || {
-            link_bytes(&tb, "gw2", other).is_ok_and(|b| b >= from + (1 << 20))
-                || client.try_status().is_ok_and(|s| s.is_some())
-        });
-        worst_stall = worst_stall.max(cut.elapsed());
-        tb.set_link(link, true)?;
-        progressed.with_context(|| format!("link {link} cut: the transfer stalled"))?;
-        // Back up: let some traffic through both before the next cut.
-        let total = link_bytes(&tb, "gw2", 1)? + link_bytes(&tb, "gw2", 2)?;
-        wait_until(SHORT, "progress after the restore", || {
-            let now =
-                link_bytes(&tb, "gw2", 1).unwrap_or(0) + link_bytes(&tb, "gw2", 2).unwrap_or(0);
-            now >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
-        })?;
-        if cut_both {
-            link = other;
-        }
+    let cuts = PathCuts {
+        tb: &tb,
+        before,
+        conns,
+        min_faults,
+        at: CutAt::Link,
+        alternate: knob("RELIABILITY_CUT_BOTH", 0)? != 0,
     }
-    let (status, lines, client_err) = client.finish(SHORT)?;
+    .run(client, server)?;
     ensure!(
-        status.success(),
-        "load client failed under faults: {client_err}"
+        cuts.round.get("mptcp") == Some(&conns),
+        "not all MPTCP: {:?}",
+        cuts.round
     );
-    let report = lines
-        .iter()
-        .find(|l| l.starts_with("round="))
-        .map(|l| fields(l))
-        .context("no round report")?;
-    ensure!(
-        report.get("mptcp") == Some(&conns),
-        "not all MPTCP: {report:?}"
-    );
-    let server_err = stop(server)?;
-    ensure!(!server_err.contains("error"), "server errors: {server_err}");
-    ensure!(
-        faults >= min_faults,
-        "only {faults} cuts happened before the transfer ended; raise RELIABILITY_FAULT_MAX_SIZE"
-    );
-    let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(delta(&before, &after, "MPCapableSYNRX") >= conns);
     eprintln!(
-        "reliability faults: {faults} path cuts during {} bytes over {conns} connections, \
-         all verified; longest wait for progress on the surviving path {worst_stall:?}",
-        report.get("bytes").copied().unwrap_or(0)
+        "reliability faults: {} path cuts during {} bytes over {conns} connections, \
+         all verified; longest wait for progress on the surviving path {:?}",
+        cuts.faults,
+        get(&cuts.round, "bytes"),
+        cuts.worst
     );
     Ok(())
 }
@@ -457,7 +412,7 @@ fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
     ] {
         ensure!(text.contains(e), "expected {e}: {text}");
     }
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     ensure!(!server_err.contains("error"), "server errors: {server_err}");
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(delta(&before, &after, "MPCapableSYNRX") >= 2);

@@ -24,10 +24,6 @@ const SHORT: Duration = Duration::from_secs(20);
 /// connection fails the test well inside nextest's 300 s limit.
 const LONG: Duration = Duration::from_secs(180);
 
-fn get(r: &HashMap<String, u64>, k: &str) -> u64 {
-    r.get(k).copied().unwrap_or(u64::MAX)
-}
-
 /// load.py's client rounds, with one difference for the lkl backend: a
 /// connection's relay threads and their descriptors end just after the
 /// program closed it, so each round's figures are taken once every relay
@@ -97,31 +93,6 @@ fn lkl_load_client(
     Lines::spawn(&mut cmd, "load client on lkl")
 }
 
-/// Stops the server and returns its stderr.
-fn stop(server: Lines) -> Result<String> {
-    server.signal(libc::SIGTERM)?;
-    let (_, _, stderr) = server.finish(SHORT)?;
-    Ok(stderr)
-}
-
-/// Runs a load client to the end; returns its round reports.
-fn run_rounds(client: Lines, rounds: u64) -> Result<Vec<HashMap<String, u64>>> {
-    let mut reports = Vec::new();
-    while let Some(line) = client.next_line(LONG)? {
-        if line.starts_with("round=") {
-            reports.push(fields(&line));
-        }
-    }
-    let (status, _, stderr) = client.finish(SHORT)?;
-    ensure!(status.success(), "load client failed: {stderr}");
-    ensure!(
-        reports.len() as u64 == rounds,
-        "{} of {rounds} rounds reported",
-        reports.len()
-    );
-    Ok(reports)
-}
-
 #[test]
 fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
@@ -142,9 +113,9 @@ fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
         (conns, rounds, max_size),
         server.pid(),
     )?;
-    let reports = run_rounds(client, rounds)?;
+    let reports = run_rounds(client, rounds, LONG)?;
     let elapsed = started.elapsed();
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     ensure!(
         !server_err.contains("error"),
         "the server saw errors: {server_err}"
@@ -237,20 +208,6 @@ fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
     Ok(())
 }
 
-/// Takes gw2's end of `link` down or up; its connected routes come back
-/// with it. gw1's end belongs to the library kernel (its host side has no
-/// address), and loses its carrier with gw2's.
-fn set_peer_end(tb: &Testbed, link: u32, up: bool) -> Result<()> {
-    let netns = tb.netns("gw2")?.to_string();
-    let ifname = tb.ifname("gw2", link)?.to_string();
-    let state = if up { "up" } else { "down" };
-    run_ok(
-        std::process::Command::new("ip").args(["-n", &netns, "link", "set", &ifname, state]),
-        SHORT,
-    )?;
-    Ok(())
-}
-
 #[test]
 fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
@@ -262,7 +219,7 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
-    let mut client = lkl_load_client(
+    let client = lkl_load_client(
         &tb,
         &node,
         &scripts,
@@ -273,59 +230,23 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     client.expect("connected=", SHORT)?;
     // Link 2 carries the joined subflows and is cut; link 1 (the initial
     // subflows) stays up, as in the native and uml suites.
-    let (link, other) = (2, 1);
-    let mut faults = 0u64;
-    let mut worst = Duration::ZERO;
     let started = Instant::now();
-    while client.try_status()?.is_none() {
-        let from = link_bytes(&tb, "gw2", other)?;
-        set_peer_end(&tb, link, false)?;
-        let cut = Instant::now();
-        faults += 1;
-        let progressed = wait_until(SHORT, "progress on the surviving path", || {
-            link_bytes(&tb, "gw2", other).is_ok_and(|b| b >= from + (1 << 20))
-                || client.try_status().is_ok_and(|s| s.is_some())
-        });
-        worst = worst.max(cut.elapsed());
-        set_peer_end(&tb, link, true)?;
-        progressed.with_context(|| format!("link {link} cut: the transfer stalled"))?;
-        let total = link_bytes(&tb, "gw2", 1)? + link_bytes(&tb, "gw2", 2)?;
-        wait_until(SHORT, "progress after the restore", || {
-            let now =
-                link_bytes(&tb, "gw2", 1).unwrap_or(0) + link_bytes(&tb, "gw2", 2).unwrap_or(0);
-            now >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
-        })?;
+    let cuts = PathCuts {
+        tb: &tb,
+        before,
+        conns,
+        min_faults,
+        at: CutAt::PeerEnd,
+        alternate: false,
     }
-    let (status, lines, stderr) = client.finish(SHORT)?;
-    let elapsed = started.elapsed();
-    ensure!(
-        status.success(),
-        "load client failed under path cuts: {stderr}"
-    );
-    let report = lines
-        .iter()
-        .find(|l| l.starts_with("round="))
-        .map(|l| fields(l))
-        .context("no round report")?;
-    let server_err = stop(server)?;
-    ensure!(!server_err.contains("error"), "server errors: {server_err}");
-    ensure!(
-        faults >= min_faults,
-        "only {faults} cuts happened before the transfer ended; raise RELIABILITY_FAULT_MAX_SIZE"
-    );
-    let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(
-        delta(&before, &after, "MPCapableSYNRX") >= conns,
-        "the connections from the library kernel were not MPTCP"
-    );
-    ensure!(
-        delta(&before, &after, "MPJoinSynRx") >= 1,
-        "no subflow joined over link 2"
-    );
+    .run(client, server)?;
     eprintln!(
-        "reliability lkl path cuts: {faults} cuts of link 2 during {} bytes over {conns} connections \
-         in {elapsed:?}, all verified; longest wait for progress on link 1 {worst:?}",
-        get(&report, "bytes")
+        "reliability lkl path cuts: {} cuts of link 2 during {} bytes over {conns} connections \
+         in {:?}, all verified; longest wait for progress on link 1 {:?}",
+        cuts.faults,
+        get(&cuts.round, "bytes"),
+        started.elapsed(),
+        cuts.worst
     );
     Ok(())
 }
@@ -630,9 +551,9 @@ fn reliability_lkl_python_asyncio_server_serves_64_native_connections() -> Resul
         &server.pid().to_string(),
     ]);
     let client = Lines::spawn(&mut cli, "native asyncio client in gw2")?;
-    let reports = run_rounds(client, rounds)?;
+    let reports = run_rounds(client, rounds, LONG)?;
     let after = mptcp_counters(tb.netns("gw2")?)?;
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     ensure!(
         !server_err.contains("error"),
         "the lkl server saw errors: {server_err}"

@@ -19,7 +19,6 @@ use dropshim_testbed::Testbed;
 use dropshim_tests::reliability::*;
 use dropshim_tests::uml::UmlDevice;
 use dropshim_tests::*;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_secs(20);
@@ -60,37 +59,8 @@ fn warm_up(
     server: &Lines,
 ) -> Result<()> {
     let client = load_client_uml(tb, dev, scripts, port, (1, 1, 1024), server.pid())?;
-    run_rounds(client, 1).context("warm-up connection")?;
+    run_rounds(client, 1, LONG).context("warm-up connection")?;
     Ok(())
-}
-
-/// Stops the server and returns its stderr.
-fn stop(server: Lines) -> Result<String> {
-    server.signal(libc::SIGTERM)?;
-    let (_, _, stderr) = server.finish(SHORT)?;
-    Ok(stderr)
-}
-
-/// Runs a load client to the end; returns its round reports.
-fn run_rounds(client: Lines, rounds: u64) -> Result<Vec<HashMap<String, u64>>> {
-    let mut reports = Vec::new();
-    while let Some(line) = client.next_line(LONG)? {
-        if line.starts_with("round=") {
-            reports.push(fields(&line));
-        }
-    }
-    let (status, _, stderr) = client.finish(SHORT)?;
-    ensure!(status.success(), "load client failed: {stderr}");
-    ensure!(
-        reports.len() as u64 == rounds,
-        "{} of {rounds} rounds reported",
-        reports.len()
-    );
-    Ok(reports)
-}
-
-fn get(r: &HashMap<String, u64>, k: &str) -> u64 {
-    r.get(k).copied().unwrap_or(u64::MAX)
 }
 
 #[test]
@@ -117,9 +87,9 @@ fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
         (conns, rounds, max_size),
         server.pid(),
     )?;
-    let reports = run_rounds(client, rounds)?;
+    let reports = run_rounds(client, rounds, LONG)?;
     let elapsed = started.elapsed();
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     ensure!(
         !server_err.contains("error"),
         "the server saw errors: {server_err}"
@@ -231,13 +201,13 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
         (conns, 2, 256 << 10),
         server.pid(),
     )?;
-    let reports = run_rounds(client, 2)?;
+    let reports = run_rounds(client, 2, LONG)?;
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(
         delta(&before, &after, "MPCapableSYNRX") >= 2 * conns,
         "after the restart the connections were not MPTCP"
     );
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     // The server saw the killed connections end; nothing else.
     let unexpected: Vec<&str> = server_err
         .lines()
@@ -253,19 +223,6 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     Ok(())
 }
 
-/// Takes gw2's end of `link` down or up; its connected routes come back
-/// with it (its addresses are kept while down).
-fn set_peer_end(tb: &Testbed, link: u32, up: bool) -> Result<()> {
-    let netns = tb.netns("gw2")?.to_string();
-    let ifname = tb.ifname("gw2", link)?.to_string();
-    let state = if up { "up" } else { "down" };
-    run_ok(
-        std::process::Command::new("ip").args(["-n", &netns, "link", "set", &ifname, state]),
-        SHORT,
-    )?;
-    Ok(())
-}
-
 #[test]
 fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
@@ -278,7 +235,7 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let server = load_server(&tb, &scripts, port)?;
     warm_up(&tb, &dev, &scripts, port, &server)?;
-    let mut client = load_client_uml(
+    let client = load_client_uml(
         &tb,
         &dev,
         &scripts,
@@ -288,60 +245,22 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     )?;
     client.expect("connected=", SHORT)?;
     // Link 2 carries the joined subflows and is cut; link 1 (initial
-    // subflows) stays up, as in the native suite. Only gw2's end is
-    // switched (which takes the carrier of gw1's end with it): gw1's end
-    // belongs to the instance, and its host side has no routes to restore.
-    let (link, other) = (2, 1);
-    let mut faults = 0u64;
-    let mut worst = Duration::ZERO;
-    while client.try_status()?.is_none() {
-        let from = link_bytes(&tb, "gw2", other)?;
-        set_peer_end(&tb, link, false)?;
-        let cut = Instant::now();
-        faults += 1;
-        let progressed = wait_until(SHORT, "progress on the surviving path", || {
-            link_bytes(&tb, "gw2", other).is_ok_and(|b| b >= from + (1 << 20))
-                || client.try_status().is_ok_and(|s| s.is_some())
-        });
-        worst = worst.max(cut.elapsed());
-        set_peer_end(&tb, link, true)?;
-        progressed.with_context(|| format!("link {link} cut: the transfer stalled"))?;
-        let total = link_bytes(&tb, "gw2", 1)? + link_bytes(&tb, "gw2", 2)?;
-        wait_until(SHORT, "progress after the restore", || {
-            let now =
-                link_bytes(&tb, "gw2", 1).unwrap_or(0) + link_bytes(&tb, "gw2", 2).unwrap_or(0);
-            now >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
-        })?;
+    // subflows) stays up, as in the native suite.
+    let cuts = PathCuts {
+        tb: &tb,
+        before,
+        conns,
+        min_faults,
+        at: CutAt::PeerEnd,
+        alternate: false,
     }
-    let (status, lines, stderr) = client.finish(SHORT)?;
-    ensure!(
-        status.success(),
-        "load client failed under path cuts: {stderr}"
-    );
-    let report = lines
-        .iter()
-        .find(|l| l.starts_with("round="))
-        .map(|l| fields(l))
-        .context("no round report")?;
-    let server_err = stop(server)?;
-    ensure!(!server_err.contains("error"), "server errors: {server_err}");
-    ensure!(
-        faults >= min_faults,
-        "only {faults} cuts happened before the transfer ended; raise RELIABILITY_FAULT_MAX_SIZE"
-    );
-    let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(
-        delta(&before, &after, "MPCapableSYNRX") >= conns,
-        "the connections from the instance were not MPTCP"
-    );
-    ensure!(
-        delta(&before, &after, "MPJoinSynRx") >= 1,
-        "no subflow joined over link 2"
-    );
+    .run(client, server)?;
     eprintln!(
-        "reliability uml path cuts: {faults} cuts of link 2 during {} bytes over {conns} connections, \
-         all verified; longest wait for progress on link 1 {worst:?}",
-        get(&report, "bytes")
+        "reliability uml path cuts: {} cuts of link 2 during {} bytes over {conns} connections, \
+         all verified; longest wait for progress on link 1 {:?}",
+        cuts.faults,
+        get(&cuts.round, "bytes"),
+        cuts.worst
     );
     Ok(())
 }
@@ -491,7 +410,7 @@ fn reliability_uml_fork_with_open_sockets_used_by_parent_and_child() -> Result<(
         bytes == 12 << 20,
         "fork.py verified {bytes} bytes, not 12 MiB"
     );
-    let server_err = stop(server)?;
+    let server_err = stop_server(server)?;
     ensure!(!server_err.contains("error"), "server errors: {server_err}");
     let after = mptcp_counters(tb.netns("gw2")?)?;
     // The parent's shared connection and the child's own one.
