@@ -858,7 +858,7 @@ main()
 /// Peer-death cases: a server that holds or stalls, a client that waits or floods.
 pub const PEER_PY: &str = r##"# Peer-death cases for dropshim's reliability tests. Blocking sockets.
 # server HOST PORT hold|stall ; client HOST PORT recv|send|wait
-import socket, sys
+import socket, struct, sys
 role, host, port, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
 def report_error(e):
@@ -873,6 +873,11 @@ if role == "server":
     print("listening", flush=True)
     conn, _ = lst.accept()
     if mode == "stall":
+        # Killed with unread data, this socket must reset the connection.
+        # Linux 6.18's MPTCP sometimes closes it gracefully instead, and
+        # the orphan then holds a blocked sender for a minute (README,
+        # known limits); SO_LINGER 0 makes the close an abort for sure.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         got = 0
         while got < 1 << 20:
             got += len(conn.recv(1 << 16))
