@@ -501,16 +501,18 @@ impl PathCuts<'_> {
             }
         }
         let (status, lines, stderr) = client.finish(WAIT)?;
+        // The server's own account goes with a client's failure: it says
+        // where an upload went wrong.
+        let server_err = stop_server(server)?;
         ensure!(
             status.success(),
-            "load client failed under path cuts: {stderr}"
+            "load client failed under path cuts: {stderr}\nthe server said: {server_err}"
         );
         let round = lines
             .iter()
             .find(|l| l.starts_with("round="))
             .map(|l| fields(l))
             .context("no round report")?;
-        let server_err = stop_server(server)?;
         ensure!(!server_err.contains("error"), "server errors: {server_err}");
         ensure!(
             faults >= self.min_faults,
@@ -722,11 +724,52 @@ impl Drop for Lines {
 /// Load generator: asyncio server and client, random payloads verified by sha256 both ways, per-round MPTCP and /proc figures.
 pub const LOAD_PY: &str = r##"# Load generator for dropshim's reliability tests: asyncio on both sides.
 # Protocol per connection: client sends 16-byte header (up, down sizes,
-# big-endian u64) then `up` random bytes; server replies sha256(up), then
+# big-endian u64) then `up` bytes; server replies sha256(up), then
 # `down` random bytes, then sha256(down), then closes. Each side verifies.
-import asyncio, hashlib, os, random, socket, struct, sys
+# The client's upload is a pattern of 8-byte words that each name their
+# connection and offset, so that when the server's digest differs, the
+# server can say where and how (lost, repeated, from another connection).
+import array, asyncio, hashlib, os, random, socket, struct, sys
 
 CHUNK = 1 << 16
+MAGIC = 0xD5A7 << 48
+
+def pattern(tag, start, n):
+    # Bytes start..start+n of connection `tag`'s upload (start % 8 == 0).
+    base = MAGIC | tag << 32
+    first = start // 8
+    return array.array("Q", range(base + first, base + first + (n + 7) // 8)).tobytes()[:n]
+
+def describe(word):
+    if word >> 48 != MAGIC >> 48:
+        return "no pattern word (%#x)" % word
+    return "the word of offset %d of connection %d" % ((word & 0xFFFFFFFF) * 8, word >> 32 & 0xFFFF)
+
+class PatternCheck:
+    # Checks an upload against the pattern named by its first word; the
+    # first difference is kept. Uploads of other programs (no pattern)
+    # are left to the digest.
+    def __init__(self):
+        self.carry, self.offset, self.base, self.wrong = b"", 0, None, None
+
+    def feed(self, block):
+        data = self.carry + block
+        k = len(data) // 8 * 8
+        self.carry = data[k:]
+        if k == 0 or self.wrong is not None:
+            self.offset += k
+            return
+        words = array.array("Q", data[:k])
+        if self.base is None:
+            self.base = words[0] & ~0xFFFFFFFF if words[0] >> 48 == MAGIC >> 48 else -1
+        if self.base >= 0:
+            first = self.offset // 8
+            want = array.array("Q", range(self.base + first, self.base + first + len(words)))
+            if words != want:
+                i = next(i for i in range(len(words)) if words[i] != want[i])
+                self.wrong = "at offset %d: expected %s, got %s" % (
+                    self.offset + 8 * i, describe(want[i]), describe(words[i]))
+        self.offset += k
 SOL_MPTCP, MPTCP_INFO = 284, 1
 
 def usage(pid):
@@ -759,20 +802,36 @@ async def send_random(writer, n):
         n -= len(block)
     return h.digest()
 
-async def recv_hashed(reader, n):
+async def send_pattern(writer, tag, n):
+    h, off = hashlib.sha256(), 0
+    while off < n:
+        block = pattern(tag, off, min(CHUNK, n - off))
+        h.update(block)
+        writer.write(block)
+        await writer.drain()
+        off += len(block)
+    return h.digest()
+
+async def recv_hashed(reader, n, check=None):
     h = hashlib.sha256()
     while n > 0:
         block = await reader.read(min(CHUNK, n))
         if not block:
             raise ConnectionError("peer closed with %d bytes missing" % n)
         h.update(block)
+        if check:
+            check.feed(block)
         n -= len(block)
     return h.digest()
 
 async def serve(reader, writer):
     try:
         up, down = struct.unpack(">QQ", await reader.readexactly(16))
-        writer.write(await recv_hashed(reader, up))
+        check = PatternCheck()
+        writer.write(await recv_hashed(reader, up, check))
+        if check.wrong:
+            print("server: error: an upload of %d bytes differs %s" % (up, check.wrong),
+                  file=sys.stderr, flush=True)
         writer.write(await send_random(writer, down))
         await writer.drain()
     except (ConnectionError, asyncio.IncompleteReadError) as e:
@@ -790,16 +849,16 @@ async def server_main(host, port):
     async with srv:
         await srv.serve_forever()
 
-async def one(host, port, up, down, started, go, all_in, conns):
+async def one(tag, host, port, up, down, started, go, all_in, conns):
     reader, writer = await asyncio.open_connection(host, port)
     started.append(1)
     if len(started) == conns:
         all_in.set()
     await go.wait()
     writer.write(struct.pack(">QQ", up, down))
-    sent = await send_random(writer, up)
+    sent = await send_pattern(writer, tag, up)
     if await reader.readexactly(32) != sent:
-        raise AssertionError("server's digest of the upload differs")
+        raise AssertionError("server's digest of the upload of connection %d differs" % tag)
     got = await recv_hashed(reader, down)
     if await reader.readexactly(32) != got:
         raise AssertionError("download digest differs")
@@ -817,8 +876,8 @@ async def client_round(host, port, conns, max_size, rng):
     if conns > 1:
         sizes[1] = (1, 0)
     started, go, all_in = [], asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.ensure_future(one(host, port, u, d, started, go, all_in, conns))
-             for u, d in sizes]
+    tasks = [asyncio.ensure_future(one(i, host, port, u, d, started, go, all_in, conns))
+             for i, (u, d) in enumerate(sizes)]
     waiter = asyncio.ensure_future(all_in.wait())
     while not waiter.done():
         done, _ = await asyncio.wait(tasks + [waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -915,8 +974,14 @@ except (OSError, ConnectionError) as e:
 pub const FORK_PY: &str = r##"# fork() with open sockets: one connection written by the child then the
 # parent, a listener created by the parent and used by the child, and a
 # new connection opened by the child. Speaks load.py's protocol to PEER.
-import hashlib, os, socket, struct, sys
+import array, hashlib, os, socket, struct, sys
 host, peer, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def pattern(tag, start, n):
+    # load.py's upload pattern (n and start multiples of 8): its server
+    # then says where an upload went wrong, not only that it did.
+    base = 0xD5A7 << 48 | tag << 32
+    return array.array("Q", range(base + start // 8, base + (start + n) // 8)).tobytes()
 
 def mptcp(s):
     try:
@@ -942,7 +1007,7 @@ def exchange_tail(s, up_digest):
     if s.recv(1) != b"":
         raise AssertionError("extra bytes")
 
-part_a, part_b = os.urandom(3 << 20), os.urandom(5 << 20)
+part_a, part_b = pattern(1, 0, 3 << 20), pattern(1, 3 << 20, 5 << 20)
 shared = socket.create_connection((peer, port))
 shared.sendall(struct.pack(">QQ", len(part_a) + len(part_b), 0))
 lst = socket.socket(); lst.bind((host, 0)); lst.listen(1)
@@ -956,7 +1021,7 @@ if pid == 0:
         conn.sendall(hashlib.sha256(msg).digest())
         ok_accepted = mptcp(conn)
         own = socket.create_connection((peer, port))  # a new one
-        body = os.urandom(2 << 20)
+        body = pattern(2, 0, 2 << 20)
         own.sendall(struct.pack(">QQ", len(body), 0) + body)
         ok_own = mptcp(own)
         exchange_tail(own, hashlib.sha256(body).digest())

@@ -404,15 +404,23 @@ fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
         tb.addr4("gw2", 1)?.to_string(),
         port.to_string(),
     ]);
-    let out = run_ok(&mut cmd, Duration::from_secs(60))?;
+    let out = run_bounded(&mut cmd, Duration::from_secs(60))?;
+    // The server's account goes with any failure: it says where an
+    // upload went wrong.
+    let server_err = stop_server(server)?;
     let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "fork.py failed ({}): {text}{}\nthe server said: {server_err}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     for e in [
         "child mptcp_accepted=1 mptcp_own=1",
         "parent mptcp_shared=1 mptcp_to_child=1",
     ] {
         ensure!(text.contains(e), "expected {e}: {text}");
     }
-    let server_err = stop_server(server)?;
     ensure!(!server_err.contains("error"), "server errors: {server_err}");
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(delta(&before, &after, "MPCapableSYNRX") >= 2);
