@@ -403,18 +403,9 @@ impl Lkl {
 
     /// `setsockopt` with an integer value.
     pub fn setsockopt_int(&self, fd: Fd, level: i32, name: i32, value: i32) -> Result<()> {
-        let r = self.call(
-            nr::SETSOCKOPT,
-            [
-                fd.0 as i64,
-                level as i64,
-                name as i64,
-                &value as *const i32 as i64,
-                4,
-                0,
-            ],
-        );
-        check(|| format!("setsockopt({level}, {name})"), r).map(|_| ())
+        self.setsockopt_raw(fd, level, name, &value.to_ne_bytes(), || {
+            format!("setsockopt({level}, {name})")
+        })
     }
 
     /// `SO_RCVTIMEO`: a blocking receive returns `EAGAIN` after `timeout`.
@@ -430,19 +421,12 @@ impl Lkl {
 
     fn set_timeout(&self, fd: Fd, name: i32, what: &str, timeout: Duration) -> Result<()> {
         // struct __kernel_old_timeval: two longs (the library is 64-bit).
-        let tv: [i64; 2] = [timeout.as_secs() as i64, i64::from(timeout.subsec_micros())];
-        let r = self.call(
-            nr::SETSOCKOPT,
-            [
-                fd.0 as i64,
-                libc::SOL_SOCKET as i64,
-                name as i64,
-                tv.as_ptr() as i64,
-                16,
-                0,
-            ],
-        );
-        check(|| format!("setsockopt({what})"), r).map(|_| ())
+        let mut tv = [0u8; 16];
+        tv[..8].copy_from_slice(&(timeout.as_secs() as i64).to_ne_bytes());
+        tv[8..].copy_from_slice(&i64::from(timeout.subsec_micros()).to_ne_bytes());
+        self.setsockopt_raw(fd, libc::SOL_SOCKET, name, &tv, || {
+            format!("setsockopt({what})")
+        })
     }
 
     /// `SO_LINGER` on: a later close of `fd` waits, up to `timeout`
@@ -450,19 +434,36 @@ impl Lkl {
     pub fn set_linger(&self, fd: Fd, timeout: Duration) -> Result<()> {
         // struct linger: l_onoff, l_linger (seconds), two ints.
         let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX).max(1);
-        let linger: [i32; 2] = [1, secs];
+        let mut linger = [0u8; 8];
+        linger[..4].copy_from_slice(&1i32.to_ne_bytes());
+        linger[4..].copy_from_slice(&secs.to_ne_bytes());
+        self.setsockopt_raw(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger, || {
+            "setsockopt(SO_LINGER)".into()
+        })
+    }
+
+    /// `setsockopt` with `value` as the option's bytes, which the library
+    /// kernel only reads.
+    fn setsockopt_raw(
+        &self,
+        fd: Fd,
+        level: i32,
+        name: i32,
+        value: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
         let r = self.call(
             nr::SETSOCKOPT,
             [
                 fd.0 as i64,
-                libc::SOL_SOCKET as i64,
-                libc::SO_LINGER as i64,
-                linger.as_ptr() as i64,
-                8,
+                level as i64,
+                name as i64,
+                value.as_ptr() as i64,
+                value.len() as i64,
                 0,
             ],
         );
-        check(|| "setsockopt(SO_LINGER)".to_string(), r).map(|_| ())
+        check(what, r).map(|_| ())
     }
 
     /// Bytes (and a FIN) written to `fd` that the peer has not yet

@@ -93,12 +93,15 @@ impl RelayBuf {
             )
         };
         if p == libc::MAP_FAILED {
-            log::error!("lkl: no memory for a relay buffer; the connection is closed");
             return None;
         }
         Some(RelayBuf(p as *mut u8))
     }
 }
+
+// SAFETY: RelayBuf owns its mapping alone (like a Box<[u8]>), so moving
+// it to the relay thread that uses it is sound.
+unsafe impl Send for RelayBuf {}
 
 impl std::ops::Deref for RelayBuf {
     type Target = [u8];
@@ -598,6 +601,12 @@ fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
 /// and the connected library socket, one thread per direction (a call
 /// blocked in the library kernel holds its host thread).
 fn start_relay(conn: Arc<Conn>, host: c_int) {
+    let host = HostEnd(host);
+    let (Some(down_buf), Some(up_buf)) = (RelayBuf::new(), RelayBuf::new()) else {
+        // Dropping our end of the pair shows the program the end.
+        log::error!("lkl: no memory for relay buffers; the connection is closed");
+        return;
+    };
     conn.up_done.store(false, Ordering::Release);
     {
         let mut relayed = RELAYED.lock();
@@ -607,12 +616,12 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
         }
         relayed.push(Arc::downgrade(&conn));
     }
-    let host = Arc::new(HostEnd(host));
+    let host = Arc::new(host);
     let (c2, h2) = (conn.clone(), host.clone());
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-rx".into())
         .spawn(move || {
-            relay_down(&c2, h2.0);
+            relay_down(&c2, h2.0, down_buf);
             drop(h2);
             let_go(c2);
         });
@@ -623,7 +632,7 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-tx".into())
         .spawn(move || {
-            relay_up(&conn, host.0);
+            relay_up(&conn, host.0, up_buf);
             drop(host);
             let_go(conn);
         });
@@ -634,9 +643,9 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
 
 /// A relay's end (its end of the pair already let go of, so a lingering
 /// close holds no descriptor of the program's): drops its hold on the
-/// connection, closing the library socket if it was the last one. Counted in [`CLOSING`] throughout, so
-/// the exit flush never sees the connection gone before its lingering
-/// close has begun.
+/// connection, closing the library socket if it was the last one.
+/// Counted in [`CLOSING`] throughout, so the exit flush never sees the
+/// connection gone before its lingering close has begun.
 fn let_go(conn: Arc<Conn>) {
     let _closing = Closing::enter();
     ON_RELAY_THREAD.set(true);
@@ -706,7 +715,7 @@ impl Drop for HostEnd {
 }
 
 /// Program → library kernel.
-fn relay_up(conn: &Conn, host: c_int) {
+fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
     let Some(k) = live() else { return };
     // Linux 6.12's MPTCP has no persist timer of its own: when the peer's
     // connection-level window closes, or its memory runs short, with
@@ -718,9 +727,6 @@ fn relay_up(conn: &Conn, host: c_int) {
     if let Err(e) = k.set_send_timeout(conn.lkl, SEND_RETRY) {
         log::debug!("lkl: SO_SNDTIMEO: {e}");
     }
-    let Some(mut buf) = RelayBuf::new() else {
-        return;
-    };
     loop {
         // SAFETY: `buf` is writable for its length; `host` is our end.
         let n = unsafe { libc::read(host, buf.as_mut_ptr() as *mut c_void, buf.len()) };
@@ -766,7 +772,7 @@ fn send_retrying(k: &Lkl, fd: Fd, mut buf: &[u8]) -> Result<(), LklError> {
 }
 
 /// Library kernel → program.
-fn relay_down(conn: &Conn, host: c_int) {
+fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
     let Some(k) = live() else { return };
     // Linux 6.12's MPTCP can leave a blocked reader asleep for good: when
     // out-of-order data fills the receive buffer (a path was cut and the
@@ -777,9 +783,6 @@ fn relay_down(conn: &Conn, host: c_int) {
     if let Err(e) = k.set_recv_timeout(conn.lkl, RECV_RETRY) {
         log::debug!("lkl: SO_RCVTIMEO: {e}");
     }
-    let Some(mut buf) = RelayBuf::new() else {
-        return;
-    };
     loop {
         let n = match k.recv(conn.lkl, &mut buf, 0) {
             Ok(n) => n,

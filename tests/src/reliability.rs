@@ -428,6 +428,25 @@ pub fn run_rounds(
     Ok(reports)
 }
 
+/// Runs a load client's rounds against `server`, then stops the server.
+/// A failure of either carries the server's account: it says where an
+/// upload went wrong, which the client only sees as a wrong digest.
+pub fn run_load(
+    client: Lines,
+    server: Lines,
+    rounds: u64,
+    timeout: Duration,
+) -> Result<Vec<HashMap<String, u64>>> {
+    let reports = run_rounds(client, rounds, timeout);
+    let server_err = stop_server(server)?;
+    let reports = reports.with_context(|| format!("the server said: {server_err}"))?;
+    ensure!(
+        !server_err.contains("error"),
+        "the server saw errors: {server_err}"
+    );
+    Ok(reports)
+}
+
 /// Where a path is cut.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum CutAt {
@@ -463,7 +482,19 @@ pub struct CutReport {
     pub round: HashMap<String, u64>,
 }
 
-impl PathCuts<'_> {
+impl<'a> PathCuts<'a> {
+    /// Link 2 cut at gw2's end, as the uml and lkl suites do.
+    pub fn new(tb: &'a Testbed, before: HashMap<String, u64>, conns: u64, min_faults: u64) -> Self {
+        PathCuts {
+            tb,
+            before,
+            conns,
+            min_faults,
+            at: CutAt::PeerEnd,
+            alternate: false,
+        }
+    }
+
     /// While `client` (connected, one round) runs: cuts a link, waits
     /// for 1 MiB to get through the other (or the client to finish),
     /// brings the link back, waits for 1 MiB more across both, and again.

@@ -128,12 +128,9 @@ fn reliability_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     // MPJoinSynTxConnectErr counts them) and could not survive a link-1
     // cut. RELIABILITY_CUT_BOTH=1 alternates both links anyway.
     let cuts = PathCuts {
-        tb: &tb,
-        before,
-        conns,
-        min_faults,
         at: CutAt::Link,
         alternate: knob("RELIABILITY_CUT_BOTH", 0)? != 0,
+        ..PathCuts::new(&tb, before, conns, min_faults)
     }
     .run(client, server)?;
     ensure!(

@@ -113,13 +113,8 @@ fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
         (conns, rounds, max_size),
         server.pid(),
     )?;
-    let reports = run_rounds(client, rounds, LONG)?;
+    let reports = run_load(client, server, rounds, LONG)?;
     let elapsed = started.elapsed();
-    let server_err = stop_server(server)?;
-    ensure!(
-        !server_err.contains("error"),
-        "the server saw errors: {server_err}"
-    );
     let bytes: u64 = reports.iter().map(|r| get(r, "bytes")).sum();
     let after = mptcp_counters(tb.netns("gw2")?)?;
     let capable = delta(&before, &after, "MPCapableSYNRX");
@@ -231,15 +226,7 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     // Link 2 carries the joined subflows and is cut; link 1 (the initial
     // subflows) stays up, as in the native and uml suites.
     let started = Instant::now();
-    let cuts = PathCuts {
-        tb: &tb,
-        before,
-        conns,
-        min_faults,
-        at: CutAt::PeerEnd,
-        alternate: false,
-    }
-    .run(client, server)?;
+    let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
     eprintln!(
         "reliability lkl path cuts: {} cuts of link 2 during {} bytes over {conns} connections \
          in {:?}, all verified; longest wait for progress on link 1 {:?}",
