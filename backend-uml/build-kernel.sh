@@ -12,6 +12,11 @@
 # script's config fragment, architecture). A second run prints the cached
 # path at once. The last line on stdout is always the kernel's path.
 #
+# Patches in backend-uml/kernel/patches/ (GPL-2.0, see its COPYING) are
+# applied to the source first, in name order; $DROPSHIM_UML_PATCHES names
+# another folder (the dropshim-uml binary writes its embedded copies to one,
+# since it feeds this script on stdin). They are part of the cache key.
+#
 # Usage: build-kernel.sh            (build if needed, print the path)
 #        build-kernel.sh --path     (print the path it would use; exit 1 if not built)
 # Needs: apt-get install linux-source-6.12 bc flex bison libelf-dev build-essential
@@ -32,12 +37,20 @@ CONFIG_FRAGMENT="
 
 die() { echo "build-kernel.sh: $*" >&2; exit 1; }
 
+if [ -n "${DROPSHIM_UML_PATCHES:-}" ]; then
+    PATCH_DIR=$DROPSHIM_UML_PATCHES
+else
+    PATCH_DIR=$(cd "$(dirname "$0")" && pwd)/kernel/patches
+fi
+ls "$PATCH_DIR"/*.patch >/dev/null 2>&1 || die "no kernel patches in $PATCH_DIR; run the script from the source tree (backend-uml/build-kernel.sh) or set DROPSHIM_UML_PATCHES"
+patches_id=$(cat "$PATCH_DIR"/*.patch | sha256sum | cut -c1-16)
+
 [ -r "$SRC_TARBALL" ] || die "kernel source $SRC_TARBALL not found; install it with: apt-get install linux-source-6.12 bc flex bison libelf-dev build-essential"
 
 # The tarball's identity (size, mtime, name) stands in for its content:
 # hashing 150 MB on every `dropshim up` would cost a second for nothing.
 tar_id=$(stat -c '%n %s %Y' "$SRC_TARBALL")
-key=$(printf '%s\n%s\n%s\n' "$tar_id" "$CONFIG_FRAGMENT" "$(uname -m)" | sha256sum | cut -c1-16)
+key=$(printf '%s\n%s\n%s\n%s\n' "$tar_id" "$CONFIG_FRAGMENT" "$(uname -m)" "$patches_id" | sha256sum | cut -c1-16)
 out_dir="$CACHE_ROOT/$key"
 kernel="$out_dir/linux"
 
@@ -52,7 +65,7 @@ if [ -x "$kernel" ]; then
     exit 0
 fi
 
-for tool in make gcc bc flex bison tar xz; do
+for tool in make gcc bc flex bison tar xz patch; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is missing; install: apt-get install bc flex bison libelf-dev build-essential xz-utils"
 done
 
@@ -71,6 +84,9 @@ trap 'rm -rf "$work"' EXIT INT TERM
 echo "build-kernel.sh: building the UML kernel in $work (a few minutes)" >&2
 tar -xf "$SRC_TARBALL" -C "$work" --strip-components=1
 cd "$work"
+for p in "$PATCH_DIR"/*.patch; do
+    patch -p1 -s --forward < "$p" >&2 || die "patch $p does not apply to $SRC_TARBALL"
+done
 make -s ARCH=um defconfig >&2
 # shellcheck disable=SC2086 # the fragment is a list of words on purpose
 scripts/config $CONFIG_FRAGMENT

@@ -559,6 +559,24 @@ fn relay(bridge: TcpStream, sock: OwnedFd) {
     // SAFETY: `sock` is a connected stream socket we own; TcpStream only
     // issues read/write/shutdown/close on it.
     let sock = unsafe { TcpStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(sock)) };
+    // The program's Nagle, TCP_NODELAY and TCP_CORK act on its end of the
+    // bridge (a host TCP socket), which releases bytes when the program
+    // wants them sent; the guest socket must then send them at once
+    // instead of applying Nagle a second time (a small tail segment would
+    // wait for the peer's delayed ACK), nor keep a cork the program set
+    // before connecting and has since lifted on the bridge.
+    let _ = sock.set_nodelay(true);
+    let off: libc::c_int = 0;
+    // SAFETY: the kernel reads one int from `off`.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &off as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     // Linux 6.12's MPTCP can leave a reader blocked for good after a path
     // was cut: the segment that fills the hole stays in its subflow while
     // out-of-order data fills the receive buffer, and nothing wakes the
@@ -592,7 +610,11 @@ fn pump(from: &TcpStream, to: &TcpStream) {
     const CHUNK: usize = 1 << 20;
     // SAFETY: F_SETPIPE_SZ takes an integer; failure leaves 64 KiB.
     unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+    // No SPLICE_F_MORE: it corks the destination socket until TCP's
+    // 200 ms cork timer, and every request/response round trip waited for
+    // it. What to hold back is the program's choice, already made on its
+    // own (host) end of the bridge.
+    let flags = libc::SPLICE_F_MOVE;
     let failed = 'outer: loop {
         // SAFETY: splice between descriptors we own; no user memory involved.
         let n = unsafe {

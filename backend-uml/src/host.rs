@@ -18,6 +18,32 @@ use std::time::{Duration, Instant};
 /// the kernel on a fresh machine without the source tree.
 pub const BUILD_SCRIPT: &str = include_str!("../build-kernel.sh");
 
+/// The kernel patches the script applies (GPL-2.0, `backend-uml/kernel/`),
+/// carried as data for the same reason; handed to the script unchanged.
+const KERNEL_PATCHES: &[(&str, &str)] = &[(
+    "0001-um-x86-xstate-of-any-size.patch",
+    include_str!("../kernel/patches/0001-um-x86-xstate-of-any-size.patch"),
+)];
+
+/// Writes [`KERNEL_PATCHES`] into a fresh private folder for the script.
+fn patches_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "dropshim-uml-patches-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+    for (name, text) in KERNEL_PATCHES {
+        std::fs::write(dir.join(name), text).map_err(io_err(format!(
+            "cannot write {name} into {}",
+            dir.display()
+        )))?;
+    }
+    Ok(dir)
+}
+
 type Result<T> = std::result::Result<T, String>;
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> String {
@@ -36,7 +62,15 @@ pub fn built_kernel() -> Option<PathBuf> {
 }
 
 fn run_build_script(args: &[&str]) -> Result<PathBuf> {
+    let patches = patches_dir()?;
+    let result = run_build_script_with(args, &patches);
+    let _ = std::fs::remove_dir_all(&patches);
+    result
+}
+
+fn run_build_script_with(args: &[&str], patches: &Path) -> Result<PathBuf> {
     let mut child = Command::new("sh")
+        .env("DROPSHIM_UML_PATCHES", patches)
         .arg("-s")
         .arg("--")
         .args(args)

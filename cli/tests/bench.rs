@@ -79,8 +79,8 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
     if uml_helper.is_file() {
         cmd.env("DROPSHIM_UML_BIN", uml_helper);
     }
-    let res = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(240))
-        .expect("dropshim bench --quick finished within 4 minutes");
+    let res = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(420))
+        .expect("dropshim bench --quick finished within 7 minutes");
     let took = started.elapsed();
     let stdout = String::from_utf8_lossy(&res.stdout);
     let stderr = String::from_utf8_lossy(&res.stderr);
@@ -96,6 +96,7 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
         "throughput.svg",
         "download-time.svg",
         "handover.svg",
+        "round-trip.svg",
     ] {
         let p = out.path().join(f);
         assert!(p.is_file(), "{f} missing");
@@ -115,7 +116,7 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
     let summary = std::fs::read_to_string(out.path().join("summary.md")).expect("summary.md");
     assert_eq!(summary, stdout, "the printed table is the summary");
 
-    for scenario in ["two-gateways", "local-cache", "handover", "overhead"] {
+    for scenario in ["two-gateways", "local-cache", "handover", "overhead", "rr"] {
         let ok: Vec<_> = rows
             .iter()
             .filter(|r| r["scenario"] == scenario && r["status"] == "ok")
@@ -141,6 +142,23 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
         );
         for r in &ok {
             let subflows: f64 = r["subflows"].parse().expect("subflows column");
+            if scenario == "rr" {
+                // Every echo was compared byte for byte by the probe.
+                assert_eq!(r["intact"], "true", "echo not checked: {r:?}");
+                let figure = if r["setting"].contains("connection") {
+                    r["per_s"].parse::<f64>().expect("per_s")
+                } else {
+                    r["median_us"].parse::<f64>().expect("median_us")
+                };
+                assert!(figure > 0.0, "rr row without its figure: {r:?}");
+                if r["stack"] == "tcp" {
+                    assert_eq!(subflows, 0.0, "TCP row used MPTCP: {r:?}");
+                } else {
+                    // Short connections may close before their join.
+                    assert!(subflows >= 1.0, "rr row without MPTCP: {r:?}");
+                }
+                continue;
+            }
             if r["stack"] == "tcp" {
                 assert_eq!(subflows, 0.0, "TCP row used MPTCP: {r:?}");
             } else {

@@ -300,10 +300,17 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
 }
 
-/// Applies the buffer sizes the program chose to the bridge too.
-fn apply_buffers(bridge: c_int, opts: &[Opt]) {
+/// Applies to the bridge the options the program set before connecting
+/// that act on its end: buffer sizes, and when to send small segments
+/// (TCP_NODELAY, TCP_CORK), which the program's later calls change on the
+/// bridge too. The guest socket sends what the bridge releases at once.
+fn apply_to_bridge(bridge: c_int, opts: &[Opt]) {
     for o in opts {
-        if o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF) {
+        let buffers =
+            o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
+        let segments = o.level == libc::IPPROTO_TCP
+            && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
+        if buffers || segments {
             // SAFETY: `value` holds `value.len()` readable bytes.
             unsafe {
                 real::setsockopt(
@@ -418,7 +425,7 @@ fn finish_connect(
     };
     let errno = match res {
         Ok((reply, Some(bridge))) if reply.errno == 0 => {
-            apply_buffers(bridge, &s.opts);
+            apply_to_bridge(bridge, &s.opts);
             match install(bridge, fd) {
                 Ok(()) => {
                     s.state = State::Connected {

@@ -6,7 +6,8 @@
 //! scheduler), `local-cache` (curl downloads from `python3 -m
 //! http.server`, per size), `handover` (the client's link 1 goes down mid
 //! transfer and comes back) and `overhead` (unshaped throughput and CPU
-//! per GB). A stack that cannot run is recorded as skipped with the reason,
+//! per GB), `rr` (request/response: round-trip latency, transactions
+//! per second and connection set-up). A stack that cannot run is recorded as skipped with the reason,
 //! never dropped; MPTCP use is read from the server namespace's MPTcpExt
 //! counters, so a run that silently fell back to TCP shows as 0 subflows.
 //! Runs are interleaved (stack A, B, C, A, B, C...) so drift hits all alike.
@@ -16,6 +17,7 @@ mod local_cache;
 mod output;
 mod overhead;
 mod plot;
+mod rr;
 mod stacks;
 mod two_gateways;
 
@@ -36,7 +38,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "two-gateways,local-cache,handover,overhead"
+        default_value = "two-gateways,local-cache,handover,overhead,rr"
     )]
     pub scenario: Vec<Scenario>,
     /// Link rate in Mbit/s for two-gateways and local-cache.
@@ -69,6 +71,7 @@ pub enum Scenario {
     LocalCache,
     Handover,
     Overhead,
+    Rr,
 }
 
 impl Scenario {
@@ -78,6 +81,7 @@ impl Scenario {
             Scenario::LocalCache => "local-cache",
             Scenario::Handover => "handover",
             Scenario::Overhead => "overhead",
+            Scenario::Rr => "rr",
         }
     }
 }
@@ -124,6 +128,15 @@ pub struct Record {
     /// Handover: when the link went down and came back (s since first byte).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outage: Option<(f64, f64)>,
+    /// rr: round-trip (or set-up) time percentiles in microseconds.
+    pub median_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+    /// rr: round trips over 10 ms, and how many were timed.
+    pub over_10ms: Option<u64>,
+    pub samples: Option<u64>,
+    /// rr: transactions per second.
+    pub per_s: Option<f64>,
 }
 
 impl Record {
@@ -156,6 +169,12 @@ impl Record {
             intact: None,
             timeline: Vec::new(),
             outage: None,
+            median_us: None,
+            p99_us: None,
+            max_us: None,
+            over_10ms: None,
+            samples: None,
+            per_s: None,
         }
     }
 
@@ -231,6 +250,7 @@ pub struct Plan {
     pub duration: u32,
     pub sizes_mb: Vec<u64>,
     pub handover: handover::Settings,
+    pub rr: rr::Settings,
 }
 
 impl Plan {
@@ -247,6 +267,7 @@ impl Plan {
             duration,
             sizes_mb,
             handover: handover::Settings::new(args.quick),
+            rr: rr::Settings::new(args.quick),
         }
     }
 
@@ -270,6 +291,10 @@ impl Plan {
                 Scenario::Handover => {
                     steps += 1;
                     self.handover.expected_seconds()
+                }
+                Scenario::Rr => {
+                    steps += rr::Settings::rows();
+                    self.rr.expected_seconds()
                 }
             };
             secs += per_stack_run * f64::from(self.runs * n_stacks) + 3.0;
@@ -324,6 +349,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Scenario::LocalCache => local_cache::run(&mut ctx, &plan),
             Scenario::Handover => handover::run(&mut ctx, &plan),
             Scenario::Overhead => overhead::run(&mut ctx, &plan),
+            Scenario::Rr => rr::run(&mut ctx, &plan),
         };
         if let Err(err) = result {
             // A testbed that cannot be built fails the whole scenario; say
@@ -469,6 +495,18 @@ pub fn parse_mptcp_counters(text: &str) -> HashMap<String, u64> {
 /// Subflows per MPTCP connection the server accepted between two counter
 /// snapshots: 1 + joins / connections; 0 when no MPTCP connection came.
 pub fn subflows_between(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> f64 {
+    subflow_ratio(before, after, "MPCapableSYNRX", "MPJoinSynRx")
+}
+
+/// 1 + `joins` / `conns` between two counter snapshots (0 without
+/// connections): the server's view takes the SYN counters, a client's
+/// the SYN-ACK ones.
+pub fn subflow_ratio(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+    conns: &str,
+    joins: &str,
+) -> f64 {
     let diff = |name: &str| {
         after
             .get(name)
@@ -476,11 +514,9 @@ pub fn subflows_between(before: &HashMap<String, u64>, after: &HashMap<String, u
             .unwrap_or(0)
             .saturating_sub(before.get(name).copied().unwrap_or(0))
     };
-    let conns = diff("MPCapableSYNRX");
-    if conns == 0 {
-        0.0
-    } else {
-        1.0 + diff("MPJoinSynRx") as f64 / conns as f64
+    match diff(conns) {
+        0 => 0.0,
+        n => 1.0 + diff(joins) as f64 / n as f64,
     }
 }
 

@@ -91,6 +91,7 @@ pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
             Scenario::LocalCache,
             Scenario::Handover,
             Scenario::Overhead,
+            Scenario::Rr,
         ]
         .iter()
         .position(|x| *x == s)
@@ -180,6 +181,7 @@ pub fn markdown(records: &[Record]) -> String {
             Scenario::LocalCache => "| size | stack | download s (median) | min..max | goodput Mbit/s | subflows/conn | sha256 ok | runs |",
             Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
             Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
+            Scenario::Rr => "| measurement | stack | median us | p99 us | max us | over 10 ms | per second | subflows/conn | echo intact | runs |",
         };
         let cols = header.matches('|').count() - 1;
         let _ = writeln!(md, "{header}");
@@ -244,6 +246,30 @@ pub fn markdown(records: &[Record]) -> String {
                         .stat(|r| r.cpu_s_per_gb)
                         .map_or("-".into(), |x| format!("{:.2}", x.0));
                     format!(" {m} | {s} | {cpu} | {} | {} |", subflows(g), g.runs())
+                }
+                Scenario::Rr => {
+                    let us = |f: fn(&Record) -> Option<f64>| {
+                        g.stat(f).map_or("-".into(), |x| format!("{:.0}", x.0))
+                    };
+                    let over = g
+                        .ok()
+                        .iter()
+                        .filter_map(|r| r.over_10ms.zip(r.samples))
+                        .fold(None, |acc: Option<(u64, u64)>, (o, n)| {
+                            let (ao, an) = acc.unwrap_or((0, 0));
+                            Some((ao + o, an + n))
+                        })
+                        .map_or("-".into(), |(o, n)| format!("{o} of {n}"));
+                    format!(
+                        " {} | {} | {} | {over} | {} | {} | {} | {} |",
+                        us(|r| r.median_us),
+                        us(|r| r.p99_us),
+                        us(|r| r.max_us),
+                        us(|r| r.per_s),
+                        subflows(g),
+                        all_true(g, |r| r.intact),
+                        g.runs()
+                    )
                 }
             };
             let _ = writeln!(md, "{lead}{row}");
@@ -348,6 +374,7 @@ fn ratios(groups: &[Group]) -> Vec<String> {
                     ));
                 }
             }
+            Scenario::Rr => out.extend(rr_ratios(set, |stack, f| med(sc, set, stack, f))),
             Scenario::Handover => {
                 let stall: fn(&Record) -> Option<f64> = |r| r.stall_s;
                 for stack in [Stack::Native, Stack::Uml, Stack::Lkl] {
@@ -359,6 +386,49 @@ fn ratios(groups: &[Group]) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    out
+}
+
+/// The rr bars: round trips within 3x native (median) and under 1 ms
+/// (p99); many small requests at least half (lkl) or a fifth (uml) of
+/// native's rate.
+fn rr_ratios(
+    set: &str,
+    med: impl Fn(Stack, fn(&Record) -> Option<f64>) -> Option<f64>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let median: fn(&Record) -> Option<f64> = |r| r.median_us;
+    let p99: fn(&Record) -> Option<f64> = |r| r.p99_us;
+    let per_s: fn(&Record) -> Option<f64> = |r| r.per_s;
+    for stack in [Stack::Uml, Stack::Lkl] {
+        if set.ends_with("round trip") {
+            if let (Some(n), Some(x)) = (med(Stack::Native, median), med(stack, median)) {
+                let p = med(stack, p99)
+                    .map_or(String::new(), |p| format!(", p99 {:.0} us (bar < 1000)", p));
+                out.push(format!(
+                    "rr {set}: {} / native median = {:.2} (bar <= 3){p}",
+                    stack.name(),
+                    x / n
+                ));
+            }
+        } else if set.contains("connection") {
+            if let (Some(n), Some(x)) = (med(Stack::Native, per_s), med(stack, per_s)) {
+                let bar = if stack == Stack::Lkl { 0.5 } else { 0.2 };
+                out.push(format!(
+                    "rr {set}: {} / native transactions = {:.2} (bar >= {bar})",
+                    stack.name(),
+                    x / n
+                ));
+            }
+        } else if let (Some(n), Some(x)) = (med(Stack::Native, median), med(stack, median)) {
+            out.push(format!(
+                "rr {set}: {} {:.0} us, native {:.0} us",
+                stack.name(),
+                x,
+                n
+            ));
         }
     }
     out
@@ -380,7 +450,7 @@ fn optf(v: Option<f64>, digits: usize) -> String {
     v.map_or(String::new(), |x| format!("{x:.digits$}"))
 }
 
-pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact";
+pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact,median_us,p99_us,max_us,over_10ms,samples,per_s";
 
 /// Every record, one row each (handover timelines stay in the JSON).
 pub fn csv(records: &[Record]) -> String {
@@ -394,7 +464,7 @@ pub fn csv(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.scenario.name(),
             csv_field(&r.setting),
             r.stack.name(),
@@ -411,6 +481,12 @@ pub fn csv(records: &[Record]) -> String {
             optf(r.stall_s, 3),
             opt(r.completed),
             opt(r.intact),
+            optf(r.median_us, 1),
+            optf(r.p99_us, 1),
+            optf(r.max_us, 1),
+            opt(r.over_10ms),
+            opt(r.samples),
+            optf(r.per_s, 1),
         );
     }
     s

@@ -1,7 +1,8 @@
 //! SVG plots of the results (plotters, SVG backend): throughput per stack
 //! (two-gateways and overhead side by side, bars at the median with a
 //! min..max whisker), download time per size (local-cache, log-log), and
-//! the handover timeline (bytes received over time, outage shaded).
+//! the handover timeline (bytes received over time, outage shaded), and
+//! round-trip latency per stack and message size (rr).
 
 use super::output::{groups, Group};
 use super::{Record, Scenario, Stack, Status};
@@ -26,13 +27,15 @@ fn color(stack: Stack) -> RGBColor {
     }
 }
 
-/// Writes throughput.svg, download-time.svg and handover.svg for the
+/// Writes throughput.svg, download-time.svg, handover.svg and
+/// round-trip.svg for the
 /// scenarios that have results.
 pub fn write_all(dir: &Path, records: &[Record]) -> Result<()> {
     let plots = [
         ("throughput.svg", throughput(records)?),
         ("download-time.svg", download_time(records)?),
         ("handover.svg", handover(records)?),
+        ("round-trip.svg", round_trips(records)?),
     ];
     for (name, svg) in plots {
         if let Some(svg) = svg {
@@ -73,6 +76,49 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
             (format!("{} ({set})", sc.name()), gs)
         })
         .collect();
+    let panels: Vec<Panel> = panels
+        .into_iter()
+        .map(|(title, gs)| {
+            let bars = gs
+                .iter()
+                .filter_map(|g| Some((bar_name(g), g.stack, g.stat(|r| r.mbit_per_s)?)))
+                .collect();
+            (title, bars)
+        })
+        .collect();
+    bar_panels("throughput per stack (median, min..max)", "Mbit/s", &panels)
+}
+
+/// rr: median round trip per stack, one panel per message size; the
+/// whisker reaches the p99.
+pub fn round_trips(records: &[Record]) -> Result<Option<String>> {
+    let all = groups(records);
+    let mut panels: Vec<Panel> = Vec::new();
+    for g in all.iter().filter(|g| {
+        g.scenario == Scenario::Rr && g.setting.ends_with("round trip") && !g.ok().is_empty()
+    }) {
+        let (Some(m), Some(p99)) = (g.stat(|r| r.median_us), g.stat(|r| r.p99_us)) else {
+            continue;
+        };
+        let bar = (bar_name(g), g.stack, (m.0, m.0, p99.0));
+        match panels.iter_mut().find(|(t, _)| t == g.setting) {
+            Some((_, bars)) => bars.push(bar),
+            None => panels.push((g.setting.to_string(), vec![bar])),
+        }
+    }
+    bar_panels(
+        "round trip per stack (median, whisker to p99)",
+        "microseconds",
+        &panels,
+    )
+}
+
+/// A panel's title and its bars: name, stack (colour), (height, whisker
+/// low, whisker high).
+type Panel = (String, Vec<(String, Stack, (f64, f64, f64))>);
+
+/// Bars side by side, one panel each; `None` when there is nothing to draw.
+fn bar_panels(title: &str, y_desc: &str, panels: &[Panel]) -> Result<Option<String>> {
     if panels.is_empty() {
         return Ok(None);
     }
@@ -80,18 +126,9 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let root = root
-            .titled(
-                "throughput per stack (median, min..max)",
-                ("sans-serif", 22),
-            )
-            .map_err(err)?;
+        let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
         let areas = root.split_evenly((1, panels.len()));
-        for ((title, gs), area) in panels.iter().zip(areas.iter()) {
-            let stats: Vec<(String, Stack, (f64, f64, f64))> = gs
-                .iter()
-                .filter_map(|g| Some((bar_name(g), g.stack, g.stat(|r| r.mbit_per_s)?)))
-                .collect();
+        for ((title, stats), area) in panels.iter().zip(areas.iter()) {
             let ymax = stats.iter().map(|s| s.2 .2).fold(1.0, f64::max) * 1.15;
             // A segmented 0..k has k + 1 slots: one per bar.
             let n = stats.len() as u32;
@@ -106,7 +143,7 @@ pub fn throughput(records: &[Record]) -> Result<Option<String>> {
             chart
                 .configure_mesh()
                 .disable_x_mesh()
-                .y_desc("Mbit/s")
+                .y_desc(y_desc)
                 .x_label_formatter(&|v| match v {
                     SegmentValue::CenterOf(i) => {
                         names.get(*i as usize).cloned().unwrap_or_default()
