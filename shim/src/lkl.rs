@@ -57,7 +57,9 @@
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::hooks::write_addr;
-use crate::hooks::{connect_done, copy_in, read_addr, real, wait_for_connect};
+use crate::hooks::{
+    connect_done, copy_in, put_int, put_sockopt, read_addr, real, wait_for_connect,
+};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl, MptcpFlags};
@@ -1500,9 +1502,6 @@ pub unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    if val.is_null() || len.is_null() {
-        return Errno(libc::EFAULT).fail();
-    }
     if host_option(level, name) {
         return libc::syscall(
             libc::SYS_getsockopt,
@@ -1525,20 +1524,12 @@ pub unsafe fn getsockopt(
         };
         (s.lkl(), s.domain, st)
     };
-    let put_int = |v: c_int| {
-        let b = v.to_ne_bytes();
-        let n = (*len as usize).min(b.len());
-        // SAFETY: the program gave `*len` writable bytes at `val`.
-        std::ptr::copy_nonoverlapping(b.as_ptr(), val as *mut u8, n);
-        *len = n as socklen_t;
-        0
-    };
     if level == libc::SOL_SOCKET {
         match name {
-            libc::SO_TYPE => return put_int(libc::SOCK_STREAM),
-            libc::SO_DOMAIN => return put_int(domain),
-            libc::SO_PROTOCOL => return put_int(libc::IPPROTO_TCP),
-            libc::SO_ACCEPTCONN => return put_int(c_int::from(state.1)),
+            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
+            libc::SO_DOMAIN => return put_int(val, len, domain),
+            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
+            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(state.1)),
             libc::SO_ERROR => {
                 let e = match &state.0 {
                     // 0 while the connect is pending, as on TCP.
@@ -1552,7 +1543,7 @@ pub unsafe fn getsockopt(
                     }
                     None => 0,
                 };
-                return put_int(e);
+                return put_int(val, len, e);
             }
             _ => {}
         }
@@ -1560,15 +1551,17 @@ pub unsafe fn getsockopt(
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
     };
-    let mut buf = vec![0u8; (*len as usize).min(4096)];
+    let mut raw = [0u8; std::mem::size_of::<socklen_t>()];
+    if !copy_in(len as *const u8, &mut raw) {
+        return Errno(libc::EFAULT).fail();
+    }
+    let want = c_int::from_ne_bytes(raw);
+    if want < 0 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let mut buf = vec![0u8; (want as usize).min(4096)];
     match k.getsockopt(lfd, level, name, &mut buf) {
-        Ok(n) => {
-            let n = n.min(buf.len());
-            // SAFETY: the program gave `*len` (>= n) writable bytes at `val`.
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), val as *mut u8, n);
-            *len = n as socklen_t;
-            0
-        }
+        Ok(n) => put_sockopt(val, len, &buf[..n.min(buf.len())]),
         Err(e) => fail_lkl(&e),
     }
 }

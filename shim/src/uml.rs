@@ -20,7 +20,7 @@
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::hooks::write_addr;
-use crate::hooks::{connect_done, real, wait_for_connect};
+use crate::hooks::{connect_done, copy_in, put_int, real, wait_for_connect};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_native::socket::socket_addr;
@@ -725,13 +725,23 @@ pub unsafe fn setsockopt(
             }
             ret
         }
-        State::Listening { .. } => 0,
+        // Nothing to apply to, but a bad pointer is still the kernel's
+        // EFAULT.
+        State::Listening { .. } => {
+            let mut probe = vec![0u8; (len as usize).min(1024)];
+            if len > 0 && !copy_in(val as *const u8, &mut probe) {
+                return Errno(libc::EFAULT).fail();
+            }
+            0
+        }
         // The gate cannot take TCP options; the guest socket already has
         // the ones set before connect, and buffer sizes reach the bridge.
         State::Connecting { .. } => {
-            if !val.is_null() && len <= 1024 {
-                // SAFETY: the program promises `len` readable bytes at `val`.
-                let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+            let mut value = vec![0u8; (len as usize).min(1024)];
+            if len > 0 && !copy_in(val as *const u8, &mut value) {
+                return Errno(libc::EFAULT).fail();
+            }
+            if len <= 1024 {
                 s.opts.retain(|o| !(o.level == level && o.name == name));
                 s.opts.push(Opt { level, name, value });
             }
@@ -745,15 +755,6 @@ pub unsafe fn setsockopt(
             real::setsockopt(fd, level, name, val, len)
         }
     }
-}
-
-unsafe fn put_int(val: *mut c_void, len: *mut socklen_t, v: c_int) -> c_int {
-    if val.is_null() || len.is_null() || (*len as usize) < std::mem::size_of::<c_int>() {
-        return Errno(libc::EINVAL).fail();
-    }
-    *(val as *mut c_int) = v;
-    *len = std::mem::size_of::<c_int>() as socklen_t;
-    0
 }
 
 pub unsafe fn getsockopt(
