@@ -14,8 +14,10 @@
 //! Layout: [`hooks`] is the only place that exports C symbols; it sorts
 //! calls and hands ours to [`native`], [`uml`] or [`lkl`]. [`fdtable`] remembers
 //! which descriptors are ours. [`runtime`] reads the configuration once.
+//! [`forklock`] keeps fork() from leaving the shim's locks taken in a child.
 
 mod fdtable;
+mod forklock;
 mod hooks;
 mod lkl;
 mod log;

@@ -56,6 +56,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::forklock::{self, ForkMutex};
 use crate::hooks::write_addr;
 use crate::hooks::{
     connect_done, copy_in, put_int, put_sockopt, read_addr, real, wait_for_connect,
@@ -522,7 +523,7 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
 
 fn close_fd(fd: c_int) {
     // SAFETY: `fd` is a descriptor the shim created and owns; closing it
@@ -1617,14 +1618,12 @@ pub fn forget(fd: c_int) {
     }
 }
 
-/// fork() copies a locked mutex as locked: hold the socket map's lock
-/// across fork so the child never inherits another thread's lock.
+/// Holds the socket map's lock across fork, so the child never inherits
+/// another thread's lock.
 fn before_fork() {
-    std::mem::forget(SOCKS.lock());
+    SOCKS.hold();
 }
 
 fn after_fork() {
-    // SAFETY: `before_fork` took the lock in this thread and leaked the
-    // guard; in the parent and in the child it is ours to release.
-    unsafe { SOCKS.force_unlock() };
+    forklock::release_held();
 }

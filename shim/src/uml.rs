@@ -19,6 +19,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::forklock::{self, ForkMutex};
 use crate::hooks::write_addr;
 use crate::hooks::{connect_done, copy_in, put_int, real, wait_for_connect};
 use crate::log;
@@ -30,7 +31,6 @@ use dropshim_backend_uml::sys;
 use dropshim_conf::{Action, DeviceConfig};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::Lazy;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,7 +132,32 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
+
+/// Holds the socket map's and the watch map's locks across fork, so a
+/// child never starts with one another thread was holding. No code holds
+/// both at once, so taking them in this order cannot deadlock.
+fn before_fork() {
+    SOCKS.hold();
+    WATCHES.hold();
+}
+
+/// Registers the fork handlers once, at the process's first uml socket.
+fn fork_safe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn prepare() {
+            before_fork();
+        }
+        extern "C" fn after() {
+            forklock::release_held();
+        }
+        // SAFETY: the handlers are plain functions that live as long as
+        // the library, which is never unloaded while the program runs.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
+    });
+}
+
 static POLICY: once_cell::sync::OnceCell<dropshim_conf::Policy> = once_cell::sync::OnceCell::new();
 
 fn not_running(device: &str) -> c_int {
@@ -157,6 +182,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
         Err(_) => return not_running(device),
     }
     let _ = POLICY.set(config.policy.clone());
+    fork_safe();
     // SAFETY: libc's socket with the program's own arguments.
     let fd = unsafe { real::socket(domain, ty, 0) };
     if fd < 0 {
@@ -496,7 +522,8 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
 }
 
 /// One watch per device and process: see [`client::watch`].
-static WATCHES: Lazy<Mutex<HashMap<String, u32>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static WATCHES: Lazy<ForkMutex<HashMap<String, u32>>> =
+    Lazy::new(|| ForkMutex::new(HashMap::new()));
 
 /// Makes sure this process learns at once when the device's instance
 /// dies, even with its supervisor: then every bridge of that device is

@@ -1,10 +1,10 @@
-//! The uml backend's answers to socket calls with awkward arguments:
-//! what a program sees must be what the plain kernel gives, and the
-//! program must never crash inside the shim. gw1's links belong to a UML
-//! instance; the reference runs of the same program use the plain kernel
-//! in gw2.
+//! The uml backend's answers to socket calls with awkward arguments, and
+//! fork while another thread is inside the shim: what a program sees must
+//! be what the plain kernel gives, and the program must never crash or
+//! hang inside the shim. gw1's links belong to a UML instance; the
+//! reference runs of the same program use the plain kernel in gw2.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::uml::UmlDevice;
 use dropshim_tests::*;
@@ -133,5 +133,128 @@ fn uml_sockopt_unaligned_and_bad_pointers_answer_as_the_kernel() -> Result<()> {
         got == want,
         "getsockopt/setsockopt on uml differ from the plain kernel:\nkernel {want}\numl    {got}"
     );
+    Ok(())
+}
+
+/// A thread calls getsockname on a uml socket without pause (each call
+/// takes the shim's socket map lock) while the main thread forks; every
+/// child uses the inherited socket and a new one, then exits. A child
+/// that does not exit within 5 s is stuck (it inherited the lock held)
+/// and is reported and killed.
+const FORK_C: &str = r#"
+#define _GNU_SOURCE
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int fd;
+static atomic_int stop;
+
+static void *hammer(void *arg) {
+    (void)arg;
+    long n = 0;
+    while (!atomic_load(&stop)) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        getsockname(fd, (struct sockaddr *)&ss, &len);
+        n++;
+    }
+    return (void *)n;
+}
+
+static int child(void) {
+    struct sockaddr_in sin;
+    socklen_t len = sizeof sin;
+    if (getsockname(fd, (struct sockaddr *)&sin, &len) != 0 || sin.sin_family != AF_INET)
+        return 3;
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0)
+        return 4;
+    int one = 1;
+    if (setsockopt(s, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) != 0)
+        return 5;
+    close(s);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int forks = argc > 1 ? atoi(argv[1]) : 200;
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) {
+        perror("socket");
+        return 2;
+    }
+    pthread_t t;
+    pthread_create(&t, NULL, hammer, NULL);
+    int ok = 0, bad = 0;
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("fork");
+            return 2;
+        }
+        if (pid == 0)
+            _exit(child());
+        int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        struct pollfd p = {pfd, POLLIN, 0};
+        if (pfd < 0 || poll(&p, 1, 5000) != 1) {
+            printf("stuck fork=%d of %d: the child did not exit within 5 s\n", i + 1, forks);
+            fflush(stdout);
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            _exit(1);
+        }
+        close(pfd);
+        int status;
+        waitpid(pid, &status, 0);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            ok++;
+        else if (bad++ == 0)
+            printf("child %d: status %d\n", i + 1, status);
+    }
+    atomic_store(&stop, 1);
+    void *calls;
+    pthread_join(t, &calls);
+    printf("forks=%d ok=%d hammer_calls=%ld\n", forks, ok, (long)calls);
+    return ok == forks ? 0 : 1;
+}
+"#;
+
+#[test]
+fn uml_fork_while_another_thread_is_in_the_shim_never_hangs_the_child() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("fork.c");
+    let bin = dir.path().join("fork");
+    std::fs::write(&src, FORK_C)?;
+    run_ok(
+        Command::new("cc")
+            .args(["-O1", "-pthread", "-o"])
+            .arg(&bin)
+            .arg(&src),
+        RUN,
+    )
+    .context("compiling the fork program (needs a C compiler)")?;
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "fl")?;
+    let forks = 200;
+    let mut cmd = on_uml(&tb, &dev, &bin.display().to_string())?;
+    cmd.arg(forks.to_string());
+    let out = run_bounded(&mut cmd, Duration::from_secs(120))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.contains(&format!("forks={forks} ok={forks} ")),
+        "fork under uml ({}): {text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("uml fork: {}", text.trim());
     Ok(())
 }
