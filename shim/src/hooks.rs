@@ -439,15 +439,61 @@ fn forget_replaced(oldfd: c_int, newfd: c_int, ret: c_int) -> c_int {
     ret
 }
 
+/// A duplicate of a backend's socket is the same socket under a second
+/// number: the backend learns of it, so it answers getsockname,
+/// getpeername and getsockopt as the original (the program's descriptor
+/// itself is a Unix socket or a bridge).
+fn after_dup(oldfd: c_int, newfd: c_int) -> c_int {
+    if newfd >= 0 && newfd != oldfd {
+        let flags = fdtable::get(oldfd);
+        if flags & BACKEND_OWNED != 0 && backend!(dup(oldfd, newfd)) {
+            fdtable::set(newfd, flags);
+        }
+    }
+    newfd
+}
+
+redhook::hook! {
+    unsafe fn dup(oldfd: c_int) -> c_int => ds_dup {
+        after_dup(oldfd, redhook::real!(dup)(oldfd))
+    }
+}
+
 redhook::hook! {
     unsafe fn dup2(oldfd: c_int, newfd: c_int) -> c_int => ds_dup2 {
-        forget_replaced(oldfd, newfd, redhook::real!(dup2)(oldfd, newfd))
+        let ret = forget_replaced(oldfd, newfd, redhook::real!(dup2)(oldfd, newfd));
+        after_dup(oldfd, ret)
     }
 }
 
 redhook::hook! {
     unsafe fn dup3(oldfd: c_int, newfd: c_int, fl: c_int) -> c_int => ds_dup3 {
-        forget_replaced(oldfd, newfd, redhook::real!(dup3)(oldfd, newfd, fl))
+        let ret = forget_replaced(oldfd, newfd, redhook::real!(dup3)(oldfd, newfd, fl));
+        after_dup(oldfd, ret)
+    }
+}
+
+// fcntl is variadic in C; its third argument, when there is one, is an
+// integer or a pointer, which the x86-64 and AArch64 calling conventions
+// pass in the same register as a fixed argument of pointer width.
+// Programs built with 64-bit file offsets (python among them) call fcntl64.
+redhook::hook! {
+    unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int => ds_fcntl {
+        let ret = redhook::real!(fcntl)(fd, cmd, arg);
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            return after_dup(fd, ret);
+        }
+        ret
+    }
+}
+
+redhook::hook! {
+    unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int => ds_fcntl64 {
+        let ret = redhook::real!(fcntl64)(fd, cmd, arg);
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            return after_dup(fd, ret);
+        }
+        ret
     }
 }
 

@@ -922,17 +922,53 @@ unsafe fn move_to_host(fd: c_int) -> Result<(), Errno> {
         close_fd(host);
         return Err(e);
     }
+    // Duplicates of this socket are the same socket: they move too.
+    let others = twins(&socks, fd, lkl);
+    for &t in &others {
+        replace_file(host, t);
+    }
     close_fd(host);
     if let Some(old) = socks.remove(&fd) {
         reregister(fd, &old.epolls, libc::EPOLL_CTL_ADD);
     }
+    for &t in &others {
+        if let Some(old) = socks.remove(&t) {
+            reregister(t, &old.epolls, libc::EPOLL_CTL_ADD);
+        }
+    }
     drop(socks);
     fdtable::take(fd);
+    for &t in &others {
+        fdtable::take(t);
+    }
     close_fd(relay_end);
     if let Some(k) = live() {
         let _ = k.close(lkl);
     }
     Ok(())
+}
+
+/// The program's other descriptors of the socket `fd` is (dup'd twins):
+/// every entry naming the same library socket.
+fn twins(socks: &HashMap<c_int, Sock>, fd: c_int, lkl: Fd) -> Vec<c_int> {
+    socks
+        .iter()
+        .filter(|(&f, s)| f != fd && s.lkl() == lkl)
+        .map(|(&f, _)| f)
+        .collect()
+}
+
+/// Puts `file` under `fd`, keeping `fd`'s close-on-exec flag. The raw
+/// syscall skips the dup3 hook, which would forget `fd`.
+unsafe fn replace_file(file: c_int, fd: c_int) -> libc::c_long {
+    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    libc::syscall(
+        libc::SYS_dup3,
+        file as libc::c_long,
+        fd as libc::c_long,
+        dflags as libc::c_long,
+    )
 }
 
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
@@ -997,9 +1033,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         };
         match &sock.state {
             State::Fresh { lkl, relay_end } => {
-                let conn = Conn::new(*lkl, None);
-                let end = *relay_end;
+                let (lkl, end) = (*lkl, *relay_end);
+                let conn = Conn::new(lkl, None);
                 sock.state = State::Connected(conn.clone());
+                // Duplicates name the same socket (and the same data
+                // file, which the connect puts back under `fd`).
+                for t in twins(&socks, fd, lkl) {
+                    if let Some(twin) = socks.get_mut(&t) {
+                        twin.state = State::Connected(conn.clone());
+                    }
+                }
                 (conn, end)
             }
             State::Connected(c) => {
@@ -1093,7 +1136,13 @@ unsafe fn connect_in_background(
         }
         e.fail()
     };
-    let data = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0);
+    // The raw syscall skips the fcntl hook: this copy is the shim's own.
+    let data = libc::syscall(
+        libc::SYS_fcntl,
+        fd as libc::c_long,
+        libc::F_DUPFD_CLOEXEC as libc::c_long,
+        0 as libc::c_long,
+    ) as c_int;
     if data < 0 {
         return fail(Errno::from(std::io::Error::last_os_error()), -1);
     }
@@ -1223,7 +1272,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         return Errno(libc::EOPNOTSUPP).fail();
     };
     let mut socks = SOCKS.lock();
-    let Some(sock) = socks.get_mut(&fd) else {
+    let Some(sock) = socks.get(&fd) else {
         return Errno(libc::EBADF).fail();
     };
     let (lfd, relay_end) = match &sock.state {
@@ -1244,37 +1293,37 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         Err(e) => return e.fail(),
     };
     // The program's descriptor becomes the token pair's read end, with
-    // the same descriptor flags and O_NONBLOCK. The raw syscall skips the
-    // dup3 hook, which would forget this socket.
+    // the same descriptor flags and O_NONBLOCK; so do its duplicates,
+    // which are the same socket.
     let fl = libc::fcntl(fd, libc::F_GETFL);
-    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    if libc::syscall(
-        libc::SYS_dup3,
-        tokens[0] as libc::c_long,
-        fd as libc::c_long,
-        dflags as libc::c_long,
-    ) < 0
-    {
+    if replace_file(tokens[0], fd) < 0 {
         let e = Errno::from(std::io::Error::last_os_error());
         close_fd(tokens[0]);
         close_fd(tokens[1]);
         return e.fail();
     }
-    close_fd(tokens[0]);
     if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
         libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
     }
+    let others = twins(&socks, fd, lfd);
+    for &t in &others {
+        replace_file(tokens[0], t);
+    }
+    close_fd(tokens[0]);
     close_fd(relay_end);
-    reregister(fd, &sock.epolls, libc::EPOLL_CTL_ADD);
-    settle(fd, sock);
     let listener = Arc::new(Listener {
         lkl: lfd,
         queue: Mutex::new(VecDeque::new()),
         stop: AtomicBool::new(false),
         token: tokens[1],
     });
-    sock.state = State::Listening(listener.clone());
+    for t in std::iter::once(fd).chain(others) {
+        if let Some(sock) = socks.get_mut(&t) {
+            reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+            settle(t, sock);
+            sock.state = State::Listening(listener.clone());
+        }
+    }
     drop(socks);
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-accept".into())
@@ -1593,10 +1642,46 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     }
 }
 
+/// `newfd` is a duplicate of `oldfd` (dup, dup2, dup3, F_DUPFD): the
+/// same socket under a second number, sharing its library socket,
+/// connection or listener. What later happens to one (connect, listen,
+/// loopback) happens to all; the socket closes with the last of them.
+/// Returns whether `newfd` is now this backend's.
+pub fn dup(oldfd: c_int, newfd: c_int) -> bool {
+    let mut socks = SOCKS.lock();
+    let Some(s) = socks.get(&oldfd) else {
+        return false;
+    };
+    let state = match &s.state {
+        State::Fresh { lkl, relay_end } => State::Fresh {
+            lkl: *lkl,
+            relay_end: *relay_end,
+        },
+        State::Connected(c) => State::Connected(c.clone()),
+        State::Listening(l) => State::Listening(l.clone()),
+    };
+    let twin = Sock {
+        domain: s.domain,
+        state,
+        opts: s.opts.clone(),
+        epolls: Vec::new(),
+    };
+    socks.insert(newfd, twin);
+    true
+}
+
 /// The program is closing `fd` (or replacing it with dup2/dup3).
 pub fn forget(fd: c_int) {
-    let Some(sock) = SOCKS.lock().remove(&fd) else {
-        return;
+    let sock = {
+        let mut socks = SOCKS.lock();
+        let Some(sock) = socks.remove(&fd) else {
+            return;
+        };
+        // A duplicate still names this socket: it stays open.
+        if socks.values().any(|s| s.lkl() == sock.lkl()) {
+            return;
+        }
+        sock
     };
     match sock.state {
         State::Fresh { lkl, relay_end } => {

@@ -895,3 +895,10 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
 pub fn forget(fd: c_int) {
     SOCKS.lock().remove(&fd);
 }
+
+/// A dup of a uml socket stays untracked: the duplicate names the host
+/// file (bridge or placeholder), which connect and listen replace under
+/// the original number only.
+pub fn dup(_oldfd: c_int, _newfd: c_int) -> bool {
+    false
+}
