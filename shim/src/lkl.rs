@@ -602,9 +602,14 @@ fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
 
 /// Moves bytes both ways between `host` (our end of the program's pair)
 /// and the connected library socket, one thread per direction (a call
-/// blocked in the library kernel holds its host thread).
-fn start_relay(conn: Arc<Conn>, host: c_int) {
-    let host = HostEnd(host);
+/// blocked in the library kernel holds its host thread). `prog` is the
+/// inode of the program's end.
+fn start_relay(conn: Arc<Conn>, host: c_int, prog: Option<u64>) {
+    let host = HostEnd {
+        fd: host,
+        prog,
+        reset: AtomicBool::new(false),
+    };
     let (Some(down_buf), Some(up_buf)) = (RelayBuf::new(), RelayBuf::new()) else {
         // Dropping our end of the pair shows the program the end.
         log::error!("lkl: no memory for relay buffers; the connection is closed");
@@ -624,8 +629,8 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-rx".into())
         .spawn(move || {
-            relay_down(&c2, h2.0, down_buf);
-            drop(h2);
+            relay_down(&c2, &h2, down_buf);
+            close_host(h2, &c2);
             let_go(c2);
         });
     if let Err(e) = spawned {
@@ -635,13 +640,92 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-tx".into())
         .spawn(move || {
-            relay_up(&conn, host.0, up_buf);
-            drop(host);
+            relay_up(&conn, &host, up_buf);
+            close_host(host, &conn);
             let_go(conn);
         });
     if let Err(e) = spawned {
         log::error!("lkl: cannot start a relay thread: {e}");
     }
+}
+
+/// The relays' end of the program's pair, closed by whichever relay ends
+/// last. After a reset the program must read ECONNRESET, not the end of
+/// the stream; a Unix stream socket closed while its own receive queue
+/// holds data sets ECONNRESET on its peer (unix_release_sock), which the
+/// peer's read() returns after the data already queued for it. So the
+/// last relay makes sure a byte waits unread in this end, then closes it.
+fn close_host(host: Arc<HostEnd>, conn: &Arc<Conn>) {
+    let Some(h) = Arc::into_inner(host) else {
+        return;
+    };
+    if h.reset.load(Ordering::Acquire) {
+        // Without a byte the close is a plain end of stream: the best
+        // left when the reset cannot cross.
+        unread_byte(conn, &h);
+    }
+}
+
+/// Bytes waiting in `fd`'s receive queue.
+fn queued(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`, a live local.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut c_int) };
+    if r < 0 {
+        0
+    } else {
+        n
+    }
+}
+
+/// The inode of the socket `fd` is.
+fn inode(fd: c_int) -> Option<u64> {
+    // SAFETY: fstat writes one struct stat into `st`, a live local.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `fd` is a descriptor the shim holds.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return None;
+    }
+    Some(st.st_ino)
+}
+
+/// Makes sure a byte waits in the relays' end of the pair: if none does,
+/// sends one from the program's end, through a descriptor of the
+/// program's that still is this connection's end (looked up under the
+/// socket map's lock, which close and dup2 take before the descriptor is
+/// gone, and checked by inode). Returns whether a byte waits: not when
+/// the program closed its descriptor, shut down its writing, or has not
+/// accepted the connection yet.
+fn unread_byte(conn: &Arc<Conn>, host: &HostEnd) -> bool {
+    if queued(host.fd) > 0 {
+        return true;
+    }
+    let Some(prog) = host.prog else {
+        return false;
+    };
+    let socks = SOCKS.lock();
+    let mine = socks.iter().find_map(|(&fd, s)| match &s.state {
+        State::Connected(c) if Arc::ptr_eq(c, conn) && inode(fd) == Some(prog) => Some(fd),
+        _ => None,
+    });
+    let Some(fd) = mine else {
+        return false;
+    };
+    // SAFETY: one byte from a live buffer to the program's end of this
+    // connection's pair, without blocking or a signal; the raw syscall
+    // keeps it off the program's own hooks.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd as libc::c_long,
+            [0u8].as_ptr(),
+            1 as libc::c_long,
+            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as libc::c_long,
+            std::ptr::null::<sockaddr>(),
+            0 as libc::c_long,
+        )
+    };
+    sent == 1
 }
 
 /// A relay's end (its end of the pair already let go of, so a lingering
@@ -709,16 +793,23 @@ extern "C" fn flush_at_exit() {
     );
 }
 
-struct HostEnd(c_int);
+struct HostEnd {
+    fd: c_int,
+    /// Inode of the program's end of the pair.
+    prog: Option<u64>,
+    /// The connection was reset (or died otherwise): the program's reads
+    /// must end in ECONNRESET; nothing more goes to the library socket.
+    reset: AtomicBool,
+}
 
 impl Drop for HostEnd {
     fn drop(&mut self) {
-        close_fd(self.0);
+        close_fd(self.fd);
     }
 }
 
 /// Program → library kernel.
-fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
+fn relay_up(conn: &Arc<Conn>, host: &HostEnd, mut buf: RelayBuf) {
     let Some(k) = live() else { return };
     // Linux 6.12's MPTCP has no persist timer of its own: when the peer's
     // connection-level window closes, or its memory runs short, with
@@ -732,7 +823,12 @@ fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
     }
     loop {
         // SAFETY: `buf` is writable for its length; `host` is our end.
-        let n = unsafe { libc::read(host, buf.as_mut_ptr() as *mut c_void, buf.len()) };
+        let n = unsafe { libc::read(host.fd, buf.as_mut_ptr() as *mut c_void, buf.len()) };
+        if host.reset.load(Ordering::Acquire) {
+            // The connection is gone: what was read has nowhere to go.
+            conn.up_done.store(true, Ordering::Release);
+            return;
+        }
         if n < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -753,9 +849,11 @@ fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
         }
         if let Err(e) = send_retrying(k, conn.lkl, &buf[..n as usize]) {
             log::debug!("lkl: send: {e}");
-            // The program's further writes fail with EPIPE.
-            // SAFETY: shutdown on our own descriptor.
-            unsafe { libc::shutdown(host, libc::SHUT_RD) };
+            // The connection failed (a reset): the program's reads end in
+            // ECONNRESET, its writes in EPIPE once the pair is closed, and
+            // the shutdown ends the other relay's wait in the kernel.
+            host.reset.store(true, Ordering::Release);
+            let _ = k.shutdown(conn.lkl, libc::SHUT_RDWR);
             conn.up_done.store(true, Ordering::Release);
             return;
         }
@@ -775,7 +873,7 @@ fn send_retrying(k: &Lkl, fd: Fd, mut buf: &[u8]) -> Result<(), LklError> {
 }
 
 /// Library kernel → program.
-fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
+fn relay_down(conn: &Arc<Conn>, host: &HostEnd, mut buf: RelayBuf) {
     let Some(k) = live() else { return };
     // Linux 6.12's MPTCP can leave a blocked reader asleep for good: when
     // out-of-order data fills the receive buffer (a path was cut and the
@@ -791,13 +889,27 @@ fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
             Ok(n) => n,
             Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EAGAIN) => continue,
             Err(e) => {
+                // Reset, or dead otherwise: not a clean end of stream.
                 log::debug!("lkl: recv: {e}");
+                host.reset.store(true, Ordering::Release);
                 0
             }
         };
         if n == 0 {
+            if host.reset.load(Ordering::Acquire) {
+                // A byte in our end wakes the other relay if it sleeps in
+                // read() (it then stops), and is what the close turns
+                // into ECONNRESET (see close_host). Without one, the
+                // program reads end of stream and the other relay's
+                // read() ends: never a program left waiting.
+                if !unread_byte(conn, host) {
+                    // SAFETY: shutdown on our own descriptor.
+                    unsafe { libc::shutdown(host.fd, libc::SHUT_RDWR) };
+                }
+                return;
+            }
             // SAFETY: shutdown on our own descriptor: the program reads EOF.
-            unsafe { libc::shutdown(host, libc::SHUT_WR) };
+            unsafe { libc::shutdown(host.fd, libc::SHUT_WR) };
             return;
         }
         let mut off = 0;
@@ -806,7 +918,7 @@ fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
             // closed reader into EPIPE instead of a signal.
             let w = unsafe {
                 libc::send(
-                    host,
+                    host.fd,
                     buf[off..n].as_ptr() as *const c_void,
                     n - off,
                     libc::MSG_NOSIGNAL,
@@ -1215,9 +1327,10 @@ unsafe fn connect_in_background(
                     }
                 }
             }
+            let prog = inode(data);
             close_fd(data);
             if errno == 0 {
-                start_relay(c, relay_end);
+                start_relay(c, relay_end, prog);
             } else {
                 // The program's reads see EOF, writes EPIPE.
                 close_fd(relay_end);
@@ -1373,7 +1486,7 @@ fn acceptor(k: &'static Lkl, l: &Listener) {
             }
         };
         let conn = Conn::new(nfd, Some(0));
-        start_relay(conn.clone(), sv[1]);
+        start_relay(conn.clone(), sv[1], inode(sv[0]));
         l.queue.lock().push_back(Accepted {
             fd: sv[0],
             peer,
