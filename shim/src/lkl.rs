@@ -680,9 +680,9 @@ fn queued(fd: c_int) -> c_int {
 
 /// The inode of the socket `fd` is.
 fn inode(fd: c_int) -> Option<u64> {
-    // SAFETY: fstat writes one struct stat into `st`, a live local.
+    // SAFETY: struct stat is plain data; all-zero is valid.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `fd` is a descriptor the shim holds.
+    // SAFETY: fstat writes one struct stat into `st`, a live local.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
         return None;
     }
@@ -1305,25 +1305,21 @@ unsafe fn connect_in_background(
             c.finish(errno);
             {
                 let mut socks = SOCKS.lock();
-                let ours = socks
-                    .get(&fd)
-                    .is_some_and(|s| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c)));
-                if ours {
-                    // SAFETY: `fd` is still this socket's descriptor (the
-                    // program forgets it under this lock before closing).
-                    unsafe {
-                        let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
-                        let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-                        libc::syscall(
-                            libc::SYS_dup3,
-                            data as libc::c_long,
-                            fd as libc::c_long,
-                            dflags as libc::c_long,
-                        );
-                    }
-                    if let Some(sock) = socks.get_mut(&fd) {
-                        reregister(fd, &sock.epolls, libc::EPOLL_CTL_ADD);
-                        settle(fd, sock);
+                // `fd` and any duplicate of it, including one the program
+                // made of the gate meanwhile: each gets the data end back.
+                let mine: Vec<c_int> = socks
+                    .iter()
+                    .filter(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c)))
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in mine {
+                    // SAFETY: `t` is still one of this socket's descriptors
+                    // (the program forgets it under this lock before
+                    // closing it).
+                    unsafe { replace_file(data, t) };
+                    if let Some(sock) = socks.get_mut(&t) {
+                        reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+                        settle(t, sock);
                     }
                 }
             }

@@ -23,14 +23,15 @@ fn two_gateways() -> Result<Testbed> {
 
 /// Every way to duplicate a socket (socket.dup and os.dup are
 /// fcntl(F_DUPFD_CLOEXEC), os.dup2, fcntl(F_DUPFD), libc's dup), on a
-/// connected socket, on one duplicated before its connect, and on one
+/// connected socket, on one duplicated before its connect, on one
+/// duplicated while its non-blocking connect is pending, and on one
 /// duplicated before its listen: each duplicate must say what the
 /// original says (the family python finds, SO_DOMAIN, SO_TYPE,
 /// SO_PROTOCOL, getsockname, getpeername) and carry the
 /// same connection (an echo through it arrives intact, and the original
 /// still works once every duplicate is closed). One line per mismatch,
 /// then `dup ok`.
-const DUP_PY: &str = r##"import ctypes, fcntl, os, socket, sys
+const DUP_PY: &str = r##"import ctypes, fcntl, os, select, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
 local, peer, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 bad = []
@@ -90,6 +91,27 @@ try:
 except Exception as e:
     bad.append("dup before connect: %r" % e)
 f.close()
+
+# Duplicated while a non-blocking connect is pending: the duplicate
+# carries the connection too once it is made.
+p = socket.socket()
+p.setblocking(False)
+p.connect_ex((peer, port))
+q = socket.socket(fileno=os.dup(p.fileno()))
+try:
+    if not select.select([], [p], [], 10)[1]:
+        bad.append("dup during connect: never writable")
+    elif p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+        bad.append("dup during connect: SO_ERROR %d" % p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    else:
+        q.setblocking(True)
+        if view(p) != view(q):
+            bad.append("dup during connect: %r, the duplicate %r" % (view(p), view(q)))
+        echo(q, b"during-connect-")
+except Exception as e:
+    bad.append("dup during connect: %r" % e)
+q.close()
+p.close()
 
 # Duplicated before listen: both are the listening socket.
 l = socket.socket()
