@@ -2,7 +2,8 @@
 //! programs' TCP onto Multipath TCP.
 //!
 //! Owns: the semantics of the socket calls it takes over (socket,
-//! connect, bind, listen, accept, setsockopt, getsockopt, close, dup2/3)
+//! connect, bind, listen, accept, setsockopt, getsockopt, close, dup,
+//! dup2/3, fcntl's F_DUPFD)
 //! for AF_INET/AF_INET6 stream sockets, and the choice of backend for
 //! each process.
 //!

@@ -49,6 +49,16 @@
 //! fail with EPIPE; the new program boots its own kernel at its first TCP
 //! socket.
 //!
+//! A dup()'d descriptor is the same socket under a second number: it
+//! shares the original's library socket, connection or listener, so it
+//! answers getsockname, getpeername and getsockopt as the original; the
+//! socket closes with the last of its descriptors.
+//!
+//! A reset (or any failure of the connection) reaches the program as
+//! ECONNRESET after the bytes that came before it: the relays close their
+//! end of the pair with a byte left unread in it, which Linux reports to
+//! the other end as ECONNRESET.
+//!
 //! Loopback stays the host's: binding or connecting to 127.0.0.0/8 or ::1
 //! swaps in a plain host TCP socket under the same descriptor (options set
 //! so far are applied to it) and drops the library socket.
