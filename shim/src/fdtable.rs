@@ -7,9 +7,9 @@
 //! a separate map behind a mutex, touched only by `setsockopt` on such
 //! sockets and when they close.
 
+use crate::forklock::{self, ForkMutex};
 use dropshim_backend_native::socket::SockOpt;
 use once_cell::sync::Lazy;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::os::raw::c_int;
 use std::ptr;
@@ -83,8 +83,8 @@ pub fn take(fd: c_int) -> u8 {
     flags
 }
 
-static OPTIONS: Lazy<Mutex<HashMap<c_int, Vec<SockOpt>>>> =
-    Lazy::new(|| Mutex::new(HashMap::new()));
+static OPTIONS: Lazy<ForkMutex<HashMap<c_int, Vec<SockOpt>>>> =
+    Lazy::new(|| ForkMutex::new(HashMap::new()));
 
 /// Records an option the program set; a later value for the same option
 /// replaces the earlier one but keeps its place in the order.
@@ -109,16 +109,14 @@ pub fn options(fd: c_int) -> Vec<SockOpt> {
     OPTIONS.lock().get(&fd).cloned().unwrap_or_default()
 }
 
-/// fork() copies a locked mutex as locked; hold the lock across fork so
-/// the child never starts with another thread's lock it cannot release.
+/// Holds the lock across fork so the child never starts with another
+/// thread's lock it cannot release (see [`crate::forklock`]).
 pub fn before_fork() {
-    std::mem::forget(OPTIONS.lock());
+    OPTIONS.hold();
 }
 
 pub fn after_fork() {
-    // SAFETY: `before_fork` took the lock in this thread and leaked the
-    // guard; in the parent and in the child it is ours to release.
-    unsafe { OPTIONS.force_unlock() };
+    forklock::release_held();
 }
 
 #[cfg(test)]

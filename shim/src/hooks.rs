@@ -89,6 +89,85 @@ pub(crate) fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
     false
 }
 
+/// Copies `src` into the program's memory at `dst` without trusting the
+/// pointer, the counterpart of [`copy_in`]: process_vm_writev on our own
+/// pid reports unmapped or read-only memory as an error instead of
+/// faulting, and cares nothing for alignment. Returns false unless every
+/// byte was written.
+pub(crate) fn copy_out(dst: *mut u8, src: &[u8]) -> bool {
+    if src.is_empty() {
+        return true;
+    }
+    if dst.is_null() {
+        return false;
+    }
+    let local = libc::iovec {
+        iov_base: src.as_ptr() as *mut c_void,
+        iov_len: src.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: dst as *mut c_void,
+        iov_len: src.len(),
+    };
+    // Every variadic argument at full register width, as in copy_in.
+    // SAFETY: the kernel reads `src.len()` bytes of `src`, which we own,
+    // and writes the program's memory through its own checked user copy.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_writev,
+            libc::getpid() as libc::c_long,
+            &local as *const libc::iovec,
+            1 as libc::c_ulong,
+            &remote as *const libc::iovec,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if n == src.len() as libc::c_long {
+        return true;
+    }
+    let err = std::io::Error::last_os_error().raw_os_error();
+    if n < 0 && matches!(err, Some(libc::ENOSYS | libc::EPERM)) {
+        // A seccomp sandbox may forbid process_vm_writev: write directly,
+        // byte-wise (no alignment assumed), trusting the pointer as libc
+        // itself does.
+        // SAFETY: the program promises `src.len()` writable bytes at
+        // `dst` (the same promise the kernel relies on).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+        return true;
+    }
+    false
+}
+
+/// Answers getsockopt with `value` the way the kernel writes an option:
+/// an unreadable length is EFAULT, a negative one EINVAL, a short buffer
+/// gets the leading bytes, and an unwritable value or length is EFAULT.
+/// The program's pointers may be unaligned or bad; neither crashes here.
+pub(crate) fn put_sockopt(val: *mut c_void, len: *mut socklen_t, value: &[u8]) -> c_int {
+    let mut raw = [0u8; std::mem::size_of::<socklen_t>()];
+    if !copy_in(len as *const u8, &mut raw) {
+        return Errno(libc::EFAULT).fail();
+    }
+    // The kernel reads the length as a signed int.
+    let want = c_int::from_ne_bytes(raw);
+    if want < 0 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let n = (want as usize).min(value.len());
+    if !copy_out(val as *mut u8, &value[..n]) {
+        return Errno(libc::EFAULT).fail();
+    }
+    if !copy_out(len as *mut u8, &(n as socklen_t).to_ne_bytes()) {
+        return Errno(libc::EFAULT).fail();
+    }
+    0
+}
+
+/// [`put_sockopt`] for an int option.
+pub(crate) fn put_int(val: *mut c_void, len: *mut socklen_t, v: c_int) -> c_int {
+    put_sockopt(val, len, &v.to_ne_bytes())
+}
+
 /// How a blocking connect() of the uml and lkl backends waits for the
 /// connect their helper thread runs: in a host read() of one end of a
 /// socket pair, so a signal ends the wait exactly as it ends a kernel
@@ -360,15 +439,61 @@ fn forget_replaced(oldfd: c_int, newfd: c_int, ret: c_int) -> c_int {
     ret
 }
 
+/// A duplicate of a backend's socket is the same socket under a second
+/// number: the backend learns of it, so it answers getsockname,
+/// getpeername and getsockopt as the original (the program's descriptor
+/// itself is a Unix socket or a bridge).
+fn after_dup(oldfd: c_int, newfd: c_int) -> c_int {
+    if newfd >= 0 && newfd != oldfd {
+        let flags = fdtable::get(oldfd);
+        if flags & BACKEND_OWNED != 0 && backend!(dup(oldfd, newfd)) {
+            fdtable::set(newfd, flags);
+        }
+    }
+    newfd
+}
+
+redhook::hook! {
+    unsafe fn dup(oldfd: c_int) -> c_int => ds_dup {
+        after_dup(oldfd, redhook::real!(dup)(oldfd))
+    }
+}
+
 redhook::hook! {
     unsafe fn dup2(oldfd: c_int, newfd: c_int) -> c_int => ds_dup2 {
-        forget_replaced(oldfd, newfd, redhook::real!(dup2)(oldfd, newfd))
+        let ret = forget_replaced(oldfd, newfd, redhook::real!(dup2)(oldfd, newfd));
+        after_dup(oldfd, ret)
     }
 }
 
 redhook::hook! {
     unsafe fn dup3(oldfd: c_int, newfd: c_int, fl: c_int) -> c_int => ds_dup3 {
-        forget_replaced(oldfd, newfd, redhook::real!(dup3)(oldfd, newfd, fl))
+        let ret = forget_replaced(oldfd, newfd, redhook::real!(dup3)(oldfd, newfd, fl));
+        after_dup(oldfd, ret)
+    }
+}
+
+// fcntl is variadic in C; its third argument, when there is one, is an
+// integer or a pointer, which the x86-64 and AArch64 calling conventions
+// pass in the same register as a fixed argument of pointer width.
+// Programs built with 64-bit file offsets (python among them) call fcntl64.
+redhook::hook! {
+    unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int => ds_fcntl {
+        let ret = redhook::real!(fcntl)(fd, cmd, arg);
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            return after_dup(fd, ret);
+        }
+        ret
+    }
+}
+
+redhook::hook! {
+    unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int => ds_fcntl64 {
+        let ret = redhook::real!(fcntl64)(fd, cmd, arg);
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            return after_dup(fd, ret);
+        }
+        ret
     }
 }
 

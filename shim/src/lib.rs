@@ -2,7 +2,8 @@
 //! programs' TCP onto Multipath TCP.
 //!
 //! Owns: the semantics of the socket calls it takes over (socket,
-//! connect, bind, listen, accept, setsockopt, getsockopt, close, dup2/3)
+//! connect, bind, listen, accept, setsockopt, getsockopt, close, dup,
+//! dup2/3, fcntl's F_DUPFD)
 //! for AF_INET/AF_INET6 stream sockets, and the choice of backend for
 //! each process.
 //!
@@ -14,8 +15,10 @@
 //! Layout: [`hooks`] is the only place that exports C symbols; it sorts
 //! calls and hands ours to [`native`], [`uml`] or [`lkl`]. [`fdtable`] remembers
 //! which descriptors are ours. [`runtime`] reads the configuration once.
+//! [`forklock`] keeps fork() from leaving the shim's locks taken in a child.
 
 mod fdtable;
+mod forklock;
 mod hooks;
 mod lkl;
 mod log;

@@ -49,6 +49,16 @@
 //! fail with EPIPE; the new program boots its own kernel at its first TCP
 //! socket.
 //!
+//! A dup()'d descriptor is the same socket under a second number: it
+//! shares the original's library socket, connection or listener, so it
+//! answers getsockname, getpeername and getsockopt as the original; the
+//! socket closes with the last of its descriptors.
+//!
+//! A reset (or any failure of the connection) reaches the program as
+//! ECONNRESET after the bytes that came before it: the relays close their
+//! end of the pair with a byte left unread in it, which Linux reports to
+//! the other end as ECONNRESET.
+//!
 //! Loopback stays the host's: binding or connecting to 127.0.0.0/8 or ::1
 //! swaps in a plain host TCP socket under the same descriptor (options set
 //! so far are applied to it) and drops the library socket.
@@ -56,8 +66,11 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::forklock::{self, ForkMutex};
 use crate::hooks::write_addr;
-use crate::hooks::{connect_done, copy_in, read_addr, real, wait_for_connect};
+use crate::hooks::{
+    connect_done, copy_in, put_int, put_sockopt, read_addr, real, wait_for_connect,
+};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl, MptcpFlags};
@@ -520,7 +533,7 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
 
 fn close_fd(fd: c_int) {
     // SAFETY: `fd` is a descriptor the shim created and owns; closing it
@@ -599,9 +612,14 @@ fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
 
 /// Moves bytes both ways between `host` (our end of the program's pair)
 /// and the connected library socket, one thread per direction (a call
-/// blocked in the library kernel holds its host thread).
-fn start_relay(conn: Arc<Conn>, host: c_int) {
-    let host = HostEnd(host);
+/// blocked in the library kernel holds its host thread). `prog` is the
+/// inode of the program's end.
+fn start_relay(conn: Arc<Conn>, host: c_int, prog: Option<u64>) {
+    let host = HostEnd {
+        fd: host,
+        prog,
+        reset: AtomicBool::new(false),
+    };
     let (Some(down_buf), Some(up_buf)) = (RelayBuf::new(), RelayBuf::new()) else {
         // Dropping our end of the pair shows the program the end.
         log::error!("lkl: no memory for relay buffers; the connection is closed");
@@ -621,8 +639,8 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-rx".into())
         .spawn(move || {
-            relay_down(&c2, h2.0, down_buf);
-            drop(h2);
+            relay_down(&c2, &h2, down_buf);
+            close_host(h2, &c2);
             let_go(c2);
         });
     if let Err(e) = spawned {
@@ -632,13 +650,92 @@ fn start_relay(conn: Arc<Conn>, host: c_int) {
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-tx".into())
         .spawn(move || {
-            relay_up(&conn, host.0, up_buf);
-            drop(host);
+            relay_up(&conn, &host, up_buf);
+            close_host(host, &conn);
             let_go(conn);
         });
     if let Err(e) = spawned {
         log::error!("lkl: cannot start a relay thread: {e}");
     }
+}
+
+/// The relays' end of the program's pair, closed by whichever relay ends
+/// last. After a reset the program must read ECONNRESET, not the end of
+/// the stream; a Unix stream socket closed while its own receive queue
+/// holds data sets ECONNRESET on its peer (unix_release_sock), which the
+/// peer's read() returns after the data already queued for it. So the
+/// last relay makes sure a byte waits unread in this end, then closes it.
+fn close_host(host: Arc<HostEnd>, conn: &Arc<Conn>) {
+    let Some(h) = Arc::into_inner(host) else {
+        return;
+    };
+    if h.reset.load(Ordering::Acquire) {
+        // Without a byte the close is a plain end of stream: the best
+        // left when the reset cannot cross.
+        unread_byte(conn, &h);
+    }
+}
+
+/// Bytes waiting in `fd`'s receive queue.
+fn queued(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`, a live local.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut c_int) };
+    if r < 0 {
+        0
+    } else {
+        n
+    }
+}
+
+/// The inode of the socket `fd` is.
+fn inode(fd: c_int) -> Option<u64> {
+    // SAFETY: struct stat is plain data; all-zero is valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one struct stat into `st`, a live local.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return None;
+    }
+    Some(st.st_ino)
+}
+
+/// Makes sure a byte waits in the relays' end of the pair: if none does,
+/// sends one from the program's end, through a descriptor of the
+/// program's that still is this connection's end (looked up under the
+/// socket map's lock, which close and dup2 take before the descriptor is
+/// gone, and checked by inode). Returns whether a byte waits: not when
+/// the program closed its descriptor, shut down its writing, or has not
+/// accepted the connection yet.
+fn unread_byte(conn: &Arc<Conn>, host: &HostEnd) -> bool {
+    if queued(host.fd) > 0 {
+        return true;
+    }
+    let Some(prog) = host.prog else {
+        return false;
+    };
+    let socks = SOCKS.lock();
+    let mine = socks.iter().find_map(|(&fd, s)| match &s.state {
+        State::Connected(c) if Arc::ptr_eq(c, conn) && inode(fd) == Some(prog) => Some(fd),
+        _ => None,
+    });
+    let Some(fd) = mine else {
+        return false;
+    };
+    // SAFETY: one byte from a live buffer to the program's end of this
+    // connection's pair, without blocking or a signal; the raw syscall
+    // keeps it off the program's own hooks.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd as libc::c_long,
+            [0u8].as_ptr(),
+            1 as libc::c_long,
+            (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as libc::c_long,
+            std::ptr::null::<sockaddr>(),
+            0 as libc::c_long,
+        )
+    };
+    sent == 1
 }
 
 /// A relay's end (its end of the pair already let go of, so a lingering
@@ -706,16 +803,23 @@ extern "C" fn flush_at_exit() {
     );
 }
 
-struct HostEnd(c_int);
+struct HostEnd {
+    fd: c_int,
+    /// Inode of the program's end of the pair.
+    prog: Option<u64>,
+    /// The connection was reset (or died otherwise): the program's reads
+    /// must end in ECONNRESET; nothing more goes to the library socket.
+    reset: AtomicBool,
+}
 
 impl Drop for HostEnd {
     fn drop(&mut self) {
-        close_fd(self.0);
+        close_fd(self.fd);
     }
 }
 
 /// Program → library kernel.
-fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
+fn relay_up(conn: &Arc<Conn>, host: &HostEnd, mut buf: RelayBuf) {
     let Some(k) = live() else { return };
     // Linux 6.12's MPTCP has no persist timer of its own: when the peer's
     // connection-level window closes, or its memory runs short, with
@@ -729,7 +833,12 @@ fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
     }
     loop {
         // SAFETY: `buf` is writable for its length; `host` is our end.
-        let n = unsafe { libc::read(host, buf.as_mut_ptr() as *mut c_void, buf.len()) };
+        let n = unsafe { libc::read(host.fd, buf.as_mut_ptr() as *mut c_void, buf.len()) };
+        if host.reset.load(Ordering::Acquire) {
+            // The connection is gone: what was read has nowhere to go.
+            conn.up_done.store(true, Ordering::Release);
+            return;
+        }
         if n < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
@@ -750,9 +859,11 @@ fn relay_up(conn: &Conn, host: c_int, mut buf: RelayBuf) {
         }
         if let Err(e) = send_retrying(k, conn.lkl, &buf[..n as usize]) {
             log::debug!("lkl: send: {e}");
-            // The program's further writes fail with EPIPE.
-            // SAFETY: shutdown on our own descriptor.
-            unsafe { libc::shutdown(host, libc::SHUT_RD) };
+            // The connection failed (a reset): the program's reads end in
+            // ECONNRESET, its writes in EPIPE once the pair is closed, and
+            // the shutdown ends the other relay's wait in the kernel.
+            host.reset.store(true, Ordering::Release);
+            let _ = k.shutdown(conn.lkl, libc::SHUT_RDWR);
             conn.up_done.store(true, Ordering::Release);
             return;
         }
@@ -772,7 +883,7 @@ fn send_retrying(k: &Lkl, fd: Fd, mut buf: &[u8]) -> Result<(), LklError> {
 }
 
 /// Library kernel → program.
-fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
+fn relay_down(conn: &Arc<Conn>, host: &HostEnd, mut buf: RelayBuf) {
     let Some(k) = live() else { return };
     // Linux 6.12's MPTCP can leave a blocked reader asleep for good: when
     // out-of-order data fills the receive buffer (a path was cut and the
@@ -788,13 +899,27 @@ fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
             Ok(n) => n,
             Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EAGAIN) => continue,
             Err(e) => {
+                // Reset, or dead otherwise: not a clean end of stream.
                 log::debug!("lkl: recv: {e}");
+                host.reset.store(true, Ordering::Release);
                 0
             }
         };
         if n == 0 {
+            if host.reset.load(Ordering::Acquire) {
+                // A byte in our end wakes the other relay if it sleeps in
+                // read() (it then stops), and is what the close turns
+                // into ECONNRESET (see close_host). Without one, the
+                // program reads end of stream and the other relay's
+                // read() ends: never a program left waiting.
+                if !unread_byte(conn, host) {
+                    // SAFETY: shutdown on our own descriptor.
+                    unsafe { libc::shutdown(host.fd, libc::SHUT_RDWR) };
+                }
+                return;
+            }
             // SAFETY: shutdown on our own descriptor: the program reads EOF.
-            unsafe { libc::shutdown(host, libc::SHUT_WR) };
+            unsafe { libc::shutdown(host.fd, libc::SHUT_WR) };
             return;
         }
         let mut off = 0;
@@ -803,7 +928,7 @@ fn relay_down(conn: &Conn, host: c_int, mut buf: RelayBuf) {
             // closed reader into EPIPE instead of a signal.
             let w = unsafe {
                 libc::send(
-                    host,
+                    host.fd,
                     buf[off..n].as_ptr() as *const c_void,
                     n - off,
                     libc::MSG_NOSIGNAL,
@@ -919,17 +1044,53 @@ unsafe fn move_to_host(fd: c_int) -> Result<(), Errno> {
         close_fd(host);
         return Err(e);
     }
+    // Duplicates of this socket are the same socket: they move too.
+    let others = twins(&socks, fd, lkl);
+    for &t in &others {
+        replace_file(host, t);
+    }
     close_fd(host);
     if let Some(old) = socks.remove(&fd) {
         reregister(fd, &old.epolls, libc::EPOLL_CTL_ADD);
     }
+    for &t in &others {
+        if let Some(old) = socks.remove(&t) {
+            reregister(t, &old.epolls, libc::EPOLL_CTL_ADD);
+        }
+    }
     drop(socks);
     fdtable::take(fd);
+    for &t in &others {
+        fdtable::take(t);
+    }
     close_fd(relay_end);
     if let Some(k) = live() {
         let _ = k.close(lkl);
     }
     Ok(())
+}
+
+/// The program's other descriptors of the socket `fd` is (dup'd twins):
+/// every entry naming the same library socket.
+fn twins(socks: &HashMap<c_int, Sock>, fd: c_int, lkl: Fd) -> Vec<c_int> {
+    socks
+        .iter()
+        .filter(|(&f, s)| f != fd && s.lkl() == lkl)
+        .map(|(&f, _)| f)
+        .collect()
+}
+
+/// Puts `file` under `fd`, keeping `fd`'s close-on-exec flag. The raw
+/// syscall skips the dup3 hook, which would forget `fd`.
+unsafe fn replace_file(file: c_int, fd: c_int) -> libc::c_long {
+    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    libc::syscall(
+        libc::SYS_dup3,
+        file as libc::c_long,
+        fd as libc::c_long,
+        dflags as libc::c_long,
+    )
 }
 
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
@@ -994,9 +1155,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         };
         match &sock.state {
             State::Fresh { lkl, relay_end } => {
-                let conn = Conn::new(*lkl, None);
-                let end = *relay_end;
+                let (lkl, end) = (*lkl, *relay_end);
+                let conn = Conn::new(lkl, None);
                 sock.state = State::Connected(conn.clone());
+                // Duplicates name the same socket (and the same data
+                // file, which the connect puts back under `fd`).
+                for t in twins(&socks, fd, lkl) {
+                    if let Some(twin) = socks.get_mut(&t) {
+                        twin.state = State::Connected(conn.clone());
+                    }
+                }
                 (conn, end)
             }
             State::Connected(c) => {
@@ -1090,7 +1258,13 @@ unsafe fn connect_in_background(
         }
         e.fail()
     };
-    let data = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0);
+    // The raw syscall skips the fcntl hook: this copy is the shim's own.
+    let data = libc::syscall(
+        libc::SYS_fcntl,
+        fd as libc::c_long,
+        libc::F_DUPFD_CLOEXEC as libc::c_long,
+        0 as libc::c_long,
+    ) as c_int;
     if data < 0 {
         return fail(Errno::from(std::io::Error::last_os_error()), -1);
     }
@@ -1141,31 +1315,28 @@ unsafe fn connect_in_background(
             c.finish(errno);
             {
                 let mut socks = SOCKS.lock();
-                let ours = socks
-                    .get(&fd)
-                    .is_some_and(|s| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c)));
-                if ours {
-                    // SAFETY: `fd` is still this socket's descriptor (the
-                    // program forgets it under this lock before closing).
-                    unsafe {
-                        let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
-                        let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-                        libc::syscall(
-                            libc::SYS_dup3,
-                            data as libc::c_long,
-                            fd as libc::c_long,
-                            dflags as libc::c_long,
-                        );
-                    }
-                    if let Some(sock) = socks.get_mut(&fd) {
-                        reregister(fd, &sock.epolls, libc::EPOLL_CTL_ADD);
-                        settle(fd, sock);
+                // `fd` and any duplicate of it, including one the program
+                // made of the gate meanwhile: each gets the data end back.
+                let mine: Vec<c_int> = socks
+                    .iter()
+                    .filter(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c)))
+                    .map(|(&t, _)| t)
+                    .collect();
+                for t in mine {
+                    // SAFETY: `t` is still one of this socket's descriptors
+                    // (the program forgets it under this lock before
+                    // closing it).
+                    unsafe { replace_file(data, t) };
+                    if let Some(sock) = socks.get_mut(&t) {
+                        reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+                        settle(t, sock);
                     }
                 }
             }
+            let prog = inode(data);
             close_fd(data);
             if errno == 0 {
-                start_relay(c, relay_end);
+                start_relay(c, relay_end, prog);
             } else {
                 // The program's reads see EOF, writes EPIPE.
                 close_fd(relay_end);
@@ -1220,7 +1391,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         return Errno(libc::EOPNOTSUPP).fail();
     };
     let mut socks = SOCKS.lock();
-    let Some(sock) = socks.get_mut(&fd) else {
+    let Some(sock) = socks.get(&fd) else {
         return Errno(libc::EBADF).fail();
     };
     let (lfd, relay_end) = match &sock.state {
@@ -1241,37 +1412,37 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         Err(e) => return e.fail(),
     };
     // The program's descriptor becomes the token pair's read end, with
-    // the same descriptor flags and O_NONBLOCK. The raw syscall skips the
-    // dup3 hook, which would forget this socket.
+    // the same descriptor flags and O_NONBLOCK; so do its duplicates,
+    // which are the same socket.
     let fl = libc::fcntl(fd, libc::F_GETFL);
-    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    if libc::syscall(
-        libc::SYS_dup3,
-        tokens[0] as libc::c_long,
-        fd as libc::c_long,
-        dflags as libc::c_long,
-    ) < 0
-    {
+    if replace_file(tokens[0], fd) < 0 {
         let e = Errno::from(std::io::Error::last_os_error());
         close_fd(tokens[0]);
         close_fd(tokens[1]);
         return e.fail();
     }
-    close_fd(tokens[0]);
     if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
         libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
     }
+    let others = twins(&socks, fd, lfd);
+    for &t in &others {
+        replace_file(tokens[0], t);
+    }
+    close_fd(tokens[0]);
     close_fd(relay_end);
-    reregister(fd, &sock.epolls, libc::EPOLL_CTL_ADD);
-    settle(fd, sock);
     let listener = Arc::new(Listener {
         lkl: lfd,
         queue: Mutex::new(VecDeque::new()),
         stop: AtomicBool::new(false),
         token: tokens[1],
     });
-    sock.state = State::Listening(listener.clone());
+    for t in std::iter::once(fd).chain(others) {
+        if let Some(sock) = socks.get_mut(&t) {
+            reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+            settle(t, sock);
+            sock.state = State::Listening(listener.clone());
+        }
+    }
     drop(socks);
     let spawned = std::thread::Builder::new()
         .name("dropshim-lkl-accept".into())
@@ -1321,7 +1492,7 @@ fn acceptor(k: &'static Lkl, l: &Listener) {
             }
         };
         let conn = Conn::new(nfd, Some(0));
-        start_relay(conn.clone(), sv[1]);
+        start_relay(conn.clone(), sv[1], inode(sv[0]));
         l.queue.lock().push_back(Accepted {
             fd: sv[0],
             peer,
@@ -1500,9 +1671,6 @@ pub unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    if val.is_null() || len.is_null() {
-        return Errno(libc::EFAULT).fail();
-    }
     if host_option(level, name) {
         return libc::syscall(
             libc::SYS_getsockopt,
@@ -1525,20 +1693,12 @@ pub unsafe fn getsockopt(
         };
         (s.lkl(), s.domain, st)
     };
-    let put_int = |v: c_int| {
-        let b = v.to_ne_bytes();
-        let n = (*len as usize).min(b.len());
-        // SAFETY: the program gave `*len` writable bytes at `val`.
-        std::ptr::copy_nonoverlapping(b.as_ptr(), val as *mut u8, n);
-        *len = n as socklen_t;
-        0
-    };
     if level == libc::SOL_SOCKET {
         match name {
-            libc::SO_TYPE => return put_int(libc::SOCK_STREAM),
-            libc::SO_DOMAIN => return put_int(domain),
-            libc::SO_PROTOCOL => return put_int(libc::IPPROTO_TCP),
-            libc::SO_ACCEPTCONN => return put_int(c_int::from(state.1)),
+            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
+            libc::SO_DOMAIN => return put_int(val, len, domain),
+            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
+            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(state.1)),
             libc::SO_ERROR => {
                 let e = match &state.0 {
                     // 0 while the connect is pending, as on TCP.
@@ -1552,7 +1712,7 @@ pub unsafe fn getsockopt(
                     }
                     None => 0,
                 };
-                return put_int(e);
+                return put_int(val, len, e);
             }
             _ => {}
         }
@@ -1560,15 +1720,17 @@ pub unsafe fn getsockopt(
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
     };
-    let mut buf = vec![0u8; (*len as usize).min(4096)];
+    let mut raw = [0u8; std::mem::size_of::<socklen_t>()];
+    if !copy_in(len as *const u8, &mut raw) {
+        return Errno(libc::EFAULT).fail();
+    }
+    let want = c_int::from_ne_bytes(raw);
+    if want < 0 {
+        return Errno(libc::EINVAL).fail();
+    }
+    let mut buf = vec![0u8; (want as usize).min(4096)];
     match k.getsockopt(lfd, level, name, &mut buf) {
-        Ok(n) => {
-            let n = n.min(buf.len());
-            // SAFETY: the program gave `*len` (>= n) writable bytes at `val`.
-            std::ptr::copy_nonoverlapping(buf.as_ptr(), val as *mut u8, n);
-            *len = n as socklen_t;
-            0
-        }
+        Ok(n) => put_sockopt(val, len, &buf[..n.min(buf.len())]),
         Err(e) => fail_lkl(&e),
     }
 }
@@ -1599,10 +1761,46 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     }
 }
 
+/// `newfd` is a duplicate of `oldfd` (dup, dup2, dup3, F_DUPFD): the
+/// same socket under a second number, sharing its library socket,
+/// connection or listener. What later happens to one (connect, listen,
+/// loopback) happens to all; the socket closes with the last of them.
+/// Returns whether `newfd` is now this backend's.
+pub fn dup(oldfd: c_int, newfd: c_int) -> bool {
+    let mut socks = SOCKS.lock();
+    let Some(s) = socks.get(&oldfd) else {
+        return false;
+    };
+    let state = match &s.state {
+        State::Fresh { lkl, relay_end } => State::Fresh {
+            lkl: *lkl,
+            relay_end: *relay_end,
+        },
+        State::Connected(c) => State::Connected(c.clone()),
+        State::Listening(l) => State::Listening(l.clone()),
+    };
+    let twin = Sock {
+        domain: s.domain,
+        state,
+        opts: s.opts.clone(),
+        epolls: Vec::new(),
+    };
+    socks.insert(newfd, twin);
+    true
+}
+
 /// The program is closing `fd` (or replacing it with dup2/dup3).
 pub fn forget(fd: c_int) {
-    let Some(sock) = SOCKS.lock().remove(&fd) else {
-        return;
+    let sock = {
+        let mut socks = SOCKS.lock();
+        let Some(sock) = socks.remove(&fd) else {
+            return;
+        };
+        // A duplicate still names this socket: it stays open.
+        if socks.values().any(|s| s.lkl() == sock.lkl()) {
+            return;
+        }
+        sock
     };
     match sock.state {
         State::Fresh { lkl, relay_end } => {
@@ -1624,14 +1822,12 @@ pub fn forget(fd: c_int) {
     }
 }
 
-/// fork() copies a locked mutex as locked: hold the socket map's lock
-/// across fork so the child never inherits another thread's lock.
+/// Holds the socket map's lock across fork, so the child never inherits
+/// another thread's lock.
 fn before_fork() {
-    std::mem::forget(SOCKS.lock());
+    SOCKS.hold();
 }
 
 fn after_fork() {
-    // SAFETY: `before_fork` took the lock in this thread and leaked the
-    // guard; in the parent and in the child it is ours to release.
-    unsafe { SOCKS.force_unlock() };
+    forklock::release_held();
 }

@@ -19,8 +19,9 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
+use crate::forklock::{self, ForkMutex};
 use crate::hooks::write_addr;
-use crate::hooks::{connect_done, real, wait_for_connect};
+use crate::hooks::{connect_done, copy_in, put_int, real, wait_for_connect};
 use crate::log;
 use crate::Errno;
 use dropshim_backend_native::socket::socket_addr;
@@ -30,7 +31,6 @@ use dropshim_backend_uml::sys;
 use dropshim_conf::{Action, DeviceConfig};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::Lazy;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,7 +132,32 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<Mutex<HashMap<c_int, Sock>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
+
+/// Holds the socket map's and the watch map's locks across fork, so a
+/// child never starts with one another thread was holding. No code holds
+/// both at once, so taking them in this order cannot deadlock.
+fn before_fork() {
+    SOCKS.hold();
+    WATCHES.hold();
+}
+
+/// Registers the fork handlers once, at the process's first uml socket.
+fn fork_safe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn prepare() {
+            before_fork();
+        }
+        extern "C" fn after() {
+            forklock::release_held();
+        }
+        // SAFETY: the handlers are plain functions that live as long as
+        // the library, which is never unloaded while the program runs.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(after), Some(after)) };
+    });
+}
+
 static POLICY: once_cell::sync::OnceCell<dropshim_conf::Policy> = once_cell::sync::OnceCell::new();
 
 fn not_running(device: &str) -> c_int {
@@ -157,6 +182,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
         Err(_) => return not_running(device),
     }
     let _ = POLICY.set(config.policy.clone());
+    fork_safe();
     // SAFETY: libc's socket with the program's own arguments.
     let fd = unsafe { real::socket(domain, ty, 0) };
     if fd < 0 {
@@ -503,7 +529,8 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
 }
 
 /// One watch per device and process: see [`client::watch`].
-static WATCHES: Lazy<Mutex<HashMap<String, u32>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static WATCHES: Lazy<ForkMutex<HashMap<String, u32>>> =
+    Lazy::new(|| ForkMutex::new(HashMap::new()));
 
 /// Makes sure this process learns at once when the device's instance
 /// dies, even with its supervisor: then every bridge of that device is
@@ -732,13 +759,23 @@ pub unsafe fn setsockopt(
             }
             ret
         }
-        State::Listening { .. } => 0,
+        // Nothing to apply to, but a bad pointer is still the kernel's
+        // EFAULT.
+        State::Listening { .. } => {
+            let mut probe = vec![0u8; (len as usize).min(1024)];
+            if len > 0 && !copy_in(val as *const u8, &mut probe) {
+                return Errno(libc::EFAULT).fail();
+            }
+            0
+        }
         // The gate cannot take TCP options; the guest socket already has
         // the ones set before connect, and buffer sizes reach the bridge.
         State::Connecting { .. } => {
-            if !val.is_null() && len <= 1024 {
-                // SAFETY: the program promises `len` readable bytes at `val`.
-                let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+            let mut value = vec![0u8; (len as usize).min(1024)];
+            if len > 0 && !copy_in(val as *const u8, &mut value) {
+                return Errno(libc::EFAULT).fail();
+            }
+            if len <= 1024 {
                 s.opts.retain(|o| !(o.level == level && o.name == name));
                 s.opts.push(Opt { level, name, value });
             }
@@ -752,15 +789,6 @@ pub unsafe fn setsockopt(
             real::setsockopt(fd, level, name, val, len)
         }
     }
-}
-
-unsafe fn put_int(val: *mut c_void, len: *mut socklen_t, v: c_int) -> c_int {
-    if val.is_null() || len.is_null() || (*len as usize) < std::mem::size_of::<c_int>() {
-        return Errno(libc::EINVAL).fail();
-    }
-    *(val as *mut c_int) = v;
-    *len = std::mem::size_of::<c_int>() as socklen_t;
-    0
 }
 
 pub unsafe fn getsockopt(
@@ -873,4 +901,11 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
 
 pub fn forget(fd: c_int) {
     SOCKS.lock().remove(&fd);
+}
+
+/// A dup of a uml socket stays untracked: the duplicate names the host
+/// file (bridge or placeholder), which connect and listen replace under
+/// the original number only.
+pub fn dup(_oldfd: c_int, _newfd: c_int) -> bool {
+    false
 }

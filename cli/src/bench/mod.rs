@@ -188,6 +188,12 @@ impl Record {
     pub fn failed(mut self, err: &anyhow::Error) -> Record {
         self.status = Status::Failed;
         self.reason = Some(one_line(&format!("{err:#}")));
+        // A run that failed did not complete and delivered nothing
+        // verified: the CSV and JSON say so where the scenario checks it.
+        if matches!(self.scenario, Scenario::Handover | Scenario::LocalCache) {
+            self.completed = Some(false);
+            self.intact = Some(false);
+        }
         self
     }
 }

@@ -154,14 +154,23 @@ fn subflows(g: &Group) -> String {
     }
 }
 
+/// "good/attempted": a failed run counts as attempted and not good, so a
+/// failure can never shrink the denominator.
 fn all_true(g: &Group, f: impl Fn(&Record) -> Option<bool>) -> String {
-    let ok = g.ok();
-    let v: Vec<bool> = ok.iter().filter_map(|r| f(r)).collect();
-    if v.is_empty() {
-        "-".into()
-    } else {
-        format!("{}/{}", v.iter().filter(|b| **b).count(), v.len())
+    let attempted = g
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Failed || (r.status == Status::Ok && f(r).is_some()))
+        .count();
+    if attempted == 0 {
+        return "-".into();
     }
+    let good = g
+        .records
+        .iter()
+        .filter(|r| r.status == Status::Ok && f(r) == Some(true))
+        .count();
+    format!("{good}/{attempted}")
 }
 
 /// The Markdown summary of all records.
@@ -584,7 +593,7 @@ pub(crate) mod tests {
             "| 2 x 1000 Mbit/s | MPTCP via mptcpize | kernel | default | 1875 | 1870..1880 | 2.0 | 3 |",
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (native) | userspace | default | skipped: needs a daemon, a, \"b\" | | | |",
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (lkl) | kernel | default | skipped: run backend-lkl/build-lkl.sh | | | |",
-            "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/1 | 1 ok, 1 failed (no byte arrived) |",
+            "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/2 | 1 ok, 1 failed (no byte arrived) |",
             "| 10 MB | MPTCP via dropshim (native) | failed: curl failed / badly | | | | | |",
             "| 40 MB | MPTCP via dropshim (native) | 0.42 | 0.42..0.42 | 1/1 | 1/1 | 2.0 | 1 |",
             "| 40 MB | MPTCP via dropshim (uml) | 16.00 | 16.00..16.00 | 0/1 (timed out) | 0/1 | 1.0 | 1 |",
@@ -610,6 +619,41 @@ pub(crate) mod tests {
         let k = md.find("| kernel | default | 1870").unwrap();
         let u = md.find("| userspace |").unwrap();
         assert!(k < u);
+    }
+
+    /// A 10-run handover table with one failed run: the failure counts
+    /// against completed and intact, in the table, the CSV and the JSON.
+    #[test]
+    fn completed_and_intact_are_out_of_the_runs_attempted() {
+        let mut v = Vec::new();
+        for run in 1..=10 {
+            let r = Record::new(Scenario::Handover, Stack::Uml, "40 MB", run);
+            if run == 7 {
+                v.push(r.failed(&anyhow::anyhow!("the download stopped")));
+                continue;
+            }
+            let mut r = r;
+            r.stall_s = Some(0.3);
+            r.completed = Some(true);
+            r.intact = Some(true);
+            r.subflows = Some(2.0);
+            v.push(r);
+        }
+        let md = markdown(&v);
+        let row = "| 40 MB | MPTCP via dropshim (uml) | 0.30 | 0.30..0.30 | 9/10 | 9/10 | 2.0 | 9 ok, 1 failed (the download stopped) |";
+        assert!(md.contains(row), "missing {row:?} in\n{md}");
+        let csv = csv(&v);
+        let failed = csv
+            .lines()
+            .find(|l| l.contains(",7,failed,"))
+            .expect("the failed run has a CSV row");
+        assert!(
+            failed.ends_with(",false,false"),
+            "the failed run must say not completed, not intact: {failed}"
+        );
+        let json: serde_json::Value = serde_json::to_value(&v[6]).unwrap();
+        assert_eq!(json["completed"], false, "{json}");
+        assert_eq!(json["intact"], false, "{json}");
     }
 
     #[test]
