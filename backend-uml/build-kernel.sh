@@ -94,6 +94,7 @@ make -s ARCH=um olddefconfig >&2
 for opt in MPTCP MPTCP_IPV6 UML_NET_VECTOR HOSTFS INET_MPTCP_DIAG; do
     grep -q "^CONFIG_$opt=y" .config || die "CONFIG_$opt did not stick in the UML config; see $work/.config"
 done
+grep -q "^CONFIG_HZ=1000$" .config || die "CONFIG_HZ is not 1000 (patch 0002); see $work/.config"
 make -s ARCH=um -j"$JOBS" linux >&2
 
 mkdir -p "$out_dir"

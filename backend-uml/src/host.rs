@@ -20,10 +20,16 @@ pub const BUILD_SCRIPT: &str = include_str!("../build-kernel.sh");
 
 /// The kernel patches the script applies (GPL-2.0, `backend-uml/kernel/`),
 /// carried as data for the same reason; handed to the script unchanged.
-const KERNEL_PATCHES: &[(&str, &str)] = &[(
-    "0001-um-x86-xstate-of-any-size.patch",
-    include_str!("../kernel/patches/0001-um-x86-xstate-of-any-size.patch"),
-)];
+const KERNEL_PATCHES: &[(&str, &str)] = &[
+    (
+        "0001-um-x86-xstate-of-any-size.patch",
+        include_str!("../kernel/patches/0001-um-x86-xstate-of-any-size.patch"),
+    ),
+    (
+        "0002-um-tick-at-1000-hz.patch",
+        include_str!("../kernel/patches/0002-um-tick-at-1000-hz.patch"),
+    ),
+];
 
 /// Writes [`KERNEL_PATCHES`] into a fresh private folder for the script.
 fn patches_dir() -> Result<PathBuf> {
@@ -1040,6 +1046,29 @@ fn listener_loop(mut bridge: TcpStream, mine: OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kernel_patch_in_the_tree_is_carried_and_handed_to_the_script() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel/patches");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".patch"))
+            .collect();
+        on_disk.sort();
+        let carried: Vec<String> = KERNEL_PATCHES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(
+            carried, on_disk,
+            "KERNEL_PATCHES must list kernel/patches/*.patch in order"
+        );
+        let written = patches_dir().unwrap();
+        for (name, text) in KERNEL_PATCHES {
+            assert_eq!(&std::fs::read_to_string(written.join(name)).unwrap(), text);
+            assert_eq!(&std::fs::read_to_string(dir.join(name)).unwrap(), text);
+        }
+        std::fs::remove_dir_all(written).unwrap();
+    }
 
     fn device() -> DeviceConfig {
         let text = r#"

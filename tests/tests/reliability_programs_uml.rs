@@ -487,23 +487,37 @@ fn nginx_on_uml(tag: &str, workers: u32) -> Result<()> {
             std::fs::read_to_string(&error_log).unwrap_or_default()
         );
     }
-    proves_mptcp(&bed, Guest::Server, &what, || {
-        let mut cli = bed.native("wget")?;
-        cli.args(["-q", "-O"])
-            .arg(&got)
-            .arg(format!("http://{ip}:{port}/blob.bin"));
-        run_ok(&mut cli, TRANSFER).with_context(|| {
-            format!(
-                "error.log: {}",
-                std::fs::read_to_string(&error_log).unwrap_or_default()
-            )
-        })?;
-        Ok(())
-    })?;
-    ensure!(
-        sha256_file(&got)? == want,
-        "wget got different bytes from nginx on uml"
-    );
+    // The join race: nginx in the guest can finish a short transfer
+    // before gw2's join to it is answered (the guest's one CPU is busy
+    // with the workers), so no second subflow is counted although the
+    // transfer was fine. Such a run is done again, at most twice; every
+    // run's bytes are checked first, and a wrong transfer fails at once.
+    for attempt in 1..=3 {
+        let proved = proves_mptcp(&bed, Guest::Server, &what, || {
+            let mut cli = bed.native("wget")?;
+            cli.args(["-q", "-O"])
+                .arg(&got)
+                .arg(format!("http://{ip}:{port}/blob.bin"));
+            run_ok(&mut cli, TRANSFER).with_context(|| {
+                format!(
+                    "error.log: {}",
+                    std::fs::read_to_string(&error_log).unwrap_or_default()
+                )
+            })?;
+            ensure!(
+                sha256_file(&got)? == want,
+                "wget got different bytes from nginx on uml"
+            );
+            Ok(())
+        });
+        match proved {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt < 3 && e.to_string().contains("no second subflow") => {
+                eprintln!("{what}: the join race (transfer intact), once more: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 

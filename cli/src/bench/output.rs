@@ -656,6 +656,61 @@ pub(crate) mod tests {
         assert_eq!(json["intact"], false, "{json}");
     }
 
+    fn rr(stack: Stack, setting: &str, median: Option<f64>, per_s: Option<f64>) -> Record {
+        let mut r = Record::new(Scenario::Rr, stack, setting, 1);
+        r.median_us = median;
+        r.p99_us = median.map(|m| m * 2.0);
+        r.max_us = median.map(|m| m * 10.0);
+        r.over_10ms = median.map(|_| 1);
+        r.samples = Some(1000);
+        r.per_s = per_s;
+        r.subflows = Some(2.0);
+        r.intact = Some(true);
+        r
+    }
+
+    #[test]
+    fn rr_rows_and_ratios_to_native() {
+        let rt = "64 B round trip";
+        let tps = "64 B, 50 connections";
+        let recs = vec![
+            rr(Stack::Native, rt, Some(10.0), None),
+            rr(Stack::Lkl, rt, Some(40.0), None),
+            rr(Stack::Uml, rt, Some(130.0), None),
+            rr(Stack::Native, tps, None, Some(100_000.0)),
+            rr(Stack::Lkl, tps, None, Some(20_000.0)),
+            Record::new(Scenario::Rr, Stack::Uml, tps, 1).failed(&anyhow::anyhow!("probe died")),
+        ];
+        let md = markdown(&recs);
+        assert!(md.contains("### rr"), "{md}");
+        assert!(
+            md.contains("| 64 B round trip | MPTCP via dropshim (lkl) | 40 | 80 | 400 | 1 of 1000 | - | 2.0 | 1/1 | 1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("lkl / native median = 4.00 (bar <= 3), p99 80 us"),
+            "{md}"
+        );
+        assert!(md.contains("uml / native median = 13.00"), "{md}");
+        assert!(
+            md.contains("lkl / native transactions = 0.20 (bar >= 0.5)"),
+            "{md}"
+        );
+        // A failed run is a row that says so, never a silent gap.
+        assert!(
+            md.contains("| 64 B, 50 connections | MPTCP via dropshim (uml) | failed: probe died"),
+            "{md}"
+        );
+        let csv = csv(&recs);
+        assert!(
+            csv.lines()
+                .nth(2)
+                .unwrap_or("")
+                .ends_with(",40.0,80.0,400.0,1,1000,"),
+            "{csv}"
+        );
+    }
+
     #[test]
     fn csv_has_one_row_per_record_and_quotes_reasons() {
         let recs = sample();
