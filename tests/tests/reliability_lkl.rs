@@ -612,14 +612,31 @@ fn expect_containing(lines: &Lines, needle: &str, timeout: Duration) -> Result<S
 /// client's very first MP_CAPABLE SYN was answered (a SYN retransmission
 /// drops the MP_CAPABLE option, MPCapableSYNTXDrop), so no fallback to TCP
 /// and no wait.
-fn proves_mptcp_at_once(tb: &Testbed, run: impl FnOnce() -> Result<()>) -> Result<()> {
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    proves_mptcp(tb, false, run)?;
-    let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(
-        delta(&before, &after, "MPCapableSYNTXDrop") == 0,
-        "gw2's first MP_CAPABLE SYN to the lkl server went unanswered: {after:?}"
-    );
+///
+/// The join race: gw2 joins the lkl server's announced address only after
+/// the ADD_ADDR arrives, and with both cores loaded (the whole suite
+/// running) a transfer of a few tens of megabytes can end before the
+/// library kernel answers that join, so no second subflow is counted
+/// although the transfer was fine. Such a run is done again, at most
+/// twice; `run` checks its bytes itself, so every run's bytes are
+/// checked and a wrong transfer fails at once.
+fn proves_mptcp_at_once(tb: &Testbed, mut run: impl FnMut() -> Result<()>) -> Result<()> {
+    for attempt in 1..=3 {
+        let before = mptcp_counters(tb.netns("gw2")?)?;
+        match proves_mptcp(tb, false, &mut run) {
+            Err(e) if attempt < 3 && e.to_string().contains("saw no second subflow") => {
+                eprintln!("the join race (transfer intact), once more: {e}");
+                continue;
+            }
+            other => other?,
+        }
+        let after = mptcp_counters(tb.netns("gw2")?)?;
+        ensure!(
+            delta(&before, &after, "MPCapableSYNTXDrop") == 0,
+            "gw2's first MP_CAPABLE SYN to the lkl server went unanswered: {after:?}"
+        );
+        return Ok(());
+    }
     Ok(())
 }
 
@@ -670,13 +687,13 @@ fn reliability_lkl_socat_server_twice_in_a_row_mptcp_from_the_first_syn() -> Res
                 !said.contains("stops accepting"),
                 "the shim's accept thread failed: {said}"
             );
+            ensure!(
+                sha256_file(&got)? == want,
+                "round {round}: socat on lkl received different bytes"
+            );
             Ok(())
         })
         .with_context(|| format!("round {round}"))?;
-        ensure!(
-            sha256_file(&got)? == want,
-            "round {round}: socat on lkl received different bytes"
-        );
         figures.push(format!("round {round}: {:?}", started.elapsed()));
     }
     eprintln!(
@@ -736,12 +753,12 @@ fn reliability_lkl_netcat_openbsd_listen_verbose_serves_a_file() -> Result<()> {
             "nc -l on lkl failed ({status}): {} {stderr}",
             lines.join(" ")
         );
+        ensure!(
+            sha256_file(&got)? == want,
+            "nc -l on lkl sent different bytes"
+        );
         Ok(())
     })?;
-    ensure!(
-        sha256_file(&got)? == want,
-        "nc -l on lkl sent different bytes"
-    );
     eprintln!(
         "reliability lkl nc -l: {} bytes verified in {:?}",
         program_size()?,
@@ -784,7 +801,6 @@ fn reliability_lkl_nginx_server_large_file_to_native_curl() -> Result<()> {
     })?;
     let link = url(ip1.into(), port, &name);
     let started = Instant::now();
-    let mut gots = Vec::new();
     proves_mptcp_at_once(&tb, || {
         // Two files over one keep-alive connection, then a new connection.
         let (a, b, c) = (
@@ -803,17 +819,16 @@ fn reliability_lkl_nginx_server_large_file_to_native_curl() -> Result<()> {
         let mut cli = native_peer(&tb, "curl")?;
         cli.args(["-sS", "--fail", "-o"]).arg(&c).arg(&link);
         run_ok(&mut cli, LONG)?;
-        gots = vec![a, b, c];
+        for g in [&a, &b, &c] {
+            ensure!(
+                sha256_file(g)? == want,
+                "{}: nginx on lkl served different bytes",
+                g.display()
+            );
+        }
         Ok(())
     })?;
     let elapsed = started.elapsed();
-    for g in &gots {
-        ensure!(
-            sha256_file(g)? == want,
-            "{}: nginx on lkl served different bytes",
-            g.display()
-        );
-    }
     server.signal(libc::SIGTERM)?;
     let (_, _, stderr) = server.finish(SHORT)?;
     ensure!(

@@ -62,6 +62,10 @@ pub struct Args {
     /// Path to libdropshim.so (default: next to this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
+    /// Stacks to measure, comma-separated (default: all); the others are
+    /// listed as not selected.
+    #[arg(long, value_delimiter = ',')]
+    pub stacks: Option<Vec<Stack>>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -318,7 +322,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("cannot create the output folder {}", out.display()))?;
     }
     let plan = Plan::from_args(&args);
-    let availability = stacks::Availability::probe(&library);
+    let mut availability = stacks::Availability::probe(&library);
+    if let Some(selected) = &args.stacks {
+        availability.keep_only(selected);
+    }
     let runnable = availability.runnable().len() as u32;
     let (steps, secs) = plan.estimate(&args.scenario, args.rate, runnable);
     eprintln!(
@@ -581,6 +588,7 @@ mod tests {
             quick: true,
             out: None,
             library: None,
+            stacks: None,
         };
         let quick = Plan::from_args(&args);
         assert_eq!((quick.runs, quick.duration), (1, 3));

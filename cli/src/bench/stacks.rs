@@ -12,7 +12,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stack {
     /// Plain TCP, no shim: one link.
@@ -119,6 +121,15 @@ impl Availability {
             path_managers: list("available_path_managers", "kernel"),
             schedulers: list("available_schedulers", "default"),
             lkl_library,
+        }
+    }
+
+    /// Marks every stack not in `selected` as skipped, saying so.
+    pub fn keep_only(&mut self, selected: &[Stack]) {
+        for (stack, reason) in &mut self.reasons {
+            if !selected.contains(stack) && reason.is_none() {
+                *reason = Some("not selected (--stacks)".to_string());
+            }
         }
     }
 
