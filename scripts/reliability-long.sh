@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The long reliability run (issue 7): the same tests as CI's bounded
 # `cargo test reliability`, with sizes raised through environment
-# variables. Run as root (namespaces). Override any of these:
+# variables. Run as root (namespaces). scripts/soak.sh repeats the
+# path-cut tests for a time or a volume under CPU load, with a packet
+# capture kept on a mismatch. Override any of these:
 #
 #   RELIABILITY_BYTES          total bytes for the load test (default 5 GB)
 #   RELIABILITY_CONNS          concurrent connections (default 64)

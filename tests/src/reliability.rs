@@ -2,7 +2,8 @@
 //! the small programs it runs under the shim (Python, written to a temp
 //! dir per test), sampling a process's descriptors, threads and memory
 //! from /proc, reading per-link byte counters, and the knobs that turn
-//! the bounded CI run into the long one (`scripts/reliability-long.sh`).
+//! the bounded CI run into the long one (`scripts/reliability-long.sh`)
+//! and into a soak (`scripts/soak.sh`, see `soak_path_cuts`).
 
 use crate::{delta, mptcp_counters, run_ok, wait_until};
 use anyhow::{bail, ensure, Context, Result};
@@ -480,6 +481,9 @@ pub struct CutReport {
     pub worst: Duration,
     /// The load client's round report.
     pub round: HashMap<String, u64>,
+    /// The server's account when stopped: `served`, `mptcp` and `csum`
+    /// (connections with MPTCP checksums on).
+    pub server: HashMap<String, u64>,
 }
 
 impl<'a> PathCuts<'a> {
@@ -559,10 +563,17 @@ impl<'a> PathCuts<'a> {
             delta(&self.before, &after, "MPJoinSynRx") >= 1,
             "no subflow joined over link 2"
         );
+        let server = server_err
+            .lines()
+            .filter_map(|l| l.strip_prefix("server: "))
+            .map(fields)
+            .find(|f| f.contains_key("served"))
+            .unwrap_or_default();
         Ok(CutReport {
             faults,
             worst,
             round,
+            server,
         })
     }
 
@@ -572,6 +583,167 @@ impl<'a> PathCuts<'a> {
             CutAt::PeerEnd => set_peer_end(self.tb, link, up),
         }
     }
+}
+
+/// The soak driver's folder (`RELIABILITY_SOAK_DIR`, set by
+/// scripts/soak.sh), if this run is part of a soak.
+pub fn soak_dir() -> Option<PathBuf> {
+    std::env::var_os("RELIABILITY_SOAK_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// What all the runs of a soak moved.
+#[derive(Debug, Default)]
+pub struct SoakTotals {
+    pub runs: u64,
+    pub bytes: u64,
+    pub cuts: u64,
+    /// Connections the load server served, and how many of them had
+    /// MPTCP checksums on.
+    pub served: u64,
+    pub csum: u64,
+}
+
+impl SoakTotals {
+    fn line(&self, elapsed: Duration) -> String {
+        format!(
+            "runs={} bytes={} cuts={} served={} csum={} seconds={}",
+            self.runs,
+            self.bytes,
+            self.cuts,
+            self.served,
+            self.csum,
+            elapsed.as_secs()
+        )
+    }
+}
+
+/// Runs a path-cut test's body `once` (one load round under cuts, with
+/// its own server and client) again and again on the same testbed until
+/// the soak's budget is spent: `RELIABILITY_SOAK_SECONDS` of running or
+/// `RELIABILITY_SOAK_BYTES` moved, whichever comes first (neither set:
+/// one run, the CI test as it always was). A failed run ends it.
+///
+/// For scripts/soak.sh, with `RELIABILITY_SOAK_DIR` set: writes
+/// `testbed` (the namespaces and the testbed id, so the script can
+/// capture on the receiver and clean up after an interrupt), waits for
+/// the script's `capture-ready` so no byte goes by uncaptured, appends the
+/// running totals to `progress` after every run, and at the end writes
+/// `counters` (the MPTcpExt deltas of gw1's and gw2's namespaces) and
+/// `result`, and waits for the script's `capture-stopped` before the
+/// testbed goes. `RELIABILITY_CHECKSUM=1` turns MPTCP checksums on in gw2
+/// (the receiver) first; the server then proves every connection used
+/// them.
+pub fn soak_path_cuts(
+    tb: &Testbed,
+    mut once: impl FnMut() -> Result<CutReport>,
+) -> Result<SoakTotals> {
+    let seconds = knob("RELIABILITY_SOAK_SECONDS", 0)?;
+    let bytes_goal = knob("RELIABILITY_SOAK_BYTES", 0)?;
+    let checksum = knob("RELIABILITY_CHECKSUM", 0)? == 1;
+    let dir = soak_dir();
+    let nodes = ["gw1", "gw2"];
+    if checksum {
+        run_ok(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                tb.netns("gw2")?,
+                "sysctl",
+                "-qw",
+                "net.mptcp.checksum_enabled=1",
+            ]),
+            Duration::from_secs(10),
+        )?;
+    }
+    let mut before = Vec::new();
+    for node in nodes {
+        before.push(mptcp_counters(tb.netns(node)?)?);
+    }
+    if let Some(dir) = &dir {
+        let mut text = format!("id={}\n", tb.id());
+        for node in nodes {
+            text.push_str(&format!("{node}_netns={}\n", tb.netns(node)?));
+        }
+        std::fs::write(dir.join("testbed"), text)?;
+        let ready = dir.join("capture-ready");
+        wait_until(Duration::from_secs(60), "the soak's capture", || {
+            ready.exists()
+        })?;
+    }
+    let started = Instant::now();
+    let mut totals = SoakTotals::default();
+    let outcome = loop {
+        match once() {
+            Ok(run) => {
+                totals.runs += 1;
+                totals.bytes += get(&run.round, "bytes");
+                totals.cuts += run.faults;
+                totals.served += run.server.get("served").copied().unwrap_or(0);
+                totals.csum += run.server.get("csum").copied().unwrap_or(0);
+                if let Some(dir) = &dir {
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("progress"))?;
+                    std::io::Write::write_all(
+                        &mut f,
+                        format!("{}\n", totals.line(started.elapsed())).as_bytes(),
+                    )?;
+                }
+            }
+            Err(e) => break Err(e),
+        }
+        let spent = (seconds > 0 && started.elapsed() >= Duration::from_secs(seconds))
+            || (bytes_goal > 0 && totals.bytes >= bytes_goal);
+        if spent || (seconds == 0 && bytes_goal == 0) {
+            break Ok(());
+        }
+    };
+    if let Some(dir) = &dir {
+        // Written whatever the outcome: after a mismatch these say what
+        // each side's MPTCP saw (retransmits, checksum errors, fallbacks).
+        let mut text = String::new();
+        for (node, before) in nodes.iter().zip(&before) {
+            let after = mptcp_counters(tb.netns(node)?)?;
+            let mut names: Vec<&String> = after.keys().collect();
+            names.sort();
+            for name in names {
+                let d = delta(before, &after, name);
+                if d > 0 {
+                    text.push_str(&format!("{node} {name} {d}\n"));
+                }
+            }
+        }
+        std::fs::write(dir.join("counters"), text)?;
+        let verdict = match &outcome {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        std::fs::write(
+            dir.join("result"),
+            format!("{}\n{verdict}\n", totals.line(started.elapsed())),
+        )?;
+        // The capture runs in gw2's namespace, whose removal would kill
+        // it mid-write: the script stops it first, then says so.
+        let stopped = dir.join("capture-stopped");
+        let _ = wait_until(
+            Duration::from_secs(20),
+            "the soak's capture to stop",
+            || stopped.exists(),
+        );
+    }
+    outcome?;
+    if checksum {
+        ensure!(
+            totals.served > 0 && totals.csum == totals.served,
+            "checksums asked for, but only {} of {} connections had them",
+            totals.csum,
+            totals.served
+        );
+    }
+    Ok(totals)
 }
 
 /// Takes gw2's end of `link` down or up; its connected routes come back
@@ -760,7 +932,13 @@ pub const LOAD_PY: &str = r##"# Load generator for dropshim's reliability tests:
 # The client's upload is a pattern of 8-byte words that each name their
 # connection and offset, so that when the server's digest differs, the
 # server can say where and how (lost, repeated, from another connection).
-import array, asyncio, hashlib, os, random, socket, struct, sys
+# Server environment (set by the soak driver, scripts/soak.sh):
+#   LOAD_MISMATCH_FILE  the first difference of each upload is also appended
+#                       there the moment it is seen, so a packet capture can
+#                       be stopped before its ring buffer rotates it away;
+#   LOAD_FAKE_MISMATCH=1  flips one byte of the first upload of 1 MiB or more
+#                       as it arrives: proves the report and capture path.
+import array, asyncio, hashlib, os, random, signal, socket, struct, sys
 
 CHUNK = 1 << 16
 MAGIC = 0xD5A7 << 48
@@ -778,10 +956,12 @@ def describe(word):
 
 class PatternCheck:
     # Checks an upload against the pattern named by its first word; the
-    # first difference is kept. Uploads of other programs (no pattern)
-    # are left to the digest.
-    def __init__(self):
+    # first difference is kept, and `on_wrong(offset)` called with the
+    # upload offset of its first wrong byte. Uploads of other programs (no
+    # pattern) are left to the digest.
+    def __init__(self, on_wrong=None):
         self.carry, self.offset, self.base, self.wrong = b"", 0, None, None
+        self.on_wrong = on_wrong
 
     def feed(self, block):
         data = self.carry + block
@@ -798,8 +978,14 @@ class PatternCheck:
             want = array.array("Q", range(self.base + first, self.base + first + len(words)))
             if words != want:
                 i = next(i for i in range(len(words)) if words[i] != want[i])
-                self.wrong = "at offset %d: expected %s, got %s" % (
-                    self.offset + 8 * i, describe(want[i]), describe(words[i]))
+                got, exp = struct.pack("=Q", words[i]), struct.pack("=Q", want[i])
+                first = next(j for j in range(8) if got[j] != exp[j])
+                at = self.offset + 8 * i + first
+                self.wrong = "at offset %d: expected %s, got %s (bytes %s, expected %s)" % (
+                    at, describe(want[i]), describe(words[i]),
+                    data[8 * i + first:8 * i + first + 32].hex(), exp[first:].hex())
+                if self.on_wrong:
+                    self.on_wrong(at)
         self.offset += k
 SOL_MPTCP, MPTCP_INFO = 284, 1
 
@@ -843,12 +1029,36 @@ async def send_pattern(writer, tag, n):
         off += len(block)
     return h.digest()
 
-async def recv_hashed(reader, n, check=None):
+def mptcp_info(sock):
+    # (first data sequence number, token, checksums on), from the kernel's
+    # MPTCP_INFO: rcv_nxt less the in-order bytes received so far is the
+    # sequence number of the connection's first data byte. None if the
+    # socket is not MPTCP (or the kernel predates bytes_received).
+    try:
+        raw = sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 96)
+    except OSError:
+        return None
+    if len(raw) < 72 or struct.unpack_from("=I", raw, 8)[0] & 1:
+        return None
+    token, = struct.unpack_from("=I", raw, 12)
+    rcv_nxt, = struct.unpack_from("=Q", raw, 32)
+    received, = struct.unpack_from("=Q", raw, 64)
+    return (rcv_nxt - received) % (1 << 64), token, raw[42]
+
+FAKE = {"left": 1 if os.environ.get("LOAD_FAKE_MISMATCH") == "1" else 0}
+SERVED = {"served": 0, "mptcp": 0, "csum": 0}
+
+async def recv_hashed(reader, n, check=None, alter=None):
     h = hashlib.sha256()
+    pos = 0
     while n > 0:
         block = await reader.read(min(CHUNK, n))
         if not block:
             raise ConnectionError("peer closed with %d bytes missing" % n)
+        if alter is not None and pos <= alter < pos + len(block):
+            i = alter - pos
+            block = block[:i] + bytes([block[i] ^ 0x5A]) + block[i + 1:]
+        pos += len(block)
         h.update(block)
         if check:
             check.feed(block)
@@ -858,8 +1068,33 @@ async def recv_hashed(reader, n, check=None):
 async def serve(reader, writer):
     try:
         up, down = struct.unpack(">QQ", await reader.readexactly(16))
-        check = PatternCheck()
-        writer.write(await recv_hashed(reader, up, check))
+        sock = writer.get_extra_info("socket")
+        info = mptcp_info(sock)
+        SERVED["served"] += 1
+        SERVED["mptcp"] += info is not None
+        SERVED["csum"] += bool(info and info[2])
+        peer = "%s:%d" % writer.get_extra_info("peername")[:2]
+
+        def on_wrong(at):
+            # The data sequence number of the wrong byte: the first data
+            # byte's, plus the 16-byte header, plus the offset.
+            now = mptcp_info(sock)
+            where = ("token %08x, dsn %d (%#x), checksums %s" % (
+                now[1], (now[0] + 16 + at) % (1 << 64), (now[0] + 16 + at) % (1 << 64),
+                "on" if now[2] else "off") if now else "not MPTCP")
+            note = "peer %s, %s" % (peer, where)
+            check.wrong += "; " + note
+            path = os.environ.get("LOAD_MISMATCH_FILE")
+            if path:
+                with open(path, "a") as f:
+                    f.write("an upload of %d bytes differs %s\n" % (up, check.wrong))
+
+        check = PatternCheck(on_wrong)
+        alter = None
+        if FAKE["left"] and up >= 1 << 20:
+            FAKE["left"] = 0
+            alter = 4096 + 3
+        writer.write(await recv_hashed(reader, up, check, alter))
         if check.wrong:
             print("server: error: an upload of %d bytes differs %s" % (up, check.wrong),
                   file=sys.stderr, flush=True)
@@ -876,9 +1111,15 @@ async def serve(reader, writer):
 
 async def server_main(host, port):
     srv = await asyncio.start_server(serve, host, port, backlog=256)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print("listening", flush=True)
-    async with srv:
-        await srv.serve_forever()
+    await stop.wait()
+    # Stopped (SIGTERM): what it served, for the soak's account of how
+    # many connections ran with checksums. Connections still open are
+    # not waited for, as before when SIGTERM killed it outright.
+    print("server: " + " ".join("%s=%d" % kv for kv in SERVED.items()), file=sys.stderr, flush=True)
+    os._exit(0)
 
 async def one(tag, host, port, up, down, started, go, all_in, conns):
     reader, writer = await asyncio.open_connection(host, port)
@@ -1350,8 +1591,33 @@ print(" ".join("%s=%d" % kv for kv in sorted(meta.items())))
 /// The load server (shimmed on the native backend, long-lived) in gw2 on
 /// its link-1 address.
 pub fn load_server(tb: &Testbed, scripts: &Scripts, port: u16) -> Result<Lines> {
+    load_server_with(tb, scripts, port, shimmed(tb, "gw2", "python3", &[])?)
+}
+
+/// `python3` in `node` under `mptcpize run`, no shim: the kernel's own
+/// MPTCP through mptcpd's wrapper, the soak's reference with no dropshim.
+pub fn mptcpized(tb: &Testbed, node: &str) -> Result<Command> {
+    let mut cmd = plain(tb, node, "mptcpize")?;
+    cmd.args(["run", "python3"]);
+    Ok(cmd)
+}
+
+/// The load server in gw2 on its link-1 address, started by `cmd` (a
+/// python3 command): shimmed or under mptcpize. In a soak it reports
+/// each mismatch to the soak's folder the moment it sees it.
+pub fn load_server_with(
+    tb: &Testbed,
+    scripts: &Scripts,
+    port: u16,
+    mut cmd: Command,
+) -> Result<Lines> {
     let ip = tb.addr4("gw2", 1)?.to_string();
-    let mut cmd = shimmed(tb, "gw2", "python3", &[])?;
+    if let Some(dir) = soak_dir() {
+        cmd.env("LOAD_MISMATCH_FILE", dir.join("mismatch"));
+    }
+    if knob("RELIABILITY_FAKE_MISMATCH", 0)? == 1 {
+        cmd.env("LOAD_FAKE_MISMATCH", "1");
+    }
     cmd.arg(scripts.path("load.py"))
         .args(["server", &ip, &port.to_string()]);
     let server = Lines::spawn(&mut cmd, "load server")?;
@@ -1386,11 +1652,23 @@ pub fn load_client(
     tb: &Testbed,
     scripts: &Scripts,
     port: u16,
-    (conns, rounds, max_size): (u64, u64, u64),
+    shape: (u64, u64, u64),
     server_pid: u32,
     env: &[(&str, &str)],
 ) -> Result<Lines> {
-    let mut cmd = shimmed(tb, "gw1", "python3", env)?;
+    let cmd = shimmed(tb, "gw1", "python3", env)?;
+    load_client_with(tb, scripts, port, shape, server_pid, cmd)
+}
+
+/// The load client in gw1, started by `cmd` (a python3 command).
+pub fn load_client_with(
+    tb: &Testbed,
+    scripts: &Scripts,
+    port: u16,
+    (conns, rounds, max_size): (u64, u64, u64),
+    server_pid: u32,
+    mut cmd: Command,
+) -> Result<Lines> {
     cmd.arg(scripts.path("load.py"))
         .arg("client")
         .args(load_client_args(

@@ -111,40 +111,69 @@ fn reliability_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()> {
 
 #[test]
 fn reliability_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
+    path_cuts_during_load("reliability faults", |tb, node| {
+        shimmed(tb, node, "python3", &[])
+    })
+}
+
+/// The same load and cuts with no dropshim at all: client and server
+/// under `mptcpize run`, the host kernel's MPTCP alone. The soak's
+/// reference (scripts/soak.sh --stack mptcpize): a mismatch here is not
+/// the shim's.
+#[test]
+fn reliability_mptcpize_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
+    path_cuts_during_load("reliability mptcpize faults", mptcpized)
+}
+
+/// The path-cut test on the host kernel, each program started by
+/// `python`; repeated while a soak's budget lasts (soak_path_cuts).
+fn path_cuts_during_load(what: &str, python: fn(&Testbed, &str) -> Result<Command>) -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?;
     let max_size = knob("RELIABILITY_FAULT_MAX_SIZE", 16 << 20)?;
     let min_faults = knob("RELIABILITY_MIN_FAULTS", 4)?;
+    let alternate = knob("RELIABILITY_CUT_BOTH", 0)? != 0;
     let tb = two_gateways()?;
     let scripts = Scripts::new()?;
-    let port = unique_port();
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    let server = load_server(&tb, &scripts, port)?;
-    let client = load_client(&tb, &scripts, port, (conns, 1, max_size), server.pid(), &[])?;
-    client.expect("connected=", SHORT)?;
-    // Every connection is up before the first cut. Link 2 carries the
-    // joined subflows; link 1 the initial ones, and stays up: the kernel
-    // path manager never retries a join that failed, so on this testbed
-    // some of 64 simultaneous connections have one subflow only (gw1's
-    // MPJoinSynTxConnectErr counts them) and could not survive a link-1
-    // cut. RELIABILITY_CUT_BOTH=1 alternates both links anyway.
-    let cuts = PathCuts {
-        at: CutAt::Link,
-        alternate: knob("RELIABILITY_CUT_BOTH", 0)? != 0,
-        ..PathCuts::new(&tb, before, conns, min_faults)
-    }
-    .run(client, server)?;
-    ensure!(
-        cuts.round.get("mptcp") == Some(&conns),
-        "not all MPTCP: {:?}",
-        cuts.round
-    );
-    eprintln!(
-        "reliability faults: {} path cuts during {} bytes over {conns} connections, \
-         all verified; longest wait for progress on the surviving path {:?}",
-        cuts.faults,
-        get(&cuts.round, "bytes"),
-        cuts.worst
-    );
+    soak_path_cuts(&tb, || {
+        let port = unique_port();
+        let before = mptcp_counters(tb.netns("gw2")?)?;
+        let server = load_server_with(&tb, &scripts, port, python(&tb, "gw2")?)?;
+        let client = load_client_with(
+            &tb,
+            &scripts,
+            port,
+            (conns, 1, max_size),
+            server.pid(),
+            python(&tb, "gw1")?,
+        )?;
+        client.expect("connected=", SHORT)?;
+        // Every connection is up before the first cut. Link 2 carries the
+        // joined subflows; link 1 the initial ones, and stays up: the
+        // kernel path manager never retries a join that failed, so on
+        // this testbed some of 64 simultaneous connections have one
+        // subflow only (gw1's MPJoinSynTxConnectErr counts them) and could
+        // not survive a link-1 cut. RELIABILITY_CUT_BOTH=1 alternates both
+        // links anyway.
+        let cuts = PathCuts {
+            at: CutAt::Link,
+            alternate,
+            ..PathCuts::new(&tb, before, conns, min_faults)
+        }
+        .run(client, server)?;
+        ensure!(
+            cuts.round.get("mptcp") == Some(&conns),
+            "not all MPTCP: {:?}",
+            cuts.round
+        );
+        eprintln!(
+            "{what}: {} path cuts during {} bytes over {conns} connections, \
+             all verified; longest wait for progress on the surviving path {:?}",
+            cuts.faults,
+            get(&cuts.round, "bytes"),
+            cuts.worst
+        );
+        Ok(cuts)
+    })?;
     Ok(())
 }
 

@@ -211,30 +211,35 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let tb = two_gateways()?;
     let node = lkl_node(&tb, r#""subflow""#)?;
     let scripts = Scripts::new()?;
-    let port = unique_port();
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    let server = load_server(&tb, &scripts, port)?;
-    let client = lkl_load_client(
-        &tb,
-        &node,
-        &scripts,
-        port,
-        (conns, 1, max_size),
-        server.pid(),
-    )?;
-    client.expect("connected=", SHORT)?;
-    // Link 2 carries the joined subflows and is cut; link 1 (the initial
-    // subflows) stays up, as in the native and uml suites.
-    let started = Instant::now();
-    let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
-    eprintln!(
-        "reliability lkl path cuts: {} cuts of link 2 during {} bytes over {conns} connections \
-         in {:?}, all verified; longest wait for progress on link 1 {:?}",
-        cuts.faults,
-        get(&cuts.round, "bytes"),
-        started.elapsed(),
-        cuts.worst
-    );
+    // Repeated while a soak's budget lasts (scripts/soak.sh); each run is
+    // a fresh client process, so a fresh library kernel.
+    soak_path_cuts(&tb, || {
+        let port = unique_port();
+        let before = mptcp_counters(tb.netns("gw2")?)?;
+        let server = load_server(&tb, &scripts, port)?;
+        let client = lkl_load_client(
+            &tb,
+            &node,
+            &scripts,
+            port,
+            (conns, 1, max_size),
+            server.pid(),
+        )?;
+        client.expect("connected=", SHORT)?;
+        // Link 2 carries the joined subflows and is cut; link 1 (the
+        // initial subflows) stays up, as in the native and uml suites.
+        let started = Instant::now();
+        let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
+        eprintln!(
+            "reliability lkl path cuts: {} cuts of link 2 during {} bytes over {conns} connections \
+             in {:?}, all verified; longest wait for progress on link 1 {:?}",
+            cuts.faults,
+            get(&cuts.round, "bytes"),
+            started.elapsed(),
+            cuts.worst
+        );
+        Ok(cuts)
+    })?;
     Ok(())
 }
 

@@ -226,29 +226,34 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let tb = two_gateways()?;
     let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "rp")?;
     let scripts = Scripts::new()?;
-    let port = unique_port();
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    let server = load_server(&tb, &scripts, port)?;
-    warm_up(&tb, &dev, &scripts, port, &server)?;
-    let client = load_client_uml(
-        &tb,
-        &dev,
-        &scripts,
-        port,
-        (conns, 1, max_size),
-        server.pid(),
-    )?;
-    client.expect("connected=", SHORT)?;
-    // Link 2 carries the joined subflows and is cut; link 1 (initial
-    // subflows) stays up, as in the native suite.
-    let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
-    eprintln!(
-        "reliability uml path cuts: {} cuts of link 2 during {} bytes over {conns} connections, \
-         all verified; longest wait for progress on link 1 {:?}",
-        cuts.faults,
-        get(&cuts.round, "bytes"),
-        cuts.worst
-    );
+    // Repeated while a soak's budget lasts (scripts/soak.sh), each run
+    // with its own server and client on the same instance.
+    soak_path_cuts(&tb, || {
+        let port = unique_port();
+        let before = mptcp_counters(tb.netns("gw2")?)?;
+        let server = load_server(&tb, &scripts, port)?;
+        warm_up(&tb, &dev, &scripts, port, &server)?;
+        let client = load_client_uml(
+            &tb,
+            &dev,
+            &scripts,
+            port,
+            (conns, 1, max_size),
+            server.pid(),
+        )?;
+        client.expect("connected=", SHORT)?;
+        // Link 2 carries the joined subflows and is cut; link 1 (initial
+        // subflows) stays up, as in the native suite.
+        let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
+        eprintln!(
+            "reliability uml path cuts: {} cuts of link 2 during {} bytes over {conns} connections, \
+             all verified; longest wait for progress on link 1 {:?}",
+            cuts.faults,
+            get(&cuts.round, "bytes"),
+            cuts.worst
+        );
+        Ok(cuts)
+    })?;
     Ok(())
 }
 
