@@ -260,7 +260,18 @@ fn redis(
     // `ss` cannot see it: wait for its answer to a PING instead.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let mut ping = tb.command(client_node, "redis-cli")?;
+        // From the client's side, on the client's stack: on uml and lkl
+        // gw1's links belong to the device, so a plain program there
+        // reaches nothing.
+        let mut ping = stacks::command(
+            tb,
+            client_node,
+            stack,
+            client_role,
+            &ctx.library,
+            device,
+            "redis-cli",
+        )?;
         ping.args(["-h", &addr, "-p", &port, "ping"]);
         let out = dropshim_testbed::run_with_timeout(&mut ping, Duration::from_secs(5))?;
         if String::from_utf8_lossy(&out.stdout).contains("PONG") {
