@@ -623,13 +623,14 @@ fn expect_containing(lines: &Lines, needle: &str, timeout: Duration) -> Result<S
 /// running) a transfer of a few tens of megabytes can end before the
 /// library kernel answers that join, so no second subflow is counted
 /// although the transfer was fine. Such a run is done again, at most
-/// twice; `run` checks its bytes itself, so every run's bytes are
+/// four times; `run` checks its bytes itself, so every run's bytes are
 /// checked and a wrong transfer fails at once.
 fn proves_mptcp_at_once(tb: &Testbed, mut run: impl FnMut() -> Result<()>) -> Result<()> {
-    for attempt in 1..=3 {
+    const RUNS: u32 = 5;
+    for attempt in 1..=RUNS {
         let before = mptcp_counters(tb.netns("gw2")?)?;
         match proves_mptcp(tb, false, &mut run) {
-            Err(e) if attempt < 3 && e.to_string().contains("saw no second subflow") => {
+            Err(e) if attempt < RUNS && e.to_string().contains("saw no second subflow") => {
                 eprintln!("the join race (transfer intact), once more: {e}");
                 continue;
             }
@@ -664,11 +665,13 @@ fn reliability_lkl_socat_server_twice_in_a_row_mptcp_from_the_first_syn() -> Res
     let ip2 = tb.addr4("gw2", 1)?;
     let mut figures = Vec::new();
     for round in 0..2 {
-        let port = unique_port();
-        let cport = unique_port();
         let got = dir.path().join(format!("got-by-lkl-{round}.bin"));
         let started = Instant::now();
         proves_mptcp_at_once(&tb, || {
+            // Fresh ports for every run: a run done again must not meet
+            // the last one's source port in TIME_WAIT.
+            let port = unique_port();
+            let cport = unique_port();
             let script = format!(
                 "exec socat -d -d -u TCP-LISTEN:{port},reuseaddr CREATE:'{}' 2>&1",
                 got.display()
@@ -678,7 +681,7 @@ fn reliability_lkl_socat_server_twice_in_a_row_mptcp_from_the_first_syn() -> Res
             let mut cli = native_peer(&tb, "socat")?;
             cli.arg("-u")
                 .arg(format!("OPEN:{}", file.display()))
-                .arg(format!("TCP:{ip1}:{port},sourceport={cport}"));
+                .arg(format!("TCP:{ip1}:{port},sourceport={cport},reuseaddr"));
             run_ok(&mut cli, LONG)?;
             let accepted = expect_containing(&server, "accepting connection from", SHORT)?;
             ensure!(
@@ -725,11 +728,13 @@ fn reliability_lkl_netcat_openbsd_listen_verbose_serves_a_file() -> Result<()> {
     let (file, want) = blob(dir.path())?;
     let ip1 = tb.addr4("gw1", 1)?;
     let ip2 = tb.addr4("gw2", 1)?;
-    let port = unique_port();
-    let cport = unique_port();
     let got = dir.path().join("got-by-gw2.bin");
     let started = Instant::now();
     proves_mptcp_at_once(&tb, || {
+        // Fresh ports for every run: a run done again must not meet the
+        // last one's source port in TIME_WAIT.
+        let port = unique_port();
+        let cport = unique_port();
         // stderr (the -v lines) to the pipe, the file to the network.
         let script = format!("exec nc -l -N -v -n -p {port} 2>&1 < '{}'", file.display());
         let server = lkl_server_lines(&tb, &node, &script, "nc -l on lkl")?;
