@@ -553,6 +553,24 @@ fn accept_loop(mut bridge: TcpStream, sock: OwnedFd, pending: &Pending) -> io::R
 const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 const SEND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// The guest socket's receive buffer once connected (the kernel doubles
+/// it): four times the largest window the connection can advertise.
+const RCVBUF: libc::c_int = 4 << 20;
+
+/// setsockopt of one int; failure leaves the kernel's default.
+fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    // SAFETY: the kernel reads one int from `value`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Moves bytes both ways until both directions ended. A reset on one side
 /// becomes a reset on the other, so the program sees the peer's error.
 fn relay(bridge: TcpStream, sock: OwnedFd) {
@@ -588,6 +606,20 @@ fn relay(bridge: TcpStream, sock: OwnedFd) {
     // short), is never woken. A send timeout makes `pump` splice again,
     // and that pushes what is pending or probes the window.
     let _ = sock.set_write_timeout(Some(SEND_RETRY));
+    // And once out-of-order data alone (a segment lost on a cut path, the
+    // other path going on) holds more memory than the receive buffer,
+    // 6.12 moves at most one skb per read out of the subflows, whose own
+    // buffers are full, so the retransmission that fills the hole cannot
+    // come in: the download trickles or stops for good. The window scale
+    // is fixed by now (at connect, from the guest's 1.9 MB tcp_rmem
+    // maximum: windows of at most 2 MiB), so a buffer four times that
+    // never fills with out-of-order data. Forced: rmem_max is lower.
+    set_int(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        RCVBUF,
+    );
     let (b2, s2) = match (bridge.try_clone(), sock.try_clone()) {
         (Ok(b), Ok(s)) => (b, s),
         _ => return,
