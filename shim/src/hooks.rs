@@ -38,34 +38,39 @@ fn wants_tcp(domain: c_int, ty: c_int, protocol: c_int) -> bool {
         && (protocol == 0 || protocol == libc::IPPROTO_TCP)
 }
 
-/// Copies `len` bytes of the program's memory at `src` into `dst`
-/// without trusting the pointer: a bad pointer (which the kernel would
-/// answer with EFAULT) must not crash the program inside the shim.
-/// process_vm_readv on our own pid reports unmapped memory as an error
-/// instead of faulting. Returns false unless every byte was copied.
-pub(crate) fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
-    if src.is_null() {
-        return false;
-    }
-    if dst.is_empty() {
-        return true;
-    }
+/// What a copy between the shim and the program's memory did.
+enum Copied {
+    All,
+    /// The kernel refused the call itself (a seccomp sandbox may forbid
+    /// process_vm_readv/writev): the caller copies directly.
+    Forbidden,
+    /// A bad pointer, or fewer bytes than asked.
+    Failed,
+}
+
+/// process_vm_readv or process_vm_writev (`nr`) on our own pid: `len`
+/// bytes between `local` (ours) and `remote` (the program's pointer).
+/// The kernel reaches the program's memory through its own checked user
+/// copy, so unmapped or read-only memory is an error instead of a fault,
+/// and alignment does not matter.
+fn own_vm_copy(nr: libc::c_long, local: *mut c_void, remote: *mut c_void, len: usize) -> Copied {
     let local = libc::iovec {
-        iov_base: dst.as_mut_ptr() as *mut c_void,
-        iov_len: dst.len(),
+        iov_base: local,
+        iov_len: len,
     };
     let remote = libc::iovec {
-        iov_base: src as *mut c_void,
-        iov_len: dst.len(),
+        iov_base: remote,
+        iov_len: len,
     };
     // Every variadic argument is passed at full register width: the sixth
     // goes on the stack, where a 32-bit value would leave the upper half
     // undefined (and the flags must be zero).
-    // SAFETY: the kernel writes at most `dst.len()` bytes into `dst`,
-    // which we own, and reads `src` through its own checked user copy.
+    // SAFETY: both iovecs are live for the call; the kernel touches our
+    // side only within `local` (which the caller owns for `len` bytes)
+    // and the program's side through its checked user copy.
     let n = unsafe {
         libc::syscall(
-            libc::SYS_process_vm_readv,
+            nr,
             libc::getpid() as libc::c_long,
             &local as *const libc::iovec,
             1 as libc::c_ulong,
@@ -74,25 +79,49 @@ pub(crate) fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
             0 as libc::c_ulong,
         )
     };
-    if n == dst.len() as libc::c_long {
-        return true;
+    if n == len as libc::c_long {
+        return Copied::All;
     }
     let err = std::io::Error::last_os_error().raw_os_error();
     if n < 0 && matches!(err, Some(libc::ENOSYS | libc::EPERM)) {
-        // A seccomp sandbox may forbid process_vm_readv. Then read the
-        // memory directly, trusting the pointer as libc itself does.
-        // SAFETY: the program promises `dst.len()` readable bytes at
-        // `src` (the same promise the kernel relies on).
-        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) };
+        return Copied::Forbidden;
+    }
+    Copied::Failed
+}
+
+/// Copies `dst.len()` bytes of the program's memory at `src` into `dst`
+/// without trusting the pointer: a bad pointer (which the kernel would
+/// answer with EFAULT) must not crash the program inside the shim.
+/// Returns false unless every byte was copied.
+pub(crate) fn copy_in(src: *const u8, dst: &mut [u8]) -> bool {
+    if src.is_null() {
+        return false;
+    }
+    if dst.is_empty() {
         return true;
     }
-    false
+    let len = dst.len();
+    match own_vm_copy(
+        libc::SYS_process_vm_readv,
+        dst.as_mut_ptr() as *mut c_void,
+        src as *mut c_void,
+        len,
+    ) {
+        Copied::All => true,
+        Copied::Failed => false,
+        Copied::Forbidden => {
+            // Read the memory directly, trusting the pointer as libc
+            // itself does.
+            // SAFETY: the program promises `len` readable bytes at `src`
+            // (the same promise the kernel relies on).
+            unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), len) };
+            true
+        }
+    }
 }
 
 /// Copies `src` into the program's memory at `dst` without trusting the
-/// pointer, the counterpart of [`copy_in`]: process_vm_writev on our own
-/// pid reports unmapped or read-only memory as an error instead of
-/// faulting, and cares nothing for alignment. Returns false unless every
+/// pointer, the counterpart of [`copy_in`]. Returns false unless every
 /// byte was written.
 pub(crate) fn copy_out(dst: *mut u8, src: &[u8]) -> bool {
     if src.is_empty() {
@@ -101,42 +130,23 @@ pub(crate) fn copy_out(dst: *mut u8, src: &[u8]) -> bool {
     if dst.is_null() {
         return false;
     }
-    let local = libc::iovec {
-        iov_base: src.as_ptr() as *mut c_void,
-        iov_len: src.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: dst as *mut c_void,
-        iov_len: src.len(),
-    };
-    // Every variadic argument at full register width, as in copy_in.
-    // SAFETY: the kernel reads `src.len()` bytes of `src`, which we own,
-    // and writes the program's memory through its own checked user copy.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_process_vm_writev,
-            libc::getpid() as libc::c_long,
-            &local as *const libc::iovec,
-            1 as libc::c_ulong,
-            &remote as *const libc::iovec,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if n == src.len() as libc::c_long {
-        return true;
+    match own_vm_copy(
+        libc::SYS_process_vm_writev,
+        src.as_ptr() as *mut c_void,
+        dst as *mut c_void,
+        src.len(),
+    ) {
+        Copied::All => true,
+        Copied::Failed => false,
+        Copied::Forbidden => {
+            // Write directly, byte-wise (no alignment assumed), trusting
+            // the pointer as libc itself does.
+            // SAFETY: the program promises `src.len()` writable bytes at
+            // `dst` (the same promise the kernel relies on).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+            true
+        }
     }
-    let err = std::io::Error::last_os_error().raw_os_error();
-    if n < 0 && matches!(err, Some(libc::ENOSYS | libc::EPERM)) {
-        // A seccomp sandbox may forbid process_vm_writev: write directly,
-        // byte-wise (no alignment assumed), trusting the pointer as libc
-        // itself does.
-        // SAFETY: the program promises `src.len()` writable bytes at
-        // `dst` (the same promise the kernel relies on).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
-        return true;
-    }
-    false
 }
 
 /// Answers getsockopt with `value` the way the kernel writes an option:
