@@ -405,12 +405,12 @@ fn nginx_conf(dir: &Path, www: &Path, ip: &str, port: u16, workers: u32) -> Resu
     Ok(path)
 }
 
-/// Slow by a factor of ~100 against every other transfer here, and
-/// measured as such: nginx's sendfile + tcp_nopush (TCP_CORK) at gw2
-/// feeding the guest's receive window gives 16-52 Mbit/s (32 MiB in 5-16
-/// s, no retransmissions, ~1300 zero-window advertisements from the
-/// guest), either option off 2-2.5 Gbit/s; the same nginx to a native
-/// wget is fast. The test keeps nginx's usual configuration (as the
+/// Slower than every other transfer here, and measured as such: nginx's
+/// sendfile + tcp_nopush (TCP_CORK) at gw2 feeding the guest's receive
+/// window gives 270-470 Mbit/s (16-52 Mbit/s, with ~1300 zero-window
+/// advertisements from the guest, before the guest sockets got their
+/// larger receive buffer), either option off 2-2.5 Gbit/s; the same nginx
+/// to a native wget is fast. The test keeps nginx's usual configuration (as the
 /// native one does) and is bounded by TRANSFER.
 #[test]
 fn reliability_uml_wget_from_native_nginx_large_file() -> Result<()> {
