@@ -149,21 +149,26 @@ pub(crate) fn copy_out(dst: *mut u8, src: &[u8]) -> bool {
     }
 }
 
+/// The length a program passes to getsockopt, read as the kernel reads
+/// it: unreadable is EFAULT, negative (it is a signed int) is EINVAL.
+pub(crate) fn read_optlen(len: *mut socklen_t) -> Result<usize, Errno> {
+    let mut raw = [0u8; std::mem::size_of::<socklen_t>()];
+    if !copy_in(len as *const u8, &mut raw) {
+        return Err(Errno(libc::EFAULT));
+    }
+    usize::try_from(c_int::from_ne_bytes(raw)).map_err(|_| Errno(libc::EINVAL))
+}
+
 /// Answers getsockopt with `value` the way the kernel writes an option:
 /// an unreadable length is EFAULT, a negative one EINVAL, a short buffer
 /// gets the leading bytes, and an unwritable value or length is EFAULT.
 /// The program's pointers may be unaligned or bad; neither crashes here.
 pub(crate) fn put_sockopt(val: *mut c_void, len: *mut socklen_t, value: &[u8]) -> c_int {
-    let mut raw = [0u8; std::mem::size_of::<socklen_t>()];
-    if !copy_in(len as *const u8, &mut raw) {
-        return Errno(libc::EFAULT).fail();
-    }
-    // The kernel reads the length as a signed int.
-    let want = c_int::from_ne_bytes(raw);
-    if want < 0 {
-        return Errno(libc::EINVAL).fail();
-    }
-    let n = (want as usize).min(value.len());
+    let want = match read_optlen(len) {
+        Ok(n) => n,
+        Err(e) => return e.fail(),
+    };
+    let n = want.min(value.len());
     if !copy_out(val as *mut u8, &value[..n]) {
         return Errno(libc::EFAULT).fail();
     }

@@ -1720,15 +1720,11 @@ pub unsafe fn getsockopt(
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
     };
-    let mut raw = [0u8; std::mem::size_of::<socklen_t>()];
-    if !copy_in(len as *const u8, &mut raw) {
-        return Errno(libc::EFAULT).fail();
-    }
-    let want = c_int::from_ne_bytes(raw);
-    if want < 0 {
-        return Errno(libc::EINVAL).fail();
-    }
-    let mut buf = vec![0u8; (want as usize).min(4096)];
+    let want = match crate::hooks::read_optlen(len) {
+        Ok(n) => n,
+        Err(e) => return e.fail(),
+    };
+    let mut buf = vec![0u8; want.min(4096)];
     match k.getsockopt(lfd, level, name, &mut buf) {
         Ok(n) => put_sockopt(val, len, &buf[..n.min(buf.len())]),
         Err(e) => fail_lkl(&e),

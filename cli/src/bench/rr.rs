@@ -256,22 +256,25 @@ fn redis(
         "no",
     ]);
     let mut server = super::spawn_server(server)?;
-    // A server on the stack listens inside the device, where the host's
-    // `ss` cannot see it: wait for its answer to a PING instead.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        // From the client's side, on the client's stack: on uml and lkl
-        // gw1's links belong to the device, so a plain program there
-        // reaches nothing.
-        let mut ping = stacks::command(
+    // The client's programs run from the client's side, on the client's
+    // stack: on uml and lkl gw1's links belong to the device, so a plain
+    // program there reaches nothing.
+    let on_client = |program: &str| {
+        stacks::command(
             tb,
             client_node,
             stack,
             client_role,
             &ctx.library,
             device,
-            "redis-cli",
-        )?;
+            program,
+        )
+    };
+    // A server on the stack listens inside the device, where the host's
+    // `ss` cannot see it: wait for its answer to a PING instead.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut ping = on_client("redis-cli")?;
         ping.args(["-h", &addr, "-p", &port, "ping"]);
         let out = dropshim_testbed::run_with_timeout(&mut ping, Duration::from_secs(5))?;
         if String::from_utf8_lossy(&out.stdout).contains("PONG") {
@@ -285,15 +288,7 @@ fn redis(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut client = stacks::command(
-        tb,
-        client_node,
-        stack,
-        client_role,
-        &ctx.library,
-        device,
-        "redis-benchmark",
-    )?;
+    let mut client = on_client("redis-benchmark")?;
     let requests = plan.rr.redis_requests.to_string();
     client.args([
         "-h", &addr, "-p", &port, "-c", "50", "-n", &requests, "-t", "get", "--csv",
