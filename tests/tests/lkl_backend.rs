@@ -9,7 +9,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::lkl::*;
-use dropshim_tests::reliability::Lines;
+use dropshim_tests::reliability::{link_bytes, Lines};
 use dropshim_tests::*;
 use std::time::Duration;
 
@@ -298,6 +298,7 @@ fn lkl_iperf3_client_aggregates_two_1gbit_links() -> Result<()> {
     let server = Background::spawn(&mut srv, "iperf3 -s in gw2")?;
     wait_listening(tb.netns("gw2")?, port, SHORT)?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
+    let link_before = [link_bytes(&tb, "gw2", 1)?, link_bytes(&tb, "gw2", 2)?];
     let out = run_ok(
         on_lkl(&tb, &node, "iperf3")?.args([
             "-c",
@@ -321,13 +322,17 @@ fn lkl_iperf3_client_aggregates_two_1gbit_links() -> Result<()> {
         delta(&before, &after, "MPJoinSynRx") >= 1,
         "no second subflow reached gw2: {after:?}"
     );
-    // One link carries at most 1 Gbit/s: more proves both links carried
-    // the data.
-    ensure!(
-        bps > 1.1e9,
-        "{:.0} Mbit/s: no more than one 1 Gbit/s link's worth",
-        bps / 1e6
-    );
+    // Both links carried a real share of the data: at least a quarter of
+    // what one 1 Gbit/s link moves in 3 s each. The rate itself is the
+    // bench's to report; a busy CI machine must not turn it red.
+    for link in [1u32, 2] {
+        let moved = link_bytes(&tb, "gw2", link)? - link_before[link as usize - 1];
+        ensure!(
+            moved > 90_000_000,
+            "link {link} carried only {moved} bytes of a {:.0} Mbit/s transfer",
+            bps / 1e6
+        );
+    }
     Ok(())
 }
 
