@@ -15,6 +15,11 @@
 //! addresses (what the peer sees), and SO_ERROR/SO_TYPE/SO_PROTOCOL/
 //! SO_DOMAIN as a TCP socket would. Loopback destinations stay on the
 //! host: the guest's loopback is not the host's.
+//!
+//! A duplicated descriptor (dup, dup2, dup3, F_DUPFD) is the same socket
+//! under a second number: it answers as the original, and when connect
+//! or listen replaces the file under the socket, every one of its
+//! descriptors gets the new file. The socket goes with the last of them.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -35,41 +40,20 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Copies the program's socket address without trusting the pointer
-/// (process_vm_readv on ourselves reports a bad pointer as an error
-/// instead of faulting). Every variadic argument of syscall(2) is passed
-/// at full register width: the sixth goes on the stack, where a narrower
-/// value would leave garbage in the upper half.
+/// The program's socket address, read through the shim's one checked
+/// path into the program's memory ([`copy_in`]): a bad pointer is an
+/// error, never a fault inside the shim.
 fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
         return None;
     }
     // SAFETY: sockaddr_storage is plain data; all-zero is valid.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-    let local = libc::iovec {
-        iov_base: &mut storage as *mut _ as *mut c_void,
-        iov_len: n,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut c_void,
-        iov_len: n,
-    };
-    // SAFETY: the kernel writes at most `n` bytes into `storage` (which is
-    // at least that long) and reads the program's memory with its own
-    // checked copy.
-    let got = unsafe {
-        libc::syscall(
-            libc::SYS_process_vm_readv,
-            libc::c_long::from(libc::getpid()),
-            &local as *const libc::iovec,
-            1 as libc::c_ulong,
-            &remote as *const libc::iovec,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    };
-    if got != n as libc::c_long {
+    // SAFETY: `storage` is plain data of at least `n` bytes, borrowed
+    // mutably for the slice's whole life; any byte pattern is valid in it.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(&mut storage as *mut _ as *mut u8, n) };
+    if !copy_in(addr as *const u8, bytes) {
         return None;
     }
     socket_addr(&storage, n as socklen_t)
@@ -102,10 +86,10 @@ struct Sock {
     device: String,
     /// SO_ERROR still to report (a failed non-blocking connect).
     so_error: c_int,
-    /// epoll registrations made while the descriptor is not final
-    /// (epfd, events, data): replacing the file under the descriptor drops
-    /// them in the kernel, so they are made again on the new file.
-    epolls: Vec<(c_int, u32, u64)>,
+    /// epoll registrations made while the descriptors are not final
+    /// (fd, epfd, events, data): replacing the file under a descriptor
+    /// drops them in the kernel, so they are made again on the new file.
+    epolls: Vec<(c_int, c_int, u32, u64)>,
 }
 
 impl Sock {
@@ -121,9 +105,10 @@ impl Sock {
         }
     }
 
-    /// Registers `fd` again in every epoll set the program put it in.
-    fn reregister(&self, fd: c_int) {
-        for &(epfd, events, data) in &self.epolls {
+    /// Registers the socket's descriptors again in every epoll set the
+    /// program put them in.
+    fn reregister(&self) {
+        for &(fd, epfd, events, data) in &self.epolls {
             let ev = libc::epoll_event { events, u64: data };
             if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, Some(ev)) {
                 log::debug!("uml: re-adding fd {fd} to epoll {epfd}: {e}");
@@ -132,7 +117,85 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
+/// The uml sockets of this process. A socket may have several descriptors
+/// (dup, dup2, dup3, F_DUPFD): they all name one [`Sock`], and when the
+/// file under the socket changes (connect, listen) it changes under every
+/// one of them, as on a kernel socket.
+struct Table {
+    /// Descriptor -> socket key.
+    fds: HashMap<c_int, u64>,
+    socks: HashMap<u64, Sock>,
+    next: u64,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            fds: HashMap::new(),
+            socks: HashMap::new(),
+            next: 1,
+        }
+    }
+
+    fn key(&self, fd: c_int) -> Option<u64> {
+        self.fds.get(&fd).copied()
+    }
+
+    fn get(&self, fd: c_int) -> Option<&Sock> {
+        self.socks.get(&self.key(fd)?)
+    }
+
+    fn get_mut(&mut self, fd: c_int) -> Option<&mut Sock> {
+        let key = self.key(fd)?;
+        self.socks.get_mut(&key)
+    }
+
+    /// A new socket under `fd`.
+    fn insert(&mut self, fd: c_int, sock: Sock) {
+        self.remove(fd);
+        let key = self.next;
+        self.next += 1;
+        self.fds.insert(fd, key);
+        self.socks.insert(key, sock);
+    }
+
+    /// `new` is a second descriptor of `old`'s socket.
+    fn dup(&mut self, old: c_int, new: c_int) -> bool {
+        let Some(key) = self.key(old) else {
+            return false;
+        };
+        self.remove(new);
+        self.fds.insert(new, key);
+        true
+    }
+
+    /// Forgets `fd`; the socket goes with its last descriptor.
+    fn remove(&mut self, fd: c_int) {
+        let Some(key) = self.fds.remove(&fd) else {
+            return;
+        };
+        if let Some(s) = self.socks.get_mut(&key) {
+            s.epolls.retain(|&(f, ..)| f != fd);
+        }
+        if !self.fds.values().any(|&k| k == key) {
+            self.socks.remove(&key);
+        }
+    }
+
+    /// Every descriptor of socket `key`, in order.
+    fn fds_of(&self, key: u64) -> Vec<c_int> {
+        let mut fds: Vec<c_int> = self
+            .fds
+            .iter()
+            .filter(|&(_, &k)| k == key)
+            .map(|(&fd, _)| fd)
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+}
+
+static SOCKS: Lazy<ForkMutex<Table>> = Lazy::new(|| ForkMutex::new(Table::new()));
 
 /// Holds the socket map's and the watch map's locks across fork, so a
 /// child never starts with one another thread was holding. No code holds
@@ -203,10 +266,15 @@ fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback()
 }
 
-/// The socket leaves the backend and stays a plain host socket.
+/// The socket leaves the backend and stays a plain host socket, under
+/// every descriptor it has.
 fn release(fd: c_int) {
-    SOCKS.lock().remove(&fd);
-    fdtable::set(fd, TRACKED | FIXED);
+    let mut socks = SOCKS.lock();
+    let fds = socks.key(fd).map(|k| socks.fds_of(k)).unwrap_or(vec![fd]);
+    for f in fds {
+        socks.remove(f);
+        fdtable::set(f, TRACKED | FIXED);
+    }
 }
 
 fn wants_mptcp(action: Action) -> bool {
@@ -236,10 +304,14 @@ fn ask(device: &str, req: &Request) -> Result<(Reply, Option<c_int>), c_int> {
     }
 }
 
-/// Puts `new` in place of `fd`, keeping O_NONBLOCK and FD_CLOEXEC.
-fn install(new: c_int, fd: c_int) -> Result<(), c_int> {
-    let fl = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
-    let fdfl = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0);
+/// Puts `new` in place of every descriptor in `fds` (the descriptors of
+/// one socket, which share its file and so its O_NONBLOCK), keeping each
+/// one's FD_CLOEXEC, and closes `new`.
+fn install(new: c_int, fds: &[c_int]) -> Result<(), c_int> {
+    let fl = fds
+        .first()
+        .and_then(|&fd| sys::fcntl(fd, libc::F_GETFL, 0).ok())
+        .unwrap_or(0);
     if fl & libc::O_NONBLOCK != 0 {
         let _ = sys::fcntl(
             new,
@@ -247,14 +319,28 @@ fn install(new: c_int, fd: c_int) -> Result<(), c_int> {
             libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
         );
     }
-    let cloexec = if fdfl & libc::FD_CLOEXEC != 0 {
-        libc::O_CLOEXEC
-    } else {
-        0
-    };
-    let r = sys::dup3(new, fd, cloexec);
+    let mut result = Ok(());
+    for &fd in fds {
+        let fdfl = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0);
+        let cloexec = if fdfl & libc::FD_CLOEXEC != 0 {
+            libc::O_CLOEXEC
+        } else {
+            0
+        };
+        if let Err(e) = sys::dup3(new, fd, cloexec) {
+            result = Err(Errno::from(e).fail());
+            break;
+        }
+    }
     sys::close(new);
-    r.map_err(|e| Errno::from(e).fail())
+    result
+}
+
+/// Marks every descriptor in `fds` with the fd-table flags `flags`.
+fn mark(fds: &[c_int], flags: u8) {
+    for &fd in fds {
+        fdtable::set(fd, flags);
+    }
 }
 
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
@@ -263,7 +349,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     };
     {
         let mut socks = SOCKS.lock();
-        let Some(s) = socks.get_mut(&fd) else {
+        let Some(s) = socks.get_mut(fd) else {
             return real::connect(fd, addr, len);
         };
         match s.state {
@@ -285,7 +371,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         req.opts = s.opts.clone();
         req.mptcp = POLICY.get().is_none_or(|p| wants_mptcp(p.decide(&dest)));
         if sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) & libc::O_NONBLOCK != 0 {
-            return start_connect(fd, s, req, None);
+            return start_connect(&mut socks, fd, req, None);
         }
         // Blocking: connect in the background as well and wait in a host
         // read(), so that a signal ends the wait as it ends a kernel
@@ -303,7 +389,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             return -1;
         }
         let [wait, done] = ends;
-        let r = start_connect(fd, s, req, Some(done));
+        let r = start_connect(&mut socks, fd, req, Some(done));
         if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
             sys::close(wait);
             sys::close(done);
@@ -314,7 +400,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             return Errno(libc::EINTR).fail();
         }
         let mut socks = SOCKS.lock();
-        match socks.get_mut(&fd) {
+        match socks.get_mut(fd) {
             Some(s) if matches!(s.state, State::Connected { .. }) => 0,
             // The outcome is this call's to report: SO_ERROR says 0 after.
             Some(s) if s.so_error != 0 => {
@@ -389,13 +475,17 @@ fn gate() -> std::io::Result<(c_int, c_int)> {
 /// the request to a helper thread and says EINPROGRESS, like a kernel
 /// socket. The descriptor becomes writable when the guest connect is
 /// done; SO_ERROR then says how it went.
-fn start_connect(fd: c_int, s: &mut Sock, req: Request, done: Option<c_int>) -> c_int {
+fn start_connect(socks: &mut Table, fd: c_int, req: Request, done: Option<c_int>) -> c_int {
+    let Some(key) = socks.key(fd) else {
+        return Errno(libc::EBADF).fail();
+    };
+    let fds = socks.fds_of(key);
     let (prog, waker) = match gate() {
         Ok(p) => p,
         Err(e) => return Errno::from(e).fail(),
     };
     let flags = sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0);
-    if let Err(ret) = install(prog, fd) {
+    if let Err(ret) = install(prog, &fds) {
         sys::close(waker);
         return ret;
     }
@@ -404,14 +494,18 @@ fn start_connect(fd: c_int, s: &mut Sock, req: Request, done: Option<c_int>) -> 
     if flags & libc::O_NONBLOCK == 0 {
         let _ = sys::fcntl(fd, libc::F_SETFL, libc::c_long::from(flags));
     }
-    s.reregister(fd);
+    let Some(s) = socks.socks.get_mut(&key) else {
+        sys::close(waker);
+        return Errno(libc::EBADF).fail();
+    };
+    s.reregister();
     let id = NEXT_CONNECT.fetch_add(1, Ordering::Relaxed);
     s.state = State::Connecting { id };
     let device = s.device.clone();
     let domain = s.domain;
     let spawned = std::thread::Builder::new()
         .name("dropshim-connect".into())
-        .spawn(move || finish_connect(fd, id, domain, &device, &req, waker, done));
+        .spawn(move || finish_connect(key, id, domain, &device, &req, waker, done));
     if spawned.is_err() {
         // No thread to spare: answer like a kernel out of resources.
         s.state = State::Fresh;
@@ -423,7 +517,7 @@ fn start_connect(fd: c_int, s: &mut Sock, req: Request, done: Option<c_int>) -> 
 
 /// The helper thread of a non-blocking connect.
 fn finish_connect(
-    fd: c_int,
+    key: u64,
     id: u64,
     domain: c_int,
     device: &str,
@@ -434,11 +528,14 @@ fn finish_connect(
     // Cancelled when the program closes the gate (its socket) first.
     let res = client::request_cancellable(device, req, Some(waker));
     let mut socks = SOCKS.lock();
+    let fds = socks.fds_of(key);
     let current = socks
-        .get_mut(&fd)
+        .socks
+        .get_mut(&key)
         .filter(|s| matches!(s.state, State::Connecting { id: i } if i == id));
     let Some(s) = current else {
-        // The program closed the socket meanwhile: nothing to deliver.
+        // The program closed the socket (all its descriptors) meanwhile:
+        // nothing to deliver.
         if let Ok((_, Some(b))) = res {
             sys::close(b);
         }
@@ -452,15 +549,15 @@ fn finish_connect(
     let errno = match res {
         Ok((reply, Some(bridge))) if reply.errno == 0 => {
             apply_to_bridge(bridge, &s.opts);
-            match install(bridge, fd) {
+            match install(bridge, &fds) {
                 Ok(()) => {
                     s.state = State::Connected {
                         local: reply.local,
                         peer: reply.peer,
                     };
-                    s.reregister(fd);
+                    s.reregister();
                     s.epolls.clear();
-                    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+                    mark(&fds, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
                     0
                 }
                 Err(_) => std::io::Error::last_os_error()
@@ -487,8 +584,8 @@ fn finish_connect(
         // SAFETY: libc's socket with integer arguments.
         let placeholder =
             unsafe { real::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if placeholder >= 0 && install(placeholder, fd).is_ok() {
-            s.reregister(fd);
+        if placeholder >= 0 && install(placeholder, &fds).is_ok() {
+            s.reregister();
         }
         s.state = State::Fresh;
         s.so_error = errno;
@@ -515,13 +612,13 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
     if ret < 0 {
         return ret;
     }
-    if let Some(s) = socks.get_mut(&fd) {
+    if let Some(s) = socks.get_mut(fd) {
         if matches!(s.state, State::Fresh | State::Connecting { .. }) {
-            s.epolls.retain(|&(e, _, _)| e != epfd);
+            s.epolls.retain(|&(f, e, _, _)| !(f == fd && e == epfd));
             if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
                 // SAFETY: the kernel just read this epoll_event successfully.
                 let e = std::ptr::read_unaligned(ev);
-                s.epolls.push((epfd, e.events, e.u64));
+                s.epolls.push((fd, epfd, e.events, e.u64));
             }
         }
     }
@@ -583,12 +680,15 @@ fn watch_loop(device: &str, fd: c_int) {
     if gone {
         let socks = SOCKS.lock();
         let mut n = 0;
-        for (&bfd, s) in socks.iter() {
-            if s.device == device
-                && matches!(s.state, State::Connected { .. })
-                && sys::disconnect(bfd).is_ok()
-            {
-                n += 1;
+        for (&key, s) in socks.socks.iter() {
+            if s.device != device || !matches!(s.state, State::Connected { .. }) {
+                continue;
+            }
+            // The descriptors of one socket share its bridge: one will do.
+            if let Some(&bfd) = socks.fds_of(key).first() {
+                if sys::disconnect(bfd).is_ok() {
+                    n += 1;
+                }
             }
         }
         log::error!("the uml instance of device {device:?} is gone; {n} connection(s) aborted");
@@ -600,7 +700,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
         return Errno(libc::EAFNOSUPPORT).fail();
     };
     let mut socks = SOCKS.lock();
-    let Some(s) = socks.get_mut(&fd) else {
+    let Some(s) = socks.get_mut(fd) else {
         return real::bind(fd, addr, len);
     };
     if !matches!(s.state, State::Fresh) || s.bound.is_some() {
@@ -621,7 +721,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     let (req, device) = {
         let socks = SOCKS.lock();
-        let Some(s) = socks.get(&fd) else {
+        let Some(s) = socks.get(fd) else {
             return real::listen(fd, backlog);
         };
         match s.state {
@@ -647,15 +747,18 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         Ok((_, None)) => return Errno(libc::ECONNABORTED).fail(),
         Err(ret) => return ret,
     };
-    if let Err(ret) = install(chan, fd) {
+    let mut socks = SOCKS.lock();
+    let fds = socks.key(fd).map(|k| socks.fds_of(k)).unwrap_or(vec![fd]);
+    if let Err(ret) = install(chan, &fds) {
         return ret;
     }
-    if let Some(s) = SOCKS.lock().get_mut(&fd) {
+    if let Some(s) = socks.get_mut(fd) {
         s.state = State::Listening { local: reply.local };
-        s.reregister(fd);
+        s.reregister();
         s.epolls.clear();
     }
-    fdtable::set(fd, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    mark(&fds, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
+    drop(socks);
     ensure_watch(&device);
     0
 }
@@ -663,7 +766,7 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let (domain, device) = {
         let socks = SOCKS.lock();
-        match socks.get(&fd) {
+        match socks.get(fd) {
             Some(s) if matches!(s.state, State::Listening { .. }) => (s.domain, s.device.clone()),
             Some(_) => return Errno(libc::EINVAL).fail(),
             None => return real::accept4(fd, addr, len, flags),
@@ -738,16 +841,15 @@ pub unsafe fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     let mut socks = SOCKS.lock();
-    let Some(s) = socks.get_mut(&fd) else {
+    let Some(s) = socks.get_mut(fd) else {
         return real::setsockopt(fd, level, name, val, len);
     };
     match s.state {
         State::Fresh => {
             // The placeholder validates the option as the kernel would.
             let ret = real::setsockopt(fd, level, name, val, len);
-            if ret == 0 && !val.is_null() && len <= 1024 {
-                // SAFETY: the kernel just read `len` bytes from `val`.
-                let value = std::slice::from_raw_parts(val as *const u8, len as usize).to_vec();
+            let mut value = vec![0u8; (len as usize).min(1024)];
+            if ret == 0 && len <= 1024 && copy_in(val as *const u8, &mut value) {
                 match s
                     .opts
                     .iter_mut()
@@ -800,7 +902,7 @@ pub unsafe fn getsockopt(
 ) -> c_int {
     let (domain, listening, connecting) = {
         let mut socks = SOCKS.lock();
-        match socks.get_mut(&fd) {
+        match socks.get_mut(fd) {
             Some(s) => {
                 if level == libc::SOL_SOCKET && name == libc::SO_ERROR && s.so_error != 0 {
                     // Reported once, then cleared, like the kernel's.
@@ -860,7 +962,7 @@ fn wildcard(domain: c_int) -> SocketAddr {
 
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let socks = SOCKS.lock();
-    let Some(s) = socks.get(&fd) else {
+    let Some(s) = socks.get(fd) else {
         return real::getsockname(fd, addr, len);
     };
     let a = match s.state {
@@ -874,7 +976,7 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
 
 pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let socks = SOCKS.lock();
-    let Some(s) = socks.get(&fd) else {
+    let Some(s) = socks.get(fd) else {
         return real::getpeername(fd, addr, len);
     };
     match s.state {
@@ -891,7 +993,7 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
 pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     let fresh = SOCKS
         .lock()
-        .get(&fd)
+        .get(fd)
         .map(|s| matches!(s.state, State::Fresh | State::Connecting { .. }));
     match fresh {
         Some(true) => Errno(libc::ENOTCONN).fail(),
@@ -900,12 +1002,13 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
 }
 
 pub fn forget(fd: c_int) {
-    SOCKS.lock().remove(&fd);
+    SOCKS.lock().remove(fd);
 }
 
-/// A dup of a uml socket stays untracked: the duplicate names the host
-/// file (bridge or placeholder), which connect and listen replace under
-/// the original number only.
-pub fn dup(_oldfd: c_int, _newfd: c_int) -> bool {
-    false
+/// `newfd` is a duplicate of `oldfd` (dup, dup2, dup3, F_DUPFD): the same
+/// socket under a second number. It answers as the original, and a
+/// connect or listen through either puts the new file under both.
+/// Returns whether `newfd` is now this backend's.
+pub fn dup(oldfd: c_int, newfd: c_int) -> bool {
+    SOCKS.lock().dup(oldfd, newfd)
 }

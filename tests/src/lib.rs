@@ -324,3 +324,116 @@ mod tests {
         assert_eq!(m.get("A"), None);
     }
 }
+
+/// A python program for the emulated-socket backends (uml, lkl), run as
+/// `python3 -c DUP_PY LOCAL PEER PORT` against an echo server at
+/// PEER:PORT, LOCAL being the program's own address. Every way to
+/// duplicate a socket (socket.dup and os.dup are
+/// fcntl(F_DUPFD_CLOEXEC), os.dup2, fcntl(F_DUPFD), libc's dup), on a
+/// connected socket, on one duplicated before its connect, on one
+/// duplicated while its non-blocking connect is pending, and on one
+/// duplicated before its listen: each duplicate must say what the
+/// original says (the family python finds, SO_DOMAIN, SO_TYPE,
+/// SO_PROTOCOL, getsockname, getpeername) and carry the
+/// same connection (an echo through it arrives intact, and the original
+/// still works once every duplicate is closed). One line per mismatch,
+/// then `dup ok`.
+pub const DUP_PY: &str = r##"import ctypes, fcntl, os, select, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+local, peer, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bad = []
+
+def view(s):
+    out = [s.family] + [s.getsockopt(socket.SOL_SOCKET, o) for o in
+                        (socket.SO_DOMAIN, socket.SO_TYPE, socket.SO_PROTOCOL)]
+    out.append(s.getsockname())
+    try:
+        out.append(s.getpeername())
+    except OSError as e:
+        out.append("getpeername: errno %d" % e.errno)
+    return out
+
+def echo(s, tag):
+    msg = (tag * 4096)[:65536]
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    if got != msg:
+        bad.append("%s: the echo came back altered (%d of %d bytes)" % (tag.decode(), len(got), len(msg)))
+
+def same(name, orig, fd):
+    d = socket.socket(fileno=fd)
+    if view(d) != view(orig):
+        bad.append("%s: %r, the original %r" % (name, view(d), view(orig)))
+    return d
+
+s = socket.create_connection((peer, port))
+dups = [
+    same("socket.dup", s, s.dup().detach()),
+    same("os.dup", s, os.dup(s.fileno())),
+    same("os.dup2", s, os.dup2(s.fileno(), 100)),
+    same("F_DUPFD", s, fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 200)),
+    same("dup", s, libc.dup(s.fileno())),
+]
+for i, d in enumerate(dups):
+    echo(d, b"dup%d-" % i)
+for d in dups:
+    d.close()
+echo(s, b"original-")
+s.close()
+
+# Duplicated before connect: the connect through the duplicate connects both.
+f = socket.socket()
+g = socket.socket(fileno=os.dup(f.fileno()))
+try:
+    g.connect((peer, port))
+    if view(f) != view(g):
+        bad.append("dup before connect: %r, the duplicate %r" % (view(f), view(g)))
+    g.close()
+    echo(f, b"before-connect-")
+except Exception as e:
+    bad.append("dup before connect: %r" % e)
+f.close()
+
+# Duplicated while a non-blocking connect is pending: the duplicate
+# carries the connection too once it is made.
+p = socket.socket()
+p.setblocking(False)
+p.connect_ex((peer, port))
+q = socket.socket(fileno=os.dup(p.fileno()))
+try:
+    if not select.select([], [p], [], 10)[1]:
+        bad.append("dup during connect: never writable")
+    elif p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+        bad.append("dup during connect: SO_ERROR %d" % p.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    else:
+        q.setblocking(True)
+        if view(p) != view(q):
+            bad.append("dup during connect: %r, the duplicate %r" % (view(p), view(q)))
+        echo(q, b"during-connect-")
+except Exception as e:
+    bad.append("dup during connect: %r" % e)
+q.close()
+p.close()
+
+# Duplicated before listen: both are the listening socket.
+l = socket.socket()
+l.bind((local, 0))
+m = socket.socket(fileno=os.dup(l.fileno()))
+try:
+    l.listen(1)
+    if view(l) != view(m):
+        bad.append("dup before listen: %r, the duplicate %r" % (view(l), view(m)))
+except Exception as e:
+    bad.append("dup before listen: %r" % e)
+m.close()
+l.close()
+
+for b in bad:
+    print("MISMATCH", b)
+print("dup ok" if not bad else "dup failed", flush=True)
+"##;

@@ -1,5 +1,5 @@
-//! The uml backend's answers to socket calls with awkward arguments, and
-//! fork while another thread is inside the shim: what a program sees must
+//! The uml backend's answers to socket calls with awkward arguments,
+//! duplicated sockets, and fork while another thread is inside the shim: what a program sees must
 //! be what the plain kernel gives, and the program must never crash or
 //! hang inside the shim. gw1's links belong to a UML instance; the
 //! reference runs of the same program use the plain kernel in gw2.
@@ -256,5 +256,36 @@ fn uml_fork_while_another_thread_is_in_the_shim_never_hangs_the_child() -> Resul
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("uml fork: {}", text.trim());
+    Ok(())
+}
+
+#[test]
+fn uml_dup_of_a_socket_answers_as_the_original() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "dp")?;
+    let port = unique_port();
+    let gw2 = tb.addr4("gw2", 1)?;
+    let mut echo = tb.command("gw2", "socat")?;
+    echo.args([
+        &format!("TCP-LISTEN:{port},bind={gw2},reuseaddr,fork"),
+        "EXEC:cat",
+    ]);
+    let _echo = Background::spawn(&mut echo, "socat echo in gw2")?;
+    wait_listening(tb.netns("gw2")?, port, Duration::from_secs(20))?;
+    let out = run_bounded(
+        on_uml(&tb, &dev, "python3")?.args([
+            "-c",
+            DUP_PY,
+            &tb.addr4("gw1", 1)?.to_string(),
+            &gw2.to_string(),
+            &port.to_string(),
+        ]),
+        RUN,
+    )?;
+    let text = report(&out, "the dup program on uml")?;
+    ensure!(
+        text.lines().any(|l| l == "dup ok"),
+        "duplicates of uml sockets differ from the original:\n{text}"
+    );
     Ok(())
 }
