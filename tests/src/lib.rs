@@ -310,21 +310,6 @@ pub fn write_random_file(path: &Path, size: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn netstat_pairs_are_read_by_name() {
-        let text =
-            "TcpExt: A B\nTcpExt: 1 2\nMPTcpExt: MPCapableSYNRX MPJoinAckRx\nMPTcpExt: 3 4\n";
-        let m = parse_netstat(text, "MPTcpExt");
-        assert_eq!(m.get("MPCapableSYNRX"), Some(&3));
-        assert_eq!(m.get("MPJoinAckRx"), Some(&4));
-        assert_eq!(m.get("A"), None);
-    }
-}
-
 /// A python program for the emulated-socket backends (uml, lkl), run as
 /// `python3 -c DUP_PY LOCAL PEER PORT` against an echo server at
 /// PEER:PORT, LOCAL being the program's own address. Every way to
@@ -437,3 +422,18 @@ for b in bad:
     print("MISMATCH", b)
 print("dup ok" if not bad else "dup failed", flush=True)
 "##;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netstat_pairs_are_read_by_name() {
+        let text =
+            "TcpExt: A B\nTcpExt: 1 2\nMPTcpExt: MPCapableSYNRX MPJoinAckRx\nMPTcpExt: 3 4\n";
+        let m = parse_netstat(text, "MPTcpExt");
+        assert_eq!(m.get("MPCapableSYNRX"), Some(&3));
+        assert_eq!(m.get("MPJoinAckRx"), Some(&4));
+        assert_eq!(m.get("A"), None);
+    }
+}
