@@ -170,6 +170,44 @@ pub fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
     }
 }
 
+/// The kernel form of a std socket address, the inverse of
+/// [`socket_addr`]: the storage and how many of its bytes are the address.
+pub fn sockaddr_of(a: &SocketAddr) -> (libc::sockaddr_storage, usize) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // every sockaddr type.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len)
+}
+
 /// What MPTCP did on one connection, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MptcpReport {
@@ -293,5 +331,21 @@ fn storage_from(bytes: &[u8]) -> libc::sockaddr_storage {
             .min(std::mem::size_of::<libc::sockaddr_storage>());
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), &mut storage as *mut _ as *mut u8, n);
         storage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_survive_the_kernel_form() {
+        for text in ["198.18.1.2:8080", "[2001:2:0:1::2]:443", "0.0.0.0:0"] {
+            let a: SocketAddr = text.parse().unwrap();
+            let (storage, len) = sockaddr_of(&a);
+            assert_eq!(socket_addr(&storage, len as libc::socklen_t), Some(a));
+            // One byte short is not an address of the family.
+            assert_eq!(socket_addr(&storage, len as libc::socklen_t - 1), None);
+        }
     }
 }

@@ -228,17 +228,24 @@ pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketA
 }
 
 /// Writes `a` into the program's address buffer (the backends'
-/// getsockname, getpeername and accept) in the socket's own family (IPv4 on an AF_INET6 socket is
-/// IPv4-mapped), truncating like the kernel when the buffer is short.
-pub(crate) unsafe fn write_addr(
+/// getsockname, getpeername and accept) in the socket's own family (IPv4
+/// on an AF_INET6 socket is IPv4-mapped), truncating like the kernel when
+/// the buffer is short. Both pointers are the program's and go through
+/// the checked copies: a bad one leaves the program's memory alone
+/// instead of crashing it, and the result is false (the kernel's EFAULT).
+/// NULL pointers ask for nothing and are fine.
+pub(crate) fn write_addr(
     a: SocketAddr,
     domain: c_int,
     addr: *mut sockaddr,
     len: *mut socklen_t,
-) {
+) -> bool {
     if addr.is_null() || len.is_null() {
-        return;
+        return true;
     }
+    let Ok(room) = read_optlen(len) else {
+        return false;
+    };
     let a = match (a, domain) {
         (SocketAddr::V4(v4), libc::AF_INET6) => {
             SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
@@ -249,30 +256,12 @@ pub(crate) unsafe fn write_addr(
         },
         _ => a,
     };
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut st: libc::sockaddr_storage = std::mem::zeroed();
-    let full = match a {
-        SocketAddr::V4(v4) => {
-            let sin = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in);
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = &mut *(&mut st as *mut _ as *mut libc::sockaddr_in6);
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            sin6.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    let n = full.min(*len as usize);
-    // SAFETY: the program gave `*len` writable bytes at `addr`; we write
-    // at most that many, then report the full length like the kernel.
-    std::ptr::copy_nonoverlapping(&st as *const _ as *const u8, addr as *mut u8, n);
-    *len = full as socklen_t;
+    let (storage, full) = dropshim_backend_native::socket::sockaddr_of(&a);
+    // SAFETY: sockaddr_storage is plain data, at least `full` bytes long.
+    let bytes = unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, full) };
+    let n = full.min(room);
+    copy_out(addr as *mut u8, &bytes[..n])
+        && copy_out(len as *mut u8, &(full as socklen_t).to_ne_bytes())
 }
 
 redhook::hook! {
@@ -395,13 +384,8 @@ redhook::hook! {
         // The program asked for TCP and must not be able to tell it got
         // MPTCP: SO_PROTOCOL says TCP.
         // A short buffer gets the leading bytes, as the kernel writes them.
-        if ret == 0 && level == libc::SOL_SOCKET && name == libc::SO_PROTOCOL && flags & MPTCP != 0
-            && !val.is_null() && !len.is_null()
-        {
-            let tcp = libc::IPPROTO_TCP.to_ne_bytes();
-            let n = (*len as usize).min(tcp.len());
-            // SAFETY: the kernel just wrote `*len` (>= n) bytes at `val`.
-            std::ptr::copy_nonoverlapping(tcp.as_ptr(), val as *mut u8, n);
+        if ret == 0 && level == libc::SOL_SOCKET && name == libc::SO_PROTOCOL && flags & MPTCP != 0 {
+            return put_int(val, len, libc::IPPROTO_TCP);
         }
         ret
     }

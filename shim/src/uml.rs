@@ -25,11 +25,9 @@
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
-use crate::hooks::write_addr;
-use crate::hooks::{connect_done, copy_in, put_int, real, wait_for_connect};
+use crate::hooks::{connect_done, copy_in, put_int, read_addr, real, wait_for_connect, write_addr};
 use crate::log;
 use crate::Errno;
-use dropshim_backend_native::socket::socket_addr;
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -39,25 +37,6 @@ use once_cell::sync::Lazy;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// The program's socket address, read through the shim's one checked
-/// path into the program's memory ([`copy_in`]): a bad pointer is an
-/// error, never a fault inside the shim.
-fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    if (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
-        return None;
-    }
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-    // SAFETY: `storage` is plain data of at least `n` bytes, borrowed
-    // mutably for the slice's whole life; any byte pattern is valid in it.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(&mut storage as *mut _ as *mut u8, n) };
-    if !copy_in(addr as *const u8, bytes) {
-        return None;
-    }
-    socket_addr(&storage, n as socklen_t)
-}
 
 enum State {
     /// Not connected yet: the descriptor is the placeholder host socket.
@@ -814,7 +793,9 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     fdtable::set(conn, TRACKED | BACKEND_OWNED | MPTCP | FIXED);
     ensure_watch(&device);
     if let Some(peer) = reply.peer {
-        write_addr(peer, domain, addr, len);
+        // A bad address buffer loses only the address: the connection is
+        // handed over all the same.
+        let _ = write_addr(peer, domain, addr, len);
     }
     conn
 }
@@ -970,7 +951,9 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
         State::Connected { local, .. } | State::Listening { local } => local,
     }
     .unwrap_or_else(|| wildcard(s.domain));
-    write_addr(a, s.domain, addr, len);
+    if !write_addr(a, s.domain, addr, len) {
+        return Errno(libc::EFAULT).fail();
+    }
     0
 }
 
@@ -983,7 +966,9 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
         State::Connected {
             peer: Some(peer), ..
         } => {
-            write_addr(peer, s.domain, addr, len);
+            if !write_addr(peer, s.domain, addr, len) {
+                return Errno(libc::EFAULT).fail();
+            }
             0
         }
         _ => Errno(libc::ENOTCONN).fail(),

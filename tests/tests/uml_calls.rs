@@ -50,8 +50,9 @@ fn report(out: &Output, what: &str) -> Result<String> {
 /// getsockopt into an unaligned buffer, into a bad pointer, with a short
 /// length and without a length; setsockopt from a bad and an unaligned
 /// pointer; on a fresh socket and on one whose non-blocking connect is
-/// pending (an address nobody holds: no neighbour ever answers). One JSON
-/// object: call -> [return, errno, length after, bytes written].
+/// pending (an address nobody holds: no neighbour ever answers);
+/// getsockname into a bad address or length pointer. One JSON object:
+/// call -> [return, errno, length after, bytes written].
 const SOCKOPT_PY: &str = r##"import ctypes, errno, json, socket, sys
 libc = ctypes.CDLL(None, use_errno=True)
 dead = sys.argv[1]
@@ -77,6 +78,10 @@ def put(name, fd, level, opt, bad=False):
     val = BAD if bad else ctypes.c_void_p(ctypes.addressof(raw) + 1)
     call(name, libc.setsockopt, fd, level, opt, val, 4)
 
+def name(nm, fd, bad_len=False):
+    ln = ctypes.c_uint(16)
+    call(nm, libc.getsockname, fd, BAD, BAD if bad_len else ctypes.byref(ln))
+
 fresh = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
 assert fresh >= 0, "socket() failed"
 get("fresh_type_unaligned", fresh, socket.SOL_SOCKET, socket.SO_TYPE)
@@ -84,6 +89,8 @@ get("fresh_domain_bad_pointer", fresh, socket.SOL_SOCKET, socket.SO_DOMAIN, bad=
 get("fresh_protocol_bad_pointer", fresh, socket.SOL_SOCKET, socket.SO_PROTOCOL, bad=True)
 get("fresh_type_short", fresh, socket.SOL_SOCKET, socket.SO_TYPE, size=2)
 get("fresh_type_no_length", fresh, socket.SOL_SOCKET, socket.SO_TYPE, no_len=True)
+name("fresh_name_bad_pointer", fresh)
+name("fresh_name_bad_length", fresh, bad_len=True)
 
 s = socket.socket()
 s.setblocking(False)
@@ -97,6 +104,7 @@ get("connecting_nodelay_bad_pointer", fd, socket.IPPROTO_TCP, socket.TCP_NODELAY
 put("connecting_set_keepalive_bad_pointer", fd, socket.SOL_SOCKET, socket.SO_KEEPALIVE, bad=True)
 put("connecting_set_nodelay_bad_pointer", fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, bad=True)
 put("connecting_set_keepalive_unaligned", fd, socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+name("connecting_name_bad_pointer", fd)
 print(json.dumps(out, sort_keys=True))
 "##;
 
@@ -119,6 +127,8 @@ fn uml_sockopt_unaligned_and_bad_pointers_answer_as_the_kernel() -> Result<()> {
         r#""fresh_domain_bad_pointer": [-1, "EFAULT""#,
         r#""connecting_error_bad_pointer": [-1, "EFAULT""#,
         r#""connecting_set_keepalive_bad_pointer": [-1, "EFAULT""#,
+        r#""fresh_name_bad_pointer": [-1, "EFAULT""#,
+        r#""fresh_name_bad_length": [-1, "EFAULT""#,
     ] {
         ensure!(
             want.contains(efault),
@@ -131,7 +141,7 @@ fn uml_sockopt_unaligned_and_bad_pointers_answer_as_the_kernel() -> Result<()> {
     let got = report(&run_bounded(&mut shimmed, RUN)?, "the program on uml")?;
     ensure!(
         got == want,
-        "getsockopt/setsockopt on uml differ from the plain kernel:\nkernel {want}\numl    {got}"
+        "socket calls on uml differ from the plain kernel:\nkernel {want}\numl    {got}"
     );
     Ok(())
 }
