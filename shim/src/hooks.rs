@@ -3,32 +3,30 @@
 //! Each hook sorts the call first, as cheaply as possible (one atomic load
 //! from the descriptor table, or a look at socket()'s arguments): calls on
 //! descriptors the shim does not manage go straight to libc. The rest go
-//! to the backend that owns the descriptor. redhook resolves libc's own
-//! functions with dlsym(RTLD_NEXT) once, and if a hook ever panicked it
-//! would call libc's function instead of unwinding into C.
+//! to this process's backend through the contract
+//! ([`crate::contract::backend`]). redhook resolves libc's own functions
+//! with dlsym(RTLD_NEXT) once, and if a hook ever panicked it would call
+//! libc's function instead of unwinding into C.
+//!
+//! The helpers below the hooks (checked copies of the program's memory,
+//! socket addresses, the connect wait) are shared by every backend.
 
-use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
-use crate::log;
-use crate::runtime::{self, Mode};
-use crate::{lkl, native, uml, Errno};
-use dropshim_backend_native::socket::{socket_addr, SockOpt};
+use crate::contract::{backend, Backend};
+use crate::fdtable::{self, TRACKED};
+use crate::Errno;
+use dropshim_backend_native::socket::socket_addr;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::net::{IpAddr, SocketAddr};
 
-/// Options longer than this are passed through without being recorded
-/// (no option a program sets before connecting comes close).
-const MAX_RECORDED_OPTION: socklen_t = 1024;
-
-/// Which backend owns the BACKEND_OWNED descriptors: one per process.
-fn on_lkl() -> bool {
-    matches!(runtime::mode(), Mode::Lkl(_))
-}
-
-/// Calls `$f` of the backend that owns BACKEND_OWNED descriptors.
-macro_rules! backend {
-    ($f:ident($($a:expr),*)) => {
-        if on_lkl() { lkl::$f($($a),*) } else { uml::$f($($a),*) }
-    };
+/// The backend that answers for `fd`, if the shim manages it.
+#[inline]
+fn owner(fd: c_int) -> Option<(&'static dyn Backend, u8)> {
+    let flags = fdtable::get(fd);
+    if flags & TRACKED == 0 {
+        return None;
+    }
+    let b = backend();
+    b.owns(flags).then_some((b, flags))
 }
 
 /// Is this a request for a TCP socket the shim should take over?
@@ -269,171 +267,123 @@ redhook::hook! {
         if !wants_tcp(domain, ty, protocol) {
             return redhook::real!(socket)(domain, ty, protocol);
         }
-        match runtime::mode() {
-            Mode::Native(policy) => native::socket(policy, domain, ty).unwrap_or_else(Errno::fail),
-            Mode::Uml(config) => uml::socket(config, domain, ty),
-            Mode::Lkl(config) => lkl::socket(config, domain, ty),
-            Mode::Passthrough => redhook::real!(socket)(domain, ty, protocol),
-        }
+        backend().socket(domain, ty, protocol)
     }
 }
 
 redhook::hook! {
     unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_connect {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(connect(fd, addr, len));
+        match owner(fd) {
+            Some((b, flags)) => b.connect(fd, flags, addr, len),
+            None => redhook::real!(connect)(fd, addr, len),
         }
-        if flags & TRACKED != 0 && flags & FIXED == 0 {
-            if let Mode::Native(policy) = runtime::mode() {
-                native::before_connect(policy, fd, flags, read_addr(addr, len));
-            }
-        }
-        redhook::real!(connect)(fd, addr, len)
     }
 }
 
 redhook::hook! {
     unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_bind {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(bind(fd, addr, len));
+        match owner(fd) {
+            Some((b, flags)) => b.bind(fd, flags, addr, len),
+            None => redhook::real!(bind)(fd, addr, len),
         }
-        if flags & TRACKED != 0 && flags & FIXED == 0 {
-            if let Mode::Native(policy) = runtime::mode() {
-                native::before_bind(policy, fd, flags, read_addr(addr, len));
-            }
-        }
-        redhook::real!(bind)(fd, addr, len)
     }
 }
 
 redhook::hook! {
     unsafe fn listen(fd: c_int, backlog: c_int) -> c_int => ds_listen {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(listen(fd, backlog));
+        match owner(fd) {
+            Some((b, flags)) => b.listen(fd, flags, backlog),
+            None => redhook::real!(listen)(fd, backlog),
         }
-        if flags & TRACKED != 0 {
-            if let Mode::Native(policy) = runtime::mode() {
-                native::before_listen(policy, fd, flags);
-            }
-        }
-        redhook::real!(listen)(fd, backlog)
     }
-}
-
-/// Sockets accepted on an MPTCP listener are MPTCP too (or fell back,
-/// which the close report tells apart).
-fn after_accept(listener_flags: u8, fd: c_int) -> c_int {
-    if fd >= 0 && listener_flags & MPTCP != 0 {
-        fdtable::set(fd, TRACKED | MPTCP | FIXED);
-    }
-    fd
 }
 
 redhook::hook! {
     unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_accept {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(accept4(fd, addr, len, 0));
+        match owner(fd) {
+            Some((b, flags)) => b.accept4(fd, flags, addr, len, 0),
+            None => redhook::real!(accept)(fd, addr, len),
         }
-        after_accept(flags, redhook::real!(accept)(fd, addr, len))
     }
 }
 
 redhook::hook! {
     unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, fl: c_int) -> c_int => ds_accept4 {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(accept4(fd, addr, len, fl));
+        match owner(fd) {
+            Some((b, flags)) => b.accept4(fd, flags, addr, len, fl),
+            None => redhook::real!(accept4)(fd, addr, len, fl),
         }
-        after_accept(flags, redhook::real!(accept4)(fd, addr, len, fl))
     }
 }
 
 redhook::hook! {
     unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int => ds_setsockopt {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(setsockopt(fd, level, name, val, len));
+        match owner(fd) {
+            Some((b, flags)) => b.setsockopt(fd, flags, level, name, val, len),
+            None => redhook::real!(setsockopt)(fd, level, name, val, len),
         }
-        if flags & TRACKED == 0 || flags & FIXED != 0 || len > MAX_RECORDED_OPTION {
-            return redhook::real!(setsockopt)(fd, level, name, val, len);
-        }
-        // A NULL or unreadable value still goes through the native path:
-        // MPTCP may refuse the option before reading it (EOPNOTSUPP) where
-        // TCP says EFAULT, and the program must see what TCP says. Such a
-        // call never succeeds, so nothing wrong is recorded.
-        let mut value = vec![0u8; len as usize];
-        if !copy_in(val as *const u8, &mut value) {
-            value.clear();
-        }
-        let opt = SockOpt { level, name, value };
-        native::setsockopt(fd, flags, opt, || redhook::real!(setsockopt)(fd, level, name, val, len))
     }
 }
 
 redhook::hook! {
     unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int => ds_getsockopt {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 {
-            return backend!(getsockopt(fd, level, name, val, len));
+        match owner(fd) {
+            Some((b, flags)) => b.getsockopt(fd, flags, level, name, val, len),
+            None => redhook::real!(getsockopt)(fd, level, name, val, len),
         }
-        let ret = redhook::real!(getsockopt)(fd, level, name, val, len);
-        // The program asked for TCP and must not be able to tell it got
-        // MPTCP: SO_PROTOCOL says TCP.
-        // A short buffer gets the leading bytes, as the kernel writes them.
-        if ret == 0 && level == libc::SOL_SOCKET && name == libc::SO_PROTOCOL && flags & MPTCP != 0 {
-            return put_int(val, len, libc::IPPROTO_TCP);
-        }
-        ret
     }
 }
 
 redhook::hook! {
     unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getsockname {
-        if fdtable::get(fd) & BACKEND_OWNED != 0 {
-            return backend!(getsockname(fd, addr, len));
+        match owner(fd) {
+            Some((b, _)) => b.getsockname(fd, addr, len),
+            None => redhook::real!(getsockname)(fd, addr, len),
         }
-        redhook::real!(getsockname)(fd, addr, len)
     }
 }
 
 redhook::hook! {
     unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getpeername {
-        if fdtable::get(fd) & BACKEND_OWNED != 0 {
-            return backend!(getpeername(fd, addr, len));
+        match owner(fd) {
+            Some((b, _)) => b.getpeername(fd, addr, len),
+            None => redhook::real!(getpeername)(fd, addr, len),
         }
-        redhook::real!(getpeername)(fd, addr, len)
     }
 }
 
 redhook::hook! {
     unsafe fn shutdown(fd: c_int, how: c_int) -> c_int => ds_shutdown {
-        if fdtable::get(fd) & BACKEND_OWNED != 0 {
-            return backend!(shutdown(fd, how));
+        match owner(fd) {
+            Some((b, _)) => b.shutdown(fd, how),
+            None => redhook::real!(shutdown)(fd, how),
         }
-        redhook::real!(shutdown)(fd, how)
+    }
+}
+
+/// The descriptor `fd` is going away (close, or dup2/dup3 over it):
+/// forget it, and let its backend know.
+fn forget(fd: c_int) {
+    let flags = fdtable::take(fd);
+    if flags & TRACKED != 0 {
+        let b = backend();
+        if b.owns(flags) {
+            b.close(fd, flags);
+        }
     }
 }
 
 redhook::hook! {
     unsafe fn close(fd: c_int) -> c_int => ds_close {
-        let flags = fdtable::take(fd);
-        if flags & BACKEND_OWNED != 0 {
-            backend!(forget(fd));
-        } else if flags & MPTCP != 0 && log::enabled(log::Level::Info) {
-            native::report_close(fd);
-        }
+        forget(fd);
         redhook::real!(close)(fd)
     }
 }
 
 /// dup2/dup3 close what `newfd` was: forget it like close() would.
 fn forget_replaced(oldfd: c_int, newfd: c_int, ret: c_int) -> c_int {
-    if ret >= 0 && oldfd != newfd && fdtable::take(newfd) & BACKEND_OWNED != 0 {
-        backend!(forget(newfd));
+    if ret >= 0 && oldfd != newfd {
+        forget(newfd);
     }
     ret
 }
@@ -441,12 +391,13 @@ fn forget_replaced(oldfd: c_int, newfd: c_int, ret: c_int) -> c_int {
 /// A duplicate of a backend's socket is the same socket under a second
 /// number: the backend learns of it, so it answers getsockname,
 /// getpeername and getsockopt as the original (the program's descriptor
-/// itself is a Unix socket or a bridge).
+/// itself may be a Unix socket or a bridge).
 fn after_dup(oldfd: c_int, newfd: c_int) -> c_int {
     if newfd >= 0 && newfd != oldfd {
-        let flags = fdtable::get(oldfd);
-        if flags & BACKEND_OWNED != 0 && backend!(dup(oldfd, newfd)) {
-            fdtable::set(newfd, flags);
+        if let Some((b, flags)) = owner(oldfd) {
+            if b.dup(oldfd, newfd) {
+                fdtable::set(newfd, flags);
+            }
         }
     }
     newfd
@@ -500,13 +451,41 @@ redhook::hook! {
 // its descriptor later; its epoll registrations are recorded to be made again.
 redhook::hook! {
     unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int => ds_epoll_ctl {
-        let flags = fdtable::get(fd);
-        if flags & BACKEND_OWNED != 0 && flags & FIXED == 0 {
-            return backend!(epoll_ctl(epfd, op, fd, ev));
+        match owner(fd) {
+            Some((b, flags)) if flags & crate::fdtable::FIXED == 0 => b.epoll_ctl(epfd, op, fd, ev),
+            _ => redhook::real!(epoll_ctl)(epfd, op, fd, ev),
         }
-        redhook::real!(epoll_ctl)(epfd, op, fd, ev)
     }
 }
+
+// The data calls go straight to the kernel; they are hooked only so that
+// DROPSHIM_FAULTS can reach them. With no faults asked for, the cost is
+// one relaxed atomic load.
+macro_rules! data_hook {
+    ($name:ident, $ds:ident, ($fd:ident, $buf:ident : $bt:ty, $len:ident $(, $a:ident : $t:ty)*)) => {
+        redhook::hook! {
+            unsafe fn $name($fd: c_int, $buf: $bt, $len: libc::size_t $(, $a: $t)*) -> libc::ssize_t => $ds {
+                if crate::faults::active() {
+                    match crate::faults::data(stringify!($name), $fd, $len) {
+                        crate::faults::Data::Go(n) => return redhook::real!($name)($fd, $buf, n $(, $a)*),
+                        crate::faults::Data::Fail(e) => {
+                            Errno(e).set();
+                            return -1;
+                        }
+                    }
+                }
+                redhook::real!($name)($fd, $buf, $len $(, $a)*)
+            }
+        }
+    };
+}
+
+data_hook!(read, ds_read, (fd, buf: *mut c_void, count));
+data_hook!(write, ds_write, (fd, buf: *const c_void, count));
+data_hook!(recv, ds_recv, (fd, buf: *mut c_void, len, flags: c_int));
+data_hook!(send, ds_send, (fd, buf: *const c_void, len, flags: c_int));
+data_hook!(recvfrom, ds_recvfrom, (fd, buf: *mut c_void, len, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t));
+data_hook!(sendto, ds_sendto, (fd, buf: *const c_void, len, flags: c_int, addr: *const sockaddr, alen: socklen_t));
 
 /// libc's own functions, for backends that complete a call themselves.
 pub(crate) mod real {

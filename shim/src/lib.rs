@@ -10,13 +10,22 @@
 //! Must not touch: any other socket (UDP, Unix, raw, netlink), any
 //! descriptor it did not create, and on the native backend the data path
 //! (read, write, send, recv, poll go straight to the kernel). It must
-//! never crash, block or print on stdout in the host program.
+//! never crash, block or print on stdout in the host program. The data
+//! calls (read, write, recv, send, recvfrom, sendto) are hooked only for
+//! fault injection and pass straight through when it is off.
 //!
 //! Layout: [`hooks`] is the only place that exports C symbols; it sorts
-//! calls and hands ours to [`native`], [`uml`] or [`lkl`]. [`fdtable`] remembers
-//! which descriptors are ours. [`runtime`] reads the configuration once.
-//! [`forklock`] keeps fork() from leaving the shim's locks taken in a child.
+//! calls and hands ours to this process's backend through the contract
+//! ([`contract`]: one trait, implemented for [`native`], [`uml`] and
+//! [`lkl`] in [`backends`], and by the wrappers [`trace`]
+//! (`DROPSHIM_TRACE`) and [`faults`] (`DROPSHIM_FAULTS`)). [`fdtable`]
+//! remembers which descriptors are ours. [`runtime`] reads the
+//! configuration once. [`forklock`] keeps fork() from leaving the shim's
+//! locks taken in a child.
 
+mod backends;
+mod contract;
+mod faults;
 mod fdtable;
 mod forklock;
 mod hooks;
@@ -24,6 +33,7 @@ mod lkl;
 mod log;
 mod native;
 mod runtime;
+mod trace;
 mod uml;
 
 use std::os::raw::c_int;

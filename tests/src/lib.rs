@@ -8,6 +8,7 @@
 
 pub mod lkl;
 pub mod reliability;
+pub mod stack;
 pub mod uml;
 
 use anyhow::{bail, Context, Result};

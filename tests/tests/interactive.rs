@@ -10,59 +10,13 @@
 //! latency figures themselves come from `dropshim bench --scenario rr`.
 
 use anyhow::{bail, ensure, Context, Result};
-use dropshim_testbed::Testbed;
-use dropshim_tests::lkl::{lkl_node, on_lkl, LklNode};
-use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::stack::{peer, Stack};
 use dropshim_tests::*;
 use std::process::Command;
 use std::time::Duration;
 
 const SHORT: Duration = Duration::from_secs(20);
 const RUN: Duration = Duration::from_secs(120);
-
-/// The stack gw1's programs run on.
-enum Stack {
-    Native,
-    Uml(UmlDevice),
-    Lkl(LklNode),
-}
-
-impl Stack {
-    fn up(name: &str, tb: &Testbed, tag: &str) -> Result<Stack> {
-        Ok(match name {
-            "native" => Stack::Native,
-            "uml" => Stack::Uml(UmlDevice::up(tb, "gw1", &[1, 2], tag)?),
-            "lkl" => Stack::Lkl(lkl_node(tb, "\"subflow\"")?),
-            other => bail!("unknown stack {other}"),
-        })
-    }
-
-    /// `program` in gw1 on this stack.
-    fn command(&self, tb: &Testbed, program: &str) -> Result<Command> {
-        match self {
-            Stack::Native => shimmed(tb, "gw1", program, &[]),
-            Stack::Uml(dev) => {
-                let mut cmd = shimmed(tb, "gw1", program, &[])?;
-                cmd.env("DROPSHIM_CONFIG", dev.config());
-                Ok(cmd)
-            }
-            Stack::Lkl(node) => on_lkl(tb, node, program),
-        }
-    }
-
-    /// A host in gw1 that a program on gw2 can reach this stack's server
-    /// at (the link-1 address, which the stack owns).
-    fn address(tb: &Testbed) -> Result<String> {
-        Ok(tb.addr4("gw1", 1)?.to_string())
-    }
-}
-
-/// `program` in gw2 as a native MPTCP program.
-fn peer(tb: &Testbed, program: &str) -> Result<Command> {
-    let mut cmd = plain(tb, "gw2", "mptcpize")?;
-    cmd.args(["run", program]);
-    Ok(cmd)
-}
 
 fn probe() -> String {
     target_dir().join("dropshim-rr").display().to_string()
