@@ -210,7 +210,9 @@ pub fn register_device(base: u64, size: u64, dev: Arc<dyn MmioDevice>) {
 
 /// Path of the library: `DROPSHIM_LKL_LIB`, else taken from the cache of
 /// `build-lkl.sh` next to this crate's sources, which builds it first only
-/// when `allow_build` (never inside a shimmed program: minutes).
+/// when `allow_build` (never inside a shimmed program: minutes); where
+/// those sources are not (an install from the Debian package), the
+/// library the package installed.
 pub fn locate_library(allow_build: bool) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("DROPSHIM_LKL_LIB") {
         let p = PathBuf::from(p);
@@ -224,6 +226,16 @@ pub fn locate_library(allow_build: bool) -> Result<PathBuf, String> {
         };
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("build-lkl.sh");
+    if !script.is_file() {
+        // Installed from the Debian package: the library ships with it.
+        let installed = PathBuf::from(format!(
+            "/usr/lib/{}-linux-gnu/dropshim/liblkl.so",
+            std::env::consts::ARCH
+        ));
+        if installed.is_file() {
+            return Ok(installed);
+        }
+    }
     let mut cmd = std::process::Command::new("sh");
     cmd.arg(&script);
     if !allow_build {

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 mod bench;
 mod check;
 mod device;
+mod generate;
 mod run;
 mod testbed_cmd;
 
@@ -41,6 +42,9 @@ enum Command {
     Testbed(testbed_cmd::Args),
     /// Measure TCP vs MPTCP (dropshim, mptcpize) on the two-gateways testbed.
     Bench(bench::Args),
+    /// Write man pages and shell completions (used to build the package).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Status(args) => device::status(args),
         Command::Testbed(args) => testbed_cmd::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Generate(args) => generate::main::<Cli>(args),
     };
     match result {
         Ok(code) => code,

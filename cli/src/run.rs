@@ -74,13 +74,19 @@ pub fn library_path(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// libdropshim.so sits next to the dropshim executable in a cargo build
-/// (target/release/) and in an install (bin/ and lib/ side by side).
+/// (target/release/), in lib/ beside bin/ in an install from source, and
+/// in the multiarch library folder in the Debian package
+/// (/usr/lib/x86_64-linux-gnu/).
 fn default_library() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the dropshim executable")?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     let candidates = [
         dir.join("libdropshim.so"),
         dir.join("../lib/libdropshim.so"),
+        dir.join(format!(
+            "../lib/{}-linux-gnu/libdropshim.so",
+            std::env::consts::ARCH
+        )),
     ];
     Ok(candidates
         .iter()
