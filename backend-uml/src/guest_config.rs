@@ -15,9 +15,14 @@ pub fn guest_ifname(index: usize) -> String {
     format!("vec{index}")
 }
 
+/// Where the guest records the state it read back after configuring,
+/// next to the device file it applied (`dropshim show` reads it).
+pub const STATE_FILE: &str = "guest-state.json";
+
 /// Loads the device file at `path` (reached through hostfs) and applies
 /// it to the guest kernel. Idempotent: what already matches is left alone,
-/// so it also restores what a device reopen removed.
+/// so it also restores what a device reopen removed. Then reads the state
+/// back through netlink and records it in [`STATE_FILE`] beside `path`.
 pub fn apply(path: &Path) -> Result<Vec<String>, String> {
     let cfg = dropshim_conf::resolve(Some(path), Some("uml")).map_err(|e| e.to_string())?;
     let mut rtnl = dropshim_netlink::host_rtnl().map_err(|e| e.to_string())?;
@@ -37,8 +42,23 @@ pub fn apply(path: &Path) -> Result<Vec<String>, String> {
         owned_endpoints: Vec::new(),
         origin: &origin,
     };
-    kernel
+    let applied = kernel
         .apply(&cfg, &opts)
-        .map(|a| a.report)
-        .map_err(|e| format!("configuring the guest from {origin}: {e}"))
+        .map_err(|e| format!("configuring the guest from {origin}: {e}"))?;
+    let mut indexes = Vec::new();
+    for i in 0..cfg.interfaces.len() {
+        indexes.push(
+            kernel
+                .rtnl
+                .link_index(&guest_ifname(i))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let state = kernel
+        .state(&indexes)
+        .map_err(|e| format!("reading the guest's state back: {e}"))?;
+    let file = path.with_file_name(STATE_FILE);
+    std::fs::write(&file, state.to_json())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(applied.report)
 }

@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use dropshim_conf::{BackendKind, DeviceConfig};
-use dropshim_netlink::configure::{Iface, Kernel, Options, Ownership};
+use dropshim_netlink::configure::{DeviceState, Iface, Kernel, Options, Ownership};
 use dropshim_netlink::diag::{self, MptcpConnection};
 use dropshim_netlink::mptcp::{Endpoint, Limits, MptcpPm};
 use dropshim_netlink::route::Rtnl;
@@ -52,6 +52,19 @@ pub struct StatusArgs {
     /// Also show what `dropshim up` did for this device.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// The device file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override the file's backend (native, uml, lkl).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `up` changed, and what it replaced, for `down` to undo.
@@ -560,4 +573,87 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// `dropshim show`: the state of the device's stack as far as the device
+/// file describes it, read back through the netlink layer. native: this
+/// network namespace; uml: the running instance's guest, as its agent read
+/// it back after configuring; lkl: a library kernel booted in this process
+/// and configured as a program's would be.
+pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, kind) = load_device(&args.config, args.backend.as_deref())?;
+    let names: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+    let state = match kind {
+        BackendKind::Native => {
+            let mut host = Host::open()?;
+            let mut indexes = Vec::new();
+            for n in &names {
+                indexes.push(host.rtnl.link_index(n)?);
+            }
+            host.kernel().state(&indexes)?
+        }
+        BackendKind::Uml => {
+            let file = dropshim_backend_uml::run_dir(&cfg.device.name)
+                .join(dropshim_backend_uml::guest_config::STATE_FILE);
+            let text = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "uml device {:?} is not running or not configured yet (no {}); start it with `dropshim up --config {}`",
+                    cfg.device.name,
+                    file.display(),
+                    args.config.display()
+                )
+            })?;
+            DeviceState::from_json(&text)?
+        }
+        BackendKind::Lkl => lkl_state(&cfg)?,
+    };
+    if args.json {
+        println!("{}", state.to_json());
+    } else {
+        println!("device {} ({}):", cfg.device.name, kind.as_str());
+        for line in state.lines(&names) {
+            println!("  {line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Boots a library kernel here, gives it the file's interfaces, applies the
+/// file and reads the state back.
+fn lkl_state(cfg: &DeviceConfig) -> anyhow::Result<DeviceState> {
+    use dropshim_backend_lkl::{BootOptions, Lkl};
+    let mut opts = BootOptions {
+        build_if_missing: false,
+        ..BootOptions::default()
+    };
+    if let Some(s) = &cfg.lkl {
+        opts.mem_bytes = u64::from(s.memory_mib) << 20;
+        for o in &s.boot_options {
+            opts.cmdline.push(' ');
+            opts.cmdline.push_str(o);
+        }
+    }
+    let lkl = Lkl::boot(&opts).map_err(|e| anyhow!("{e}"))?;
+    let result = (|| -> anyhow::Result<DeviceState> {
+        let mut devices = Vec::new();
+        for iface in &cfg.interfaces {
+            devices.push(
+                lkl.add_device(&iface.name)
+                    .map_err(|e| anyhow!("interface {}: {e}", iface.name))?,
+            );
+        }
+        lkl.configure(cfg, &devices).map_err(|e| anyhow!("{e}"))?;
+        let mut rtnl = lkl.rtnl().map_err(|e| anyhow!("{e}"))?;
+        let mut pm = lkl.mptcp_pm().map_err(|e| anyhow!("{e}"))?;
+        let indexes: Vec<u32> = devices.iter().map(|d| d.ifindex as u32).collect();
+        let state = Kernel {
+            rtnl: &mut rtnl,
+            pm: &mut pm,
+            sys: &lkl,
+        }
+        .state(&indexes)?;
+        Ok(state)
+    })();
+    let _ = lkl.halt();
+    result
 }

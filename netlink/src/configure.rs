@@ -124,7 +124,7 @@ struct Wanted {
 
 /// The state of a kernel as far as a device file describes it; read back
 /// the same way on every stack.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceState {
     /// Per interface of the file: its addresses (link-local ones left out),
     /// sorted.
@@ -140,6 +140,42 @@ pub struct DeviceState {
     pub path_manager: String,
     /// Scheduler name.
     pub scheduler: String,
+}
+
+impl DeviceState {
+    /// As JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// From JSON written by [`DeviceState::to_json`].
+    pub fn from_json(text: &str) -> io::Result<Self> {
+        serde_json::from_str(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// One line per item, for people; interfaces named as in the file.
+    pub fn lines(&self, names: &[String]) -> Vec<String> {
+        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
+        let mut out = Vec::new();
+        for (i, addrs) in self.addresses.iter().enumerate() {
+            let list: Vec<String> = addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect();
+            out.push(format!("interface {}: {}", name(i), list.join(" ")));
+        }
+        for (i, gw, metric) in &self.default_routes {
+            out.push(format!("default via {gw} dev {} metric {metric}", name(*i)));
+        }
+        for (a, flags, i) in &self.endpoints {
+            let dev = i.map(|i| format!(" dev {}", name(i))).unwrap_or_default();
+            out.push(format!("endpoint {a} {flags}{dev}"));
+        }
+        out.push(format!(
+            "limits subflows {} add_addr_accepted {}",
+            self.limits.subflows, self.limits.add_addr_accepted
+        ));
+        out.push(format!("path manager {}", self.path_manager));
+        out.push(format!("scheduler {}", self.scheduler));
+        out
+    }
 }
 
 impl<R: Transport, G: Transport, S: Sysctls + ?Sized> Kernel<'_, R, G, S> {
@@ -387,6 +423,14 @@ impl<R: Transport, G: Transport, S: Sysctls + ?Sized> Kernel<'_, R, G, S> {
                     to_add.push(w);
                 }
                 Some(e) => {
+                    let dev = match e.ifindex {
+                        Some(i) => {
+                            let links = self.rtnl.links().unwrap_or_default();
+                            let name = links.into_iter().find(|l| l.index == i).map(|l| l.name);
+                            format!(" dev {}", name.unwrap_or_else(|| format!("#{i}")))
+                        }
+                        None => String::new(),
+                    };
                     return Err(io::Error::new(
                         io::ErrorKind::AlreadyExists,
                         format!(
@@ -396,12 +440,12 @@ impl<R: Transport, G: Transport, S: Sysctls + ?Sized> Kernel<'_, R, G, S> {
                             e.addr,
                             e.id,
                             e.flags,
-                            e.ifindex.map(|i| format!(" dev #{i}")).unwrap_or_default(),
+                            dev,
                             w.flags,
                             w.interface,
                             e.id
                         ),
-                    ))
+                    ));
                 }
                 None => to_add.push(w),
             }

@@ -57,7 +57,9 @@ const ADDR_ATTR_FLAGS: u16 = 6;
 const ADDR_ATTR_IF_IDX: u16 = 7;
 
 /// Endpoint flags, bit for bit the kernel's `MPTCP_PM_ADDR_FLAG_*`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct EndpointFlags(pub u32);
 
 impl EndpointFlags {
@@ -164,7 +166,7 @@ pub struct NewEndpoint {
 }
 
 /// `ip mptcp limits`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Extra subflows per connection.
     pub subflows: u32,
