@@ -818,7 +818,7 @@ impl<T: Transport> Events<T> {
     }
 
     /// Blocks for the next datagram and returns its events.
-    pub fn next(&mut self) -> io::Result<Vec<Event>> {
+    pub fn wait(&mut self) -> io::Result<Vec<Event>> {
         Ok(self
             .conn
             .recv_messages::<GenlMessage<EventMessage>>()?

@@ -123,6 +123,29 @@ impl HostSocket {
         Ok(s)
     }
 
+    /// Makes a blocking receive fail with `WouldBlock` after `timeout`.
+    pub fn set_recv_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+        };
+        // SAFETY: `tv` lives across the call and its exact size is passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_setsockopt,
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn setsockopt(&self, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
         // SAFETY: `value` lives across the call and its size is passed.
         let rc = unsafe {
