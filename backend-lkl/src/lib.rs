@@ -4,8 +4,10 @@
 //! (`kernel/`, GPL-2.0, kept apart and built into its own `liblkl.so` by
 //! `build-lkl.sh`), and this Rust host side (MIT OR Apache-2.0): the host
 //! operations the kernel needs, virtio-net devices fed by raw packet
-//! sockets, and a safe API (boot, interfaces, sysctls, MPTCP endpoints and
-//! limits through the library kernel's own netlink, socket calls, halt).
+//! sockets, and a safe API (boot, interfaces, sysctls, socket calls,
+//! halt). Device configuration (addresses, routes, MPTCP endpoints and
+//! limits) goes through dropshim's netlink layer over the library
+//! kernel's own netlink sockets ([`LklSocket`], [`Lkl::configure`]).
 //! It must not touch the shim, the other backends or the host's network
 //! configuration beyond opening packet sockets on the interfaces it is
 //! given. The GPL code is only ever loaded at run time (dlopen), when this
@@ -19,6 +21,8 @@ mod netlink;
 mod sys;
 mod virtio;
 
+use dropshim_netlink::mptcp::Limits;
+use dropshim_netlink::route::{Address, Route, TABLE_MAIN};
 use std::ffi::{c_long, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -26,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use netlink::MptcpFlags;
+pub use netlink::LklSocket;
 pub use sys::locate_library;
 
 /// Why the lkl backend cannot be used in this build.
@@ -546,14 +550,8 @@ impl Lkl {
 
     /// Gives the library kernel a virtio-net interface whose frames travel
     /// over an AF_PACKET socket on `host_ifname` (which should carry no host
-    /// address), brings it up with `addrs` (address, prefix length) and adds
-    /// `routes` (destination, prefix length, optional gateway).
-    pub fn add_interface(
-        &self,
-        host_ifname: &str,
-        addrs: &[(IpAddr, u8)],
-        routes: &[(IpAddr, u8, Option<IpAddr>)],
-    ) -> Result<Interface> {
+    /// address); it stays down and unconfigured (see [`Lkl::configure`]).
+    pub fn add_device(&self, host_ifname: &str) -> Result<Interface> {
         let index = self.devices.lock().map(|d| d.len()).unwrap_or(0);
         let dev = virtio::NetDevice::open(host_ifname, index).map_err(Error::Host)?;
         let base = 0x1000_0000u64 + (index as u64) * 0x1000;
@@ -578,48 +576,64 @@ impl Lkl {
         if let Ok(mut d) = self.devices.lock() {
             d.push(dev);
         }
-        let nl = netlink::Netlink::open(self)?;
-        nl.link_up(ifindex)?;
-        for (a, p) in addrs {
-            nl.add_addr(ifindex, *a, *p)?;
-        }
-        for (dst, p, gw) in routes {
-            nl.add_route(ifindex, *dst, *p, *gw)?;
-        }
-        nl.close();
         Ok(Interface {
             host_ifname: host_ifname.to_string(),
             ifindex,
         })
     }
 
+    /// Gives the library kernel a virtio-net interface (see
+    /// [`Lkl::add_device`]), brings it up with `addrs` (address, prefix
+    /// length) and adds `routes` (destination, prefix length, optional
+    /// gateway).
+    pub fn add_interface(
+        &self,
+        host_ifname: &str,
+        addrs: &[(IpAddr, u8)],
+        routes: &[(IpAddr, u8, Option<IpAddr>)],
+    ) -> Result<Interface> {
+        let itf = self.add_device(host_ifname)?;
+        let index = itf.ifindex as u32;
+        let mut nl = self.rtnl()?;
+        let io = |e: std::io::Error| Error::Host(e.to_string());
+        nl.set_link_up(index, true).map_err(io)?;
+        for (a, p) in addrs {
+            nl.add_address(&Address {
+                index,
+                addr: *a,
+                prefix: *p,
+            })
+            .map_err(io)?;
+        }
+        for (dst, p, gw) in routes {
+            nl.add_route(&Route {
+                dst: *dst,
+                prefix: *p,
+                gateway: *gw,
+                oif: Some(index),
+                metric: 0,
+                table: TABLE_MAIN,
+            })
+            .map_err(io)?;
+        }
+        Ok(itf)
+    }
+
     /// Brings the loopback interface up (127.0.0.1/8, ::1).
     pub fn loopback_up(&self) -> Result<()> {
-        let nl = netlink::Netlink::open(self)?;
-        let r = nl.link_up(1);
-        nl.close();
-        r
+        self.rtnl()?
+            .set_link_up(1, true)
+            .map_err(|e| Error::Host(e.to_string()))
     }
 
     /// MPTCP limits of the in-kernel path manager.
     pub fn mptcp_set_limits(&self, subflows: u32, add_addr_accepted: u32) -> Result<()> {
-        let nl = netlink::Netlink::open_generic(self)?;
-        let r = nl.mptcp_set_limits(subflows, add_addr_accepted);
-        nl.close();
-        r
-    }
-
-    /// Adds an MPTCP endpoint (address, optional interface, flags).
-    pub fn mptcp_add_endpoint(
-        &self,
-        addr: IpAddr,
-        ifindex: Option<i32>,
-        flags: MptcpFlags,
-    ) -> Result<()> {
-        let nl = netlink::Netlink::open_generic(self)?;
-        let r = nl.mptcp_add_endpoint(addr, ifindex, flags);
-        nl.close();
-        r
+        self.mptcp_pm()?
+            .set_limits(Limits {
+                subflows,
+                add_addr_accepted,
+            })
+            .map_err(|e| Error::Host(e.to_string()))
     }
 
     /// Halts the kernel: every kernel thread ends, devices stop. Calls still

@@ -2,8 +2,9 @@
 //!
 //! Owns: turning a TCP socket into an MPTCP one and back (same descriptor
 //! number, options carried over), reading what MPTCP really did on a
-//! socket (MPTCP_INFO, subflows), and preparing a device (endpoints,
-//! limits, path manager, scheduler) through the kernel's netlink.
+//! socket (MPTCP_INFO, subflows). Preparing a device (endpoints, limits,
+//! path manager, scheduler) and listing connections is the netlink
+//! layer's work (`dropshim-netlink`).
 //!
 //! Must not touch: the data path. Once a socket speaks the right protocol
 //! the program talks to the kernel directly; nothing here runs per read or
@@ -11,7 +12,5 @@
 //! names: inside `libdropshim.so` those names are the shim's own hooks,
 //! so [`sys`] issues raw system calls instead.
 
-pub mod diag;
-pub mod pm;
 pub mod socket;
 pub mod sys;

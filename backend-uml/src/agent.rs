@@ -1,7 +1,7 @@
 //! The guest agent: init of the UML instance.
 //!
-//! It runs the configuration commands the supervisor wrote (addresses,
-//! routes, MPTCP endpoints, limits, path manager), listens on the private
+//! It runs the configuration commands the supervisor wrote (the device
+//! file through the device configurator, then the private link), listens on the private
 //! link, and for each bridge connection opens the program's socket in the
 //! guest (MPTCP or TCP as the host's policy decided) and moves bytes
 //! between the two with splice(2), so the guest's user space never copies
@@ -102,6 +102,8 @@ fn setup(cmds: &Path) -> Result<TcpListener, String> {
 
 fn run_command(argv: &[&str]) -> Result<(), String> {
     match argv {
+        // `configure FILE`: the device file, by the device configurator.
+        ["configure", path] => crate::guest_config::apply(Path::new(path)).map(drop),
         // `sysctl KEY VALUE`: written directly, the guest has no sysctl(8) need.
         ["sysctl", key, value] => {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
@@ -149,7 +151,7 @@ fn reset_device(index: u64) -> Result<(), String> {
         .map_err(|e| format!("cannot read {}: {e}", cmds.display()))?;
     for line in text.lines() {
         let argv: Vec<&str> = line.split('\t').collect();
-        if !argv.contains(&dev.as_str()) {
+        if !argv.contains(&dev.as_str()) && argv.first() != Some(&"configure") {
             continue;
         }
         if let Err(e) = run_command(&argv) {

@@ -4,7 +4,7 @@
 
 use crate::proto::{Kind, Notice, Reply, Request, MAX_REQUEST, NOTICE_LEN, REPLY_LEN};
 use crate::{run_dir, safe_name, sys};
-use dropshim_conf::{DeviceConfig, PathManager};
+use dropshim_conf::DeviceConfig;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -208,85 +208,18 @@ fn host_addresses(ifname: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The device file's copy in the run directory, which the guest applies.
+const GUEST_DEVICE_FILE: &str = "device.toml";
+
 /// The commands the guest agent runs, one per line, arguments separated
-/// by tabs. Interfaces are vec0..vecN-1 in the device file's order; the
-/// private link is vecN.
-pub fn guest_commands(cfg: &DeviceConfig) -> Vec<Vec<String>> {
+/// by tabs: `configure FILE` applies the device file with the device
+/// configurator ([`crate::guest_config`]; interfaces are vec0..vecN-1 in
+/// the file's order), then the private link vecN comes up.
+pub fn guest_commands(cfg: &DeviceConfig, config_path: &Path) -> Vec<Vec<String>> {
     let mut cmds: Vec<Vec<String>> = Vec::new();
     let mut add = |v: &[&str]| cmds.push(v.iter().map(|s| s.to_string()).collect());
-    add(&["ip", "link", "set", "lo", "up"]);
+    add(&["configure", &config_path.to_string_lossy()]);
     let n = cfg.interfaces.len();
-    for (i, iface) in cfg.interfaces.iter().enumerate() {
-        let dev = format!("vec{i}");
-        add(&["ip", "link", "set", &dev, "up"]);
-        for a in &iface.addresses {
-            let cidr = a.to_string();
-            if a.addr.is_ipv6() {
-                add(&["ip", "addr", "add", &cidr, "dev", &dev, "nodad"]);
-            } else {
-                add(&["ip", "addr", "add", &cidr, "dev", &dev]);
-            }
-        }
-    }
-    for (i, iface) in cfg.interfaces.iter().enumerate() {
-        if let Some(gw) = iface.gateway {
-            let dev = format!("vec{i}");
-            let fam = if gw.is_ipv6() { "-6" } else { "-4" };
-            add(&[
-                "ip",
-                fam,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gw.to_string(),
-                "dev",
-                &dev,
-            ]);
-        }
-    }
-    if let Some(pm) = cfg.mptcp.path_manager {
-        let v = match pm {
-            PathManager::Kernel => "0",
-            PathManager::Userspace => "1",
-        };
-        add(&["sysctl", "net.mptcp.pm_type", v]);
-    }
-    if let Some(s) = &cfg.mptcp.scheduler {
-        add(&["sysctl", "net.mptcp.scheduler", s]);
-    }
-    if let Some(l) = cfg.mptcp.limits {
-        add(&[
-            "ip",
-            "mptcp",
-            "limits",
-            "set",
-            "subflows",
-            &l.subflows.to_string(),
-            "add_addr_accepted",
-            &l.add_addr_accepted.to_string(),
-        ]);
-    }
-    for (i, iface) in cfg.interfaces.iter().enumerate() {
-        if iface.endpoint.is_empty() {
-            continue;
-        }
-        let dev = format!("vec{i}");
-        for a in &iface.addresses {
-            let addr = a.addr.to_string();
-            let mut v = vec![
-                "ip",
-                "mptcp",
-                "endpoint",
-                "add",
-                addr.as_str(),
-                "dev",
-                dev.as_str(),
-            ];
-            v.extend(iface.endpoint.iter().map(|r| r.as_str()));
-            add(&v);
-        }
-    }
     let bridge = format!("{}/30", Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR));
     let pdev = format!("vec{n}");
     add(&["ip", "link", "set", &pdev, "up"]);
@@ -577,6 +510,10 @@ pub fn supervise(config_path: &Path, kernel: &Path) -> Result<()> {
         format!("{}\n", std::process::id()),
     )
     .map_err(io_err("pid file"))?;
+    std::fs::copy(config_path, run.join(GUEST_DEVICE_FILE)).map_err(io_err(format!(
+        "cannot copy {} to the run directory",
+        config_path.display()
+    )))?;
     let n = names(&device);
     cleanup_network(&device);
     // Block the stop signals in every thread; one thread waits for them.
@@ -634,7 +571,10 @@ fn boot_and_serve(
         ip(&["link", "set", &iface.name, "up"])?;
     }
 
-    let text: String = guest_commands(cfg)
+    // The guest applies this snapshot, at boot and again when a device is
+    // reopened: an edit of the file while the instance runs changes nothing.
+    let snapshot = run.join(GUEST_DEVICE_FILE);
+    let text: String = guest_commands(cfg, &snapshot)
         .iter()
         .map(|c| c.join("\t") + "\n")
         .collect();
@@ -1098,25 +1038,18 @@ cmdline = ["quiet"]
     }
 
     #[test]
-    fn guest_commands_configure_every_interface_then_the_private_link() {
-        let lines: Vec<String> = guest_commands(&device())
+    fn guest_commands_configure_the_device_then_the_private_link() {
+        let lines: Vec<String> = guest_commands(&device(), Path::new("/etc/dropshim/t1.toml"))
             .iter()
             .map(|c| c.join(" "))
             .collect();
-        let has = |l: &str| lines.iter().any(|x| x == l);
-        assert!(has("ip addr add 198.18.1.1/24 dev vec0"));
-        assert!(has("ip addr add 2001:2:0:1::1/64 dev vec0 nodad"));
-        assert!(has("ip -4 route add default via 198.18.1.2 dev vec0"));
-        assert!(has("sysctl net.mptcp.pm_type 0"));
-        assert!(has("ip mptcp limits set subflows 2 add_addr_accepted 1"));
-        assert!(has(
-            "ip mptcp endpoint add 198.18.2.1 dev vec1 subflow backup"
-        ));
-        // Only the interface with roles gets an endpoint.
-        assert!(!lines.iter().any(|l| l.contains("endpoint add 198.18.1.1")));
         assert_eq!(
-            lines.last().map(String::as_str),
-            Some("ip addr add 198.19.255.254/30 dev vec2")
+            lines,
+            [
+                "configure /etc/dropshim/t1.toml",
+                "ip link set vec2 up",
+                "ip addr add 198.19.255.254/30 dev vec2",
+            ]
         );
     }
 

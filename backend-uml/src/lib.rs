@@ -26,6 +26,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod guest_config;
 pub mod host;
 pub mod linkwatch;
 pub mod proto;

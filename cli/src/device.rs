@@ -7,11 +7,13 @@
 //! nothing a user set by hand.
 
 use anyhow::{anyhow, bail, Context};
-use dropshim_backend_native::diag::{self, MptcpConnection};
-use dropshim_backend_native::pm::{
-    self, Endpoint, EndpointFlags, Limits, NewEndpoint, PathManager, Sysctl,
-};
 use dropshim_conf::{BackendKind, DeviceConfig};
+use dropshim_netlink::configure::{DeviceState, Iface, Kernel, Options, Ownership};
+use dropshim_netlink::diag::{self, MptcpConnection};
+use dropshim_netlink::mptcp::{Endpoint, Limits, MptcpPm};
+use dropshim_netlink::route::Rtnl;
+use dropshim_netlink::sysctl::{MptcpSysctl, ProcSys};
+use dropshim_netlink::HostSocket;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::IpAddr;
@@ -50,6 +52,19 @@ pub struct StatusArgs {
     /// Also show what `dropshim up` did for this device.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ShowArgs {
+    /// The device file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Override the file's backend (native, uml, lkl).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `up` changed, and what it replaced, for `down` to undo.
@@ -94,14 +109,6 @@ impl From<SavedLimits> for Limits {
             add_addr_accepted: l.add_addr_accepted,
         }
     }
-}
-
-/// One endpoint the device file asks for.
-struct Wanted {
-    interface: String,
-    ifindex: u32,
-    addr: IpAddr,
-    flags: EndpointFlags,
 }
 
 fn load_device(
@@ -171,94 +178,27 @@ fn write_state(path: &Path, state: &State) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the endpoints the device file asks for and checks that each
-/// address really is on its interface.
-fn wanted_endpoints(cfg: &DeviceConfig, config: &Path) -> anyhow::Result<Vec<Wanted>> {
-    let mut wanted = Vec::new();
-    let mut problems = Vec::new();
-    // Every listed interface and address is checked, roles or not: a file
-    // that names an address the host lacks is wrong either way.
-    for iface in &cfg.interfaces {
-        let ifindex = match pm::interface_index(&iface.name) {
-            Ok(i) => i,
-            Err(e) => {
-                problems.push(format!(
-                    "{e}: create it or fix interface {:?} in {}",
-                    iface.name,
-                    config.display()
-                ));
-                continue;
-            }
-        };
-        let present = pm::interface_addresses(&iface.name)
-            .with_context(|| format!("cannot list the addresses of interface {:?}", iface.name))?;
-        let flags = EndpointFlags::from_roles(&iface.endpoint);
-        for cidr in &iface.addresses {
-            if !present.contains(&cidr.addr) {
-                problems.push(format!(
-                    "address {} is not configured on interface {:?} (it has: {}); the native backend uses \
-                     the host's addresses: run `ip addr add {}/{} dev {}` or fix {}",
-                    cidr.addr,
-                    iface.name,
-                    if present.is_empty() {
-                        "no addresses".to_string()
-                    } else {
-                        present.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-                    },
-                    cidr.addr,
-                    cidr.prefix,
-                    iface.name,
-                    config.display()
-                ));
-                continue;
-            }
-            if iface.endpoint.is_empty() {
-                continue;
-            }
-            wanted.push(Wanted {
-                interface: iface.name.clone(),
-                ifindex,
-                addr: cidr.addr,
-                flags,
-            });
-        }
-    }
-    if !problems.is_empty() {
-        bail!("{}", problems.join("\n"));
-    }
-    Ok(wanted)
+/// The host kernel's netlink clients and sysctls.
+struct Host {
+    rtnl: Rtnl<HostSocket>,
+    pm: MptcpPm<HostSocket>,
+    sys: ProcSys,
 }
 
-/// Changes made by this run of `up`, undone if a later step fails.
-#[derive(Default)]
-struct Undo {
-    endpoints: Vec<u8>,
-    limits: Option<Limits>,
-    path_manager: Option<String>,
-    scheduler: Option<String>,
-}
+impl Host {
+    fn open() -> anyhow::Result<Self> {
+        Ok(Host {
+            rtnl: dropshim_netlink::host_rtnl()?,
+            pm: dropshim_netlink::host_mptcp_pm()?,
+            sys: ProcSys::default(),
+        })
+    }
 
-impl Undo {
-    fn run(self, nl: &mut PathManager, sys: &Sysctl) {
-        for id in self.endpoints {
-            if let Err(e) = nl.delete_endpoint(id) {
-                eprintln!("dropshim: warning: rollback: {e}");
-            }
-        }
-        if let Some(l) = self.limits {
-            if let Err(e) = nl.set_limits(l) {
-                eprintln!("dropshim: warning: rollback: {e}");
-            }
-        }
-        if let Some(p) = self.path_manager {
-            if let Err(e) = sys.set_path_manager(&p) {
-                eprintln!("dropshim: warning: rollback: {e}");
-            }
-        }
-        if let Some(s) = self.scheduler {
-            if let Err(e) = sys.set_scheduler(&s) {
-                eprintln!("dropshim: warning: rollback: {e}");
-            }
+    fn kernel(&mut self) -> Kernel<'_, HostSocket, HostSocket, ProcSys> {
+        Kernel {
+            rtnl: &mut self.rtnl,
+            pm: &mut self.pm,
+            sys: &self.sys,
         }
     }
 }
@@ -275,22 +215,6 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         return Err(not_native(kind, "up"));
     }
     let name = cfg.device.name.clone();
-    let sys = Sysctl::default();
-    if !sys.enabled()? {
-        bail!(
-            "MPTCP is disabled in this network namespace (net.mptcp.enabled = 0): \
-             run `sysctl -w net.mptcp.enabled=1`, then `dropshim up` again"
-        );
-    }
-    let wanted = wanted_endpoints(&cfg, &args.config)?;
-    // Refuse unavailable choices before changing anything.
-    if let Some(p) = cfg.mptcp.path_manager {
-        pm::check_available("path manager", p.as_str(), &sys.available_path_managers()?)?;
-    }
-    if let Some(s) = &cfg.mptcp.scheduler {
-        pm::check_available("scheduler", s, &sys.available_schedulers()?)?;
-    }
-
     let netns = netns_inode()?;
     let path = state_path(&name, netns);
     let previous = read_state(&path)?;
@@ -300,171 +224,67 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         netns,
         ..State::default()
     });
-    let mut nl = PathManager::open()?;
-    let mut undo = Undo::default();
-    let mut report = Vec::new();
-    let result = apply(
-        &cfg,
-        &wanted,
-        &mut state,
-        &mut nl,
-        &sys,
-        &mut undo,
-        &mut report,
-    )
+    let mut host = Host::open()?;
+    let origin = args.config.display().to_string();
+    let opts = Options {
+        ownership: Ownership::Host,
+        interfaces: cfg
+            .interfaces
+            .iter()
+            .map(|i| Iface::Named(i.name.clone()))
+            .collect(),
+        owned_endpoints: state.endpoints.iter().map(|e| (e.id, e.address)).collect(),
+        origin: &origin,
+    };
+    let applied = host.kernel().apply(&cfg, &opts).map_err(|e| {
+        anyhow!("{e}").context(format!(
+            "device {name}: `dropshim up` failed; changes of this run were undone"
+        ))
+    })?;
+    for e in &applied.endpoints_removed {
+        state.endpoints.retain(|r| r.id != e.id);
+    }
+    for e in &applied.endpoints_added {
+        state.endpoints.push(AddedEndpoint {
+            id: e.id,
+            address: e.addr,
+            flags: e.flags.names(),
+            interface: e.interface.clone(),
+            ifindex: e.ifindex,
+        });
+    }
+    // Keep the values from before the first up, not our own.
+    if let Some(l) = applied.limits_before {
+        state.previous_limits.get_or_insert(l.into());
+    }
+    if let Some(p) = &applied.path_manager_before {
+        state.previous_path_manager.get_or_insert(p.clone());
+    }
+    if let Some(s) = &applied.scheduler_before {
+        state.previous_scheduler.get_or_insert(s.clone());
+    }
     // Unrecorded changes could never be undone by `down`: undo them now.
-    .and_then(|()| write_state(&path, &state));
-    if let Err(e) = result {
-        undo.run(&mut nl, &sys);
+    if let Err(e) = write_state(&path, &state) {
+        for line in host.kernel().undo(&applied) {
+            eprintln!("dropshim: warning: rollback: {line}");
+        }
         return Err(e.context(format!(
             "device {name}: `dropshim up` failed; changes of this run were undone"
         )));
     }
-    match (report.is_empty(), was_up) {
+    match (applied.report.is_empty(), was_up) {
         (true, true) => println!("device {name} (native): already up, nothing changed"),
         (true, false) => {
             println!("device {name} (native): up, the system already matched the device file")
         }
         (false, _) => {
             println!("device {name} (native): up");
-            for line in report {
+            for line in applied.report {
                 println!("  {line}");
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn apply(
-    cfg: &DeviceConfig,
-    wanted: &[Wanted],
-    state: &mut State,
-    nl: &mut PathManager,
-    sys: &Sysctl,
-    undo: &mut Undo,
-    report: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let current = nl.endpoints()?;
-    let ours = |id: u8, addr: IpAddr| {
-        state
-            .endpoints
-            .iter()
-            .any(|e| e.id == id && e.address == addr)
-    };
-
-    // Endpoints we added earlier that the file no longer asks for, or asks
-    // for differently, are replaced; anything else a user made is left alone.
-    let mut to_add = Vec::new();
-    let mut to_delete = Vec::new();
-    for w in wanted {
-        match current.iter().find(|e| e.addr == w.addr) {
-            Some(e) if e.port == 0 && e.flags == w.flags && e.ifindex == Some(w.ifindex) => {}
-            Some(e) if ours(e.id, e.addr) => {
-                to_delete.push(e.clone());
-                to_add.push(w);
-            }
-            Some(e) => bail!(
-                "address {} already has MPTCP endpoint id {} ({}{}) that dropshim did not add, and it differs \
-                 from the device file ({} dev {}): delete it with `ip mptcp endpoint delete id {}` or make the \
-                 device file match",
-                e.addr,
-                e.id,
-                e.flags,
-                e.ifindex
-                    .map(|i| format!(" dev {}", pm::interface_name(i).unwrap_or_else(|| format!("#{i}"))))
-                    .unwrap_or_default(),
-                w.flags,
-                w.interface,
-                e.id
-            ),
-            None => to_add.push(w),
-        }
-    }
-    for rec in &state.endpoints {
-        let still_wanted = wanted.iter().any(|w| w.addr == rec.address);
-        if !still_wanted {
-            if let Some(e) = current
-                .iter()
-                .find(|e| e.id == rec.id && e.addr == rec.address)
-            {
-                to_delete.push(e.clone());
-            }
-        }
-    }
-    for e in &to_delete {
-        nl.delete_endpoint(e.id)?;
-        state.endpoints.retain(|r| r.id != e.id);
-        report.push(format!(
-            "removed endpoint id {} {} ({}) added by an earlier up",
-            e.id, e.addr, e.flags
-        ));
-    }
-    for w in to_add {
-        nl.add_endpoint(&NewEndpoint {
-            addr: w.addr,
-            port: 0,
-            flags: w.flags,
-            ifindex: Some(w.ifindex),
-            id: None,
-        })?;
-        let id = find_endpoint(nl, w.addr)?.id;
-        undo.endpoints.push(id);
-        state.endpoints.push(AddedEndpoint {
-            id,
-            address: w.addr,
-            flags: w.flags.names(),
-            interface: w.interface.clone(),
-            ifindex: w.ifindex,
-        });
-        report.push(format!(
-            "added endpoint id {id} {} {} dev {}",
-            w.addr, w.flags, w.interface
-        ));
-    }
-
-    if let Some(l) = cfg.mptcp.limits {
-        let want = Limits {
-            subflows: l.subflows,
-            add_addr_accepted: l.add_addr_accepted,
-        };
-        let now = nl.limits()?;
-        if now != want {
-            nl.set_limits(want)?;
-            undo.limits = Some(now);
-            // Keep the value from before the first up, not our own.
-            state.previous_limits.get_or_insert(now.into());
-            report.push(format!(
-                "limits subflows {} add_addr_accepted {} (were {} and {})",
-                want.subflows, want.add_addr_accepted, now.subflows, now.add_addr_accepted
-            ));
-        }
-    }
-    if let Some(p) = cfg.mptcp.path_manager {
-        let now = sys.path_manager()?;
-        if now != p.as_str() {
-            sys.set_path_manager(p.as_str())?;
-            undo.path_manager = Some(now.clone());
-            report.push(format!("path manager {} (was {now})", p.as_str()));
-            state.previous_path_manager.get_or_insert(now);
-        }
-    }
-    if let Some(s) = &cfg.mptcp.scheduler {
-        let now = sys.scheduler()?;
-        if &now != s {
-            sys.set_scheduler(s)?;
-            undo.scheduler = Some(now.clone());
-            report.push(format!("scheduler {s} (was {now})"));
-            state.previous_scheduler.get_or_insert(now);
-        }
-    }
-    Ok(())
-}
-
-fn find_endpoint(nl: &mut PathManager, addr: IpAddr) -> anyhow::Result<Endpoint> {
-    nl.endpoints()?
-        .into_iter()
-        .find(|e| e.addr == addr)
-        .ok_or_else(|| anyhow!("the kernel accepted endpoint {addr} but does not list it"))
 }
 
 pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
@@ -492,9 +312,8 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let mut nl = PathManager::open()?;
-    let sys = Sysctl::default();
-    let current = nl.endpoints()?;
+    let mut host = Host::open()?;
+    let current = host.pm.endpoints()?;
     let mut failures = Vec::new();
     let mut report = Vec::new();
 
@@ -512,7 +331,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
             ));
             continue;
         }
-        match nl.delete_endpoint(rec.id) {
+        match host.pm.delete_endpoint(rec.id) {
             Ok(()) => report.push(format!("removed endpoint id {} {}", rec.id, rec.address)),
             Err(e) => {
                 failures.push(e.to_string());
@@ -522,7 +341,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     }
     state.endpoints = kept;
     if let Some(l) = state.previous_limits {
-        match nl.set_limits(l.into()) {
+        match host.pm.set_limits(l.into()) {
             Ok(()) => {
                 report.push(format!(
                     "limits restored to subflows {} add_addr_accepted {}",
@@ -534,7 +353,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(p) = state.previous_path_manager.clone() {
-        match sys.set_path_manager(&p) {
+        match MptcpSysctl::new(&host.sys).set_path_manager(&p) {
             Ok(()) => {
                 report.push(format!("path manager restored to {p}"));
                 state.previous_path_manager = None;
@@ -543,7 +362,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(s) = state.previous_scheduler.clone() {
-        match sys.set_scheduler(&s) {
+        match MptcpSysctl::new(&host.sys).set_scheduler(&s) {
             Ok(()) => {
                 report.push(format!("scheduler restored to {s}"));
                 state.previous_scheduler = None;
@@ -584,13 +403,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let sys = Sysctl::default();
+    let mut host = Host::open()?;
+    let sys = MptcpSysctl::new(&host.sys);
     let enabled = sys.enabled()?;
     let path_manager = sys.path_manager()?;
     let scheduler = sys.scheduler()?;
-    let mut nl = PathManager::open()?;
-    let limits = nl.limits()?;
-    let endpoints = nl.endpoints()?;
+    let limits = host.pm.limits()?;
+    let endpoints = host.pm.endpoints()?;
     let conns = diag::connections().context("cannot list MPTCP connections")?;
 
     if args.json {
@@ -702,7 +521,7 @@ fn endpoint_dev(e: &Endpoint) -> String {
         .map(|i| {
             format!(
                 " dev {}",
-                pm::interface_name(i).unwrap_or_else(|| format!("#{i}"))
+                dropshim_netlink::interface_name(i).unwrap_or_else(|| format!("#{i}"))
             )
         })
         .unwrap_or_default()
@@ -715,7 +534,7 @@ fn endpoint_json(e: &Endpoint) -> serde_json::Value {
         "port": e.port,
         "flags": e.flags.names(),
         "ifindex": e.ifindex,
-        "dev": e.ifindex.and_then(pm::interface_name),
+        "dev": e.ifindex.and_then(dropshim_netlink::interface_name),
     })
 }
 
@@ -754,4 +573,87 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// `dropshim show`: the state of the device's stack as far as the device
+/// file describes it, read back through the netlink layer. native: this
+/// network namespace; uml: the running instance's guest, as its agent read
+/// it back after configuring; lkl: a library kernel booted in this process
+/// and configured as a program's would be.
+pub fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, kind) = load_device(&args.config, args.backend.as_deref())?;
+    let names: Vec<String> = cfg.interfaces.iter().map(|i| i.name.clone()).collect();
+    let state = match kind {
+        BackendKind::Native => {
+            let mut host = Host::open()?;
+            let mut indexes = Vec::new();
+            for n in &names {
+                indexes.push(host.rtnl.link_index(n)?);
+            }
+            host.kernel().state(&indexes)?
+        }
+        BackendKind::Uml => {
+            let file = dropshim_backend_uml::run_dir(&cfg.device.name)
+                .join(dropshim_backend_uml::guest_config::STATE_FILE);
+            let text = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "uml device {:?} is not running or not configured yet (no {}); start it with `dropshim up --config {}`",
+                    cfg.device.name,
+                    file.display(),
+                    args.config.display()
+                )
+            })?;
+            DeviceState::from_json(&text)?
+        }
+        BackendKind::Lkl => lkl_state(&cfg)?,
+    };
+    if args.json {
+        println!("{}", state.to_json());
+    } else {
+        println!("device {} ({}):", cfg.device.name, kind.as_str());
+        for line in state.lines(&names) {
+            println!("  {line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Boots a library kernel here, gives it the file's interfaces, applies the
+/// file and reads the state back.
+fn lkl_state(cfg: &DeviceConfig) -> anyhow::Result<DeviceState> {
+    use dropshim_backend_lkl::{BootOptions, Lkl};
+    let mut opts = BootOptions {
+        build_if_missing: false,
+        ..BootOptions::default()
+    };
+    if let Some(s) = &cfg.lkl {
+        opts.mem_bytes = u64::from(s.memory_mib) << 20;
+        for o in &s.boot_options {
+            opts.cmdline.push(' ');
+            opts.cmdline.push_str(o);
+        }
+    }
+    let lkl = Lkl::boot(&opts).map_err(|e| anyhow!("{e}"))?;
+    let result = (|| -> anyhow::Result<DeviceState> {
+        let mut devices = Vec::new();
+        for iface in &cfg.interfaces {
+            devices.push(
+                lkl.add_device(&iface.name)
+                    .map_err(|e| anyhow!("interface {}: {e}", iface.name))?,
+            );
+        }
+        lkl.configure(cfg, &devices).map_err(|e| anyhow!("{e}"))?;
+        let mut rtnl = lkl.rtnl().map_err(|e| anyhow!("{e}"))?;
+        let mut pm = lkl.mptcp_pm().map_err(|e| anyhow!("{e}"))?;
+        let indexes: Vec<u32> = devices.iter().map(|d| d.ifindex as u32).collect();
+        let state = Kernel {
+            rtnl: &mut rtnl,
+            pm: &mut pm,
+            sys: &lkl,
+        }
+        .state(&indexes)?;
+        Ok(state)
+    })();
+    let _ = lkl.halt();
+    result
 }

@@ -38,6 +38,9 @@ enum Command {
     Down(device::DownArgs),
     /// Show MPTCP connections with their subflows and bytes.
     Status(device::StatusArgs),
+    /// Show what a device's stack holds (addresses, default routes, MPTCP
+    /// endpoints, limits, path manager, scheduler), read back through netlink.
+    Show(device::ShowArgs),
     /// Build or remove an emulated network of namespaces.
     Testbed(testbed_cmd::Args),
     /// Measure TCP vs MPTCP (dropshim, mptcpize) on the two-gateways testbed.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Up(args) => device::up(args),
         Command::Down(args) => device::down(args),
         Command::Status(args) => device::status(args),
+        Command::Show(args) => device::show(args),
         Command::Testbed(args) => testbed_cmd::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Generate(args) => generate::main::<Cli>(args),

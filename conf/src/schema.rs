@@ -107,7 +107,9 @@ pub struct Interface {
     /// MPTCP endpoint roles for every address of this interface.
     #[serde(default)]
     pub endpoint: Vec<EndpointRole>,
-    /// Default gateway reached through this interface (uml and lkl only).
+    /// Default gateway reached through this interface (uml and lkl only):
+    /// each interface with one gets its own default route, metric 100 +
+    /// its position in the file, so the first carries the traffic.
     pub gateway: Option<IpAddr>,
 }
 

@@ -73,13 +73,13 @@ use crate::hooks::{
 };
 use crate::log;
 use crate::Errno;
-use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl, MptcpFlags};
-use dropshim_conf::{DeviceConfig, EndpointRole, PathManager};
+use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl};
+use dropshim_conf::DeviceConfig;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -193,19 +193,6 @@ fn kernel(config: &DeviceConfig) -> Result<&'static Lkl, Errno> {
     }
 }
 
-fn endpoint_flags(roles: &[EndpointRole]) -> MptcpFlags {
-    let mut f = MptcpFlags::default();
-    for r in roles {
-        match r {
-            EndpointRole::Subflow => f.subflow = true,
-            EndpointRole::Signal => f.signal = true,
-            EndpointRole::Backup => f.backup = true,
-            EndpointRole::Fullmesh => f.fullmesh = true,
-        }
-    }
-    f
-}
-
 fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
     let mut opts = BootOptions {
         build_if_missing: false,
@@ -219,26 +206,6 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
         }
     }
     let lkl = Lkl::boot(&opts).map_err(|e| e.to_string())?;
-    lkl.loopback_up().map_err(|e| format!("loopback: {e}"))?;
-    lkl.set_sysctl("net.mptcp.enabled", "1")
-        .map_err(|e| e.to_string())?;
-    if let Some(pm) = config.mptcp.path_manager {
-        let v = if pm == PathManager::Userspace {
-            "1"
-        } else {
-            "0"
-        };
-        lkl.set_sysctl("net.mptcp.pm_type", v)
-            .map_err(|e| e.to_string())?;
-    }
-    if let Some(s) = &config.mptcp.scheduler {
-        lkl.set_sysctl("net.mptcp.scheduler", s)
-            .map_err(|e| format!("scheduler {s:?}: {e}"))?;
-    }
-    if let Some(l) = config.mptcp.limits {
-        lkl.mptcp_set_limits(l.subflows, l.add_addr_accepted)
-            .map_err(|e| e.to_string())?;
-    }
     // The library kernel's MAC addresses are new in every process, but a
     // peer keeps the address it learned from the last process on these
     // links: its first SYNs to a server here would go to a MAC nobody
@@ -255,38 +222,22 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
             );
         }
     }
-    let (mut gw4, mut gw6) = (false, false);
+    let mut devices = Vec::with_capacity(config.interfaces.len());
     for iface in &config.interfaces {
-        let addrs: Vec<(IpAddr, u8)> = iface.addresses.iter().map(|c| (c.addr, c.prefix)).collect();
-        let mut routes = Vec::new();
-        // One default route per family: the first interface naming a
-        // gateway carries it (a second identical default would be EEXIST).
-        match iface.gateway {
-            Some(gw @ IpAddr::V4(_)) if !gw4 => {
-                gw4 = true;
-                routes.push((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0, Some(gw)));
-            }
-            Some(gw @ IpAddr::V6(_)) if !gw6 => {
-                gw6 = true;
-                routes.push((IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0, Some(gw)));
-            }
-            _ => {}
-        }
-        let itf = lkl
-            .add_interface(&iface.name, &addrs, &routes)
-            .map_err(|e| format!("interface {}: {e}", iface.name))?;
+        devices.push(
+            lkl.add_device(&iface.name)
+                .map_err(|e| format!("interface {}: {e}", iface.name))?,
+        );
+    }
+    // Links, addresses, default routes, endpoints, limits, path manager
+    // and scheduler: the same configurator as the host and the uml guest.
+    lkl.configure(config, &devices).map_err(|e| e.to_string())?;
+    for (iface, itf) in config.interfaces.iter().zip(&devices) {
         if let Err(e) = announce(&lkl, itf.ifindex) {
             log::warning!(
                 "lkl: cannot announce the addresses of {}: {e}; a peer may reach this process only after its neighbour entry expires",
                 iface.name
             );
-        }
-        if !iface.endpoint.is_empty() {
-            let flags = endpoint_flags(&iface.endpoint);
-            for (a, _) in &addrs {
-                lkl.mptcp_add_endpoint(*a, Some(itf.ifindex), flags)
-                    .map_err(|e| format!("endpoint {a} on {}: {e}", iface.name))?;
-            }
         }
     }
     log::info!(

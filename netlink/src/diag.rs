@@ -6,10 +6,12 @@
 //! carrying the connection's local token. Joining the two by token gives
 //! every connection its subflows.
 //!
-//! Used by `dropshim status`; safe to call from inside the shim as well,
-//! since the netlink client makes raw system calls (see [`crate::pm`]).
+//! Works over any [`Transport`]: the host's sock_diag socket
+//! ([`connections`]) or a library kernel's.
 
-use crate::pm::nl::{self, AttrWriter, Attrs, NlSocket};
+use crate::attr::{self as nl, Attrs, RawMessage};
+use crate::transport::{Conn, HostSocket, Protocol, Transport};
+use netlink_packet_core::NLM_F_DUMP;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -35,11 +37,15 @@ const DIAG_MSG_LEN: usize = 72;
 /// One subflow (a TCP connection) of an MPTCP connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subflow {
+    /// Local address and port.
     pub local: SocketAddr,
+    /// Remote address and port.
     pub remote: SocketAddr,
+    /// TCP state as `ss` names it.
     pub state: &'static str,
     /// Endpoint ids, 0 for the initial subflow's addresses.
     pub local_id: u8,
+    /// The peer's endpoint id.
     pub remote_id: u8,
     /// Opened with MP_JOIN (not the initial subflow).
     pub join: bool,
@@ -50,8 +56,11 @@ pub struct Subflow {
 /// One MPTCP connection (`IPPROTO_MPTCP` socket), listeners excluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MptcpConnection {
+    /// Local address and port.
     pub local: SocketAddr,
+    /// Remote address and port.
     pub remote: SocketAddr,
+    /// State as `ss` names it.
     pub state: &'static str,
     /// The connection's local token; its subflows carry the same one.
     pub token: u32,
@@ -62,36 +71,45 @@ pub struct MptcpConnection {
     pub subflow_count: u32,
     /// Bytes sent / received at the MPTCP level; None before Linux 6.7.
     pub bytes_sent: Option<u64>,
+    /// Bytes received at the MPTCP level.
     pub bytes_received: Option<u64>,
     /// The connection fell back to plain TCP.
     pub fallback: bool,
 }
 
-/// The MPTCP connections of this network namespace, with their subflows.
+/// The MPTCP connections of the calling thread's network namespace (host
+/// kernel), with their subflows.
 pub fn connections() -> io::Result<Vec<MptcpConnection>> {
-    let mut sock = NlSocket::open(libc::NETLINK_SOCK_DIAG).map_err(|e| {
+    let sock = HostSocket::open(Protocol::SockDiag).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot open a sock_diag netlink socket: {e}"),
         )
     })?;
+    connections_over(&mut Conn::new(sock))
+}
+
+/// The MPTCP connections of the kernel behind a `NETLINK_SOCK_DIAG`
+/// transport, with their subflows.
+pub fn connections_over<T: Transport>(conn: &mut Conn<T>) -> io::Result<Vec<MptcpConnection>> {
+    let mut dump = |family, protocol| {
+        conn.request(
+            RawMessage {
+                message_type: SOCK_DIAG_BY_FAMILY,
+                payload: request(family, protocol),
+            },
+            NLM_F_DUMP,
+        )
+    };
     let mut conns = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
-        let replies = sock.request(
-            SOCK_DIAG_BY_FAMILY,
-            nl::NLM_F_DUMP,
-            &request(family, libc::IPPROTO_MPTCP),
-        )?;
-        conns.extend(replies.iter().filter_map(|r| parse_connection(r)));
+        let replies = dump(family, libc::IPPROTO_MPTCP)?;
+        conns.extend(replies.iter().filter_map(|r| parse_connection(&r.payload)));
     }
     let mut subflows = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
-        let replies = sock.request(
-            SOCK_DIAG_BY_FAMILY,
-            nl::NLM_F_DUMP,
-            &request(family, libc::IPPROTO_TCP),
-        )?;
-        subflows.extend(replies.iter().filter_map(|r| parse_subflow(r)));
+        let replies = dump(family, libc::IPPROTO_TCP)?;
+        subflows.extend(replies.iter().filter_map(|r| parse_subflow(&r.payload)));
     }
     attach(&mut conns, subflows);
     Ok(conns)
@@ -119,7 +137,7 @@ fn request(family: libc::c_int, protocol: libc::c_int) -> Vec<u8> {
     req[2] = 1 << (INET_DIAG_INFO - 1);
     let states: u32 = !(1 << TCP_LISTEN);
     req[4..8].copy_from_slice(&states.to_ne_bytes());
-    let mut w = AttrWriter::new(&req);
+    let mut w = nl::AttrWriter::new(&req);
     if protocol > 255 {
         w.put_u32(INET_DIAG_REQ_PROTOCOL, protocol as u32);
     }
@@ -282,6 +300,7 @@ fn state_name(state: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attr::AttrWriter;
 
     fn diag_msg(family: u8, state: u8, src: &[u8], sport: u16, dst: &[u8], dport: u16) -> Vec<u8> {
         let mut m = vec![0u8; DIAG_MSG_LEN];
