@@ -303,6 +303,9 @@ struct Conn {
     closed: AtomicBool,
     /// No program→kernel relay is running (never started, or finished).
     up_done: AtomicBool,
+    /// The connection was reset (or failed otherwise): nothing it holds
+    /// can reach the peer any more, so nothing waits for it.
+    dead: AtomicBool,
 }
 
 impl Conn {
@@ -313,6 +316,7 @@ impl Conn {
             reported: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             up_done: AtomicBool::new(true),
+            dead: AtomicBool::new(false),
         })
     }
 
@@ -324,7 +328,11 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Some(k) = live() {
-            relay::linger(k, self.lkl);
+            if self.dead.load(Ordering::Acquire) {
+                let _ = k.close(self.lkl);
+            } else {
+                relay::linger(k, self.lkl);
+            }
         }
     }
 }
@@ -614,8 +622,8 @@ extern "C" fn flush_at_exit() {
     let deadline = std::time::Instant::now() + EXIT_FLUSH;
     for c in &conns {
         loop {
-            let drained =
-                c.up_done.load(Ordering::Acquire) && k.unacked(c.lkl).map_or(true, |n| n == 0);
+            let drained = c.dead.load(Ordering::Acquire)
+                || (c.up_done.load(Ordering::Acquire) && k.unacked(c.lkl).map_or(true, |n| n == 0));
             if drained || std::time::Instant::now() >= deadline {
                 break;
             }

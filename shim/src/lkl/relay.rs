@@ -33,7 +33,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,10 +50,13 @@ const CHUNK: usize = 256 * 1024;
 /// room. Entering recvmsg/sendmsg again unsticks both, so a stall lasts
 /// at most this long.
 const RETRY: Duration = Duration::from_millis(200);
-/// How long after its last received byte a connection is still read
-/// again every [`RETRY`] when nothing came (the stall above only follows
-/// traffic).
-const RX_WATCH: Duration = Duration::from_secs(10);
+/// How long after its last byte (either way) a connection counts as
+/// busy: a busy connection whose receiving found nothing is read again
+/// after [`RETRY`], an idle one after [`IDLE_RETRY`] (the stall above
+/// follows traffic; the slower pace keeps thousands of idle connections
+/// cheap).
+const BUSY: Duration = Duration::from_secs(10);
+const IDLE_RETRY: Duration = Duration::from_secs(1);
 /// Reads or writes per connection per turn, so that one busy connection
 /// cannot hold a loop while others wait.
 const TURN: usize = 16;
@@ -259,10 +263,8 @@ struct Dir {
     done: bool,
     /// A [`RETRY`] timer is armed for this direction.
     armed: bool,
-    /// Reads that brought bytes (to tell whether a timer is needed).
+    /// Reads that brought bytes.
     progress: u64,
-    /// When bytes last came (the library → program direction).
-    last: Option<Instant>,
 }
 
 /// One connection being relayed.
@@ -280,6 +282,14 @@ pub(super) struct Relay {
     down_waits: AtomicBool,
     /// Directions finished; the second one to finish closes the relay.
     ended: AtomicU8,
+    /// When bytes last moved either way (milliseconds since [`EPOCH`]).
+    busy_at: AtomicU64,
+}
+
+static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
+
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
 }
 
 /// The relays' end of the program's pair. After a reset the program must
@@ -340,6 +350,7 @@ pub(super) fn start(conn: Arc<Conn>, host: c_int, prog: Option<u64>) {
         up_waits: AtomicBool::new(false),
         down_waits: AtomicBool::new(false),
         ended: AtomicU8::new(0),
+        busy_at: AtomicU64::new(now_ms()),
     });
     ENTRIES.lock().insert(id, Entry::Relay(r.clone()));
     let registered = l.registry.register(
@@ -357,7 +368,10 @@ pub(super) fn start(conn: Arc<Conn>, host: c_int, prog: Option<u64>) {
         log::error!("lkl: cannot watch a connection ({e}); it is closed");
         let _ = l.registry.deregister(&mut SourceFd(&host));
         ENTRIES.lock().remove(&id);
+        return;
     }
+    // A first look on the library side arms its receive timer.
+    to_lib(k, l, id);
 }
 
 /// What a read or write did.
@@ -500,6 +514,7 @@ fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut 
     }
     let lkl = r.conn.lkl;
     let host = r.host.fd;
+    let before = d.progress;
     let stop = if r.host.reset.load(Ordering::Acquire) {
         // The connection is gone: what the program wrote has nowhere to go.
         Stop::SourceEnd
@@ -516,13 +531,16 @@ fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut 
             },
         )
     };
+    if d.progress != before {
+        r.busy_at.store(now_ms(), Ordering::Relaxed);
+    }
     match stop {
         Stop::Idle => false,
         Stop::More => true,
         Stop::Blocked => {
             if !d.armed {
                 d.armed = true;
-                timers.push_back((Instant::now() + RETRY, r.id));
+                timers.push(Reverse((Instant::now() + RETRY, r.id)));
             }
             false
         }
@@ -551,6 +569,7 @@ fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut 
             // ECONNRESET, its writes in EPIPE once the pair is closed, and
             // the shutdown ends the other direction.
             r.host.reset.store(true, Ordering::Release);
+            r.conn.dead.store(true, Ordering::Release);
             let _ = k.shutdown(lkl, libc::SHUT_RDWR);
             end_up(k, l, r, &mut d);
             false
@@ -594,16 +613,21 @@ fn pump_down(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mu
         },
     );
     if d.progress != before {
-        d.last = Some(Instant::now());
+        r.busy_at.store(now_ms(), Ordering::Relaxed);
     }
     match stop {
         Stop::More => true,
         Stop::Blocked => false,
         Stop::Idle => {
-            let recent = d.last.is_some_and(|t| t.elapsed() < RX_WATCH);
-            if recent && !d.armed {
+            if !d.armed {
+                let idle_for = now_ms().saturating_sub(r.busy_at.load(Ordering::Relaxed));
+                let after = if idle_for < BUSY.as_millis() as u64 {
+                    RETRY
+                } else {
+                    IDLE_RETRY
+                };
                 d.armed = true;
-                timers.push_back((Instant::now() + RETRY, r.id));
+                timers.push(Reverse((Instant::now() + after, r.id)));
             }
             false
         }
@@ -620,6 +644,7 @@ fn pump_down(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mu
                 log::debug!("lkl: recv: {}", std::io::Error::from_raw_os_error(e));
             }
             r.host.reset.store(true, Ordering::Release);
+            r.conn.dead.store(true, Ordering::Release);
             end_down(k, l, r, &mut d);
             to_host(l, r.id);
             false
@@ -664,7 +689,8 @@ fn ended(k: &Lkl, l: &Loops, r: &Arc<Relay>) {
 
 // ------------------------------------------------------------ host loop
 
-type Timers = VecDeque<(Instant, u64)>;
+/// Deadlines of relays, soonest first.
+type Timers = BinaryHeap<Reverse<(Instant, u64)>>;
 
 fn relay(id: u64) -> Option<Arc<Relay>> {
     match entry(id) {
@@ -680,7 +706,7 @@ fn host_loop(k: &'static Lkl, mut poll: Poll) {
         return;
     };
     let mut events = Events::with_capacity(1024);
-    let mut timers: Timers = VecDeque::new();
+    let mut timers: Timers = BinaryHeap::new();
     let mut ready: VecDeque<u64> = VecDeque::new();
     let mut work: Vec<u64> = Vec::new();
     loop {
@@ -688,8 +714,8 @@ fn host_loop(k: &'static Lkl, mut poll: Poll) {
             Some(Duration::ZERO)
         } else {
             timers
-                .front()
-                .map(|(t, _)| t.saturating_duration_since(Instant::now()))
+                .peek()
+                .map(|Reverse((t, _))| t.saturating_duration_since(Instant::now()))
         };
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -715,8 +741,8 @@ fn host_loop(k: &'static Lkl, mut poll: Poll) {
         l.host_kicked.store(false, Ordering::SeqCst);
         work.append(&mut l.host_queue.lock());
         let now = Instant::now();
-        while timers.front().is_some_and(|(t, _)| *t <= now) {
-            let Some((_, id)) = timers.pop_front() else {
+        while timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            let Some(Reverse((_, id))) = timers.pop() else {
                 break;
             };
             if let Some(r) = relay(id) {
@@ -786,7 +812,13 @@ fn linger_tick(k: &Lkl, all: bool) -> Option<Instant> {
         while i < list.len() {
             let s = &mut list[i];
             if all || s.next <= now {
-                let acked = k.unacked(s.fd).map_or(true, |n| n == 0);
+                // Acknowledged, or reset (SIOCOUTQ then stays where it
+                // was, and SO_ERROR says why).
+                let mut err = [0u8; 4];
+                let reset = k
+                    .getsockopt(s.fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut err)
+                    .map_or(true, |_| i32::from_ne_bytes(err) != 0);
+                let acked = reset || k.unacked(s.fd).map_or(true, |n| n == 0);
                 if acked || now >= s.deadline {
                     done.push(list.swap_remove(i));
                     continue;
@@ -819,14 +851,14 @@ fn lib_loop(k: &'static Lkl) {
         return;
     };
     let mut events = vec![EpollEvent::default(); 256];
-    let mut timers: Timers = VecDeque::new();
+    let mut timers: Timers = BinaryHeap::new();
     let mut ready: VecDeque<u64> = VecDeque::new();
     let mut work: Vec<u64> = Vec::new();
     let mut poked: Vec<u64> = Vec::new();
     let mut linger_next: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        let due = [timers.front().map(|(t, _)| *t), linger_next]
+        let due = [timers.peek().map(|Reverse((t, _))| *t), linger_next]
             .into_iter()
             .flatten()
             .min();
@@ -885,8 +917,8 @@ fn lib_loop(k: &'static Lkl) {
             }
         }
         let now = Instant::now();
-        while timers.front().is_some_and(|(t, _)| *t <= now) {
-            let Some((_, id)) = timers.pop_front() else {
+        while timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            let Some(Reverse((_, id))) = timers.pop() else {
                 break;
             };
             if let Some(r) = relay(id) {
