@@ -593,6 +593,77 @@ fn reliability_lkl_python_asyncio_server_serves_64_native_connections() -> Resul
     Ok(())
 }
 
+/// 256 connections held open at once to an event-driven server on lkl
+/// (load.py's asyncio server, one thread of its own): every byte of every
+/// connection checked by the native client, every connection MPTCP, and
+/// the server's host threads bounded whatever the number of connections:
+/// at most 16 beyond the library kernel's own tasks (threads named
+/// `lkl-kernel`), sampled throughout the round.
+#[test]
+fn reliability_lkl_asyncio_server_holds_256_connections_on_few_threads() -> Result<()> {
+    let conns = knob("RELIABILITY_MANY_CONNS", 256)?;
+    let max_size = 64 << 10;
+    let tb = two_gateways()?;
+    let node = lkl_node(&tb, r#""signal""#)?;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let ip1 = tb.addr4("gw1", 1)?.to_string();
+    let mut srv = on_lkl(&tb, &node, "python3")?;
+    srv.arg(scripts.path("load.py"))
+        .args(["server", "0.0.0.0", &port.to_string()]);
+    let server = Lines::spawn(&mut srv, "asyncio server on lkl")?;
+    server.expect("listening", SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let peak = ThreadPeak::watch(server.pid());
+    let mut cli = shimmed(&tb, "gw2", "python3", &[])?;
+    cli.arg(scripts.path("load.py")).args([
+        "client",
+        &ip1,
+        &port.to_string(),
+        &conns.to_string(),
+        "1",
+        &max_size.to_string(),
+        &(u64::from(std::process::id()) + 29).to_string(),
+        &server.pid().to_string(),
+    ]);
+    let client = Lines::spawn(&mut cli, "native asyncio client in gw2")?;
+    let reports = run_rounds(client, 1, LONG)?;
+    let peak = peak.finish();
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    let server_err = stop_server(server)?;
+    ensure!(
+        !server_err.contains("error"),
+        "the lkl server saw errors: {server_err}"
+    );
+    let r = reports.first().context("no round report")?;
+    ensure!(
+        get(r, "mptcp") == conns,
+        "{} of {conns} connections were MPTCP at the native client",
+        get(r, "mptcp")
+    );
+    ensure!(
+        delta(&before, &after, "MPCapableSYNACKRX") >= conns,
+        "the lkl server did not answer MP_CAPABLE to every connection: {after:?}"
+    );
+    ensure!(
+        peak.own() <= 16,
+        "the lkl server ran {} host threads with {conns} connections, {} of them the library \
+         kernel's tasks: {} of its own (at most 16)",
+        peak.total,
+        peak.kernel,
+        peak.own()
+    );
+    eprintln!(
+        "reliability lkl many connections: {conns} held at once, {} bytes verified; server peak \
+         {} host threads, {} library-kernel tasks, {} others",
+        get(r, "bytes"),
+        peak.total,
+        peak.kernel,
+        peak.own()
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------ programs as servers
 
 /// The two-gateways testbed shaped at `rate_mbit` on every link: a server
