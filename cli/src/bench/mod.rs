@@ -613,6 +613,7 @@ mod tests {
             out: None,
             library: None,
             stacks: None,
+            conns: 1000,
         };
         let quick = Plan::from_args(&args);
         assert_eq!((quick.runs, quick.duration), (1, 3));

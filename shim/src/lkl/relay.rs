@@ -898,11 +898,8 @@ fn lib_loop(k: &'static Lkl) {
                         work.push(id);
                     }
                 }
-                Some(Entry::Listener(li)) => {
-                    if accept_ready(k, l, &li) {
-                        ready.push_back(id);
-                    }
-                }
+                Some(Entry::Listener(li)) if accept_ready(k, l, &li) => ready.push_back(id),
+                Some(Entry::Listener(_)) => {}
                 Some(Entry::Connect(c)) => connect_ready(k, l, id, &c),
                 None => {}
             }
@@ -928,7 +925,7 @@ fn lib_loop(k: &'static Lkl) {
         }
         linger_next = if LINGERING.lock().is_empty() {
             None
-        } else if linger_next.map_or(true, |t| t <= now) {
+        } else if linger_next.is_none_or(|t| t <= now) {
             linger_tick(k, false)
         } else {
             linger_next
@@ -937,11 +934,7 @@ fn lib_loop(k: &'static Lkl) {
         for id in turn {
             match entry(id) {
                 Some(Entry::Relay(_)) => work.push(id),
-                Some(Entry::Listener(li)) => {
-                    if accept_ready(k, l, &li) {
-                        ready.push_back(id);
-                    }
-                }
+                Some(Entry::Listener(li)) if accept_ready(k, l, &li) => ready.push_back(id),
                 _ => {}
             }
         }
