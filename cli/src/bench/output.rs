@@ -749,7 +749,7 @@ pub(crate) mod tests {
             csv.lines()
                 .nth(2)
                 .unwrap_or("")
-                .ends_with(",40.0,80.0,400.0,1,1000,"),
+                .ends_with(",40.0,80.0,400.0,1,1000,,,,"),
             "{csv}"
         );
     }
@@ -763,7 +763,7 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), recs.len() + 1);
         assert_eq!(
             lines[1],
-            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,,,,,,,"
+            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,,,,,,,,,,"
         );
         assert!(csv.contains(
             "two-gateways,2 x 1000 Mbit/s,native,userspace,default,0,skipped,\"needs a daemon, a, \"\"b\"\"\","
