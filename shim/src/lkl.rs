@@ -12,16 +12,21 @@
 //!
 //! Every socket the program gets is a real host descriptor: one end of an
 //! AF_UNIX stream socketpair carrying the program's NONBLOCK/CLOEXEC
-//! flags. Behind it sits an MPTCP socket in the library kernel. Once it is
-//! connected, two relay threads move the bytes between the other end of
-//! the pair and the library socket, so read/write/sendfile/poll/epoll
-//! work with no help from the shim. A listening socket's descriptor is
-//! replaced (dup3) by one end of another socketpair that receives one
+//! flags. Behind it sits a non-blocking MPTCP socket in the library
+//! kernel. Once it is connected, the relays move the bytes between the
+//! other end of the pair and the library socket, so
+//! read/write/sendfile/poll/epoll work with no help from the shim. The
+//! relays are two event loops shared by every connection (`relay.rs`): a
+//! host one (mio) over the pairs, and one in the library kernel's own
+//! epoll over the library sockets, which also accepts for every listener
+//! and finishes every connect; a process on lkl has these two threads
+//! whatever its number of connections. A listening socket's descriptor
+//! is replaced (dup3) by one end of another socketpair that receives one
 //! byte per connection the library kernel accepted, so it becomes
 //! readable exactly when accept() has something to return.
 //!
-//! Non-blocking connect returns EINPROGRESS and connects in a helper
-//! thread; meanwhile the descriptor is a gate (a socketpair end whose peer
+//! Non-blocking connect returns EINPROGRESS and connects in the library
+//! loop; meanwhile the descriptor is a gate (a socketpair end whose peer
 //! is full, so neither readable nor writable), SO_ERROR is 0 and
 //! getpeername says ENOTCONN, as on TCP. When the connect ends, the data
 //! end is put back under the descriptor (dup3), epoll registrations the
@@ -36,9 +41,10 @@
 //! relays and the kernel's send queues are empty: bytes written just
 //! before exit() and the FIN still reach the peer. `_exit()` skips it.
 //! A connection the program closed before exiting is covered too: its
-//! library socket is closed with SO_LINGER on a relay (or helper) thread
-//! while anything is unacknowledged, and the exit handler waits for such
-//! closes to end.
+//! library socket stays open (shut down both ways, the FIN sent) while
+//! anything is unacknowledged, at most 30 s, and the exit handler waits
+//! for such lingering closes to end. A reset connection is not waited
+//! for: nothing it holds can reach the peer.
 //!
 //! fork: the library kernel's threads stay in the parent. A child's
 //! inherited sockets keep working for reading and writing (they are plain
@@ -55,7 +61,7 @@
 //! socket closes with the last of its descriptors.
 //!
 //! A reset (or any failure of the connection) reaches the program as
-//! ECONNRESET after the bytes that came before it: the relays close their
+//! ECONNRESET after the bytes that came before it: the relay closes its
 //! end of the pair with a byte left unread in it, which Linux reports to
 //! the other end as ECONNRESET.
 //!

@@ -19,8 +19,9 @@
 //!
 //! Timers only where Linux 6.12's MPTCP may never signal (see
 //! [`RETRY`]): a send that found no room is tried again after it, and a
-//! connection that received bytes lately is read again after it if
-//! nothing came meanwhile; lingering closes are checked with a backoff.
+//! connection whose receiving found nothing is read again after it
+//! ([`IDLE_RETRY`] once it has been quiet for [`BUSY`]); lingering
+//! closes are checked with a backoff.
 
 use super::{
     errno_of, inode, live, unread_byte, Accepted, Closing, Conn, Connecting, Listener, RELAYED,
