@@ -83,6 +83,9 @@ const EPOLLERR: u32 = libc::EPOLLERR as u32;
 const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
 const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 const EPOLLET: u32 = libc::EPOLLET as u32;
+/// What the library loop watches on a relayed library socket; EPOLLOUT
+/// is added while the host loop waits for room in it.
+const LIB_EVENTS: u32 = EPOLLIN | EPOLLRDHUP | EPOLLET;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -270,6 +273,9 @@ struct Dir {
     armed: bool,
     /// Reads that brought bytes.
     progress: u64,
+    /// The destination's writability is watched (only while it is full:
+    /// otherwise every byte the other side takes would wake a loop).
+    out_watch: bool,
 }
 
 /// One connection being relayed.
@@ -358,18 +364,15 @@ pub(super) fn start(conn: Arc<Conn>, host: c_int, prog: Option<u64>) {
         busy_at: AtomicU64::new(now_ms()),
     });
     ENTRIES.lock().insert(id, Entry::Relay(r.clone()));
-    let registered = l.registry.register(
-        &mut SourceFd(&host),
-        Token(id as usize),
-        Interest::READABLE | Interest::WRITABLE,
-    );
+    let registered =
+        l.registry
+            .register(&mut SourceFd(&host), Token(id as usize), Interest::READABLE);
     if let Err(e) = registered {
         log::error!("lkl: cannot watch a connection ({e}); it is closed");
         ENTRIES.lock().remove(&id);
         return;
     }
-    let events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    if let Err(e) = k.epoll_ctl(l.epfd, libc::EPOLL_CTL_ADD, lkl, events, id) {
+    if let Err(e) = k.epoll_ctl(l.epfd, libc::EPOLL_CTL_ADD, lkl, LIB_EVENTS, id) {
         log::error!("lkl: cannot watch a connection ({e}); it is closed");
         let _ = l.registry.deregister(&mut SourceFd(&host));
         ENTRIES.lock().remove(&id);
@@ -406,13 +409,22 @@ enum Stop {
 /// destination full, either fails, or the turn is over. `waits` is set
 /// around every write, so that the destination's writability seen by the
 /// other loop at any moment after a refused write hands the relay back.
+///
+/// With `short_ends`, a read that did not fill its buffer counts as
+/// having emptied the source once its bytes are written, which saves the
+/// read that would only say EAGAIN. Only for an edge-triggered source
+/// whose readiness was just reported without a hang-up: bytes that came
+/// after that read report it readable again, and an end of stream that
+/// came before it was in the report.
 fn pump(
     d: &mut Dir,
     scratch: &mut [u8],
     waits: &AtomicBool,
+    short_ends: bool,
     mut read: impl FnMut(&mut [u8]) -> Io,
     mut write: impl FnMut(&[u8]) -> Io,
 ) -> Stop {
+    let mut drained = false;
     for _ in 0..TURN {
         if d.start < d.end {
             let Some(buf) = &d.buf else {
@@ -434,9 +446,14 @@ fn pump(
         }
         d.start = 0;
         d.end = 0;
+        if drained {
+            d.buf = None;
+            return Stop::Idle;
+        }
         if let Some(buf) = &mut d.buf {
             match read(buf) {
                 Io::Moved(n) => {
+                    drained = short_ends && n < buf.len();
                     d.end = n;
                     d.progress += 1;
                 }
@@ -458,6 +475,7 @@ fn pump(
             Io::Fail(e) => return Stop::SourceFail(e),
         };
         d.progress += 1;
+        drained = short_ends && n < scratch.len();
         let mut off = 0;
         while off < n {
             waits.store(true, Ordering::SeqCst);
@@ -528,6 +546,7 @@ fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut 
             &mut d,
             scratch,
             &r.up_waits,
+            false,
             // SAFETY: reads into a live, writable buffer from our own end.
             |b| host_io(unsafe { libc::read(host, b.as_mut_ptr() as *mut c_void, b.len()) }),
             |b| match lib_io(k.send(lkl, b, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)) {
@@ -538,6 +557,21 @@ fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut 
     };
     if d.progress != before {
         r.busy_at.store(now_ms(), Ordering::Relaxed);
+    }
+    let full = matches!(stop, Stop::Blocked);
+    if full != d.out_watch {
+        // The library socket's room is watched only while it has none;
+        // adding the watch reports room that came back meanwhile.
+        let events = if full {
+            LIB_EVENTS | EPOLLOUT
+        } else {
+            LIB_EVENTS
+        };
+        if k.epoll_ctl(l.epfd, libc::EPOLL_CTL_MOD, lkl, events, r.id)
+            .is_ok()
+        {
+            d.out_watch = full;
+        }
     }
     match stop {
         Stop::Idle => false,
@@ -591,7 +625,14 @@ fn end_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, d: &mut Dir) {
 
 /// Library kernel → program, on the library loop. Returns whether the
 /// relay's turn ended with work left.
-fn pump_down(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut Timers) -> bool {
+fn pump_down(
+    k: &Lkl,
+    l: &Loops,
+    r: &Arc<Relay>,
+    scratch: &mut [u8],
+    timers: &mut Timers,
+    short_ends: bool,
+) -> bool {
     let mut d = r.down.lock();
     if d.done {
         return false;
@@ -603,6 +644,7 @@ fn pump_down(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mu
         &mut d,
         scratch,
         &r.down_waits,
+        short_ends,
         |b| lib_io(k.recv(lkl, b, libc::MSG_DONTWAIT)),
         |b| {
             // SAFETY: sends from a live buffer on our own end; MSG_NOSIGNAL
@@ -619,6 +661,23 @@ fn pump_down(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mu
     );
     if d.progress != before {
         r.busy_at.store(now_ms(), Ordering::Relaxed);
+    }
+    let full = matches!(stop, Stop::Blocked);
+    if full != d.out_watch {
+        // The program's end is watched for room only while it has none;
+        // adding the watch reports room that came back meanwhile.
+        let interest = if full {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let mut src = SourceFd(&r.host.fd);
+        if l.registry
+            .reregister(&mut src, Token(r.id as usize), interest)
+            .is_ok()
+        {
+            d.out_watch = full;
+        }
     }
     match stop {
         Stop::More => true,
@@ -858,7 +917,8 @@ fn lib_loop(k: &'static Lkl) {
     let mut events = vec![EpollEvent::default(); 256];
     let mut timers: Timers = BinaryHeap::new();
     let mut ready: VecDeque<u64> = VecDeque::new();
-    let mut work: Vec<u64> = Vec::new();
+    // Relays to run, and whether a short read may end their turn.
+    let mut work: Vec<(u64, bool)> = Vec::new();
     let mut poked: Vec<u64> = Vec::new();
     let mut linger_next: Option<Instant> = None;
     loop {
@@ -899,8 +959,9 @@ fn lib_loop(k: &'static Lkl) {
                     {
                         to_host(l, id);
                     }
-                    if bits & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP) != 0 {
-                        work.push(id);
+                    let hup = bits & (EPOLLERR | EPOLLHUP | EPOLLRDHUP) != 0;
+                    if hup || bits & EPOLLIN != 0 {
+                        work.push((id, !hup));
                     }
                 }
                 Some(Entry::Listener(li)) if accept_ready(k, l, &li) => ready.push_back(id),
@@ -913,7 +974,7 @@ fn lib_loop(k: &'static Lkl) {
         poked.append(&mut l.lib_queue.lock());
         for id in poked.drain(..) {
             match entry(id) {
-                Some(Entry::Relay(_)) => work.push(id),
+                Some(Entry::Relay(_)) => work.push((id, false)),
                 Some(Entry::Listener(_)) => ready.push_back(id),
                 _ => {}
             }
@@ -925,7 +986,7 @@ fn lib_loop(k: &'static Lkl) {
             };
             if let Some(r) = relay(id) {
                 r.down.lock().armed = false;
-                work.push(id);
+                work.push((id, false));
             }
         }
         linger_next = if LINGERING.lock().is_empty() {
@@ -938,14 +999,14 @@ fn lib_loop(k: &'static Lkl) {
         let turn: Vec<u64> = ready.drain(..).collect();
         for id in turn {
             match entry(id) {
-                Some(Entry::Relay(_)) => work.push(id),
+                Some(Entry::Relay(_)) => work.push((id, false)),
                 Some(Entry::Listener(li)) if accept_ready(k, l, &li) => ready.push_back(id),
                 _ => {}
             }
         }
-        for id in work.drain(..) {
+        for (id, short_ends) in work.drain(..) {
             if let Some(r) = relay(id) {
-                if pump_down(k, l, &r, &mut scratch, &mut timers) {
+                if pump_down(k, l, &r, &mut scratch, &mut timers, short_ends) {
                     ready.push_back(id);
                 }
             }
