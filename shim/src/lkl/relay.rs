@@ -530,7 +530,14 @@ fn lib_io(r: Result<usize, dropshim_backend_lkl::Error>) -> Io {
 
 /// Program → library kernel, on the host loop. Returns whether the
 /// relay's turn ended with work left.
-fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut Timers) -> bool {
+fn pump_up(
+    k: &Lkl,
+    l: &Loops,
+    r: &Arc<Relay>,
+    scratch: &mut [u8],
+    timers: &mut Timers,
+    short_ends: bool,
+) -> bool {
     let mut d = r.up.lock();
     if d.done {
         return false;
@@ -546,7 +553,7 @@ fn pump_up(k: &Lkl, l: &Loops, r: &Arc<Relay>, scratch: &mut [u8], timers: &mut 
             &mut d,
             scratch,
             &r.up_waits,
-            false,
+            short_ends,
             // SAFETY: reads into a live, writable buffer from our own end.
             |b| host_io(unsafe { libc::read(host, b.as_mut_ptr() as *mut c_void, b.len()) }),
             |b| match lib_io(k.send(lkl, b, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)) {
@@ -772,7 +779,8 @@ fn host_loop(k: &'static Lkl, mut poll: Poll) {
     let mut events = Events::with_capacity(1024);
     let mut timers: Timers = BinaryHeap::new();
     let mut ready: VecDeque<u64> = VecDeque::new();
-    let mut work: Vec<u64> = Vec::new();
+    // Relays to run, and whether a short read may end their turn.
+    let mut work: Vec<(u64, bool)> = Vec::new();
     loop {
         let timeout = if !ready.is_empty() {
             Some(Duration::ZERO)
@@ -798,12 +806,13 @@ fn host_loop(k: &'static Lkl, mut poll: Poll) {
             {
                 to_lib(k, l, id);
             }
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                work.push(id);
+            let hup = ev.is_read_closed() || ev.is_error();
+            if hup || ev.is_readable() {
+                work.push((id, !hup));
             }
         }
         l.host_kicked.store(false, Ordering::SeqCst);
-        work.append(&mut l.host_queue.lock());
+        work.extend(l.host_queue.lock().drain(..).map(|id| (id, false)));
         let now = Instant::now();
         while timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
             let Some(Reverse((_, id))) = timers.pop() else {
@@ -811,13 +820,13 @@ fn host_loop(k: &'static Lkl, mut poll: Poll) {
             };
             if let Some(r) = relay(id) {
                 r.up.lock().armed = false;
-                work.push(id);
+                work.push((id, false));
             }
         }
-        work.extend(ready.drain(..));
-        for id in work.drain(..) {
+        work.extend(ready.drain(..).map(|id| (id, false)));
+        for (id, short_ends) in work.drain(..) {
             if let Some(r) = relay(id) {
-                if pump_up(k, l, &r, &mut scratch, &mut timers) {
+                if pump_up(k, l, &r, &mut scratch, &mut timers, short_ends) {
                     ready.push_back(id);
                 }
             }
