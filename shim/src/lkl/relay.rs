@@ -17,6 +17,14 @@
 //! sees the destination's writability clears the flag and hands the
 //! relay back to its owner. Each direction is run by one loop only.
 //!
+//! Per message, each direction enters the library kernel as few times
+//! as it can (every entry is a hand-off between the calling thread and
+//! its kernel task): the host loop one send, the library loop its epoll
+//! report and one recv. A read that does not fill the buffer ends an
+//! edge-triggered turn instead of reading again for EAGAIN, and a
+//! destination's writability is watched only while it is full, so that
+//! bytes taken on one side do not wake the other side's loop.
+//!
 //! Timers only where Linux 6.12's MPTCP may never signal: a send that
 //! found no room is tried again after [`SEND_RETRY`], a receive that
 //! found nothing after [`RETRY`] ([`IDLE_RETRY`] once the connection has
