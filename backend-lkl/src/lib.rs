@@ -39,6 +39,10 @@ pub const UNAVAILABLE: &str = "the lkl backend could not be started (no Linux Ke
 /// Generic (asm-generic/unistd.h) system call numbers used here.
 pub mod nr {
     #![allow(missing_docs)]
+    pub const EVENTFD2: i64 = 19;
+    pub const EPOLL_CREATE1: i64 = 20;
+    pub const EPOLL_CTL: i64 = 21;
+    pub const EPOLL_PWAIT: i64 = 22;
     pub const IOCTL: i64 = 29;
     pub const OPENAT: i64 = 56;
     pub const CLOSE: i64 = 57;
@@ -153,6 +157,18 @@ static BOOTED: AtomicBool = AtomicBool::new(false);
 /// A file descriptor inside the library kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fd(pub i32);
+
+/// `struct epoll_event` as the library kernel lays it out: the port is
+/// built by the host's x86-64 compiler, so the uapi header packs it (12
+/// bytes) as on the host.
+#[repr(C, packed)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpollEvent {
+    /// EPOLLIN, EPOLLOUT, ... (the host's values: they are Linux's).
+    pub events: u32,
+    /// What was registered with the descriptor.
+    pub data: u64,
+}
 
 /// An interface added with [`Lkl::add_interface`].
 #[derive(Debug, Clone)]
@@ -544,6 +560,86 @@ impl Lkl {
     pub fn close(&self, fd: Fd) -> Result<()> {
         let r = self.call(nr::CLOSE, [fd.0 as i64, 0, 0, 0, 0, 0]);
         check(|| "close".into(), r).map(|_| ())
+    }
+
+    /// `read(fd, buf)`: bytes read (0 at end of file).
+    pub fn read(&self, fd: Fd, buf: &mut [u8]) -> Result<usize> {
+        let r = self.call(
+            nr::READ,
+            [
+                fd.0 as i64,
+                buf.as_mut_ptr() as i64,
+                buf.len() as i64,
+                0,
+                0,
+                0,
+            ],
+        );
+        check(|| "read".into(), r).map(|n| n as usize)
+    }
+
+    /// `write(fd, buf)`: bytes written.
+    pub fn write(&self, fd: Fd, buf: &[u8]) -> Result<usize> {
+        let r = self.call(
+            nr::WRITE,
+            [fd.0 as i64, buf.as_ptr() as i64, buf.len() as i64, 0, 0, 0],
+        );
+        check(|| "write".into(), r).map(|n| n as usize)
+    }
+
+    // ------------------------------------------------------------ readiness
+
+    /// `eventfd2(0, flags)`: a counter whose readability wakes an epoll
+    /// waiter of the library kernel from any host thread (by `write`).
+    pub fn eventfd(&self, flags: i32) -> Result<Fd> {
+        let r = self.call(nr::EVENTFD2, [0, flags as i64, 0, 0, 0, 0]);
+        check(|| "eventfd2".into(), r).map(|f| Fd(f as i32))
+    }
+
+    /// `epoll_create1(flags)`: an epoll instance of the library kernel.
+    pub fn epoll_create(&self, flags: i32) -> Result<Fd> {
+        let r = self.call(nr::EPOLL_CREATE1, [flags as i64, 0, 0, 0, 0, 0]);
+        check(|| "epoll_create1".into(), r).map(|f| Fd(f as i32))
+    }
+
+    /// `epoll_ctl(epfd, op, fd, {events, data})`.
+    pub fn epoll_ctl(&self, epfd: Fd, op: i32, fd: Fd, events: u32, data: u64) -> Result<()> {
+        let mut ev = EpollEvent { events, data };
+        let r = self.call(
+            nr::EPOLL_CTL,
+            [
+                epfd.0 as i64,
+                op as i64,
+                fd.0 as i64,
+                &mut ev as *mut EpollEvent as i64,
+                0,
+                0,
+            ],
+        );
+        check(|| format!("epoll_ctl({op})"), r).map(|_| ())
+    }
+
+    /// `epoll_pwait(epfd, events, timeout_ms, NULL)`: how many of `events`
+    /// were filled; `timeout_ms` < 0 waits without a bound.
+    pub fn epoll_wait(
+        &self,
+        epfd: Fd,
+        events: &mut [EpollEvent],
+        timeout_ms: i32,
+    ) -> Result<usize> {
+        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        let r = self.call(
+            nr::EPOLL_PWAIT,
+            [
+                epfd.0 as i64,
+                events.as_mut_ptr() as i64,
+                max as i64,
+                timeout_ms as i64,
+                0,
+                0,
+            ],
+        );
+        check(|| "epoll_pwait".into(), r).map(|n| n as usize)
     }
 
     // ------------------------------------------------------------ network

@@ -12,16 +12,21 @@
 //!
 //! Every socket the program gets is a real host descriptor: one end of an
 //! AF_UNIX stream socketpair carrying the program's NONBLOCK/CLOEXEC
-//! flags. Behind it sits an MPTCP socket in the library kernel. Once it is
-//! connected, two relay threads move the bytes between the other end of
-//! the pair and the library socket, so read/write/sendfile/poll/epoll
-//! work with no help from the shim. A listening socket's descriptor is
-//! replaced (dup3) by one end of another socketpair that receives one
+//! flags. Behind it sits a non-blocking MPTCP socket in the library
+//! kernel. Once it is connected, the relays move the bytes between the
+//! other end of the pair and the library socket, so
+//! read/write/sendfile/poll/epoll work with no help from the shim. The
+//! relays are two event loops shared by every connection (`relay.rs`): a
+//! host one (mio) over the pairs, and one in the library kernel's own
+//! epoll over the library sockets, which also accepts for every listener
+//! and finishes every connect; a process on lkl has these two threads
+//! whatever its number of connections. A listening socket's descriptor
+//! is replaced (dup3) by one end of another socketpair that receives one
 //! byte per connection the library kernel accepted, so it becomes
 //! readable exactly when accept() has something to return.
 //!
-//! Non-blocking connect returns EINPROGRESS and connects in a helper
-//! thread; meanwhile the descriptor is a gate (a socketpair end whose peer
+//! Non-blocking connect returns EINPROGRESS and connects in the library
+//! loop; meanwhile the descriptor is a gate (a socketpair end whose peer
 //! is full, so neither readable nor writable), SO_ERROR is 0 and
 //! getpeername says ENOTCONN, as on TCP. When the connect ends, the data
 //! end is put back under the descriptor (dup3), epoll registrations the
@@ -36,9 +41,10 @@
 //! relays and the kernel's send queues are empty: bytes written just
 //! before exit() and the FIN still reach the peer. `_exit()` skips it.
 //! A connection the program closed before exiting is covered too: its
-//! library socket is closed with SO_LINGER on a relay (or helper) thread
-//! while anything is unacknowledged, and the exit handler waits for such
-//! closes to end.
+//! library socket stays open (shut down both ways, the FIN sent) while
+//! anything is unacknowledged, at most 30 s, and the exit handler waits
+//! for such lingering closes to end. A reset connection is not waited
+//! for: nothing it holds can reach the peer.
 //!
 //! fork: the library kernel's threads stay in the parent. A child's
 //! inherited sockets keep working for reading and writing (they are plain
@@ -55,7 +61,7 @@
 //! socket closes with the last of its descriptors.
 //!
 //! A reset (or any failure of the connection) reaches the program as
-//! ECONNRESET after the bytes that came before it: the relays close their
+//! ECONNRESET after the bytes that came before it: the relay closes its
 //! end of the pair with a byte left unread in it, which Linux reports to
 //! the other end as ECONNRESET.
 //!
@@ -64,6 +70,8 @@
 //! so far are applied to it) and drops the library socket.
 
 #![allow(clippy::missing_safety_doc)]
+
+mod relay;
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
@@ -82,68 +90,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// Bytes moved per relay call.
-const RELAY_CHUNK: usize = 256 * 1024;
-
-/// A relay's buffer, mapped straight from the host kernel and unmapped
-/// when the relay ends: relays come and go with connections, and their
-/// buffers, from malloc, would fragment the program's heap (the load
-/// test's client grew by a megabyte or two per round of 64 connections).
-struct RelayBuf(*mut u8);
-
-impl RelayBuf {
-    fn new() -> Option<RelayBuf> {
-        // SAFETY: a fresh private anonymous mapping; nothing else uses it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                RELAY_CHUNK,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return None;
-        }
-        Some(RelayBuf(p as *mut u8))
-    }
-}
-
-// SAFETY: RelayBuf owns its mapping alone (like a Box<[u8]>), so moving
-// it to the relay thread that uses it is sound.
-unsafe impl Send for RelayBuf {}
-
-impl std::ops::Deref for RelayBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping is RELAY_CHUNK bytes, zero-filled, and lives
-        // as long as self.
-        unsafe { std::slice::from_raw_parts(self.0, RELAY_CHUNK) }
-    }
-}
-
-impl std::ops::DerefMut for RelayBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in deref; &mut self makes this the only view.
-        unsafe { std::slice::from_raw_parts_mut(self.0, RELAY_CHUNK) }
-    }
-}
-
-impl Drop for RelayBuf {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in new(), no longer used.
-        unsafe { libc::munmap(self.0 as *mut c_void, RELAY_CHUNK) };
-    }
-}
-
-/// How long the receiving relay sleeps in the library kernel before it
-/// looks again (see `relay_down`).
-const RECV_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
-/// How long the program → kernel relay sleeps in one send (see relay_up).
-const SEND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct Kernel {
     lkl: Lkl,
@@ -314,6 +260,9 @@ struct Conn {
     closed: AtomicBool,
     /// No program→kernel relay is running (never started, or finished).
     up_done: AtomicBool,
+    /// The connection was reset (or failed otherwise): nothing it holds
+    /// can reach the peer any more, so nothing waits for it.
+    dead: AtomicBool,
 }
 
 impl Conn {
@@ -324,6 +273,7 @@ impl Conn {
             reported: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             up_done: AtomicBool::new(true),
+            dead: AtomicBool::new(false),
         })
     }
 
@@ -334,56 +284,14 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let Some(k) = live() else { return };
-        let unacked = k.unacked(self.lkl).unwrap_or(0);
-        if unacked == 0 {
-            let _ = k.close(self.lkl);
-            return;
-        }
-        log::debug!("lkl: {unacked} bytes unacknowledged at close; the close lingers");
-        // Bytes or the FIN are still unacknowledged: the close waits for
-        // them (bounded), so that an exit right after it can wait for the
-        // close. Off the program's own threads: its close() never blocks.
-        let closing = Closing::enter();
-        let fd = self.lkl;
-        if ON_RELAY_THREAD.get() {
-            lingering_close(k, fd, closing);
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("dropshim-lkl-close".into())
-            .spawn(move || {
-                if let Some(k) = live() {
-                    lingering_close(k, fd, closing);
-                }
-            });
-        if let Err(e) = spawned {
-            log::debug!("lkl: no thread for a lingering close ({e}); closing at once");
-            let _ = k.close(fd);
+        if let Some(k) = live() {
+            if self.dead.load(Ordering::Acquire) {
+                let _ = k.close(self.lkl);
+            } else {
+                relay::linger(k, self.lkl);
+            }
         }
     }
-}
-
-/// Closes `fd` once the peer has acknowledged everything written to it,
-/// or after [`LINGER`]: the library kernel sends what is queued and the
-/// FIN either way (an orphaned socket goes on after close), but only a
-/// close still waiting keeps the exit flush waiting.
-fn lingering_close(k: &Lkl, fd: Fd, _closing: Closing) {
-    if let Err(e) = k.set_linger(fd, LINGER) {
-        log::debug!("lkl: SO_LINGER: {e}");
-    }
-    let _ = k.close(fd);
-}
-
-/// How long a close waits for the peer's acknowledgement. Longer than
-/// [`EXIT_FLUSH`]: a connection closed shortly before exit is still being
-/// waited for then.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
-
-std::thread_local! {
-    /// This thread is a relay: it ends when its connection does, so it
-    /// may wait in a lingering close.
-    static ON_RELAY_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Closes in progress that wait for the peer's acknowledgement (and
@@ -432,17 +340,30 @@ struct Accepted {
     conn: Arc<Conn>,
 }
 
+/// Connections accepted in the library kernel, waiting for the program.
+#[derive(Default)]
+struct Backlog {
+    ready: VecDeque<Accepted>,
+    /// Token bytes not yet written (the program is behind).
+    owed: usize,
+}
+
 struct Listener {
+    /// Identity in the library loop.
+    id: u64,
     lkl: Fd,
-    queue: Mutex<VecDeque<Accepted>>,
+    queue: Mutex<Backlog>,
     stop: AtomicBool,
-    /// Write end of the token socketpair (one byte per queued connection).
+    /// Accepting waits until the program has taken its queued connections.
+    paused: AtomicBool,
+    /// Write end of the token socketpair (one byte per queued
+    /// connection), non-blocking.
     token: c_int,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        for a in self.queue.get_mut().drain(..) {
+        for a in self.queue.get_mut().ready.drain(..) {
             close_fd(a.fd);
         }
         close_fd(self.token);
@@ -561,72 +482,6 @@ fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
 
 // ------------------------------------------------------------ relay
 
-/// Moves bytes both ways between `host` (our end of the program's pair)
-/// and the connected library socket, one thread per direction (a call
-/// blocked in the library kernel holds its host thread). `prog` is the
-/// inode of the program's end.
-fn start_relay(conn: Arc<Conn>, host: c_int, prog: Option<u64>) {
-    let host = HostEnd {
-        fd: host,
-        prog,
-        reset: AtomicBool::new(false),
-    };
-    let (Some(down_buf), Some(up_buf)) = (RelayBuf::new(), RelayBuf::new()) else {
-        // Dropping our end of the pair shows the program the end.
-        log::error!("lkl: no memory for relay buffers; the connection is closed");
-        return;
-    };
-    conn.up_done.store(false, Ordering::Release);
-    {
-        let mut relayed = RELAYED.lock();
-        // Forget finished connections now and then (amortised).
-        if relayed.len() >= 64 && relayed.len().is_power_of_two() {
-            relayed.retain(|w| w.strong_count() > 0);
-        }
-        relayed.push(Arc::downgrade(&conn));
-    }
-    let host = Arc::new(host);
-    let (c2, h2) = (conn.clone(), host.clone());
-    let spawned = std::thread::Builder::new()
-        .name("dropshim-lkl-rx".into())
-        .spawn(move || {
-            relay_down(&c2, &h2, down_buf);
-            close_host(h2, &c2);
-            let_go(c2);
-        });
-    if let Err(e) = spawned {
-        log::error!("lkl: cannot start a relay thread: {e}; the connection is closed");
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("dropshim-lkl-tx".into())
-        .spawn(move || {
-            relay_up(&conn, &host, up_buf);
-            close_host(host, &conn);
-            let_go(conn);
-        });
-    if let Err(e) = spawned {
-        log::error!("lkl: cannot start a relay thread: {e}");
-    }
-}
-
-/// The relays' end of the program's pair, closed by whichever relay ends
-/// last. After a reset the program must read ECONNRESET, not the end of
-/// the stream; a Unix stream socket closed while its own receive queue
-/// holds data sets ECONNRESET on its peer (unix_release_sock), which the
-/// peer's read() returns after the data already queued for it. So the
-/// last relay makes sure a byte waits unread in this end, then closes it.
-fn close_host(host: Arc<HostEnd>, conn: &Arc<Conn>) {
-    let Some(h) = Arc::into_inner(host) else {
-        return;
-    };
-    if h.reset.load(Ordering::Acquire) {
-        // Without a byte the close is a plain end of stream: the best
-        // left when the reset cannot cross.
-        unread_byte(conn, &h);
-    }
-}
-
 /// Bytes waiting in `fd`'s receive queue.
 fn queued(fd: c_int) -> c_int {
     let mut n: c_int = 0;
@@ -657,7 +512,7 @@ fn inode(fd: c_int) -> Option<u64> {
 /// gone, and checked by inode). Returns whether a byte waits: not when
 /// the program closed its descriptor, shut down its writing, or has not
 /// accepted the connection yet.
-fn unread_byte(conn: &Arc<Conn>, host: &HostEnd) -> bool {
+fn unread_byte(conn: &Arc<Conn>, host: &relay::HostEnd) -> bool {
     if queued(host.fd) > 0 {
         return true;
     }
@@ -687,17 +542,6 @@ fn unread_byte(conn: &Arc<Conn>, host: &HostEnd) -> bool {
         )
     };
     sent == 1
-}
-
-/// A relay's end (its end of the pair already let go of, so a lingering
-/// close holds no descriptor of the program's): drops its hold on the
-/// connection, closing the library socket if it was the last one.
-/// Counted in [`CLOSING`] throughout, so the exit flush never sees the
-/// connection gone before its lingering close has begun.
-fn let_go(conn: Arc<Conn>) {
-    let _closing = Closing::enter();
-    ON_RELAY_THREAD.set(true);
-    drop(conn);
 }
 
 /// Connections that were relayed, for the flush at exit.
@@ -735,8 +579,8 @@ extern "C" fn flush_at_exit() {
     let deadline = std::time::Instant::now() + EXIT_FLUSH;
     for c in &conns {
         loop {
-            let drained =
-                c.up_done.load(Ordering::Acquire) && k.unacked(c.lkl).map_or(true, |n| n == 0);
+            let drained = c.dead.load(Ordering::Acquire)
+                || (c.up_done.load(Ordering::Acquire) && k.unacked(c.lkl).map_or(true, |n| n == 0));
             if drained || std::time::Instant::now() >= deadline {
                 break;
             }
@@ -747,155 +591,12 @@ extern "C" fn flush_at_exit() {
     // Connections the program closed earlier may still be waiting for
     // their acknowledgement in a lingering close; so may these, now.
     drop(conns);
+    relay::flush_lingering(k, deadline);
     Closing::wait_all(deadline);
     log::debug!(
         "lkl: exit flush done in {:?}",
         EXIT_FLUSH - deadline.saturating_duration_since(std::time::Instant::now())
     );
-}
-
-struct HostEnd {
-    fd: c_int,
-    /// Inode of the program's end of the pair.
-    prog: Option<u64>,
-    /// The connection was reset (or died otherwise): the program's reads
-    /// must end in ECONNRESET; nothing more goes to the library socket.
-    reset: AtomicBool,
-}
-
-impl Drop for HostEnd {
-    fn drop(&mut self) {
-        close_fd(self.fd);
-    }
-}
-
-/// Program → library kernel.
-fn relay_up(conn: &Arc<Conn>, host: &HostEnd, mut buf: RelayBuf) {
-    let Some(k) = live() else { return };
-    // Linux 6.12's MPTCP has no persist timer of its own: when the peer's
-    // connection-level window closes, or its memory runs short, with
-    // nothing in flight on any subflow, a sender asleep for room is never
-    // woken (seen in the path-cut test: every subflow idle and empty, the
-    // relay asleep in send for good). A send that times out re-enters
-    // sendmsg, which pushes what is pending or probes the window; the
-    // stall is then at most this long.
-    if let Err(e) = k.set_send_timeout(conn.lkl, SEND_RETRY) {
-        log::debug!("lkl: SO_SNDTIMEO: {e}");
-    }
-    loop {
-        // SAFETY: `buf` is writable for its length; `host` is our end.
-        let n = unsafe { libc::read(host.fd, buf.as_mut_ptr() as *mut c_void, buf.len()) };
-        if host.reset.load(Ordering::Acquire) {
-            // The connection is gone: what was read has nowhere to go.
-            conn.up_done.store(true, Ordering::Release);
-            return;
-        }
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            let _ = k.shutdown(conn.lkl, libc::SHUT_WR);
-            conn.up_done.store(true, Ordering::Release);
-            return;
-        }
-        if n == 0 {
-            let how = if conn.closed.load(Ordering::Acquire) {
-                libc::SHUT_RDWR
-            } else {
-                libc::SHUT_WR
-            };
-            let _ = k.shutdown(conn.lkl, how);
-            conn.up_done.store(true, Ordering::Release);
-            return;
-        }
-        if let Err(e) = send_retrying(k, conn.lkl, &buf[..n as usize]) {
-            log::debug!("lkl: send: {e}");
-            // The connection failed (a reset): the program's reads end in
-            // ECONNRESET, its writes in EPIPE once the pair is closed, and
-            // the shutdown ends the other relay's wait in the kernel.
-            host.reset.store(true, Ordering::Release);
-            let _ = k.shutdown(conn.lkl, libc::SHUT_RDWR);
-            conn.up_done.store(true, Ordering::Release);
-            return;
-        }
-    }
-}
-
-/// Sends all of `buf`, going back into the kernel after each send timeout.
-fn send_retrying(k: &Lkl, fd: Fd, mut buf: &[u8]) -> Result<(), LklError> {
-    while !buf.is_empty() {
-        match k.send(fd, buf, libc::MSG_NOSIGNAL) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EAGAIN) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Library kernel → program.
-fn relay_down(conn: &Arc<Conn>, host: &HostEnd, mut buf: RelayBuf) {
-    let Some(k) = live() else { return };
-    // Linux 6.12's MPTCP can leave a blocked reader asleep for good: when
-    // out-of-order data fills the receive buffer (a path was cut and the
-    // other one went on), the segment that fills the hole stays in its
-    // subflow and nothing wakes the reader to pull it in. A receive that
-    // times out re-enters recvmsg, which pulls it; the stall is then at
-    // most this long (handover in the bench: never more than 0.6 s).
-    if let Err(e) = k.set_recv_timeout(conn.lkl, RECV_RETRY) {
-        log::debug!("lkl: SO_RCVTIMEO: {e}");
-    }
-    loop {
-        let n = match k.recv(conn.lkl, &mut buf, 0) {
-            Ok(n) => n,
-            Err(e) if matches!(errno_of(&e), libc::EINTR | libc::EAGAIN) => continue,
-            Err(e) => {
-                // Reset, or dead otherwise: not a clean end of stream.
-                log::debug!("lkl: recv: {e}");
-                host.reset.store(true, Ordering::Release);
-                0
-            }
-        };
-        if n == 0 {
-            if host.reset.load(Ordering::Acquire) {
-                // A byte in our end wakes the other relay if it sleeps in
-                // read() (it then stops), and is what the close turns
-                // into ECONNRESET (see close_host). Without one, the
-                // program reads end of stream and the other relay's
-                // read() ends: never a program left waiting.
-                if !unread_byte(conn, host) {
-                    // SAFETY: shutdown on our own descriptor.
-                    unsafe { libc::shutdown(host.fd, libc::SHUT_RDWR) };
-                }
-                return;
-            }
-            // SAFETY: shutdown on our own descriptor: the program reads EOF.
-            unsafe { libc::shutdown(host.fd, libc::SHUT_WR) };
-            return;
-        }
-        let mut off = 0;
-        while off < n {
-            // SAFETY: `buf[off..n]` is initialised; MSG_NOSIGNAL turns a
-            // closed reader into EPIPE instead of a signal.
-            let w = unsafe {
-                libc::send(
-                    host.fd,
-                    buf[off..n].as_ptr() as *const c_void,
-                    n - off,
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if w < 0 {
-                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                // The program closed or shut down reading.
-                let _ = k.shutdown(conn.lkl, libc::SHUT_RD);
-                return;
-            }
-            off += w as usize;
-        }
-    }
 }
 
 // ------------------------------------------------------------ the calls
@@ -905,11 +606,14 @@ pub unsafe fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
         Ok(k) => k,
         Err(e) => return e.fail(),
     };
-    let lfd = match k.socket(domain, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) {
+    // Non-blocking: only the event loops wait on it (and connect, which
+    // they finish).
+    let ty_lkl = libc::SOCK_STREAM | libc::SOCK_NONBLOCK;
+    let lfd = match k.socket(domain, ty_lkl, libc::IPPROTO_MPTCP) {
         Ok(f) => f,
         Err(e) => {
             log::warning!("lkl: MPTCP socket refused ({e}); using TCP");
-            match k.socket(domain, libc::SOCK_STREAM, libc::IPPROTO_TCP) {
+            match k.socket(domain, ty_lkl, libc::IPPROTO_TCP) {
                 Ok(f) => f,
                 Err(e) => return Errno(errno_of(&e)).fail(),
             }
@@ -1251,66 +955,91 @@ unsafe fn connect_in_background(
         }
     }
     close_fd(g[0]);
-    let c = conn.clone();
-    let opener = g[1];
-    let spawned = std::thread::Builder::new()
-        .name("dropshim-lkl-connect".into())
-        .spawn(move || {
-            let errno = match k.connect(c.lkl, dest) {
-                Ok(()) => 0,
-                Err(e) => {
-                    log::debug!("lkl: connect {dest}: {e}");
-                    errno_of(&e)
-                }
-            };
-            c.finish(errno);
-            {
-                let mut socks = SOCKS.lock();
-                // `fd` and any duplicate of it, including one the program
-                // made of the gate meanwhile: each gets the data end back.
-                let mine: Vec<c_int> = socks
-                    .iter()
-                    .filter(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c)))
-                    .map(|(&t, _)| t)
-                    .collect();
-                for t in mine {
-                    // SAFETY: `t` is still one of this socket's descriptors
-                    // (the program forgets it under this lock before
-                    // closing it).
-                    unsafe { replace_file(data, t) };
-                    if let Some(sock) = socks.get_mut(&t) {
-                        reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
-                        settle(t, sock);
-                    }
-                }
+    let pending = Arc::new(Connecting {
+        conn: conn.clone(),
+        data,
+        relay_end,
+        opener: g[1],
+        done,
+        dest,
+    });
+    match k.connect(conn.lkl, dest) {
+        Err(e) if errno_of(&e) == libc::EINPROGRESS => {
+            if let Err(e) = relay::watch_connect(pending.clone()) {
+                log::error!(
+                    "lkl: cannot wait for a connect: {}",
+                    std::io::Error::from_raw_os_error(e.0)
+                );
+                connect_finished(&pending, e.0);
             }
-            let prog = inode(data);
-            close_fd(data);
-            if errno == 0 {
-                start_relay(c, relay_end, prog);
-            } else {
-                // The program's reads see EOF, writes EPIPE.
-                close_fd(relay_end);
-            }
-            // Wakes a poll/select still sleeping on the gate: draining it
-            // makes the gate writable.
-            // SAFETY: reads into a live buffer from our own descriptor.
-            unsafe {
-                libc::fcntl(opener, libc::F_SETFL, libc::O_NONBLOCK);
-                let mut junk = [0u8; 4096];
-                while libc::read(opener, junk.as_mut_ptr() as *mut c_void, junk.len()) > 0 {}
-            }
-            close_fd(opener);
-            if let Some(done) = done {
-                connect_done(done);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("lkl: cannot start the connect thread: {e}");
-        close_fd(g[1]);
-        return fail(Errno(libc::EAGAIN), data);
+        }
+        Ok(()) => connect_finished(&pending, 0),
+        Err(e) => {
+            log::debug!("lkl: connect {dest}: {e}");
+            connect_finished(&pending, errno_of(&e));
+        }
     }
     Errno(libc::EINPROGRESS).fail()
+}
+
+/// A connect under way in the library kernel (non-blocking), and what
+/// its end puts back in place.
+struct Connecting {
+    conn: Arc<Conn>,
+    /// The data end of the program's pair (a copy of the descriptor).
+    data: c_int,
+    /// The relays' end of that pair.
+    relay_end: c_int,
+    /// The gate's other end: draining it opens the gate.
+    opener: c_int,
+    /// A blocking connect waits for one byte from this.
+    done: Option<c_int>,
+    dest: SocketAddr,
+}
+
+/// The connect of `c` ended with `errno` (0: connected): every descriptor
+/// of the socket gets the data end back (its epoll registrations made
+/// again), the relay starts (or the program's reads see EOF, writes
+/// EPIPE), and the gate opens so that a poll or select already sleeping on
+/// it wakes. Runs once per connect.
+fn connect_finished(c: &Connecting, errno: c_int) {
+    c.conn.finish(errno);
+    {
+        let mut socks = SOCKS.lock();
+        // The socket's descriptors, including a duplicate the program made
+        // of the gate meanwhile: each gets the data end back.
+        let mine: Vec<c_int> = socks
+            .iter()
+            .filter(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c.conn)))
+            .map(|(&t, _)| t)
+            .collect();
+        for t in mine {
+            // SAFETY: `t` is still one of this socket's descriptors (the
+            // program forgets it under this lock before closing it).
+            unsafe { replace_file(c.data, t) };
+            if let Some(sock) = socks.get_mut(&t) {
+                reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+                settle(t, sock);
+            }
+        }
+    }
+    let prog = inode(c.data);
+    close_fd(c.data);
+    if errno == 0 {
+        relay::start(c.conn.clone(), c.relay_end, prog);
+    } else {
+        close_fd(c.relay_end);
+    }
+    // SAFETY: reads into a live buffer from our own descriptor.
+    unsafe {
+        libc::fcntl(c.opener, libc::F_SETFL, libc::O_NONBLOCK);
+        let mut junk = [0u8; 4096];
+        while libc::read(c.opener, junk.as_mut_ptr() as *mut c_void, junk.len()) > 0 {}
+    }
+    close_fd(c.opener);
+    if let Some(done) = c.done {
+        connect_done(done);
+    }
 }
 
 /// epoll_ctl on a socket whose connect is pending: done on the gate and
@@ -1381,10 +1110,16 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     close_fd(tokens[0]);
     close_fd(relay_end);
+    // The loop never waits on the token end: a program behind on its
+    // accepts pauses the accepting instead.
+    let tfl = libc::fcntl(tokens[1], libc::F_GETFL);
+    libc::fcntl(tokens[1], libc::F_SETFL, tfl | libc::O_NONBLOCK);
     let listener = Arc::new(Listener {
+        id: relay::new_id(),
         lkl: lfd,
-        queue: Mutex::new(VecDeque::new()),
+        queue: Mutex::new(Backlog::default()),
         stop: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
         token: tokens[1],
     });
     for t in std::iter::once(fd).chain(others) {
@@ -1395,64 +1130,14 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
         }
     }
     drop(socks);
-    let spawned = std::thread::Builder::new()
-        .name("dropshim-lkl-accept".into())
-        .spawn(move || acceptor(k, &listener));
-    if let Err(e) = spawned {
-        log::error!("lkl: cannot start the accept thread: {e}");
-        return Errno(libc::EAGAIN).fail();
+    if let Err(e) = relay::watch_listener(listener) {
+        log::error!(
+            "lkl: cannot accept for a listening socket: {}",
+            std::io::Error::from_raw_os_error(e.0)
+        );
+        return e.fail();
     }
     0
-}
-
-/// Accepts connections in the library kernel and queues them for the
-/// program, one token byte each.
-fn acceptor(k: &'static Lkl, l: &Listener) {
-    loop {
-        let (nfd, peer) = match k.accept(l.lkl, 0) {
-            Ok(x) => x,
-            Err(e) => {
-                if l.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                match errno_of(&e) {
-                    libc::EINTR | libc::ECONNABORTED | libc::EAGAIN => continue,
-                    _ => {
-                        log::error!("lkl: accept: {e}; the listening socket stops accepting");
-                        // SAFETY: shutdown on our own descriptor: the
-                        // program's accept sees end of stream.
-                        unsafe { libc::shutdown(l.token, libc::SHUT_WR) };
-                        return;
-                    }
-                }
-            }
-        };
-        if l.stop.load(Ordering::Acquire) {
-            let _ = k.close(nfd);
-            return;
-        }
-        let sv = match pair() {
-            Ok(sv) => sv,
-            Err(Errno(e)) => {
-                log::error!(
-                    "lkl: no descriptor for an accepted connection: {}",
-                    std::io::Error::from_raw_os_error(e)
-                );
-                let _ = k.close(nfd);
-                continue;
-            }
-        };
-        let conn = Conn::new(nfd, Some(0));
-        start_relay(conn.clone(), sv[1], inode(sv[0]));
-        l.queue.lock().push_back(Accepted {
-            fd: sv[0],
-            peer,
-            conn,
-        });
-        let one = [1u8];
-        // SAFETY: writes one byte from a live buffer to our own descriptor.
-        unsafe { libc::write(l.token, one.as_ptr() as *const c_void, 1) };
-    }
 }
 
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
@@ -1482,9 +1167,16 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     if n == 0 {
         return Errno(libc::EINVAL).fail();
     }
-    let Some(a) = listener.queue.lock().pop_front() else {
+    let Some(a) = listener.queue.lock().ready.pop_front() else {
         return Errno(libc::EAGAIN).fail();
     };
+    // Accepting was paused while the program was behind: it has caught up.
+    if listener.paused.load(Ordering::SeqCst)
+        && relay::post_tokens(&listener)
+        && listener.paused.swap(false, Ordering::SeqCst)
+    {
+        relay::poke(listener.id);
+    }
     apply_flags(a.fd, flags);
     if let Some(p) = a.peer {
         write_addr(p, domain, addr, len);
@@ -1762,8 +1454,9 @@ pub fn forget(fd: c_int) {
         State::Listening(l) => {
             l.stop.store(true, Ordering::Release);
             if let Some(k) = live() {
-                // Wakes the accept thread, which drops its reference.
                 let _ = k.shutdown(l.lkl, libc::SHUT_RDWR);
+                // The library loop lets go of it (and closes it).
+                relay::poke(l.id);
             }
         }
     }

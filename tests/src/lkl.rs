@@ -5,7 +5,7 @@
 //! native MPTCP peers in gw2.
 
 use crate::{run_ok, shim_path};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
 use std::path::PathBuf;
 use std::process::Command;
@@ -100,4 +100,90 @@ pub fn native_peer(tb: &Testbed, program: &str) -> Result<Command> {
     let mut cmd = tb.command("gw2", "mptcpize")?;
     cmd.args(["run", program]);
     Ok(cmd)
+}
+
+/// A process's host threads, and how many of them are the library
+/// kernel's own tasks (each kernel task runs on a host thread named
+/// `lkl-kernel`, including the tasks that carry system calls for host
+/// threads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Threads {
+    pub total: u64,
+    pub kernel: u64,
+}
+
+impl Threads {
+    /// Threads that are not the library kernel's tasks.
+    pub fn own(&self) -> u64 {
+        self.total.saturating_sub(self.kernel)
+    }
+}
+
+/// The threads of `pid` now (from /proc/PID/task/*/comm).
+pub fn threads_of(pid: u32) -> Result<Threads> {
+    let mut t = Threads::default();
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    for task in dir.flatten() {
+        // A thread may end while it is read: not counted.
+        if let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) {
+            t.total += 1;
+            t.kernel += u64::from(comm.trim_end() == "lkl-kernel");
+        }
+    }
+    Ok(t)
+}
+
+/// Samples the threads of `pid` until dropped; keeps the sample with the
+/// most threads that are not the library kernel's.
+pub struct ThreadPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Threads>>,
+}
+
+impl ThreadPeak {
+    pub fn watch(pid: u32) -> ThreadPeak {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peak = Threads::default();
+            while !s.load(std::sync::atomic::Ordering::Acquire) {
+                match threads_of(pid) {
+                    Ok(t)
+                        if t.own() > peak.own()
+                            || (t.own() == peak.own() && t.total > peak.total) =>
+                    {
+                        peak = t
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                // Sampling pace, not a wait for anything.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            peak
+        });
+        ThreadPeak {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// The peak seen so far; stops sampling.
+    pub fn finish(mut self) -> Threads {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ThreadPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }

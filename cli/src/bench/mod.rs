@@ -7,11 +7,14 @@
 //! http.server`, per size), `handover` (the client's link 1 goes down mid
 //! transfer and comes back) and `overhead` (unshaped throughput and CPU
 //! per GB), `rr` (request/response: round-trip latency, transactions
-//! per second and connection set-up). A stack that cannot run is recorded as skipped with the reason,
+//! per second and connection set-up), `conns` (many connections held
+//! at once by one server on the stack: its threads and memory, round trips
+//! under that load; not in the default set). A stack that cannot run is recorded as skipped with the reason,
 //! never dropped; MPTCP use is read from the server namespace's MPTcpExt
 //! counters, so a run that silently fell back to TCP shows as 0 subflows.
 //! Runs are interleaved (stack A, B, C, A, B, C...) so drift hits all alike.
 
+mod conns;
 mod handover;
 mod local_cache;
 mod output;
@@ -66,6 +69,9 @@ pub struct Args {
     /// listed as not selected.
     #[arg(long, value_delimiter = ',')]
     pub stacks: Option<Vec<Stack>>,
+    /// Connections the `conns` scenario holds open at once.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -76,6 +82,7 @@ pub enum Scenario {
     Handover,
     Overhead,
     Rr,
+    Conns,
 }
 
 impl Scenario {
@@ -86,6 +93,7 @@ impl Scenario {
             Scenario::Handover => "handover",
             Scenario::Overhead => "overhead",
             Scenario::Rr => "rr",
+            Scenario::Conns => "conns",
         }
     }
 }
@@ -141,6 +149,12 @@ pub struct Record {
     pub samples: Option<u64>,
     /// rr: transactions per second.
     pub per_s: Option<f64>,
+    /// conns: the server's host threads at their peak, and how many of
+    /// them were the library kernel's own tasks.
+    pub threads: Option<u64>,
+    pub kernel_tasks: Option<u64>,
+    /// conns: the server's resident memory per idle connection.
+    pub rss_kib_per_conn: Option<f64>,
 }
 
 impl Record {
@@ -179,6 +193,9 @@ impl Record {
             over_10ms: None,
             samples: None,
             per_s: None,
+            threads: None,
+            kernel_tasks: None,
+            rss_kib_per_conn: None,
         }
     }
 
@@ -261,6 +278,7 @@ pub struct Plan {
     pub sizes_mb: Vec<u64>,
     pub handover: handover::Settings,
     pub rr: rr::Settings,
+    pub conns: conns::Settings,
 }
 
 impl Plan {
@@ -278,6 +296,7 @@ impl Plan {
             sizes_mb,
             handover: handover::Settings::new(args.quick),
             rr: rr::Settings::new(args.quick),
+            conns: conns::Settings::new(args.quick, args.conns),
         }
     }
 
@@ -305,6 +324,10 @@ impl Plan {
                 Scenario::Rr => {
                     steps += rr::Settings::rows();
                     self.rr.expected_seconds()
+                }
+                Scenario::Conns => {
+                    steps += 1;
+                    self.conns.expected_seconds()
                 }
             };
             secs += per_stack_run * f64::from(self.runs * n_stacks) + 3.0;
@@ -363,6 +386,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Scenario::Handover => handover::run(&mut ctx, &plan),
             Scenario::Overhead => overhead::run(&mut ctx, &plan),
             Scenario::Rr => rr::run(&mut ctx, &plan),
+            Scenario::Conns => conns::run(&mut ctx, &plan),
         };
         if let Err(err) = result {
             // A testbed that cannot be built fails the whole scenario; say
@@ -589,6 +613,7 @@ mod tests {
             out: None,
             library: None,
             stacks: None,
+            conns: 1000,
         };
         let quick = Plan::from_args(&args);
         assert_eq!((quick.runs, quick.duration), (1, 3));

@@ -92,6 +92,7 @@ pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
             Scenario::Handover,
             Scenario::Overhead,
             Scenario::Rr,
+            Scenario::Conns,
         ]
         .iter()
         .position(|x| *x == s)
@@ -191,6 +192,7 @@ pub fn markdown(records: &[Record]) -> String {
             Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
             Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
             Scenario::Rr => "| measurement | stack | median us | p99 us | max us | over 10 ms | per second | subflows/conn | echo intact | runs |",
+            Scenario::Conns => "| connections | stack | host threads (peak) | of them library-kernel tasks | others | RSS KiB per idle conn | open all s | round trip median us | p99 us | subflows/conn | echo intact | runs |",
         };
         let cols = header.matches('|').count() - 1;
         let _ = writeln!(md, "{header}");
@@ -255,6 +257,32 @@ pub fn markdown(records: &[Record]) -> String {
                         .stat(|r| r.cpu_s_per_gb)
                         .map_or("-".into(), |x| format!("{:.2}", x.0));
                     format!(" {m} | {s} | {cpu} | {} | {} |", subflows(g), g.runs())
+                }
+                Scenario::Conns => {
+                    let n = |f: fn(&Record) -> Option<f64>, digits: usize| {
+                        g.stat(f)
+                            .map_or("-".into(), |x| format!("{:.digits$}", x.0))
+                    };
+                    let threads = n(|r| r.threads.map(|t| t as f64), 0);
+                    let kernel = n(|r| r.kernel_tasks.map(|t| t as f64), 0);
+                    let own = n(
+                        |r| {
+                            r.threads
+                                .zip(r.kernel_tasks)
+                                .map(|(t, k)| t.saturating_sub(k) as f64)
+                        },
+                        0,
+                    );
+                    format!(
+                        " {threads} | {kernel} | {own} | {} | {} | {} | {} | {} | {} | {} |",
+                        n(|r| r.rss_kib_per_conn, 1),
+                        n(|r| r.seconds, 2),
+                        n(|r| r.median_us, 0),
+                        n(|r| r.p99_us, 0),
+                        subflows(g),
+                        all_true(g, |r| r.intact),
+                        g.runs()
+                    )
                 }
                 Scenario::Rr => {
                     let us = |f: fn(&Record) -> Option<f64>| {
@@ -384,6 +412,18 @@ fn ratios(groups: &[Group]) -> Vec<String> {
                 }
             }
             Scenario::Rr => out.extend(rr_ratios(set, |stack, f| med(sc, set, stack, f))),
+            Scenario::Conns => {
+                let own: fn(&Record) -> Option<f64> = |r| {
+                    r.threads
+                        .zip(r.kernel_tasks)
+                        .map(|(t, k)| t.saturating_sub(k) as f64)
+                };
+                if let Some(t) = med(sc, set, Stack::Lkl, own) {
+                    out.push(format!(
+                        "conns {set}: lkl server's host threads beyond the library kernel's tasks = {t:.0} (bar <= 16)"
+                    ));
+                }
+            }
             Scenario::Handover => {
                 let stall: fn(&Record) -> Option<f64> = |r| r.stall_s;
                 for stack in [Stack::Native, Stack::Uml, Stack::Lkl] {
@@ -459,7 +499,7 @@ fn optf(v: Option<f64>, digits: usize) -> String {
     v.map_or(String::new(), |x| format!("{x:.digits$}"))
 }
 
-pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact,median_us,p99_us,max_us,over_10ms,samples,per_s";
+pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact,median_us,p99_us,max_us,over_10ms,samples,per_s,threads,kernel_tasks,rss_kib_per_conn";
 
 /// Every record, one row each (handover timelines stay in the JSON).
 pub fn csv(records: &[Record]) -> String {
@@ -473,7 +513,7 @@ pub fn csv(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.scenario.name(),
             csv_field(&r.setting),
             r.stack.name(),
@@ -496,6 +536,9 @@ pub fn csv(records: &[Record]) -> String {
             opt(r.over_10ms),
             opt(r.samples),
             optf(r.per_s, 1),
+            opt(r.threads),
+            opt(r.kernel_tasks),
+            optf(r.rss_kib_per_conn, 1),
         );
     }
     s
@@ -706,7 +749,7 @@ pub(crate) mod tests {
             csv.lines()
                 .nth(2)
                 .unwrap_or("")
-                .ends_with(",40.0,80.0,400.0,1,1000,"),
+                .ends_with(",40.0,80.0,400.0,1,1000,,,,"),
             "{csv}"
         );
     }
@@ -720,7 +763,7 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), recs.len() + 1);
         assert_eq!(
             lines[1],
-            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,,,,,,,"
+            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,,,,,,,,,,"
         );
         assert!(csv.contains(
             "two-gateways,2 x 1000 Mbit/s,native,userspace,default,0,skipped,\"needs a daemon, a, \"\"b\"\"\","
