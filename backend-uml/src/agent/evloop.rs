@@ -226,11 +226,16 @@ impl Pump {
                 if !*dst_write {
                     return Ok(Step::Wait);
                 }
+                let want = self.pending.len() - self.off;
                 match sys_write(dst, &self.pending[self.off..]) {
                     Ok(0) => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
                     Ok(n) => {
                         self.off += n;
                         *moved += n;
+                        if n < want {
+                            // A short write: the send buffer is full.
+                            *dst_write = false;
+                        }
                     }
                     Err(e) if would_block(&e) => {
                         *dst_write = false;
@@ -254,6 +259,9 @@ impl Pump {
                 match sys_splice(pr.as_raw_fd(), dst, self.in_pipe) {
                     Ok(0) => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
                     Ok(n) => {
+                        if n < self.in_pipe {
+                            *dst_write = false;
+                        }
                         self.in_pipe -= n;
                         *moved += n;
                     }
@@ -294,12 +302,23 @@ impl Pump {
                 Ok(n) => match mover {
                     Mover::Splice => self.in_pipe = n,
                     Mover::Copy => {
+                        // A stream socket's read stops short only when
+                        // nothing more is queued: wait for the next
+                        // arrival instead of asking again. (Not so for a
+                        // splice, which also stops when the pipe runs out
+                        // of slots.)
+                        if n < scratch.len() {
+                            *src_read = false;
+                        }
                         // Straight on to the destination; what it does not
                         // take now is kept.
                         let mut sent = 0;
                         if *dst_write {
                             match sys_write(dst, &scratch[..n]) {
-                                Ok(m) => sent = m,
+                                Ok(m) => {
+                                    sent = m;
+                                    *dst_write = m == n;
+                                }
                                 Err(e) if would_block(&e) => *dst_write = false,
                                 Err(e) => return Err(e),
                             }
