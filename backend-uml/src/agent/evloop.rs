@@ -34,7 +34,7 @@ const BRIDGE_LISTENER: Token = Token(usize::MAX);
 
 /// How the relay moves bytes from a source to a destination socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Mover {
+enum Mover {
     /// splice(2) through a pipe: no copy through the agent's memory.
     Splice,
     /// read(2) into a buffer and write(2) from it.
@@ -48,8 +48,10 @@ pub(super) enum Mover {
 /// MPTCP socket falls back to a generic path that allocates pages for
 /// the whole request (up to the pipe's size) before it reads, even when
 /// a 64-byte message is all there is. Reading into the agent's buffer
-/// does not pay that. Splicing from the bridge (TCP) into a pipe hands
-/// over the received pages without a copy, which reading does not.
+/// does not pay that (downloads ran 1.5 to 2 times faster reading, on
+/// the unshaped testbed). Splicing from the bridge (TCP) into a pipe
+/// hands over the received pages without a copy, which reading does not
+/// (uploads ran faster and at less CPU per byte splicing).
 const UP: Mover = Mover::Splice;
 const DOWN: Mover = Mover::Copy;
 
@@ -84,7 +86,7 @@ const IDLE_EVERY: u64 = 5;
 const RCVBUF: libc::c_int = 4 << 20;
 
 /// The open-descriptor limit the agent asks for: two descriptors per
-/// connection, two more per splicing direction that moved bytes.
+/// connection, two more (its pipe) once it carried bytes to the peer.
 const NOFILE: libc::rlim_t = 1 << 20;
 
 /// Readiness of one descriptor as epoll last reported it (edge
@@ -907,7 +909,7 @@ impl Agent {
     /// Tries again the guest sockets that wait (see [`RETRY`]).
     fn tick(&mut self) {
         self.ticks += 1;
-        let idle_turn = self.ticks % IDLE_EVERY == 0;
+        let idle_turn = self.ticks.is_multiple_of(IDLE_EVERY);
         let now = Instant::now();
         for slot in 0..self.slots.len() {
             let Some(Some(Conn::Relay(r))) = self.slots.get_mut(slot) else {
