@@ -593,6 +593,15 @@ impl Lkl {
         })
     }
 
+    /// Puts an interface in link group `group` (`ip link set dev X group
+    /// N`); the `costaware` MPTCP scheduler reads it as the interface's cost.
+    pub fn set_link_group(&self, iface: &Interface, group: u32) -> Result<()> {
+        let nl = netlink::Netlink::open(self)?;
+        let r = nl.set_group(iface.ifindex, group);
+        nl.close();
+        r
+    }
+
     /// Brings the loopback interface up (127.0.0.1/8, ::1).
     pub fn loopback_up(&self) -> Result<()> {
         let nl = netlink::Netlink::open(self)?;

@@ -183,6 +183,21 @@ impl<'a> Netlink<'a> {
             .map(|_| ())
     }
 
+    /// Sets an interface's link group (IFLA_GROUP), as `ip link set dev X group N`.
+    pub(crate) fn set_group(&self, ifindex: i32, group: u32) -> Result<()> {
+        let mut p = vec![0u8; 16];
+        p[0] = libc::AF_UNSPEC as u8;
+        p[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        attr(&mut p, 27, &group.to_ne_bytes()); // IFLA_GROUP
+        self.request(
+            RTM_NEWLINK,
+            0,
+            &p,
+            &format!("set the group of interface {ifindex} to {group}"),
+        )
+        .map(|_| ())
+    }
+
     pub(crate) fn add_addr(&self, ifindex: i32, addr: IpAddr, prefix: u8) -> Result<()> {
         let (family, bytes) = ip_bytes(addr);
         // IFA_F_NODAD: the address is usable at once (no duplicate detection wait).

@@ -275,6 +275,10 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
         let itf = lkl
             .add_interface(&iface.name, &addrs, &routes)
             .map_err(|e| format!("interface {}: {e}", iface.name))?;
+        if let Some(cost) = iface.cost {
+            lkl.set_link_group(&itf, cost)
+                .map_err(|e| format!("cost {cost} of interface {}: {e}", iface.name))?;
+        }
         if let Err(e) = announce(&lkl, itf.ifindex) {
             log::warning!(
                 "lkl: cannot announce the addresses of {}: {e}; a peer may reach this process only after its neighbour entry expires",
