@@ -23,7 +23,9 @@ const TRANSFER: Duration = Duration::from_secs(180);
 
 /// The native MPTCP server in gw2: one connection, read to EOF; prints
 /// `progress N` every STEP bytes, then `done SHA256 TOTAL ADDR=BYTES ...`
-/// with the bytes each local address's subflows received (the largest
+/// with the bytes the subflows from each client address received (every
+/// subflow ends at gw2's link-1 address; the testbed's source routing
+/// sends each over the link of its client address) (the largest
 /// value seen over the transfer, so a subflow closed before the end still
 /// counts), and answers with the raw digest.
 const SERVER_PY: &str = r##"import ctypes, hashlib, socket, struct, sys
@@ -40,11 +42,12 @@ def subflow_data(fd, opt, elem, count=8):
     raw = buf.raw
     return [raw[16 + i * usize:16 + (i + 1) * usize] for i in range(min(num, count))]
 
-def local_ip(entry):
-    family = struct.unpack_from("H", entry, 0)[0]
+def remote_ip(entry):
+    # struct mptcp_subflow_addrs: local, then remote, 128 bytes each
+    family = struct.unpack_from("H", entry, 128)[0]
     if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, entry[4:8])
-    return socket.inet_ntop(socket.AF_INET6, entry[8:24])
+        return socket.inet_ntop(socket.AF_INET, entry[132:136])
+    return socket.inet_ntop(socket.AF_INET6, entry[136:152])
 
 best = {}
 def sample(fd):
@@ -52,7 +55,7 @@ def sample(fd):
     addrs = subflow_data(fd, MPTCP_ADDRS, 256)
     now = {}
     for info, addr in zip(infos, addrs):
-        ip = local_ip(addr)
+        ip = remote_ip(addr)
         now[ip] = now.get(ip, 0) + struct.unpack_from("Q", info, 128)[0]
     for ip, n in now.items():
         best[ip] = max(best.get(ip, 0), n)
@@ -159,8 +162,8 @@ fn testbed(rate_mbit: Option<u32>) -> Result<Testbed> {
     )?)
 }
 
-/// What the server reported: per local address (gw2's link addresses),
-/// the bytes its subflows received, and the total.
+/// What the server reported: per client address (gw1's address on each
+/// link), the bytes its subflows received, and the total.
 struct Split {
     per_addr: HashMap<String, u64>,
     total: u64,
@@ -168,7 +171,7 @@ struct Split {
 
 impl Split {
     fn share(&self, tb: &Testbed, link: u32) -> Result<f64> {
-        let addr = tb.addr4("gw2", link)?.to_string();
+        let addr = tb.addr4("gw1", link)?.to_string();
         let got = self.per_addr.get(&addr).copied().unwrap_or(0);
         Ok(got as f64 / self.total.max(1) as f64)
     }
