@@ -262,6 +262,23 @@ impl Upload {
     }
 }
 
+/// Cuts or restores link `link` at gw2's end (gw1's end may belong to the
+/// stack under test).
+fn gw2_link(tb: &Testbed, link: u32, up: bool) -> Result<()> {
+    let ifname = tb.ifname("gw2", link)?.to_string();
+    run_ok(
+        tb.command("gw2", "ip")?.args([
+            "link",
+            "set",
+            "dev",
+            &ifname,
+            if up { "up" } else { "down" },
+        ]),
+        SHORT,
+    )?;
+    Ok(())
+}
+
 fn extra(scheduler: &str, costs: &[Option<u32>]) -> DeviceExtra {
     DeviceExtra {
         scheduler: Some(scheduler.to_string()),
@@ -386,9 +403,9 @@ fn costaware_keeps_to_the_cheap_link(kind: Kind) -> Result<()> {
 
     let up = Upload::start(&tb, &stack, 3 * MIB, rate, MIB / 4)?;
     up.wait_progress(3 * MIB / 4)?;
-    tb.set_link(2, false)?;
+    gw2_link(&tb, 2, false)?;
     let split = up.finish();
-    tb.set_link(2, true)?;
+    gw2_link(&tb, 2, true)?;
     let split = split?;
     let costly = split.share(&tb, 1)?;
     eprintln!(
