@@ -22,11 +22,14 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 port="$here/kernel"
+# dropshim's MPTCP packet schedulers (GPL-2.0), shared with the uml kernel
+schedulers="$here/../kernel/mptcp-schedulers"
 tarball=${LKL_LINUX_TARBALL:-/usr/src/linux-source-6.12.tar.xz}
 jobs=${LKL_JOBS:-$(nproc)}
 
 die() { echo "build-lkl.sh: $*" >&2; exit 1; }
 
+[ -f "$schedulers/apply.sh" ] || die "$schedulers/apply.sh not found; run the script from the source tree (backend-lkl/build-lkl.sh)"
 [ -r "$tarball" ] || die "kernel source $tarball not found; install it with: apt-get install linux-source-6.12 (or set LKL_LINUX_TARBALL)"
 for tool in make gcc ld objcopy ar flex bison bc sha256sum flock; do
 	command -v "$tool" >/dev/null 2>&1 || die "missing tool '$tool'; install: apt-get install build-essential bc flex bison libelf-dev"
@@ -47,6 +50,7 @@ key=$( {
 	ld --version | head -n1
 	cat "$0"
 	(cd "$port" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+	(cd "$schedulers" && LC_ALL=C sha256sum apply.sh ./*.patch ./*.c ./*.h)
 } | sha256sum | cut -c1-16)
 out="$cache/out-$key"
 
@@ -68,7 +72,9 @@ if [ -f "$out/liblkl.so" ]; then
 	exit 0
 fi
 
-tree="$cache/linux-$(echo "$tarball $tar_id" | sha256sum | cut -c1-16)"
+# The tree carries the schedulers' hook-up, so it is not the plain tree
+# (linux-<hash of the tarball alone>) older versions of this script used.
+tree="$cache/linux-$(echo "$tarball $tar_id mptcp-schedulers" | sha256sum | cut -c1-16)"
 if [ ! -f "$tree/.unpacked" ]; then
 	echo "build-lkl.sh: unpacking $tarball" >&2
 	rm -rf "$tree"
@@ -80,6 +86,7 @@ fi
 # Lay the port on; -c compares contents so unchanged files keep their
 # timestamps and make rebuilds only what changed.
 rsync -rc --delete "$port/arch/lkl/" "$tree/arch/lkl/"
+sh "$schedulers/apply.sh" "$tree"
 
 log="$cache/build-$key.log"
 echo "build-lkl.sh: building (log: $log)" >&2

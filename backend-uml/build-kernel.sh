@@ -17,6 +17,11 @@
 # another folder (the dropshim-uml binary writes its embedded copies to one,
 # since it feeds this script on stdin). They are part of the cache key.
 #
+# dropshim's MPTCP packet schedulers (kernel/mptcp-schedulers, GPL-2.0,
+# shared with the lkl build) are laid on by their apply.sh;
+# $DROPSHIM_MPTCP_SCHEDULERS names another copy of that folder. Also part
+# of the cache key.
+#
 # Usage: build-kernel.sh            (build if needed, print the path)
 #        build-kernel.sh --path     (print the path it would use; exit 1 if not built)
 # Needs: apt-get install linux-source-6.12 bc flex bison libelf-dev build-essential
@@ -44,6 +49,13 @@ else
 fi
 ls "$PATCH_DIR"/*.patch >/dev/null 2>&1 || die "no kernel patches in $PATCH_DIR; run the script from the source tree (backend-uml/build-kernel.sh) or set DROPSHIM_UML_PATCHES"
 patches_id=$(cat "$PATCH_DIR"/*.patch | sha256sum | cut -c1-16)
+if [ -n "${DROPSHIM_MPTCP_SCHEDULERS:-}" ]; then
+    SCHED_DIR=$DROPSHIM_MPTCP_SCHEDULERS
+else
+    SCHED_DIR=$(cd "$(dirname "$0")" && pwd)/../kernel/mptcp-schedulers
+fi
+[ -f "$SCHED_DIR/apply.sh" ] || die "no MPTCP schedulers in $SCHED_DIR; run the script from the source tree (backend-uml/build-kernel.sh) or set DROPSHIM_MPTCP_SCHEDULERS"
+patches_id="$patches_id $(cd "$SCHED_DIR" && LC_ALL=C sha256sum apply.sh ./*.patch ./*.c ./*.h | sha256sum | cut -c1-16)"
 
 [ -r "$SRC_TARBALL" ] || die "kernel source $SRC_TARBALL not found; install it with: apt-get install linux-source-6.12 bc flex bison libelf-dev build-essential"
 
@@ -87,6 +99,7 @@ cd "$work"
 for p in "$PATCH_DIR"/*.patch; do
     patch -p1 -s --forward < "$p" >&2 || die "patch $p does not apply to $SRC_TARBALL"
 done
+sh "$SCHED_DIR/apply.sh" "$work" >&2
 make -s ARCH=um defconfig >&2
 # shellcheck disable=SC2086 # the fragment is a list of words on purpose
 scripts/config $CONFIG_FRAGMENT

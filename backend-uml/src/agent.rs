@@ -97,8 +97,27 @@ fn setup(cmds: &Path) -> Result<TcpListener, String> {
         let argv: Vec<&str> = line.split('\t').collect();
         run_command(&argv)?;
     }
+    record_mptcp(cmds);
     let addr = SocketAddrV4::new(Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR), crate::BRIDGE_PORT);
     TcpListener::bind(addr).map_err(|e| format!("cannot listen on the private link {addr}: {e}"))
+}
+
+/// The name of the file, next to the command list in the run directory,
+/// where the guest records its MPTCP packet schedulers once configured:
+/// `net.mptcp.available_schedulers = ...` and `net.mptcp.scheduler = ...`.
+pub const GUEST_MPTCP_FILE: &str = "guest.mptcp";
+
+/// Writes [`GUEST_MPTCP_FILE`], so the host can see which schedulers the
+/// guest kernel offers and which one it runs. Best effort: the instance
+/// works without it.
+fn record_mptcp(cmds: &Path) {
+    let mut text = String::new();
+    for key in ["available_schedulers", "scheduler"] {
+        let value =
+            std::fs::read_to_string(Path::new("/proc/sys/net/mptcp").join(key)).unwrap_or_default();
+        text.push_str(&format!("net.mptcp.{key} = {}\n", value.trim()));
+    }
+    let _ = std::fs::write(cmds.with_file_name(GUEST_MPTCP_FILE), text);
 }
 
 fn run_command(argv: &[&str]) -> Result<(), String> {

@@ -31,7 +31,41 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Writes [`KERNEL_PATCHES`] into a fresh private folder for the script.
+/// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`
+/// at the workspace root, shared with the lkl build): the files the script
+/// lays onto the kernel tree, handed over in a sub-folder of the patches'.
+const MPTCP_SCHEDULERS: &[(&str, &str)] = &[
+    (
+        "apply.sh",
+        include_str!("../../kernel/mptcp-schedulers/apply.sh"),
+    ),
+    (
+        "0001-mptcp-dropshim-schedulers.patch",
+        include_str!("../../kernel/mptcp-schedulers/0001-mptcp-dropshim-schedulers.patch"),
+    ),
+    (
+        "dropshim_sched.h",
+        include_str!("../../kernel/mptcp-schedulers/dropshim_sched.h"),
+    ),
+    (
+        "sched_blest.c",
+        include_str!("../../kernel/mptcp-schedulers/sched_blest.c"),
+    ),
+    (
+        "sched_costaware.c",
+        include_str!("../../kernel/mptcp-schedulers/sched_costaware.c"),
+    ),
+    (
+        "sched_roundrobin.c",
+        include_str!("../../kernel/mptcp-schedulers/sched_roundrobin.c"),
+    ),
+];
+
+/// The name of the sub-folder of [`patches_dir`] holding [`MPTCP_SCHEDULERS`].
+const SCHEDULERS_SUBDIR: &str = "mptcp-schedulers";
+
+/// Writes [`KERNEL_PATCHES`] (and [`MPTCP_SCHEDULERS`] in
+/// [`SCHEDULERS_SUBDIR`]) into a fresh private folder for the script.
 fn patches_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "dropshim-uml-patches-{}-{}",
@@ -45,6 +79,14 @@ fn patches_dir() -> Result<PathBuf> {
         std::fs::write(dir.join(name), text).map_err(io_err(format!(
             "cannot write {name} into {}",
             dir.display()
+        )))?;
+    }
+    let sched = dir.join(SCHEDULERS_SUBDIR);
+    std::fs::create_dir(&sched).map_err(io_err(format!("cannot create {}", sched.display())))?;
+    for (name, text) in MPTCP_SCHEDULERS {
+        std::fs::write(sched.join(name), text).map_err(io_err(format!(
+            "cannot write {name} into {}",
+            sched.display()
         )))?;
     }
     Ok(dir)
@@ -77,6 +119,7 @@ fn run_build_script(args: &[&str]) -> Result<PathBuf> {
 fn run_build_script_with(args: &[&str], patches: &Path) -> Result<PathBuf> {
     let mut child = Command::new("sh")
         .env("DROPSHIM_UML_PATCHES", patches)
+        .env("DROPSHIM_MPTCP_SCHEDULERS", patches.join(SCHEDULERS_SUBDIR))
         .arg("-s")
         .arg("--")
         .args(args)
@@ -1005,6 +1048,36 @@ mod tests {
         let written = patches_dir().unwrap();
         for (name, text) in KERNEL_PATCHES {
             assert_eq!(&std::fs::read_to_string(written.join(name)).unwrap(), text);
+            assert_eq!(&std::fs::read_to_string(dir.join(name)).unwrap(), text);
+        }
+        std::fs::remove_dir_all(written).unwrap();
+    }
+
+    #[test]
+    fn every_scheduler_source_is_carried_and_handed_to_the_script() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel/mptcp-schedulers");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n == "apply.sh" || n.ends_with(".patch") || n.ends_with(".c") || n.ends_with(".h")
+            })
+            .collect();
+        on_disk.sort();
+        let mut carried: Vec<String> = MPTCP_SCHEDULERS
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        carried.sort();
+        assert_eq!(
+            carried, on_disk,
+            "MPTCP_SCHEDULERS must list the files build-kernel.sh hashes and apply.sh uses"
+        );
+        let written = patches_dir().unwrap();
+        for (name, text) in MPTCP_SCHEDULERS {
+            let got = std::fs::read_to_string(written.join(SCHEDULERS_SUBDIR).join(name)).unwrap();
+            assert_eq!(&got, text);
             assert_eq!(&std::fs::read_to_string(dir.join(name)).unwrap(), text);
         }
         std::fs::remove_dir_all(written).unwrap();

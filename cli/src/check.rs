@@ -18,6 +18,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let file = args.config.display().to_string();
     match dropshim_conf::load(&args.config) {
         Ok(device) => {
+            if let Some(d) = scheduler_offered(&args.config, &file, &device) {
+                let mut stderr = std::io::stderr().lock();
+                writeln!(stderr, "{d}")?;
+                writeln!(stderr, "1 error(s) in {file}")?;
+                return Ok(ExitCode::from(1));
+            }
             let mut out = std::io::stdout().lock();
             for line in summary(&device) {
                 writeln!(out, "{line}")?;
@@ -42,6 +48,25 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// Where the host kernel lists its MPTCP packet schedulers.
+const NATIVE_SCHEDULERS: &str = "/proc/sys/net/mptcp/available_schedulers";
+
+/// The file's scheduler checked against what its backend offers (the
+/// host kernel's list for native, dropshim's kernels for uml and lkl).
+fn scheduler_offered(
+    path: &std::path::Path,
+    file: &str,
+    device: &DeviceConfig,
+) -> Option<dropshim_conf::Diagnostic> {
+    device.mptcp.scheduler.as_ref()?;
+    // the file was just read by load(); a failure now leaves it unchecked
+    let text = std::fs::read_to_string(path).ok()?;
+    let native: Vec<String> = std::fs::read_to_string(NATIVE_SCHEDULERS)
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    dropshim_conf::check_scheduler(&text, file, device, &native)
 }
 
 /// One line per section of the file, as the device will run it.
@@ -146,6 +171,9 @@ fn interface_item(i: &Interface) -> String {
     }
     if let Some(gw) = i.gateway {
         item.push_str(&format!(" via {gw}"));
+    }
+    if let Some(cost) = i.cost {
+        item.push_str(&format!(" cost {cost}"));
     }
     item
 }

@@ -143,3 +143,54 @@ fn missing_file_exits_1_naming_path() {
         "{stderr}"
     );
 }
+
+#[test]
+fn scheduler_of_dropshims_kernels_on_uml_passes_and_unknown_one_fails_with_its_line() {
+    let ok = TempFile::new(
+        "[device]\nname = \"gw1\"\nbackend = \"uml\"\n\n[mptcp]\nscheduler = \"costaware\"\n",
+    );
+    let out = check(&ok.0);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("scheduler costaware"));
+
+    let bad = TempFile::new(
+        "[device]\nname = \"gw1\"\nbackend = \"lkl\"\n\n[mptcp]\nscheduler = \"redundant\"\n",
+    );
+    let out = check(&bad.0);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    let first = stderr.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&format!("{}:6:", bad.0.display())),
+        "{stderr}"
+    );
+    assert!(
+        first.contains("scheduler `redundant` is not offered by the lkl backend")
+            && first.contains("one of default, roundrobin, blest, costaware"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn native_scheduler_is_checked_against_the_host_kernel() {
+    let host: Vec<String> = std::fs::read_to_string("/proc/sys/net/mptcp/available_schedulers")
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    // costaware is built into dropshim's kernels, not the host's
+    if host.iter().any(|s| s == "costaware") {
+        return;
+    }
+    let f = TempFile::new(
+        "[device]\nname = \"gw1\"\nbackend = \"native\"\n\n[mptcp]\nscheduler = \"costaware\"\n",
+    );
+    let out = check(&f.0);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(":6:")
+            && stderr.contains("not offered by the native backend")
+            && stderr.contains("offered by the uml, lkl backend(s)"),
+        "{stderr}"
+    );
+}

@@ -74,6 +74,81 @@ pub fn parse(text: &str, origin: &str) -> Result<DeviceConfig, ConfError> {
     }
 }
 
+/// The MPTCP packet schedulers built into the kernels dropshim builds for
+/// the uml and lkl backends (`kernel/mptcp-schedulers/` and the kernel's
+/// own `default`), in the order the kernel lists them.
+pub const BUILT_SCHEDULERS: &[&str] = &["default", "roundrobin", "blest", "costaware"];
+
+/// Checks the file's `[mptcp] scheduler` against what its backend offers:
+/// `native` is what the host kernel lists in
+/// `/proc/sys/net/mptcp/available_schedulers` (empty when it has no MPTCP),
+/// uml and lkl offer [`BUILT_SCHEDULERS`]. `text` and `origin` are the
+/// file's text and name, for the line of the error; the error names the
+/// backends that do offer the scheduler.
+pub fn check_scheduler(
+    text: &str,
+    origin: &str,
+    cfg: &DeviceConfig,
+    native: &[String],
+) -> Option<Diagnostic> {
+    let name = cfg.mptcp.scheduler.as_deref()?;
+    let offered_by = |b: BackendKind| -> bool {
+        match b {
+            BackendKind::Native => native.iter().any(|s| s == name),
+            BackendKind::Uml | BackendKind::Lkl => BUILT_SCHEDULERS.contains(&name),
+        }
+    };
+    let backend = cfg.device.backend;
+    if offered_by(backend) {
+        return None;
+    }
+    let all = [BackendKind::Native, BackendKind::Uml, BackendKind::Lkl];
+    let others: Vec<&str> = all
+        .iter()
+        .filter(|b| offered_by(**b))
+        .map(|b| b.as_str())
+        .collect();
+    let elsewhere = if others.is_empty() {
+        "no backend offers it".to_string()
+    } else {
+        format!("offered by the {} backend(s)", others.join(", "))
+    };
+    let here: Vec<String> = match backend {
+        BackendKind::Native => native.to_vec(),
+        BackendKind::Uml | BackendKind::Lkl => {
+            BUILT_SCHEDULERS.iter().map(|s| s.to_string()).collect()
+        }
+    };
+    let tree = spans::read(text).ok();
+    let locator = validate::Locator {
+        file: origin,
+        text,
+        tree: tree.as_ref(),
+    };
+    let what = if backend == BackendKind::Native {
+        "the host kernel"
+    } else {
+        "dropshim's kernel"
+    };
+    Some(locator.finding(&validate::Finding {
+        path: vec![spans::Seg::Key("mptcp"), spans::Seg::Key("scheduler")],
+        message: format!(
+            "scheduler `{name}` is not offered by the {} backend ({what} has {}); {elsewhere}",
+            backend.as_str(),
+            if here.is_empty() {
+                "none".to_string()
+            } else {
+                here.join(", ")
+            }
+        ),
+        expected: if here.is_empty() {
+            "no scheduler on this backend".to_string()
+        } else {
+            format!("one of {}", here.join(", "))
+        },
+    }))
+}
+
 /// Reads, parses and validates the device file at `path`.
 pub fn load(path: &Path) -> Result<DeviceConfig, ConfError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfError::Read {

@@ -111,7 +111,15 @@ pub struct Interface {
     /// each interface with one gets its own default route, metric 100 +
     /// its position in the file, so the first carries the traffic.
     pub gateway: Option<IpAddr>,
+    /// What sending over this interface costs (money, energy), 0 to
+    /// [`MAX_COST`]; lower is cheaper. uml and lkl set it as the
+    /// interface's link group (`ip link set dev X group N`) inside their
+    /// kernel, where the `costaware` scheduler reads it. Unset: 0.
+    pub cost: Option<u32>,
 }
+
+/// The highest interface cost a device file may state.
+pub const MAX_COST: u32 = 1_000_000;
 
 /// Path managers a stack may offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

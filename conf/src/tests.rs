@@ -98,6 +98,8 @@ fn examples_load() {
     assert_eq!(lkl.device.backend, BackendKind::Lkl);
     assert_eq!(lkl.lkl.as_ref().map(|l| l.memory_mib), Some(64));
     assert_eq!(lkl.policy.default, Action::Tcp);
+    assert_eq!(lkl.mptcp.scheduler.as_deref(), Some("costaware"));
+    assert_eq!(lkl.interfaces[1].cost, Some(10));
 }
 
 #[test]
@@ -113,6 +115,7 @@ name = "eth0"
 addresses = ["198.18.0.1/24"]
 endpoint = ["subflow", "fullmesh", "backup"]
 gateway = "198.18.0.254"
+cost = 7
 [mptcp]
 path_manager = "userspace"
 scheduler = "default"
@@ -137,6 +140,7 @@ boot_options = []
 "#;
     let cfg = parse(text, F).unwrap();
     assert_eq!(cfg.interfaces[0].endpoint.len(), 3);
+    assert_eq!(cfg.interfaces[0].cost, Some(7));
     assert!(cfg.policy.loopback && !cfg.policy.listeners);
     assert_eq!(cfg.uml.unwrap().kernel.as_deref(), Some("/opt/linux"));
     assert!(cfg.lkl.unwrap().boot_options.is_empty());
@@ -548,4 +552,85 @@ fn embedded_default_is_valid() {
     let cfg = DeviceConfig::embedded_default();
     assert!(validate::check(&cfg).is_empty());
     let _: IpAddr = "198.18.0.1".parse().unwrap();
+}
+
+#[test]
+fn interface_cost_out_of_range_or_wrong_type() {
+    only(
+        &with_head("[[interfaces]]\nname = \"eth1\"\ncost = 1000001\n"),
+        6,
+        "cost 1000001 is above the maximum",
+        "an integer from 0",
+    );
+    only(
+        &with_head("[[interfaces]]\nname = \"eth1\"\ncost = \"cheap\"\n"),
+        6,
+        "",
+        "an integer from 0",
+    );
+    only(
+        &with_head("[[interfaces]]\nname = \"eth1\"\ncost = -1\n"),
+        6,
+        "",
+        "an integer from 0",
+    );
+}
+
+fn scheduler_file(backend: &str, name: &str) -> String {
+    format!("[device]\nname = \"gw\"\nbackend = \"{backend}\"\n\n[mptcp]\nscheduler = \"{name}\"\n")
+}
+
+#[test]
+fn scheduler_checked_against_what_the_backend_offers() {
+    let native = vec!["default".to_string()];
+    for backend in ["uml", "lkl"] {
+        for name in BUILT_SCHEDULERS {
+            let text = scheduler_file(backend, name);
+            let cfg = parse(&text, F).unwrap();
+            assert_eq!(
+                check_scheduler(&text, F, &cfg, &native),
+                None,
+                "{backend} {name}"
+            );
+        }
+    }
+    let text = scheduler_file("native", "default");
+    let cfg = parse(&text, F).unwrap();
+    assert_eq!(check_scheduler(&text, F, &cfg, &native), None);
+
+    // On native, a scheduler only dropshim's kernels have: the line, and
+    // which backends offer it.
+    let text = scheduler_file("native", "roundrobin");
+    let cfg = parse(&text, F).unwrap();
+    let d = check_scheduler(&text, F, &cfg, &native).expect("an error");
+    check(&d, 6, "not offered by the native backend", "one of default");
+    assert!(
+        d.message.contains("offered by the uml, lkl backend(s)"),
+        "{d}"
+    );
+    assert!(d.message.contains("the host kernel has default"), "{d}");
+
+    // A name nobody offers, on uml: no backend offers it.
+    let text = scheduler_file("uml", "fastest");
+    let cfg = parse(&text, F).unwrap();
+    let d = check_scheduler(&text, F, &cfg, &native).expect("an error");
+    check(
+        &d,
+        6,
+        "not offered by the uml backend",
+        "one of default, roundrobin, blest, costaware",
+    );
+    assert!(d.message.contains("no backend offers it"), "{d}");
+
+    // A host that offers it makes native an answer for uml's error too.
+    let host = vec!["default".to_string(), "fastest".to_string()];
+    let d = check_scheduler(&text, F, &cfg, &host).expect("an error");
+    assert!(
+        d.message.contains("offered by the native backend(s)"),
+        "{d}"
+    );
+    // No scheduler key: nothing to check.
+    let text = with_head("");
+    let cfg = parse(&text, F).unwrap();
+    assert_eq!(check_scheduler(&text, F, &cfg, &[]), None);
 }

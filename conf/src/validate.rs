@@ -18,6 +18,8 @@ pub const MAX_IFNAME: usize = 15;
 pub const MAX_DEVICE_NAME: usize = 32;
 /// Scheduler names are at most MPTCP_SCHED_NAME_MAX - 1 bytes.
 pub const MAX_SCHEDULER: usize = 15;
+/// What an interface's `cost` should look like.
+const COST_EXPECTED: &str = "an integer from 0 (cheapest, the default) to 1000000";
 pub const UML_MEMORY_MIB: (u32, u32) = (32, 65536);
 pub const LKL_MEMORY_MIB: (u32, u32) = (16, 65536);
 
@@ -34,7 +36,7 @@ const TABLES: &[(&[&str], &str, &[&str])] = &[
     (
         &["interfaces"],
         "[[interfaces]]",
-        &["name", "addresses", "endpoint", "gateway"],
+        &["name", "addresses", "endpoint", "gateway", "cost"],
     ),
     (
         &["mptcp"],
@@ -81,6 +83,7 @@ fn describe(keys: &[&str], in_array: bool) -> Option<&'static str> {
             "one of \"subflow\", \"signal\", \"backup\", \"fullmesh\""
         }
         (["interfaces", "gateway"], _) => "an IPv4 or IPv6 address, like \"198.18.1.254\"",
+        (["interfaces", "cost"], _) => COST_EXPECTED,
         (["mptcp"], _) => "an [mptcp] table with limits, path_manager and scheduler",
         (["mptcp", "limits"], _) => "a table like { subflows = 2, add_addr_accepted = 2 }",
         (["mptcp", "limits", _], _) => "an integer from 0 to 8",
@@ -479,6 +482,17 @@ fn check_interfaces(cfg: &DeviceConfig, f: &mut Findings) {
                 at("endpoint"),
                 format!("interface `{name}` has endpoint roles but no addresses to apply them to"),
                 "addresses = [\"198.18.1.1/24\", ...] on this interface, or no endpoint roles",
+            );
+        }
+
+        if let Some(cost) = iface.cost.filter(|c| *c > crate::schema::MAX_COST) {
+            f.push(
+                at("cost"),
+                format!(
+                    "cost {cost} is above the maximum of {}",
+                    crate::schema::MAX_COST
+                ),
+                COST_EXPECTED,
             );
         }
 

@@ -326,6 +326,9 @@ impl<R: Transport, G: Transport, S: Sysctls + ?Sized> Kernel<'_, R, G, S> {
                 self.sys.write("net.mptcp.enabled", "1")?;
             }
             for (iface, index) in cfg.interfaces.iter().zip(indexes) {
+                if let Some(cost) = iface.cost {
+                    self.rtnl.set_link_group(*index, cost)?;
+                }
                 for c in &iface.addresses {
                     let a = Address {
                         index: *index,

@@ -185,6 +185,23 @@ impl<T: Transport> Rtnl<T> {
             })
     }
 
+    /// Puts interface `index` in link group `group` (`ip link set dev X
+    /// group N`); the `costaware` MPTCP scheduler of dropshim's kernels
+    /// reads an interface's group as its cost.
+    pub fn set_link_group(&mut self, index: u32, group: u32) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Group(group));
+        self.call(RouteNetlinkMessage::SetLink(m), 0)
+            .map(drop)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot put interface {index} in link group {group}: {e}"),
+                )
+            })
+    }
+
     /// Every address, of one interface or of all (link-local IPv6 ones
     /// included).
     pub fn addresses(&mut self, index: Option<u32>) -> io::Result<Vec<Address>> {

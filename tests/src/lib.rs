@@ -152,6 +152,32 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     Ok(out)
 }
 
+/// Device-file additions for tests of schedulers: `[mptcp] scheduler` and
+/// a `cost` per interface (by position in the file).
+#[derive(Debug, Default, Clone)]
+pub struct DeviceExtra {
+    pub scheduler: Option<String>,
+    pub costs: Vec<Option<u32>>,
+}
+
+impl DeviceExtra {
+    /// Lines to add to the `i`th `[[interfaces]]` table.
+    pub fn interface_lines(&self, i: usize) -> String {
+        match self.costs.get(i).copied().flatten() {
+            Some(c) => format!("cost = {c}\n"),
+            None => String::new(),
+        }
+    }
+
+    /// Lines to add to the `[mptcp]` table.
+    pub fn mptcp_lines(&self) -> String {
+        match &self.scheduler {
+            Some(s) => format!("scheduler = \"{s}\"\n"),
+            None => String::new(),
+        }
+    }
+}
+
 /// A background process killed when the guard drops, so a failing test
 /// never leaves a server behind.
 pub struct Background {

@@ -4,7 +4,7 @@
 //! where `liblkl.so` is, and commands for programs on that backend and for
 //! native MPTCP peers in gw2.
 
-use crate::{run_ok, shim_path};
+use crate::{run_ok, shim_path, DeviceExtra};
 use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
 use std::path::PathBuf;
@@ -39,6 +39,16 @@ pub fn lkl_node(tb: &Testbed, roles2: &str) -> Result<LklNode> {
 /// TOML list items (`"subflow"` for a client, `"signal"` for a server);
 /// with `ipv6`, the library kernel gets gw1's IPv6 addresses too.
 pub fn lkl_node_with(tb: &Testbed, roles2: &str, ipv6: bool) -> Result<LklNode> {
+    lkl_node_extra(tb, roles2, ipv6, &DeviceExtra::default())
+}
+
+/// [`lkl_node_with`] with a scheduler and interface costs.
+pub fn lkl_node_extra(
+    tb: &Testbed,
+    roles2: &str,
+    ipv6: bool,
+    extra: &DeviceExtra,
+) -> Result<LklNode> {
     for link in ["link1", "link2"] {
         run_ok(
             tb.command("gw1", "ip")?
@@ -58,15 +68,18 @@ backend = "lkl"
 [[interfaces]]
 name = "link1"
 addresses = ["{a1}/24"{b1}]
-
+{x1}
 [[interfaces]]
 name = "link2"
 addresses = ["{a2}/24"{b2}]
 endpoint = [{roles2}]
-
+{x2}
 [mptcp]
 limits = {{ subflows = 2, add_addr_accepted = 2 }}
-"#,
+{xm}"#,
+            x1 = extra.interface_lines(0),
+            x2 = extra.interface_lines(1),
+            xm = extra.mptcp_lines(),
             a1 = tb.addr4("gw1", 1)?,
             a2 = tb.addr4("gw1", 2)?,
             b1 = if ipv6 {

@@ -2,7 +2,7 @@
 //! instance owns, brought up with `dropshim up` inside a testbed node and
 //! brought down (even on failure) when the guard drops.
 
-use crate::{cli_path, run_ok};
+use crate::{cli_path, run_ok, DeviceExtra};
 use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,17 @@ impl UmlDevice {
     /// addresses move into the guest; the last link gets a `subflow`
     /// endpoint so MPTCP opens a second subflow over it.
     pub fn up(tb: &Testbed, node: &str, links: &[u32], tag: &str) -> Result<UmlDevice> {
+        Self::up_with(tb, node, links, tag, &DeviceExtra::default())
+    }
+
+    /// [`UmlDevice::up`] with a scheduler and interface costs.
+    pub fn up_with(
+        tb: &Testbed,
+        node: &str,
+        links: &[u32],
+        tag: &str,
+        extra: &DeviceExtra,
+    ) -> Result<UmlDevice> {
         let name = unique_device(tag);
         let netns = tb.netns(node)?.to_string();
         let dir = tempfile::tempdir()?;
@@ -54,9 +65,11 @@ impl UmlDevice {
             if i + 1 == links.len() && links.len() > 1 {
                 toml.push_str("endpoint = [\"subflow\"]\n");
             }
+            toml.push_str(&extra.interface_lines(i));
             toml.push('\n');
         }
         toml.push_str("[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\n");
+        toml.push_str(&extra.mptcp_lines());
         std::fs::write(&config, toml)?;
         let dev = UmlDevice {
             name,
@@ -201,6 +214,14 @@ try:
 except OSError as e:
     print("error=%s" % errno.errorcode.get(e.errno, e.errno), flush=True)
 "##;
+
+/// What the guest recorded about its MPTCP schedulers
+/// (`net.mptcp.available_schedulers = ...`, `net.mptcp.scheduler = ...`).
+pub fn guest_mptcp(device: &str) -> Result<String> {
+    // the uml agent's GUEST_MPTCP_FILE
+    let path = run_dir(device).join("guest.mptcp");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
 
 /// Same rule as the backend: `DROPSHIM_UML_RUN` or /run/dropshim/uml.
 pub fn run_dir(device: &str) -> PathBuf {
