@@ -21,7 +21,8 @@ pub const MAX_SCHEDULER: usize = 15;
 /// What an interface's `cost` should look like.
 const COST_EXPECTED: &str = "an integer from 0 (cheapest, the default) to 1000000";
 const POLICY_EXPECTED: &str = "one of \"fullmesh\", \"ndiffports\", \"backup\", \"costaware\"";
-const SUBFLOWS_EXPECTED: &str = "an integer from 1 to 8 (subflows per connection, the first included)";
+const SUBFLOWS_EXPECTED: &str =
+    "an integer from 1 to 8 (subflows per connection, the first included)";
 const SATURATION_KIB_EXPECTED: &str = "an integer from 1 to 1048576 (KiB unacknowledged)";
 const SATURATION_MS_EXPECTED: &str = "an integer from 100 to 60000 (milliseconds)";
 pub const UML_MEMORY_MIB: (u32, u32) = (32, 65536);
@@ -97,9 +98,7 @@ fn describe(keys: &[&str], in_array: bool) -> Option<&'static str> {
         (["mptcp", "limits"], _) => "a table like { subflows = 2, add_addr_accepted = 2 }",
         (["mptcp", "limits", _], _) => "an integer from 0 to 8",
         (["mptcp", "path_manager"], _) => "\"kernel\" or \"userspace\"",
-        (["mptcp", "userspace"], _) => {
-            "a table like { policy = \"ndiffports\", subflows = 4 }"
-        }
+        (["mptcp", "userspace"], _) => "a table like { policy = \"ndiffports\", subflows = 4 }",
         (["mptcp", "userspace", "policy"], _) => POLICY_EXPECTED,
         (["mptcp", "userspace", "subflows"], _) => SUBFLOWS_EXPECTED,
         (["mptcp", "userspace", "saturation_kib"], _) => SATURATION_KIB_EXPECTED,

@@ -51,11 +51,8 @@ pub fn run(
         let now = Instant::now();
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
-            let links: Vec<(u32, bool)> = rtnl
-                .links()?
-                .into_iter()
-                .map(|l| (l.index, l.up))
-                .collect();
+            let links: Vec<(u32, bool)> =
+                rtnl.links()?.into_iter().map(|l| (l.index, l.up)).collect();
             planner.links(&links, now, &mut pm);
             if settings.policy == PmPolicy::Costaware {
                 let cheap = planner.cheapest();

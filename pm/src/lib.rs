@@ -54,6 +54,9 @@ use std::time::{Duration, Instant};
 /// How long a subflow asked for counts as on its way; after that, if it
 /// has not been established, it is asked for again.
 pub const PENDING_HOLD: Duration = Duration::from_secs(2);
+/// How long before a subflow the kernel refused (say, the connection was
+/// not yet fully established) is asked for again.
+pub const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// ndiffports' subflows when the device file gives no number.
 pub const DEFAULT_SUBFLOWS: u32 = 2;
 /// costaware's saturation threshold when the device file gives none.
@@ -100,8 +103,7 @@ impl Settings {
         Some(Settings {
             policy: us.policy,
             subflows: us.subflows.unwrap_or(DEFAULT_SUBFLOWS),
-            saturation_bytes: u64::from(us.saturation_kib.unwrap_or(DEFAULT_SATURATION_KIB))
-                * 1024,
+            saturation_bytes: u64::from(us.saturation_kib.unwrap_or(DEFAULT_SATURATION_KIB)) * 1024,
             saturation_time: Duration::from_millis(u64::from(
                 us.saturation_ms.unwrap_or(DEFAULT_SATURATION_MS),
             )),
@@ -186,6 +188,7 @@ struct Pending {
     local: IpAddr,
     remote: IpAddr,
     since: Instant,
+    hold: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -541,7 +544,7 @@ impl Planner {
         let wants = self.wants(conn.subflows.first(), &peers);
         let mut conn = conn.clone();
         conn.pending
-            .retain(|p| now.duration_since(p.since) < PENDING_HOLD);
+            .retain(|p| now.duration_since(p.since) < p.hold);
 
         let mut keep = vec![false; conn.subflows.len()];
         let mut creates = Vec::new();
@@ -585,17 +588,19 @@ impl Planner {
                     local: local.addr,
                     remote: w.remote.ip(),
                     since: now,
+                    hold: PENDING_HOLD,
                 }),
                 Err(e) => {
                     self.note(format!(
                         "token {token:08x}: cannot open a subflow {} -> {}: {e}",
                         local.addr, w.remote
                     ));
-                    // Held like a pending one, so it is retried later.
+                    // Held briefly, then asked for again.
                     conn.pending.push(Pending {
                         local: local.addr,
                         remote: w.remote.ip(),
                         since: now,
+                        hold: RETRY_AFTER,
                     });
                 }
             }
@@ -659,7 +664,10 @@ impl Planner {
                 continue;
             }
             if let Err(e) = cmds.announce(token, l) {
-                errors.push(format!("token {token:08x}: cannot announce {}: {e}", l.addr));
+                errors.push(format!(
+                    "token {token:08x}: cannot announce {}: {e}",
+                    l.addr
+                ));
             }
         }
         for e in errors {

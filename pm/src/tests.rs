@@ -97,7 +97,12 @@ fn established(p: &mut Planner, log: &mut Log, now: Instant) {
     );
     assert!(log.take().is_empty(), "nothing before establishment");
     p.event(
-        &ev(EventKind::Established, 7, "198.18.1.1:40000", "198.18.1.2:80"),
+        &ev(
+            EventKind::Established,
+            7,
+            "198.18.1.1:40000",
+            "198.18.1.2:80",
+        ),
         now,
         log,
     );
@@ -193,7 +198,12 @@ fn fullmesh_server_side_announces_its_other_addresses() {
         vec![local(1, false, 0), local(2, false, 0)],
     );
     let mut log = Log::default();
-    let mut e = ev(EventKind::Established, 9, "198.18.1.1:80", "198.18.1.2:5000");
+    let mut e = ev(
+        EventKind::Established,
+        9,
+        "198.18.1.1:80",
+        "198.18.1.2:5000",
+    );
     e.server_side = Some(true);
     p.event(&e, now, &mut log);
     assert_eq!(log.take(), vec!["announce 9 198.18.2.1#2"]);
@@ -214,7 +224,12 @@ fn backup_opens_flagged_then_promotes_when_the_active_link_fails() {
         log.take(),
         vec!["create 7 198.18.2.1#2 -> 198.18.1.2:80 backup"]
     );
-    let mut sub = ev(EventKind::SubEstablished, 7, "198.18.2.1:40100", "198.18.1.2:80");
+    let mut sub = ev(
+        EventKind::SubEstablished,
+        7,
+        "198.18.2.1:40100",
+        "198.18.1.2:80",
+    );
     sub.backup = Some(true);
     p.event(&sub, now, &mut log);
     assert!(log.take().is_empty());
@@ -270,7 +285,12 @@ fn costaware_opens_the_costly_path_only_while_the_cheap_one_is_down_or_saturated
     p.links(&[(11, false), (12, true)], t0, &mut log);
     assert_eq!(log.take(), vec!["create 7 198.18.2.1#2 -> 198.18.1.2:80"]);
     p.event(
-        &ev(EventKind::SubEstablished, 7, "198.18.2.1:40200", "198.18.1.2:80"),
+        &ev(
+            EventKind::SubEstablished,
+            7,
+            "198.18.2.1:40200",
+            "198.18.1.2:80",
+        ),
         t0,
         &mut log,
     );
@@ -283,7 +303,12 @@ fn costaware_opens_the_costly_path_only_while_the_cheap_one_is_down_or_saturated
     p.links(&[(11, true), (12, true)], t0, &mut log);
     assert_eq!(log.take(), vec!["create 7 198.18.1.1#1 -> 198.18.1.2:80"]);
     p.event(
-        &ev(EventKind::SubEstablished, 7, "198.18.1.1:40300", "198.18.1.2:80"),
+        &ev(
+            EventKind::SubEstablished,
+            7,
+            "198.18.1.1:40300",
+            "198.18.1.2:80",
+        ),
         t0,
         &mut log,
     );
@@ -306,7 +331,12 @@ fn costaware_opens_the_costly_path_only_while_the_cheap_one_is_down_or_saturated
     assert!(p.saturated());
     assert_eq!(log.take(), vec!["create 7 198.18.2.1#2 -> 198.18.1.2:80"]);
     p.event(
-        &ev(EventKind::SubEstablished, 7, "198.18.2.1:40400", "198.18.1.2:80"),
+        &ev(
+            EventKind::SubEstablished,
+            7,
+            "198.18.2.1:40400",
+            "198.18.1.2:80",
+        ),
         t0,
         &mut log,
     );
@@ -344,7 +374,10 @@ fn device_file_gives_ids_backup_and_cost() {
         .iter()
         .map(|l| (l.id, l.ifindex, l.backup, l.cost))
         .collect();
-    assert_eq!(view, vec![(1, 3, false, 0), (2, 3, false, 0), (3, 4, true, 5)]);
+    assert_eq!(
+        view,
+        vec![(1, 3, false, 0), (2, 3, false, 0), (3, 4, true, 5)]
+    );
     let s = Settings::from_config(&cfg).unwrap();
     assert_eq!(s.policy, PmPolicy::Backup);
     assert_eq!(s.subflows, DEFAULT_SUBFLOWS);
