@@ -287,9 +287,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let already = daemon
-        .as_deref()
-        .map_or(true, |d| d.contains("already running"));
+    let already = match daemon.as_deref() {
+        None => true,
+        Some(d) => d.contains("already running"),
+    };
     if let Some(d) = &daemon {
         if !already {
             println!("device {name} (native): {d}");

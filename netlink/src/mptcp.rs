@@ -818,6 +818,7 @@ impl<T: Transport> Events<T> {
     }
 
     /// Blocks for the next datagram and returns its events.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> io::Result<Vec<Event>> {
         Ok(self
             .conn

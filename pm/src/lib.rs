@@ -620,14 +620,10 @@ impl Planner {
             }
         }
         // Close what is not wanted, but never the last subflow.
-        let mut idx = 0;
         let mut kept = Vec::new();
-        let total = conn.subflows.len();
-        let mut remaining = total;
-        for s in std::mem::take(&mut conn.subflows) {
-            let wanted = keep[idx];
-            idx += 1;
-            if wanted || remaining <= 1 {
+        let mut remaining = conn.subflows.len();
+        for (idx, s) in std::mem::take(&mut conn.subflows).into_iter().enumerate() {
+            if keep[idx] || remaining <= 1 {
                 kept.push(s);
                 continue;
             }
