@@ -272,7 +272,31 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             "device {name}: `dropshim up` failed; changes of this run were undone"
         )));
     }
-    match (applied.report.is_empty(), was_up) {
+    // dropshim's own path manager, when the file chooses it; started
+    // again if it died since the last `up`.
+    let mut daemon = None;
+    if cfg.mptcp.path_manager == Some(dropshim_conf::PathManager::Userspace)
+        && cfg.mptcp.userspace.is_some()
+    {
+        match crate::pm::start(&args.config, &cfg, netns) {
+            Ok(line) => daemon = Some(line),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "device {name}: up, but its path manager did not start; fix the cause and run `dropshim up` again (`dropshim down` releases the device)"
+                )))
+            }
+        }
+    }
+    let already = match daemon.as_deref() {
+        None => true,
+        Some(d) => d.contains("already running"),
+    };
+    if let Some(d) = &daemon {
+        if !already {
+            println!("device {name} (native): {d}");
+        }
+    }
+    match (applied.report.is_empty() && already, was_up) {
         (true, true) => println!("device {name} (native): already up, nothing changed"),
         (true, false) => {
             println!("device {name} (native): up, the system already matched the device file")
@@ -304,7 +328,13 @@ pub fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         return Err(not_native(kind, "down"));
     }
     let name = &cfg.device.name;
-    let path = state_path(name, netns_inode()?);
+    let netns = netns_inode()?;
+    let path = state_path(name, netns);
+    // The path manager goes first, before the kernel's is restored.
+    let daemon = crate::pm::stop(name, netns)?;
+    if daemon != "no path manager daemon" {
+        println!("device {name} (native): {daemon}");
+    }
     let Some(mut state) = read_state(&path)? else {
         println!(
             "device {name} (native): not up in this network namespace (no {}); nothing to release",
@@ -397,9 +427,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             if kind != BackendKind::Native {
                 return Err(not_native(kind, "status"));
             }
-            let path = state_path(&cfg.device.name, netns_inode()?);
+            let netns = netns_inode()?;
+            let path = state_path(&cfg.device.name, netns);
             let state = read_state(&path)?;
-            Some((cfg.device.name, path, state))
+            let daemon = crate::pm::state(&crate::pm::paths(&cfg.device.name, netns).0);
+            Some((cfg.device.name, path, state, daemon))
         }
         None => None,
     };
@@ -421,7 +453,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "limits": {"subflows": limits.subflows, "add_addr_accepted": limits.add_addr_accepted},
             },
             "endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>(),
-            "device": device.as_ref().map(|(name, path, state)| json!({
+            "device": device.as_ref().map(|(name, path, state, daemon)| json!({
+                "path_manager_daemon": crate::pm::json(daemon),
                 "name": name,
                 "backend": "native",
                 "up": state.is_some(),
@@ -440,7 +473,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         limits.subflows,
         limits.add_addr_accepted
     );
-    if let Some((name, _, state)) = &device {
+    if let Some((name, _, state, daemon)) = &device {
+        if *daemon != crate::pm::Daemon::NotStarted {
+            println!("{}", crate::pm::describe(daemon));
+        }
         match state {
             Some(s) => println!(
                 "device {name} (native): up, {} endpoint(s) added by dropshim{}",

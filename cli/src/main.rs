@@ -12,6 +12,7 @@ mod bench;
 mod check;
 mod device;
 mod generate;
+mod pm;
 mod run;
 mod testbed_cmd;
 
@@ -41,6 +42,9 @@ enum Command {
     /// Show what a device's stack holds (addresses, default routes, MPTCP
     /// endpoints, limits, path manager, scheduler), read back through netlink.
     Show(device::ShowArgs),
+    /// Run dropshim's userspace path manager in the foreground (`up` starts
+    /// it in the background for a device file that chooses it).
+    Pm(pm::Args),
     /// Build or remove an emulated network of namespaces.
     Testbed(testbed_cmd::Args),
     /// Measure TCP vs MPTCP (dropshim, mptcpize) on the two-gateways testbed.
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Down(args) => device::down(args),
         Command::Status(args) => device::status(args),
         Command::Show(args) => device::show(args),
+        Command::Pm(args) => pm::main(args),
         Command::Testbed(args) => testbed_cmd::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Generate(args) => generate::main::<Cli>(args),

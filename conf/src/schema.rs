@@ -147,7 +147,55 @@ pub struct MptcpSettings {
     /// Packet scheduler name (`net.mptcp.scheduler`); the host kernel here
     /// offers only `default`.
     pub scheduler: Option<String>,
+    /// dropshim's own path manager, used with `path_manager = "userspace"`.
+    pub userspace: Option<UserspacePm>,
 }
+
+/// The policies of dropshim's userspace path manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PmPolicy {
+    /// A subflow over every local address x peer address pair.
+    Fullmesh,
+    /// `subflows` subflows over the connection's one address pair.
+    Ndiffports,
+    /// A subflow per interface; those on `backup` interfaces are backups,
+    /// promoted (MP_PRIO) while no active interface is up.
+    Backup,
+    /// Interfaces above the lowest `cost` carry a subflow only while the
+    /// cheapest are down or saturated.
+    Costaware,
+}
+
+impl PmPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PmPolicy::Fullmesh => "fullmesh",
+            PmPolicy::Ndiffports => "ndiffports",
+            PmPolicy::Backup => "backup",
+            PmPolicy::Costaware => "costaware",
+        }
+    }
+}
+
+/// `[mptcp.userspace]`: the policy of dropshim's path manager and its
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserspacePm {
+    pub policy: PmPolicy,
+    /// ndiffports: subflows per connection, initial one included
+    /// ([`NDIFFPORTS_MAX`] at most). Default 2.
+    pub subflows: Option<u32>,
+    /// costaware: the cheap subflows count as saturated while the bytes
+    /// they hold unacknowledged stay above this many KiB ...
+    pub saturation_kib: Option<u32>,
+    /// ... for this many milliseconds. Default 1000.
+    pub saturation_ms: Option<u32>,
+}
+
+/// The most subflows ndiffports opens per connection.
+pub const NDIFFPORTS_MAX: u32 = 8;
 
 /// `ip mptcp limits`: at most 8 each in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

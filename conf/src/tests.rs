@@ -634,3 +634,68 @@ fn scheduler_checked_against_what_the_backend_offers() {
     let cfg = parse(&text, F).unwrap();
     assert_eq!(check_scheduler(&text, F, &cfg, &[]), None);
 }
+
+#[test]
+fn userspace_path_manager_policies_parse() {
+    for (policy, extra) in [
+        ("fullmesh", ""),
+        ("ndiffports", "subflows = 4\n"),
+        ("backup", ""),
+        ("costaware", "saturation_kib = 512\nsaturation_ms = 500\n"),
+    ] {
+        let text = with_head(&format!(
+            "[mptcp]\npath_manager = \"userspace\"\n[mptcp.userspace]\npolicy = \"{policy}\"\n{extra}"
+        ));
+        let cfg = parse(&text, F).unwrap();
+        let us = cfg.mptcp.userspace.unwrap();
+        assert_eq!(us.policy.as_str(), policy);
+    }
+}
+
+#[test]
+fn userspace_path_manager_errors_point_at_the_line() {
+    let pm = "[mptcp]\npath_manager = \"userspace\"\n[mptcp.userspace]\n";
+    // Lines: 1-3 head, 4 [mptcp], 5 path_manager, 6 [mptcp.userspace], 7...
+    only(
+        &with_head(&format!("{pm}policy = \"roundrobin\"\n")),
+        7,
+        "unknown value `roundrobin`",
+        "fullmesh",
+    );
+    only(
+        &with_head(&format!("{pm}policy = \"ndiffports\"\nsubflows = 9\n")),
+        8,
+        "subflows = 9 is outside 1-8",
+        "an integer from 1 to 8",
+    );
+    only(
+        &with_head(&format!("{pm}policy = \"ndiffports\"\nsubflows = 0\n")),
+        8,
+        "subflows = 0 is outside 1-8",
+        "an integer from 1 to 8",
+    );
+    only(
+        &with_head(&format!("{pm}policy = \"fullmesh\"\nsubflows = 2\n")),
+        8,
+        "a parameter of the ndiffports policy",
+        "no `subflows`",
+    );
+    only(
+        &with_head(&format!("{pm}policy = \"costaware\"\nsaturation_ms = 5\n")),
+        8,
+        "saturation_ms = 5 is outside 100-60000",
+        "milliseconds",
+    );
+    only(
+        &with_head(&format!("{pm}policy = \"backup\"\nflavour = 1\n")),
+        8,
+        "flavour",
+        "",
+    );
+    only(
+        &with_head("[mptcp]\n[mptcp.userspace]\npolicy = \"backup\"\n"),
+        6,
+        "path_manager is not \"userspace\"",
+        "path_manager = \"userspace\"",
+    );
+}

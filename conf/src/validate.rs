@@ -20,6 +20,11 @@ pub const MAX_DEVICE_NAME: usize = 32;
 pub const MAX_SCHEDULER: usize = 15;
 /// What an interface's `cost` should look like.
 const COST_EXPECTED: &str = "an integer from 0 (cheapest, the default) to 1000000";
+const POLICY_EXPECTED: &str = "one of \"fullmesh\", \"ndiffports\", \"backup\", \"costaware\"";
+const SUBFLOWS_EXPECTED: &str =
+    "an integer from 1 to 8 (subflows per connection, the first included)";
+const SATURATION_KIB_EXPECTED: &str = "an integer from 1 to 1048576 (KiB unacknowledged)";
+const SATURATION_MS_EXPECTED: &str = "an integer from 100 to 60000 (milliseconds)";
 pub const UML_MEMORY_MIB: (u32, u32) = (32, 65536);
 pub const LKL_MEMORY_MIB: (u32, u32) = (16, 65536);
 
@@ -41,7 +46,12 @@ const TABLES: &[(&[&str], &str, &[&str])] = &[
     (
         &["mptcp"],
         "[mptcp]",
-        &["limits", "path_manager", "scheduler"],
+        &["limits", "path_manager", "scheduler", "userspace"],
+    ),
+    (
+        &["mptcp", "userspace"],
+        "[mptcp.userspace]",
+        &["policy", "subflows", "saturation_kib", "saturation_ms"],
     ),
     (
         &["mptcp", "limits"],
@@ -88,6 +98,11 @@ fn describe(keys: &[&str], in_array: bool) -> Option<&'static str> {
         (["mptcp", "limits"], _) => "a table like { subflows = 2, add_addr_accepted = 2 }",
         (["mptcp", "limits", _], _) => "an integer from 0 to 8",
         (["mptcp", "path_manager"], _) => "\"kernel\" or \"userspace\"",
+        (["mptcp", "userspace"], _) => "a table like { policy = \"ndiffports\", subflows = 4 }",
+        (["mptcp", "userspace", "policy"], _) => POLICY_EXPECTED,
+        (["mptcp", "userspace", "subflows"], _) => SUBFLOWS_EXPECTED,
+        (["mptcp", "userspace", "saturation_kib"], _) => SATURATION_KIB_EXPECTED,
+        (["mptcp", "userspace", "saturation_ms"], _) => SATURATION_MS_EXPECTED,
         (["mptcp", "scheduler"], _) => {
             "a scheduler name of lowercase letters, digits and '_', like \"default\""
         }
@@ -528,6 +543,7 @@ fn check_mptcp(cfg: &DeviceConfig, f: &mut Findings) {
             }
         }
     }
+    check_userspace_pm(cfg, f);
     if let Some(name) = &cfg.mptcp.scheduler {
         let path = vec![Key("mptcp"), Key("scheduler")];
         let expected = "a scheduler name of lowercase letters, digits and '_', like \"default\"";
@@ -547,6 +563,69 @@ fn check_mptcp(cfg: &DeviceConfig, f: &mut Findings) {
                 path,
                 format!("scheduler name `{name}` contains {c:?}"),
                 expected,
+            );
+        }
+    }
+}
+
+/// `[mptcp.userspace]`: parameters in range and meant for the policy,
+/// and the table only where the userspace path manager is chosen.
+fn check_userspace_pm(cfg: &DeviceConfig, f: &mut Findings) {
+    use crate::schema::{PathManager, PmPolicy, NDIFFPORTS_MAX};
+    let Some(us) = &cfg.mptcp.userspace else {
+        return;
+    };
+    let at = |k: &'static str| vec![Key("mptcp"), Key("userspace"), Key(k)];
+    if cfg.mptcp.path_manager != Some(PathManager::Userspace) {
+        f.push(
+            at("policy"),
+            format!(
+                "policy `{}` is for dropshim's userspace path manager, but [mptcp] path_manager is not \"userspace\"",
+                us.policy.as_str()
+            ),
+            "path_manager = \"userspace\" in [mptcp], or no [mptcp.userspace] table",
+        );
+    }
+    let not_for = |key: &'static str, wants: PmPolicy, f: &mut Findings| {
+        if us.policy != wants {
+            f.push(
+                at(key),
+                format!(
+                    "`{key}` is a parameter of the {} policy, not of {}",
+                    wants.as_str(),
+                    us.policy.as_str()
+                ),
+                format!("no `{key}` with policy = \"{}\"", us.policy.as_str()),
+            );
+        }
+    };
+    if let Some(n) = us.subflows {
+        not_for("subflows", PmPolicy::Ndiffports, f);
+        if !(1..=NDIFFPORTS_MAX).contains(&n) {
+            f.push(
+                at("subflows"),
+                format!("subflows = {n} is outside 1-{NDIFFPORTS_MAX}"),
+                SUBFLOWS_EXPECTED,
+            );
+        }
+    }
+    if let Some(k) = us.saturation_kib {
+        not_for("saturation_kib", PmPolicy::Costaware, f);
+        if !(1..=1_048_576).contains(&k) {
+            f.push(
+                at("saturation_kib"),
+                format!("saturation_kib = {k} is outside 1-1048576"),
+                SATURATION_KIB_EXPECTED,
+            );
+        }
+    }
+    if let Some(ms) = us.saturation_ms {
+        not_for("saturation_ms", PmPolicy::Costaware, f);
+        if !(100..=60_000).contains(&ms) {
+            f.push(
+                at("saturation_ms"),
+                format!("saturation_ms = {ms} is outside 100-60000"),
+                SATURATION_MS_EXPECTED,
             );
         }
     }

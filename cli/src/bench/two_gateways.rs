@@ -46,10 +46,16 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             variants.push(Variant::new(stack, "kernel", sched));
         }
     }
-    // Path managers other than kernel are listed, with why they are not run.
+    // The userspace path manager runs with dropshim's own daemon (policy
+    // fullmesh: a subflow per gw1 link, as the kernel's endpoints give);
+    // other path managers are listed, with why they are not run.
     for pm in avail.path_managers.iter().filter(|p| *p != "kernel") {
         for stack in [Stack::Native, Stack::Mptcpize] {
             let v = Variant::new(stack, pm, &avail.schedulers[0]);
+            if pm == "userspace" {
+                variants.push(v);
+                continue;
+            }
             ctx.records.push(
                 v.record(Scenario::TwoGateways, &setting, 0)
                     .skipped(Availability::path_manager_reason(pm)),
@@ -116,6 +122,11 @@ pub fn iperf_matrix(
                     if several_schedulers && v.stack != Stack::Tcp {
                         set_scheduler(&tb, &v.scheduler)?;
                     }
+                    let _pm = if v.path_manager == "userspace" {
+                        Some(UserspacePm::up(&tb, &ctx.work)?)
+                    } else {
+                        None
+                    };
                     iperf(ctx, &tb, v.stack, None, plan.duration)
                 })();
                 match result {
@@ -167,6 +178,62 @@ pub fn iperf_matrix(
         }
     }
     Ok(())
+}
+
+/// dropshim's userspace path manager in gw1 (policy fullmesh over gw1's
+/// two links), from `dropshim up` to `dropshim down` when dropped.
+struct UserspacePm<'a> {
+    tb: &'a Testbed,
+    config: std::path::PathBuf,
+}
+
+impl<'a> UserspacePm<'a> {
+    fn up(tb: &'a Testbed, work: &std::path::Path) -> Result<Self> {
+        let mut text = format!(
+            "[device]\nname = \"bench-{}\"\nbackend = \"native\"\n\n",
+            tb.id()
+        );
+        for link in [1, 2] {
+            text += &format!(
+                "[[interfaces]]\nname = \"{}\"\naddresses = [\"{}/24\"]\n\n",
+                tb.ifname("gw1", link)?,
+                tb.addr4("gw1", link)?
+            );
+        }
+        text +=
+            "[mptcp]\npath_manager = \"userspace\"\n\n[mptcp.userspace]\npolicy = \"fullmesh\"\n";
+        std::fs::create_dir_all(work)?;
+        let config = work.join(format!("pm-{}.toml", tb.id()));
+        std::fs::write(&config, text)?;
+        let pm = UserspacePm { tb, config };
+        pm.cli("up")?;
+        Ok(pm)
+    }
+
+    fn cli(&self, what: &str) -> Result<()> {
+        let exe = std::env::current_exe().context("cannot find the dropshim executable")?;
+        let out = self
+            .tb
+            .command("gw1", exe.to_str().context("executable path is not UTF-8")?)?
+            .args([what, "--config"])
+            .arg(&self.config)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "dropshim {what} (userspace path manager) failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UserspacePm<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.cli("down") {
+            eprintln!("dropshim bench: {e:#}");
+        }
+    }
 }
 
 fn set_scheduler(tb: &Testbed, sched: &str) -> Result<()> {
