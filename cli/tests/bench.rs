@@ -184,7 +184,6 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
         "TCP, one link",
         "MPTCP via dropshim (native)",
         "MPTCP via mptcpize",
-        "skipped: ",
     ] {
         assert!(
             summary.contains(label),
