@@ -1,0 +1,375 @@
+//! Delay, jitter and loss for links: the host kernel's netem where it has
+//! one, else the link emulator.
+//!
+//! The link emulator is one User Mode Linux instance per testbed (the
+//! kernel the uml backend builds, which carries `NET_SCH_NETEM` and
+//! `BRIDGE`), in its own namespace `ds-<id>-emu`. Each emulated link is two
+//! veth pairs, node a <-> `l<N>a` and `l<N>b` <-> node b, with both emulator
+//! ends handed to the guest (vector raw transport). Inside, a bridge per
+//! link joins its two ports and netem sits on each port's egress: port
+//! `l<N>a` sends towards node a, so it carries the b->a values.
+//!
+//! The guest's init is a shell script written here and run from the host's
+//! root through hostfs; it reports through files in the run directory
+//! (`/run/dropshim/testbeds/<id>.emu/`): `ready` once every link is set up,
+//! `error` if a command failed. A link taken down and up kills the vector
+//! transport of its ports (the driver gives up on a send error), so after
+//! `up` the host asks the guest to reopen them: it names the devices in
+//! `bounce`, sends Ctrl-Alt-Del over the instance's management console
+//! (mconsole), which the init script receives as SIGINT, and waits for
+//! `bounced.<seq>`.
+
+use crate::exec::tool;
+use crate::link::{DirParams, LinkParams};
+use crate::{sys, Error, STATE_DIR};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Forces the method: `host` (host netem) or `uml` (the emulator).
+pub const ENV_NETEM: &str = "DROPSHIM_TESTBED_NETEM";
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const BOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The guest's memory: netem queues hold up to a link's rate x delay.
+const GUEST_MEM_MIB: u32 = 256;
+
+fn emu_err(e: impl std::fmt::Display) -> Error {
+    Error::Emulator(e.to_string())
+}
+
+/// Whether the host kernel can run netem (asked once per process): a
+/// netem qdisc on a dummy interface in a throwaway namespace.
+pub(crate) fn host_has_netem() -> bool {
+    static PROBE: OnceLock<bool> = OnceLock::new();
+    match std::env::var(ENV_NETEM).as_deref() {
+        Ok("host") => return true,
+        Ok("uml") => return false,
+        _ => {}
+    }
+    *PROBE.get_or_init(|| {
+        let ns = format!("dsprobe-{}", std::process::id());
+        if tool("ip", &["netns", "add", &ns]).is_err() {
+            return false;
+        }
+        let ok = tool("ip", &["-n", &ns, "link", "add", "p0", "type", "dummy"]).is_ok()
+            && tool(
+                "tc",
+                &[
+                    "-n", &ns, "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms",
+                ],
+            )
+            .is_ok();
+        let _ = tool("ip", &["netns", "del", &ns]);
+        ok
+    })
+}
+
+/// The emulator's run directory of testbed `id`.
+pub(crate) fn run_dir(id: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{id}.emu"))
+}
+
+/// Remove the emulator's run directory (the instance itself dies with
+/// its namespace's processes).
+pub(crate) fn remove_files(id: &str) -> io::Result<()> {
+    match fs::remove_dir_all(run_dir(id)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The emulator-side interface of link `link` towards side `side`.
+pub(crate) fn port_ifname(link: u32, side: usize) -> String {
+    format!("l{link}{}", if side == 0 { 'a' } else { 'b' })
+}
+
+/// One emulated link as the emulator sees it.
+pub(crate) struct EmuLink {
+    pub number: u32,
+    pub params: LinkParams,
+}
+
+/// The guest device (`vecK`) of each port, in the order the kernel
+/// command line hands them over: link by link, side a then side b.
+pub(crate) fn guest_devices(links: &[EmuLink], link: u32) -> Vec<String> {
+    links
+        .iter()
+        .position(|l| l.number == link)
+        .map(|i| vec![format!("vec{}", 2 * i), format!("vec{}", 2 * i + 1)])
+        .unwrap_or_default()
+}
+
+/// The guest's init script.
+fn init_script(run: &Path, links: &[EmuLink]) -> String {
+    let run = run.display();
+    let mut s = format!(
+        r#"#!/bin/sh
+# Init of a dropshim testbed's link emulator (generated; runs inside the
+# UML guest with the host's root through hostfs).
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+RUN='{run}'
+fail() {{
+    echo "$*" > "$RUN/error"
+    exec sleep infinity
+}}
+run() {{
+    "$@" 2>> "$RUN/guest.log" || fail "inside the emulator, \`$*\` failed: $(tail -n 1 "$RUN/guest.log")"
+}}
+run mount -t proc proc /proc
+run mount -t sysfs sysfs /sys
+# Ctrl-Alt-Del (mconsole `cad`) becomes SIGINT to this script: the host's
+# request to reopen the devices named in $RUN/bounce.
+run ctrlaltdel soft
+run ip link set lo up
+"#
+    );
+    for (i, l) in links.iter().enumerate() {
+        let br = format!("br{}", l.number);
+        s.push_str(&format!(
+            "run ip link add {br} type bridge\nrun ip link set {br} up\n"
+        ));
+        for side in 0..2 {
+            let dev = format!("vec{}", 2 * i + side);
+            // The port towards side a carries what side b sends, and back.
+            let dir: &DirParams = l.params.from_side(1 - side);
+            s.push_str(&format!(
+                "run ip link set {dev} master {br}\nrun ip link set {dev} up\n"
+            ));
+            if dir.needs_netem() {
+                s.push_str(&format!(
+                    "run tc qdisc replace dev {dev} root netem {}\n",
+                    dir.netem_args().join(" ")
+                ));
+            }
+        }
+    }
+    s.push_str(
+        r#"bounce() {
+    for dev in $(cat "$RUN/bounce"); do
+        ip link set "$dev" down 2>> "$RUN/guest.log"
+        ip link set "$dev" up 2>> "$RUN/guest.log"
+    done
+    : > "$RUN/bounced.$(cat "$RUN/bounce.seq")"
+}
+trap bounce INT
+echo ready > "$RUN/ready"
+while :; do
+    sleep infinity &
+    wait $!
+    kill $! 2> /dev/null
+done
+"#,
+    );
+    s
+}
+
+/// Build the emulator of testbed `id` inside namespace `netns` (which
+/// exists and holds the `l<N>a`/`l<N>b` ends of every link in `links`)
+/// and return once the guest has set every link up. The instance leads
+/// its own session, so it outlives the calling process when the testbed
+/// is kept; it dies with its namespace's processes.
+pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, Error> {
+    let kernel = match std::env::var_os(dropshim_backend_uml::ENV_KERNEL).filter(|v| !v.is_empty())
+    {
+        Some(k) => PathBuf::from(k),
+        None => dropshim_backend_uml::host::build_kernel().map_err(|e| {
+            emu_err(format!(
+                "no UML kernel to run the link emulator ({e}); the host kernel has no netem either"
+            ))
+        })?,
+    };
+    let run = run_dir(id);
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(&run).map_err(|e| emu_err(format!("creating {}: {e}", run.display())))?;
+    let write = |name: &str, data: &[u8]| {
+        fs::write(run.join(name), data)
+            .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
+    };
+    let filter = run.join("rx-filter.bpf");
+    write("rx-filter.bpf", &dropshim_backend_uml::host::rx_filter())?;
+    let init = run.join("init");
+    write("init", init_script(&run, links).as_bytes())?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .map_err(|e| emu_err(format!("chmod {}: {e}", init.display())))?;
+    let console = fs::File::create(run.join("console.log"))
+        .map_err(|e| emu_err(format!("creating console.log: {e}")))?;
+    for p in [&run, &init, &filter] {
+        if p.to_str()
+            .is_none_or(|s| s.contains([',', ' ', '\t', '\n']))
+        {
+            return Err(emu_err(format!(
+                "{} cannot go on a kernel command line (comma or space in it)",
+                p.display()
+            )));
+        }
+    }
+    let mut args = vec![
+        "umid=emu".to_string(),
+        format!("uml_dir={}", run.display()),
+        "rootfstype=hostfs".into(),
+        "rootflags=/".into(),
+        "rw".into(),
+        format!("mem={GUEST_MEM_MIB}M"),
+        format!("init={}", init.display()),
+        "con=null".into(),
+        "con0=null,fd:1".into(),
+        "loglevel=4".into(),
+    ];
+    for (i, l) in links.iter().enumerate() {
+        for side in 0..2 {
+            args.push(format!(
+                "vec{}:transport=raw,ifname={},gro=1,bpffile={}",
+                2 * i + side,
+                port_ifname(l.number, side),
+                filter.display()
+            ));
+        }
+    }
+    let mut cmd = Command::new(&kernel);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(console)
+        .stderr(Stdio::null());
+    let ns_file = format!("/run/netns/{netns}");
+    sys::enter_netns_on_exec(&mut cmd, &ns_file)
+        .map_err(|e| emu_err(format!("opening {ns_file}: {e}")))?;
+    // SAFETY: setsid is async-signal-safe; the instance gets its own
+    // session so a terminal's signals do not reach it (it is stopped by
+    // killing its namespace's processes).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| emu_err(format!("cannot start {}: {e}", kernel.display())))?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if run.join("ready").exists() {
+            return Ok(child);
+        }
+        let failure = if let Ok(err) = fs::read_to_string(run.join("error")) {
+            Some(err.trim().to_string())
+        } else if let Ok(Some(st)) = child.try_wait() {
+            Some(format!(
+                "the UML kernel exited ({st}) while booting; see {}",
+                run.join("console.log").display()
+            ))
+        } else if Instant::now() > deadline {
+            Some(format!(
+                "not ready within {} s; see {}",
+                READY_TIMEOUT.as_secs(),
+                run.join("console.log").display()
+            ))
+        } else {
+            None
+        };
+        if let Some(msg) = failure {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(emu_err(msg));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Have the guest of testbed `id` close and reopen `devices`, and wait
+/// until it has.
+pub(crate) fn bounce(id: &str, devices: &[String]) -> Result<(), Error> {
+    let run = run_dir(id);
+    let seq = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let write = |name: &str, data: String| {
+        fs::write(run.join(name), data)
+            .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
+    };
+    write("bounce", devices.join(" ") + "\n")?;
+    write("bounce.seq", seq.clone() + "\n")?;
+    mconsole(&run.join("emu").join("mconsole"), "cad")?;
+    let done = run.join(format!("bounced.{seq}"));
+    let deadline = Instant::now() + BOUNCE_TIMEOUT;
+    while !done.exists() {
+        if Instant::now() > deadline {
+            return Err(emu_err(format!(
+                "the guest did not reopen {} within {} s; see {}",
+                devices.join(", "),
+                BOUNCE_TIMEOUT.as_secs(),
+                run.join("guest.log").display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = fs::remove_file(&done);
+    Ok(())
+}
+
+/// Send one command to a UML instance's management console (`struct
+/// mconsole_request`: magic, version 2, length, 512 bytes of text).
+fn mconsole(socket: &Path, command: &str) -> Result<(), Error> {
+    const MAGIC: u32 = 0xcafe_babe;
+    const VERSION: u32 = 2;
+    const MAX_DATA: usize = 512;
+    let mut req = Vec::with_capacity(12 + MAX_DATA);
+    req.extend_from_slice(&MAGIC.to_ne_bytes());
+    req.extend_from_slice(&VERSION.to_ne_bytes());
+    req.extend_from_slice(&(command.len() as u32).to_ne_bytes());
+    let mut data = [0u8; MAX_DATA];
+    data[..command.len()].copy_from_slice(command.as_bytes());
+    req.extend_from_slice(&data);
+    let sock = UnixDatagram::unbound().map_err(|e| emu_err(format!("mconsole socket: {e}")))?;
+    sock.send_to(&req, socket).map_err(|e| {
+        emu_err(format!(
+            "cannot reach the emulator's console {}: {e} (is the testbed's emulator running?)",
+            socket.display()
+        ))
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::Profile;
+
+    #[test]
+    fn init_script_bridges_each_link_with_netem_per_direction() {
+        let mut params = Profile::Lte.params();
+        params.a_to_b.loss_pct = 0.0;
+        params.a_to_b.jitter_ms = 0.0;
+        let links = [
+            EmuLink {
+                number: 3,
+                params: LinkParams::rate_only(Some(5)),
+            },
+            EmuLink { number: 7, params },
+        ];
+        let s = init_script(Path::new("/run/x.emu"), &links);
+        assert!(s.contains("run ip link set vec0 master br3\n"), "{s}");
+        assert!(!s.contains("dev vec0 root netem"), "{s}");
+        // vec2 faces side a of link 7: it carries b->a (the downlink).
+        assert!(
+            s.contains("dev vec2 root netem limit 20000 delay 25000us 4000us loss random 0.1% rate 10gbit\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("dev vec3 root netem limit 20000 delay 25000us\n"),
+            "{s}"
+        );
+        assert_eq!(guest_devices(&links, 7), ["vec2", "vec3"]);
+        assert!(guest_devices(&links, 9).is_empty());
+    }
+}
