@@ -4,10 +4,19 @@
 //! The link emulator is one User Mode Linux instance per testbed (the
 //! kernel the uml backend builds, which carries `NET_SCH_NETEM` and
 //! `BRIDGE`), in its own namespace `ds-<id>-emu`. Each emulated link is two
-//! veth pairs, node a <-> `l<N>a` and `l<N>b` <-> node b, with both emulator
-//! ends handed to the guest (vector raw transport). Inside, a bridge per
-//! link joins its two ports and netem sits on each port's egress: port
-//! `l<N>a` sends towards node a, so it carries the b->a values.
+//! veth pairs, node a <-> `l<N>a` and `l<N>b` <-> node b. Each emulator end
+//! sits in a host bridge `p<N>a` / `p<N>b` together with a spare veth
+//! pair's end that always has a carrier,
+//! and the guest owns the bridge (vector raw transport). Inside, a bridge
+//! per link joins its two ports and netem sits on each port's egress: port
+//! `p<N>a` sends towards node a, so it carries the b->a values.
+//!
+//! Why the host bridge: when a node's end goes down, its veth peer loses
+//! the carrier, the host stops that device's queue, and the guest's vector
+//! driver, unable to send, trips its transmit watchdog and then a BUG in
+//! its queue accounting (a kernel panic). The spare port keeps the
+//! bridge's carrier up, so the guest's sends always succeed (frames for a
+//! dead half are dropped by the host bridge, as a cable pulled out would).
 //!
 //! The guest's init is a shell script written here and run from the host's
 //! root through hostfs; it reports through files in the run directory
@@ -84,9 +93,59 @@ pub(crate) fn remove_files(id: &str) -> io::Result<()> {
     }
 }
 
-/// The emulator-side interface of link `link` towards side `side`.
+/// The emulator-side veth end of link `link` towards side `side`.
 pub(crate) fn port_ifname(link: u32, side: usize) -> String {
-    format!("l{link}{}", if side == 0 { 'a' } else { 'b' })
+    format!("l{link}{}", side_letter(side))
+}
+
+/// The host bridge the guest owns for that port.
+fn bridge_ifname(link: u32, side: usize) -> String {
+    format!("p{link}{}", side_letter(side))
+}
+
+fn side_letter(side: usize) -> char {
+    if side == 0 {
+        'a'
+    } else {
+        'b'
+    }
+}
+
+/// In the emulator's namespace `ns`: put the veth end of link `link`
+/// towards `side` into a host bridge with a spare veth end (see the
+/// module documentation), promiscuous so that every frame from the node
+/// reaches the guest's raw socket.
+pub(crate) fn plumb_port(ns: &str, link: u32, side: usize) -> Result<(), Error> {
+    let (veth, br) = (port_ifname(link, side), bridge_ifname(link, side));
+    let dummy = format!("d{link}{}", side_letter(side));
+    let ip = |args: &[&str]| -> Result<(), Error> {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        tool("ip", &all)
+    };
+    ip(&[
+        "link",
+        "add",
+        &br,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "mcast_snooping",
+        "0",
+    ])?;
+    // A veth pair whose far end stays up (the host has no dummy driver
+    // everywhere): what reaches it is dropped by this namespace's stack,
+    // which has no addresses.
+    let far = format!("e{link}{}", side_letter(side));
+    ip(&["link", "add", &dummy, "type", "veth", "peer", "name", &far])?;
+    ip(&["link", "set", &far, "up"])?;
+    ip(&["link", "set", &veth, "master", &br])?;
+    ip(&["link", "set", &dummy, "master", &br])?;
+    for dev in [&veth, &dummy, &br] {
+        ip(&["link", "set", dev, "up"])?;
+    }
+    ip(&["link", "set", &br, "promisc", "on"])
 }
 
 /// One emulated link as the emulator sees it.
@@ -127,13 +186,16 @@ run mount -t sysfs sysfs /sys
 # Ctrl-Alt-Del (mconsole `cad`) becomes SIGINT to this script: the host's
 # request to reopen the devices named in $RUN/bounce.
 run ctrlaltdel soft
+# The guest only forwards frames: none of its own on the links.
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 run ip link set lo up
 "#
     );
     for (i, l) in links.iter().enumerate() {
         let br = format!("br{}", l.number);
         s.push_str(&format!(
-            "run ip link add {br} type bridge\nrun ip link set {br} up\n"
+            "run ip link add {br} type bridge stp_state 0 mcast_snooping 0\nrun ip link set {br} up\n"
         ));
         for side in 0..2 {
             let dev = format!("vec{}", 2 * i + side);
@@ -227,7 +289,7 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
             args.push(format!(
                 "vec{}:transport=raw,ifname={},gro=1,bpffile={}",
                 2 * i + side,
-                port_ifname(l.number, side),
+                bridge_ifname(l.number, side),
                 filter.display()
             ));
         }
@@ -299,7 +361,19 @@ pub(crate) fn bounce(id: &str, devices: &[String]) -> Result<(), Error> {
     };
     write("bounce", devices.join(" ") + "\n")?;
     write("bounce.seq", seq.clone() + "\n")?;
-    mconsole(&run.join("emu").join("mconsole"), "cad")?;
+    mconsole(&run.join("emu").join("mconsole"), "cad").map_err(|e| {
+        let console = fs::read_to_string(run.join("console.log")).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(8).collect();
+        let alive = fs::read_to_string(run.join("emu").join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        emu_err(format!(
+            "{e}; the emulator's kernel is {}; its console ends with: {}",
+            if alive { "running" } else { "gone" },
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ))
+    })?;
     let done = run.join(format!("bounced.{seq}"));
     let deadline = Instant::now() + BOUNCE_TIMEOUT;
     while !done.exists() {

@@ -544,7 +544,7 @@ impl Testbed {
                             &emu_ns,
                         ],
                     )?;
-                    tool("ip", &["-n", &emu_ns, "link", "set", &port, "up"])?;
+                    emu::plumb_port(&emu_ns, link.number, side)?;
                 }
             } else {
                 tool(
