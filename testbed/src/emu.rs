@@ -14,19 +14,17 @@
 //! Why the host bridge: when a node's end goes down, its veth peer loses
 //! the carrier, the host stops that device's queue, and the guest's vector
 //! driver, unable to send, trips its transmit watchdog and then a BUG in
-//! its queue accounting (a kernel panic). The spare port keeps the
+//! its queue accounting (a kernel panic); closing and reopening the guest
+//! device under traffic ends the same way. The spare port keeps the
 //! bridge's carrier up, so the guest's sends always succeed (frames for a
 //! dead half are dropped by the host bridge, as a cable pulled out would).
 //!
 //! The guest's init is a shell script written here and run from the host's
 //! root through hostfs; it reports through files in the run directory
 //! (`/run/dropshim/testbeds/<id>.emu/`): `ready` once every link is set up,
-//! `error` if a command failed. A link taken down and up kills the vector
-//! transport of its ports (the driver gives up on a send error), so after
-//! `up` the host asks the guest to reopen them: it names the devices in
-//! `bounce`, sends Ctrl-Alt-Del over the instance's management console
-//! (mconsole), which the init script receives as SIGINT, and waits for
-//! `bounced.<seq>`.
+//! `error` if a command failed. A link taken down and up needs nothing
+//! from the guest: its raw sockets sit on the host bridges, which never
+//! lose their carrier.
 
 use crate::exec::tool;
 use crate::link::{DirParams, LinkParams};
@@ -34,7 +32,6 @@ use crate::{sys, Error, STATE_DIR};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,7 +41,6 @@ use std::time::{Duration, Instant};
 /// Forces the method: `host` (host netem) or `uml` (the emulator).
 pub const ENV_NETEM: &str = "DROPSHIM_TESTBED_NETEM";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const BOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The guest's memory: netem queues hold up to a link's rate x delay.
 const GUEST_MEM_MIB: u32 = 256;
 
@@ -154,16 +150,6 @@ pub(crate) struct EmuLink {
     pub params: LinkParams,
 }
 
-/// The guest device (`vecK`) of each port, in the order the kernel
-/// command line hands them over: link by link, side a then side b.
-pub(crate) fn guest_devices(links: &[EmuLink], link: u32) -> Vec<String> {
-    links
-        .iter()
-        .position(|l| l.number == link)
-        .map(|i| vec![format!("vec{}", 2 * i), format!("vec{}", 2 * i + 1)])
-        .unwrap_or_default()
-}
-
 /// The guest's init script.
 fn init_script(run: &Path, links: &[EmuLink]) -> String {
     let run = run.display();
@@ -183,9 +169,6 @@ run() {{
 }}
 run mount -t proc proc /proc
 run mount -t sysfs sysfs /sys
-# Ctrl-Alt-Del (mconsole `cad`) becomes SIGINT to this script: the host's
-# request to reopen the devices named in $RUN/bounce.
-run ctrlaltdel soft
 # The guest only forwards frames: none of its own on the links.
 echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
 echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
@@ -213,20 +196,8 @@ run ip link set lo up
         }
     }
     s.push_str(
-        r#"bounce() {
-    for dev in $(cat "$RUN/bounce"); do
-        ip link set "$dev" down 2>> "$RUN/guest.log"
-        ip link set "$dev" up 2>> "$RUN/guest.log"
-    done
-    : > "$RUN/bounced.$(cat "$RUN/bounce.seq")"
-}
-trap bounce INT
-echo ready > "$RUN/ready"
-while :; do
-    sleep infinity &
-    wait $!
-    kill $! 2> /dev/null
-done
+        r#"echo ready > "$RUN/ready"
+exec sleep infinity
 "#,
     );
     s
@@ -344,76 +315,6 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
     }
 }
 
-/// Have the guest of testbed `id` close and reopen `devices`, and wait
-/// until it has.
-pub(crate) fn bounce(id: &str, devices: &[String]) -> Result<(), Error> {
-    let run = run_dir(id);
-    let seq = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let write = |name: &str, data: String| {
-        fs::write(run.join(name), data)
-            .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
-    };
-    write("bounce", devices.join(" ") + "\n")?;
-    write("bounce.seq", seq.clone() + "\n")?;
-    mconsole(&run.join("emu").join("mconsole"), "cad").map_err(|e| {
-        let console = fs::read_to_string(run.join("console.log")).unwrap_or_default();
-        let tail: Vec<&str> = console.lines().rev().take(8).collect();
-        let alive = fs::read_to_string(run.join("emu").join("pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        emu_err(format!(
-            "{e}; the emulator's kernel is {}; its console ends with: {}",
-            if alive { "running" } else { "gone" },
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ))
-    })?;
-    let done = run.join(format!("bounced.{seq}"));
-    let deadline = Instant::now() + BOUNCE_TIMEOUT;
-    while !done.exists() {
-        if Instant::now() > deadline {
-            return Err(emu_err(format!(
-                "the guest did not reopen {} within {} s; see {}",
-                devices.join(", "),
-                BOUNCE_TIMEOUT.as_secs(),
-                run.join("guest.log").display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let _ = fs::remove_file(&done);
-    Ok(())
-}
-
-/// Send one command to a UML instance's management console (`struct
-/// mconsole_request`: magic, version 2, length, 512 bytes of text).
-fn mconsole(socket: &Path, command: &str) -> Result<(), Error> {
-    const MAGIC: u32 = 0xcafe_babe;
-    const VERSION: u32 = 2;
-    const MAX_DATA: usize = 512;
-    let mut req = Vec::with_capacity(12 + MAX_DATA);
-    req.extend_from_slice(&MAGIC.to_ne_bytes());
-    req.extend_from_slice(&VERSION.to_ne_bytes());
-    req.extend_from_slice(&(command.len() as u32).to_ne_bytes());
-    let mut data = [0u8; MAX_DATA];
-    data[..command.len()].copy_from_slice(command.as_bytes());
-    req.extend_from_slice(&data);
-    let sock = UnixDatagram::unbound().map_err(|e| emu_err(format!("mconsole socket: {e}")))?;
-    sock.send_to(&req, socket).map_err(|e| {
-        emu_err(format!(
-            "cannot reach the emulator's console {}: {e} (is the testbed's emulator running?)",
-            socket.display()
-        ))
-    })?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,7 +344,5 @@ mod tests {
             s.contains("dev vec3 root netem limit 20000 delay 25000us\n"),
             "{s}"
         );
-        assert_eq!(guest_devices(&links, 7), ["vec2", "vec3"]);
-        assert!(guest_devices(&links, 9).is_empty());
     }
 }

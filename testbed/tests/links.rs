@@ -313,7 +313,7 @@ fn an_emulated_link_goes_down_and_comes_back() {
     );
     assert_eq!(ping(&tb, "a", to2, 5, 0.05).1, 5, "link 2 suffered");
     tb.set_link(1, true).unwrap();
-    // Back at once: set_link returns after the emulator reopened its ports.
+    // Back at once: the emulator's ports never noticed.
     let (sent, received, _) = ping(&tb, "a", to1, 20, 0.02);
     assert_eq!(received, sent, "link 1 did not come back");
 
