@@ -545,6 +545,7 @@ impl Testbed {
                         ],
                     )?;
                     emu::plumb_port(&emu_ns, link.number, side)?;
+                    emu::whole_frames(ns, &end.ifname)?;
                 }
             } else {
                 tool(
