@@ -14,15 +14,18 @@
 //! carries a per-run id so runs can go side by side, and removal is tied
 //! to `Drop` so a failing test still cleans up.
 
+mod emu;
 mod exec;
+pub mod link;
 mod spec;
 mod sys;
 mod testbed;
 
 pub use exec::run_with_timeout;
+pub use link::{DirParams, LinkChoice, LinkParams, Method, Profile, PROFILES};
 pub use spec::{
-    EndpointFlag, EndpointSpec, Family, InternetSpec, LinkSpec, MptcpSpec, NodeSpec, RouteSpec,
-    Spec,
+    DirSpec, EndpointFlag, EndpointSpec, Family, InternetSpec, LinkSpec, MptcpSpec, NodeSpec,
+    RouteSpec, Spec,
 };
 pub use testbed::{Description, EndInfo, LinkInfo, Listing, NodeInfo, Status, Testbed, STATE_DIR};
 
@@ -60,6 +63,12 @@ pub struct Options {
     /// Testbed id (letters, digits, `_`); `None` picks a unique one that
     /// includes this process's pid.
     pub id: Option<String>,
+    /// Per link, in the order the links are built (the spec's `[[link]]`s,
+    /// then its internet links): a profile that replaces the link's own,
+    /// or a rate that makes it a rate-only link. Shorter than the list of
+    /// links: the rest keep the spec's values; longer: an error.
+    #[serde(default)]
+    pub links: Vec<LinkChoice>,
 }
 
 /// Everything that can go wrong, each saying what to do about it.
@@ -85,6 +94,14 @@ pub enum Error {
     NoInternet(String),
     #[error("rate 0 Mbit/s: leave the rate out for unshaped links")]
     ZeroRate,
+    #[error("{given} link settings given (--links) but spec {spec} builds only {links} link(s); give at most {links}")]
+    TooManyLinks {
+        given: usize,
+        spec: String,
+        links: usize,
+    },
+    #[error("link emulator: {0}")]
+    Emulator(String),
     #[error("bad testbed id {0:?}: use 1 to 24 letters, digits or `_`")]
     BadId(String),
     #[error("testbed {0} already exists: choose another id, or remove it with `dropshim testbed down {0}`")]

@@ -2,6 +2,7 @@
 //! scheme (link N = 198.18.N.0/24 and 2001:2:0:N::/64, side a host 1,
 //! side b host 2).
 
+use crate::link::{DirParams, LinkChoice, LinkParams, Mbit, Millis, Percent, Profile};
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -104,7 +105,86 @@ pub struct LinkSpec {
     pub b: String,
     pub ipv4: Option<String>,
     pub ipv6: Option<String>,
-    pub rate_mbit: Option<u32>,
+    /// Both directions, unless a direction table says otherwise.
+    pub rate_mbit: Option<Mbit>,
+    pub delay_ms: Option<Millis>,
+    pub jitter_ms: Option<Millis>,
+    pub loss_pct: Option<Percent>,
+    /// A preset the keys above and the direction tables override.
+    pub profile: Option<Profile>,
+    /// Values for the direction from side a to side b only.
+    pub a_to_b: Option<DirSpec>,
+    /// Values for the direction from side b to side a only.
+    pub b_to_a: Option<DirSpec>,
+}
+
+/// The keys a `[link.a_to_b]` / `[link.b_to_a]` table may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    pub rate_mbit: Option<Mbit>,
+    pub delay_ms: Option<Millis>,
+    pub jitter_ms: Option<Millis>,
+    pub loss_pct: Option<Percent>,
+}
+
+impl DirSpec {
+    fn apply(&self, d: &mut DirParams) {
+        if let Some(r) = self.rate_mbit {
+            d.rate_mbit = Some(r.get());
+        }
+        if let Some(v) = self.delay_ms {
+            d.delay_ms = v.get();
+        }
+        if let Some(v) = self.jitter_ms {
+            d.jitter_ms = v.get();
+        }
+        if let Some(v) = self.loss_pct {
+            d.loss_pct = v.get();
+        }
+    }
+}
+
+impl LinkSpec {
+    /// What the link does: its profile's values, overridden by the
+    /// link's own keys, overridden by the direction tables.
+    pub fn params(&self) -> LinkParams {
+        let mut p = self
+            .profile
+            .map(Profile::params)
+            .unwrap_or_else(|| LinkParams::rate_only(None));
+        let both = DirSpec {
+            rate_mbit: self.rate_mbit,
+            delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
+            loss_pct: self.loss_pct,
+        };
+        both.apply(&mut p.a_to_b);
+        both.apply(&mut p.b_to_a);
+        if let Some(d) = &self.a_to_b {
+            d.apply(&mut p.a_to_b);
+        }
+        if let Some(d) = &self.b_to_a {
+            d.apply(&mut p.b_to_a);
+        }
+        p
+    }
+
+    /// The link as built when `choice` (from `Options::links`) applies to
+    /// it: a profile takes the place of the spec's own `profile` (its
+    /// explicit keys still win); a rate makes it a rate-only link.
+    /// Returns the profile in force and the values.
+    pub fn params_with(&self, choice: Option<LinkChoice>) -> (Option<Profile>, LinkParams) {
+        match choice {
+            None => (self.profile, self.params()),
+            Some(LinkChoice::Rate(r)) => (None, LinkParams::rate_only(Some(r))),
+            Some(LinkChoice::Profile(p)) => {
+                let mut l = self.clone();
+                l.profile = Some(p);
+                (Some(p), l.params())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,12 +302,6 @@ impl Spec {
                     l.number, l.a
                 ));
             }
-            if l.rate_mbit == Some(0) {
-                return Err(format!(
-                    "link {}: rate_mbit = 0; leave it out for an unshaped link",
-                    l.number
-                ));
-            }
             link_prefix4(l)?;
             link_prefix6(l)?;
         }
@@ -330,9 +404,17 @@ impl Spec {
     }
 }
 
+/// The node name the link emulator's namespace takes (`ds-<id>-emu`).
+pub(crate) const EMULATOR_NODE: &str = "emu";
+
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 32 {
         return Err("must be 1 to 32 characters".into());
+    }
+    if name == EMULATOR_NODE {
+        return Err(format!(
+            "{EMULATOR_NODE:?} is reserved for the link emulator's namespace; choose another name"
+        ));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(
@@ -478,5 +560,59 @@ mod tests {
         assert!(e.contains("two-gateways"), "{e}");
         let e = Spec::load("/nonexistent/x.toml").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn link_profiles_keys_and_directions_combine() {
+        let base =
+            "name='x'\n[[node]]\nname='a'\n[[node]]\nname='b'\n[[link]]\nnumber=1\na='a'\nb='b'\n";
+        let text = format!(
+            "{base}profile='lte'\ndelay_ms=30\n[link.a_to_b]\nloss_pct=2.5\n[link.b_to_a]\nrate_mbit=40\njitter_ms=0\n"
+        );
+        let s = Spec::parse(&text, "t").unwrap();
+        let p = s.links[0].params();
+        // The profile's, then the link's keys, then each direction's.
+        assert_eq!(p.a_to_b.rate_mbit, Some(10));
+        assert_eq!(p.a_to_b.delay_ms, 30.0);
+        assert_eq!(p.a_to_b.jitter_ms, 4.0);
+        assert_eq!(p.a_to_b.loss_pct, 2.5);
+        assert_eq!(p.b_to_a.rate_mbit, Some(40));
+        assert_eq!(p.b_to_a.delay_ms, 30.0);
+        assert_eq!(p.b_to_a.jitter_ms, 0.0);
+        assert_eq!(p.b_to_a.loss_pct, 0.1);
+        // A profile given in Options replaces the spec's; explicit keys stay.
+        let (prof, q) = s.links[0].params_with(Some(LinkChoice::Profile(Profile::Wifi)));
+        assert_eq!(prof, Some(Profile::Wifi));
+        assert_eq!(q.a_to_b.rate_mbit, Some(50));
+        assert_eq!(q.a_to_b.delay_ms, 30.0);
+        let (prof, q) = s.links[0].params_with(Some(LinkChoice::Rate(7)));
+        assert_eq!(prof, None);
+        assert_eq!(q, LinkParams::rate_only(Some(7)));
+
+        for (bad, line, what) in [
+            ("delay_ms=-1\n", 10, "-1 ms is not a usable delay"),
+            ("jitter_ms=nan\n", 10, "NaN ms is not a usable delay"),
+            ("loss_pct=101\n", 10, "101 % is not a usable loss rate"),
+            ("profile='wimax'\n", 10, "unknown variant `wimax`"),
+            ("rate_mbit=0\n", 10, "rate 0 Mbit/s"),
+            ("rate_mbit=-5\n", 10, "rate -5 Mbit/s"),
+            (
+                "[link.b_to_a]\nloss_pct=-0.5\n",
+                11,
+                "-0.5 % is not a usable loss rate",
+            ),
+            ("[link.a_to_b]\ndelay=3\n", 11, "unknown field `delay`"),
+        ] {
+            let e = Spec::parse(&format!("{base}{bad}"), "spec.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{bad}: {e}");
+            assert!(e.contains(&format!("line {line}")), "{bad}: {e}");
+            assert!(e.starts_with("testbed spec spec.toml: "), "{bad}: {e}");
+        }
+        let e = Spec::parse("name='x'\n[[node]]\nname='emu'\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved for the link emulator"), "{e}");
     }
 }

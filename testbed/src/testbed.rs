@@ -11,8 +11,10 @@
 //! stale and removed by the next `up`; `keep` clears the owner, so kept
 //! testbeds stay until removed by id.
 
+use crate::emu::{self, EmuLink};
 use crate::exec::tool;
-use crate::spec::{self, EndpointFlag, Family, MptcpSpec, RouteSpec, Spec};
+use crate::link::{LinkParams, Method, Profile};
+use crate::spec::{self, EndpointFlag, Family, MptcpSpec, RouteSpec, Spec, EMULATOR_NODE};
 use crate::{sys, Error, Options, Shaper};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +23,7 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,9 +49,13 @@ pub struct Testbed {
     nodes: Vec<Node>,
     links: Vec<Link>,
     routes: Vec<RouteSpec>,
-    /// Current shaping per link (None = unshaped).
-    rates: Mutex<BTreeMap<u32, Option<u32>>>,
+    /// Current shaping per link and direction ([a->b, b->a]; None =
+    /// unshaped).
+    rates: Mutex<BTreeMap<u32, [Option<u32>; 2]>>,
     owned: bool,
+    /// The link emulator's kernel, when this handle started it (waited
+    /// for after removal so no zombie stays behind).
+    emulator: Mutex<Option<Child>>,
 }
 
 struct Node {
@@ -62,6 +68,11 @@ struct Node {
 struct Link {
     number: u32,
     ends: [End; 2],
+    profile: Option<Profile>,
+    /// Rates as built (the current ones are in `Testbed::rates`), delay,
+    /// jitter and loss.
+    params: LinkParams,
+    method: Method,
 }
 
 struct End {
@@ -125,10 +136,24 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkInfo {
     pub number: u32,
-    /// Shaping rate on both ends, None = unshaped.
+    /// Shaping rate from a to b (the same both ways unless the link's
+    /// directions differ), None = unshaped.
     pub rate_mbit: Option<u32>,
     pub a: EndInfo,
     pub b: EndInfo,
+    /// The preset the link was built from, if any.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    /// Current rates, delay, jitter and loss per direction.
+    #[serde(default)]
+    pub params: LinkParams,
+    /// How delay, jitter and loss are applied.
+    #[serde(default = "plain")]
+    pub method: Method,
+}
+
+fn plain() -> Method {
+    Method::Plain
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +338,11 @@ impl Testbed {
                 ),
             };
             let mut tb = Testbed::layout(spec, opts, &id, false)?;
+            if tb.links.iter().any(|l| l.method == Method::UmlNetem) && emu::host_has_netem() {
+                for l in tb.links.iter_mut().filter(|l| l.method == Method::UmlNetem) {
+                    l.method = Method::HostNetem;
+                }
+            }
             let exists = namespaces_by_id().contains_key(&id);
             let claimed = if exists {
                 Err(Error::Exists(id.clone()))
@@ -339,19 +369,36 @@ impl Testbed {
         check_id(id)?;
         let state = read_state(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
         let mut tb = Testbed::layout(&state.spec, &state.options, id, false)?;
-        let rates: BTreeMap<u32, Option<u32>> = state
+        let rates: BTreeMap<u32, [Option<u32>; 2]> = state
             .description
             .links
             .iter()
-            .map(|l| (l.number, l.rate_mbit))
+            .map(|l| {
+                (
+                    l.number,
+                    [l.params.a_to_b.rate_mbit, l.params.b_to_a.rate_mbit],
+                )
+            })
             .collect();
         tb.rates = Mutex::new(rates);
+        for info in &state.description.links {
+            if let Some(l) = tb.links.iter_mut().find(|l| l.number == info.number) {
+                l.method = info.method;
+            }
+        }
         Ok(tb)
     }
 
     /// Work out names and addresses without touching the system.
     fn layout(spec: &Spec, opts: &Options, id: &str, owned: bool) -> Result<Testbed, Error> {
         let active = spec.active(opts.internet);
+        if opts.links.len() > active.links.len() {
+            return Err(Error::TooManyLinks {
+                given: opts.links.len(),
+                spec: spec.name.clone(),
+                links: active.links.len(),
+            });
+        }
         let nodes: Vec<Node> = active
             .nodes
             .iter()
@@ -369,7 +416,7 @@ impl Testbed {
         };
         let mut links = Vec::new();
         let mut rates = BTreeMap::new();
-        for l in &active.links {
+        for (i, l) in active.links.iter().enumerate() {
             let end = |host: u8, name: &str| -> Result<End, Error> {
                 let node = index(name)
                     .ok_or_else(|| bad(format!("link {}: unknown node {name:?}", l.number)))?;
@@ -386,11 +433,24 @@ impl Testbed {
                 })
             };
             let ends = [end(1, &l.a)?, end(2, &l.b)?];
+            let (profile, mut params) = l.params_with(opts.links.get(i).copied());
+            if let Some(r) = opts.rate_mbit {
+                params.a_to_b.rate_mbit = Some(r);
+                params.b_to_a.rate_mbit = Some(r);
+            }
+            let method = if params.needs_netem() {
+                Method::UmlNetem
+            } else {
+                Method::Plain
+            };
+            rates.insert(l.number, [params.a_to_b.rate_mbit, params.b_to_a.rate_mbit]);
             links.push(Link {
                 number: l.number,
                 ends,
+                profile,
+                params,
+                method,
             });
-            rates.insert(l.number, opts.rate_mbit.or(l.rate_mbit));
         }
         let mut opts = opts.clone();
         opts.id = Some(id.to_string());
@@ -403,6 +463,7 @@ impl Testbed {
             routes: active.routes,
             rates: Mutex::new(rates),
             owned,
+            emulator: Mutex::new(None),
         })
     }
 
@@ -454,16 +515,47 @@ impl Testbed {
             .map_err(io_err(format!("configuring namespace {ns}")))?;
             tool("ip", &["-n", &node.netns, "link", "set", "lo", "up"])?;
         }
+        let emu_ns = self.emulator_netns();
+        let emulated = self.emulated_links();
+        if !emulated.is_empty() {
+            self.create_emulator_netns(&emu_ns)?;
+        }
         for link in &self.links {
             let [a, b] = &link.ends;
             let (ns_a, ns_b) = (&self.nodes[a.node].netns, &self.nodes[b.node].netns);
-            tool(
-                "ip",
-                &[
-                    "-n", ns_a, "link", "add", &a.ifname, "type", "veth", "peer", "name",
-                    &b.ifname, "netns", ns_b,
-                ],
-            )?;
+            if link.method == Method::UmlNetem {
+                // Two halves, node <-> emulator, joined inside the guest.
+                for (side, end, ns) in [(0, a, ns_a), (1, b, ns_b)] {
+                    let port = emu::port_ifname(link.number, side);
+                    tool(
+                        "ip",
+                        &[
+                            "-n",
+                            ns,
+                            "link",
+                            "add",
+                            &end.ifname,
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            &port,
+                            "netns",
+                            &emu_ns,
+                        ],
+                    )?;
+                    emu::plumb_port(&emu_ns, link.number, side)?;
+                    emu::whole_frames(ns, &end.ifname)?;
+                }
+            } else {
+                tool(
+                    "ip",
+                    &[
+                        "-n", ns_a, "link", "add", &a.ifname, "type", "veth", "peer", "name",
+                        &b.ifname, "netns", ns_b,
+                    ],
+                )?;
+            }
             for (end, ns) in [(a, ns_a), (b, ns_b)] {
                 let v4 = format!("{}/{}", end.addr4, end.len4);
                 let v6 = format!("{}/{}", end.addr6, end.len6);
@@ -474,10 +566,11 @@ impl Testbed {
                 )?;
                 tool("ip", &["-n", ns, "link", "set", &end.ifname, "up"])?;
             }
-            let rate = self.rate_of(link.number);
-            if rate.is_some() {
-                self.shape(link, rate, None)?;
-            }
+            self.shape(link, self.rates_of(link.number), [None, None])?;
+        }
+        if !emulated.is_empty() {
+            let child = emu::start(&self.id, &emu_ns, &emulated)?;
+            *self.emulator.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         }
         for link in &self.links {
             self.apply_routes(link.number)?;
@@ -512,11 +605,50 @@ impl Testbed {
         Ok(())
     }
 
-    fn rate_of(&self, link: u32) -> Option<u32> {
+    /// Current rates of `link`, [a->b, b->a].
+    fn rates_of(&self, link: u32) -> [Option<u32>; 2] {
         self.rates
             .lock()
-            .ok()
-            .and_then(|r| r.get(&link).copied().flatten())
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&link)
+            .copied()
+            .unwrap_or([None, None])
+    }
+
+    /// The link emulator's namespace (exists only when a link needs it).
+    fn emulator_netns(&self) -> String {
+        format!("{NS_PREFIX}{}-{EMULATOR_NODE}", self.id)
+    }
+
+    /// The links the emulator carries, in the order it is given them.
+    fn emulated_links(&self) -> Vec<EmuLink> {
+        self.links
+            .iter()
+            .filter(|l| l.method == Method::UmlNetem)
+            .map(|l| EmuLink {
+                number: l.number,
+                params: l.params,
+            })
+            .collect()
+    }
+
+    fn create_emulator_netns(&self, ns: &str) -> Result<(), Error> {
+        tool("ip", &["netns", "add", ns])?;
+        tool("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        // The emulator's ends carry no addresses of the host's: no IPv6
+        // (router solicitations, DAD) from this namespace onto the links.
+        let ns_file = format!("{NETNS_DIR}/{ns}");
+        sys::in_netns(&ns_file, || {
+            for key in [
+                "net/ipv6/conf/all/disable_ipv6",
+                "net/ipv6/conf/default/disable_ipv6",
+            ] {
+                fs::write(Path::new("/proc/sys").join(key), "1")
+                    .map_err(|e| io::Error::new(e.kind(), format!("setting {key} = 1: {e}")))?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(format!("configuring namespace {ns}")))
     }
 
     /// Routes that go through `link`: static routes via it and its source
@@ -677,11 +809,32 @@ impl Testbed {
             })
     }
 
-    /// Install, change or remove shaping on both ends of `link`.
-    fn shape(&self, link: &Link, rate: Option<u32>, previous: Option<u32>) -> Result<(), Error> {
-        for end in &link.ends {
+    /// Install, change or remove shaping on both ends of `link` (`rates`
+    /// and `previous` per direction: [a->b, b->a], shaped at a's and b's
+    /// egress), with host netem under it where the link uses that.
+    fn shape(
+        &self,
+        link: &Link,
+        rates: [Option<u32>; 2],
+        previous: [Option<u32>; 2],
+    ) -> Result<(), Error> {
+        for (side, end) in link.ends.iter().enumerate() {
             let ns = self.nodes[end.node].netns.as_str();
             let dev = end.ifname.as_str();
+            let dir = link.params.from_side(side);
+            let netem =
+                (link.method == Method::HostNetem && dir.needs_netem()).then(|| dir.netem_args());
+            let (rate, previous) = (rates[side], previous[side]);
+            if let Some(netem) = &netem {
+                // Rebuilt from scratch: netem hangs under the shaper's class.
+                let _ = tool("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"]);
+                if rate.is_none() {
+                    let mut args = vec!["-n", ns, "qdisc", "add", "dev", dev, "root", "netem"];
+                    args.extend(netem.iter().map(String::as_str));
+                    tool("tc", &args)?;
+                    continue;
+                }
+            }
             let Some(rate) = rate else {
                 if previous.is_some() {
                     tool("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"])?;
@@ -696,18 +849,19 @@ impl Testbed {
             let burst = per_ms.max(32 * 1024);
             let limit = (per_ms * 5).max(burst * 3);
             let (r, b, l) = (format!("{rate}mbit"), burst.to_string(), limit.to_string());
+            let fresh = previous.is_none() || netem.is_some();
             match self.opts.shaper {
                 Shaper::Tbf => {
                     tool(
                         "tc",
                         &[
-                            "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &r,
-                            "burst", &b, "limit", &l,
+                            "-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:",
+                            "tbf", "rate", &r, "burst", &b, "limit", &l,
                         ],
                     )?;
                 }
                 Shaper::Htb => {
-                    if previous.is_none() {
+                    if fresh {
                         tool(
                             "tc",
                             &[
@@ -727,6 +881,13 @@ impl Testbed {
                         ],
                     )?;
                 }
+            }
+            if let Some(netem) = &netem {
+                let mut args = vec![
+                    "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "netem",
+                ];
+                args.extend(netem.iter().map(String::as_str));
+                tool("tc", &args)?;
             }
         }
         Ok(())
@@ -806,9 +967,9 @@ impl Testbed {
         }
         let l = self.link(link)?;
         let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = rates.get(&link).copied().flatten();
-        self.shape(l, rate_mbit, previous)?;
-        rates.insert(link, rate_mbit);
+        let previous = rates.get(&link).copied().unwrap_or([None, None]);
+        self.shape(l, [rate_mbit, rate_mbit], previous)?;
+        rates.insert(link, [rate_mbit, rate_mbit]);
         Ok(())
     }
 
@@ -838,11 +999,20 @@ impl Testbed {
             links: self
                 .links
                 .iter()
-                .map(|l| LinkInfo {
-                    number: l.number,
-                    rate_mbit: self.rate_of(l.number),
-                    a: end_info(&l.ends[0]),
-                    b: end_info(&l.ends[1]),
+                .map(|l| {
+                    let [ab, ba] = self.rates_of(l.number);
+                    let mut params = l.params;
+                    params.a_to_b.rate_mbit = ab;
+                    params.b_to_a.rate_mbit = ba;
+                    LinkInfo {
+                        number: l.number,
+                        rate_mbit: ab,
+                        a: end_info(&l.ends[0]),
+                        b: end_info(&l.ends[1]),
+                        profile: l.profile,
+                        params,
+                        method: l.method,
+                    }
                 })
                 .collect(),
         }
@@ -883,6 +1053,12 @@ impl Testbed {
             if let Err(e) = tool("ip", &["netns", "del", ns]) {
                 first_err.get_or_insert(e);
             }
+        }
+        if let Err(e) = emu::remove_files(id) {
+            first_err.get_or_insert(Error::Io {
+                what: format!("removing {}", emu::run_dir(id).display()),
+                err: e,
+            });
         }
         if let Err(e) = fs::remove_file(&state) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -946,6 +1122,17 @@ impl Drop for Testbed {
                     "dropshim-testbed: warning: could not remove testbed {}: {e}",
                     self.id
                 );
+            }
+        }
+        // Killed with its namespace (or still running for a kept
+        // testbed): reap it only once it is gone.
+        let child = self.emulator.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = child.as_mut() {
+            if self.owned {
+                let _ = c.kill();
+                let _ = c.wait();
+            } else if matches!(c.try_wait(), Ok(Some(_))) {
+                let _ = c.wait();
             }
         }
     }

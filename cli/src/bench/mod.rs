@@ -47,6 +47,12 @@ pub struct Args {
     /// Link rate in Mbit/s for two-gateways and local-cache.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// The links of two-gateways and handover, link 1 then link 2: each a
+    /// profile (ethernet, wifi, wifi-direct, lte, bluetooth) or a rate in
+    /// Mbit/s, e.g. `ethernet,wifi` or `wifi,lte`. Default: rate only,
+    /// --rate for two-gateways and 100,100 for handover.
+    #[arg(long, value_name = "LINK,LINK", value_delimiter = ',')]
+    pub links: Option<Vec<dropshim_testbed::LinkChoice>>,
     /// Repetitions of each measurement (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
@@ -294,7 +300,7 @@ impl Plan {
             runs,
             duration,
             sizes_mb,
-            handover: handover::Settings::new(args.quick),
+            handover: handover::Settings::new(args.quick, args.links.clone()),
             rr: rr::Settings::new(args.quick),
             conns: conns::Settings::new(args.quick, args.conns),
         }
@@ -606,6 +612,7 @@ mod tests {
         let args = Args {
             scenario: vec![Scenario::TwoGateways, Scenario::LocalCache],
             rate: 1000,
+            links: None,
             runs: 3,
             duration: 10,
             sizes: None,
