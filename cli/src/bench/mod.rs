@@ -7,11 +7,16 @@
 //! http.server`, per size), `handover` (the client's link 1 goes down mid
 //! transfer and comes back) and `overhead` (unshaped throughput and CPU
 //! per GB), `rr` (request/response: round-trip latency, transactions
-//! per second and connection set-up). A stack that cannot run is recorded as skipped with the reason,
+//! per second and connection set-up), and the study's topologies, not run
+//! by default: `drop-home` (end devices on each stack pull from a local
+//! cache and the cloud) and `drop-mesh` (all-to-all among 4 to 32
+//! devices on shared Wi-Fi and Ethernet segments). A stack that cannot run is recorded as skipped with the reason,
 //! never dropped; MPTCP use is read from the server namespace's MPTcpExt
 //! counters, so a run that silently fell back to TCP shows as 0 subflows.
 //! Runs are interleaved (stack A, B, C, A, B, C...) so drift hits all alike.
 
+mod drop_home;
+mod drop_mesh;
 mod handover;
 mod local_cache;
 mod output;
@@ -68,6 +73,10 @@ pub struct Args {
     /// Path to libdropshim.so (default: next to this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
+    /// drop-mesh: one mesh of N devices (default: 4, 8, 16 and 32; with
+    /// --quick 4 and 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=250))]
+    pub devices: Option<u32>,
     /// Stacks to measure, comma-separated (default: all); the others are
     /// listed as not selected.
     #[arg(long, value_delimiter = ',')]
@@ -82,6 +91,12 @@ pub enum Scenario {
     Handover,
     Overhead,
     Rr,
+    /// The study's home: end devices on each stack pull from the local
+    /// cache and the cloud (not in the default list).
+    DropHome,
+    /// All-to-all transfers in a mesh of 4 to 32 devices (not in the
+    /// default list: minutes).
+    DropMesh,
 }
 
 impl Scenario {
@@ -92,6 +107,8 @@ impl Scenario {
             Scenario::Handover => "handover",
             Scenario::Overhead => "overhead",
             Scenario::Rr => "rr",
+            Scenario::DropHome => "drop-home",
+            Scenario::DropMesh => "drop-mesh",
         }
     }
 }
@@ -200,7 +217,10 @@ impl Record {
         self.reason = Some(one_line(&format!("{err:#}")));
         // A run that failed did not complete and delivered nothing
         // verified: the CSV and JSON say so where the scenario checks it.
-        if matches!(self.scenario, Scenario::Handover | Scenario::LocalCache) {
+        if matches!(
+            self.scenario,
+            Scenario::Handover | Scenario::LocalCache | Scenario::DropHome | Scenario::DropMesh
+        ) {
             self.completed = Some(false);
             self.intact = Some(false);
         }
@@ -267,6 +287,8 @@ pub struct Plan {
     pub sizes_mb: Vec<u64>,
     pub handover: handover::Settings,
     pub rr: rr::Settings,
+    /// drop-mesh sizes (devices), one mesh each.
+    pub mesh_devices: Vec<u32>,
 }
 
 impl Plan {
@@ -284,6 +306,11 @@ impl Plan {
             sizes_mb,
             handover: handover::Settings::new(args.quick, args.links.clone()),
             rr: rr::Settings::new(args.quick),
+            mesh_devices: match args.devices {
+                Some(n) => vec![n],
+                None if args.quick => vec![4, 8],
+                None => vec![4, 8, 16, 32],
+            },
         }
     }
 
@@ -311,6 +338,14 @@ impl Plan {
                 Scenario::Rr => {
                     steps += rr::Settings::rows();
                     self.rr.expected_seconds()
+                }
+                Scenario::DropHome => {
+                    steps += 4;
+                    20.0
+                }
+                Scenario::DropMesh => {
+                    steps += self.mesh_devices.len() as u64;
+                    self.mesh_devices.iter().map(|n| 2.0 * f64::from(*n)).sum()
                 }
             };
             secs += per_stack_run * f64::from(self.runs * n_stacks) + 3.0;
@@ -369,6 +404,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Scenario::Handover => handover::run(&mut ctx, &plan),
             Scenario::Overhead => overhead::run(&mut ctx, &plan),
             Scenario::Rr => rr::run(&mut ctx, &plan),
+            Scenario::DropHome => drop_home::run(&mut ctx, &plan),
+            Scenario::DropMesh => drop_mesh::run(&mut ctx, &plan),
         };
         if let Err(err) = result {
             // A testbed that cannot be built fails the whole scenario; say
