@@ -392,6 +392,21 @@ impl Spec {
         }
     }
 
+    /// For `Options::links`: every link built (the base links, then each
+    /// segment's hops) as a rate-only link at its downlink rate (b to a;
+    /// else a to b; else 1000 Mbit/s), without delay, jitter or loss, so
+    /// no link emulator is needed.
+    pub fn rate_only(&self) -> Vec<LinkChoice> {
+        self.active(false)
+            .links
+            .iter()
+            .map(|l| {
+                let p = l.params();
+                LinkChoice::Rate(p.b_to_a.rate_mbit.or(p.a_to_b.rate_mbit).unwrap_or(1000))
+            })
+            .collect()
+    }
+
     /// A builtin name, or a path to a `.toml` file.
     pub fn load(name_or_path: &str) -> Result<Spec, Error> {
         let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".toml");

@@ -9,7 +9,7 @@ use super::local_cache::{make_file, Served};
 use super::stacks::{self, DevIface, Device, DeviceHandle, LklDevice, Role, Stack, UmlDevice};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_testbed::{Spec, Testbed};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -83,7 +83,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         if tb.is_none() || matches!(stack, Stack::Uml | Stack::Lkl) {
             // The previous one goes first: its uml instances with it.
             drop(tb.take());
-            tb = Some(Testbed::up(&spec, &Options::default())?);
+            tb = Some(Testbed::up(&spec, &super::topology_options(ctx, &spec))?);
         }
         let Some(tb) = tb.as_ref() else {
             bail!("internal: no testbed");

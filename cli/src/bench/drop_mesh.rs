@@ -9,7 +9,7 @@
 use super::stacks::{self, DevIface, DeviceHandle, LklDevice, Role, Stack, UmlDevice};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_testbed::{Spec, Testbed};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -72,7 +72,8 @@ struct Mesh {
 }
 
 fn mesh(ctx: &Ctx, order: &[Stack], n: u32, size: u64) -> Result<Mesh> {
-    let tb = Testbed::up(&Spec::drop_mesh(n)?, &Options::default())?;
+    let spec = Spec::drop_mesh(n)?;
+    let tb = Testbed::up(&spec, &super::topology_options(ctx, &spec))?;
     let ifaces = [
         DevIface {
             link: 1,

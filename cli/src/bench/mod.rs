@@ -73,6 +73,10 @@ pub struct Args {
     /// Path to libdropshim.so (default: next to this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
+    /// drop-home and drop-mesh: links at their profiles' rates only, no
+    /// delay, jitter or loss (no link emulator).
+    #[arg(long)]
+    pub rate_only: bool,
     /// drop-mesh: one mesh of N devices (default: 4, 8, 16 and 32; with
     /// --quick 4 and 8).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=250))]
@@ -516,6 +520,19 @@ pub fn wait_listening(netns: &str, port: u16, server: &mut KillOnDrop) -> Result
     bail!("no server listening on port {port} within 15 s")
 }
 
+/// The testbed options of drop-home and drop-mesh: the spec's links, or
+/// with --rate-only their rates alone.
+pub fn topology_options(ctx: &Ctx, spec: &dropshim_testbed::Spec) -> dropshim_testbed::Options {
+    dropshim_testbed::Options {
+        links: if ctx.args.rate_only {
+            spec.rate_only()
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
+}
+
 /// A port for this run's servers: distinct per process and `slot`.
 pub fn port(slot: u16) -> u16 {
     20000 + (std::process::id() % 2000) as u16 * 10 + slot
@@ -632,9 +649,12 @@ mod tests {
             quick: true,
             out: None,
             library: None,
+            devices: None,
+            rate_only: false,
             stacks: None,
         };
         let quick = Plan::from_args(&args);
+        assert_eq!(quick.mesh_devices, vec![4, 8]);
         assert_eq!((quick.runs, quick.duration), (1, 3));
         assert_eq!(quick.sizes_mb, vec![1, 10]);
         let full = Plan::from_args(&Args {
