@@ -4,20 +4,27 @@
 //! The link emulator is one User Mode Linux instance per testbed (the
 //! kernel the uml backend builds, which carries `NET_SCH_NETEM` and
 //! `BRIDGE`), in its own namespace `ds-<id>-emu`. Each emulated link is two
-//! veth pairs, node a <-> `l<N>a` and `l<N>b` <-> node b, with both emulator
-//! ends handed to the guest (vector raw transport). Inside, a bridge per
-//! link joins its two ports and netem sits on each port's egress: port
-//! `l<N>a` sends towards node a, so it carries the b->a values.
+//! veth pairs, node a <-> `l<N>a` and `l<N>b` <-> node b. Each emulator end
+//! sits in a host bridge `p<N>a` / `p<N>b` together with a spare veth
+//! pair's end that always has a carrier,
+//! and the guest owns the bridge (vector raw transport). Inside, a bridge
+//! per link joins its two ports and netem sits on each port's egress: port
+//! `p<N>a` sends towards node a, so it carries the b->a values.
+//!
+//! Why the host bridge: when a node's end goes down, its veth peer loses
+//! the carrier, the host stops that device's queue, and the guest's vector
+//! driver, unable to send, trips its transmit watchdog and then a BUG in
+//! its queue accounting (a kernel panic); closing and reopening the guest
+//! device under traffic ends the same way. The spare port keeps the
+//! bridge's carrier up, so the guest's sends always succeed (frames for a
+//! dead half are dropped by the host bridge, as a cable pulled out would).
 //!
 //! The guest's init is a shell script written here and run from the host's
 //! root through hostfs; it reports through files in the run directory
 //! (`/run/dropshim/testbeds/<id>.emu/`): `ready` once every link is set up,
-//! `error` if a command failed. A link taken down and up kills the vector
-//! transport of its ports (the driver gives up on a send error), so after
-//! `up` the host asks the guest to reopen them: it names the devices in
-//! `bounce`, sends Ctrl-Alt-Del over the instance's management console
-//! (mconsole), which the init script receives as SIGINT, and waits for
-//! `bounced.<seq>`.
+//! `error` if a command failed. A link taken down and up needs nothing
+//! from the guest: its raw sockets sit on the host bridges, which never
+//! lose their carrier.
 
 use crate::exec::tool;
 use crate::link::{DirParams, LinkParams};
@@ -25,7 +32,6 @@ use crate::{sys, Error, STATE_DIR};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +41,6 @@ use std::time::{Duration, Instant};
 /// Forces the method: `host` (host netem) or `uml` (the emulator).
 pub const ENV_NETEM: &str = "DROPSHIM_TESTBED_NETEM";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const BOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The guest's memory: netem queues hold up to a link's rate x delay.
 const GUEST_MEM_MIB: u32 = 256;
 
@@ -84,25 +89,65 @@ pub(crate) fn remove_files(id: &str) -> io::Result<()> {
     }
 }
 
-/// The emulator-side interface of link `link` towards side `side`.
+/// The emulator-side veth end of link `link` towards side `side`.
 pub(crate) fn port_ifname(link: u32, side: usize) -> String {
-    format!("l{link}{}", if side == 0 { 'a' } else { 'b' })
+    format!("l{link}{}", side_letter(side))
+}
+
+/// The host bridge the guest owns for that port.
+fn bridge_ifname(link: u32, side: usize) -> String {
+    format!("p{link}{}", side_letter(side))
+}
+
+fn side_letter(side: usize) -> char {
+    if side == 0 {
+        'a'
+    } else {
+        'b'
+    }
+}
+
+/// In the emulator's namespace `ns`: put the veth end of link `link`
+/// towards `side` into a host bridge with a spare veth end (see the
+/// module documentation), promiscuous so that every frame from the node
+/// reaches the guest's raw socket.
+pub(crate) fn plumb_port(ns: &str, link: u32, side: usize) -> Result<(), Error> {
+    let (veth, br) = (port_ifname(link, side), bridge_ifname(link, side));
+    let dummy = format!("d{link}{}", side_letter(side));
+    let ip = |args: &[&str]| -> Result<(), Error> {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        tool("ip", &all)
+    };
+    ip(&[
+        "link",
+        "add",
+        &br,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "mcast_snooping",
+        "0",
+    ])?;
+    // A veth pair whose far end stays up (the host has no dummy driver
+    // everywhere): what reaches it is dropped by this namespace's stack,
+    // which has no addresses.
+    let far = format!("e{link}{}", side_letter(side));
+    ip(&["link", "add", &dummy, "type", "veth", "peer", "name", &far])?;
+    ip(&["link", "set", &far, "up"])?;
+    ip(&["link", "set", &veth, "master", &br])?;
+    ip(&["link", "set", &dummy, "master", &br])?;
+    for dev in [&veth, &dummy, &br] {
+        ip(&["link", "set", dev, "up"])?;
+    }
+    ip(&["link", "set", &br, "promisc", "on"])
 }
 
 /// One emulated link as the emulator sees it.
 pub(crate) struct EmuLink {
     pub number: u32,
     pub params: LinkParams,
-}
-
-/// The guest device (`vecK`) of each port, in the order the kernel
-/// command line hands them over: link by link, side a then side b.
-pub(crate) fn guest_devices(links: &[EmuLink], link: u32) -> Vec<String> {
-    links
-        .iter()
-        .position(|l| l.number == link)
-        .map(|i| vec![format!("vec{}", 2 * i), format!("vec{}", 2 * i + 1)])
-        .unwrap_or_default()
 }
 
 /// The guest's init script.
@@ -124,16 +169,16 @@ run() {{
 }}
 run mount -t proc proc /proc
 run mount -t sysfs sysfs /sys
-# Ctrl-Alt-Del (mconsole `cad`) becomes SIGINT to this script: the host's
-# request to reopen the devices named in $RUN/bounce.
-run ctrlaltdel soft
+# The guest only forwards frames: none of its own on the links.
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 run ip link set lo up
 "#
     );
     for (i, l) in links.iter().enumerate() {
         let br = format!("br{}", l.number);
         s.push_str(&format!(
-            "run ip link add {br} type bridge\nrun ip link set {br} up\n"
+            "run ip link add {br} type bridge stp_state 0 mcast_snooping 0\nrun ip link set {br} up\n"
         ));
         for side in 0..2 {
             let dev = format!("vec{}", 2 * i + side);
@@ -151,20 +196,8 @@ run ip link set lo up
         }
     }
     s.push_str(
-        r#"bounce() {
-    for dev in $(cat "$RUN/bounce"); do
-        ip link set "$dev" down 2>> "$RUN/guest.log"
-        ip link set "$dev" up 2>> "$RUN/guest.log"
-    done
-    : > "$RUN/bounced.$(cat "$RUN/bounce.seq")"
-}
-trap bounce INT
-echo ready > "$RUN/ready"
-while :; do
-    sleep infinity &
-    wait $!
-    kill $! 2> /dev/null
-done
+        r#"echo ready > "$RUN/ready"
+exec sleep infinity
 "#,
     );
     s
@@ -227,7 +260,7 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
             args.push(format!(
                 "vec{}:transport=raw,ifname={},gro=1,bpffile={}",
                 2 * i + side,
-                port_ifname(l.number, side),
+                bridge_ifname(l.number, side),
                 filter.display()
             ));
         }
@@ -282,64 +315,6 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
     }
 }
 
-/// Have the guest of testbed `id` close and reopen `devices`, and wait
-/// until it has.
-pub(crate) fn bounce(id: &str, devices: &[String]) -> Result<(), Error> {
-    let run = run_dir(id);
-    let seq = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let write = |name: &str, data: String| {
-        fs::write(run.join(name), data)
-            .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
-    };
-    write("bounce", devices.join(" ") + "\n")?;
-    write("bounce.seq", seq.clone() + "\n")?;
-    mconsole(&run.join("emu").join("mconsole"), "cad")?;
-    let done = run.join(format!("bounced.{seq}"));
-    let deadline = Instant::now() + BOUNCE_TIMEOUT;
-    while !done.exists() {
-        if Instant::now() > deadline {
-            return Err(emu_err(format!(
-                "the guest did not reopen {} within {} s; see {}",
-                devices.join(", "),
-                BOUNCE_TIMEOUT.as_secs(),
-                run.join("guest.log").display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let _ = fs::remove_file(&done);
-    Ok(())
-}
-
-/// Send one command to a UML instance's management console (`struct
-/// mconsole_request`: magic, version 2, length, 512 bytes of text).
-fn mconsole(socket: &Path, command: &str) -> Result<(), Error> {
-    const MAGIC: u32 = 0xcafe_babe;
-    const VERSION: u32 = 2;
-    const MAX_DATA: usize = 512;
-    let mut req = Vec::with_capacity(12 + MAX_DATA);
-    req.extend_from_slice(&MAGIC.to_ne_bytes());
-    req.extend_from_slice(&VERSION.to_ne_bytes());
-    req.extend_from_slice(&(command.len() as u32).to_ne_bytes());
-    let mut data = [0u8; MAX_DATA];
-    data[..command.len()].copy_from_slice(command.as_bytes());
-    req.extend_from_slice(&data);
-    let sock = UnixDatagram::unbound().map_err(|e| emu_err(format!("mconsole socket: {e}")))?;
-    sock.send_to(&req, socket).map_err(|e| {
-        emu_err(format!(
-            "cannot reach the emulator's console {}: {e} (is the testbed's emulator running?)",
-            socket.display()
-        ))
-    })?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,7 +344,5 @@ mod tests {
             s.contains("dev vec3 root netem limit 20000 delay 25000us\n"),
             "{s}"
         );
-        assert_eq!(guest_devices(&links, 7), ["vec2", "vec3"]);
-        assert!(guest_devices(&links, 9).is_empty());
     }
 }

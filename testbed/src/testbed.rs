@@ -581,7 +581,7 @@ impl Testbed {
                             &emu_ns,
                         ],
                     )?;
-                    tool("ip", &["-n", &emu_ns, "link", "set", &port, "up"])?;
+                    emu::plumb_port(&emu_ns, link.number, side)?;
                 }
             } else {
                 tool(
@@ -1037,26 +1037,8 @@ impl Testbed {
                 ],
             )?;
         }
-        if up && l.method == Method::UmlNetem {
-            // The emulator's ports lost their carrier with the node ends;
-            // their vector transport must be reopened.
-            let emulated = self.emulated_links();
-            emu::bounce(&self.id, &emu::guest_devices(&emulated, link))?;
-        }
         if up {
             self.apply_routes(link)?;
-        }
-        Ok(())
-    }
-
-    /// Make the link emulator carry link `link` again after its node ends
-    /// were taken down and up by other means than [`Testbed::set_link`]
-    /// (for example by a device that owns one of them). Nothing to do on
-    /// links without the emulator.
-    pub fn refresh_link(&self, link: u32) -> Result<(), Error> {
-        let l = self.link(link)?;
-        if l.method == Method::UmlNetem {
-            emu::bounce(&self.id, &emu::guest_devices(&self.emulated_links(), link))?;
         }
         Ok(())
     }

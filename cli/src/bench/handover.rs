@@ -335,7 +335,6 @@ fn transfer(
     if device.is_some() {
         // The device owns the link; the host end has no routes to restore.
         link(&client_ns, &client_if, true)?;
-        tb.refresh_link(1)?;
     } else {
         tb.set_link(1, true)?;
     }
