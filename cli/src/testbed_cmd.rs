@@ -39,9 +39,13 @@ enum Sub {
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// Builtin spec name (two-gateways, local-cache) or a path to a .toml spec.
+    /// Builtin spec name (two-gateways, local-cache, drop-home, drop-mesh)
+    /// or a path to a .toml spec.
     #[arg(default_value = "two-gateways")]
     spec: String,
+    /// drop-mesh only: how many devices (default 8).
+    #[arg(long, value_name = "N")]
+    devices: Option<u32>,
     /// Shape every link at this rate (Mbit/s) on both ends; unshaped if left out.
     #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
@@ -94,7 +98,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
-    let spec = Spec::load(&a.spec)?;
+    let spec = Spec::load_with_devices(&a.spec, a.devices)?;
     let opts = Options {
         rate_mbit: a.rate,
         shaper: match a.shaper {
@@ -146,8 +150,21 @@ fn print_description(d: &Description) {
             m => format!("rate: {shaper}; delay/jitter/loss: {}", m.as_str()),
         };
         let settings = l.params.to_string();
-        println!("  link {}  {profile}{settings}  [{method}]", l.number);
+        if l.number > 255 {
+            // A member's hop onto shared segment number / 256.
+            println!(
+                "  segment {} hop {}  {profile}{settings}  [{method}]",
+                l.number / 256,
+                l.number % 256
+            );
+        } else {
+            println!("  link {}  {profile}{settings}  [{method}]", l.number);
+        }
         for e in [&l.a, &l.b] {
+            if e.addr4.is_unspecified() {
+                println!("    {:width$}  {:8} bridge port", e.node, e.ifname);
+                continue;
+            }
             println!(
                 "    {:width$}  {:8} {}/{}  {}/{}",
                 e.node, e.ifname, e.addr4, e.prefix4, e.addr6, e.prefix6

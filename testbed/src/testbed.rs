@@ -14,7 +14,7 @@
 use crate::emu::{self, EmuLink};
 use crate::exec::tool;
 use crate::link::{LinkParams, Method, Profile};
-use crate::spec::{self, EndpointFlag, Family, MptcpSpec, RouteSpec, Spec, EMULATOR_NODE};
+use crate::spec::{self, EndpointFlag, Family, Hop, MptcpSpec, RouteSpec, Spec, EMULATOR_NODE};
 use crate::{sys, Error, Options, Shaper};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +32,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const STATE_DIR: &str = "/run/dropshim/testbeds";
 const NETNS_DIR: &str = "/run/netns";
 const NS_PREFIX: &str = "ds-";
+/// The bridge in a segment's namespace.
+const SEGMENT_BRIDGE: &str = "br0";
 /// Policy-routing tables are 1000 + link number; their rules sit after the
 /// main table (pref 32766) so they only catch what main cannot route.
 const TABLE_BASE: u32 = 1000;
@@ -63,6 +65,9 @@ struct Node {
     netns: String,
     forwarding: bool,
     mptcp: Option<MptcpSpec>,
+    proxy_arp: bool,
+    /// Holds a segment's bridge (`br0`), which its links' ends join.
+    bridge: bool,
 }
 
 struct Link {
@@ -73,6 +78,8 @@ struct Link {
     /// jitter and loss.
     params: LinkParams,
     method: Method,
+    /// Set when the link is a member's hop onto a segment's bridge.
+    hop: Option<Hop>,
 }
 
 struct End {
@@ -82,6 +89,8 @@ struct End {
     len4: u8,
     addr6: Ipv6Addr,
     len6: u8,
+    /// A port of its node's bridge: no addresses of its own.
+    bridged: bool,
 }
 
 /// What the state file holds.
@@ -407,6 +416,8 @@ impl Testbed {
                 netns: format!("{NS_PREFIX}{id}-{}", n.name),
                 forwarding: n.forwarding,
                 mptcp: n.mptcp.clone(),
+                proxy_arp: n.proxy_arp,
+                bridge: n.bridge,
             })
             .collect();
         let index = |name: &str| nodes.iter().position(|n| n.name == name);
@@ -430,9 +441,13 @@ impl Testbed {
                     len4,
                     addr6,
                     len6,
+                    bridged: false,
                 })
             };
-            let ends = [end(1, &l.a)?, end(2, &l.b)?];
+            let ends = match l.hop {
+                None => [end(1, &l.a)?, end(2, &l.b)?],
+                Some(hop) => hop_ends(l, hop, &index).map_err(bad)?,
+            };
             let (profile, mut params) = l.params_with(opts.links.get(i).copied());
             if let Some(r) = opts.rate_mbit {
                 params.a_to_b.rate_mbit = Some(r);
@@ -450,6 +465,7 @@ impl Testbed {
                 profile,
                 params,
                 method,
+                hop: l.hop,
             });
         }
         let mut opts = opts.clone();
@@ -494,6 +510,9 @@ impl Testbed {
                 ("net/ipv6/conf/all/keep_addr_on_down", "1"),
                 ("net/ipv6/conf/default/keep_addr_on_down", "1"),
             ];
+            if node.proxy_arp {
+                settings.push(("net/ipv4/conf/all/proxy_arp", "1"));
+            }
             if node.forwarding {
                 settings.push(("net/ipv4/ip_forward", "1"));
                 settings.push(("net/ipv6/conf/all/forwarding", "1"));
@@ -514,6 +533,24 @@ impl Testbed {
             })
             .map_err(io_err(format!("configuring namespace {ns}")))?;
             tool("ip", &["-n", &node.netns, "link", "set", "lo", "up"])?;
+            if node.bridge {
+                tool(
+                    "ip",
+                    &[
+                        "-n",
+                        &node.netns,
+                        "link",
+                        "add",
+                        SEGMENT_BRIDGE,
+                        "type",
+                        "bridge",
+                    ],
+                )?;
+                tool(
+                    "ip",
+                    &["-n", &node.netns, "link", "set", SEGMENT_BRIDGE, "up"],
+                )?;
+            }
         }
         let emu_ns = self.emulator_netns();
         let emulated = self.emulated_links();
@@ -557,6 +594,22 @@ impl Testbed {
                 )?;
             }
             for (end, ns) in [(a, ns_a), (b, ns_b)] {
+                if end.bridged {
+                    tool(
+                        "ip",
+                        &[
+                            "-n",
+                            ns,
+                            "link",
+                            "set",
+                            &end.ifname,
+                            "master",
+                            SEGMENT_BRIDGE,
+                            "up",
+                        ],
+                    )?;
+                    continue;
+                }
                 let v4 = format!("{}/{}", end.addr4, end.len4);
                 let v6 = format!("{}/{}", end.addr6, end.len6);
                 tool("ip", &["-n", ns, "addr", "add", &v4, "dev", &end.ifname])?;
@@ -568,6 +621,9 @@ impl Testbed {
             }
             self.shape(link, self.rates_of(link.number), [None, None])?;
         }
+        for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.proxy_arp) {
+            self.answer_proxy_arp_at_once(i, node)?;
+        }
         if !emulated.is_empty() {
             let child = emu::start(&self.id, &emu_ns, &emulated)?;
             *self.emulator.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
@@ -576,7 +632,7 @@ impl Testbed {
             self.apply_routes(link.number)?;
         }
         if self.spec.source_routing {
-            for link in &self.links {
+            for link in self.links.iter().filter(|l| l.hop.is_none()) {
                 for end in &link.ends {
                     let ns = &self.nodes[end.node].netns;
                     let table = (TABLE_BASE + link.number).to_string();
@@ -603,6 +659,27 @@ impl Testbed {
             self.apply_mptcp(node)?;
         }
         Ok(())
+    }
+
+    /// Proxy ARP answers wait up to `proxy_delay` (0.8 s by default) on
+    /// each interface; a node that proxies answers at once.
+    fn answer_proxy_arp_at_once(&self, index: usize, node: &Node) -> Result<(), Error> {
+        let keys: Vec<String> = self
+            .links
+            .iter()
+            .flat_map(|l| l.ends.iter())
+            .filter(|e| e.node == index && !e.bridged)
+            .map(|e| format!("net/ipv4/neigh/{}/proxy_delay", e.ifname))
+            .collect();
+        let ns_file = format!("{NETNS_DIR}/{}", node.netns);
+        sys::in_netns(&ns_file, move || {
+            for key in &keys {
+                fs::write(Path::new("/proc/sys").join(key), "0")
+                    .map_err(|e| io::Error::new(e.kind(), format!("setting {key} = 0: {e}")))?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(format!("configuring namespace {}", node.netns)))
     }
 
     /// Current rates of `link`, [a->b, b->a].
@@ -690,7 +767,7 @@ impl Testbed {
                 ],
             )?;
         }
-        if self.spec.source_routing {
+        if self.spec.source_routing && link.hop.is_none() {
             for side in 0..2 {
                 let (me, peer) = (&link.ends[side], &link.ends[1 - side]);
                 let ns = &self.nodes[me.node].netns;
@@ -762,6 +839,13 @@ impl Testbed {
     /// (link, end) of `node` on link `link`.
     fn end_of(&self, node: &str, link: u32) -> Result<(&Link, &End), Error> {
         let n = self.node_index(node)?;
+        if let Some(hop) = self
+            .links
+            .iter()
+            .find(|l| l.hop.is_some_and(|h| h.segment == link) && l.ends[0].node == n)
+        {
+            return Ok((hop, &hop.ends[0]));
+        }
         let l = self.link(link)?;
         let end = l
             .ends
@@ -1154,4 +1238,43 @@ fn prefix6(addr: Ipv6Addr, len: u8) -> String {
         u128::MAX << (128 - u32::from(len))
     };
     format!("{}/{len}", Ipv6Addr::from(u128::from(addr) & mask))
+}
+
+/// The ends of a segment member's hop: the member's interface `link<S>`
+/// with its address on segment S (host `hop.host`), and the bridge port
+/// `m<host>` in the segment's namespace.
+fn hop_ends(
+    l: &spec::LinkSpec,
+    hop: Hop,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Result<[End; 2], String> {
+    let seg = spec::LinkSpec {
+        number: hop.segment,
+        hop: None,
+        ..l.clone()
+    };
+    let node = |name: &str| {
+        index(name).ok_or_else(|| format!("segment {}: unknown node {name:?}", hop.segment))
+    };
+    let (net4, len4) = spec::link_prefix4(&seg)?;
+    let (net6, len6) = spec::link_prefix6(&seg)?;
+    let member = End {
+        node: node(&l.a)?,
+        ifname: format!("link{}", hop.segment),
+        addr4: Ipv4Addr::from(u32::from(net4) + hop.host),
+        len4,
+        addr6: Ipv6Addr::from(u128::from(net6) + u128::from(hop.host)),
+        len6,
+        bridged: false,
+    };
+    let port = End {
+        node: node(&l.b)?,
+        ifname: format!("m{}", hop.host),
+        addr4: Ipv4Addr::UNSPECIFIED,
+        len4: 0,
+        addr6: Ipv6Addr::UNSPECIFIED,
+        len6: 0,
+        bridged: true,
+    };
+    Ok([member, port])
 }
