@@ -29,6 +29,10 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
         "0002-um-tick-at-1000-hz.patch",
         include_str!("../kernel/patches/0002-um-tick-at-1000-hz.patch"),
     ),
+    (
+        "0003-um-vector-no-frag-list-offload.patch",
+        include_str!("../kernel/patches/0003-um-vector-no-frag-list-offload.patch"),
+    ),
 ];
 
 /// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`

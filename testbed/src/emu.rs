@@ -1,9 +1,11 @@
 //! Delay, jitter and loss for links: the host kernel's netem where it has
 //! one, else the link emulator.
 //!
-//! The link emulator is one User Mode Linux instance per testbed (the
-//! kernel the uml backend builds, which carries `NET_SCH_NETEM` and
-//! `BRIDGE`), in its own namespace `ds-<id>-emu`. Each emulated link is two
+//! The link emulator is User Mode Linux (the kernel the uml backend
+//! builds, which carries `NET_SCH_NETEM` and `BRIDGE`) in the testbed's
+//! own namespace `ds-<id>-emu`: one instance per [`LINKS_PER_INSTANCE`]
+//! links, because a UML kernel takes its interfaces on a command line of
+//! at most 4,096 bytes. Each emulated link is two
 //! veth pairs, node a <-> `l<N>a` and `l<N>b` <-> node b. Each emulator end
 //! sits in a host bridge `p<N>a` / `p<N>b` together with a spare veth
 //! pair's end that always has a carrier,
@@ -19,10 +21,10 @@
 //! bridge's carrier up, so the guest's sends always succeed (frames for a
 //! dead half are dropped by the host bridge, as a cable pulled out would).
 //!
-//! The guest's init is a shell script written here and run from the host's
-//! root through hostfs; it reports through files in the run directory
-//! (`/run/dropshim/testbeds/<id>.emu/`): `ready` once every link is set up,
-//! `error` if a command failed. A link taken down and up needs nothing
+//! Each guest's init is a shell script written here and run from the
+//! host's root through hostfs; it reports through files in the run
+//! directory (`/run/dropshim/testbeds/<id>.emu/`): `ready-K` once every
+//! link of instance K is set up, `error-K` if a command failed. A link taken down and up needs nothing
 //! from the guest: its raw sockets sit on the host bridges, which never
 //! lose their carrier.
 
@@ -41,6 +43,10 @@ use std::time::{Duration, Instant};
 /// Forces the method: `host` (host netem) or `uml` (the emulator).
 pub const ENV_NETEM: &str = "DROPSHIM_TESTBED_NETEM";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Links per emulator instance: two `vecN:` arguments each (about 50
+/// bytes with the receive filter named relative to the run directory),
+/// well inside the UML kernel's 4,096-byte command line.
+pub const LINKS_PER_INSTANCE: usize = 24;
 /// The guest's memory: netem queues hold up to a link's rate x delay.
 const GUEST_MEM_MIB: u32 = 256;
 
@@ -144,12 +150,10 @@ pub(crate) fn plumb_port(ns: &str, link: u32, side: usize) -> Result<(), Error> 
     ip(&["link", "set", &br, "promisc", "on"])
 }
 
-/// A node's end of an emulated link sends whole frames: segmented and
-/// checksummed by the node's own stack (no TSO/GSO, no checksum offload),
-/// so the guest forwards them as they are, with no virtio-net header,
-/// and a receiving node's stack verifies every checksum itself: a frame
-/// damaged on the way is dropped and sent again by TCP instead of being
-/// taken as good (a veth trusts the checksum of what it carries).
+/// A node's end of an emulated link sends whole frames, segmented and
+/// checksummed by the node's own stack (no TSO/GSO, no checksum offload):
+/// the guest's ports read frames of at most the MTU, as a wire carries
+/// them, so a 64 KiB offloaded segment would be cut short there.
 pub(crate) fn whole_frames(ns: &str, ifname: &str) -> Result<(), Error> {
     tool(
         "ip",
@@ -166,8 +170,8 @@ pub(crate) struct EmuLink {
     pub params: LinkParams,
 }
 
-/// The guest's init script.
-fn init_script(run: &Path, links: &[EmuLink]) -> String {
+/// The init script of emulator instance `k`.
+fn init_script(run: &Path, k: usize, links: &[EmuLink]) -> String {
     let run = run.display();
     let mut s = format!(
         r#"#!/bin/sh
@@ -177,11 +181,11 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 RUN='{run}'
 fail() {{
-    echo "$*" > "$RUN/error"
+    echo "$*" > "$RUN/error-{k}"
     exec sleep infinity
 }}
 run() {{
-    "$@" 2>> "$RUN/guest.log" || fail "inside the emulator, \`$*\` failed: $(tail -n 1 "$RUN/guest.log")"
+    "$@" 2>> "$RUN/guest-{k}.log" || fail "inside the emulator, \`$*\` failed: $(tail -n 1 "$RUN/guest-{k}.log")"
 }}
 run mount -t proc proc /proc
 run mount -t sysfs sysfs /sys
@@ -211,20 +215,19 @@ run ip link set lo up
             }
         }
     }
-    s.push_str(
-        r#"echo ready > "$RUN/ready"
-exec sleep infinity
-"#,
-    );
+    s.push_str(&format!(
+        "echo ready > \"$RUN/ready-{k}\"\nexec sleep infinity\n"
+    ));
     s
 }
 
 /// Build the emulator of testbed `id` inside namespace `netns` (which
 /// exists and holds the `l<N>a`/`l<N>b` ends of every link in `links`)
-/// and return once the guest has set every link up. The instance leads
-/// its own session, so it outlives the calling process when the testbed
-/// is kept; it dies with its namespace's processes.
-pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, Error> {
+/// and return once every instance has set its links up. The instances
+/// lead their own sessions, so they outlive the calling process when the
+/// testbed is kept; they die with their namespace's processes. On an
+/// error, the instances already started are stopped.
+pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Vec<Child>, Error> {
     let kernel = match std::env::var_os(dropshim_backend_uml::ENV_KERNEL).filter(|v| !v.is_empty())
     {
         Some(k) => PathBuf::from(k),
@@ -237,30 +240,99 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
     let run = run_dir(id);
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run).map_err(|e| emu_err(format!("creating {}: {e}", run.display())))?;
-    let write = |name: &str, data: &[u8]| {
-        fs::write(run.join(name), data)
-            .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
-    };
-    let filter = run.join("rx-filter.bpf");
-    write("rx-filter.bpf", &dropshim_backend_uml::host::rx_filter())?;
-    let init = run.join("init");
-    write("init", init_script(&run, links).as_bytes())?;
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
-        .map_err(|e| emu_err(format!("chmod {}: {e}", init.display())))?;
-    let console = fs::File::create(run.join("console.log"))
-        .map_err(|e| emu_err(format!("creating console.log: {e}")))?;
-    for p in [&run, &init, &filter] {
-        if p.to_str()
-            .is_none_or(|s| s.contains([',', ' ', '\t', '\n']))
-        {
-            return Err(emu_err(format!(
-                "{} cannot go on a kernel command line (comma or space in it)",
-                p.display()
-            )));
+    write_file(&run, FILTER_FILE, &dropshim_backend_uml::host::rx_filter())?;
+    if run
+        .to_str()
+        .is_none_or(|s| s.contains([',', ' ', '\t', '\n']))
+    {
+        return Err(emu_err(format!(
+            "{} cannot go on a kernel command line (comma or space in it)",
+            run.display()
+        )));
+    }
+    let mut children = Vec::new();
+    for (k, chunk) in links.chunks(LINKS_PER_INSTANCE).enumerate() {
+        match start_instance(&kernel, &run, netns, k, chunk) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                stop(&mut children);
+                return Err(e);
+            }
         }
     }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut waiting: Vec<usize> = (0..children.len()).collect();
+    while !waiting.is_empty() {
+        let mut failure = None;
+        waiting.retain(|&k| {
+            if failure.is_some() || run.join(format!("ready-{k}")).exists() {
+                return failure.is_some();
+            }
+            let console = run.join(format!("console-{k}.log"));
+            if let Ok(err) = fs::read_to_string(run.join(format!("error-{k}"))) {
+                failure = Some(err.trim().to_string());
+            } else if let Ok(Some(st)) = children[k].try_wait() {
+                failure = Some(format!(
+                    "the UML kernel exited ({st}) while booting; see {}",
+                    console.display()
+                ));
+            } else if Instant::now() > deadline {
+                failure = Some(format!(
+                    "not ready within {} s; see {}",
+                    READY_TIMEOUT.as_secs(),
+                    console.display()
+                ));
+            }
+            true
+        });
+        if let Some(msg) = failure {
+            stop(&mut children);
+            return Err(emu_err(msg));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(children)
+}
+
+/// The receive filter every emulator port loads (see
+/// `dropshim_backend_uml::host::rx_filter`), named relative to the run
+/// directory, the instances' working directory.
+const FILTER_FILE: &str = "rx-filter.bpf";
+
+fn write_file(run: &Path, name: &str, data: &[u8]) -> Result<(), Error> {
+    fs::write(run.join(name), data)
+        .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
+}
+
+/// Stop (and reap) emulator instances.
+pub(crate) fn stop(children: &mut Vec<Child>) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    children.clear();
+}
+
+/// Start instance `k` of the emulator, carrying `links`.
+fn start_instance(
+    kernel: &Path,
+    run: &Path,
+    netns: &str,
+    k: usize,
+    links: &[EmuLink],
+) -> Result<Child, Error> {
+    let init = run.join(format!("init-{k}"));
+    write_file(
+        run,
+        &format!("init-{k}"),
+        init_script(run, k, links).as_bytes(),
+    )?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
+        .map_err(|e| emu_err(format!("chmod {}: {e}", init.display())))?;
+    let console = fs::File::create(run.join(format!("console-{k}.log")))
+        .map_err(|e| emu_err(format!("creating console-{k}.log: {e}")))?;
     let mut args = vec![
-        "umid=emu".to_string(),
+        format!("umid=emu{k}"),
         format!("uml_dir={}", run.display()),
         "rootfstype=hostfs".into(),
         "rootflags=/".into(),
@@ -274,15 +346,15 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
     for (i, l) in links.iter().enumerate() {
         for side in 0..2 {
             args.push(format!(
-                "vec{}:transport=raw,ifname={},bpffile={}",
+                "vec{}:transport=raw,ifname={},bpffile={FILTER_FILE}",
                 2 * i + side,
                 bridge_ifname(l.number, side),
-                filter.display()
             ));
         }
     }
-    let mut cmd = Command::new(&kernel);
+    let mut cmd = Command::new(kernel);
     cmd.args(&args)
+        .current_dir(run)
         .stdin(Stdio::null())
         .stdout(console)
         .stderr(Stdio::null());
@@ -298,37 +370,8 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Child, E
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| emu_err(format!("cannot start {}: {e}", kernel.display())))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        if run.join("ready").exists() {
-            return Ok(child);
-        }
-        let failure = if let Ok(err) = fs::read_to_string(run.join("error")) {
-            Some(err.trim().to_string())
-        } else if let Ok(Some(st)) = child.try_wait() {
-            Some(format!(
-                "the UML kernel exited ({st}) while booting; see {}",
-                run.join("console.log").display()
-            ))
-        } else if Instant::now() > deadline {
-            Some(format!(
-                "not ready within {} s; see {}",
-                READY_TIMEOUT.as_secs(),
-                run.join("console.log").display()
-            ))
-        } else {
-            None
-        };
-        if let Some(msg) = failure {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(emu_err(msg));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    cmd.spawn()
+        .map_err(|e| emu_err(format!("cannot start {}: {e}", kernel.display())))
 }
 
 #[cfg(test)]
@@ -348,7 +391,7 @@ mod tests {
             },
             EmuLink { number: 7, params },
         ];
-        let s = init_script(Path::new("/run/x.emu"), &links);
+        let s = init_script(Path::new("/run/x.emu"), 0, &links);
         assert!(s.contains("run ip link set vec0 master br3\n"), "{s}");
         assert!(!s.contains("dev vec0 root netem"), "{s}");
         // vec2 faces side a of link 7: it carries b->a (the downlink).

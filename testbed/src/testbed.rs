@@ -55,9 +55,9 @@ pub struct Testbed {
     /// unshaped).
     rates: Mutex<BTreeMap<u32, [Option<u32>; 2]>>,
     owned: bool,
-    /// The link emulator's kernel, when this handle started it (waited
-    /// for after removal so no zombie stays behind).
-    emulator: Mutex<Option<Child>>,
+    /// The link emulator's kernels, when this handle started them
+    /// (waited for after removal so no zombie stays behind).
+    emulator: Mutex<Vec<Child>>,
 }
 
 struct Node {
@@ -479,7 +479,7 @@ impl Testbed {
             routes: active.routes,
             rates: Mutex::new(rates),
             owned,
-            emulator: Mutex::new(None),
+            emulator: Mutex::new(Vec::new()),
         })
     }
 
@@ -625,8 +625,8 @@ impl Testbed {
             self.answer_proxy_arp_at_once(i, node)?;
         }
         if !emulated.is_empty() {
-            let child = emu::start(&self.id, &emu_ns, &emulated)?;
-            *self.emulator.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+            let children = emu::start(&self.id, &emu_ns, &emulated)?;
+            *self.emulator.lock().unwrap_or_else(|p| p.into_inner()) = children;
         }
         for link in &self.links {
             self.apply_routes(link.number)?;
@@ -1210,13 +1210,14 @@ impl Drop for Testbed {
         }
         // Killed with its namespace (or still running for a kept
         // testbed): reap it only once it is gone.
-        let child = self.emulator.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = child.as_mut() {
-            if self.owned {
-                let _ = c.kill();
-                let _ = c.wait();
-            } else if matches!(c.try_wait(), Ok(Some(_))) {
-                let _ = c.wait();
+        let children = self.emulator.get_mut().unwrap_or_else(|p| p.into_inner());
+        if self.owned {
+            emu::stop(children);
+        } else {
+            for c in children.iter_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    let _ = c.wait();
+                }
             }
         }
     }

@@ -614,8 +614,9 @@ print(len(data),hashlib.sha256(data).hexdigest(),flush=True)\n";
 }
 
 /// Every byte crosses an emulated link intact in both directions, at a
-/// rate, with delay and loss: the emulator forwards whole frames the
-/// nodes checksummed, and a receiving node checks every checksum.
+/// rate, with delay and loss. Before the UML kernel's vector driver fix
+/// (patch 0003: no frag-list offload), the emulator sent megabytes of
+/// stray memory in place of payload here, under checksums nothing checked.
 #[test]
 fn bytes_cross_an_emulated_link_intact_both_ways() {
     let tb = build(
