@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the User Mode Linux kernel the uml backend boots, from Debian's
 # linux-source-6.12, with MPTCP (IPv4 and IPv6), the vector network driver
-# and hostfs.
+# and hostfs. The same kernel runs the testbed's link emulator, hence the
+# bridge and netem (packet scheduler) options.
 #
 # Why our own build: Debian's `user-mode-linux` package is built WITHOUT
 # CONFIG_MPTCP, so it cannot carry a device's Multipath TCP.
@@ -37,6 +38,7 @@ CONFIG_FRAGMENT="
 -e MPTCP -e MPTCP_IPV6 -e IPV6 -e INET_DIAG -e INET_TCP_DIAG -e INET_MPTCP_DIAG
 -e UML_NET_VECTOR -e HOSTFS -e UNIX -e INET -e TCP_CONG_CUBIC
 -e PROC_FS -e SYSFS -e TMPFS -e DEVTMPFS
+-e NET_SCHED -e NET_SCH_NETEM -e BRIDGE
 -d DEBUG_INFO -d DEBUG_INFO_DWARF_TOOLCHAIN_DEFAULT -e DEBUG_INFO_NONE
 "
 
@@ -104,7 +106,7 @@ make -s ARCH=um defconfig >&2
 # shellcheck disable=SC2086 # the fragment is a list of words on purpose
 scripts/config $CONFIG_FRAGMENT
 make -s ARCH=um olddefconfig >&2
-for opt in MPTCP MPTCP_IPV6 UML_NET_VECTOR HOSTFS INET_MPTCP_DIAG; do
+for opt in MPTCP MPTCP_IPV6 UML_NET_VECTOR HOSTFS INET_MPTCP_DIAG NET_SCHED NET_SCH_NETEM BRIDGE; do
     grep -q "^CONFIG_$opt=y" .config || die "CONFIG_$opt did not stick in the UML config; see $work/.config"
 done
 grep -q "^CONFIG_HZ=1000$" .config || die "CONFIG_HZ is not 1000 (patch 0002); see $work/.config"

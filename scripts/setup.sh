@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   iperf3 curl python3 mptcpize      # the programs the shim is tested with, and its peer
-  iproute2 iputils-ping             # namespaces, links, MPTCP endpoints, probes
+  iproute2 iputils-ping ethtool     # namespaces, links, MPTCP endpoints, probes, offloads
   tcpdump                           # the soak's rolling capture on the receiver (scripts/soak.sh)
   socat netcat-openbsd wget nginx-light   # programs the reliability suite runs unmodified
   redis-server redis-tools          # many small requests (interactive tests)

@@ -29,6 +29,10 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
         "0002-um-tick-at-1000-hz.patch",
         include_str!("../kernel/patches/0002-um-tick-at-1000-hz.patch"),
     ),
+    (
+        "0003-um-vector-no-frag-list-offload.patch",
+        include_str!("../kernel/patches/0003-um-vector-no-frag-list-offload.patch"),
+    ),
 ];
 
 /// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`
@@ -285,8 +289,10 @@ const RX_FILTER_FILE: &str = "rx-filter.bpf";
 /// a SIGIO, is copied into the guest and dropped there. Measured on the
 /// unshaped bench: 22 % more throughput, 22 % less UML CPU per GB.
 /// The driver reads the file at every device open (boot, and again when
-/// the agent bounces a device after a link flap).
-fn rx_filter() -> Vec<u8> {
+/// the agent bounces a device after a link flap). The testbed's link
+/// emulator uses the same filter: there a bridge would otherwise forward
+/// each sent frame back and learn MAC addresses on the wrong port.
+pub fn rx_filter() -> Vec<u8> {
     // struct sock_filter { u16 code; u8 jt; u8 jf; u32 k; }, host order.
     const SKF_AD_PKTTYPE: u32 = 0xffff_f000 + 4; // SKF_AD_OFF + SKF_AD_PKTTYPE
     const PACKET_OUTGOING: u32 = 4;

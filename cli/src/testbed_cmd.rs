@@ -2,7 +2,9 @@
 //! (namespaces + veth pairs) from the specs in `conf/testbeds/`.
 
 use anyhow::{bail, Context};
-use dropshim_testbed::{Description, Options, Shaper, Spec, Status, Testbed, STATE_DIR};
+use dropshim_testbed::{
+    Description, LinkChoice, Method, Options, Shaper, Spec, Status, Testbed, STATE_DIR,
+};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -37,15 +39,25 @@ enum Sub {
 
 #[derive(clap::Args)]
 struct UpArgs {
-    /// Builtin spec name (two-gateways, local-cache) or a path to a .toml spec.
+    /// Builtin spec name (two-gateways, local-cache, drop-home, drop-mesh)
+    /// or a path to a .toml spec.
     #[arg(default_value = "two-gateways")]
     spec: String,
+    /// drop-mesh only: how many devices (default 8).
+    #[arg(long, value_name = "N")]
+    devices: Option<u32>,
     /// Shape every link at this rate (Mbit/s) on both ends; unshaped if left out.
     #[arg(long, value_name = "MBIT", value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
     /// Queueing discipline used for shaping.
     #[arg(long, value_enum, default_value = "tbf")]
     shaper: ShaperArg,
+    /// Links 1, 2, ... of the spec (in the order it lists them): each a
+    /// profile (ethernet, wifi, wifi-direct, lte, bluetooth) or a rate in
+    /// Mbit/s (rate only), e.g. `--links wifi,lte`. Links not named keep
+    /// the spec's settings. --rate still overrides every link's rate.
+    #[arg(long, value_name = "LINK,LINK...", value_delimiter = ',')]
+    links: Vec<LinkChoice>,
     /// Add the spec's internet node and link.
     #[arg(long)]
     internet: bool,
@@ -86,7 +98,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
-    let spec = Spec::load(&a.spec)?;
+    let spec = Spec::load_with_devices(&a.spec, a.devices)?;
     let opts = Options {
         rate_mbit: a.rate,
         shaper: match a.shaper {
@@ -95,6 +107,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         },
         internet: a.internet,
         id: a.id,
+        links: a.links,
     };
     let tb =
         Testbed::up(&spec, &opts).with_context(|| format!("building testbed {}", spec.name))?;
@@ -112,10 +125,6 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_description(d: &Description) {
-    let shaping = |rate: Option<u32>| match rate {
-        Some(r) => format!("{r} Mbit/s ({})", d.shaper.as_str()),
-        None => "unshaped".to_string(),
-    };
     println!(
         "testbed {} (spec {}{})",
         d.id,
@@ -129,8 +138,33 @@ fn print_description(d: &Description) {
     }
     println!("links:");
     for l in &d.links {
-        println!("  link {}  {}", l.number, shaping(l.rate_mbit));
+        let profile = l.profile.map(|p| format!("{p}: ")).unwrap_or_default();
+        let rates = [l.params.a_to_b.rate_mbit, l.params.b_to_a.rate_mbit];
+        let shaper = if rates.iter().any(Option::is_some) {
+            d.shaper.as_str()
+        } else {
+            "unshaped"
+        };
+        let method = match l.method {
+            Method::Plain => format!("rate: {shaper}"),
+            m => format!("rate: {shaper}; delay/jitter/loss: {}", m.as_str()),
+        };
+        let settings = l.params.to_string();
+        if l.number > 255 {
+            // A member's hop onto shared segment number / 256.
+            println!(
+                "  segment {} hop {}  {profile}{settings}  [{method}]",
+                l.number / 256,
+                l.number % 256
+            );
+        } else {
+            println!("  link {}  {profile}{settings}  [{method}]", l.number);
+        }
         for e in [&l.a, &l.b] {
+            if e.addr4.is_unspecified() {
+                println!("    {:width$}  {:8} bridge port", e.node, e.ifname);
+                continue;
+            }
             println!(
                 "    {:width$}  {:8} {}/{}  {}/{}",
                 e.node, e.ifname, e.addr4, e.prefix4, e.addr6, e.prefix6

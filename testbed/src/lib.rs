@@ -2,9 +2,9 @@
 //! namespaces and veth pairs on one machine, described by TOML specs in
 //! `conf/testbeds/`.
 //!
-//! Owns: creating and removing namespaces, links, addresses, routes and
-//! rate shaping; taking links down and up; running commands inside a
-//! namespace with a bounded wait.
+//! Owns: creating and removing namespaces, links, shared segments
+//! (bridges), addresses, routes and rate shaping; taking links down and
+//! up; running commands inside a namespace with a bounded wait.
 //!
 //! Its only footprint outside those namespaces is one state file per
 //! testbed under /run/dropshim/testbeds/ (owner pid, spec, layout), which
@@ -14,19 +14,32 @@
 //! carries a per-run id so runs can go side by side, and removal is tied
 //! to `Drop` so a failing test still cleans up.
 
+mod emu;
 mod exec;
+pub mod link;
 mod spec;
 mod sys;
 mod testbed;
 
 pub use exec::run_with_timeout;
+pub use link::{DirParams, LinkChoice, LinkParams, Method, Profile, PROFILES};
 pub use spec::{
-    EndpointFlag, EndpointSpec, Family, InternetSpec, LinkSpec, MptcpSpec, NodeSpec, RouteSpec,
-    Spec,
+    DirSpec, EndpointFlag, EndpointSpec, Family, Hop, InternetSpec, LinkSpec, MptcpSpec, NodeSpec,
+    RouteSpec, SegmentSpec, Spec, MESH_DEFAULT_DEVICES,
 };
 pub use testbed::{Description, EndInfo, LinkInfo, Listing, NodeInfo, Status, Testbed, STATE_DIR};
 
 use serde::{Deserialize, Serialize};
+
+/// The drop-mesh agent, for `python3 -c`: one process per device that
+/// serves its own file (seeded, so every peer knows its digest) on a port
+/// of every address and pulls every peer's, checking each byte by sha256;
+/// one process because an lkl device's kernel lives in it. Arguments: its
+/// device number I (1..=N), N, port, bytes, the peers' address prefix
+/// ("198.18.1." + J), a time limit in seconds. Prints `pull J ok|BAD BYTES
+/// SECONDS` per peer and `served K`; exits 0 when every pull was intact
+/// and every peer pulled from it.
+pub const MESH_AGENT_PY: &str = include_str!("mesh_agent.py");
 
 /// How links are rate-limited: a token bucket (`tbf`) as root qdisc, or an
 /// `htb` root with one class.
@@ -60,6 +73,12 @@ pub struct Options {
     /// Testbed id (letters, digits, `_`); `None` picks a unique one that
     /// includes this process's pid.
     pub id: Option<String>,
+    /// Per link, in the order the links are built (the spec's `[[link]]`s,
+    /// then its internet links): a profile that replaces the link's own,
+    /// or a rate that makes it a rate-only link. Shorter than the list of
+    /// links: the rest keep the spec's values; longer: an error.
+    #[serde(default)]
+    pub links: Vec<LinkChoice>,
 }
 
 /// Everything that can go wrong, each saying what to do about it.
@@ -74,7 +93,7 @@ pub enum Error {
     #[error("`{program}` not found: install {package} (apt-get install {package})")]
     MissingTool { program: String, package: String },
     #[error(
-        "unknown testbed spec {0:?}: use two-gateways, local-cache, or a path to a .toml file"
+        "unknown testbed spec {0:?}: use two-gateways, local-cache, drop-home, drop-mesh, or a path to a .toml file"
     )]
     UnknownSpec(String),
     #[error("cannot read testbed spec {path}: {err}")]
@@ -85,6 +104,14 @@ pub enum Error {
     NoInternet(String),
     #[error("rate 0 Mbit/s: leave the rate out for unshaped links")]
     ZeroRate,
+    #[error("{given} link settings given (--links) but spec {spec} builds only {links} link(s); give at most {links}")]
+    TooManyLinks {
+        given: usize,
+        spec: String,
+        links: usize,
+    },
+    #[error("link emulator: {0}")]
+    Emulator(String),
     #[error("bad testbed id {0:?}: use 1 to 24 letters, digits or `_`")]
     BadId(String),
     #[error("testbed {0} already exists: choose another id, or remove it with `dropshim testbed down {0}`")]

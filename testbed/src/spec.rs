@@ -2,6 +2,7 @@
 //! scheme (link N = 198.18.N.0/24 and 2001:2:0:N::/64, side a host 1,
 //! side b host 2).
 
+use crate::link::{DirParams, LinkChoice, LinkParams, Mbit, Millis, Percent, Profile};
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -10,10 +11,21 @@ use std::path::Path;
 
 const TWO_GATEWAYS: &str = include_str!("../../conf/testbeds/two-gateways.toml");
 const LOCAL_CACHE: &str = include_str!("../../conf/testbeds/local-cache.toml");
+const DROP_HOME: &str = include_str!("../../conf/testbeds/drop-home.toml");
+const DROP_MESH: &str = include_str!("../../conf/testbeds/drop-mesh.toml");
 
 /// The specs shipped with dropshim, by name.
-pub const BUILTIN: &[(&str, &str)] =
-    &[("two-gateways", TWO_GATEWAYS), ("local-cache", LOCAL_CACHE)];
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("two-gateways", TWO_GATEWAYS),
+    ("local-cache", LOCAL_CACHE),
+    ("drop-home", DROP_HOME),
+    ("drop-mesh", DROP_MESH),
+];
+
+/// Devices in `drop-mesh` when no count is given.
+pub const MESH_DEFAULT_DEVICES: u32 = 8;
+/// Most devices a shared segment (and so `drop-mesh`) can hold.
+pub const SEGMENT_MAX_MEMBERS: usize = 250;
 
 /// A parsed and validated testbed spec (see `conf/testbeds/two-gateways.toml`
 /// for the format).
@@ -31,8 +43,98 @@ pub struct Spec {
     pub links: Vec<LinkSpec>,
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteSpec>,
+    /// Shared segments: one bridge joining several nodes.
+    #[serde(rename = "segment", default)]
+    pub segments: Vec<SegmentSpec>,
     #[serde(default)]
     pub internet: Option<InternetSpec>,
+}
+
+/// A shared segment (`[[segment]]`): a bridge in its own namespace
+/// (`ds-<id>-<name>`) and, per member, a hop between the member's
+/// interface `link<number>` and a port of that bridge. The hop carries the
+/// segment's link settings: `a_to_b` is the member's uplink to the bridge,
+/// `b_to_a` its downlink, so member-to-member traffic crosses two hops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSpec {
+    pub number: u32,
+    pub name: String,
+    pub members: Vec<String>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub rate_mbit: Option<Mbit>,
+    pub delay_ms: Option<Millis>,
+    pub jitter_ms: Option<Millis>,
+    pub loss_pct: Option<Percent>,
+    pub profile: Option<Profile>,
+    pub a_to_b: Option<DirSpec>,
+    pub b_to_a: Option<DirSpec>,
+}
+
+/// Where a link built for a segment member sits: segment `segment`,
+/// member host number `host` (its address there, and its bridge port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    pub segment: u32,
+    pub host: u32,
+}
+
+impl SegmentSpec {
+    /// The link number of member `host`'s hop (above the 1..=255 of
+    /// `[[link]]`s, so the two never meet).
+    pub fn hop_number(&self, host: u32) -> u32 {
+        256 * self.number + host
+    }
+
+    /// One point-to-point link per member, member on side a, the bridge's
+    /// namespace on side b.
+    fn hops(&self) -> Vec<LinkSpec> {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let host = i as u32 + 1;
+                LinkSpec {
+                    number: self.hop_number(host),
+                    a: m.clone(),
+                    b: self.name.clone(),
+                    ipv4: self.ipv4.clone(),
+                    ipv6: self.ipv6.clone(),
+                    rate_mbit: self.rate_mbit,
+                    delay_ms: self.delay_ms,
+                    jitter_ms: self.jitter_ms,
+                    loss_pct: self.loss_pct,
+                    profile: self.profile,
+                    a_to_b: self.a_to_b,
+                    b_to_a: self.b_to_a,
+                    hop: Some(Hop {
+                        segment: self.number,
+                        host,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// The segment's addressing as a link (prefixes only).
+    fn as_link(&self) -> LinkSpec {
+        LinkSpec {
+            number: self.number,
+            a: String::new(),
+            b: String::new(),
+            ipv4: self.ipv4.clone(),
+            ipv6: self.ipv6.clone(),
+            rate_mbit: None,
+            delay_ms: None,
+            jitter_ms: None,
+            loss_pct: None,
+            profile: None,
+            a_to_b: None,
+            b_to_a: None,
+            hop: None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -47,6 +149,16 @@ pub struct NodeSpec {
     pub forwarding: bool,
     #[serde(default)]
     pub mptcp: Option<MptcpSpec>,
+    /// Answer ARP for addresses it routes elsewhere, at once: a device
+    /// whose kernel sends a subflow on-link out of the interface it is
+    /// bound to (no source routing, as in uml and lkl) still reaches a
+    /// server behind this node. IPv4 only.
+    #[serde(default)]
+    pub proxy_arp: bool,
+    /// Set on the namespace that holds a segment's bridge (never in a
+    /// spec file).
+    #[serde(skip)]
+    pub bridge: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +216,89 @@ pub struct LinkSpec {
     pub b: String,
     pub ipv4: Option<String>,
     pub ipv6: Option<String>,
-    pub rate_mbit: Option<u32>,
+    /// Both directions, unless a direction table says otherwise.
+    pub rate_mbit: Option<Mbit>,
+    pub delay_ms: Option<Millis>,
+    pub jitter_ms: Option<Millis>,
+    pub loss_pct: Option<Percent>,
+    /// A preset the keys above and the direction tables override.
+    pub profile: Option<Profile>,
+    /// Values for the direction from side a to side b only.
+    pub a_to_b: Option<DirSpec>,
+    /// Values for the direction from side b to side a only.
+    pub b_to_a: Option<DirSpec>,
+    /// Set on the links a segment is built from (never in a spec file).
+    #[serde(skip)]
+    pub hop: Option<Hop>,
+}
+
+/// The keys a `[link.a_to_b]` / `[link.b_to_a]` table may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    pub rate_mbit: Option<Mbit>,
+    pub delay_ms: Option<Millis>,
+    pub jitter_ms: Option<Millis>,
+    pub loss_pct: Option<Percent>,
+}
+
+impl DirSpec {
+    fn apply(&self, d: &mut DirParams) {
+        if let Some(r) = self.rate_mbit {
+            d.rate_mbit = Some(r.get());
+        }
+        if let Some(v) = self.delay_ms {
+            d.delay_ms = v.get();
+        }
+        if let Some(v) = self.jitter_ms {
+            d.jitter_ms = v.get();
+        }
+        if let Some(v) = self.loss_pct {
+            d.loss_pct = v.get();
+        }
+    }
+}
+
+impl LinkSpec {
+    /// What the link does: its profile's values, overridden by the
+    /// link's own keys, overridden by the direction tables.
+    pub fn params(&self) -> LinkParams {
+        let mut p = self
+            .profile
+            .map(Profile::params)
+            .unwrap_or_else(|| LinkParams::rate_only(None));
+        let both = DirSpec {
+            rate_mbit: self.rate_mbit,
+            delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
+            loss_pct: self.loss_pct,
+        };
+        both.apply(&mut p.a_to_b);
+        both.apply(&mut p.b_to_a);
+        if let Some(d) = &self.a_to_b {
+            d.apply(&mut p.a_to_b);
+        }
+        if let Some(d) = &self.b_to_a {
+            d.apply(&mut p.b_to_a);
+        }
+        p
+    }
+
+    /// The link as built when `choice` (from `Options::links`) applies to
+    /// it: a profile takes the place of the spec's own `profile` (its
+    /// explicit keys still win); a rate makes it a rate-only link.
+    /// Returns the profile in force and the values.
+    pub fn params_with(&self, choice: Option<LinkChoice>) -> (Option<Profile>, LinkParams) {
+        match choice {
+            None => (self.profile, self.params()),
+            Some(LinkChoice::Rate(r)) => (None, LinkParams::rate_only(Some(r))),
+            Some(LinkChoice::Profile(p)) => {
+                let mut l = self.clone();
+                l.profile = Some(p);
+                (Some(p), l.params())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,15 +332,79 @@ pub(crate) struct Active {
 }
 
 impl Spec {
-    /// One of the specs shipped in `conf/testbeds/`: "two-gateways" or
-    /// "local-cache".
+    /// One of the specs shipped in `conf/testbeds/`: "two-gateways",
+    /// "local-cache", "drop-home" or "drop-mesh" (with its default of 8
+    /// devices).
     pub fn builtin(name: &str) -> Result<Spec, Error> {
+        if name == "drop-mesh" {
+            return Spec::drop_mesh(MESH_DEFAULT_DEVICES);
+        }
         let text = BUILTIN
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, t)| *t)
             .ok_or_else(|| Error::UnknownSpec(name.to_string()))?;
         Spec::parse(text, &format!("builtin {name}"))
+    }
+
+    /// `drop-mesh` with `devices` devices (2..=250): the shipped spec's
+    /// segments and settings, its device list replaced by `dev1`..`devN`.
+    pub fn drop_mesh(devices: u32) -> Result<Spec, Error> {
+        if !(2..=SEGMENT_MAX_MEMBERS as u32).contains(&devices) {
+            return Err(Error::Spec {
+                origin: "builtin drop-mesh".into(),
+                message: format!("--devices {devices}: use 2 to {SEGMENT_MAX_MEMBERS} devices"),
+            });
+        }
+        let mut spec = Spec::parse(DROP_MESH, "builtin drop-mesh")?;
+        let template = spec.nodes.first().cloned().ok_or_else(|| Error::Spec {
+            origin: "builtin drop-mesh".into(),
+            message: "no [[node]] to copy".into(),
+        })?;
+        spec.nodes = (1..=devices)
+            .map(|i| NodeSpec {
+                name: format!("dev{i}"),
+                ..template.clone()
+            })
+            .collect();
+        let names: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
+        for g in spec.segments.iter_mut() {
+            g.members = names.clone();
+        }
+        spec.validate().map_err(|message| Error::Spec {
+            origin: "builtin drop-mesh".into(),
+            message,
+        })?;
+        Ok(spec)
+    }
+
+    /// [`Spec::load`], with a device count for specs that take one
+    /// (`drop-mesh`; `None` = its default of 8). A count for any other
+    /// spec is an error.
+    pub fn load_with_devices(name_or_path: &str, devices: Option<u32>) -> Result<Spec, Error> {
+        match (name_or_path, devices) {
+            ("drop-mesh", n) => Spec::drop_mesh(n.unwrap_or(MESH_DEFAULT_DEVICES)),
+            (other, Some(_)) => Err(Error::Spec {
+                origin: other.to_string(),
+                message: "--devices applies to drop-mesh only".into(),
+            }),
+            (other, None) => Spec::load(other),
+        }
+    }
+
+    /// For `Options::links`: every link built (the base links, then each
+    /// segment's hops) as a rate-only link at its downlink rate (b to a;
+    /// else a to b; else 1000 Mbit/s), without delay, jitter or loss, so
+    /// no link emulator is needed.
+    pub fn rate_only(&self) -> Vec<LinkChoice> {
+        self.active(false)
+            .links
+            .iter()
+            .map(|l| {
+                let p = l.params();
+                LinkChoice::Rate(p.b_to_a.rate_mbit.or(p.a_to_b.rate_mbit).unwrap_or(1000))
+            })
+            .collect()
     }
 
     /// A builtin name, or a path to a `.toml` file.
@@ -195,7 +453,7 @@ impl Spec {
             }
         }
         let mut numbers = BTreeSet::new();
-        for l in &full.links {
+        for l in full.links.iter().filter(|l| l.hop.is_none()) {
             if !(1..=255).contains(&l.number) {
                 return Err(format!(
                     "link number {} is out of range: use 1..=255",
@@ -222,19 +480,64 @@ impl Spec {
                     l.number, l.a
                 ));
             }
-            if l.rate_mbit == Some(0) {
-                return Err(format!(
-                    "link {}: rate_mbit = 0; leave it out for an unshaped link",
-                    l.number
-                ));
-            }
             link_prefix4(l)?;
             link_prefix6(l)?;
+        }
+        let base_names: BTreeSet<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut segments = BTreeSet::new();
+        for g in &self.segments {
+            let what = format!("segment {} ({:?})", g.number, g.name);
+            if !(1..=255).contains(&g.number) {
+                return Err(format!("{what}: number out of range: use 1..=255"));
+            }
+            if numbers.contains(&g.number) || !segments.insert(g.number) {
+                return Err(format!(
+                    "{what}: number {} is already used by another [[link]] or [[segment]]; link and segment numbers must be unique",
+                    g.number
+                ));
+            }
+            if g.members.len() < 2 {
+                return Err(format!(
+                    "{what}: needs at least two members (for two nodes, use a [[link]])"
+                ));
+            }
+            if g.members.len() > SEGMENT_MAX_MEMBERS {
+                return Err(format!(
+                    "{what}: {} members; at most {SEGMENT_MAX_MEMBERS}",
+                    g.members.len()
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for m in &g.members {
+                if !base_names.contains(m.as_str()) {
+                    return Err(format!(
+                        "{what}: unknown member {m:?}; define it with [[node]] name = {m:?} (segments join base nodes only)"
+                    ));
+                }
+                if !seen.insert(m.as_str()) {
+                    return Err(format!("{what}: member {m:?} is listed twice"));
+                }
+            }
+            let l = g.as_link();
+            let (_, len4) = link_prefix4(&l).map_err(|m| m.replacen("link", "segment", 1))?;
+            let (_, len6) = link_prefix6(&l).map_err(|m| m.replacen("link", "segment", 1))?;
+            let fits = |bits: u32| bits >= 31 || (g.members.len() as u128) + 2 <= (1u128 << bits);
+            if !fits(32 - u32::from(len4)) || !fits(128 - u32::from(len6)) {
+                return Err(format!(
+                    "{what}: its prefixes are too small for {} members; use a shorter prefix",
+                    g.members.len()
+                ));
+            }
         }
         let on_link = |node: &str, link: u32| {
             full.links
                 .iter()
+                .filter(|l| l.hop.is_none())
                 .any(|l| l.number == link && (l.a == node || l.b == node))
+                || self
+                    .segments
+                    .iter()
+                    .any(|g| g.number == link && g.members.iter().any(|m| m == node))
         };
         for n in &full.nodes {
             if let Some(m) = &n.mptcp {
@@ -283,7 +586,6 @@ impl Spec {
                 }
             }
         }
-        let base_names: BTreeSet<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
         for l in &self.links {
             for end in [&l.a, &l.b] {
                 if !base_names.contains(end.as_str()) {
@@ -315,7 +617,18 @@ impl Spec {
                 }
             }
         }
-        let numbers: BTreeSet<u32> = links.iter().map(|l| l.number).collect();
+        for g in &self.segments {
+            nodes.push(NodeSpec {
+                name: g.name.clone(),
+                forwarding: false,
+                mptcp: None,
+                proxy_arp: false,
+                bridge: true,
+            });
+            links.extend(g.hops());
+        }
+        let mut numbers: BTreeSet<u32> = links.iter().map(|l| l.number).collect();
+        numbers.extend(self.segments.iter().map(|g| g.number));
         for n in nodes.iter_mut() {
             if let Some(m) = n.mptcp.as_mut() {
                 m.endpoints.retain(|e| numbers.contains(&e.link));
@@ -330,9 +643,17 @@ impl Spec {
     }
 }
 
+/// The node name the link emulator's namespace takes (`ds-<id>-emu`).
+pub(crate) const EMULATOR_NODE: &str = "emu";
+
 fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 32 {
         return Err("must be 1 to 32 characters".into());
+    }
+    if name == EMULATOR_NODE {
+        return Err(format!(
+            "{EMULATOR_NODE:?} is reserved for the link emulator's namespace; choose another name"
+        ));
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(
@@ -478,5 +799,126 @@ mod tests {
         assert!(e.contains("two-gateways"), "{e}");
         let e = Spec::load("/nonexistent/x.toml").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn segments_expand_to_hops_and_bad_ones_are_errors() {
+        let home = Spec::builtin("drop-home").unwrap();
+        assert_eq!(home.nodes.len(), 5);
+        assert_eq!(home.links.len(), 7);
+        let mesh = Spec::drop_mesh(32).unwrap();
+        assert_eq!(mesh.nodes.len(), 32);
+        let active = mesh.active(false);
+        // 32 devices + two bridges; one hop per device and segment.
+        assert_eq!(active.nodes.len(), 34);
+        assert_eq!(active.links.len(), 64);
+        let hop = active
+            .links
+            .iter()
+            .find(|l| l.a == "dev7" && l.b == "ethernet")
+            .unwrap();
+        assert_eq!(
+            hop.hop,
+            Some(Hop {
+                segment: 2,
+                host: 7
+            })
+        );
+        assert_eq!(hop.params().a_to_b.rate_mbit, Some(1000));
+        assert_eq!(Spec::builtin("drop-mesh").unwrap().nodes.len(), 8);
+        // Endpoints on a segment are kept.
+        let dev = active.nodes.iter().find(|n| n.name == "dev3").unwrap();
+        assert_eq!(dev.mptcp.as_ref().unwrap().endpoints[0].link, 2);
+
+        let base = "name='x'\n[[node]]\nname='a'\n[[node]]\nname='b'\n[[node]]\nname='c'\n";
+        for (bad, what) in [
+            ("[[segment]]\nnumber=1\nname='s'\nmembers=['a']\n", "at least two members"),
+            ("[[segment]]\nnumber=1\nname='s'\nmembers=['a','d']\n", "unknown member \"d\""),
+            ("[[segment]]\nnumber=1\nname='s'\nmembers=['a','a']\n", "listed twice"),
+            ("[[segment]]\nnumber=1\nname='a'\nmembers=['b','c']\n", "defined twice"),
+            ("[[segment]]\nnumber=0\nname='s'\nmembers=['b','c']\n", "out of range"),
+            (
+                "[[link]]\nnumber=1\na='a'\nb='b'\n[[segment]]\nnumber=1\nname='s'\nmembers=['b','c']\n",
+                "already used",
+            ),
+            (
+                "[[segment]]\nnumber=1\nname='s'\nmembers=['a','b','c']\nipv4='198.18.1.0/30'\n",
+                "too small for 3 members",
+            ),
+            (
+                "[[segment]]\nnumber=1\nname='s'\nmembers=['a','b']\nloss_pct=120\n",
+                "120 % is not a usable loss rate",
+            ),
+        ] {
+            let e = Spec::parse(&format!("{base}{bad}"), "mesh.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{bad}: {e}");
+            assert!(e.starts_with("testbed spec mesh.toml: "), "{bad}: {e}");
+        }
+        let e = Spec::parse(
+            &format!("{base}[[segment]]\nnumber=1\nname='s'\nmembers=['a','b']\nspeed=3\n"),
+            "mesh.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("unknown field `speed`") && e.contains("line 12"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn link_profiles_keys_and_directions_combine() {
+        let base =
+            "name='x'\n[[node]]\nname='a'\n[[node]]\nname='b'\n[[link]]\nnumber=1\na='a'\nb='b'\n";
+        let text = format!(
+            "{base}profile='lte'\ndelay_ms=30\n[link.a_to_b]\nloss_pct=2.5\n[link.b_to_a]\nrate_mbit=40\njitter_ms=0\n"
+        );
+        let s = Spec::parse(&text, "t").unwrap();
+        let p = s.links[0].params();
+        // The profile's, then the link's keys, then each direction's.
+        assert_eq!(p.a_to_b.rate_mbit, Some(10));
+        assert_eq!(p.a_to_b.delay_ms, 30.0);
+        assert_eq!(p.a_to_b.jitter_ms, 4.0);
+        assert_eq!(p.a_to_b.loss_pct, 2.5);
+        assert_eq!(p.b_to_a.rate_mbit, Some(40));
+        assert_eq!(p.b_to_a.delay_ms, 30.0);
+        assert_eq!(p.b_to_a.jitter_ms, 0.0);
+        assert_eq!(p.b_to_a.loss_pct, 0.1);
+        // A profile given in Options replaces the spec's; explicit keys stay.
+        let (prof, q) = s.links[0].params_with(Some(LinkChoice::Profile(Profile::Wifi)));
+        assert_eq!(prof, Some(Profile::Wifi));
+        assert_eq!(q.a_to_b.rate_mbit, Some(50));
+        assert_eq!(q.a_to_b.delay_ms, 30.0);
+        let (prof, q) = s.links[0].params_with(Some(LinkChoice::Rate(7)));
+        assert_eq!(prof, None);
+        assert_eq!(q, LinkParams::rate_only(Some(7)));
+
+        for (bad, line, what) in [
+            ("delay_ms=-1\n", 10, "-1 ms is not a usable delay"),
+            ("jitter_ms=nan\n", 10, "NaN ms is not a usable delay"),
+            ("loss_pct=101\n", 10, "101 % is not a usable loss rate"),
+            ("profile='wimax'\n", 10, "unknown variant `wimax`"),
+            ("rate_mbit=0\n", 10, "rate 0 Mbit/s"),
+            ("rate_mbit=-5\n", 10, "rate -5 Mbit/s"),
+            (
+                "[link.b_to_a]\nloss_pct=-0.5\n",
+                11,
+                "-0.5 % is not a usable loss rate",
+            ),
+            ("[link.a_to_b]\ndelay=3\n", 11, "unknown field `delay`"),
+        ] {
+            let e = Spec::parse(&format!("{base}{bad}"), "spec.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{bad}: {e}");
+            assert!(e.contains(&format!("line {line}")), "{bad}: {e}");
+            assert!(e.starts_with("testbed spec spec.toml: "), "{bad}: {e}");
+        }
+        let e = Spec::parse("name='x'\n[[node]]\nname='emu'\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved for the link emulator"), "{e}");
     }
 }

@@ -11,8 +11,10 @@
 //! stale and removed by the next `up`; `keep` clears the owner, so kept
 //! testbeds stay until removed by id.
 
+use crate::emu::{self, EmuLink};
 use crate::exec::tool;
-use crate::spec::{self, EndpointFlag, Family, MptcpSpec, RouteSpec, Spec};
+use crate::link::{LinkParams, Method, Profile};
+use crate::spec::{self, EndpointFlag, Family, Hop, MptcpSpec, RouteSpec, Spec, EMULATOR_NODE};
 use crate::{sys, Error, Options, Shaper};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +23,7 @@ use std::io::{self, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +32,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const STATE_DIR: &str = "/run/dropshim/testbeds";
 const NETNS_DIR: &str = "/run/netns";
 const NS_PREFIX: &str = "ds-";
+/// The bridge in a segment's namespace.
+const SEGMENT_BRIDGE: &str = "br0";
 /// Policy-routing tables are 1000 + link number; their rules sit after the
 /// main table (pref 32766) so they only catch what main cannot route.
 const TABLE_BASE: u32 = 1000;
@@ -47,9 +51,13 @@ pub struct Testbed {
     nodes: Vec<Node>,
     links: Vec<Link>,
     routes: Vec<RouteSpec>,
-    /// Current shaping per link (None = unshaped).
-    rates: Mutex<BTreeMap<u32, Option<u32>>>,
+    /// Current shaping per link and direction ([a->b, b->a]; None =
+    /// unshaped).
+    rates: Mutex<BTreeMap<u32, [Option<u32>; 2]>>,
     owned: bool,
+    /// The link emulator's kernels, when this handle started them
+    /// (waited for after removal so no zombie stays behind).
+    emulator: Mutex<Vec<Child>>,
 }
 
 struct Node {
@@ -57,11 +65,21 @@ struct Node {
     netns: String,
     forwarding: bool,
     mptcp: Option<MptcpSpec>,
+    proxy_arp: bool,
+    /// Holds a segment's bridge (`br0`), which its links' ends join.
+    bridge: bool,
 }
 
 struct Link {
     number: u32,
     ends: [End; 2],
+    profile: Option<Profile>,
+    /// Rates as built (the current ones are in `Testbed::rates`), delay,
+    /// jitter and loss.
+    params: LinkParams,
+    method: Method,
+    /// Set when the link is a member's hop onto a segment's bridge.
+    hop: Option<Hop>,
 }
 
 struct End {
@@ -71,6 +89,8 @@ struct End {
     len4: u8,
     addr6: Ipv6Addr,
     len6: u8,
+    /// A port of its node's bridge: no addresses of its own.
+    bridged: bool,
 }
 
 /// What the state file holds.
@@ -125,10 +145,24 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkInfo {
     pub number: u32,
-    /// Shaping rate on both ends, None = unshaped.
+    /// Shaping rate from a to b (the same both ways unless the link's
+    /// directions differ), None = unshaped.
     pub rate_mbit: Option<u32>,
     pub a: EndInfo,
     pub b: EndInfo,
+    /// The preset the link was built from, if any.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+    /// Current rates, delay, jitter and loss per direction.
+    #[serde(default)]
+    pub params: LinkParams,
+    /// How delay, jitter and loss are applied.
+    #[serde(default = "plain")]
+    pub method: Method,
+}
+
+fn plain() -> Method {
+    Method::Plain
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +347,11 @@ impl Testbed {
                 ),
             };
             let mut tb = Testbed::layout(spec, opts, &id, false)?;
+            if tb.links.iter().any(|l| l.method == Method::UmlNetem) && emu::host_has_netem() {
+                for l in tb.links.iter_mut().filter(|l| l.method == Method::UmlNetem) {
+                    l.method = Method::HostNetem;
+                }
+            }
             let exists = namespaces_by_id().contains_key(&id);
             let claimed = if exists {
                 Err(Error::Exists(id.clone()))
@@ -339,19 +378,36 @@ impl Testbed {
         check_id(id)?;
         let state = read_state(id).ok_or_else(|| Error::NotFound(id.to_string()))?;
         let mut tb = Testbed::layout(&state.spec, &state.options, id, false)?;
-        let rates: BTreeMap<u32, Option<u32>> = state
+        let rates: BTreeMap<u32, [Option<u32>; 2]> = state
             .description
             .links
             .iter()
-            .map(|l| (l.number, l.rate_mbit))
+            .map(|l| {
+                (
+                    l.number,
+                    [l.params.a_to_b.rate_mbit, l.params.b_to_a.rate_mbit],
+                )
+            })
             .collect();
         tb.rates = Mutex::new(rates);
+        for info in &state.description.links {
+            if let Some(l) = tb.links.iter_mut().find(|l| l.number == info.number) {
+                l.method = info.method;
+            }
+        }
         Ok(tb)
     }
 
     /// Work out names and addresses without touching the system.
     fn layout(spec: &Spec, opts: &Options, id: &str, owned: bool) -> Result<Testbed, Error> {
         let active = spec.active(opts.internet);
+        if opts.links.len() > active.links.len() {
+            return Err(Error::TooManyLinks {
+                given: opts.links.len(),
+                spec: spec.name.clone(),
+                links: active.links.len(),
+            });
+        }
         let nodes: Vec<Node> = active
             .nodes
             .iter()
@@ -360,6 +416,8 @@ impl Testbed {
                 netns: format!("{NS_PREFIX}{id}-{}", n.name),
                 forwarding: n.forwarding,
                 mptcp: n.mptcp.clone(),
+                proxy_arp: n.proxy_arp,
+                bridge: n.bridge,
             })
             .collect();
         let index = |name: &str| nodes.iter().position(|n| n.name == name);
@@ -369,7 +427,7 @@ impl Testbed {
         };
         let mut links = Vec::new();
         let mut rates = BTreeMap::new();
-        for l in &active.links {
+        for (i, l) in active.links.iter().enumerate() {
             let end = |host: u8, name: &str| -> Result<End, Error> {
                 let node = index(name)
                     .ok_or_else(|| bad(format!("link {}: unknown node {name:?}", l.number)))?;
@@ -383,14 +441,32 @@ impl Testbed {
                     len4,
                     addr6,
                     len6,
+                    bridged: false,
                 })
             };
-            let ends = [end(1, &l.a)?, end(2, &l.b)?];
+            let ends = match l.hop {
+                None => [end(1, &l.a)?, end(2, &l.b)?],
+                Some(hop) => hop_ends(l, hop, &index).map_err(bad)?,
+            };
+            let (profile, mut params) = l.params_with(opts.links.get(i).copied());
+            if let Some(r) = opts.rate_mbit {
+                params.a_to_b.rate_mbit = Some(r);
+                params.b_to_a.rate_mbit = Some(r);
+            }
+            let method = if params.needs_netem() {
+                Method::UmlNetem
+            } else {
+                Method::Plain
+            };
+            rates.insert(l.number, [params.a_to_b.rate_mbit, params.b_to_a.rate_mbit]);
             links.push(Link {
                 number: l.number,
                 ends,
+                profile,
+                params,
+                method,
+                hop: l.hop,
             });
-            rates.insert(l.number, opts.rate_mbit.or(l.rate_mbit));
         }
         let mut opts = opts.clone();
         opts.id = Some(id.to_string());
@@ -403,6 +479,7 @@ impl Testbed {
             routes: active.routes,
             rates: Mutex::new(rates),
             owned,
+            emulator: Mutex::new(Vec::new()),
         })
     }
 
@@ -433,6 +510,9 @@ impl Testbed {
                 ("net/ipv6/conf/all/keep_addr_on_down", "1"),
                 ("net/ipv6/conf/default/keep_addr_on_down", "1"),
             ];
+            if node.proxy_arp {
+                settings.push(("net/ipv4/conf/all/proxy_arp", "1"));
+            }
             if node.forwarding {
                 settings.push(("net/ipv4/ip_forward", "1"));
                 settings.push(("net/ipv6/conf/all/forwarding", "1"));
@@ -453,18 +533,83 @@ impl Testbed {
             })
             .map_err(io_err(format!("configuring namespace {ns}")))?;
             tool("ip", &["-n", &node.netns, "link", "set", "lo", "up"])?;
+            if node.bridge {
+                tool(
+                    "ip",
+                    &[
+                        "-n",
+                        &node.netns,
+                        "link",
+                        "add",
+                        SEGMENT_BRIDGE,
+                        "type",
+                        "bridge",
+                    ],
+                )?;
+                tool(
+                    "ip",
+                    &["-n", &node.netns, "link", "set", SEGMENT_BRIDGE, "up"],
+                )?;
+            }
+        }
+        let emu_ns = self.emulator_netns();
+        let emulated = self.emulated_links();
+        if !emulated.is_empty() {
+            self.create_emulator_netns(&emu_ns)?;
         }
         for link in &self.links {
             let [a, b] = &link.ends;
             let (ns_a, ns_b) = (&self.nodes[a.node].netns, &self.nodes[b.node].netns);
-            tool(
-                "ip",
-                &[
-                    "-n", ns_a, "link", "add", &a.ifname, "type", "veth", "peer", "name",
-                    &b.ifname, "netns", ns_b,
-                ],
-            )?;
+            if link.method == Method::UmlNetem {
+                // Two halves, node <-> emulator, joined inside the guest.
+                for (side, end, ns) in [(0, a, ns_a), (1, b, ns_b)] {
+                    let port = emu::port_ifname(link.number, side);
+                    tool(
+                        "ip",
+                        &[
+                            "-n",
+                            ns,
+                            "link",
+                            "add",
+                            &end.ifname,
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            &port,
+                            "netns",
+                            &emu_ns,
+                        ],
+                    )?;
+                    emu::plumb_port(&emu_ns, link.number, side)?;
+                    emu::whole_frames(ns, &end.ifname)?;
+                }
+            } else {
+                tool(
+                    "ip",
+                    &[
+                        "-n", ns_a, "link", "add", &a.ifname, "type", "veth", "peer", "name",
+                        &b.ifname, "netns", ns_b,
+                    ],
+                )?;
+            }
             for (end, ns) in [(a, ns_a), (b, ns_b)] {
+                if end.bridged {
+                    tool(
+                        "ip",
+                        &[
+                            "-n",
+                            ns,
+                            "link",
+                            "set",
+                            &end.ifname,
+                            "master",
+                            SEGMENT_BRIDGE,
+                            "up",
+                        ],
+                    )?;
+                    continue;
+                }
                 let v4 = format!("{}/{}", end.addr4, end.len4);
                 let v6 = format!("{}/{}", end.addr6, end.len6);
                 tool("ip", &["-n", ns, "addr", "add", &v4, "dev", &end.ifname])?;
@@ -474,16 +619,20 @@ impl Testbed {
                 )?;
                 tool("ip", &["-n", ns, "link", "set", &end.ifname, "up"])?;
             }
-            let rate = self.rate_of(link.number);
-            if rate.is_some() {
-                self.shape(link, rate, None)?;
-            }
+            self.shape(link, self.rates_of(link.number), [None, None])?;
+        }
+        for (i, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.proxy_arp) {
+            self.answer_proxy_arp_at_once(i, node)?;
+        }
+        if !emulated.is_empty() {
+            let children = emu::start(&self.id, &emu_ns, &emulated)?;
+            *self.emulator.lock().unwrap_or_else(|p| p.into_inner()) = children;
         }
         for link in &self.links {
             self.apply_routes(link.number)?;
         }
         if self.spec.source_routing {
-            for link in &self.links {
+            for link in self.links.iter().filter(|l| l.hop.is_none()) {
                 for end in &link.ends {
                     let ns = &self.nodes[end.node].netns;
                     let table = (TABLE_BASE + link.number).to_string();
@@ -512,11 +661,71 @@ impl Testbed {
         Ok(())
     }
 
-    fn rate_of(&self, link: u32) -> Option<u32> {
+    /// Proxy ARP answers wait up to `proxy_delay` (0.8 s by default) on
+    /// each interface; a node that proxies answers at once.
+    fn answer_proxy_arp_at_once(&self, index: usize, node: &Node) -> Result<(), Error> {
+        let keys: Vec<String> = self
+            .links
+            .iter()
+            .flat_map(|l| l.ends.iter())
+            .filter(|e| e.node == index && !e.bridged)
+            .map(|e| format!("net/ipv4/neigh/{}/proxy_delay", e.ifname))
+            .collect();
+        let ns_file = format!("{NETNS_DIR}/{}", node.netns);
+        sys::in_netns(&ns_file, move || {
+            for key in &keys {
+                fs::write(Path::new("/proc/sys").join(key), "0")
+                    .map_err(|e| io::Error::new(e.kind(), format!("setting {key} = 0: {e}")))?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(format!("configuring namespace {}", node.netns)))
+    }
+
+    /// Current rates of `link`, [a->b, b->a].
+    fn rates_of(&self, link: u32) -> [Option<u32>; 2] {
         self.rates
             .lock()
-            .ok()
-            .and_then(|r| r.get(&link).copied().flatten())
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&link)
+            .copied()
+            .unwrap_or([None, None])
+    }
+
+    /// The link emulator's namespace (exists only when a link needs it).
+    fn emulator_netns(&self) -> String {
+        format!("{NS_PREFIX}{}-{EMULATOR_NODE}", self.id)
+    }
+
+    /// The links the emulator carries, in the order it is given them.
+    fn emulated_links(&self) -> Vec<EmuLink> {
+        self.links
+            .iter()
+            .filter(|l| l.method == Method::UmlNetem)
+            .map(|l| EmuLink {
+                number: l.number,
+                params: l.params,
+            })
+            .collect()
+    }
+
+    fn create_emulator_netns(&self, ns: &str) -> Result<(), Error> {
+        tool("ip", &["netns", "add", ns])?;
+        tool("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        // The emulator's ends carry no addresses of the host's: no IPv6
+        // (router solicitations, DAD) from this namespace onto the links.
+        let ns_file = format!("{NETNS_DIR}/{ns}");
+        sys::in_netns(&ns_file, || {
+            for key in [
+                "net/ipv6/conf/all/disable_ipv6",
+                "net/ipv6/conf/default/disable_ipv6",
+            ] {
+                fs::write(Path::new("/proc/sys").join(key), "1")
+                    .map_err(|e| io::Error::new(e.kind(), format!("setting {key} = 1: {e}")))?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(format!("configuring namespace {ns}")))
     }
 
     /// Routes that go through `link`: static routes via it and its source
@@ -558,7 +767,7 @@ impl Testbed {
                 ],
             )?;
         }
-        if self.spec.source_routing {
+        if self.spec.source_routing && link.hop.is_none() {
             for side in 0..2 {
                 let (me, peer) = (&link.ends[side], &link.ends[1 - side]);
                 let ns = &self.nodes[me.node].netns;
@@ -630,6 +839,13 @@ impl Testbed {
     /// (link, end) of `node` on link `link`.
     fn end_of(&self, node: &str, link: u32) -> Result<(&Link, &End), Error> {
         let n = self.node_index(node)?;
+        if let Some(hop) = self
+            .links
+            .iter()
+            .find(|l| l.hop.is_some_and(|h| h.segment == link) && l.ends[0].node == n)
+        {
+            return Ok((hop, &hop.ends[0]));
+        }
         let l = self.link(link)?;
         let end = l
             .ends
@@ -677,11 +893,32 @@ impl Testbed {
             })
     }
 
-    /// Install, change or remove shaping on both ends of `link`.
-    fn shape(&self, link: &Link, rate: Option<u32>, previous: Option<u32>) -> Result<(), Error> {
-        for end in &link.ends {
+    /// Install, change or remove shaping on both ends of `link` (`rates`
+    /// and `previous` per direction: [a->b, b->a], shaped at a's and b's
+    /// egress), with host netem under it where the link uses that.
+    fn shape(
+        &self,
+        link: &Link,
+        rates: [Option<u32>; 2],
+        previous: [Option<u32>; 2],
+    ) -> Result<(), Error> {
+        for (side, end) in link.ends.iter().enumerate() {
             let ns = self.nodes[end.node].netns.as_str();
             let dev = end.ifname.as_str();
+            let dir = link.params.from_side(side);
+            let netem =
+                (link.method == Method::HostNetem && dir.needs_netem()).then(|| dir.netem_args());
+            let (rate, previous) = (rates[side], previous[side]);
+            if let Some(netem) = &netem {
+                // Rebuilt from scratch: netem hangs under the shaper's class.
+                let _ = tool("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"]);
+                if rate.is_none() {
+                    let mut args = vec!["-n", ns, "qdisc", "add", "dev", dev, "root", "netem"];
+                    args.extend(netem.iter().map(String::as_str));
+                    tool("tc", &args)?;
+                    continue;
+                }
+            }
             let Some(rate) = rate else {
                 if previous.is_some() {
                     tool("tc", &["-n", ns, "qdisc", "del", "dev", dev, "root"])?;
@@ -696,18 +933,19 @@ impl Testbed {
             let burst = per_ms.max(32 * 1024);
             let limit = (per_ms * 5).max(burst * 3);
             let (r, b, l) = (format!("{rate}mbit"), burst.to_string(), limit.to_string());
+            let fresh = previous.is_none() || netem.is_some();
             match self.opts.shaper {
                 Shaper::Tbf => {
                     tool(
                         "tc",
                         &[
-                            "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", &r,
-                            "burst", &b, "limit", &l,
+                            "-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:",
+                            "tbf", "rate", &r, "burst", &b, "limit", &l,
                         ],
                     )?;
                 }
                 Shaper::Htb => {
-                    if previous.is_none() {
+                    if fresh {
                         tool(
                             "tc",
                             &[
@@ -727,6 +965,13 @@ impl Testbed {
                         ],
                     )?;
                 }
+            }
+            if let Some(netem) = &netem {
+                let mut args = vec![
+                    "-n", ns, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "netem",
+                ];
+                args.extend(netem.iter().map(String::as_str));
+                tool("tc", &args)?;
             }
         }
         Ok(())
@@ -806,9 +1051,9 @@ impl Testbed {
         }
         let l = self.link(link)?;
         let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = rates.get(&link).copied().flatten();
-        self.shape(l, rate_mbit, previous)?;
-        rates.insert(link, rate_mbit);
+        let previous = rates.get(&link).copied().unwrap_or([None, None]);
+        self.shape(l, [rate_mbit, rate_mbit], previous)?;
+        rates.insert(link, [rate_mbit, rate_mbit]);
         Ok(())
     }
 
@@ -838,11 +1083,20 @@ impl Testbed {
             links: self
                 .links
                 .iter()
-                .map(|l| LinkInfo {
-                    number: l.number,
-                    rate_mbit: self.rate_of(l.number),
-                    a: end_info(&l.ends[0]),
-                    b: end_info(&l.ends[1]),
+                .map(|l| {
+                    let [ab, ba] = self.rates_of(l.number);
+                    let mut params = l.params;
+                    params.a_to_b.rate_mbit = ab;
+                    params.b_to_a.rate_mbit = ba;
+                    LinkInfo {
+                        number: l.number,
+                        rate_mbit: ab,
+                        a: end_info(&l.ends[0]),
+                        b: end_info(&l.ends[1]),
+                        profile: l.profile,
+                        params,
+                        method: l.method,
+                    }
                 })
                 .collect(),
         }
@@ -883,6 +1137,12 @@ impl Testbed {
             if let Err(e) = tool("ip", &["netns", "del", ns]) {
                 first_err.get_or_insert(e);
             }
+        }
+        if let Err(e) = emu::remove_files(id) {
+            first_err.get_or_insert(Error::Io {
+                what: format!("removing {}", emu::run_dir(id).display()),
+                err: e,
+            });
         }
         if let Err(e) = fs::remove_file(&state) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -948,6 +1208,18 @@ impl Drop for Testbed {
                 );
             }
         }
+        // Killed with its namespace (or still running for a kept
+        // testbed): reap it only once it is gone.
+        let children = self.emulator.get_mut().unwrap_or_else(|p| p.into_inner());
+        if self.owned {
+            emu::stop(children);
+        } else {
+            for c in children.iter_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    let _ = c.wait();
+                }
+            }
+        }
     }
 }
 
@@ -967,4 +1239,43 @@ fn prefix6(addr: Ipv6Addr, len: u8) -> String {
         u128::MAX << (128 - u32::from(len))
     };
     format!("{}/{len}", Ipv6Addr::from(u128::from(addr) & mask))
+}
+
+/// The ends of a segment member's hop: the member's interface `link<S>`
+/// with its address on segment S (host `hop.host`), and the bridge port
+/// `m<host>` in the segment's namespace.
+fn hop_ends(
+    l: &spec::LinkSpec,
+    hop: Hop,
+    index: &dyn Fn(&str) -> Option<usize>,
+) -> Result<[End; 2], String> {
+    let seg = spec::LinkSpec {
+        number: hop.segment,
+        hop: None,
+        ..l.clone()
+    };
+    let node = |name: &str| {
+        index(name).ok_or_else(|| format!("segment {}: unknown node {name:?}", hop.segment))
+    };
+    let (net4, len4) = spec::link_prefix4(&seg)?;
+    let (net6, len6) = spec::link_prefix6(&seg)?;
+    let member = End {
+        node: node(&l.a)?,
+        ifname: format!("link{}", hop.segment),
+        addr4: Ipv4Addr::from(u32::from(net4) + hop.host),
+        len4,
+        addr6: Ipv6Addr::from(u128::from(net6) + u128::from(hop.host)),
+        len6,
+        bridged: false,
+    };
+    let port = End {
+        node: node(&l.b)?,
+        ifname: format!("m{}", hop.host),
+        addr4: Ipv4Addr::UNSPECIFIED,
+        len4: 0,
+        addr6: Ipv6Addr::UNSPECIFIED,
+        len6: 0,
+        bridged: true,
+    };
+    Ok([member, port])
 }

@@ -6,6 +6,7 @@
 //! need root (namespaces) and the release artifacts (`cargo build
 //! --release` first; `scripts/test.sh` does both).
 
+pub mod device;
 pub mod lkl;
 pub mod reliability;
 pub mod stack;

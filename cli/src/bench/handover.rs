@@ -1,6 +1,9 @@
 //! handover: the client downloads a file from `python3 -m http.server`
 //! over the local-cache testbed; mid-transfer the client's link 1 (the
 //! link TCP and the first MPTCP subflow use) goes down, then comes back.
+//! `--links wifi,lte` (or any two profiles or rates) builds the two links
+//! from those presets instead of the default rate-only 100,100: the cut
+//! then takes the Wi-Fi away while LTE carries on.
 //! A small receiver (python3, run on the stack under test like any other
 //! program) timestamps every read: the stall is the longest gap between
 //! received bytes; it also reports whether the transfer completed and the
@@ -10,7 +13,7 @@ use super::local_cache::{make_file, serve, Served};
 use super::stacks::{self, Device, DeviceHandle, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_testbed::{LinkChoice, Options, Spec, Testbed};
 use std::io::BufRead;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -18,7 +21,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Both links are shaped to this rate so the transfer lasts seconds.
+    /// Link 1 and link 2 (client = side a): shaped so the transfer lasts
+    /// seconds.
+    pub links: Vec<LinkChoice>,
+    /// The slowest download rate among them (for time budgets).
     pub rate_mbit: u32,
     pub size_mb: u64,
     /// Link 1 goes down this long after the first byte...
@@ -28,17 +34,29 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(quick: bool) -> Settings {
+    pub fn new(quick: bool, links: Option<Vec<LinkChoice>>) -> Settings {
+        let links = links.unwrap_or_else(|| vec![LinkChoice::Rate(100); 2]);
+        let rate_mbit = links
+            .iter()
+            .map(|l| match l {
+                LinkChoice::Rate(r) => *r,
+                LinkChoice::Profile(p) => p.params().b_to_a.rate_mbit.unwrap_or(u32::MAX),
+            })
+            .min()
+            .unwrap_or(100)
+            .max(1);
         if quick {
             Settings {
-                rate_mbit: 100,
+                links,
+                rate_mbit,
                 size_mb: 40,
                 cut_after_s: 0.7,
                 outage_s: 1.5,
             }
         } else {
             Settings {
-                rate_mbit: 100,
+                links,
+                rate_mbit,
                 size_mb: 80,
                 cut_after_s: 1.0,
                 outage_s: 2.0,
@@ -54,10 +72,24 @@ impl Settings {
     }
 
     pub fn label(&self) -> String {
-        format!(
-            "{} MB at {} Mbit/s, link 1 down {:.1} s",
-            self.size_mb, self.rate_mbit, self.outage_s
-        )
+        let links: Vec<String> = self.links.iter().map(|l| l.to_string()).collect();
+        if self
+            .links
+            .iter()
+            .all(|l| *l == LinkChoice::Rate(self.rate_mbit))
+        {
+            format!(
+                "{} MB at {} Mbit/s, link 1 down {:.1} s",
+                self.size_mb, self.rate_mbit, self.outage_s
+            )
+        } else {
+            format!(
+                "{} MB over links {}, link 1 down {:.1} s",
+                self.size_mb,
+                links.join(","),
+                self.outage_s
+            )
+        }
     }
 }
 
@@ -134,7 +166,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     }
     let spec = Spec::builtin("local-cache")?;
     let opts = Options {
-        rate_mbit: Some(set.rate_mbit),
+        links: set.links.clone(),
         ..Default::default()
     };
     {

@@ -7,14 +7,20 @@
 //! http.server`, per size), `handover` (the client's link 1 goes down mid
 //! transfer and comes back) and `overhead` (unshaped throughput and CPU
 //! per GB), `rr` (request/response: round-trip latency, transactions
-//! per second and connection set-up), `conns` (many connections held
-//! at once by one server on the stack: its threads and memory, round trips
-//! under that load; not in the default set). A stack that cannot run is recorded as skipped with the reason,
+//! per second and connection set-up); not run by default: `conns` (many
+//! connections held at once by one server on the stack: its threads and
+//! memory, round trips under that load) and the study's topologies,
+//! `drop-home` (end devices on each stack pull from a local cache and the
+//! cloud) and `drop-mesh` (all-to-all among 4 to 32 devices on shared
+//! Wi-Fi and Ethernet segments). A stack that cannot run is recorded as
+//! skipped with the reason,
 //! never dropped; MPTCP use is read from the server namespace's MPTcpExt
 //! counters, so a run that silently fell back to TCP shows as 0 subflows.
 //! Runs are interleaved (stack A, B, C, A, B, C...) so drift hits all alike.
 
 mod conns;
+mod drop_home;
+mod drop_mesh;
 mod handover;
 mod local_cache;
 mod output;
@@ -47,6 +53,12 @@ pub struct Args {
     /// Link rate in Mbit/s for two-gateways and local-cache.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    /// The links of two-gateways and handover, link 1 then link 2: each a
+    /// profile (ethernet, wifi, wifi-direct, lte, bluetooth) or a rate in
+    /// Mbit/s, e.g. `ethernet,wifi` or `wifi,lte`. Default: rate only,
+    /// --rate for two-gateways and 100,100 for handover.
+    #[arg(long, value_name = "LINK,LINK", value_delimiter = ',')]
+    pub links: Option<Vec<dropshim_testbed::LinkChoice>>,
     /// Repetitions of each measurement (median and spread are reported).
     #[arg(long, default_value_t = 3)]
     pub runs: u32,
@@ -65,6 +77,14 @@ pub struct Args {
     /// Path to libdropshim.so (default: next to this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
+    /// drop-home and drop-mesh: links at their profiles' rates only, no
+    /// delay, jitter or loss (no link emulator).
+    #[arg(long)]
+    pub rate_only: bool,
+    /// drop-mesh: one mesh of N devices (default: 4, 8, 16 and 32; with
+    /// --quick 4 and 8).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=250))]
+    pub devices: Option<u32>,
     /// Stacks to measure, comma-separated (default: all); the others are
     /// listed as not selected.
     #[arg(long, value_delimiter = ',')]
@@ -83,6 +103,12 @@ pub enum Scenario {
     Overhead,
     Rr,
     Conns,
+    /// The study's home: end devices on each stack pull from the local
+    /// cache and the cloud (not in the default list).
+    DropHome,
+    /// All-to-all transfers in a mesh of 4 to 32 devices (not in the
+    /// default list: minutes).
+    DropMesh,
 }
 
 impl Scenario {
@@ -94,6 +120,8 @@ impl Scenario {
             Scenario::Overhead => "overhead",
             Scenario::Rr => "rr",
             Scenario::Conns => "conns",
+            Scenario::DropHome => "drop-home",
+            Scenario::DropMesh => "drop-mesh",
         }
     }
 }
@@ -211,7 +239,10 @@ impl Record {
         self.reason = Some(one_line(&format!("{err:#}")));
         // A run that failed did not complete and delivered nothing
         // verified: the CSV and JSON say so where the scenario checks it.
-        if matches!(self.scenario, Scenario::Handover | Scenario::LocalCache) {
+        if matches!(
+            self.scenario,
+            Scenario::Handover | Scenario::LocalCache | Scenario::DropHome | Scenario::DropMesh
+        ) {
             self.completed = Some(false);
             self.intact = Some(false);
         }
@@ -279,6 +310,8 @@ pub struct Plan {
     pub handover: handover::Settings,
     pub rr: rr::Settings,
     pub conns: conns::Settings,
+    /// drop-mesh sizes (devices), one mesh each.
+    pub mesh_devices: Vec<u32>,
 }
 
 impl Plan {
@@ -294,9 +327,14 @@ impl Plan {
             runs,
             duration,
             sizes_mb,
-            handover: handover::Settings::new(args.quick),
+            handover: handover::Settings::new(args.quick, args.links.clone()),
             rr: rr::Settings::new(args.quick),
             conns: conns::Settings::new(args.quick, args.conns),
+            mesh_devices: match args.devices {
+                Some(n) => vec![n],
+                None if args.quick => vec![4, 8],
+                None => vec![4, 8, 16, 32],
+            },
         }
     }
 
@@ -328,6 +366,14 @@ impl Plan {
                 Scenario::Conns => {
                     steps += 1;
                     self.conns.expected_seconds()
+                }
+                Scenario::DropHome => {
+                    steps += 4;
+                    20.0
+                }
+                Scenario::DropMesh => {
+                    steps += self.mesh_devices.len() as u64;
+                    self.mesh_devices.iter().map(|n| 2.0 * f64::from(*n)).sum()
                 }
             };
             secs += per_stack_run * f64::from(self.runs * n_stacks) + 3.0;
@@ -387,6 +433,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Scenario::Overhead => overhead::run(&mut ctx, &plan),
             Scenario::Rr => rr::run(&mut ctx, &plan),
             Scenario::Conns => conns::run(&mut ctx, &plan),
+            Scenario::DropHome => drop_home::run(&mut ctx, &plan),
+            Scenario::DropMesh => drop_mesh::run(&mut ctx, &plan),
         };
         if let Err(err) = result {
             // A testbed that cannot be built fails the whole scenario; say
@@ -495,6 +543,19 @@ pub fn wait_listening(netns: &str, port: u16, server: &mut KillOnDrop) -> Result
         pause = (pause * 2).min(Duration::from_millis(50));
     }
     bail!("no server listening on port {port} within 15 s")
+}
+
+/// The testbed options of drop-home and drop-mesh: the spec's links, or
+/// with --rate-only their rates alone.
+pub fn topology_options(ctx: &Ctx, spec: &dropshim_testbed::Spec) -> dropshim_testbed::Options {
+    dropshim_testbed::Options {
+        links: if ctx.args.rate_only {
+            spec.rate_only()
+        } else {
+            Vec::new()
+        },
+        ..Default::default()
+    }
 }
 
 /// A port for this run's servers: distinct per process and `slot`.
@@ -606,16 +667,20 @@ mod tests {
         let args = Args {
             scenario: vec![Scenario::TwoGateways, Scenario::LocalCache],
             rate: 1000,
+            links: None,
             runs: 3,
             duration: 10,
             sizes: None,
             quick: true,
             out: None,
             library: None,
+            devices: None,
+            rate_only: false,
             stacks: None,
             conns: 1000,
         };
         let quick = Plan::from_args(&args);
+        assert_eq!(quick.mesh_devices, vec![4, 8]);
         assert_eq!((quick.runs, quick.duration), (1, 3));
         assert_eq!(quick.sizes_mb, vec![1, 10]);
         let full = Plan::from_args(&Args {

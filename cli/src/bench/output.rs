@@ -93,6 +93,8 @@ pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
             Scenario::Overhead,
             Scenario::Rr,
             Scenario::Conns,
+            Scenario::DropHome,
+            Scenario::DropMesh,
         ]
         .iter()
         .position(|x| *x == s)
@@ -189,6 +191,8 @@ pub fn markdown(records: &[Record]) -> String {
         let header = match scenario {
             Scenario::TwoGateways => "| links | stack | path manager | scheduler | Mbit/s (median) | min..max | subflows/conn | runs |",
             Scenario::LocalCache => "| size | stack | download s (median) | min..max | goodput Mbit/s | subflows/conn | sha256 ok | runs |",
+            Scenario::DropHome => "| download | stack | completion s (median) | min..max | goodput Mbit/s | subflows/conn | sha256 ok | runs |",
+            Scenario::DropMesh => "| mesh | stack | completion s (median) | min..max | aggregate Mbit/s | subflows/conn | sha256 ok | runs |",
             Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
             Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
             Scenario::Rr => "| measurement | stack | median us | p99 us | max us | over 10 ms | per second | subflows/conn | echo intact | runs |",
@@ -223,7 +227,7 @@ pub fn markdown(records: &[Record]) -> String {
                         g.runs()
                     )
                 }
-                Scenario::LocalCache => {
+                Scenario::LocalCache | Scenario::DropHome | Scenario::DropMesh => {
                     let (m, s) = spread(g.stat(|r| r.seconds), 3);
                     let goodput = g.stat(|r| r.mbit_per_s).map_or("-".into(), |x| f0(x.0));
                     format!(
@@ -422,6 +426,24 @@ fn ratios(groups: &[Group]) -> Vec<String> {
                     out.push(format!(
                         "conns {set}: lkl server's host threads beyond the library kernel's tasks = {t:.0} (bar <= 16)"
                     ));
+                }
+            }
+            Scenario::DropHome => {
+                if let Some(t) = med(sc, set, Stack::Tcp, mbit) {
+                    for stack in [Stack::Native, Stack::Uml, Stack::Lkl] {
+                        if let Some(x) = med(sc, set, stack, mbit) {
+                            out.push(format!(
+                                "drop-home {set}: goodput {} / TCP best single path = {:.2}",
+                                stack.name(),
+                                x / t
+                            ));
+                        }
+                    }
+                }
+            }
+            Scenario::DropMesh => {
+                if let Some(x) = med(sc, set, Stack::Mixed, mbit) {
+                    out.push(format!("drop-mesh {set}: aggregate goodput {x:.0} Mbit/s"));
                 }
             }
             Scenario::Handover => {

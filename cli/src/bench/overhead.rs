@@ -16,5 +16,12 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             scheduler: sched.clone(),
         })
         .collect();
-    iperf_matrix(ctx, plan, Scenario::Overhead, None, "unshaped", variants)
+    iperf_matrix(
+        ctx,
+        plan,
+        Scenario::Overhead,
+        dropshim_testbed::Options::default(),
+        "unshaped",
+        variants,
+    )
 }

@@ -24,6 +24,7 @@ fn color(stack: Stack) -> RGBColor {
         Stack::Mptcpize => RGBColor(255, 127, 14),
         Stack::Uml => RGBColor(44, 160, 44),
         Stack::Lkl => RGBColor(214, 39, 40),
+        Stack::Mixed => RGBColor(148, 103, 189),
     }
 }
 

@@ -25,6 +25,10 @@ pub enum Stack {
     Uml,
     /// The shim on the lkl backend.
     Lkl,
+    /// drop-mesh: devices on native, uml and lkl in turn (not a choice
+    /// for --stacks; the mesh follows the stacks that are runnable).
+    #[value(skip)]
+    Mixed,
 }
 
 impl Stack {
@@ -43,6 +47,7 @@ impl Stack {
             Stack::Mptcpize => "MPTCP via mptcpize",
             Stack::Uml => "MPTCP via dropshim (uml)",
             Stack::Lkl => "MPTCP via dropshim (lkl)",
+            Stack::Mixed => "MPTCP via dropshim, stacks round-robin",
         }
     }
 
@@ -54,6 +59,7 @@ impl Stack {
             Stack::Mptcpize => "mptcpize",
             Stack::Uml => "uml",
             Stack::Lkl => "lkl",
+            Stack::Mixed => "mixed",
         }
     }
 }
@@ -288,6 +294,7 @@ fn stack_env(
         cmd.env_remove(var);
     }
     match (stack, role) {
+        (Stack::Mixed, _) => bail!("internal: a mixed mesh starts each device on its own stack"),
         (Stack::Tcp | Stack::Mptcpize, _) => {}
         (Stack::Native, _) | (Stack::Uml | Stack::Lkl, Role::Server) => {
             cmd.env("LD_PRELOAD", library);
@@ -327,28 +334,20 @@ static DEVICES: AtomicU32 = AtomicU32::new(0);
 
 impl UmlDevice {
     pub fn up(tb: &Testbed, client: &str, work: &Path) -> Result<UmlDevice> {
+        UmlDevice::up_on(tb, client, work, &two_links())
+    }
+
+    /// A uml device owning `node`'s interfaces `ifaces`.
+    pub fn up_on(
+        tb: &Testbed,
+        client: &str,
+        work: &Path,
+        ifaces: &[DevIface],
+    ) -> Result<UmlDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench{}x{n}", std::process::id());
         let netns = tb.netns(client)?.to_string();
-        let mut ifaces = String::new();
-        for link in [1u32, 2] {
-            let ifname = tb.ifname(client, link)?.to_string();
-            let a4 = tb.addr4(client, link)?;
-            // The raw transport sees every frame: the host must not answer
-            // on this interface too (design brief), so its addresses go.
-            ip(&["-n", &netns, "addr", "flush", "dev", &ifname])?;
-            // Link 2 is a `subflow` endpoint bound to its device: the guest
-            // opens the second subflow out of link 2 (to the server's
-            // link-1 address, which the server accepts on any link).
-            let role = if link == 2 {
-                "endpoint = [\"subflow\"]\n"
-            } else {
-                ""
-            };
-            ifaces.push_str(&format!(
-                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n{role}\n"
-            ));
-        }
+        let ifaces = device_interfaces(tb, client, &netns, ifaces)?;
         let config = work.join(format!("{name}.toml"));
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n{ifaces}\
@@ -412,25 +411,21 @@ pub struct LklDevice {
 
 impl LklDevice {
     pub fn up(tb: &Testbed, client: &str, work: &Path, library: &Path) -> Result<LklDevice> {
+        LklDevice::up_on(tb, client, work, library, &two_links())
+    }
+
+    /// An lkl device owning `node`'s interfaces `ifaces`.
+    pub fn up_on(
+        tb: &Testbed,
+        client: &str,
+        work: &Path,
+        library: &Path,
+        ifaces: &[DevIface],
+    ) -> Result<LklDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("benchlkl{}x{n}", std::process::id());
         let netns = tb.netns(client)?.to_string();
-        let mut ifaces = String::new();
-        for link in [1u32, 2] {
-            let ifname = tb.ifname(client, link)?.to_string();
-            let a4 = tb.addr4(client, link)?;
-            ip(&["-n", &netns, "addr", "flush", "dev", &ifname])?;
-            // As on uml: the library kernel opens the second subflow out
-            // of link 2, to the server's link-1 address.
-            let role = if link == 2 {
-                "endpoint = [\"subflow\"]\n"
-            } else {
-                ""
-            };
-            ifaces.push_str(&format!(
-                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n{role}\n"
-            ));
-        }
+        let ifaces = device_interfaces(tb, client, &netns, ifaces)?;
         let config = work.join(format!("{name}.toml"));
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"lkl\"\n\n{ifaces}\
@@ -443,6 +438,57 @@ impl LklDevice {
             library: library.to_path_buf(),
         })
     }
+}
+
+/// One interface a uml or lkl device takes over: the link (or segment)
+/// number, its MPTCP endpoint roles, an optional default gateway.
+#[derive(Clone, Debug)]
+pub struct DevIface {
+    pub link: u32,
+    pub roles: &'static [&'static str],
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// The client's links 1 and 2. Link 2 is a `subflow` endpoint bound to
+/// its device: the guest opens the second subflow out of link 2 (to the
+/// server's link-1 address, which the server accepts on any link).
+fn two_links() -> [DevIface; 2] {
+    [
+        DevIface {
+            link: 1,
+            roles: &[],
+            gateway: None,
+        },
+        DevIface {
+            link: 2,
+            roles: &["subflow"],
+            gateway: None,
+        },
+    ]
+}
+
+/// The `[[interfaces]]` of a device file for `ifaces` of `node`. The raw
+/// transport and the packet sockets see every frame: the host must not
+/// answer on these interfaces too (design brief), so their addresses go.
+fn device_interfaces(tb: &Testbed, node: &str, netns: &str, ifaces: &[DevIface]) -> Result<String> {
+    let mut text = String::new();
+    for i in ifaces {
+        let ifname = tb.ifname(node, i.link)?.to_string();
+        let a4 = tb.addr4(node, i.link)?;
+        ip(&["-n", netns, "addr", "flush", "dev", &ifname])?;
+        text.push_str(&format!(
+            "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n"
+        ));
+        if !i.roles.is_empty() {
+            let roles: Vec<String> = i.roles.iter().map(|r| format!("\"{r}\"")).collect();
+            text.push_str(&format!("endpoint = [{}]\n", roles.join(", ")));
+        }
+        if let Some(gw) = i.gateway {
+            text.push_str(&format!("gateway = \"{gw}\"\n"));
+        }
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// Sum of utime + stime of every process in process group `pgrp`.

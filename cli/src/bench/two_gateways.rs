@@ -1,11 +1,12 @@
-//! two-gateways: iperf3 from gw1 to gw2 over two links shaped at --rate,
+//! two-gateways: iperf3 from gw1 to gw2 over two links shaped at --rate
+//! (or built from `--links PROFILE,PROFILE`, e.g. `ethernet,wifi`),
 //! TCP on link 1 vs MPTCP over both, for every stack, path manager and
 //! scheduler. The iperf3 measurement here is shared with `overhead`.
 
 use super::stacks::{self, Availability, Device, DeviceHandle, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_testbed::{LinkChoice, Options, Spec, Testbed};
 use std::process::Command;
 use std::time::Duration;
 
@@ -38,7 +39,21 @@ impl Variant {
 
 pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     let rate = ctx.args.rate;
-    let setting = format!("2 x {rate} Mbit/s");
+    let links = ctx
+        .args
+        .links
+        .clone()
+        .unwrap_or_else(|| vec![LinkChoice::Rate(rate); 2]);
+    let setting = if links.iter().all(|l| *l == LinkChoice::Rate(rate)) && links.len() == 2 {
+        format!("2 x {rate} Mbit/s")
+    } else {
+        let names: Vec<String> = links.iter().map(|l| l.to_string()).collect();
+        format!("links {}", names.join(","))
+    };
+    let opts = Options {
+        links,
+        ..Default::default()
+    };
     let avail = ctx.stacks.clone();
     let mut variants = vec![Variant::new(Stack::Tcp, "", "")];
     for sched in &avail.schedulers {
@@ -62,14 +77,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             );
         }
     }
-    iperf_matrix(
-        ctx,
-        plan,
-        Scenario::TwoGateways,
-        Some(rate),
-        &setting,
-        variants,
-    )
+    iperf_matrix(ctx, plan, Scenario::TwoGateways, opts, &setting, variants)
 }
 
 /// Runs every variant `plan.runs` times, interleaved, on a fresh
@@ -80,7 +88,7 @@ pub fn iperf_matrix(
     ctx: &mut Ctx,
     plan: &Plan,
     scenario: Scenario,
-    rate: Option<u32>,
+    opts: Options,
     setting: &str,
     variants: Vec<Variant>,
 ) -> Result<()> {
@@ -102,10 +110,6 @@ pub fn iperf_matrix(
         }
     }
     let spec = Spec::builtin("two-gateways")?;
-    let opts = Options {
-        rate_mbit: rate,
-        ..Default::default()
-    };
     {
         ctx.step(format!("{}: building the testbed", scenario.name()));
         let tb = Testbed::up(&spec, &opts)?;
