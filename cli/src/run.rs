@@ -10,6 +10,7 @@
 //! (exec), so signals, exit status and the terminal are its own. An
 //! LD_PRELOAD the user already had is kept, after ours.
 
+mod guest;
 mod program;
 mod seccomp;
 
@@ -77,47 +78,65 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // The shim says so itself (one line, plain TCP) when the environment's
     // file is broken; only a working file decides the backend here.
     let device = dropshim_conf::resolve(config_path.as_deref(), backend.as_deref()).ok();
-    let kind = device.as_ref().map(|d| d.device.backend);
-    match kind {
-        Some(BackendKind::Uml | BackendKind::Lkl) => {
-            refuse_if_unreachable(&args.command[0], kind.unwrap_or(BackendKind::Lkl))?;
+    let reach = !args.preload_only;
+    match device {
+        Some(d) if d.device.backend == BackendKind::Lkl => refuse_if_unreachable(&args.command[0])?,
+        // Programs linked with libc are the shim's alone on uml: its own
+        // loopback sockets must not meet the filter's listen() refusal.
+        Some(d)
+            if d.device.backend == BackendKind::Uml && reach && bypasses_libc(&args.command[0]) =>
+        {
+            let mode = seccomp::Mode::Uml {
+                device: d.device.name.clone(),
+                policy: d.policy.clone(),
+            };
+            return supervised(cmd, &args.command[0], mode);
         }
-        Some(BackendKind::Native) => {
-            let upgrade = device
-                .as_ref()
-                .is_some_and(|d| d.policy.initial() == Action::Mptcp);
-            if upgrade && !args.preload_only {
-                return supervised(cmd, &args.command[0]);
-            }
+        Some(d)
+            if d.device.backend == BackendKind::Native
+                && reach
+                && d.policy.initial() == Action::Mptcp =>
+        {
+            return supervised(cmd, &args.command[0], seccomp::Mode::Native);
         }
-        None => {}
+        _ => {}
     }
     let err = cmd.exec();
     bail!("cannot run {:?}: {err}", args.command[0])
 }
 
-/// On the uml and lkl backends the program's sockets enter the stack
+/// Whether `command` (resolved through PATH) makes its socket calls
+/// without libc.
+fn bypasses_libc(command: &OsString) -> bool {
+    let path = std::env::var_os("PATH");
+    program::resolve(Path::new(command), path.as_deref())
+        .and_then(|file| program::classify(&file))
+        .is_some_and(program::Kind::bypasses_libc)
+}
+
+/// On the lkl backend the program's sockets enter the library kernel
 /// through the shim's libc hooks; a program that makes its system calls
 /// itself would silently keep the host's plain TCP. Refuse it instead.
-fn refuse_if_unreachable(command: &OsString, backend: BackendKind) -> Result<()> {
+fn refuse_if_unreachable(command: &OsString) -> Result<()> {
     let path = std::env::var_os("PATH");
     let Some(file) = program::resolve(Path::new(command), path.as_deref()) else {
         return Ok(()); // exec says what is wrong
     };
     if let Some(kind) = program::classify(&file).filter(|k| k.bypasses_libc()) {
         bail!(
-            "{} is {}: it makes its socket calls without libc, which the {} backend cannot \
-             reach; run it with --backend native (the backend that serves such programs)",
+            "{} is {}: it makes its socket calls without libc, which the lkl backend cannot \
+             reach; run it with --backend native (or --backend uml, which serves its outgoing \
+             connections)",
             file.display(),
             kind.describe(),
-            backend.as_str()
         );
     }
     Ok(())
 }
 
-/// Runs the program under the seccomp supervisor (native backend).
-fn supervised(mut cmd: Command, name: &OsString) -> Result<ExitCode> {
+/// Runs the program under the seccomp supervisor (native, or uml for a
+/// program that bypasses libc).
+fn supervised(mut cmd: Command, name: &OsString, mode: seccomp::Mode) -> Result<ExitCode> {
     let log = seccomp::Log::from_env();
     let mut pair = [0; 2];
     // SAFETY: socketpair writes two descriptors into `pair`.
@@ -134,7 +153,7 @@ fn supervised(mut cmd: Command, name: &OsString) -> Result<ExitCode> {
     }
     // SAFETY: both descriptors were just created and are ours alone.
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-    let setup = seccomp::ChildSetup::new(theirs.as_raw_fd());
+    let setup = seccomp::ChildSetup::new(theirs.as_raw_fd(), &mode);
     seccomp::block_signals().context("blocking signals")?;
     // SAFETY: `apply` makes only async-signal-safe system calls on memory
     // prepared before the fork.
@@ -149,7 +168,7 @@ fn supervised(mut cmd: Command, name: &OsString) -> Result<ExitCode> {
     drop(theirs);
     let pid = child.id() as libc::pid_t;
     let sup = match seccomp::receive_listener(ours.as_raw_fd()) {
-        Ok(seccomp::Listener::Ready(fd)) => Some(seccomp::Supervisor::new(fd, log)),
+        Ok(seccomp::Listener::Ready(fd)) => Some(seccomp::Supervisor::new(fd, log, mode)),
         Ok(seccomp::Listener::Unsupported(err)) => {
             log.warn(&format!(
                 "this kernel cannot pass a program's socket() calls to dropshim (seccomp user \

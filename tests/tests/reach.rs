@@ -2,16 +2,18 @@
 //! statically linked binary: LD_PRELOAD cannot enter it) and a Go program
 //! built here with Debian's Go (its runtime makes socket system calls
 //! itself). On the native backend `dropshim run`'s seccomp supervisor
-//! turns their TCP sockets into MPTCP: each test checks the bytes (sha256)
-//! and MPTCP with a second subflow at the peer (gw2's MPTcpExt counters,
-//! `ss -M`). On the lkl and uml backends such a program is refused before
-//! it starts. A program linked with libc still works under the supervisor,
-//! and the shim's own choices (a loopback listener stays TCP) hold.
+//! turns their TCP sockets into MPTCP; on the uml backend it connects
+//! them through the device's instance (client side; a listen() is
+//! refused). Each transfer checks the bytes (sha256) and MPTCP with a
+//! second subflow at the peer (gw2's MPTcpExt counters, `ss -M`). On the
+//! lkl backend such a program is refused before it starts. A program
+//! linked with libc still works under the supervisor, and the shim's own
+//! choices (a loopback listener stays TCP) hold.
 
 use anyhow::{ensure, Context, Result};
-use dropshim_testbed::Testbed;
+use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_tests::uml::UmlDevice;
 use dropshim_tests::*;
-use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,19 @@ fn dropshim_run_here(extra: &[&str], program: &[&str]) -> Command {
     }
     cmd.arg("run").args(extra).arg("--").args(program);
     cmd
+}
+
+/// The two-gateways testbed with both links shaped to `mbit`: a transfer
+/// that lasts long enough for the second subflow to join whatever the
+/// machine's pace (an unshaped veth moves 32 MB in a few milliseconds).
+fn shaped(mbit: u32) -> Result<Testbed> {
+    Ok(Testbed::up(
+        &Spec::builtin("two-gateways")?,
+        &Options {
+            rate_mbit: Some(mbit),
+            ..Options::default()
+        },
+    )?)
 }
 
 fn busybox() -> Result<PathBuf> {
@@ -167,27 +182,65 @@ fn reach_native_busybox_wget_and_its_children_download_over_two_subflows() -> Re
     ensure_two_subflows(&tb, &before, 2)
 }
 
+/// A busybox `nc` server in gw2 under `dropshim run` (native) that sends
+/// `file` to every connection. It keeps listening (`-ll`): an MPTCP
+/// listener that closed after its first accept would refuse the second
+/// subflow's MP_JOIN.
+fn nc_file_server(tb: &Testbed, bb: &str, file: &Path, port: u16) -> Result<Background> {
+    let file = file.to_str().context("file path")?;
+    let port_s = port.to_string();
+    let mut server = dropshim_run(
+        tb,
+        "gw2",
+        &[],
+        &[bb, "nc", "-ll", "-p", &port_s, "-e", bb, "cat", file],
+    )?;
+    let server = Background::spawn(&mut server, "busybox nc -ll")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    Ok(server)
+}
+
+/// busybox `nc IP PORT` in gw1 under `dropshim run` with `extra` options,
+/// its input held open (nc ends the connection at the end of its input),
+/// its output into `out`, until the server ends the connection.
+fn nc_receive(
+    tb: &Testbed,
+    bb: &str,
+    extra: &[&str],
+    ip: IpAddr,
+    port: u16,
+    out: &Path,
+) -> Result<()> {
+    let (ip, port) = (ip.to_string(), port.to_string());
+    let mut client = dropshim_run(tb, "gw1", extra, &[bb, "nc", &ip, &port])?;
+    client
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(out)?)
+        .stderr(Stdio::piped());
+    let mut client = client.spawn().context("spawning the nc client")?;
+    let input = client.stdin.take().context("client stdin")?;
+    let res = wait_bounded(client, TRANSFER)?;
+    drop(input);
+    ensure!(
+        res.status.success(),
+        "nc client failed ({}): {}",
+        res.status,
+        String::from_utf8_lossy(&res.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn reach_native_busybox_nc_transfer_between_two_supervised_ends() -> Result<()> {
-    let tb = two_gateways()?;
+    let tb = shaped(400)?;
     let bb = busybox()?;
     let bb = bb.to_str().context("busybox path")?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
     let port = unique_port();
-    let ip = tb.addr4("gw2", 1)?.to_string();
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
     let before = mptcp_counters(tb.netns("gw2")?)?;
-
-    // gw2 listens and sends the file; gw1 says hello and receives it.
-    // (MPTCP opens the second subflow once data has gone both ways.)
-    let mut server = dropshim_run(&tb, "gw2", &[], &[bb, "nc", "-l", "-p", &port.to_string()])?;
-    server
-        .stdin(std::fs::File::open(&file)?)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let server = server.spawn().context("spawning the nc server")?;
-    let server = ChildGuard(Some(server));
-    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    let _server = nc_file_server(&tb, bb, &file, port)?;
     let listeners = run_ok(
         tb.command("gw2", "ss")?
             .args(["-HlnM", &format!("sport = :{port}")]),
@@ -197,55 +250,10 @@ fn reach_native_busybox_nc_transfer_between_two_supervised_ends() -> Result<()> 
         !listeners.stdout.is_empty(),
         "busybox nc's listener in gw2 is not an MPTCP socket"
     );
-
     let out = dir.path().join("got.bin");
-    let mut client = dropshim_run(&tb, "gw1", &[], &[bb, "nc", &ip, &port.to_string()])?;
-    client
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&out)?)
-        .stderr(Stdio::piped());
-    let mut client = client.spawn().context("spawning the nc client")?;
-    // Held open until nc exits: its end of the input is not the end of
-    // the transfer.
-    let mut input = client.stdin.take().context("client stdin")?;
-    input.write_all(b"hello\n")?;
-    let res = wait_bounded(client, TRANSFER)?;
-    drop(input);
-    ensure!(
-        res.status.success(),
-        "nc client failed ({}): {}",
-        res.status,
-        String::from_utf8_lossy(&res.stderr)
-    );
-    server.wait(SHORT)?;
+    nc_receive(&tb, bb, &[], ip, port, &out)?;
     ensure!(sha256_file(&out)? == want, "nc: received bytes differ");
     ensure_two_subflows(&tb, &before, 1)
-}
-
-/// Kills and reaps a child on drop, so a failing test leaves no server.
-struct ChildGuard(Option<std::process::Child>);
-
-impl ChildGuard {
-    fn wait(mut self, timeout: Duration) -> Result<()> {
-        let child = self.0.take().context("already waited")?;
-        let out = wait_bounded(child, timeout)?;
-        ensure!(
-            out.status.success(),
-            "server failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[test]
@@ -377,32 +385,30 @@ fn reach_native_supervisor_passes_on_exit_status_and_signals() -> Result<()> {
     Ok(())
 }
 
-/// Checks a refusal: non-zero status, one line naming the program's kind
-/// and the backend that can serve it, nothing from the program itself.
-fn ensure_refused(res: &std::process::Output, kind: &str, backend: &str) -> Result<()> {
+/// Checks a refusal on lkl: non-zero status, one line naming the
+/// program's kind and the backends that can serve it, nothing from the
+/// program itself.
+fn ensure_refused(res: &std::process::Output, kind: &str) -> Result<()> {
     let stderr = String::from_utf8_lossy(&res.stderr);
-    ensure!(
-        !res.status.success(),
-        "{backend}: the program was not refused"
-    );
+    ensure!(!res.status.success(), "the program was not refused");
     ensure!(
         stderr.lines().count() == 1,
-        "{backend}: expected one line, got: {stderr}"
+        "expected one line, got: {stderr}"
     );
     ensure!(
-        stderr.contains(kind) && stderr.contains(&format!("the {backend} backend")),
-        "{backend}: the line should name the program's kind: {stderr}"
+        stderr.contains(kind) && stderr.contains("the lkl backend"),
+        "the line should name the program's kind: {stderr}"
     );
     ensure!(
-        stderr.contains("--backend native"),
-        "{backend}: the line should name the backend that serves it: {stderr}"
+        stderr.contains("--backend native") && stderr.contains("--backend uml"),
+        "the line should name the backends that serve it: {stderr}"
     );
-    ensure!(res.stdout.is_empty(), "{backend}: the program ran");
+    ensure!(res.stdout.is_empty(), "the program ran");
     Ok(())
 }
 
 #[test]
-fn reach_lkl_and_uml_refuse_static_and_go_programs_before_they_start() -> Result<()> {
+fn reach_lkl_refuses_static_and_go_programs_before_they_start() -> Result<()> {
     let bb = busybox()?;
     let bb = bb.to_str().context("busybox path")?;
     let dir = tempfile::tempdir()?;
@@ -411,34 +417,147 @@ fn reach_lkl_and_uml_refuse_static_and_go_programs_before_they_start() -> Result
     let build = tempfile::tempdir()?;
     let go = build_go(build.path())?;
     let go = go.to_str().context("go binary path")?;
-    for backend in ["lkl", "uml"] {
-        let res = run_bounded(
-            &mut dropshim_run_here(&["--backend", backend], &[bb, "sh", "-c", &touch]),
-            SHORT,
-        )?;
-        ensure_refused(&res, "statically linked", backend)?;
-        ensure!(!marker.exists(), "{backend}: busybox started");
-        // Found through PATH like exec would.
-        let mut by_name = dropshim_run_here(&["--backend", backend], &["busybox", "true"]);
-        by_name.env("PATH", "/usr/bin:/bin");
-        ensure_refused(
-            &run_bounded(&mut by_name, SHORT)?,
-            "statically linked",
-            backend,
-        )?;
-        // Without arguments reachgo prints its usage: it must not.
-        let res = run_bounded(
-            &mut dropshim_run_here(&["--backend", backend], &[go]),
-            SHORT,
-        )?;
-        ensure_refused(&res, "Go program", backend)?;
-    }
+    let lkl = ["--backend", "lkl"];
+    let res = run_bounded(
+        &mut dropshim_run_here(&lkl, &[bb, "sh", "-c", &touch]),
+        SHORT,
+    )?;
+    ensure_refused(&res, "statically linked")?;
+    ensure!(!marker.exists(), "busybox started");
+    // Found through PATH like exec would.
+    let mut by_name = dropshim_run_here(&lkl, &["busybox", "true"]);
+    by_name.env("PATH", "/usr/bin:/bin");
+    ensure_refused(&run_bounded(&mut by_name, SHORT)?, "statically linked")?;
+    // Without arguments reachgo prints its usage: it must not.
+    let res = run_bounded(&mut dropshim_run_here(&lkl, &[go]), SHORT)?;
+    ensure_refused(&res, "Go program")?;
     // A program linked with libc still runs on lkl (its kernel boots at
     // the first TCP socket, which this one never opens).
     let res = run_ok(
-        &mut dropshim_run_here(&["--backend", "lkl"], &["sh", "-c", "printf ran"]),
+        &mut dropshim_run_here(&lkl, &["sh", "-c", "printf ran"]),
         SHORT,
     )?;
     ensure!(res.stdout == b"ran", "sh did not run on lkl");
+    Ok(())
+}
+
+/// The testbed (shaped) with gw1 handed to a UML instance.
+fn uml_client_setup(tag: &str) -> Result<(Testbed, UmlDevice)> {
+    let tb = shaped(400)?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], tag)?;
+    Ok((tb, dev))
+}
+
+/// A native MPTCP HTTP server in gw2 (under Debian's mptcpize, so the
+/// peer does not depend on dropshim).
+fn mptcpize_http_server(tb: &Testbed, dir: &Path, ip: IpAddr, port: u16) -> Result<Background> {
+    let mut cmd = plain(tb, "gw2", "mptcpize")?;
+    cmd.args([
+        "run",
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        &ip.to_string(),
+        "--directory",
+    ])
+    .arg(dir);
+    let server = Background::spawn(&mut cmd, "mptcpize python3 -m http.server")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    Ok(server)
+}
+
+#[test]
+fn reach_uml_busybox_wget_and_nc_clients_connect_through_the_instance() -> Result<()> {
+    let (tb, dev) = uml_client_setup("rb")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+
+    // wget: HTTP from the native server in gw2.
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("wget.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[bb, "wget", "-q", "-O", out_s, &link],
+        )?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&out)? == want, "wget on uml: bytes differ");
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    // nc: a native nc in gw2 sends the file; gw1's nc receives it
+    // through the instance.
+    let port = unique_port();
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let _server = nc_file_server(&tb, bb, &file, port)?;
+    let out = got.path().join("nc.bin");
+    nc_receive(&tb, bb, &["--config", &config], ip, port, &out)?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "nc on uml: received bytes differ"
+    );
+    ensure_two_subflows(&tb, &before, 1)
+}
+
+#[test]
+fn reach_uml_go_client_connects_through_the_instance_and_a_go_server_is_refused() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_client_setup("rg")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("go.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "get", &link, out_s],
+        )?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&out)? == want, "Go client on uml: bytes differ");
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    // The server side is not served on this path: listen() fails with
+    // EOPNOTSUPP and one line says what to do.
+    let addr = format!(":{}", unique_port());
+    let res = run_bounded(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "serve", &addr, "/"],
+        )?,
+        SHORT,
+    )?;
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    ensure!(!res.status.success(), "the Go server should not run on uml");
+    ensure!(
+        stderr.contains("operation not supported") && stderr.contains("--backend native"),
+        "expected EOPNOTSUPP and the line naming native: {stderr}"
+    );
     Ok(())
 }

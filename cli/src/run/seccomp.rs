@@ -114,9 +114,47 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
     out
 }
 
-/// The filter: TCP stream sockets of the two IP families go to the
+/// Which stack the supervisor serves, and so what the filter traps.
+#[derive(Clone)]
+pub enum Mode {
+    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets.
+    Native,
+    /// A User Mode Linux instance: `connect()` on TCP sockets is answered
+    /// with a bridge into the instance ([`super::guest`]), and `listen()`
+    /// on them is refused.
+    Uml {
+        device: String,
+        policy: dropshim_conf::Policy,
+    },
+}
+
+/// The filter for `mode`. A process of another ABI (say 32-bit) is let
+/// through untouched.
+pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
+    match mode {
+        Mode::Native => filter(),
+        Mode::Uml { .. } => {
+            use Label::*;
+            // connect() and listen() of every kind: which descriptors are
+            // TCP sockets only the supervisor can tell (it looks at the
+            // socket itself); it lets the others continue untouched.
+            assemble(&[
+                Op::Load(DATA_ARCH),
+                Op::Jeq(AUDIT_ARCH, Next, Allow),
+                Op::Load(DATA_NR),
+                Op::Jeq(libc::SYS_connect as u32, Notify, Next),
+                Op::Jeq(libc::SYS_listen as u32, Notify, Allow),
+                Op::Here(Notify),
+                Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
+                Op::Here(Allow),
+                Op::Ret(libc::SECCOMP_RET_ALLOW),
+            ])
+        }
+    }
+}
+
+/// The native filter: TCP stream sockets of the two IP families go to the
 /// supervisor unless they carry the shim's mark; everything else runs.
-/// A process of another ABI (say 32-bit) is let through untouched.
 pub fn filter() -> Vec<libc::sock_filter> {
     use Label::*;
     let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
@@ -210,9 +248,9 @@ const MSG_UNSUPPORTED: u8 = 2;
 impl ChildSetup {
     /// `sock` is the child's end of the socketpair the listener travels
     /// on (close-on-exec, so the program never holds it).
-    pub fn new(sock: RawFd) -> ChildSetup {
+    pub fn new(sock: RawFd, mode: &Mode) -> ChildSetup {
         ChildSetup {
-            filter: filter(),
+            filter: filter_for(mode),
             sock,
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
@@ -410,7 +448,7 @@ impl Log {
         }
     }
 
-    fn debug(&self, msg: impl FnOnce() -> String) {
+    pub fn debug(&self, msg: impl FnOnce() -> String) {
         if self.debug {
             eprintln!("dropshim[{}]: debug: {}", std::process::id(), msg());
         }
@@ -427,21 +465,28 @@ pub struct Supervisor {
     /// MPTCP refused once: plain TCP from then on.
     mptcp_missing: bool,
     own_netns: Option<(OwnedFd, u64, u64)>,
-    log: Log,
+    pub(super) log: Log,
+    pub(super) mode: Mode,
 }
 
-/// One trapped `socket()` call.
+/// One trapped system call.
 #[derive(Debug)]
-struct Call {
-    id: u64,
-    pid: u32,
-    nr: i32,
+pub(super) struct Call {
+    pub(super) id: u64,
+    /// The calling thread (its id in our pid namespace).
+    pub(super) pid: u32,
+    pub(super) nr: i32,
     domain: i32,
     ty: i32,
     protocol: i32,
+    pub(super) args: [u64; 6],
 }
 
-fn ioctl_ptr<T>(fd: RawFd, request: libc::Ioctl, arg: *mut T) -> io::Result<libc::c_int> {
+pub(super) fn ioctl_ptr<T>(
+    fd: RawFd,
+    request: libc::Ioctl,
+    arg: *mut T,
+) -> io::Result<libc::c_int> {
     // SAFETY: every caller passes a pointer to a live buffer at least as
     // large as the structure the request names.
     let rc = unsafe { libc::ioctl(fd, request, arg) };
@@ -453,7 +498,7 @@ fn ioctl_ptr<T>(fd: RawFd, request: libc::Ioctl, arg: *mut T) -> io::Result<libc
 }
 
 impl Supervisor {
-    pub fn new(listener: OwnedFd, log: Log) -> Supervisor {
+    pub fn new(listener: OwnedFd, log: Log, mode: Mode) -> Supervisor {
         let mut sizes = libc::seccomp_notif_sizes {
             seccomp_notif: 0,
             seccomp_notif_resp: 0,
@@ -488,6 +533,7 @@ impl Supervisor {
             mptcp_missing: false,
             own_netns,
             log,
+            mode,
         }
     }
 
@@ -497,7 +543,7 @@ impl Supervisor {
 
     /// Whether the notification `id` still stands (the calling thread has
     /// not died or been interrupted since).
-    fn id_valid(&self, id: u64) -> bool {
+    pub(super) fn id_valid(&self, id: u64) -> bool {
         let mut id = id;
         ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
     }
@@ -516,10 +562,11 @@ impl Supervisor {
             domain: n.data.args[0] as i32,
             ty: n.data.args[1] as i32,
             protocol: n.data.args[2] as i32,
+            args: n.data.args,
         })
     }
 
-    fn respond(&self, id: u64, val: i64, error: i32, flags: u32) -> io::Result<()> {
+    pub(super) fn respond(&self, id: u64, val: i64, error: i32, flags: u32) -> io::Result<()> {
         let mut buf = vec![0u64; self.resp_size.div_ceil(8)];
         let resp = libc::seccomp_notif_resp {
             id,
@@ -541,6 +588,9 @@ impl Supervisor {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        if let Mode::Uml { .. } = self.mode {
+            return self.answer_uml(&call);
+        }
         let ours = call.nr == libc::SYS_socket as i32
             && (call.domain == libc::AF_INET || call.domain == libc::AF_INET6)
             && call.ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_STREAM
@@ -669,7 +719,7 @@ impl Supervisor {
     }
 }
 
-fn ignore_gone(e: io::Error) -> io::Result<()> {
+pub(super) fn ignore_gone(e: io::Error) -> io::Result<()> {
     if e.raw_os_error() == Some(libc::ENOENT) {
         Ok(())
     } else {
