@@ -1,14 +1,17 @@
 //! `dropshim run`: start a program with libdropshim.so preloaded.
 //!
-//! On the native backend `dropshim run` also reaches programs that bypass
-//! libc (Go programs, static binaries): it stays the program's parent as
-//! the supervisor of a seccomp filter that turns their TCP `socket()`
-//! calls into MPTCP ([`seccomp`]), forwards signals to the program and
-//! exits with its status. On the uml and lkl backends, whose sockets only
-//! a libc call can enter, such a program is refused before it starts
-//! ([`program`]), and a program linked with libc replaces this process
-//! (exec), so signals, exit status and the terminal are its own. An
-//! LD_PRELOAD the user already had is kept, after ours.
+//! Programs that bypass libc (Go programs, static binaries) never meet
+//! the shim. On the native backend `dropshim run` reaches them anyway: it
+//! stays the program's parent as the supervisor of a seccomp filter that
+//! turns their TCP `socket()` calls into MPTCP ([`seccomp`]), forwards
+//! signals to the program and exits with its status. On the uml backend
+//! the same supervisor, with another filter, answers such a program's
+//! connect/bind/listen/accept through the device's instance ([`guest`]).
+//! On the lkl backend, whose kernel only a libc call can enter, such a
+//! program is refused before it starts ([`program`]). Otherwise the
+//! program replaces this process (exec), so signals, exit status and the
+//! terminal are its own. An LD_PRELOAD the user already had is kept,
+//! after ours.
 
 mod guest;
 mod program;
@@ -34,8 +37,8 @@ pub struct Args {
     /// Path to libdropshim.so (default: next to this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
-    /// Native backend: preload the shim only, without the seccomp
-    /// supervisor that reaches programs bypassing libc (Go, static binaries).
+    /// Preload the shim only, without the seccomp supervisor that reaches
+    /// programs bypassing libc (Go, static binaries) on native and uml.
     #[arg(long)]
     pub preload_only: bool,
     /// The program and its arguments.
@@ -125,8 +128,7 @@ fn refuse_if_unreachable(command: &OsString) -> Result<()> {
     if let Some(kind) = program::classify(&file).filter(|k| k.bypasses_libc()) {
         bail!(
             "{} is {}: it makes its socket calls without libc, which the lkl backend cannot \
-             reach; run it with --backend native (or --backend uml, which serves its outgoing \
-             connections)",
+             reach; run it with --backend native or --backend uml",
             file.display(),
             kind.describe(),
         );

@@ -3,8 +3,8 @@
 //! built here with Debian's Go (its runtime makes socket system calls
 //! itself). On the native backend `dropshim run`'s seccomp supervisor
 //! turns their TCP sockets into MPTCP; on the uml backend it connects
-//! them through the device's instance (client side; a listen() is
-//! refused). Each transfer checks the bytes (sha256) and MPTCP with a
+//! and accepts their connections through the device's instance (both
+//! sides: busybox nc and the Go HTTP server listen in it). Each transfer checks the bytes (sha256) and MPTCP with a
 //! second subflow at the peer (gw2's MPTcpExt counters, `ss -M`). On the
 //! lkl backend such a program is refused before it starts. A program
 //! linked with libc still works under the supervisor, and the shim's own
@@ -139,6 +139,63 @@ fn ensure_two_subflows(
     Ok(())
 }
 
+/// gw2 was the client: the server answered MP_CAPABLE, and a second
+/// subflow from gw2 was answered too.
+fn ensure_two_subflows_to_server(
+    tb: &Testbed,
+    before: &std::collections::HashMap<String, u64>,
+) -> Result<()> {
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(before, &after, "MPCapableSYNACKRX") >= 1,
+        "the server in the instance did not answer MP_CAPABLE"
+    );
+    ensure!(
+        delta(before, &after, "MPJoinSynAckRx") >= 1,
+        "the server in the instance answered no MP_JOIN: only one subflow"
+    );
+    Ok(())
+}
+
+/// Kills and reaps a child on drop, so a failing test leaves no server.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server under `dropshim run --config UML` in gw1, ready once the
+/// supervisor has answered its listen() (a listener inside the guest is
+/// invisible to the host's `ss`): its debug lines go to `log`.
+fn uml_server(tb: &Testbed, config: &str, program: &[&str], log: &Path) -> Result<ChildGuard> {
+    let mut cmd = dropshim_run(tb, "gw1", &["--config", config], program)?;
+    cmd.env("DROPSHIM_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    let child = ChildGuard(cmd.spawn().context("spawning the server on uml")?);
+    wait_until(SHORT, "the server's listen() in the instance", || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("listen(fd"))
+    })?;
+    Ok(child)
+}
+
+/// A `subflow` endpoint on gw2's second link, so that a client in gw2
+/// opens a second subflow to a server in the instance.
+fn gw2_subflow_endpoint(tb: &Testbed) -> Result<()> {
+    let addr = tb.addr4("gw2", 2)?.to_string();
+    let ifname = tb.ifname("gw2", 2)?.to_string();
+    run_ok(
+        tb.command("gw2", "ip")?
+            .args(["mptcp", "endpoint", "add", &addr, "dev", &ifname, "subflow"]),
+        SHORT,
+    )?;
+    Ok(())
+}
+
 #[test]
 fn reach_native_busybox_wget_and_its_children_download_over_two_subflows() -> Result<()> {
     let tb = two_gateways()?;
@@ -200,11 +257,12 @@ fn nc_file_server(tb: &Testbed, bb: &str, file: &Path, port: u16) -> Result<Back
     Ok(server)
 }
 
-/// busybox `nc IP PORT` in gw1 under `dropshim run` with `extra` options,
+/// busybox `nc IP PORT` in `node` under `dropshim run` with `extra` options,
 /// its input held open (nc ends the connection at the end of its input),
 /// its output into `out`, until the server ends the connection.
 fn nc_receive(
     tb: &Testbed,
+    node: &str,
     bb: &str,
     extra: &[&str],
     ip: IpAddr,
@@ -212,7 +270,7 @@ fn nc_receive(
     out: &Path,
 ) -> Result<()> {
     let (ip, port) = (ip.to_string(), port.to_string());
-    let mut client = dropshim_run(tb, "gw1", extra, &[bb, "nc", &ip, &port])?;
+    let mut client = dropshim_run(tb, node, extra, &[bb, "nc", &ip, &port])?;
     client
         .stdin(Stdio::piped())
         .stdout(std::fs::File::create(out)?)
@@ -251,7 +309,7 @@ fn reach_native_busybox_nc_transfer_between_two_supervised_ends() -> Result<()> 
         "busybox nc's listener in gw2 is not an MPTCP socket"
     );
     let out = dir.path().join("got.bin");
-    nc_receive(&tb, bb, &[], ip, port, &out)?;
+    nc_receive(&tb, "gw1", bb, &[], ip, port, &out)?;
     ensure!(sha256_file(&out)? == want, "nc: received bytes differ");
     ensure_two_subflows(&tb, &before, 1)
 }
@@ -469,7 +527,7 @@ fn mptcpize_http_server(tb: &Testbed, dir: &Path, ip: IpAddr, port: u16) -> Resu
 }
 
 #[test]
-fn reach_uml_busybox_wget_and_nc_clients_connect_through_the_instance() -> Result<()> {
+fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() -> Result<()> {
     let (tb, dev) = uml_client_setup("rb")?;
     let config = dev.config().to_str().context("config path")?.to_string();
     let bb = busybox()?;
@@ -504,16 +562,39 @@ fn reach_uml_busybox_wget_and_nc_clients_connect_through_the_instance() -> Resul
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let _server = nc_file_server(&tb, bb, &file, port)?;
     let out = got.path().join("nc.bin");
-    nc_receive(&tb, bb, &["--config", &config], ip, port, &out)?;
+    nc_receive(&tb, "gw1", bb, &["--config", &config], ip, port, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "nc on uml: received bytes differ"
     );
-    ensure_two_subflows(&tb, &before, 1)
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    // The server side: busybox nc listening in the instance (a blocking
+    // accept), a supervised busybox nc in gw2 receiving the file.
+    gw2_subflow_endpoint(&tb)?;
+    let port = unique_port();
+    let port_s = port.to_string();
+    let file_s = file.to_str().context("file path")?;
+    let log = got.path().join("nc-server.log");
+    let _server = uml_server(
+        &tb,
+        &config,
+        &[bb, "nc", "-ll", "-p", &port_s, "-e", bb, "cat", file_s],
+        &log,
+    )?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("nc-from-uml.bin");
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    nc_receive(&tb, "gw2", bb, &[], gw1, port, &out)?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "nc server on uml: received bytes differ"
+    );
+    ensure_two_subflows_to_server(&tb, &before)
 }
 
 #[test]
-fn reach_uml_go_client_connects_through_the_instance_and_a_go_server_is_refused() -> Result<()> {
+fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> {
     let build = tempfile::tempdir()?;
     let go = build_go(build.path())?;
     let go = go.to_str().context("go binary path")?;
@@ -541,23 +622,23 @@ fn reach_uml_go_client_connects_through_the_instance_and_a_go_server_is_refused(
     ensure!(sha256_file(&out)? == want, "Go client on uml: bytes differ");
     ensure_two_subflows(&tb, &before, 1)?;
 
-    // The server side is not served on this path: listen() fails with
-    // EOPNOTSUPP and one line says what to do.
-    let addr = format!(":{}", unique_port());
-    let res = run_bounded(
-        &mut dropshim_run(
-            &tb,
-            "gw1",
-            &["--config", &config],
-            &[go, "serve", &addr, "/"],
-        )?,
-        SHORT,
-    )?;
-    let stderr = String::from_utf8_lossy(&res.stderr);
-    ensure!(!res.status.success(), "the Go server should not run on uml");
-    ensure!(
-        stderr.contains("operation not supported") && stderr.contains("--backend native"),
-        "expected EOPNOTSUPP and the line naming native: {stderr}"
-    );
+    // The server side: the Go HTTP server in the instance, curl in gw2
+    // (native MPTCP under mptcpize) downloading from it.
+    gw2_subflow_endpoint(&tb)?;
+    let port = unique_port();
+    let addr = format!(":{port}");
+    let served = dir.path().to_str().context("dir path")?;
+    let log = got.path().join("go-server.log");
+    let _server = uml_server(&tb, &config, &[go, "serve", &addr, served], &log)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("from-uml.bin");
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    let mut curl = plain(&tb, "gw2", "mptcpize")?;
+    curl.args(["run", "curl", "-sS", "--fail", "-o"])
+        .arg(&out)
+        .arg(url(gw1, port, "blob.bin"));
+    run_ok(&mut curl, TRANSFER)?;
+    ensure!(sha256_file(&out)? == want, "Go server on uml: bytes differ");
+    ensure_two_subflows_to_server(&tb, &before)?;
     Ok(())
 }

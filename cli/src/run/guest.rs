@@ -1,19 +1,28 @@
 //! The uml backend's reach into programs that bypass libc: their TCP
-//! connections are made by the device's User Mode Linux instance.
+//! connections are made, and accepted, by the device's User Mode Linux
+//! instance.
 //!
-//! Owns: answering the `connect()` and `listen()` calls the uml filter
-//! traps ([`super::seccomp::Mode::Uml`]). A `connect()` on an IPv4/IPv6 TCP
-//! socket to a non-loopback destination becomes a request to the
-//! instance's supervisor (the same request, over the same channel, as the
-//! shim's in `shim/src/uml.rs`, through `dropshim_backend_uml::client`);
-//! the bridge it returns (a host TCP connection relayed by the guest agent
-//! to a guest MPTCP socket connected to the destination) is installed in
-//! the program at the socket's own descriptor number
-//! (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD`), keeping
-//! its O_NONBLOCK and close-on-exec, and the call returns 0. Reads and
-//! writes then go through the bridge with no interception. `listen()` on a
-//! TCP socket is refused with EOPNOTSUPP and one line: the server side is
-//! not served on this path. Every other call continues untouched.
+//! Owns: answering the `connect()`, `bind()`, `listen()` and `accept()`
+//! calls the uml filter traps ([`super::seccomp::Mode::Uml`]), with the
+//! same requests, over the same channel, as the shim's in
+//! `shim/src/uml.rs` (through `dropshim_backend_uml::client`):
+//! - `connect()` on an IPv4/IPv6 TCP socket to a non-loopback destination
+//!   gets a bridge (a host TCP connection relayed by the guest agent to a
+//!   guest MPTCP socket connected to the destination), installed in the
+//!   program at the socket's own descriptor number
+//!   (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD`), keeping
+//!   its O_NONBLOCK and close-on-exec; the call returns 0.
+//! - `bind()` to a non-loopback address is recorded, not made on the host
+//!   (which need not hold that address: the instance owns it).
+//! - `listen()` gets the instance's listener channel (a Unix socket that
+//!   turns readable when the guest has accepted a connection), installed
+//!   at the socket's number the same way, so poll and epoll work on it.
+//! - `accept()`/`accept4()` on such a channel receives the accepted
+//!   connection's bridge, writes the peer's address into the program's
+//!   buffer and installs the bridge as the call's result.
+//!
+//! Reads and writes then go through the bridges with no interception.
+//! Every other call continues untouched.
 //!
 //! The program's memory (the address connect() names) is read through one
 //! function, [`read_program_memory`], which checks after the read that the
@@ -21,10 +30,12 @@
 //! those of the thread that made the call.
 
 use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
-use dropshim_backend_native::socket::socket_addr;
+use dropshim_backend_native::socket::{sockaddr_of, socket_addr};
 use dropshim_backend_uml::client::{self, ClientError};
-use dropshim_backend_uml::proto::{Kind, Request};
+use dropshim_backend_uml::proto::{Kind, Reply, Request, REPLY_LEN};
+use dropshim_backend_uml::sys;
 use dropshim_conf::Action;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -39,16 +50,24 @@ impl Supervisor {
         let Mode::Uml { device, policy } = self.mode.clone() else {
             return self.respond(call.id, 0, 0, CONTINUE).or_else(ignore_gone);
         };
-        let answer = if call.nr == libc::SYS_connect as i32 {
+        let nr = i64::from(call.nr);
+        let answer = if nr == libc::SYS_connect {
             self.uml_connect(call, &device, &policy)
-        } else if call.nr == libc::SYS_listen as i32 {
-            self.uml_listen(call)
+        } else if nr == libc::SYS_bind {
+            self.uml_bind(call)
+        } else if nr == libc::SYS_listen {
+            self.uml_listen(call, &device, &policy)
+        } else if nr == libc::SYS_accept {
+            self.uml_accept(call, 0)
+        } else if nr == libc::SYS_accept4 {
+            self.uml_accept(call, call.args[3] as i32)
         } else {
             Ok(Answer::Continue)
         };
         match answer {
             Ok(Answer::Continue) => self.respond(call.id, 0, 0, CONTINUE),
             Ok(Answer::Value(v)) => self.respond(call.id, v, 0, 0),
+            Ok(Answer::Done) => Ok(()),
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::ECONNABORTED);
                 self.respond(call.id, 0, -errno, 0)
@@ -73,19 +92,7 @@ impl Supervisor {
         if target.peer().is_some() {
             return Ok(Answer::Continue); // connected already: EISCONN
         }
-        let len = (call.args[2] as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-        let bytes = read_program_memory(self, call, call.args[1], len)?;
-        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        // SAFETY: `bytes` holds at most size_of::<sockaddr_storage>() bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-                bytes.len(),
-            )
-        };
-        let Some(dest) = socket_addr(&storage, bytes.len() as libc::socklen_t) else {
+        let Some(dest) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
             return Ok(Answer::Continue); // AF_UNSPEC and the like
         };
         if is_local(&dest) {
@@ -95,12 +102,33 @@ impl Supervisor {
         let mut req = Request::new(Kind::Connect);
         req.domain = domain;
         req.addr = Some(dest);
-        req.bind = target.bound();
+        let inode = target.inode();
+        req.bind = self
+            .guest
+            .bound
+            .get(&inode)
+            .copied()
+            .or_else(|| target.bound());
         req.mptcp = policy.decide(&dest) == Action::Mptcp;
-        let bridge = match client::request(device, &req) {
-            Ok((reply, Some(bridge))) if reply.errno == 0 => {
+        let bridge = self.ask(device, &req)?;
+        self.guest.bound.remove(&inode);
+        self.install_at(call, &target, fd, bridge)?;
+        self.log.debug(|| {
+            format!(
+                "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
+                call.pid
+            )
+        });
+        Ok(Answer::Value(0))
+    }
+
+    /// Sends `req` to the instance's supervisor: the descriptor it answers
+    /// with, or the errno the program's call gets.
+    fn ask(&self, device: &str, req: &Request) -> io::Result<OwnedFd> {
+        match client::request(device, req) {
+            Ok((reply, Some(fd))) if reply.errno == 0 => {
                 // SAFETY: a descriptor just received is ours alone.
-                unsafe { OwnedFd::from_raw_fd(bridge) }
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             }
             Ok((reply, other)) => {
                 if let Some(b) = other {
@@ -112,7 +140,7 @@ impl Supervisor {
                 } else {
                     reply.errno
                 };
-                return Err(io::Error::from_raw_os_error(errno));
+                Err(io::Error::from_raw_os_error(errno))
             }
             Err(ClientError::NotRunning(_)) => {
                 static SAID: AtomicBool = AtomicBool::new(false);
@@ -122,15 +150,20 @@ impl Supervisor {
                          `dropshim up --config FILE`"
                     ));
                 }
-                return Err(io::Error::from_raw_os_error(libc::ENETDOWN));
+                Err(io::Error::from_raw_os_error(libc::ENETDOWN))
             }
-            Err(_) => return Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
-        };
-        // The program's descriptor keeps its status flags and FD_CLOEXEC.
+            Err(_) => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
+        }
+    }
+
+    /// Puts `new` at the program's descriptor `fd` in place of the socket
+    /// there, with the socket's O_NONBLOCK and the descriptor's
+    /// close-on-exec.
+    fn install_at(&self, call: &Call, target: &Target, fd: RawFd, new: OwnedFd) -> io::Result<()> {
         let flags = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
         if flags & libc::O_NONBLOCK != 0 {
             fcntl(
-                bridge.as_raw_fd(),
+                new.as_raw_fd(),
                 libc::F_SETFL,
                 libc::O_RDWR | libc::O_NONBLOCK,
             )?;
@@ -139,37 +172,217 @@ impl Supervisor {
         let mut addfd = libc::seccomp_notif_addfd {
             id: call.id,
             flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
-            srcfd: bridge.as_raw_fd() as u32,
+            srcfd: new.as_raw_fd() as u32,
             newfd: fd as u32,
             newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
         };
-        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd)?;
+        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd).map(drop)
+    }
+
+    /// The socket address at `addr` (`len` bytes) in the program's memory.
+    fn read_sockaddr(&self, call: &Call, addr: u64, len: u64) -> io::Result<Option<SocketAddr>> {
+        let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        let bytes = read_program_memory(self, call, addr, len)?;
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: `bytes` holds at most size_of::<sockaddr_storage>() bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                bytes.len(),
+            )
+        };
+        Ok(socket_addr(&storage, bytes.len() as libc::socklen_t))
+    }
+
+    /// bind() to a guest address: recorded for the listen() or connect()
+    /// that follows; the host never binds it.
+    fn uml_bind(&mut self, call: &Call) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(domain) = target.tcp_domain() else {
+            return Ok(Answer::Continue);
+        };
+        let Some(local) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
+            return Ok(Answer::Continue);
+        };
+        if local.ip().is_loopback() || (domain == libc::AF_INET) != local.is_ipv4() {
+            // Loopback stays on the host; a family mismatch gets the
+            // kernel's own error.
+            return Ok(Answer::Continue);
+        }
+        let inode = target.inode();
+        if self.guest.bound.contains_key(&inode) || target.bound().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.guest.bound.insert(inode, local);
+        Ok(Answer::Value(0))
+    }
+
+    fn uml_listen(
+        &mut self,
+        call: &Call,
+        device: &str,
+        policy: &dropshim_conf::Policy,
+    ) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(domain) = target.tcp_domain() else {
+            return Ok(Answer::Continue);
+        };
+        if target.bound().is_some() {
+            return Ok(Answer::Continue); // bound on the host (loopback)
+        }
+        let inode = target.inode();
+        let bound = self.guest.bound.get(&inode).copied();
+        let local = bound.unwrap_or_else(|| wildcard(domain));
+        let mut req = Request::new(Kind::Listen);
+        req.domain = domain;
+        req.addr = bound;
+        req.backlog = call.args[1] as i32;
+        req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
+        let chan = self.ask(device, &req)?;
+        self.guest.bound.remove(&inode);
+        self.guest
+            .listeners
+            .insert(inode_of(chan.as_raw_fd())?, domain);
+        self.install_at(call, &target, fd, chan)?;
         self.log.debug(|| {
             format!(
-                "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
+                "pid {}: listen(fd {fd}, {local}) in the uml instance of {device:?}",
                 call.pid
             )
         });
         Ok(Answer::Value(0))
     }
 
-    fn uml_listen(&mut self, call: &Call) -> io::Result<Answer> {
+    /// accept()/accept4() on a listener channel: the next connection the
+    /// guest accepted, as a new descriptor in the program.
+    fn uml_accept(&mut self, call: &Call, flags: i32) -> io::Result<Answer> {
         let fd = call.args[0] as i32;
         let Some(target) = Target::open(call.pid, fd) else {
             return Ok(Answer::Continue);
         };
-        if target.tcp_domain().is_none() {
+        let Some(&domain) = self.guest.listeners.get(&target.inode()) else {
             return Ok(Answer::Continue);
+        };
+        if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        static SAID: AtomicBool = AtomicBool::new(false);
-        if !SAID.swap(true, Ordering::Relaxed) {
-            self.log.warn(
-                "the uml backend does not serve listening sockets of programs that bypass libc \
-                 (Go, static binaries); run such a server with --backend native",
-            );
+        let status = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
+        let nonblocking = status & libc::O_NONBLOCK != 0;
+        let mut buf = [0u8; REPLY_LEN];
+        let (n, conn) = loop {
+            match sys::recv_fd(target.copy.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                Ok(got) => break got,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
+                    // A blocking accept: wait here, looking now and then
+                    // whether the caller still waits (a signal or its death
+                    // ends the call).
+                    let mut pfd = libc::pollfd {
+                        fd: target.copy.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one live pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    if !self.id_valid(call.id) {
+                        return Ok(Answer::Done);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // SAFETY: a descriptor just received is ours alone.
+        let conn = conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) });
+        let (Some(reply), Some(conn)) = (Reply::decode(&buf[..n]), conn) else {
+            self.log
+                .warn("the uml instance went away; a listener of the program is dead");
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        if flags & libc::SOCK_NONBLOCK != 0 {
+            fcntl(
+                conn.as_raw_fd(),
+                libc::F_SETFL,
+                libc::O_RDWR | libc::O_NONBLOCK,
+            )?;
         }
-        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        if let Some(peer) = reply.peer {
+            self.write_peer(call, domain, peer)?;
+        }
+        let mut addfd = libc::seccomp_notif_addfd {
+            id: call.id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+            srcfd: conn.as_raw_fd() as u32,
+            newfd: 0,
+            newfd_flags: if flags & libc::SOCK_CLOEXEC != 0 {
+                libc::O_CLOEXEC as u32
+            } else {
+                0
+            },
+        };
+        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd)?;
+        Ok(Answer::Done)
     }
+
+    /// Writes `peer` into accept()'s address arguments as the kernel
+    /// would: at most `*addrlen` bytes of it, then its whole length into
+    /// `*addrlen`. No buffer, no address.
+    fn write_peer(&self, call: &Call, domain: i32, peer: SocketAddr) -> io::Result<()> {
+        let (addr, lenp) = (call.args[1], call.args[2]);
+        if addr == 0 || lenp == 0 {
+            return Ok(());
+        }
+        let len = read_program_memory(self, call, lenp, 4)?;
+        let room = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        // An IPv6 listener reports IPv4 peers as mapped addresses.
+        let peer = match (domain, peer) {
+            (libc::AF_INET6, SocketAddr::V4(v4)) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => peer,
+        };
+        let (storage, n) = sockaddr_of(&peer);
+        // SAFETY: `storage` is plain data of at least `n` bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&storage as *const libc::sockaddr_storage).cast::<u8>(), n)
+        };
+        write_program_memory(self, call, addr, &raw[..n.min(room)])?;
+        write_program_memory(self, call, lenp, &(n as u32).to_ne_bytes())
+    }
+}
+
+fn wildcard(domain: i32) -> SocketAddr {
+    if domain == libc::AF_INET6 {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
+/// What the supervisor knows of the TCP sockets it serves on uml, keyed
+/// by socket inode (the same in every process holding the socket).
+#[derive(Default)]
+pub(super) struct Sockets {
+    /// Sockets bound to a guest address (never bound on the host).
+    bound: HashMap<u64, SocketAddr>,
+    /// Listener channels installed in the program, with their family.
+    listeners: HashMap<u64, i32>,
+}
+
+fn inode_of(fd: RawFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes one stat into our buffer.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded and filled it.
+    Ok(unsafe { st.assume_init() }.st_ino)
 }
 
 /// How to answer a trapped call.
@@ -178,6 +391,8 @@ enum Answer {
     Continue,
     /// Return this value.
     Value(i64),
+    /// Already answered (or no longer waited for).
+    Done,
 }
 
 fn is_local(dest: &SocketAddr) -> bool {
@@ -229,6 +444,35 @@ fn read_program_memory(
     Ok(buf)
 }
 
+/// Writes `bytes` at `addr` in the calling thread's memory, then checks
+/// that the call still stands (see [`read_program_memory`]).
+fn write_program_memory(sup: &Supervisor, call: &Call, addr: u64, bytes: &[u8]) -> io::Result<()> {
+    if !bytes.is_empty() {
+        let local = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: the kernel only reads `local` (our live slice); the
+        // remote side is the other process's memory, which it checks.
+        let n =
+            unsafe { libc::process_vm_writev(call.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != bytes.len() {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+    }
+    if !sup.id_valid(call.id) {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
 /// A copy of the program's descriptor, taken with pidfd_getfd.
 struct Target {
     tgid: libc::pid_t,
@@ -256,6 +500,10 @@ impl Target {
             // SAFETY: a new descriptor (close-on-exec) that is ours alone.
             copy: unsafe { OwnedFd::from_raw_fd(copy) },
         })
+    }
+
+    fn inode(&self) -> u64 {
+        inode_of(self.copy.as_raw_fd()).unwrap_or(0)
     }
 
     fn int_opt(&self, level: i32, name: i32) -> Option<i32> {

@@ -119,9 +119,9 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 pub enum Mode {
     /// Host MPTCP: TCP `socket()` calls become MPTCP sockets.
     Native,
-    /// A User Mode Linux instance: `connect()` on TCP sockets is answered
-    /// with a bridge into the instance ([`super::guest`]), and `listen()`
-    /// on them is refused.
+    /// A User Mode Linux instance: `connect()`, `bind()`, `listen()` and
+    /// `accept()` on TCP sockets are answered by the instance
+    /// ([`super::guest`]).
     Uml {
         device: String,
         policy: dropshim_conf::Policy,
@@ -135,15 +135,19 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
         Mode::Native => filter(),
         Mode::Uml { .. } => {
             use Label::*;
-            // connect() and listen() of every kind: which descriptors are
-            // TCP sockets only the supervisor can tell (it looks at the
-            // socket itself); it lets the others continue untouched.
+            // connect(), bind(), listen() and accept() of every kind:
+            // which descriptors are TCP sockets only the supervisor can
+            // tell (it looks at the socket itself); it lets the others
+            // continue untouched.
             assemble(&[
                 Op::Load(DATA_ARCH),
                 Op::Jeq(AUDIT_ARCH, Next, Allow),
                 Op::Load(DATA_NR),
                 Op::Jeq(libc::SYS_connect as u32, Notify, Next),
-                Op::Jeq(libc::SYS_listen as u32, Notify, Allow),
+                Op::Jeq(libc::SYS_bind as u32, Notify, Next),
+                Op::Jeq(libc::SYS_listen as u32, Notify, Next),
+                Op::Jeq(libc::SYS_accept as u32, Notify, Next),
+                Op::Jeq(libc::SYS_accept4 as u32, Notify, Allow),
                 Op::Here(Notify),
                 Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
                 Op::Here(Allow),
@@ -467,6 +471,8 @@ pub struct Supervisor {
     own_netns: Option<(OwnedFd, u64, u64)>,
     pub(super) log: Log,
     pub(super) mode: Mode,
+    /// uml: what the supervisor knows of the sockets it serves.
+    pub(super) guest: super::guest::Sockets,
 }
 
 /// One trapped system call.
@@ -534,6 +540,7 @@ impl Supervisor {
             own_netns,
             log,
             mode,
+            guest: Default::default(),
         }
     }
 
