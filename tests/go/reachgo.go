@@ -3,11 +3,13 @@
 //
 //	reachgo get URL OUT     download URL into the file OUT
 //	reachgo serve ADDR DIR  serve the files of DIR over HTTP on ADDR
+//	reachgo dial ADDR -     connect to ADDR, print both ends' addresses
 package main
 
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 )
@@ -34,13 +36,20 @@ func get(url, out string) error {
 
 func main() {
 	if len(os.Args) != 4 {
-		fmt.Fprintln(os.Stderr, "usage: reachgo get URL OUT | reachgo serve ADDR DIR")
+		fmt.Fprintln(os.Stderr, "usage: reachgo get URL OUT | reachgo serve ADDR DIR | reachgo dial ADDR -")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "get":
 		err = get(os.Args[2], os.Args[3])
+	case "dial":
+		var c net.Conn
+		c, err = net.Dial("tcp", os.Args[2])
+		if err == nil {
+			fmt.Printf("local=%s remote=%s\n", c.LocalAddr(), c.RemoteAddr())
+			c.Close()
+		}
 	case "serve":
 		err = http.ListenAndServe(os.Args[2], http.FileServer(http.Dir(os.Args[3])))
 	default:

@@ -622,6 +622,24 @@ fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> 
     ensure!(sha256_file(&out)? == want, "Go client on uml: bytes differ");
     ensure_two_subflows(&tb, &before, 1)?;
 
+    // The addresses Go reads back (getsockname/getpeername) are the guest
+    // socket's: gw1's own address and the server's, not the bridge's.
+    let dial = run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "dial", &format!("{ip}:{port}"), "-"],
+        )?,
+        SHORT,
+    )?;
+    let seen = String::from_utf8_lossy(&dial.stdout);
+    let gw1_ip = tb.addr4("gw1", 1)?;
+    ensure!(
+        seen.contains(&format!("local={gw1_ip}:")) && seen.contains(&format!("remote={ip}:{port}")),
+        "Go saw other addresses than the guest socket's: {seen}"
+    );
+
     // The server side: the Go HTTP server in the instance, curl in gw2
     // (native MPTCP under mptcpize) downloading from it.
     gw2_subflow_endpoint(&tb)?;

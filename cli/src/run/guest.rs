@@ -20,6 +20,8 @@
 //! - `accept()`/`accept4()` on such a channel receives the accepted
 //!   connection's bridge, writes the peer's address into the program's
 //!   buffer and installs the bridge as the call's result.
+//! - `getsockname()`/`getpeername()` on a bridge or channel answer with
+//!   the guest socket's addresses, which are what the peer sees.
 //!
 //! Reads and writes then go through the bridges with no interception.
 //! Every other call continues untouched.
@@ -61,6 +63,10 @@ impl Supervisor {
             self.uml_accept(call, 0)
         } else if nr == libc::SYS_accept4 {
             self.uml_accept(call, call.args[3] as i32)
+        } else if nr == libc::SYS_getsockname {
+            self.uml_name(call, false)
+        } else if nr == libc::SYS_getpeername {
+            self.uml_name(call, true)
         } else {
             Ok(Answer::Continue)
         };
@@ -110,7 +116,9 @@ impl Supervisor {
             .copied()
             .or_else(|| target.bound());
         req.mptcp = policy.decide(&dest) == Action::Mptcp;
-        let bridge = self.ask(device, &req)?;
+        let (reply, bridge) = self.ask(device, &req)?;
+        self.guest
+            .remember(&bridge, domain, reply.local, reply.peer)?;
         self.guest.bound.remove(&inode);
         self.install_at(call, &target, fd, bridge)?;
         self.log.debug(|| {
@@ -124,11 +132,11 @@ impl Supervisor {
 
     /// Sends `req` to the instance's supervisor: the descriptor it answers
     /// with, or the errno the program's call gets.
-    fn ask(&self, device: &str, req: &Request) -> io::Result<OwnedFd> {
+    fn ask(&self, device: &str, req: &Request) -> io::Result<(Reply, OwnedFd)> {
         match client::request(device, req) {
             Ok((reply, Some(fd))) if reply.errno == 0 => {
                 // SAFETY: a descriptor just received is ours alone.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                Ok((reply, unsafe { OwnedFd::from_raw_fd(fd) }))
             }
             Ok((reply, other)) => {
                 if let Some(b) = other {
@@ -246,7 +254,9 @@ impl Supervisor {
         req.addr = bound;
         req.backlog = call.args[1] as i32;
         req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
-        let chan = self.ask(device, &req)?;
+        let (reply, chan) = self.ask(device, &req)?;
+        self.guest
+            .remember(&chan, domain, reply.local.or(bound), None)?;
         self.guest.bound.remove(&inode);
         self.guest
             .listeners
@@ -312,8 +322,10 @@ impl Supervisor {
                 libc::O_RDWR | libc::O_NONBLOCK,
             )?;
         }
+        self.guest
+            .remember(&conn, domain, reply.local, reply.peer)?;
         if let Some(peer) = reply.peer {
-            self.write_peer(call, domain, peer)?;
+            self.write_name(call, domain, peer)?;
         }
         let mut addfd = libc::seccomp_notif_addfd {
             id: call.id,
@@ -330,10 +342,33 @@ impl Supervisor {
         Ok(Answer::Done)
     }
 
-    /// Writes `peer` into accept()'s address arguments as the kernel
-    /// would: at most `*addrlen` bytes of it, then its whole length into
-    /// `*addrlen`. No buffer, no address.
-    fn write_peer(&self, call: &Call, domain: i32, peer: SocketAddr) -> io::Result<()> {
+    /// getsockname()/getpeername() on a bridge or listener channel: the
+    /// guest socket's addresses, which are what the peer sees.
+    fn uml_name(&mut self, call: &Call, peer: bool) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(&(domain, local, remote)) = self.guest.names.get(&target.inode()) else {
+            return Ok(Answer::Continue);
+        };
+        let name = if peer { remote } else { local };
+        let Some(name) = name else {
+            return Err(io::Error::from_raw_os_error(if peer {
+                libc::ENOTCONN
+            } else {
+                libc::EINVAL
+            }));
+        };
+        self.write_name(call, domain, name)?;
+        Ok(Answer::Value(0))
+    }
+
+    /// Writes `peer` into the address arguments (args 1 and 2) of
+    /// accept(), getsockname() or getpeername() as the kernel would: at
+    /// most `*addrlen` bytes of it, then its whole length into `*addrlen`.
+    /// No buffer, no address.
+    fn write_name(&self, call: &Call, domain: i32, peer: SocketAddr) -> io::Result<()> {
         let (addr, lenp) = (call.args[1], call.args[2]);
         if addr == 0 || lenp == 0 {
             return Ok(());
@@ -373,6 +408,29 @@ pub(super) struct Sockets {
     bound: HashMap<u64, SocketAddr>,
     /// Listener channels installed in the program, with their family.
     listeners: HashMap<u64, i32>,
+    /// Bridges and listener channels: family, the guest socket's local
+    /// and peer addresses.
+    names: HashMap<u64, (i32, Option<SocketAddr>, Option<SocketAddr>)>,
+}
+
+impl Sockets {
+    /// Records the guest addresses behind `fd` (a bridge or a channel).
+    fn remember(
+        &mut self,
+        fd: &OwnedFd,
+        domain: i32,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> io::Result<()> {
+        // Entries of descriptors the program has closed since stay behind;
+        // keep the table from growing without bound on a busy server.
+        if self.names.len() >= 65_536 {
+            self.names.clear();
+        }
+        self.names
+            .insert(inode_of(fd.as_raw_fd())?, (domain, local, peer));
+        Ok(())
+    }
 }
 
 fn inode_of(fd: RawFd) -> io::Result<u64> {

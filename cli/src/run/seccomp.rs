@@ -119,9 +119,9 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 pub enum Mode {
     /// Host MPTCP: TCP `socket()` calls become MPTCP sockets.
     Native,
-    /// A User Mode Linux instance: `connect()`, `bind()`, `listen()` and
-    /// `accept()` on TCP sockets are answered by the instance
-    /// ([`super::guest`]).
+    /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
+    /// `accept()`, `getsockname()` and `getpeername()` on TCP sockets are
+    /// answered by the instance ([`super::guest`]).
     Uml {
         device: String,
         policy: dropshim_conf::Policy,
@@ -135,7 +135,8 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
         Mode::Native => filter(),
         Mode::Uml { .. } => {
             use Label::*;
-            // connect(), bind(), listen() and accept() of every kind:
+            // connect(), bind(), listen(), accept(), getsockname() and
+            // getpeername() of every kind:
             // which descriptors are TCP sockets only the supervisor can
             // tell (it looks at the socket itself); it lets the others
             // continue untouched.
@@ -147,7 +148,9 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
                 Op::Jeq(libc::SYS_bind as u32, Notify, Next),
                 Op::Jeq(libc::SYS_listen as u32, Notify, Next),
                 Op::Jeq(libc::SYS_accept as u32, Notify, Next),
-                Op::Jeq(libc::SYS_accept4 as u32, Notify, Allow),
+                Op::Jeq(libc::SYS_accept4 as u32, Notify, Next),
+                Op::Jeq(libc::SYS_getsockname as u32, Notify, Next),
+                Op::Jeq(libc::SYS_getpeername as u32, Notify, Allow),
                 Op::Here(Notify),
                 Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
                 Op::Here(Allow),
