@@ -660,3 +660,59 @@ fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> 
     ensure_two_subflows_to_server(&tb, &before)?;
     Ok(())
 }
+
+/// Whether any process's command line mentions `needle`.
+fn any_process_mentions(needle: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() -> Result<()> {
+    let tb = two_gateways()?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 16 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = http_server(&tb, dir.path(), ip, port)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("late.bin");
+    let done = got.path().join("late.done");
+    let link = url(ip, port, "blob.bin");
+    // The program exits at once; the wget it leaves behind connects after.
+    let script = format!(
+        "({bb} sleep 0.5; {bb} wget -q -O {out} {link}; {bb} touch {done}) </dev/null >/dev/null 2>&1 & exit 5",
+        out = out.display(),
+        done = done.display()
+    );
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let res = run_bounded(
+        &mut dropshim_run(&tb, "gw1", &[], &[bb, "sh", "-c", &script])?,
+        SHORT,
+    )?;
+    ensure!(
+        res.status.code() == Some(5),
+        "dropshim run should end with the program's status at once, got {}",
+        res.status
+    );
+    wait_until(TRANSFER, "the left-behind wget to finish", || done.exists())?;
+    ensure!(sha256_file(&out)? == want, "late wget: bytes differ");
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "the left-behind wget was not MPTCP: nobody served its socket()"
+    );
+    // Nothing of the run remains once its last process is gone.
+    let tag = done.display().to_string();
+    wait_until(SHORT, "the detached supervisor to exit", || {
+        !any_process_mentions(&tag)
+    })
+}
