@@ -74,8 +74,8 @@ fn busybox() -> Result<PathBuf> {
         .context("busybox is missing: run scripts/setup.sh (it installs busybox-static)")
 }
 
-/// Builds tests/go/reachgo.go with Debian's Go into `dir`; statically
-/// linked unless `cgo`. Go's build cache lives next to the test
+/// Builds tests/go/reachgo.go with Debian's Go into `dir`, statically
+/// linked (no cgo). Go's build cache lives next to the test
 /// artifacts so that later runs are quick.
 fn build_go(dir: &Path) -> Result<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/reachgo.go");
@@ -500,7 +500,7 @@ fn reach_lkl_refuses_static_and_go_programs_before_they_start() -> Result<()> {
 }
 
 /// The testbed (shaped) with gw1 handed to a UML instance.
-fn uml_client_setup(tag: &str) -> Result<(Testbed, UmlDevice)> {
+fn uml_setup(tag: &str) -> Result<(Testbed, UmlDevice)> {
     let tb = shaped(400)?;
     let dev = UmlDevice::up(&tb, "gw1", &[1, 2], tag)?;
     Ok((tb, dev))
@@ -528,7 +528,7 @@ fn mptcpize_http_server(tb: &Testbed, dir: &Path, ip: IpAddr, port: u16) -> Resu
 
 #[test]
 fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() -> Result<()> {
-    let (tb, dev) = uml_client_setup("rb")?;
+    let (tb, dev) = uml_setup("rb")?;
     let config = dev.config().to_str().context("config path")?.to_string();
     let bb = busybox()?;
     let bb = bb.to_str().context("busybox path")?;
@@ -598,7 +598,7 @@ fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> 
     let build = tempfile::tempdir()?;
     let go = build_go(build.path())?;
     let go = go.to_str().context("go binary path")?;
-    let (tb, dev) = uml_client_setup("rg")?;
+    let (tb, dev) = uml_setup("rg")?;
     let config = dev.config().to_str().context("config path")?.to_string();
     let dir = tempfile::tempdir()?;
     let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
