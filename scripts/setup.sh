@@ -9,6 +9,7 @@ packages=(
   tcpdump                           # the soak's rolling capture on the receiver (scripts/soak.sh)
   socat netcat-openbsd wget nginx-light   # programs the reliability suite runs unmodified
   redis-server redis-tools          # many small requests (interactive tests)
+  busybox-static golang-go          # programs that bypass libc: a static binary, Go (tests/tests/reach.rs)
   linux-source-6.12 bc flex bison libelf-dev build-essential rsync   # UML and LKL kernel builds
 )
 missing=()

@@ -17,9 +17,18 @@ fn check(ret: c_long) -> io::Result<c_long> {
     }
 }
 
+/// Passed as an unused fourth argument of every `socket(2)` the shim
+/// makes. socket(2) ignores it; the seccomp filter `dropshim run` installs
+/// (which turns the TCP sockets of programs that bypass libc into MPTCP)
+/// sees it and lets the call through untouched, so a socket the shim
+/// deliberately keeps on TCP (loopback, a `tcp` policy rule, the fallback
+/// when MPTCP is missing) stays TCP.
+pub const SOCKET_PASS_MARK: u64 = 0x6473_686d_5f70_6173;
+
 pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
-    // SAFETY: socket(2) takes three integers and touches no memory.
-    let ret = unsafe { libc::syscall(libc::SYS_socket, domain, ty, protocol) };
+    // SAFETY: socket(2) takes three integers and touches no memory; the
+    // fourth register is ignored by the kernel (read only by seccomp).
+    let ret = unsafe { libc::syscall(libc::SYS_socket, domain, ty, protocol, SOCKET_PASS_MARK) };
     check(ret).map(|fd| fd as c_int)
 }
 

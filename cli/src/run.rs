@@ -1,13 +1,27 @@
 //! `dropshim run`: start a program with libdropshim.so preloaded.
 //!
-//! The program replaces this process (exec), so signals, exit status and
-//! the terminal are the program's own. An LD_PRELOAD the user already had
-//! is kept, after ours.
+//! Programs that bypass libc (Go programs, static binaries) never meet
+//! the shim. On the native backend `dropshim run` reaches them anyway: it
+//! stays the program's parent as the supervisor of a seccomp filter that
+//! turns their TCP `socket()` calls into MPTCP ([`seccomp`]), forwards
+//! signals to the program and exits with its status. On the uml backend
+//! the same supervisor, with another filter, answers such a program's
+//! connect/bind/listen/accept through the device's instance ([`guest`]).
+//! On the lkl backend, whose kernel only a libc call can enter, such a
+//! program is refused before it starts ([`program`]). Otherwise the
+//! program replaces this process (exec), so signals, exit status and the
+//! terminal are its own. An LD_PRELOAD the user already had is kept,
+//! after ours.
+
+mod guest;
+mod program;
+mod seccomp;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use dropshim_conf::{BackendKind, ENV_BACKEND, ENV_CONFIG};
+use dropshim_conf::{Action, BackendKind, ENV_BACKEND, ENV_CONFIG};
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,6 +37,10 @@ pub struct Args {
     /// Path to libdropshim.so (default: next to this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
+    /// Preload the shim only, without the seccomp supervisor that reaches
+    /// programs bypassing libc (Go, static binaries) on native and uml.
+    #[arg(long)]
+    pub preload_only: bool,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
@@ -36,6 +54,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
         "LD_PRELOAD",
         preload_value(&library, std::env::var_os("LD_PRELOAD")),
     );
+    let mut config_path = std::env::var_os(ENV_CONFIG)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
     if let Some(config) = &args.config {
         // Check before running: a broken file would only give the program
         // one stderr line and plain TCP, which is easy to miss.
@@ -43,7 +64,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let config = config
             .canonicalize()
             .with_context(|| format!("resolving {}", config.display()))?;
-        cmd.env(ENV_CONFIG, config);
+        cmd.env(ENV_CONFIG, &config);
+        config_path = Some(config);
     }
     if let Some(backend) = &args.backend {
         if BackendKind::from_name(backend).is_none() {
@@ -51,8 +73,121 @@ pub fn main(args: Args) -> Result<ExitCode> {
         }
         cmd.env(ENV_BACKEND, backend);
     }
+    let backend = args
+        .backend
+        .clone()
+        .or_else(|| std::env::var(ENV_BACKEND).ok())
+        .filter(|b| !b.trim().is_empty());
+    // The shim says so itself (one line, plain TCP) when the environment's
+    // file is broken; only a working file decides the backend here.
+    let device = dropshim_conf::resolve(config_path.as_deref(), backend.as_deref()).ok();
+    let reach = !args.preload_only;
+    match device {
+        Some(d) if d.device.backend == BackendKind::Lkl => refuse_if_unreachable(&args.command[0])?,
+        // Programs linked with libc are the shim's alone on uml: its own
+        // loopback sockets must not meet the filter's listen() refusal.
+        Some(d)
+            if d.device.backend == BackendKind::Uml && reach && bypasses_libc(&args.command[0]) =>
+        {
+            let mode = seccomp::Mode::Uml {
+                device: d.device.name.clone(),
+                policy: d.policy.clone(),
+            };
+            return supervised(cmd, &args.command[0], mode);
+        }
+        Some(d)
+            if d.device.backend == BackendKind::Native
+                && reach
+                && d.policy.initial() == Action::Mptcp =>
+        {
+            return supervised(cmd, &args.command[0], seccomp::Mode::Native);
+        }
+        _ => {}
+    }
     let err = cmd.exec();
     bail!("cannot run {:?}: {err}", args.command[0])
+}
+
+/// Whether `command` (resolved through PATH) makes its socket calls
+/// without libc.
+fn bypasses_libc(command: &OsString) -> bool {
+    let path = std::env::var_os("PATH");
+    program::resolve(Path::new(command), path.as_deref())
+        .and_then(|file| program::classify(&file))
+        .is_some_and(program::Kind::bypasses_libc)
+}
+
+/// On the lkl backend the program's sockets enter the library kernel
+/// through the shim's libc hooks; a program that makes its system calls
+/// itself would silently keep the host's plain TCP. Refuse it instead.
+fn refuse_if_unreachable(command: &OsString) -> Result<()> {
+    let path = std::env::var_os("PATH");
+    let Some(file) = program::resolve(Path::new(command), path.as_deref()) else {
+        return Ok(()); // exec says what is wrong
+    };
+    if let Some(kind) = program::classify(&file).filter(|k| k.bypasses_libc()) {
+        bail!(
+            "{} is {}: it makes its socket calls without libc, which the lkl backend cannot \
+             reach; run it with --backend native or --backend uml",
+            file.display(),
+            kind.describe(),
+        );
+    }
+    Ok(())
+}
+
+/// Runs the program under the seccomp supervisor (native, or uml for a
+/// program that bypasses libc).
+fn supervised(mut cmd: Command, name: &OsString, mode: seccomp::Mode) -> Result<ExitCode> {
+    let log = seccomp::Log::from_env();
+    let mut pair = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `pair`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        bail!("socketpair: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are ours alone.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let setup = seccomp::ChildSetup::new(theirs.as_raw_fd(), &mode);
+    seccomp::block_signals().context("blocking signals")?;
+    // SAFETY: `apply` makes only async-signal-safe system calls on memory
+    // prepared before the fork.
+    unsafe { cmd.pre_exec(move || setup.apply()) };
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(err) => {
+            seccomp::unblock_signals();
+            bail!("cannot run {name:?}: {err}");
+        }
+    };
+    drop(theirs);
+    let pid = child.id() as libc::pid_t;
+    let sup = match seccomp::receive_listener(ours.as_raw_fd()) {
+        Ok(seccomp::Listener::Ready(fd)) => Some(seccomp::Supervisor::new(fd, log, mode)),
+        Ok(seccomp::Listener::Unsupported(err)) => {
+            log.warn(&format!(
+                "this kernel cannot pass a program's socket() calls to dropshim (seccomp user \
+                 notification: {err}); programs that bypass libc keep plain TCP"
+            ));
+            None
+        }
+        Err(err) => {
+            log.warn(&format!(
+                "no seccomp listener from the program ({err}); programs that bypass libc keep plain TCP"
+            ));
+            None
+        }
+    };
+    drop(ours);
+    let ended = seccomp::supervise(pid, sup, log).context("supervising the program")?;
+    Ok(seccomp::exit_like(ended))
 }
 
 /// The shim to preload: `--library`, else the default location; checked to

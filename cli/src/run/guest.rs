@@ -1,0 +1,653 @@
+//! The uml backend's reach into programs that bypass libc: their TCP
+//! connections are made, and accepted, by the device's User Mode Linux
+//! instance.
+//!
+//! Owns: answering the `connect()`, `bind()`, `listen()` and `accept()`
+//! calls the uml filter traps ([`super::seccomp::Mode::Uml`]), with the
+//! same requests, over the same channel, as the shim's in
+//! `shim/src/uml.rs` (through `dropshim_backend_uml::client`):
+//! - `connect()` on an IPv4/IPv6 TCP socket to a non-loopback destination
+//!   gets a bridge (a host TCP connection relayed by the guest agent to a
+//!   guest MPTCP socket connected to the destination), installed in the
+//!   program at the socket's own descriptor number
+//!   (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD`), keeping
+//!   its O_NONBLOCK and close-on-exec; the call returns 0.
+//! - `bind()` to a non-loopback address is recorded, not made on the host
+//!   (which need not hold that address: the instance owns it).
+//! - `listen()` gets the instance's listener channel (a Unix socket that
+//!   turns readable when the guest has accepted a connection), installed
+//!   at the socket's number the same way, so poll and epoll work on it.
+//! - `accept()`/`accept4()` on such a channel receives the accepted
+//!   connection's bridge, writes the peer's address into the program's
+//!   buffer and installs the bridge as the call's result.
+//! - `getsockname()`/`getpeername()` on a bridge or channel answer with
+//!   the guest socket's addresses, which are what the peer sees.
+//!
+//! Reads and writes then go through the bridges with no interception.
+//! Every other call continues untouched.
+//!
+//! The program's memory (the address connect() names) is read through one
+//! function, [`read_program_memory`], which checks after the read that the
+//! call still stands (`SECCOMP_IOCTL_NOTIF_ID_VALID`), so the bytes are
+//! those of the thread that made the call.
+
+use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
+use dropshim_backend_native::socket::{sockaddr_of, socket_addr};
+use dropshim_backend_uml::client::{self, ClientError};
+use dropshim_backend_uml::proto::{Kind, Reply, Request, REPLY_LEN};
+use dropshim_backend_uml::sys;
+use dropshim_conf::Action;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Lets the trapped call run as if it had not been trapped.
+const CONTINUE: u32 = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+
+impl Supervisor {
+    /// Answers one trapped call in uml mode.
+    pub(super) fn answer_uml(&mut self, call: &Call) -> io::Result<()> {
+        let Mode::Uml { device, policy } = self.mode.clone() else {
+            return self.respond(call.id, 0, 0, CONTINUE).or_else(ignore_gone);
+        };
+        let nr = i64::from(call.nr);
+        let answer = if nr == libc::SYS_connect {
+            self.uml_connect(call, &device, &policy)
+        } else if nr == libc::SYS_bind {
+            self.uml_bind(call)
+        } else if nr == libc::SYS_listen {
+            self.uml_listen(call, &device, &policy)
+        } else if nr == libc::SYS_accept {
+            self.uml_accept(call, 0)
+        } else if nr == libc::SYS_accept4 {
+            self.uml_accept(call, call.args[3] as i32)
+        } else if nr == libc::SYS_getsockname {
+            self.uml_name(call, false)
+        } else if nr == libc::SYS_getpeername {
+            self.uml_name(call, true)
+        } else {
+            Ok(Answer::Continue)
+        };
+        match answer {
+            Ok(Answer::Continue) => self.respond(call.id, 0, 0, CONTINUE),
+            Ok(Answer::Value(v)) => self.respond(call.id, v, 0, 0),
+            Ok(Answer::Done) => Ok(()),
+            Err(e) => {
+                let errno = e.raw_os_error().unwrap_or(libc::ECONNABORTED);
+                self.respond(call.id, 0, -errno, 0)
+            }
+        }
+        .or_else(ignore_gone)
+    }
+
+    fn uml_connect(
+        &mut self,
+        call: &Call,
+        device: &str,
+        policy: &dropshim_conf::Policy,
+    ) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue); // the kernel reports EBADF & co.
+        };
+        let Some(domain) = target.tcp_domain() else {
+            return Ok(Answer::Continue); // not a TCP socket: not ours
+        };
+        if target.peer().is_some() {
+            return Ok(Answer::Continue); // connected already: EISCONN
+        }
+        let Some(dest) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
+            return Ok(Answer::Continue); // AF_UNSPEC and the like
+        };
+        if is_local(&dest) {
+            // The guest's loopback is not the host's.
+            return Ok(Answer::Continue);
+        }
+        let mut req = Request::new(Kind::Connect);
+        req.domain = domain;
+        req.addr = Some(dest);
+        let inode = target.inode();
+        req.bind = self
+            .guest
+            .bound
+            .get(&inode)
+            .copied()
+            .or_else(|| target.bound());
+        req.mptcp = policy.decide(&dest) == Action::Mptcp;
+        let (reply, bridge) = self.ask(device, &req)?;
+        self.guest
+            .remember(&bridge, domain, reply.local, reply.peer)?;
+        self.guest.bound.remove(&inode);
+        self.install_at(call, &target, fd, bridge)?;
+        self.log.debug(|| {
+            format!(
+                "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
+                call.pid
+            )
+        });
+        Ok(Answer::Value(0))
+    }
+
+    /// Sends `req` to the instance's supervisor: the descriptor it answers
+    /// with, or the errno the program's call gets.
+    fn ask(&self, device: &str, req: &Request) -> io::Result<(Reply, OwnedFd)> {
+        match client::request(device, req) {
+            Ok((reply, Some(fd))) if reply.errno == 0 => {
+                // SAFETY: a descriptor just received is ours alone.
+                Ok((reply, unsafe { OwnedFd::from_raw_fd(fd) }))
+            }
+            Ok((reply, other)) => {
+                if let Some(b) = other {
+                    // SAFETY: a descriptor just received is ours alone.
+                    drop(unsafe { OwnedFd::from_raw_fd(b) });
+                }
+                let errno = if reply.errno == 0 {
+                    libc::ECONNABORTED
+                } else {
+                    reply.errno
+                };
+                Err(io::Error::from_raw_os_error(errno))
+            }
+            Err(ClientError::NotRunning(_)) => {
+                static SAID: AtomicBool = AtomicBool::new(false);
+                if !SAID.swap(true, Ordering::Relaxed) {
+                    self.log.warn(&format!(
+                        "the uml instance of device {device:?} is not running; start it with \
+                         `dropshim up --config FILE`"
+                    ));
+                }
+                Err(io::Error::from_raw_os_error(libc::ENETDOWN))
+            }
+            Err(_) => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
+        }
+    }
+
+    /// Puts `new` at the program's descriptor `fd` in place of the socket
+    /// there, with the socket's O_NONBLOCK and the descriptor's
+    /// close-on-exec.
+    fn install_at(&self, call: &Call, target: &Target, fd: RawFd, new: OwnedFd) -> io::Result<()> {
+        let flags = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
+        if flags & libc::O_NONBLOCK != 0 {
+            fcntl(
+                new.as_raw_fd(),
+                libc::F_SETFL,
+                libc::O_RDWR | libc::O_NONBLOCK,
+            )?;
+        }
+        let cloexec = fd_cloexec(target.tgid, fd);
+        let mut addfd = libc::seccomp_notif_addfd {
+            id: call.id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+            srcfd: new.as_raw_fd() as u32,
+            newfd: fd as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd).map(drop)
+    }
+
+    /// The socket address at `addr` (`len` bytes) in the program's memory.
+    fn read_sockaddr(&self, call: &Call, addr: u64, len: u64) -> io::Result<Option<SocketAddr>> {
+        let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        let bytes = read_program_memory(self, call, addr, len)?;
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: `bytes` holds at most size_of::<sockaddr_storage>() bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                bytes.len(),
+            )
+        };
+        Ok(socket_addr(&storage, bytes.len() as libc::socklen_t))
+    }
+
+    /// bind() to a guest address: recorded for the listen() or connect()
+    /// that follows; the host never binds it.
+    fn uml_bind(&mut self, call: &Call) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(domain) = target.tcp_domain() else {
+            return Ok(Answer::Continue);
+        };
+        let Some(local) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
+            return Ok(Answer::Continue);
+        };
+        if local.ip().is_loopback() || (domain == libc::AF_INET) != local.is_ipv4() {
+            // Loopback stays on the host; a family mismatch gets the
+            // kernel's own error.
+            return Ok(Answer::Continue);
+        }
+        let inode = target.inode();
+        if self.guest.bound.contains_key(&inode) || target.bound().is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        self.guest.bound.insert(inode, local);
+        Ok(Answer::Value(0))
+    }
+
+    fn uml_listen(
+        &mut self,
+        call: &Call,
+        device: &str,
+        policy: &dropshim_conf::Policy,
+    ) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(domain) = target.tcp_domain() else {
+            return Ok(Answer::Continue);
+        };
+        if target.bound().is_some() {
+            return Ok(Answer::Continue); // bound on the host (loopback)
+        }
+        let inode = target.inode();
+        let bound = self.guest.bound.get(&inode).copied();
+        let local = bound.unwrap_or_else(|| wildcard(domain));
+        let mut req = Request::new(Kind::Listen);
+        req.domain = domain;
+        req.addr = bound;
+        req.backlog = call.args[1] as i32;
+        req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
+        let (reply, chan) = self.ask(device, &req)?;
+        self.guest
+            .remember(&chan, domain, reply.local.or(bound), None)?;
+        self.guest.bound.remove(&inode);
+        self.guest
+            .listeners
+            .insert(inode_of(chan.as_raw_fd())?, domain);
+        self.install_at(call, &target, fd, chan)?;
+        self.log.debug(|| {
+            format!(
+                "pid {}: listen(fd {fd}, {local}) in the uml instance of {device:?}",
+                call.pid
+            )
+        });
+        Ok(Answer::Value(0))
+    }
+
+    /// accept()/accept4() on a listener channel: the next connection the
+    /// guest accepted, as a new descriptor in the program.
+    fn uml_accept(&mut self, call: &Call, flags: i32) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(&domain) = self.guest.listeners.get(&target.inode()) else {
+            return Ok(Answer::Continue);
+        };
+        if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let status = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
+        let nonblocking = status & libc::O_NONBLOCK != 0;
+        let mut buf = [0u8; REPLY_LEN];
+        let (n, conn) = loop {
+            match sys::recv_fd(target.copy.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                Ok(got) => break got,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
+                    // A blocking accept: wait here, looking now and then
+                    // whether the caller still waits (a signal or its death
+                    // ends the call).
+                    let mut pfd = libc::pollfd {
+                        fd: target.copy.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one live pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    if !self.id_valid(call.id) {
+                        return Ok(Answer::Done);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // SAFETY: a descriptor just received is ours alone.
+        let conn = conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) });
+        let (Some(reply), Some(conn)) = (Reply::decode(&buf[..n]), conn) else {
+            self.log
+                .warn("the uml instance went away; a listener of the program is dead");
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        if flags & libc::SOCK_NONBLOCK != 0 {
+            fcntl(
+                conn.as_raw_fd(),
+                libc::F_SETFL,
+                libc::O_RDWR | libc::O_NONBLOCK,
+            )?;
+        }
+        self.guest
+            .remember(&conn, domain, reply.local, reply.peer)?;
+        if let Some(peer) = reply.peer {
+            self.write_name(call, domain, peer)?;
+        }
+        let mut addfd = libc::seccomp_notif_addfd {
+            id: call.id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+            srcfd: conn.as_raw_fd() as u32,
+            newfd: 0,
+            newfd_flags: if flags & libc::SOCK_CLOEXEC != 0 {
+                libc::O_CLOEXEC as u32
+            } else {
+                0
+            },
+        };
+        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd)?;
+        Ok(Answer::Done)
+    }
+
+    /// getsockname()/getpeername() on a bridge or listener channel: the
+    /// guest socket's addresses, which are what the peer sees.
+    fn uml_name(&mut self, call: &Call, peer: bool) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        let Some(&(domain, local, remote)) = self.guest.names.get(&target.inode()) else {
+            return Ok(Answer::Continue);
+        };
+        let name = if peer { remote } else { local };
+        let Some(name) = name else {
+            return Err(io::Error::from_raw_os_error(if peer {
+                libc::ENOTCONN
+            } else {
+                libc::EINVAL
+            }));
+        };
+        self.write_name(call, domain, name)?;
+        Ok(Answer::Value(0))
+    }
+
+    /// Writes `peer` into the address arguments (args 1 and 2) of
+    /// accept(), getsockname() or getpeername() as the kernel would: at
+    /// most `*addrlen` bytes of it, then its whole length into `*addrlen`.
+    /// No buffer, no address.
+    fn write_name(&self, call: &Call, domain: i32, peer: SocketAddr) -> io::Result<()> {
+        let (addr, lenp) = (call.args[1], call.args[2]);
+        if addr == 0 || lenp == 0 {
+            return Ok(());
+        }
+        let len = read_program_memory(self, call, lenp, 4)?;
+        let room = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        // An IPv6 listener reports IPv4 peers as mapped addresses.
+        let peer = match (domain, peer) {
+            (libc::AF_INET6, SocketAddr::V4(v4)) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            _ => peer,
+        };
+        let (storage, n) = sockaddr_of(&peer);
+        // SAFETY: `storage` is plain data of at least `n` bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts((&storage as *const libc::sockaddr_storage).cast::<u8>(), n)
+        };
+        write_program_memory(self, call, addr, &raw[..n.min(room)])?;
+        write_program_memory(self, call, lenp, &(n as u32).to_ne_bytes())
+    }
+}
+
+fn wildcard(domain: i32) -> SocketAddr {
+    if domain == libc::AF_INET6 {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    }
+}
+
+/// What the supervisor knows of the TCP sockets it serves on uml, keyed
+/// by socket inode (the same in every process holding the socket).
+#[derive(Default)]
+pub(super) struct Sockets {
+    /// Sockets bound to a guest address (never bound on the host).
+    bound: HashMap<u64, SocketAddr>,
+    /// Listener channels installed in the program, with their family.
+    listeners: HashMap<u64, i32>,
+    /// Bridges and listener channels: family, the guest socket's local
+    /// and peer addresses.
+    names: HashMap<u64, (i32, Option<SocketAddr>, Option<SocketAddr>)>,
+}
+
+impl Sockets {
+    /// Records the guest addresses behind `fd` (a bridge or a channel).
+    fn remember(
+        &mut self,
+        fd: &OwnedFd,
+        domain: i32,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> io::Result<()> {
+        // Entries of descriptors the program has closed since stay behind;
+        // keep the table from growing without bound on a busy server.
+        if self.names.len() >= 65_536 {
+            self.names.clear();
+        }
+        self.names
+            .insert(inode_of(fd.as_raw_fd())?, (domain, local, peer));
+        Ok(())
+    }
+}
+
+fn inode_of(fd: RawFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes one stat into our buffer.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded and filled it.
+    Ok(unsafe { st.assume_init() }.st_ino)
+}
+
+/// How to answer a trapped call.
+enum Answer {
+    /// Let the kernel run it.
+    Continue,
+    /// Return this value.
+    Value(i64),
+    /// Already answered (or no longer waited for).
+    Done,
+}
+
+fn is_local(dest: &SocketAddr) -> bool {
+    let ip = match dest.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(dest.ip()),
+        v4 => v4,
+    };
+    ip.is_loopback() || ip.is_unspecified()
+}
+
+/// Reads `len` bytes at `addr` in the calling thread's memory, then checks
+/// that the call still stands: a thread that died, or was interrupted,
+/// between the notification and the read may have left another process
+/// (a reused pid) or other bytes behind, and then the read counts for
+/// nothing.
+fn read_program_memory(
+    sup: &Supervisor,
+    call: &Call,
+    addr: u64,
+    len: usize,
+) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len > 0 {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        };
+        // SAFETY: `local` is our live buffer of `len` bytes; the remote
+        // side is the other process's memory, which the kernel checks.
+        let n =
+            unsafe { libc::process_vm_readv(call.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != len {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+    }
+    if !sup.id_valid(call.id) {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(buf)
+}
+
+/// Writes `bytes` at `addr` in the calling thread's memory, then checks
+/// that the call still stands (see [`read_program_memory`]).
+fn write_program_memory(sup: &Supervisor, call: &Call, addr: u64, bytes: &[u8]) -> io::Result<()> {
+    if !bytes.is_empty() {
+        let local = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: the kernel only reads `local` (our live slice); the
+        // remote side is the other process's memory, which it checks.
+        let n =
+            unsafe { libc::process_vm_writev(call.pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != bytes.len() {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+    }
+    if !sup.id_valid(call.id) {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// A copy of the program's descriptor, taken with pidfd_getfd.
+struct Target {
+    tgid: libc::pid_t,
+    copy: OwnedFd,
+}
+
+impl Target {
+    fn open(tid: u32, fd: RawFd) -> Option<Target> {
+        let tgid = tgid_of(tid)?;
+        // SAFETY: pidfd_open takes a pid and flags.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) } as RawFd;
+        if pidfd < 0 {
+            return None;
+        }
+        // SAFETY: just created, ours alone.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags.
+        let copy =
+            unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) } as RawFd;
+        if copy < 0 {
+            return None;
+        }
+        Some(Target {
+            tgid,
+            // SAFETY: a new descriptor (close-on-exec) that is ours alone.
+            copy: unsafe { OwnedFd::from_raw_fd(copy) },
+        })
+    }
+
+    fn inode(&self) -> u64 {
+        inode_of(self.copy.as_raw_fd()).unwrap_or(0)
+    }
+
+    fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are live and sized for an int option.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.copy.as_raw_fd(),
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    }
+
+    /// AF_INET or AF_INET6 when the descriptor is a TCP stream socket.
+    fn tcp_domain(&self) -> Option<i32> {
+        let domain = self.int_opt(libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+        let ty = self.int_opt(libc::SOL_SOCKET, libc::SO_TYPE)?;
+        let proto = self.int_opt(libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+        ((domain == libc::AF_INET || domain == libc::AF_INET6)
+            && ty == libc::SOCK_STREAM
+            && proto == libc::IPPROTO_TCP)
+            .then_some(domain)
+    }
+
+    fn name(&self, peer: bool) -> Option<SocketAddr> {
+        // SAFETY: plain data; zero is valid.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let ptr = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+        // SAFETY: the storage and its length are live and match.
+        let rc = unsafe {
+            if peer {
+                libc::getpeername(self.copy.as_raw_fd(), ptr, &mut len)
+            } else {
+                libc::getsockname(self.copy.as_raw_fd(), ptr, &mut len)
+            }
+        };
+        if rc != 0 {
+            return None;
+        }
+        socket_addr(&storage, len)
+    }
+
+    fn peer(&self) -> Option<SocketAddr> {
+        self.name(true)
+    }
+
+    /// The address the program bound, if it bound one.
+    fn bound(&self) -> Option<SocketAddr> {
+        self.name(false)
+            .filter(|a| a.port() != 0 || !a.ip().is_unspecified())
+    }
+}
+
+fn tgid_of(tid: u32) -> Option<libc::pid_t> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether the program's descriptor `fd` is close-on-exec (fdinfo's
+/// `flags` are the open flags in octal, O_CLOEXEC included).
+fn fd_cloexec(tgid: libc::pid_t, fd: RawFd) -> bool {
+    std::fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+        })
+        .is_some_and(|flags| flags & i64::from(libc::O_CLOEXEC) != 0)
+}
+
+fn fcntl(fd: RawFd, cmd: i32, arg: i32) -> io::Result<i32> {
+    // SAFETY: F_GETFL/F_SETFL with an integer argument.
+    let rc = unsafe { libc::fcntl(fd, cmd, arg) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}

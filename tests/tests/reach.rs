@@ -1,0 +1,718 @@
+//! Programs that bypass libc under `dropshim run`: busybox-static (a
+//! statically linked binary: LD_PRELOAD cannot enter it) and a Go program
+//! built here with Debian's Go (its runtime makes socket system calls
+//! itself). On the native backend `dropshim run`'s seccomp supervisor
+//! turns their TCP sockets into MPTCP; on the uml backend it connects
+//! and accepts their connections through the device's instance (both
+//! sides: busybox nc and the Go HTTP server listen in it). Each transfer checks the bytes (sha256) and MPTCP with a
+//! second subflow at the peer (gw2's MPTcpExt counters, `ss -M`). On the
+//! lkl backend such a program is refused before it starts. A program
+//! linked with libc still works under the supervisor, and the shim's own
+//! choices (a loopback listener stays TCP) hold.
+
+use anyhow::{ensure, Context, Result};
+use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::*;
+use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SHORT: Duration = Duration::from_secs(20);
+const TRANSFER: Duration = Duration::from_secs(90);
+/// `go build` of a small stdlib program, cold cache included.
+const GO_BUILD: Duration = Duration::from_secs(300);
+
+/// `dropshim run [extra...] -- program args...` in `node`, with no
+/// inherited dropshim settings.
+fn dropshim_run(tb: &Testbed, node: &str, extra: &[&str], program: &[&str]) -> Result<Command> {
+    let cli = cli_path();
+    let mut cmd = plain(
+        tb,
+        node,
+        cli.to_str().context("dropshim's path is not UTF-8")?,
+    )?;
+    cmd.arg("run").args(extra).arg("--").args(program);
+    Ok(cmd)
+}
+
+/// `dropshim run` outside any testbed, for the refusals.
+fn dropshim_run_here(extra: &[&str], program: &[&str]) -> Command {
+    let mut cmd = Command::new(cli_path());
+    for var in [
+        "LD_PRELOAD",
+        "DROPSHIM_CONFIG",
+        "DROPSHIM_BACKEND",
+        "DROPSHIM_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.arg("run").args(extra).arg("--").args(program);
+    cmd
+}
+
+/// The two-gateways testbed with both links shaped to `mbit`: a transfer
+/// that lasts long enough for the second subflow to join whatever the
+/// machine's pace (an unshaped veth moves 32 MB in a few milliseconds).
+fn shaped(mbit: u32) -> Result<Testbed> {
+    Ok(Testbed::up(
+        &Spec::builtin("two-gateways")?,
+        &Options {
+            rate_mbit: Some(mbit),
+            ..Options::default()
+        },
+    )?)
+}
+
+fn busybox() -> Result<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .context("busybox is missing: run scripts/setup.sh (it installs busybox-static)")
+}
+
+/// Builds tests/go/reachgo.go with Debian's Go into `dir`, statically
+/// linked (no cgo). Go's build cache lives next to the test
+/// artifacts so that later runs are quick.
+fn build_go(dir: &Path) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/reachgo.go");
+    let cache = target_dir().join("reach-go");
+    std::fs::create_dir_all(&cache)?;
+    let out = dir.join("reachgo");
+    let mut go = Command::new("go");
+    go.current_dir(dir)
+        .env("HOME", &cache)
+        .env("GOCACHE", cache.join("cache"))
+        .env("GOPATH", cache.join("gopath"))
+        .env("GO111MODULE", "off")
+        .env("CGO_ENABLED", "0")
+        .env_remove("LD_PRELOAD")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src);
+    run_ok(&mut go, GO_BUILD).context("go build failed (scripts/setup.sh installs golang-go)")?;
+    Ok(out)
+}
+
+/// gw2 serving `dir` with python's http.server under the shim (a native
+/// MPTCP peer whose counters tell what arrived).
+fn http_server(tb: &Testbed, dir: &Path, ip: IpAddr, port: u16) -> Result<Background> {
+    let mut cmd = shimmed(tb, "gw2", "python3", &[])?;
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        &ip.to_string(),
+        "--directory",
+    ])
+    .arg(dir);
+    let server = Background::spawn(&mut cmd, "python3 -m http.server")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    Ok(server)
+}
+
+/// A random file of `size` bytes in `dir`, and its sha256.
+fn blob(dir: &Path, name: &str, size: usize) -> Result<(PathBuf, String)> {
+    let file = dir.join(name);
+    write_random_file(&file, size, u64::from(std::process::id()) ^ size as u64)?;
+    let sum = sha256_file(&file)?;
+    Ok((file, sum))
+}
+
+fn ensure_two_subflows(
+    tb: &Testbed,
+    before: &std::collections::HashMap<String, u64>,
+    connections: u64,
+) -> Result<()> {
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    let capable = delta(before, &after, "MPCapableSYNRX");
+    let joins = delta(before, &after, "MPJoinAckRx");
+    ensure!(
+        capable >= connections,
+        "gw2 saw {capable} MP_CAPABLE SYN(s), expected {connections}: not MPTCP"
+    );
+    ensure!(joins >= 1, "gw2 saw no MP_JOIN completed: only one subflow");
+    Ok(())
+}
+
+/// gw2 was the client: the server answered MP_CAPABLE, and a second
+/// subflow from gw2 was answered too.
+fn ensure_two_subflows_to_server(
+    tb: &Testbed,
+    before: &std::collections::HashMap<String, u64>,
+) -> Result<()> {
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(before, &after, "MPCapableSYNACKRX") >= 1,
+        "the server in the instance did not answer MP_CAPABLE"
+    );
+    ensure!(
+        delta(before, &after, "MPJoinSynAckRx") >= 1,
+        "the server in the instance answered no MP_JOIN: only one subflow"
+    );
+    Ok(())
+}
+
+/// Kills and reaps a child on drop, so a failing test leaves no server.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server under `dropshim run --config UML` in gw1, ready once the
+/// supervisor has answered its listen() (a listener inside the guest is
+/// invisible to the host's `ss`): its debug lines go to `log`.
+fn uml_server(tb: &Testbed, config: &str, program: &[&str], log: &Path) -> Result<ChildGuard> {
+    let mut cmd = dropshim_run(tb, "gw1", &["--config", config], program)?;
+    cmd.env("DROPSHIM_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    let child = ChildGuard(cmd.spawn().context("spawning the server on uml")?);
+    wait_until(SHORT, "the server's listen() in the instance", || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("listen(fd"))
+    })?;
+    Ok(child)
+}
+
+/// A `subflow` endpoint on gw2's second link, so that a client in gw2
+/// opens a second subflow to a server in the instance.
+fn gw2_subflow_endpoint(tb: &Testbed) -> Result<()> {
+    let addr = tb.addr4("gw2", 2)?.to_string();
+    let ifname = tb.ifname("gw2", 2)?.to_string();
+    run_ok(
+        tb.command("gw2", "ip")?
+            .args(["mptcp", "endpoint", "add", &addr, "dev", &ifname, "subflow"]),
+        SHORT,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn reach_native_busybox_wget_and_its_children_download_over_two_subflows() -> Result<()> {
+    let tb = two_gateways()?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = http_server(&tb, dir.path(), ip, port)?;
+    let got = tempfile::tempdir()?;
+    let link = url(ip, port, "blob.bin");
+
+    // The shim alone cannot enter a static binary: plain TCP.
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("preloaded.bin");
+    let mut preloaded = shimmed(&tb, "gw1", bb, &[])?;
+    preloaded.args(["wget", "-q", "-O"]).arg(&out).arg(&link);
+    run_ok(&mut preloaded, TRANSFER)?;
+    ensure!(sha256_file(&out)? == want, "preloaded wget: bytes differ");
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") == 0,
+        "busybox wget with LD_PRELOAD only was MPTCP: it is not the static binary this test needs"
+    );
+
+    // Under dropshim run: a shell and the two wgets it starts, all static.
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let (a, b) = (got.path().join("a.bin"), got.path().join("b.bin"));
+    let script = format!(
+        "{bb} wget -q -O {} {link} && {bb} wget -q -O {} {link}",
+        a.display(),
+        b.display()
+    );
+    run_ok(
+        &mut dropshim_run(&tb, "gw1", &[], &[bb, "sh", "-c", &script])?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&a)? == want, "first wget: bytes differ");
+    ensure!(sha256_file(&b)? == want, "second wget: bytes differ");
+    ensure_two_subflows(&tb, &before, 2)
+}
+
+/// A busybox `nc` server in gw2 under `dropshim run` (native) that sends
+/// `file` to every connection. It keeps listening (`-ll`): an MPTCP
+/// listener that closed after its first accept would refuse the second
+/// subflow's MP_JOIN.
+fn nc_file_server(tb: &Testbed, bb: &str, file: &Path, port: u16) -> Result<Background> {
+    let file = file.to_str().context("file path")?;
+    let port_s = port.to_string();
+    let mut server = dropshim_run(
+        tb,
+        "gw2",
+        &[],
+        &[bb, "nc", "-ll", "-p", &port_s, "-e", bb, "cat", file],
+    )?;
+    let server = Background::spawn(&mut server, "busybox nc -ll")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    Ok(server)
+}
+
+/// busybox `nc IP PORT` in `node` under `dropshim run` with `extra` options,
+/// its input held open (nc ends the connection at the end of its input),
+/// its output into `out`, until the server ends the connection.
+fn nc_receive(
+    tb: &Testbed,
+    node: &str,
+    bb: &str,
+    extra: &[&str],
+    ip: IpAddr,
+    port: u16,
+    out: &Path,
+) -> Result<()> {
+    let (ip, port) = (ip.to_string(), port.to_string());
+    let mut client = dropshim_run(tb, node, extra, &[bb, "nc", &ip, &port])?;
+    client
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(out)?)
+        .stderr(Stdio::piped());
+    let mut client = client.spawn().context("spawning the nc client")?;
+    let input = client.stdin.take().context("client stdin")?;
+    let res = wait_bounded(client, TRANSFER)?;
+    drop(input);
+    ensure!(
+        res.status.success(),
+        "nc client failed ({}): {}",
+        res.status,
+        String::from_utf8_lossy(&res.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn reach_native_busybox_nc_transfer_between_two_supervised_ends() -> Result<()> {
+    let tb = shaped(400)?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let port = unique_port();
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let _server = nc_file_server(&tb, bb, &file, port)?;
+    let listeners = run_ok(
+        tb.command("gw2", "ss")?
+            .args(["-HlnM", &format!("sport = :{port}")]),
+        SHORT,
+    )?;
+    ensure!(
+        !listeners.stdout.is_empty(),
+        "busybox nc's listener in gw2 is not an MPTCP socket"
+    );
+    let out = dir.path().join("got.bin");
+    nc_receive(&tb, "gw1", bb, &[], ip, port, &out)?;
+    ensure!(sha256_file(&out)? == want, "nc: received bytes differ");
+    ensure_two_subflows(&tb, &before, 1)
+}
+
+#[test]
+fn reach_native_go_http_server_and_client_use_two_subflows() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+
+    let served = dir.path().to_str().context("dir path")?;
+    let addr = format!("{ip}:{port}");
+    let mut server = dropshim_run(&tb, "gw2", &[], &[go, "serve", &addr, served])?;
+    let _server = Background::spawn(&mut server, "reachgo serve")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    let listeners = run_ok(
+        tb.command("gw2", "ss")?
+            .args(["-HlnM", &format!("sport = :{port}")]),
+        SHORT,
+    )?;
+    ensure!(
+        !listeners.stdout.is_empty(),
+        "the Go server's listener is not an MPTCP socket"
+    );
+
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("got.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    run_ok(
+        &mut dropshim_run(&tb, "gw1", &[], &[go, "get", &link, out_s])?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&out)? == want, "Go client: bytes differ");
+    ensure_two_subflows(&tb, &before, 1)
+}
+
+/// Under `dropshim run`, a python program binds a listener to loopback
+/// (the shim keeps it TCP: its replacement socket must not be turned
+/// into MPTCP by the filter) and to the wildcard (MPTCP), and prints
+/// which of its ports `ss -M` lists.
+const LOOPBACK_PY: &str = r#"
+import socket, subprocess
+lo = socket.socket(); lo.bind(("127.0.0.1", 0)); lo.listen()
+wild = socket.socket(); wild.bind(("0.0.0.0", 0)); wild.listen()
+ss = subprocess.run(["ss", "-HlnM"], capture_output=True, text=True).stdout
+print("loopback_mptcp=%s" % ((":%d " % lo.getsockname()[1]) in ss))
+print("wildcard_mptcp=%s" % ((":%d " % wild.getsockname()[1]) in ss))
+"#;
+
+#[test]
+fn reach_native_dynamic_programs_work_under_the_supervisor() -> Result<()> {
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = http_server(&tb, dir.path(), ip, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("got.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &[],
+            &["curl", "-sS", "--fail", "-o", out_s, &link],
+        )?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&out)? == want, "curl: bytes differ");
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    let res = run_ok(
+        &mut dropshim_run(&tb, "gw1", &[], &["python3", "-c", LOOPBACK_PY])?,
+        SHORT,
+    )?;
+    let text = String::from_utf8_lossy(&res.stdout);
+    ensure!(
+        text.contains("loopback_mptcp=False"),
+        "the shim's loopback listener should stay TCP under the supervisor: {text}"
+    );
+    ensure!(
+        text.contains("wildcard_mptcp=True"),
+        "the wildcard listener should be MPTCP: {text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn reach_native_supervisor_passes_on_exit_status_and_signals() -> Result<()> {
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let res = run_bounded(
+        &mut dropshim_run_here(&[], &[bb, "sh", "-c", "exit 7"]),
+        SHORT,
+    )?;
+    ensure!(res.status.code() == Some(7), "exit status {}", res.status);
+
+    // SIGTERM sent to dropshim reaches the program, and dropshim dies of
+    // it the way the program did.
+    let mut cmd = dropshim_run_here(&[], &[bb, "sleep", "60"]);
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as libc::pid_t;
+    // The program runs once dropshim has a child: wait for it, bounded.
+    wait_until(SHORT, "the supervised program to start", || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .map(|c| !c.trim().is_empty())
+            .unwrap_or(false)
+    })?;
+    // SAFETY: kill takes integers; `pid` is our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let res = wait_bounded(child, SHORT)?;
+    ensure!(
+        res.status.signal() == Some(libc::SIGTERM),
+        "dropshim should end by SIGTERM like its program, ended {}",
+        res.status
+    );
+    Ok(())
+}
+
+/// Checks a refusal on lkl: non-zero status, one line naming the
+/// program's kind and the backends that can serve it, nothing from the
+/// program itself.
+fn ensure_refused(res: &std::process::Output, kind: &str) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    ensure!(!res.status.success(), "the program was not refused");
+    ensure!(
+        stderr.lines().count() == 1,
+        "expected one line, got: {stderr}"
+    );
+    ensure!(
+        stderr.contains(kind) && stderr.contains("the lkl backend"),
+        "the line should name the program's kind: {stderr}"
+    );
+    ensure!(
+        stderr.contains("--backend native") && stderr.contains("--backend uml"),
+        "the line should name the backends that serve it: {stderr}"
+    );
+    ensure!(res.stdout.is_empty(), "the program ran");
+    Ok(())
+}
+
+#[test]
+fn reach_lkl_refuses_static_and_go_programs_before_they_start() -> Result<()> {
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let marker = dir.path().join("started");
+    let touch = format!("touch {}; echo started", marker.display());
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let lkl = ["--backend", "lkl"];
+    let res = run_bounded(
+        &mut dropshim_run_here(&lkl, &[bb, "sh", "-c", &touch]),
+        SHORT,
+    )?;
+    ensure_refused(&res, "statically linked")?;
+    ensure!(!marker.exists(), "busybox started");
+    // Found through PATH like exec would.
+    let mut by_name = dropshim_run_here(&lkl, &["busybox", "true"]);
+    by_name.env("PATH", "/usr/bin:/bin");
+    ensure_refused(&run_bounded(&mut by_name, SHORT)?, "statically linked")?;
+    // Without arguments reachgo prints its usage: it must not.
+    let res = run_bounded(&mut dropshim_run_here(&lkl, &[go]), SHORT)?;
+    ensure_refused(&res, "Go program")?;
+    // A program linked with libc still runs on lkl (its kernel boots at
+    // the first TCP socket, which this one never opens).
+    let res = run_ok(
+        &mut dropshim_run_here(&lkl, &["sh", "-c", "printf ran"]),
+        SHORT,
+    )?;
+    ensure!(res.stdout == b"ran", "sh did not run on lkl");
+    Ok(())
+}
+
+/// The testbed (shaped) with gw1 handed to a UML instance.
+fn uml_setup(tag: &str) -> Result<(Testbed, UmlDevice)> {
+    let tb = shaped(400)?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], tag)?;
+    Ok((tb, dev))
+}
+
+/// A native MPTCP HTTP server in gw2 (under Debian's mptcpize, so the
+/// peer does not depend on dropshim).
+fn mptcpize_http_server(tb: &Testbed, dir: &Path, ip: IpAddr, port: u16) -> Result<Background> {
+    let mut cmd = plain(tb, "gw2", "mptcpize")?;
+    cmd.args([
+        "run",
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        &ip.to_string(),
+        "--directory",
+    ])
+    .arg(dir);
+    let server = Background::spawn(&mut cmd, "mptcpize python3 -m http.server")?;
+    wait_listening(tb.netns("gw2")?, port, SHORT)?;
+    Ok(server)
+}
+
+#[test]
+fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() -> Result<()> {
+    let (tb, dev) = uml_setup("rb")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+
+    // wget: HTTP from the native server in gw2.
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("wget.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[bb, "wget", "-q", "-O", out_s, &link],
+        )?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&out)? == want, "wget on uml: bytes differ");
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    // nc: a native nc in gw2 sends the file; gw1's nc receives it
+    // through the instance.
+    let port = unique_port();
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let _server = nc_file_server(&tb, bb, &file, port)?;
+    let out = got.path().join("nc.bin");
+    nc_receive(&tb, "gw1", bb, &["--config", &config], ip, port, &out)?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "nc on uml: received bytes differ"
+    );
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    // The server side: busybox nc listening in the instance (a blocking
+    // accept), a supervised busybox nc in gw2 receiving the file.
+    gw2_subflow_endpoint(&tb)?;
+    let port = unique_port();
+    let port_s = port.to_string();
+    let file_s = file.to_str().context("file path")?;
+    let log = got.path().join("nc-server.log");
+    let _server = uml_server(
+        &tb,
+        &config,
+        &[bb, "nc", "-ll", "-p", &port_s, "-e", bb, "cat", file_s],
+        &log,
+    )?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("nc-from-uml.bin");
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    nc_receive(&tb, "gw2", bb, &[], gw1, port, &out)?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "nc server on uml: received bytes differ"
+    );
+    ensure_two_subflows_to_server(&tb, &before)
+}
+
+#[test]
+fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("rg")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("go.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "get", &link, out_s],
+        )?,
+        TRANSFER,
+    )?;
+    ensure!(sha256_file(&out)? == want, "Go client on uml: bytes differ");
+    ensure_two_subflows(&tb, &before, 1)?;
+
+    // The addresses Go reads back (getsockname/getpeername) are the guest
+    // socket's: gw1's own address and the server's, not the bridge's.
+    let dial = run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "dial", &format!("{ip}:{port}"), "-"],
+        )?,
+        SHORT,
+    )?;
+    let seen = String::from_utf8_lossy(&dial.stdout);
+    let gw1_ip = tb.addr4("gw1", 1)?;
+    ensure!(
+        seen.contains(&format!("local={gw1_ip}:")) && seen.contains(&format!("remote={ip}:{port}")),
+        "Go saw other addresses than the guest socket's: {seen}"
+    );
+
+    // The server side: the Go HTTP server in the instance, curl in gw2
+    // (native MPTCP under mptcpize) downloading from it.
+    gw2_subflow_endpoint(&tb)?;
+    let port = unique_port();
+    let addr = format!(":{port}");
+    let served = dir.path().to_str().context("dir path")?;
+    let log = got.path().join("go-server.log");
+    let _server = uml_server(&tb, &config, &[go, "serve", &addr, served], &log)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("from-uml.bin");
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    let mut curl = plain(&tb, "gw2", "mptcpize")?;
+    curl.args(["run", "curl", "-sS", "--fail", "-o"])
+        .arg(&out)
+        .arg(url(gw1, port, "blob.bin"));
+    run_ok(&mut curl, TRANSFER)?;
+    ensure!(sha256_file(&out)? == want, "Go server on uml: bytes differ");
+    ensure_two_subflows_to_server(&tb, &before)?;
+    Ok(())
+}
+
+/// Whether any process's command line mentions `needle`.
+fn any_process_mentions(needle: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() -> Result<()> {
+    let tb = two_gateways()?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 16 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = http_server(&tb, dir.path(), ip, port)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("late.bin");
+    let done = got.path().join("late.done");
+    let link = url(ip, port, "blob.bin");
+    // The program exits at once; the wget it leaves behind connects after.
+    let script = format!(
+        "({bb} sleep 0.5; {bb} wget -q -O {out} {link}; {bb} touch {done}) </dev/null >/dev/null 2>&1 & exit 5",
+        out = out.display(),
+        done = done.display()
+    );
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let res = run_bounded(
+        &mut dropshim_run(&tb, "gw1", &[], &[bb, "sh", "-c", &script])?,
+        SHORT,
+    )?;
+    ensure!(
+        res.status.code() == Some(5),
+        "dropshim run should end with the program's status at once, got {}",
+        res.status
+    );
+    wait_until(TRANSFER, "the left-behind wget to finish", || done.exists())?;
+    ensure!(sha256_file(&out)? == want, "late wget: bytes differ");
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "the left-behind wget was not MPTCP: nobody served its socket()"
+    );
+    // Nothing of the run remains once its last process is gone.
+    let tag = done.display().to_string();
+    wait_until(SHORT, "the detached supervisor to exit", || {
+        !any_process_mentions(&tag)
+    })
+}
