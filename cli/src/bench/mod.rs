@@ -27,6 +27,7 @@ mod output;
 mod overhead;
 mod plot;
 mod rr;
+mod schedulers;
 mod stacks;
 mod two_gateways;
 
@@ -109,6 +110,10 @@ pub enum Scenario {
     /// All-to-all transfers in a mesh of 4 to 32 devices (not in the
     /// default list: minutes).
     DropMesh,
+    /// Each MPTCP scheduler of the project's kernels on uml and lkl
+    /// devices over unequal links (default `--links wifi,lte`): goodput
+    /// and the share of bytes on link 1 (not in the default list).
+    Schedulers,
 }
 
 impl Scenario {
@@ -122,6 +127,7 @@ impl Scenario {
             Scenario::Conns => "conns",
             Scenario::DropHome => "drop-home",
             Scenario::DropMesh => "drop-mesh",
+            Scenario::Schedulers => "schedulers",
         }
     }
 }
@@ -183,6 +189,8 @@ pub struct Record {
     pub kernel_tasks: Option<u64>,
     /// conns: the server's resident memory per idle connection.
     pub rss_kib_per_conn: Option<f64>,
+    /// schedulers: the share of the bytes received over link 1 (0 to 1).
+    pub link1_share: Option<f64>,
 }
 
 impl Record {
@@ -224,6 +232,7 @@ impl Record {
             threads: None,
             kernel_tasks: None,
             rss_kib_per_conn: None,
+            link1_share: None,
         }
     }
 
@@ -375,6 +384,11 @@ impl Plan {
                     steps += self.mesh_devices.len() as u64;
                     self.mesh_devices.iter().map(|n| 2.0 * f64::from(*n)).sum()
                 }
+                Scenario::Schedulers => {
+                    let n = dropshim_conf::BUILT_SCHEDULERS.len();
+                    steps += n as u64;
+                    n as f64 * (f64::from(self.duration) + 4.0)
+                }
             };
             secs += per_stack_run * f64::from(self.runs * n_stacks) + 3.0;
         }
@@ -435,6 +449,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Scenario::Conns => conns::run(&mut ctx, &plan),
             Scenario::DropHome => drop_home::run(&mut ctx, &plan),
             Scenario::DropMesh => drop_mesh::run(&mut ctx, &plan),
+            Scenario::Schedulers => schedulers::run(&mut ctx, &plan),
         };
         if let Err(err) = result {
             // A testbed that cannot be built fails the whole scenario; say

@@ -95,6 +95,7 @@ pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
             Scenario::Conns,
             Scenario::DropHome,
             Scenario::DropMesh,
+            Scenario::Schedulers,
         ]
         .iter()
         .position(|x| *x == s)
@@ -196,6 +197,7 @@ pub fn markdown(records: &[Record]) -> String {
             Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
             Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
             Scenario::Rr => "| measurement | stack | median us | p99 us | max us | over 10 ms | per second | subflows/conn | echo intact | runs |",
+            Scenario::Schedulers => "| links | stack | scheduler | Mbit/s (median) | min..max | bytes on link 1 | subflows/conn | runs |",
             Scenario::Conns => "| connections | stack | host threads (peak) | of them library-kernel tasks | others | RSS KiB per idle conn | open all s | round trip median us | p99 us | subflows/conn | echo intact | runs |",
         };
         let cols = header.matches('|').count() - 1;
@@ -211,6 +213,9 @@ pub fn markdown(records: &[Record]) -> String {
                         g.scheduler,
                         " |".repeat(cols - 5)
                     ),
+                    Scenario::Schedulers => {
+                        format!(" {} | {why} |{}", g.scheduler, " |".repeat(cols - 4))
+                    }
                     _ => format!(" {why} |{}", " |".repeat(cols - 3)),
                 };
                 let _ = writeln!(md, "{lead}{pad}");
@@ -251,6 +256,18 @@ pub fn markdown(records: &[Record]) -> String {
                     format!(
                         " {m} | {s} | {completed} | {} | {} | {} |",
                         all_true(g, |r| r.intact),
+                        subflows(g),
+                        g.runs()
+                    )
+                }
+                Scenario::Schedulers => {
+                    let (m, s) = spread(g.stat(|r| r.mbit_per_s), 0);
+                    let share = g
+                        .stat(|r| r.link1_share)
+                        .map_or("-".into(), |x| format!("{:.0} %", x.0 * 100.0));
+                    format!(
+                        " {} | {m} | {s} | {share} | {} | {} |",
+                        g.scheduler,
                         subflows(g),
                         g.runs()
                     )
@@ -360,6 +377,32 @@ fn ratios(groups: &[Group]) -> Vec<String> {
         let (sc, set) = (g.scenario, g.setting);
         let native = med(sc, set, Stack::Native, mbit);
         match sc {
+            Scenario::Schedulers => {
+                for stack in [Stack::Uml, Stack::Lkl] {
+                    let of = |sched: &str| {
+                        groups
+                            .iter()
+                            .find(|g| {
+                                g.scenario == sc
+                                    && g.setting == set
+                                    && g.stack == stack
+                                    && g.scheduler == sched
+                            })
+                            .and_then(|g| g.stat(mbit))
+                            .map(|s| s.0)
+                    };
+                    let Some(base) = of("default") else { continue };
+                    for sched in dropshim_conf::BUILT_SCHEDULERS.iter().skip(1) {
+                        if let Some(x) = of(sched) {
+                            out.push(format!(
+                                "schedulers {set}: {} {sched} / default goodput = {:.2}",
+                                stack.name(),
+                                x / base
+                            ));
+                        }
+                    }
+                }
+            }
             Scenario::TwoGateways | Scenario::Overhead => {
                 let name = format!("{} ({set})", sc.name());
                 if let (Some(n), Some(p)) = (native, med(sc, set, Stack::Mptcpize, mbit)) {
@@ -521,7 +564,7 @@ fn optf(v: Option<f64>, digits: usize) -> String {
     v.map_or(String::new(), |x| format!("{x:.digits$}"))
 }
 
-pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact,median_us,p99_us,max_us,over_10ms,samples,per_s,threads,kernel_tasks,rss_kib_per_conn";
+pub const CSV_HEADER: &str = "scenario,setting,stack,path_manager,scheduler,run,status,reason,mbit_per_s,seconds,bytes,cpu_s_per_gb,subflows,stall_s,completed,intact,median_us,p99_us,max_us,over_10ms,samples,per_s,threads,kernel_tasks,rss_kib_per_conn,link1_share";
 
 /// Every record, one row each (handover timelines stay in the JSON).
 pub fn csv(records: &[Record]) -> String {
@@ -535,7 +578,7 @@ pub fn csv(records: &[Record]) -> String {
         };
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.scenario.name(),
             csv_field(&r.setting),
             r.stack.name(),
@@ -561,6 +604,7 @@ pub fn csv(records: &[Record]) -> String {
             opt(r.threads),
             opt(r.kernel_tasks),
             optf(r.rss_kib_per_conn, 1),
+            optf(r.link1_share, 3),
         );
     }
     s
@@ -689,6 +733,36 @@ pub(crate) mod tests {
     /// A 10-run handover table with one failed run: the failure counts
     /// against completed and intact, in the table, the CSV and the JSON.
     #[test]
+    fn scheduler_rows_show_link_1_share_and_ratios_to_default() {
+        let rec = |stack, sched: &str, mbit, share| {
+            let mut r = Record::new(Scenario::Schedulers, stack, "links wifi,lte", 1);
+            r.scheduler = sched.into();
+            r.mbit_per_s = Some(mbit);
+            r.link1_share = Some(share);
+            r.subflows = Some(2.0);
+            r
+        };
+        let v = vec![
+            rec(Stack::Uml, "default", 54.0, 0.85),
+            rec(Stack::Uml, "roundrobin", 18.0, 0.53),
+            Record::new(Scenario::Schedulers, Stack::Lkl, "links wifi,lte", 0)
+                .skipped("run backend-lkl/build-lkl.sh"),
+        ];
+        let md = markdown(&v);
+        for e in [
+            "| links wifi,lte | MPTCP via dropshim (uml) | roundrobin | 18 | 18..18 | 53 % | 2.0 | 1 |",
+            "| links wifi,lte | MPTCP via dropshim (lkl) | default | skipped: run backend-lkl/build-lkl.sh | | | | |",
+            "uml roundrobin / default goodput = 0.33",
+        ] {
+            assert!(md.contains(e), "missing {e:?} in\n{md}");
+        }
+        assert!(csv(&v)
+            .lines()
+            .nth(2)
+            .is_some_and(|l| l.ends_with(",0.530")));
+    }
+
+    #[test]
     fn completed_and_intact_are_out_of_the_runs_attempted() {
         let mut v = Vec::new();
         for run in 1..=10 {
@@ -771,7 +845,7 @@ pub(crate) mod tests {
             csv.lines()
                 .nth(2)
                 .unwrap_or("")
-                .ends_with(",40.0,80.0,400.0,1,1000,,,,"),
+                .ends_with(",40.0,80.0,400.0,1,1000,,,,,"),
             "{csv}"
         );
     }
@@ -785,7 +859,7 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), recs.len() + 1);
         assert_eq!(
             lines[1],
-            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,,,,,,,,,,"
+            "two-gateways,2 x 1000 Mbit/s,tcp,,,1,ok,,950.0,8.4211,,1.500,0.00,,,,,,,,,,,,,"
         );
         assert!(csv.contains(
             "two-gateways,2 x 1000 Mbit/s,native,userspace,default,0,skipped,\"needs a daemon, a, \"\"b\"\"\","

@@ -234,10 +234,26 @@ impl DeviceHandle {
         work: &Path,
         avail: &Availability,
     ) -> Result<DeviceHandle> {
+        DeviceHandle::start_with(stack, tb, node, work, avail, "default")
+    }
+
+    /// [`DeviceHandle::start`] with the device's MPTCP packet scheduler.
+    pub fn start_with(
+        stack: Stack,
+        tb: &Testbed,
+        node: &str,
+        work: &Path,
+        avail: &Availability,
+        scheduler: &str,
+    ) -> Result<DeviceHandle> {
+        let ifaces = two_links();
         match stack {
-            Stack::Uml => UmlDevice::up(tb, node, work).map(DeviceHandle::Uml),
+            Stack::Uml => {
+                UmlDevice::up_with(tb, node, work, &ifaces, scheduler).map(DeviceHandle::Uml)
+            }
             Stack::Lkl => match &avail.lkl_library {
-                Some(lib) => LklDevice::up(tb, node, work, lib).map(DeviceHandle::Lkl),
+                Some(lib) => LklDevice::up_with(tb, node, work, lib, &ifaces, scheduler)
+                    .map(DeviceHandle::Lkl),
                 None => bail!("internal: lkl runnable without a library"),
             },
             other => bail!("internal: {} has no device", other.name()),
@@ -333,16 +349,23 @@ pub struct UmlDevice {
 static DEVICES: AtomicU32 = AtomicU32::new(0);
 
 impl UmlDevice {
-    pub fn up(tb: &Testbed, client: &str, work: &Path) -> Result<UmlDevice> {
-        UmlDevice::up_on(tb, client, work, &two_links())
-    }
-
     /// A uml device owning `node`'s interfaces `ifaces`.
     pub fn up_on(
         tb: &Testbed,
         client: &str,
         work: &Path,
         ifaces: &[DevIface],
+    ) -> Result<UmlDevice> {
+        UmlDevice::up_with(tb, client, work, ifaces, "default")
+    }
+
+    /// [`UmlDevice::up_on`] with the guest's MPTCP packet scheduler.
+    pub fn up_with(
+        tb: &Testbed,
+        client: &str,
+        work: &Path,
+        ifaces: &[DevIface],
+        scheduler: &str,
     ) -> Result<UmlDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench{}x{n}", std::process::id());
@@ -351,8 +374,8 @@ impl UmlDevice {
         let config = work.join(format!("{name}.toml"));
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n{ifaces}\
-             [mptcp]\nlimits = {{ subflows = 2, add_addr_accepted = 2 }}\npath_manager = \"kernel\"\n\n\
-             [policy]\ndefault = \"mptcp\"\n\n[uml]\nmemory_mib = 256\n"
+             {}\n[policy]\ndefault = \"mptcp\"\n\n[uml]\nmemory_mib = 256\n",
+            mptcp_section(scheduler)
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let dev = UmlDevice {
@@ -410,10 +433,6 @@ pub struct LklDevice {
 }
 
 impl LklDevice {
-    pub fn up(tb: &Testbed, client: &str, work: &Path, library: &Path) -> Result<LklDevice> {
-        LklDevice::up_on(tb, client, work, library, &two_links())
-    }
-
     /// An lkl device owning `node`'s interfaces `ifaces`.
     pub fn up_on(
         tb: &Testbed,
@@ -422,6 +441,19 @@ impl LklDevice {
         library: &Path,
         ifaces: &[DevIface],
     ) -> Result<LklDevice> {
+        LklDevice::up_with(tb, client, work, library, ifaces, "default")
+    }
+
+    /// [`LklDevice::up_on`] with the library kernel's MPTCP packet
+    /// scheduler.
+    pub fn up_with(
+        tb: &Testbed,
+        client: &str,
+        work: &Path,
+        library: &Path,
+        ifaces: &[DevIface],
+        scheduler: &str,
+    ) -> Result<LklDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("benchlkl{}x{n}", std::process::id());
         let netns = tb.netns(client)?.to_string();
@@ -429,8 +461,8 @@ impl LklDevice {
         let config = work.join(format!("{name}.toml"));
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"lkl\"\n\n{ifaces}\
-             [mptcp]\nlimits = {{ subflows = 2, add_addr_accepted = 2 }}\npath_manager = \"kernel\"\n\n\
-             [policy]\ndefault = \"mptcp\"\n"
+             {}\n[policy]\ndefault = \"mptcp\"\n",
+            mptcp_section(scheduler)
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         Ok(LklDevice {
@@ -438,6 +470,18 @@ impl LklDevice {
             library: library.to_path_buf(),
         })
     }
+}
+
+/// A bench device's `[mptcp]` section: two subflows, the kernel's path
+/// manager, and `scheduler` unless it is the kernel's default.
+fn mptcp_section(scheduler: &str) -> String {
+    let mut s = String::from(
+        "[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\npath_manager = \"kernel\"\n",
+    );
+    if scheduler != "default" {
+        s.push_str(&format!("scheduler = \"{scheduler}\"\n"));
+    }
+    s
 }
 
 /// One interface a uml or lkl device takes over: the link (or segment)
