@@ -2,7 +2,7 @@
 //! netlink sockets as a [`Transport`], its sysctls as [`Sysctls`], the
 //! device configurator run against it ([`Lkl::configure`]) and dropshim's
 //! userspace path manager driving its MPTCP ([`LklStack`],
-//! [`Lkl::run_path_manager`]).
+//! [`LklStack::run_path_manager`]).
 
 use std::io;
 use std::net::IpAddr;
@@ -51,10 +51,12 @@ impl<'a> LklSocket<'a> {
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             protocol.number(),
         )?;
+        let socket = LklSocket { lkl, fd };
         // Only the kernel's error texts depend on these: failures ignored.
         let _ = lkl.setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
         let _ = lkl.setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
-        Ok(LklSocket { lkl, fd })
+        lkl.bind_netlink(fd)?;
+        Ok(socket)
     }
 }
 
@@ -220,21 +222,21 @@ impl Stack for LklStack<'_> {
     }
 }
 
-impl Lkl {
+impl LklStack<'_> {
     /// Runs dropshim's userspace path manager on the library kernel until
     /// `stop` is set (the kernel's `net.mptcp.pm_type` must be userspace,
     /// as the device configurator sets it for `path_manager =
     /// "userspace"`). `locals` are the library kernel's interfaces;
-    /// `note` gets each command failure.
+    /// `note` gets each command failure. The stack is opened (the events
+    /// group joined) before, so no connection made after that is missed.
     pub fn run_path_manager(
-        &self,
+        mut self,
         settings: Settings,
         locals: Vec<LocalAddr>,
         stop: &AtomicBool,
         note: impl FnMut(&str),
     ) -> Result<()> {
-        let mut stack = LklStack::open(self)?;
-        drive(&mut stack, settings, locals, stop, note, |_| {})
+        drive(&mut self, settings, locals, stop, note, |_| {})
             .map_err(|e| Error::Host(format!("the path manager stopped: {e}")))
     }
 }

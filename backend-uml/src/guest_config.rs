@@ -89,11 +89,17 @@ pub fn start_path_manager(path: &Path) -> Result<Option<String>, String> {
         ));
     }
     let policy = settings.policy.as_str();
+    // Joined here, before the agent says it is ready: no connection's
+    // events are missed.
+    let mut stack = dropshim_pm::host::HostStack::open()
+        .map_err(|e| format!("the path manager cannot open the guest's mptcp_pm: {e}"))?;
     std::thread::Builder::new()
         .name("dropshim-pm".into())
         .spawn(move || {
             static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-            if let Err(e) = dropshim_pm::host::run(settings, locals, &STOP, |_| {}) {
+            let note = |line: &str| eprintln!("dropshim-uml agent: path manager: {line}");
+            let run = dropshim_pm::stack::drive(&mut stack, settings, locals, &STOP, note, |_| {});
+            if let Err(e) = run {
                 eprintln!(
                     "dropshim-uml agent: the path manager stopped: {e}; connections keep their subflows but get no new ones"
                 );

@@ -420,7 +420,12 @@ fn drive_feeds_events_to_the_policy_and_survives_timeouts_and_lost_events() {
             Err(io::Error::from(io::ErrorKind::WouldBlock)),
             Ok(vec![
                 ev(EventKind::Created, 7, "198.18.1.1:40000", "198.18.1.2:5201"),
-                ev(EventKind::Established, 7, "198.18.1.1:40000", "198.18.1.2:5201"),
+                ev(
+                    EventKind::Established,
+                    7,
+                    "198.18.1.1:40000",
+                    "198.18.1.2:5201",
+                ),
             ]),
             Err(io::Error::from_raw_os_error(libc::ENOBUFS)),
         ],

@@ -244,12 +244,20 @@ fn start_path_manager(lkl: &'static Lkl, k: &'static Kernel) {
         return;
     };
     let policy = settings.policy.as_str();
+    // Joined here, before the first connection: its events are not missed.
+    let stack = match dropshim_backend_lkl::LklStack::open(lkl) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("lkl: the path manager cannot start: {e}; connections get no subflows beyond the first");
+            return;
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("dropshim-pm".into())
         .spawn(move || {
             static STOP: AtomicBool = AtomicBool::new(false);
             let note = |line: &str| log::warning!("lkl path manager: {line}");
-            if let Err(e) = lkl.run_path_manager(settings, locals, &STOP, note) {
+            if let Err(e) = stack.run_path_manager(settings, locals, &STOP, note) {
                 log::error!("lkl: {e}; connections keep their subflows but get no new ones");
             }
         });
