@@ -31,14 +31,9 @@ static void redundant_release(struct mptcp_sock *msk)
  * has acknowledged at the connection level counts as carried).
  */
 static bool redundant_behind(const struct mptcp_sock *msk,
-			     struct mptcp_subflow_context *subflow)
+			     const struct mptcp_subflow_context *subflow)
 {
-	u64 seq = READ_ONCE(subflow->dropshim_red_seq);
-	u64 snd_una = READ_ONCE(msk->snd_una);
-
-	if (after64(snd_una, seq))
-		seq = snd_una;
-	return before64(seq, msk->snd_nxt);
+	return before64(dropshim_red_from(msk, subflow), msk->snd_nxt);
 }
 
 /* Data outstanding and no ACK for longer than the retransmission timeout
@@ -62,8 +57,8 @@ static bool redundant_better(const struct mptcp_sock *msk,
 			     struct mptcp_subflow_context *a,
 			     struct mptcp_subflow_context *b)
 {
-	bool a_current = !before64(READ_ONCE(a->dropshim_red_seq), msk->snd_nxt);
-	bool b_current = !before64(READ_ONCE(b->dropshim_red_seq), msk->snd_nxt);
+	bool a_current = !redundant_behind(msk, a);
+	bool b_current = !redundant_behind(msk, b);
 
 	if (a_current != b_current)
 		return a_current;

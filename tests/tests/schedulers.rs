@@ -211,9 +211,7 @@ fn lkl_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
 /// both subflows, so each carries at least 90 % of the bytes (counted at
 /// the peer, where the copies arrive; the connection keeps one). Then, in
 /// a second upload, link 2 is cut at a quarter: the transfer completes
-/// intact, and link 1 has carried it all. Run on lkl only: in the uml
-/// guest the same kernel code sends each byte once (README, Known
-/// limits).
+/// intact, and link 1 has carried it all.
 fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
     let tb = testbed(Some(200))?;
     let stack = Stack::up(&tb, kind, "rd", &extra("redundant", &[]))?;
@@ -251,6 +249,11 @@ fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
         split.subflows
     );
     Ok(())
+}
+
+#[test]
+fn uml_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
+    redundant_sends_everything_on_both(Kind::Uml)
 }
 
 #[test]
