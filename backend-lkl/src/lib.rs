@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use netlink::LklSocket;
+pub use netlink::{LklSocket, LklStack};
 pub use sys::locate_library;
 
 /// Why the lkl backend cannot be used in this build.
@@ -342,6 +342,21 @@ impl Lkl {
             [fd.0 as i64, &sa as *const _ as i64, len as i64, 0, 0, 0],
         );
         check(|| format!("bind {addr}"), r).map(|_| ())
+    }
+
+    /// Binds netlink socket `fd` to a port id the kernel picks. A socket
+    /// left unbound has port id 0, the kernel's own, and is skipped by
+    /// multicast delivery (events).
+    pub fn bind_netlink(&self, fd: Fd) -> Result<()> {
+        // struct sockaddr_nl: family, pad, port id 0 (kernel picks),
+        // groups 0.
+        let mut nl = [0u8; 12];
+        nl[..2].copy_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+        let r = self.call(
+            nr::BIND,
+            [fd.0 as i64, nl.as_ptr() as i64, nl.len() as i64, 0, 0, 0],
+        );
+        check(|| "bind (netlink)".into(), r).map(|_| ())
     }
 
     /// `listen(fd, backlog)`.

@@ -1,15 +1,22 @@
 //! The library kernel as a target of dropshim's netlink layer: its
-//! netlink sockets as a [`Transport`], its sysctls as [`Sysctls`], and the
-//! device configurator run against it ([`Lkl::configure`]).
+//! netlink sockets as a [`Transport`], its sysctls as [`Sysctls`], the
+//! device configurator run against it ([`Lkl::configure`]) and dropshim's
+//! userspace path manager driving its MPTCP ([`LklStack`],
+//! [`LklStack::run_path_manager`]).
 
 use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use dropshim_conf::DeviceConfig;
 use dropshim_netlink::configure::{Applied, Iface, Kernel, Options, Ownership};
-use dropshim_netlink::mptcp::MptcpPm;
+use dropshim_netlink::mptcp::{Event, Events, MptcpPm};
 use dropshim_netlink::route::Rtnl;
 use dropshim_netlink::sysctl::Sysctls;
 use dropshim_netlink::{Protocol, Transport};
+use dropshim_pm::stack::{drive, Stack};
+use dropshim_pm::{Commands, LocalAddr, Settings};
 
 use crate::{Error, Fd, Interface, Lkl, Result};
 
@@ -19,6 +26,9 @@ const NETLINK_CAP_ACK: i32 = 10;
 
 fn to_io(e: Error) -> io::Error {
     match e {
+        // Kept as the bare errno: a reader of events tells a full socket
+        // buffer (events lost, not fatal) by it.
+        Error::Sys { errno, .. } if errno == libc::ENOBUFS => io::Error::from_raw_os_error(errno),
         Error::Sys { what, errno } => {
             let os = io::Error::from_raw_os_error(errno);
             io::Error::new(os.kind(), format!("{what}: {os} (in the library kernel)"))
@@ -41,10 +51,21 @@ impl<'a> LklSocket<'a> {
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
             protocol.number(),
         )?;
+        let socket = LklSocket { lkl, fd };
         // Only the kernel's error texts depend on these: failures ignored.
         let _ = lkl.setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
         let _ = lkl.setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
-        Ok(LklSocket { lkl, fd })
+        lkl.bind_netlink(fd)?;
+        Ok(socket)
+    }
+}
+
+impl LklSocket<'_> {
+    /// A blocking receive fails with `EAGAIN` after `timeout` (at least
+    /// a millisecond: zero would mean never).
+    pub fn set_recv_timeout(&self, timeout: Duration) -> Result<()> {
+        self.lkl
+            .set_recv_timeout(self.fd, timeout.max(Duration::from_millis(1)))
     }
 }
 
@@ -131,5 +152,91 @@ impl Lkl {
         kernel
             .apply(cfg, &opts)
             .map_err(|e| Error::Host(format!("configuring the library kernel: {e}")))
+    }
+}
+
+/// The library kernel as a [`Stack`] for dropshim's path manager: its
+/// `mptcp_pm` commands and events, its links, and the load of its TCP
+/// sockets read from its `/proc/net/tcp{,6}`.
+pub struct LklStack<'a> {
+    lkl: &'a Lkl,
+    pm: MptcpPm<LklSocket<'a>>,
+    events: Events<LklSocket<'a>>,
+    rtnl: Rtnl<LklSocket<'a>>,
+    /// The receive timeout the events socket has now.
+    timeout: Option<Duration>,
+}
+
+impl<'a> LklStack<'a> {
+    /// Opens the command socket, joins the events group and opens
+    /// rtnetlink, all in the library kernel.
+    pub fn open(lkl: &'a Lkl) -> Result<Self> {
+        let pm = lkl.mptcp_pm()?;
+        let events = Events::subscribe(LklSocket::open(lkl, Protocol::Generic)?, pm.family())
+            .map_err(|e| Error::Host(format!("mptcp_pm events: {e}")))?;
+        let rtnl = lkl.rtnl()?;
+        Ok(LklStack {
+            lkl,
+            pm,
+            events,
+            rtnl,
+            timeout: None,
+        })
+    }
+}
+
+impl Stack for LklStack<'_> {
+    fn events(&mut self, timeout: Duration) -> io::Result<Vec<Event>> {
+        // Whole milliseconds, so the timeout is set again only when the
+        // wait really changes.
+        let timeout = Duration::from_millis(timeout.as_millis().max(1) as u64);
+        if self.timeout != Some(timeout) {
+            self.events
+                .transport()
+                .set_recv_timeout(timeout)
+                .map_err(to_io)?;
+            self.timeout = Some(timeout);
+        }
+        self.events.wait()
+    }
+
+    fn links(&mut self) -> io::Result<Vec<(u32, bool)>> {
+        Ok(self
+            .rtnl
+            .links()?
+            .into_iter()
+            .map(|l| (l.index, l.up))
+            .collect())
+    }
+
+    fn unacked(&mut self, addrs: &[IpAddr]) -> u64 {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|f| self.lkl.read_file(f).ok())
+            .map(|text| dropshim_pm::host::unacked_in(&String::from_utf8_lossy(&text), addrs))
+            .sum()
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pm
+    }
+}
+
+impl LklStack<'_> {
+    /// Runs dropshim's userspace path manager on the library kernel until
+    /// `stop` is set (the kernel's `net.mptcp.pm_type` must be userspace,
+    /// as the device configurator sets it for `path_manager =
+    /// "userspace"`). `locals` are the library kernel's interfaces;
+    /// `note` gets each command failure. The stack is opened (the events
+    /// group joined) before, so no connection made after that is missed.
+    pub fn run_path_manager(
+        mut self,
+        settings: Settings,
+        locals: Vec<LocalAddr>,
+        stop: &AtomicBool,
+        note: impl FnMut(&str),
+    ) -> Result<()> {
+        drive(&mut self, settings, locals, stop, note, |_| {})
+            .map_err(|e| Error::Host(format!("the path manager stopped: {e}")))
     }
 }

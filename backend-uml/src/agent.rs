@@ -98,6 +98,15 @@ fn setup(cmds: &Path) -> Result<TcpListener, String> {
         run_command(&argv)?;
     }
     record_mptcp(cmds);
+    // dropshim's path manager, when the device file chooses it: once per
+    // instance (a device reopen runs `configure` again, not this).
+    for line in text.lines() {
+        if let ["configure", path] = line.split('\t').collect::<Vec<_>>()[..] {
+            if let Some(said) = crate::guest_config::start_path_manager(Path::new(path))? {
+                eprintln!("dropshim-uml agent: {said}");
+            }
+        }
+    }
     let addr = SocketAddrV4::new(Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR), crate::BRIDGE_PORT);
     TcpListener::bind(addr).map_err(|e| format!("cannot listen on the private link {addr}: {e}"))
 }

@@ -48,6 +48,10 @@ const MPTCP_SCHEDULERS: &[(&str, &str)] = &[
         include_str!("../../kernel/mptcp-schedulers/0001-mptcp-dropshim-schedulers.patch"),
     ),
     (
+        "0002-mptcp-redundant-push.patch",
+        include_str!("../../kernel/mptcp-schedulers/0002-mptcp-redundant-push.patch"),
+    ),
+    (
         "dropshim_sched.h",
         include_str!("../../kernel/mptcp-schedulers/dropshim_sched.h"),
     ),
@@ -58,6 +62,10 @@ const MPTCP_SCHEDULERS: &[(&str, &str)] = &[
     (
         "sched_costaware.c",
         include_str!("../../kernel/mptcp-schedulers/sched_costaware.c"),
+    ),
+    (
+        "sched_redundant.c",
+        include_str!("../../kernel/mptcp-schedulers/sched_redundant.c"),
     ),
     (
         "sched_roundrobin.c",

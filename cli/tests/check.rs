@@ -154,7 +154,7 @@ fn scheduler_of_dropshims_kernels_on_uml_passes_and_unknown_one_fails_with_its_l
     assert!(text(&out.stdout).contains("scheduler costaware"));
 
     let bad = TempFile::new(
-        "[device]\nname = \"gw1\"\nbackend = \"lkl\"\n\n[mptcp]\nscheduler = \"redundant\"\n",
+        "[device]\nname = \"gw1\"\nbackend = \"lkl\"\n\n[mptcp]\nscheduler = \"fastest\"\n",
     );
     let out = check(&bad.0);
     let stderr = text(&out.stderr);
@@ -166,8 +166,8 @@ fn scheduler_of_dropshims_kernels_on_uml_passes_and_unknown_one_fails_with_its_l
         "{stderr}"
     );
     assert!(
-        first.contains("scheduler `redundant` is not offered by the lkl backend")
-            && first.contains("one of default, roundrobin, blest, costaware"),
+        first.contains("scheduler `fastest` is not offered by the lkl backend")
+            && first.contains("one of default, roundrobin, blest, costaware, redundant"),
         "{stderr}"
     );
 }

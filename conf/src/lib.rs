@@ -77,7 +77,7 @@ pub fn parse(text: &str, origin: &str) -> Result<DeviceConfig, ConfError> {
 /// The MPTCP packet schedulers built into the kernels dropshim builds for
 /// the uml and lkl backends (`kernel/mptcp-schedulers/` and the kernel's
 /// own `default`), in the order the kernel lists them.
-pub const BUILT_SCHEDULERS: &[&str] = &["default", "roundrobin", "blest", "costaware"];
+pub const BUILT_SCHEDULERS: &[&str] = &["default", "roundrobin", "blest", "costaware", "redundant"];
 
 /// Checks the file's `[mptcp] scheduler` against what its backend offers:
 /// `native` is what the host kernel lists in

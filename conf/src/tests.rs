@@ -618,7 +618,7 @@ fn scheduler_checked_against_what_the_backend_offers() {
         &d,
         6,
         "not offered by the uml backend",
-        "one of default, roundrobin, blest, costaware",
+        "one of default, roundrobin, blest, costaware, redundant",
     );
     assert!(d.message.contains("no backend offers it"), "{d}");
 

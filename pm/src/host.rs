@@ -1,19 +1,67 @@
-//! The path manager over the host kernel (native backend): the
-//! `mptcp_pm` command socket, the events group, the links read through
-//! rtnetlink and the cheap paths' load read from `/proc/net/tcp{,6}`.
+//! The path manager over the host kernel (native backend, and the uml
+//! guest agent inside its instance, where the "host" is the guest
+//! kernel): the `mptcp_pm` command socket, the events group, the links
+//! read through rtnetlink and the cheap paths' load read from
+//! `/proc/net/tcp{,6}`.
 
+use crate::stack::{drive, Stack};
 use crate::{Commands, LocalAddr, Planner, Settings};
-use dropshim_conf::PmPolicy;
-use dropshim_netlink::mptcp::Events;
+use dropshim_netlink::mptcp::{Event, Events, MptcpPm};
+use dropshim_netlink::route::Rtnl;
 use dropshim_netlink::{HostSocket, Protocol};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
-/// How often links and load are looked at.
-pub const TICK: Duration = Duration::from_millis(100);
+pub use crate::stack::TICK;
+
+/// The kernel this process runs on, as a [`Stack`].
+pub struct HostStack {
+    pm: MptcpPm<HostSocket>,
+    events: Events<HostSocket>,
+    rtnl: Rtnl<HostSocket>,
+}
+
+impl HostStack {
+    /// Opens the command socket, joins the events group and opens
+    /// rtnetlink.
+    pub fn open() -> io::Result<Self> {
+        let pm = dropshim_netlink::host_mptcp_pm()?;
+        let events = Events::subscribe(HostSocket::open(Protocol::Generic)?, pm.family())?;
+        let rtnl = dropshim_netlink::host_rtnl()?;
+        Ok(HostStack { pm, events, rtnl })
+    }
+}
+
+impl Stack for HostStack {
+    fn events(&mut self, timeout: Duration) -> io::Result<Vec<Event>> {
+        let fd = self.events.transport().as_raw_fd();
+        if readable(fd, timeout)? {
+            self.events.wait()
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn links(&mut self) -> io::Result<Vec<(u32, bool)>> {
+        Ok(self
+            .rtnl
+            .links()?
+            .into_iter()
+            .map(|l| (l.index, l.up))
+            .collect())
+    }
+
+    fn unacked(&mut self, addrs: &[IpAddr]) -> u64 {
+        unacked_bytes(addrs)
+    }
+
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.pm
+    }
+}
 
 /// Runs the path manager on the host kernel until `stop` is set. `tick`
 /// is called about every [`TICK`] with the planner (for a heartbeat or a
@@ -22,51 +70,17 @@ pub fn run(
     settings: Settings,
     locals: Vec<LocalAddr>,
     stop: &AtomicBool,
-    mut tick: impl FnMut(&Planner),
+    tick: impl FnMut(&Planner),
 ) -> io::Result<()> {
-    let mut pm = dropshim_netlink::host_mptcp_pm()?;
-    let mut events = Events::subscribe(HostSocket::open(Protocol::Generic)?, pm.family())?;
-    let mut rtnl = dropshim_netlink::host_rtnl()?;
-    let mut planner = Planner::new(settings, locals);
-    let mut last_tick = Instant::now() - TICK;
-    while !stop.load(Ordering::Relaxed) {
-        let fd = events.transport().as_raw_fd();
-        if readable(fd, TICK)? {
-            match events.wait() {
-                Ok(list) => {
-                    let now = Instant::now();
-                    for e in list {
-                        planner.event(&e, now, &mut pm as &mut dyn Commands);
-                    }
-                }
-                // A burst overflowed the socket buffer: state is rebuilt
-                // from later events; links and load are polled anyway.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    eprintln!("dropshim pm: events were lost (socket buffer full)");
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let now = Instant::now();
-        if now.duration_since(last_tick) >= TICK {
-            last_tick = now;
-            let links: Vec<(u32, bool)> =
-                rtnl.links()?.into_iter().map(|l| (l.index, l.up)).collect();
-            planner.links(&links, now, &mut pm);
-            if settings.policy == PmPolicy::Costaware {
-                let cheap = planner.cheapest();
-                let unacked = unacked_bytes(&cheap);
-                planner.load(unacked, now, &mut pm);
-            }
-            planner.reconcile(now, &mut pm);
-            for e in planner.take_errors() {
-                eprintln!("dropshim pm: {e}");
-            }
-            tick(&planner);
-        }
-    }
-    Ok(())
+    let mut stack = HostStack::open()?;
+    drive(
+        &mut stack,
+        settings,
+        locals,
+        stop,
+        |line| eprintln!("dropshim pm: {line}"),
+        tick,
+    )
 }
 
 /// Waits up to `timeout` for `fd` to become readable.

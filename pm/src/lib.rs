@@ -9,8 +9,10 @@
 //! `mptcp_pm` commands (subflow create and destroy, announce, set flags /
 //! MP_PRIO) through [`Commands`], which the netlink layer's
 //! [`MptcpPm`] implements over any [`Transport`]. Nothing here knows
-//! which kernel it talks to: the host's (native, [`host::run`]), a uml
-//! guest's or the library kernel's.
+//! which kernel it talks to: [`stack::drive`] runs it on any
+//! [`stack::Stack`], the host's (native, [`host::run`]), a uml guest's
+//! (the guest agent runs [`host::run`] inside the instance) or the
+//! library kernel's (backend-lkl, in the program's process).
 //!
 //! Policies (see [`dropshim_conf::PmPolicy`]):
 //!
@@ -42,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod host;
+pub mod stack;
 
 use dropshim_conf::{DeviceConfig, PmPolicy};
 use dropshim_netlink::mptcp::{addr_attrs, EndpointFlags, Event, EventKind, MptcpPm};

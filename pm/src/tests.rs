@@ -382,3 +382,95 @@ fn device_file_gives_ids_backup_and_cost() {
     assert_eq!(s.policy, PmPolicy::Backup);
     assert_eq!(s.subflows, DEFAULT_SUBFLOWS);
 }
+
+/// A kernel made of queued answers: events per wait, links per poll.
+struct FakeStack<'a> {
+    events: Vec<io::Result<Vec<Event>>>,
+    links: Vec<(u32, bool)>,
+    log: Log,
+    waits: usize,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl crate::stack::Stack for FakeStack<'_> {
+    fn events(&mut self, _timeout: Duration) -> io::Result<Vec<Event>> {
+        self.waits += 1;
+        if self.events.is_empty() {
+            self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Vec::new());
+        }
+        self.events.remove(0)
+    }
+    fn links(&mut self) -> io::Result<Vec<(u32, bool)>> {
+        Ok(self.links.clone())
+    }
+    fn unacked(&mut self, _addrs: &[IpAddr]) -> u64 {
+        0
+    }
+    fn commands(&mut self) -> &mut dyn Commands {
+        &mut self.log
+    }
+}
+
+#[test]
+fn drive_feeds_events_to_the_policy_and_survives_timeouts_and_lost_events() {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut stack = FakeStack {
+        events: vec![
+            Err(io::Error::from(io::ErrorKind::WouldBlock)),
+            Ok(vec![
+                ev(EventKind::Created, 7, "198.18.1.1:40000", "198.18.1.2:5201"),
+                ev(
+                    EventKind::Established,
+                    7,
+                    "198.18.1.1:40000",
+                    "198.18.1.2:5201",
+                ),
+            ]),
+            Err(io::Error::from_raw_os_error(libc::ENOBUFS)),
+        ],
+        links: vec![(11, true), (12, true)],
+        log: Log::default(),
+        waits: 0,
+        stop: &stop,
+    };
+    let mut notes = Vec::new();
+    crate::stack::drive(
+        &mut stack,
+        settings(PmPolicy::Ndiffports),
+        vec![local(1, false, 0), local(2, false, 0)],
+        &stop,
+        |l| notes.push(l.to_string()),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(stack.waits, 4);
+    let creates: Vec<&String> = stack
+        .log
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("create 7 198.18.1.1#1 -> 198.18.1.2:5201"))
+        .collect();
+    assert_eq!(creates.len(), 3, "{:?}", stack.log.calls);
+    assert_eq!(notes, ["events were lost (socket buffer full)"]);
+
+    // Any other error ends the loop with it.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut stack = FakeStack {
+        events: vec![Err(io::Error::from_raw_os_error(libc::EBADF))],
+        links: Vec::new(),
+        log: Log::default(),
+        waits: 0,
+        stop: &stop,
+    };
+    let err = crate::stack::drive(
+        &mut stack,
+        settings(PmPolicy::Fullmesh),
+        vec![local(1, false, 0)],
+        &stop,
+        |_| {},
+        |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+}

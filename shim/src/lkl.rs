@@ -94,6 +94,11 @@ use std::sync::Arc;
 struct Kernel {
     lkl: Lkl,
     pid: libc::pid_t,
+    /// dropshim's path manager for this kernel, when the device file
+    /// chooses `path_manager = "userspace"`: its policy and the library
+    /// kernel's local addresses. It runs on its own thread, started once
+    /// the kernel is in place ([`start_path_manager`]).
+    pm: Option<(dropshim_pm::Settings, Vec<dropshim_pm::LocalAddr>)>,
 }
 
 static KERNEL: OnceCell<Result<Kernel, String>> = OnceCell::new();
@@ -128,7 +133,12 @@ fn live() -> Option<&'static Lkl> {
 fn kernel(config: &DeviceConfig) -> Result<&'static Lkl, Errno> {
     let k = KERNEL.get_or_init(|| boot(config).map_err(|e| format!("lkl: {e}")));
     match k {
-        Ok(_) => live().ok_or(Errno(libc::EPROTONOSUPPORT)),
+        Ok(k) => {
+            let lkl = live().ok_or(Errno(libc::EPROTONOSUPPORT))?;
+            static PM: std::sync::Once = std::sync::Once::new();
+            PM.call_once(|| start_path_manager(lkl, k));
+            Ok(lkl)
+        }
         Err(e) => {
             static SAID: AtomicBool = AtomicBool::new(false);
             if !SAID.swap(true, Ordering::Relaxed) {
@@ -205,7 +215,58 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
         libc::atexit(flush_at_exit);
         libc::getpid()
     };
-    Ok(Kernel { lkl, pid })
+    let pm = path_manager(config, &devices);
+    Ok(Kernel { lkl, pid, pm })
+}
+
+/// The path manager's settings and local addresses, when the device file
+/// chooses dropshim's userspace path manager; `devices[i]` is the library
+/// kernel's interface for the file's i-th one.
+fn path_manager(
+    config: &DeviceConfig,
+    devices: &[dropshim_backend_lkl::Interface],
+) -> Option<(dropshim_pm::Settings, Vec<dropshim_pm::LocalAddr>)> {
+    if config.mptcp.path_manager != Some(dropshim_conf::PathManager::Userspace) {
+        return None;
+    }
+    let settings = dropshim_pm::Settings::from_config(config)?;
+    let (locals, _) = dropshim_pm::locals_from(config, |name| {
+        let i = config.interfaces.iter().position(|f| f.name == name)?;
+        devices.get(i).map(|d| d.ifindex as u32)
+    });
+    Some((settings, locals))
+}
+
+/// Starts dropshim's path manager on its own thread, driving the library
+/// kernel's MPTCP for the life of the process (a no-op without one).
+fn start_path_manager(lkl: &'static Lkl, k: &'static Kernel) {
+    let Some((settings, locals)) = k.pm.clone() else {
+        return;
+    };
+    let policy = settings.policy.as_str();
+    // Joined here, before the first connection: its events are not missed.
+    let stack = match dropshim_backend_lkl::LklStack::open(lkl) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("lkl: the path manager cannot start: {e}; connections get no subflows beyond the first");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("dropshim-pm".into())
+        .spawn(move || {
+            static STOP: AtomicBool = AtomicBool::new(false);
+            let note = |line: &str| log::warning!("lkl path manager: {line}");
+            if let Err(e) = stack.run_path_manager(settings, locals, &STOP, note) {
+                log::error!("lkl: {e}; connections keep their subflows but get no new ones");
+            }
+        });
+    match spawned {
+        Ok(_) => log::info!("lkl: path manager started (policy {policy})"),
+        Err(e) => log::error!(
+            "lkl: cannot start the path manager thread ({e}); connections get no subflows beyond the first"
+        ),
+    }
 }
 
 /// Makes the library kernel announce `ifindex`'s addresses now (with

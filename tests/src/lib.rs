@@ -11,6 +11,7 @@ pub mod lkl;
 pub mod reliability;
 pub mod stack;
 pub mod uml;
+pub mod upload;
 
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -153,12 +154,15 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     Ok(out)
 }
 
-/// Device-file additions for tests of schedulers: `[mptcp] scheduler` and
-/// a `cost` per interface (by position in the file).
+/// Device-file additions for tests of schedulers and path managers:
+/// `[mptcp] scheduler`, a `cost` per interface (by position in the file)
+/// and dropshim's userspace path manager (`pm`: the lines of its
+/// `[mptcp.userspace]` table, e.g. `policy = "fullmesh"`).
 #[derive(Debug, Default, Clone)]
 pub struct DeviceExtra {
     pub scheduler: Option<String>,
     pub costs: Vec<Option<u32>>,
+    pub pm: Option<String>,
 }
 
 impl DeviceExtra {
@@ -170,12 +174,16 @@ impl DeviceExtra {
         }
     }
 
-    /// Lines to add to the `[mptcp]` table.
+    /// Lines to add at the end of the `[mptcp]` table (the file's last).
     pub fn mptcp_lines(&self) -> String {
-        match &self.scheduler {
-            Some(s) => format!("scheduler = \"{s}\"\n"),
-            None => String::new(),
+        let mut out = String::new();
+        if let Some(s) = &self.scheduler {
+            out += &format!("scheduler = \"{s}\"\n");
         }
+        if let Some(pm) = &self.pm {
+            out += &format!("path_manager = \"userspace\"\n\n[mptcp.userspace]\n{pm}\n");
+        }
+        out
     }
 }
 

@@ -3,286 +3,20 @@
 //! `net.mptcp.available_schedulers`, and each, selected with `[mptcp]
 //! scheduler` in the device file, shows its behaviour in the bytes every
 //! subflow carried. The client in gw1 runs on the stack under test and
-//! uploads to a native MPTCP server in gw2, which reads every subflow's
-//! `tcpi_bytes_received` from its own socket (MPTCP_TCPINFO, MPTCP_ADDRS)
-//! and the sha256 of what arrived; the client checks that digest against
-//! what it sent.
+//! uploads to a native MPTCP server in gw2 that reports the bytes of each
+//! subflow and the sha256 of what arrived (`dropshim_tests::upload`).
 
 use anyhow::{bail, ensure, Context, Result};
-use dropshim_testbed::{Options, Spec, Testbed};
-use dropshim_tests::lkl::{liblkl, lkl_node_extra, on_lkl, LklNode};
-use dropshim_tests::reliability::Lines;
+use dropshim_tests::lkl::liblkl;
 use dropshim_tests::uml::{guest_mptcp, UmlDevice};
+use dropshim_tests::upload::{gw2_link, testbed, Gw1 as Stack, Kind, Upload, MIB};
 use dropshim_tests::*;
-use std::collections::HashMap;
-use std::process::Command;
-use std::time::Duration;
-
-const SHORT: Duration = Duration::from_secs(20);
-const TRANSFER: Duration = Duration::from_secs(180);
-
-/// The native MPTCP server in gw2: one connection; once it has two
-/// subflows (polled, at most 10 s) it tells the client to go; reads to
-/// EOF; prints
-/// `progress N` every STEP bytes, then `done SHA256 TOTAL ADDR=BYTES ...`
-/// with the bytes the subflows from each client address received (every
-/// subflow ends at gw2's link-1 address; the testbed's source routing
-/// sends each over the link of its client address) (the largest
-/// value seen over the transfer, so a subflow closed before the end still
-/// counts), and answers with the raw digest.
-const SERVER_PY: &str = r##"import ctypes, hashlib, socket, struct, sys, time
-SOL_MPTCP, MPTCP_TCPINFO, MPTCP_ADDRS = 284, 2, 3
-libc = ctypes.CDLL(None, use_errno=True)
-
-def subflow_data(fd, opt, elem, count=8):
-    buf = ctypes.create_string_buffer(16 + count * elem)
-    struct.pack_into("IIII", buf, 0, 16, 0, 0, elem)
-    ln = ctypes.c_int(len(buf))
-    if libc.getsockopt(fd, SOL_MPTCP, opt, buf, ctypes.byref(ln)) != 0:
-        raise OSError(ctypes.get_errno(), "getsockopt")
-    _, num, _, usize = struct.unpack_from("IIII", buf, 0)
-    raw = buf.raw
-    return [raw[16 + i * usize:16 + (i + 1) * usize] for i in range(min(num, count))]
-
-def remote_ip(entry):
-    # struct mptcp_subflow_addrs: local, then remote, 128 bytes each
-    family = struct.unpack_from("H", entry, 128)[0]
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, entry[132:136])
-    return socket.inet_ntop(socket.AF_INET6, entry[136:152])
-
-best = {}
-def sample(fd):
-    infos = subflow_data(fd, MPTCP_TCPINFO, 256)
-    addrs = subflow_data(fd, MPTCP_ADDRS, 256)
-    now = {}
-    for info, addr in zip(infos, addrs):
-        ip = remote_ip(addr)
-        now[ip] = now.get(ip, 0) + struct.unpack_from("Q", info, 128)[0]
-    for ip, n in now.items():
-        best[ip] = max(best.get(ip, 0), n)
-
-host, port, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-l = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((host, port))
-l.listen(4)
-print("listening", flush=True)
-c, _ = l.accept()
-# the client sends once both subflows are up (or after 10 s): every byte
-# then had the choice of both links
-deadline = time.monotonic() + 10
-while len(subflow_data(c.fileno(), MPTCP_TCPINFO, 256)) < 2 and time.monotonic() < deadline:
-    time.sleep(0.005)
-c.sendall(b"g")
-h = hashlib.sha256()
-total, mark = 0, step
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    total += len(b)
-    if total >= mark:
-        sample(c.fileno())
-        print("progress", total, flush=True)
-        mark += step
-sample(c.fileno())
-print("done", h.hexdigest(), total, " ".join("%s=%d" % kv for kv in sorted(best.items())), flush=True)
-c.sendall(h.digest())
-c.close()
-"##;
-
-/// The client on the stack under test: waits for the server's go (both
-/// subflows joined), sends SIZE pseudo-random bytes
-/// (seeded), at most RATE bytes/s when RATE > 0, half-closes, and prints
-/// `sent SHA256 peer DIGEST` (the digest the server answered with).
-const CLIENT_PY: &str = r##"import hashlib, random, socket, sys, time
-host, port, size, rate, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-rng = random.Random(seed)
-s = socket.create_connection((host, port))
-if s.recv(1) != b"g":
-    sys.exit("the server did not say go")
-h = hashlib.sha256()
-sent, t0 = 0, time.monotonic()
-while sent < size:
-    n = min(1 << 16, size - sent)
-    b = rng.randbytes(n)
-    s.sendall(b)
-    h.update(b)
-    sent += n
-    if rate > 0:
-        ahead = t0 + sent / rate - time.monotonic()
-        if ahead > 0:
-            time.sleep(ahead)
-s.shutdown(socket.SHUT_WR)
-got = b""
-while len(got) < 32:
-    b = s.recv(32 - len(got))
-    if not b:
-        break
-    got += b
-print("sent", h.hexdigest(), "peer", got.hex(), flush=True)
-"##;
-
-const MIB: u64 = 1 << 20;
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    Uml,
-    Lkl,
-}
-
-/// gw1 on the stack under test, with the device file it runs.
-enum Stack {
-    Uml(UmlDevice),
-    Lkl(LklNode),
-}
-
-impl Stack {
-    fn up(tb: &Testbed, kind: Kind, tag: &str, extra: &DeviceExtra) -> Result<Stack> {
-        Ok(match kind {
-            Kind::Uml => Stack::Uml(UmlDevice::up_with(tb, "gw1", &[1, 2], tag, extra)?),
-            Kind::Lkl => Stack::Lkl(lkl_node_extra(tb, r#""subflow""#, false, extra)?),
-        })
-    }
-
-    /// `program` in gw1 on this stack.
-    fn command(&self, tb: &Testbed, program: &str) -> Result<Command> {
-        match self {
-            Stack::Uml(dev) => {
-                let mut cmd = tb.command("gw1", program)?;
-                cmd.env("LD_PRELOAD", shim_path())
-                    .env("DROPSHIM_CONFIG", dev.config())
-                    .env_remove("DROPSHIM_BACKEND")
-                    .env_remove("DROPSHIM_LOG");
-                Ok(cmd)
-            }
-            Stack::Lkl(node) => on_lkl(tb, node, program),
-        }
-    }
-}
-
-fn testbed(rate_mbit: Option<u32>) -> Result<Testbed> {
-    Ok(Testbed::up(
-        &Spec::builtin("two-gateways")?,
-        &Options {
-            rate_mbit,
-            ..Options::default()
-        },
-    )?)
-}
-
-/// What the server reported: per client address (gw1's address on each
-/// link), the bytes its subflows received, and the total.
-struct Split {
-    per_addr: HashMap<String, u64>,
-    total: u64,
-}
-
-impl Split {
-    fn share(&self, tb: &Testbed, link: u32) -> Result<f64> {
-        let addr = tb.addr4("gw1", link)?.to_string();
-        let got = self.per_addr.get(&addr).copied().unwrap_or(0);
-        Ok(got as f64 / self.total.max(1) as f64)
-    }
-}
-
-/// An upload from gw1 (on `stack`) to the server in gw2, checked intact.
-struct Upload {
-    server: Lines,
-    client: Lines,
-    size: u64,
-}
-
-impl Upload {
-    fn start(tb: &Testbed, stack: &Stack, size: u64, rate: u64, step: u64) -> Result<Upload> {
-        let port = unique_port();
-        let ip = tb.addr4("gw2", 1)?;
-        let mut srv = tb.command("gw2", "python3")?;
-        srv.args(["-c", SERVER_PY, &ip.to_string(), &port.to_string()])
-            .arg(step.to_string());
-        let server = Lines::spawn(&mut srv, "the MPTCP server in gw2")?;
-        server.expect("listening", SHORT)?;
-        let mut cli = stack.command(tb, "python3")?;
-        cli.args(["-c", CLIENT_PY, &ip.to_string(), &port.to_string()])
-            .arg(size.to_string())
-            .arg(rate.to_string())
-            .arg(std::process::id().to_string());
-        let client = Lines::spawn(&mut cli, "the client on the stack")?;
-        Ok(Upload {
-            server,
-            client,
-            size,
-        })
-    }
-
-    /// Waits for the server to have received at least `bytes`.
-    fn wait_progress(&self, bytes: u64) -> Result<()> {
-        loop {
-            let line = self.server.expect("progress ", TRANSFER)?;
-            let n: u64 = line["progress ".len()..].trim().parse()?;
-            if n >= bytes {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Waits for the end: both digests must match what was sent.
-    fn finish(self) -> Result<Split> {
-        let done = self.server.expect("done ", TRANSFER)?;
-        let (status, lines, stderr) = self.client.finish(TRANSFER)?;
-        ensure!(status.success(), "the client failed ({status}): {stderr}");
-        let sent = lines
-            .iter()
-            .find(|l| l.starts_with("sent "))
-            .with_context(|| format!("the client printed no digest: {lines:?} {stderr}"))?;
-        let words: Vec<&str> = sent.split_whitespace().collect();
-        ensure!(words.len() == 4, "odd client line {sent:?}");
-        let (sent_sha, peer_sha) = (words[1], words[3]);
-        let fields: Vec<&str> = done.split_whitespace().collect();
-        ensure!(fields.len() >= 3, "odd server line {done:?}");
-        ensure!(
-            fields[1] == sent_sha && peer_sha == sent_sha,
-            "bytes changed on the way: sent {sent_sha}, server got {}, client heard {peer_sha}",
-            fields[1]
-        );
-        let total: u64 = fields[2].parse()?;
-        ensure!(
-            total == self.size,
-            "server got {total} bytes of {}",
-            self.size
-        );
-        let mut per_addr = HashMap::new();
-        for kv in &fields[3..] {
-            let (addr, n) = kv.split_once('=').context("odd per-subflow field")?;
-            per_addr.insert(addr.to_string(), n.parse()?);
-        }
-        Ok(Split { per_addr, total })
-    }
-}
-
-/// Cuts or restores link `link` at gw2's end (gw1's end may belong to the
-/// stack under test).
-fn gw2_link(tb: &Testbed, link: u32, up: bool) -> Result<()> {
-    let ifname = tb.ifname("gw2", link)?.to_string();
-    run_ok(
-        tb.command("gw2", "ip")?.args([
-            "link",
-            "set",
-            "dev",
-            &ifname,
-            if up { "up" } else { "down" },
-        ]),
-        SHORT,
-    )?;
-    Ok(())
-}
 
 fn extra(scheduler: &str, costs: &[Option<u32>]) -> DeviceExtra {
     DeviceExtra {
         scheduler: Some(scheduler.to_string()),
         costs: costs.to_vec(),
+        ..DeviceExtra::default()
     }
 }
 
@@ -357,7 +91,7 @@ fn roundrobin_splits_evenly(kind: Kind) -> Result<()> {
             (0.35..=0.65).contains(&share),
             "{kind:?} roundrobin: link {link} carried {:.1} % of the bytes ({:?})",
             share * 100.0,
-            split.per_addr
+            split.per_addr()
         );
     }
     Ok(())
@@ -398,7 +132,7 @@ fn costaware_keeps_to_the_cheap_link(kind: Kind) -> Result<()> {
         costly < 0.05,
         "{kind:?} costaware: the costly link carried {:.1} % while the cheap one had room ({:?})",
         costly * 100.0,
-        split.per_addr
+        split.per_addr()
     );
 
     let up = Upload::start(&tb, &stack, 3 * MIB, rate, MIB / 4)?;
@@ -416,7 +150,7 @@ fn costaware_keeps_to_the_cheap_link(kind: Kind) -> Result<()> {
         costly > 0.5,
         "{kind:?} costaware: after the cheap link was cut the costly one carried only {:.1} % ({:?})",
         costly * 100.0,
-        split.per_addr
+        split.per_addr()
     );
     Ok(())
 }
@@ -446,18 +180,18 @@ fn blest_prefers_the_fast_link(kind: Kind) -> Result<()> {
     eprintln!(
         "{kind:?} blest: fast link carried {:.1} % ({:?})",
         fast * 100.0,
-        split.per_addr
+        split.per_addr()
     );
     ensure!(
         fast >= 0.6,
         "{kind:?} blest: the fast link carried only {:.1} % ({:?})",
         fast * 100.0,
-        split.per_addr
+        split.per_addr()
     );
-    if split.per_addr.len() < 2 {
+    if split.per_addr().len() < 2 {
         bail!(
             "{kind:?} blest: only one subflow reached gw2 ({:?})",
-            split.per_addr
+            split.per_addr()
         );
     }
     Ok(())
@@ -471,4 +205,58 @@ fn uml_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
 #[test]
 fn lkl_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
     blest_prefers_the_fast_link(Kind::Lkl)
+}
+
+/// redundant on two equal links (200 Mbit/s each): every byte goes out on
+/// both subflows, so each carries at least 90 % of the bytes (counted at
+/// the peer, where the copies arrive; the connection keeps one). Then, in
+/// a second upload, link 2 is cut at a quarter: the transfer completes
+/// intact, and link 1 has carried it all.
+fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
+    let tb = testbed(Some(200))?;
+    let stack = Stack::up(&tb, kind, "rd", &extra("redundant", &[]))?;
+    let split = Upload::start(&tb, &stack, 32 * MIB, 0, 4 * MIB)?.finish()?;
+    for link in [1, 2] {
+        let share = split.share(&tb, link)?;
+        eprintln!(
+            "{kind:?} redundant: link {link} carried {:.1} % of the bytes",
+            share * 100.0
+        );
+        ensure!(
+            share >= 0.9,
+            "{kind:?} redundant: link {link} carried only {:.1} % of the bytes ({:?})",
+            share * 100.0,
+            split.subflows
+        );
+    }
+
+    let up = Upload::start(&tb, &stack, 16 * MIB, 0, MIB)?;
+    up.wait_progress(4 * MIB)?;
+    gw2_link(&tb, 2, false)?;
+    let split = up.finish();
+    gw2_link(&tb, 2, true)?;
+    let split = split?;
+    let (one, two) = (split.share(&tb, 1)?, split.share(&tb, 2)?);
+    eprintln!(
+        "{kind:?} redundant, link 2 cut at 4 MiB of 16: link 1 carried {:.1} %, link 2 {:.1} %",
+        one * 100.0,
+        two * 100.0
+    );
+    ensure!(
+        one >= 0.9,
+        "{kind:?} redundant: after link 2 was cut link 1 carried only {:.1} % ({:?})",
+        one * 100.0,
+        split.subflows
+    );
+    Ok(())
+}
+
+#[test]
+fn uml_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
+    redundant_sends_everything_on_both(Kind::Uml)
+}
+
+#[test]
+fn lkl_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
+    redundant_sends_everything_on_both(Kind::Lkl)
 }

@@ -1,0 +1,118 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dropshim MPTCP scheduler "redundant": every active subflow carries every
+ * byte of the connection, so a lost or cut path costs no retransmission
+ * delay while another path is up. The scheduler picks the subflow new data
+ * leaves on first (one with send-buffer room, the lowest RTT); the core
+ * then sends the same range again on every other active subflow (the
+ * redundant push of 0002-mptcp-redundant-push.patch, enabled by
+ * msk->dropshim_redundant). New data waits until every live subflow has
+ * carried what went before, so the connection goes at the pace of its
+ * slowest path; a subflow that looks cut (data outstanding, no ACK for an
+ * RTO) stops holding it back. Backup subflows are used only while no other
+ * subflow is active.
+ */
+#define pr_fmt(fmt) "MPTCP redundant: " fmt
+
+#include <linux/init.h>
+#include "dropshim_sched.h"
+
+static void redundant_init(struct mptcp_sock *msk)
+{
+	WRITE_ONCE(msk->dropshim_redundant, true);
+}
+
+static void redundant_release(struct mptcp_sock *msk)
+{
+	WRITE_ONCE(msk->dropshim_redundant, false);
+}
+
+/* The subflow has not yet carried everything sent so far (what the peer
+ * has acknowledged at the connection level counts as carried).
+ */
+static bool redundant_behind(const struct mptcp_sock *msk,
+			     const struct mptcp_subflow_context *subflow)
+{
+	return before64(dropshim_red_from(msk, subflow), msk->snd_nxt);
+}
+
+/* Data outstanding and no ACK for longer than the retransmission timeout
+ * (before its backoff, so that the answer does not flip back as the timer
+ * backs off): the path looks cut. Such a subflow holds nothing back (the
+ * kernel marks it stale a little later, after a few such timeouts).
+ */
+static bool redundant_looks_dead(const struct sock *ssk)
+{
+	const struct inet_connection_sock *icsk = inet_csk(ssk);
+	const struct tcp_sock *tp = tcp_sk(ssk);
+	u32 silent = tcp_jiffies32 - READ_ONCE(tp->rcv_tstamp);
+	u32 rto = max_t(u32, icsk->icsk_rto >> min_t(u8, icsk->icsk_backoff, 31),
+			TCP_RTO_MIN);
+
+	return READ_ONCE(tp->packets_out) && silent > rto;
+}
+
+/* a is a better first carrier of new data than b */
+static bool redundant_better(const struct mptcp_sock *msk,
+			     struct mptcp_subflow_context *a,
+			     struct mptcp_subflow_context *b)
+{
+	bool a_current = !redundant_behind(msk, a);
+	bool b_current = !redundant_behind(msk, b);
+
+	if (a_current != b_current)
+		return a_current;
+	return dropshim_srtt_us(mptcp_subflow_tcp_sock(a)) <
+	       dropshim_srtt_us(mptcp_subflow_tcp_sock(b));
+}
+
+static int redundant_get_subflow(struct mptcp_sock *msk,
+				 struct mptcp_sched_data *data)
+{
+	struct mptcp_subflow_context *subflow, *best = NULL;
+	bool any_active = false;
+	int pass;
+
+	if (data->reinject)
+		return dropshim_schedule_reinject(msk);
+
+	/* pass 0: regular subflows; pass 1: backups, if no regular one is up */
+	for (pass = 0; pass < 2 && !any_active; pass++) {
+		mptcp_for_each_subflow(msk, subflow) {
+			struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
+
+			if (dropshim_subflow_backup(subflow) != (pass == 1))
+				continue;
+			if (!mptcp_subflow_active(subflow))
+				continue;
+			any_active = true;
+			/* new data waits for a live subflow still copying */
+			if (redundant_behind(msk, subflow) &&
+			    !redundant_looks_dead(ssk))
+				return -EINVAL;
+			if (!sk_stream_memory_free(ssk))
+				continue;
+			if (!best || redundant_better(msk, subflow, best))
+				best = subflow;
+		}
+	}
+	if (!best)
+		return -EINVAL;
+
+	dropshim_schedule(msk, mptcp_subflow_tcp_sock(best));
+	return 0;
+}
+
+static struct mptcp_sched_ops redundant_sched = {
+	.get_subflow	= redundant_get_subflow,
+	.init		= redundant_init,
+	.release	= redundant_release,
+	.name		= "redundant",
+	.owner		= THIS_MODULE,
+};
+
+static int __init redundant_register(void)
+{
+	return mptcp_register_scheduler(&redundant_sched);
+}
+late_initcall(redundant_register);
