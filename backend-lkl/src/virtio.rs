@@ -281,9 +281,10 @@ impl NetDevice {
 
     fn tx_has_work(&self) -> bool {
         match self.queues[1].lock() {
-            // SAFETY: avail ring of a ready queue.
             Ok(q) => {
-                q.ready && unsafe { ring_u16(q.avail, 2) }.load(Ordering::Acquire) != q.last_avail
+                q.ready
+                    // SAFETY: avail ring of a ready queue.
+                    && unsafe { ring_u16(q.avail, 2) }.load(Ordering::Acquire) != q.last_avail
             }
             Err(_) => false,
         }

@@ -60,8 +60,8 @@ fn rows(csv: &str) -> Vec<std::collections::HashMap<String, String>> {
 
 #[test]
 fn quick_bench_writes_every_scenario_with_mptcp_proven() {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "this test builds network namespaces: run it as root"

@@ -547,8 +547,9 @@ fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<(
             .map(|s| s.len() == 3)
             .unwrap_or(false)
     })?;
-    // SAFETY: kill(2) on the daemon's pid, read from `dropshim status`.
     ensure!(
+        // SAFETY: kill(2) on the daemon's pid, read from `dropshim status`;
+        // no memory is passed.
         unsafe { libc::kill(pid, libc::SIGKILL) } == 0,
         "cannot kill {pid}"
     );

@@ -147,8 +147,9 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
     let client = load_client_uml(&tb, &dev, &scripts, port, (conns, 1, 1 << 30), server.pid())?;
     client.expect("connected=", SHORT)?;
     let kernel = dev.kernel_pid()?;
-    // SAFETY: SIGKILL to the UML kernel this test started.
     ensure!(
+        // SAFETY: SIGKILL to the UML kernel this test started; no memory
+        // is passed.
         unsafe { libc::kill(kernel, libc::SIGKILL) } == 0,
         "could not kill the UML kernel {kernel}"
     );
