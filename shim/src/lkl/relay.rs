@@ -18,8 +18,8 @@
 //! relay back to its owner. Each direction is run by one loop only.
 //!
 //! Per message, each direction enters the library kernel as few times
-//! as it can (every entry is a hand-off between the calling thread and
-//! its kernel task): the host loop one send, the library loop its epoll
+//! as it can (an entry that finds another thread's task current
+//! switches tasks): the host loop one send, the library loop its epoll
 //! report and one recv. A read that does not fill the buffer ends an
 //! edge-triggered turn instead of reading again for EAGAIN, and a
 //! destination's writability is watched only while it is full, so that

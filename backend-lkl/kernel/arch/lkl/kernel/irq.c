@@ -2,21 +2,22 @@
 /*
  * Interrupts raised by host threads.
  *
- * Host threads never run kernel code: lkl_trigger_irq() only sets a bit
- * and, if nothing was pending, wakes the idle task. Pending interrupts run
- * on whichever task's thread next enables interrupts, or in the idle loop.
+ * lkl_trigger_irq() sets a pending bit. If the CPU is free (the current
+ * task parked, see cpu.c), the raising host thread takes it and runs the
+ * handlers itself, as the parked task; otherwise the thread holding the
+ * CPU runs them when it next enables interrupts or releases the CPU.
  */
 #include <linux/hardirq.h>
 #include <linux/interrupt.h>
 #include <linux/irq.h>
 #include <linux/irqdesc.h>
 #include <linux/sched.h>
+#include <linux/sched/task.h>
 #include <asm/irq_regs.h>
 #include "lkl.h"
 
 static unsigned long irq_pending;
 static unsigned long irqs_enabled;
-void *lkl_idle_sem;
 
 /*
  * The register frame interrupt handlers see. There are no registers to
@@ -32,9 +33,18 @@ void lkl_trigger_irq(int irq)
 
 	if (irq <= 0 || irq >= NR_IRQS)
 		return;
+	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
+		return;
 	old = __atomic_fetch_or(&irq_pending, 1UL << irq, __ATOMIC_SEQ_CST);
-	if (!old)
-		lkl_ops->sem_up(lkl_idle_sem);
+	if (old & (1UL << irq))
+		return;		/* already raised: whoever runs it runs ours */
+	if (lkl_cpu_trylock())
+		lkl_cpu_serve_and_release();
+}
+
+int lkl_irq_pending(void)
+{
+	return __atomic_load_n(&irq_pending, __ATOMIC_SEQ_CST) != 0;
 }
 
 static void run_irqs(void)
@@ -60,6 +70,16 @@ static void run_irqs(void)
 	irqs_enabled = 1;
 }
 
+/* For the holder of the CPU while the current task is parked. */
+void lkl_run_pending_irqs(void)
+{
+	unsigned long flags = irqs_enabled;
+
+	if (__atomic_load_n(&irq_pending, __ATOMIC_SEQ_CST))
+		run_irqs();
+	irqs_enabled = flags;
+}
+
 unsigned long arch_local_save_flags(void)
 {
 	return irqs_enabled;
@@ -72,14 +92,25 @@ void arch_local_irq_restore(unsigned long flags)
 		run_irqs();
 }
 
-/* Called with interrupts disabled; returns with them disabled (6.3+). */
+/*
+ * Called with interrupts disabled; returns with them disabled (6.3+).
+ * Parks the idle task and frees the CPU; a host thread that finds
+ * something to run hands the CPU back through the idle task's semaphore
+ * (lkl_cpu_hand_to_idle), and the idle loop schedules it.
+ */
 void arch_cpu_idle(void)
 {
-	while (!__atomic_load_n(&irq_pending, __ATOMIC_SEQ_CST)) {
-		lkl_ops->sem_down(lkl_idle_sem);
-		if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
-			lkl_thread_leave(current);
+	if (lkl_irq_pending())
+		return;
+	lkl_idle_parked = 1;
+	lkl_cpu_unlock();
+	if (lkl_irq_pending() && lkl_cpu_trylock()) {
+		lkl_idle_parked = 0;
+		return;
 	}
+	lkl_ops->sem_down(init_task.thread.sched_sem);
+	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
+		lkl_thread_leave(current);
 }
 
 void __init init_IRQ(void)

@@ -9,7 +9,7 @@ struct task_struct;
 
 extern const struct lkl_host_ops *lkl_ops;
 extern int lkl_halting;
-extern void *lkl_idle_sem;
+extern int lkl_idle_parked;
 extern void *lkl_halt_sem;
 
 void lkl_boot_done(int result);
@@ -21,5 +21,24 @@ void lkl_bootmem_init(unsigned long mem_size);
 void lkl_console_register(void);
 long lkl_virtio_mmio_add(unsigned long base, unsigned long size, long irq);
 int lkl_syscalls_init(void);
+
+/* The CPU lock (cpu.c): held by whichever host thread runs kernel code. */
+int lkl_cpu_init(void);
+int lkl_cpu_lock(void);
+int lkl_cpu_trylock(void);
+void lkl_cpu_unlock(void);
+void lkl_cpu_wake_waiters(void);
+void lkl_cpu_serve_and_release(void);
+void lkl_cpu_hand_to_idle(void);
+int lkl_borrow_schedule(void);
+void lkl_park_current(void);
+extern long *lkl_borrow_jb;
+
+/* Interrupts (irq.c). */
+int lkl_irq_pending(void);
+void lkl_run_pending_irqs(void);
+int lkl_host_task_fn(void *arg);
+struct task_struct *lkl_last_switched(void);
+void *lkl_host_task_sem(void *ctx, struct task_struct *task);
 
 #endif

@@ -64,10 +64,9 @@ int __ref lkl_start_kernel(const struct lkl_host_ops *ops, unsigned long mem_siz
 	strscpy(boot_command_line, cmdline, COMMAND_LINE_SIZE);
 
 	boot_sem = ops->sem_alloc(0);
-	lkl_idle_sem = ops->sem_alloc(0);
 	lkl_halt_sem = ops->sem_alloc(0);
 	init_task.thread.sched_sem = ops->sem_alloc(0);
-	if (!boot_sem || !lkl_idle_sem || !lkl_halt_sem ||
+	if (!boot_sem || !lkl_halt_sem || lkl_cpu_init() ||
 	    !init_task.thread.sched_sem)
 		return -ENOMEM;
 	if (lkl_syscalls_init())

@@ -4,10 +4,12 @@
  *
  * Each host thread that calls lkl_syscall() gets a kernel task of its own
  * (created by pid 1, sharing pid 1's file table, so descriptors are
- * process-wide). The host thread publishes the request, raises the wake
- * interrupt and waits on its semaphore; the interrupt wakes the task, the
- * task runs the call on its own host thread and posts the result. Blocking
- * calls therefore block only their own task, like in a normal process.
+ * process-wide), and runs its calls itself, as that task: it takes the
+ * CPU (cpu.c), switches its task in if another one is current, runs the
+ * call and leaves its task parked as the current task, or switches it out
+ * if something else is runnable. A call that blocks blocks its own host
+ * thread, like in a normal process; a call into a kernel that is free and
+ * whose current task is the caller's own costs no host thread switch.
  */
 #include <linux/interrupt.h>
 #include <linux/reboot.h>
@@ -40,22 +42,16 @@ static const lkl_syscall_fn lkl_syscall_table[__NR_syscalls] = {
 #include <asm-generic/unistd.h>
 };
 
-#define LKL_NR_CTX_EXIT	(LKL_NR_BASE + 100)
-
 struct lkl_hctx {
-	struct task_struct *task;	/* set by the task itself */
-	void *done_sem;			/* the host thread waits here */
-	long nr;
-	long *params;
-	long ret;
-	int req;			/* a request is waiting for the task */
-	int queued;			/* on the wake list */
-	struct lkl_hctx *next;		/* wake list (host) / new list (kernel) */
+	struct task_struct *task;	/* set when the task is created */
+	void *sem;			/* the task's semaphore */
+	int started;
+	long ret;			/* creation failure */
+	struct lkl_hctx *next;		/* pid 1's list of tasks to create */
 };
 
 static unsigned long hctx_key;
-static struct lkl_hctx *wake_list;	/* pushed by host threads */
-static struct lkl_hctx *new_list;	/* kernel context only */
+static struct lkl_hctx *new_list;	/* pushed by host threads */
 static struct task_struct *server_task;	/* pid 1 */
 
 static long lkl_run_call(long nr, long *p)
@@ -72,64 +68,24 @@ static long lkl_run_call(long nr, long *p)
 	return -ENOSYS;
 }
 
-static int host_task_fn(void *arg)
+/* The body of a host task: never run, its caller's thread runs its calls. */
+int lkl_host_task_fn(void *arg)
+{
+	BUG();
+	return 0;
+}
+
+void *lkl_host_task_sem(void *arg, struct task_struct *task)
 {
 	struct lkl_hctx *ctx = arg;
 
-	ignore_signals(current);
-	ctx->task = current;
-	for (;;) {
-		long nr;
-
-		for (;;) {
-			set_current_state(TASK_INTERRUPTIBLE);
-			if (__atomic_load_n(&ctx->req, __ATOMIC_ACQUIRE))
-				break;
-			schedule();
-		}
-		__set_current_state(TASK_RUNNING);
-		ctx->req = 0;
-		nr = ctx->nr;
-		if (nr == LKL_NR_CTX_EXIT) {
-			/*
-			 * The host frees ctx once we answer, so ctx must be off
-			 * the wake list first: let the wake interrupt run.
-			 */
-			while (__atomic_load_n(&ctx->queued, __ATOMIC_SEQ_CST)) {
-				local_irq_disable();
-				local_irq_enable();
-				if (__atomic_load_n(&ctx->queued, __ATOMIC_SEQ_CST))
-					schedule_timeout_uninterruptible(1);
-			}
-			lkl_ops->sem_up(ctx->done_sem);
-			do_exit(0);
-		}
-		ctx->ret = lkl_run_call(nr, ctx->params);
-		/* Nothing may touch ctx after this: the host owns it again. */
-		lkl_ops->sem_up(ctx->done_sem);
-	}
-	return 0;
+	ctx->task = task;
+	return ctx->sem;
 }
 
 static irqreturn_t lkl_wake_irq(int irq, void *dev)
 {
-	struct lkl_hctx *list, *ctx;
-	int new = 0;
-
-	list = __atomic_exchange_n(&wake_list, NULL, __ATOMIC_ACQ_REL);
-	while ((ctx = list)) {
-		list = ctx->next;
-		/* From here the host may queue ctx again (after a new request). */
-		__atomic_store_n(&ctx->queued, 0, __ATOMIC_SEQ_CST);
-		if (ctx->task) {
-			wake_up_process(ctx->task);
-		} else {
-			ctx->next = new_list;
-			new_list = ctx;
-			new = 1;
-		}
-	}
-	if (new)
+	if (READ_ONCE(new_list))
 		wake_up_process(server_task);
 	return IRQ_HANDLED;
 }
@@ -148,62 +104,110 @@ void lkl_user_return(void)
 		struct lkl_hctx *ctx;
 
 		set_current_state(TASK_INTERRUPTIBLE);
-		if (!READ_ONCE(new_list))
+		if (!__atomic_load_n(&new_list, __ATOMIC_SEQ_CST))
 			schedule();
 		__set_current_state(TASK_RUNNING);
 		if (task_work_pending(current))
 			task_work_run();
 
-		local_irq_disable();
-		ctx = new_list;
-		new_list = NULL;
-		local_irq_enable();
+		ctx = __atomic_exchange_n(&new_list, NULL, __ATOMIC_SEQ_CST);
 		while (ctx) {
 			struct lkl_hctx *next = ctx->next;
 			pid_t pid;
 
-			pid = kernel_thread(host_task_fn, ctx, "lkl-host",
+			/* The new task's first switch-in wakes its caller. */
+			pid = kernel_thread(lkl_host_task_fn, ctx, "lkl-host",
 					    CLONE_FS | CLONE_FILES | SIGCHLD);
 			if (pid < 0) {
 				ctx->ret = pid;
-				lkl_ops->sem_up(ctx->done_sem);
+				lkl_ops->sem_up(ctx->sem);
 			}
 			ctx = next;
 		}
 	}
 }
 
-static void hctx_submit(struct lkl_hctx *ctx, long nr, long *params)
+/*
+ * Makes the caller's task the current one, the CPU held. Returns 0, or
+ * -ESHUTDOWN when the kernel halts.
+ */
+static int hctx_enter(struct lkl_hctx *ctx)
+{
+	struct task_struct *task = ctx->task;
+
+	if (lkl_cpu_lock())
+		return -ESHUTDOWN;
+	lkl_run_pending_irqs();
+	if (current == task) {
+		task->thread.parked = 0;
+		return 0;
+	}
+	/* Our task was switched out while parked (see lkl_park_current). */
+	wake_up_state(task, TASK_PARKED);
+	if (current == &init_task) {
+		lkl_cpu_hand_to_idle();
+	} else {
+		/* Another caller's task, parked: it waits for its caller. */
+		lkl_park_current();
+		if (lkl_borrow_schedule()) {
+			/* Cannot happen (ours is runnable); leave it to the scheduler. */
+			__set_current_state(TASK_RUNNING);
+			lkl_cpu_serve_and_release();
+		}
+	}
+	/* Our task's switch-in hands us the CPU. */
+	lkl_ops->sem_down(ctx->sem);
+	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
+		return -ESHUTDOWN;
+	schedule_tail(lkl_last_switched());
+	task->thread.parked = 0;
+	return 0;
+}
+
+/* The call is done: park the task and let the CPU go. */
+static void hctx_leave(struct lkl_hctx *ctx)
+{
+	ctx->task->thread.parked = 1;
+	lkl_cpu_serve_and_release();
+}
+
+/* A new host thread: pid 1 creates its task, whose first switch-in is ours. */
+static int hctx_create(struct lkl_hctx *ctx)
 {
 	struct lkl_hctx *head;
 
-	ctx->nr = nr;
-	ctx->params = params;
-	__atomic_store_n(&ctx->req, 1, __ATOMIC_SEQ_CST);
-	/*
-	 * Already on the wake list: the handler has yet to wake the task,
-	 * and will do so after our request is visible.
-	 */
-	if (__atomic_exchange_n(&ctx->queued, 1, __ATOMIC_SEQ_CST))
-		return;
-	head = __atomic_load_n(&wake_list, __ATOMIC_RELAXED);
+	head = __atomic_load_n(&new_list, __ATOMIC_RELAXED);
 	do {
 		ctx->next = head;
-	} while (!__atomic_compare_exchange_n(&wake_list, &head, ctx, 1,
-					       __ATOMIC_ACQ_REL,
+	} while (!__atomic_compare_exchange_n(&new_list, &head, ctx, 1,
+					       __ATOMIC_SEQ_CST,
 					       __ATOMIC_RELAXED));
 	lkl_trigger_irq(LKL_WAKE_IRQ);
+	lkl_ops->sem_down(ctx->sem);
+	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
+		return -ESHUTDOWN;
+	if (ctx->ret)
+		return ctx->ret;
+	schedule_tail(lkl_last_switched());
+	ignore_signals(current);
+	ctx->started = 1;
+	return 0;
 }
 
 static void hctx_destroy(void *data)
 {
 	struct lkl_hctx *ctx = data;
 
-	if (ctx->task && !__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST)) {
-		hctx_submit(ctx, LKL_NR_CTX_EXIT, NULL);
-		lkl_ops->sem_down(ctx->done_sem);
+	if (ctx->started && !__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST) &&
+	    !hctx_enter(ctx)) {
+		/* do_exit's last switch frees the semaphore and comes back. */
+		if (!__builtin_setjmp(ctx->task->thread.exit_jb))
+			do_exit(0);
+		lkl_ops->mem_free(ctx);
+		return;
 	}
-	lkl_ops->sem_free(ctx->done_sem);
+	if (!ctx->started || __atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
+		lkl_ops->sem_free(ctx->sem);
 	lkl_ops->mem_free(ctx);
 }
 
@@ -216,6 +220,8 @@ long lkl_syscall(long nr, long *params)
 {
 	struct lkl_hctx *ctx;
 	long zero[6] = { 0 };
+	long ret;
+	int err;
 
 	if (!lkl_ops || !server_task ||
 	    __atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
@@ -229,24 +235,40 @@ long lkl_syscall(long nr, long *params)
 		if (!ctx)
 			return -ENOMEM;
 		memset(ctx, 0, sizeof(*ctx));
-		ctx->done_sem = lkl_ops->sem_alloc(0);
-		if (!ctx->done_sem) {
+		ctx->sem = lkl_ops->sem_alloc(0);
+		if (!ctx->sem) {
 			lkl_ops->mem_free(ctx);
 			return -ENOMEM;
 		}
 		if (lkl_ops->tls_set(hctx_key, ctx)) {
-			lkl_ops->sem_free(ctx->done_sem);
+			lkl_ops->sem_free(ctx->sem);
 			lkl_ops->mem_free(ctx);
 			return -ENOMEM;
 		}
+		err = hctx_create(ctx);
+		if (err && !__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST)) {
+			/* No task: the next call tries again. */
+			lkl_ops->tls_set(hctx_key, NULL);
+			lkl_ops->sem_free(ctx->sem);
+			lkl_ops->mem_free(ctx);
+			return err;
+		}
+	} else {
+		err = hctx_enter(ctx);
 	}
+	if (err)
+		return err;
 
-	hctx_submit(ctx, nr, params);
-	if (nr == LKL_NR_HALT) {
-		/* Returns once every kernel thread has left. */
-		lkl_ops->sem_down(lkl_halt_sem);
-		return 0;
+	/* Halt (or a halt during a blocking call) leaves through here. */
+	if (__builtin_setjmp(ctx->task->thread.exit_jb)) {
+		if (nr == LKL_NR_HALT) {
+			/* Returns once every kernel thread has left. */
+			lkl_ops->sem_down(lkl_halt_sem);
+			return 0;
+		}
+		return -ESHUTDOWN;
 	}
-	lkl_ops->sem_down(ctx->done_sem);
-	return ctx->ret;
+	ret = lkl_run_call(nr, params);
+	hctx_leave(ctx);
+	return ret;
 }

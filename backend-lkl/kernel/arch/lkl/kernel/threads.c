@@ -2,11 +2,15 @@
 /*
  * Kernel tasks on host threads.
  *
- * Each task owns a host thread and a host semaphore. The scheduler's
- * switch ups the next task's semaphore and downs the previous one's, so
- * exactly one host thread executes kernel code at any time: that is the
- * (single) CPU. A task leaves its host thread by long-jumping back to the
- * thread's entry, either when it dies or when the kernel halts.
+ * Each task owns a host semaphore; a kernel thread also owns a host
+ * thread, while a host task (syscalls.c) runs on the thread of the program
+ * that calls into the kernel. The scheduler's switch ups the next task's
+ * semaphore and downs the previous one's, so exactly one host thread
+ * executes kernel code at any time: that is the (single) CPU (cpu.c). A
+ * task leaves its host thread by long-jumping back to the thread's entry,
+ * either when it dies or when the kernel halts; a parked host task is
+ * switched out by whichever thread holds the CPU, which then leaves
+ * through lkl_borrow_jb.
  */
 #include <linux/sched.h>
 #include <linux/sched/task.h>
@@ -23,6 +27,12 @@ static struct task_struct *lkl_last_task;
 static int lkl_live_threads = 1;	/* the boot thread, later the idle task */
 int lkl_halting;
 void *lkl_halt_sem;
+
+/* The task the last switch left (for schedule_tail on a host thread). */
+struct task_struct *lkl_last_switched(void)
+{
+	return lkl_last_task;
+}
 
 void lkl_thread_gone(void)
 {
@@ -66,6 +76,14 @@ int copy_thread(struct task_struct *p, const struct kernel_clone_args *args)
 		return -EINVAL;
 	p->thread.fn = args->fn;
 	p->thread.fn_arg = args->fn_arg;
+	p->thread.parked = 0;
+	if (args->fn == lkl_host_task_fn) {
+		/* Runs on its caller's thread, waiting on its semaphore. */
+		p->thread.host = 1;
+		p->thread.sched_sem = lkl_host_task_sem(args->fn_arg, p);
+		return 0;
+	}
+	p->thread.host = 0;
 	p->thread.sched_sem = lkl_ops->sem_alloc(0);
 	if (!p->thread.sched_sem)
 		return -ENOMEM;
@@ -102,6 +120,17 @@ struct task_struct *__switch_to(struct task_struct *prev,
 		leave_with(jb);
 	}
 
+	if (pt->parked) {
+		/*
+		 * A parked host task has no context to come back to: the
+		 * thread that switched it out goes back to the host. Once
+		 * next runs, the kernel's globals are next's: read them first.
+		 */
+		long *jb = lkl_borrow_jb;
+
+		lkl_ops->sem_up(next->thread.sched_sem);
+		leave_with(jb);
+	}
 	lkl_ops->sem_up(next->thread.sched_sem);
 	lkl_ops->sem_down(pt->sched_sem);
 	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
@@ -142,7 +171,7 @@ void __noreturn lkl_halt_all(void)
 	}
 	if (current != &init_task)
 		lkl_ops->sem_up(init_task.thread.sched_sem);
-	lkl_ops->sem_up(lkl_idle_sem);
+	lkl_cpu_wake_waiters();
 	lkl_thread_leave(current);
 }
 

@@ -11,6 +11,8 @@
  */
 struct thread_struct {
 	void *sched_sem;		/* host semaphore: up = "you run now" */
+	int host;			/* runs on a caller's host thread (syscalls.c) */
+	int parked;			/* host task between calls: no kernel context */
 	int (*fn)(void *);		/* kernel thread body */
 	void *fn_arg;
 	long exit_jb[5];		/* __builtin_setjmp buffer to leave the task's host thread */
