@@ -710,10 +710,17 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
         curl.args(["-sS", "--fail", "-o"])
             .arg(&out)
             .arg(url(server_ip, port, "blob.bin"));
-        let start1 = sent(1);
+        let (start1, start2) = (sent(1), sent(2));
         let curl = Background::spawn(&mut curl, "curl (uml) across a cut of link 1")?;
         wait_until(SHORT, "the download to carry 6 MB over link 1", || {
             sent(1) >= start1 + 6 * MB
+        })
+        .with_context(|| {
+            format!(
+                "round {round}: before the cut, gw2 sent {} bytes over link 1 and {} over link 2",
+                sent(1) - start1,
+                sent(2) - start2
+            )
         })?;
         // gw1's end: the instance's own host interface, as when a
         // device loses its Wi-Fi.
