@@ -261,37 +261,44 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Vec<Chil
         }
     }
     let deadline = Instant::now() + READY_TIMEOUT;
-    let mut waiting: Vec<usize> = (0..children.len()).collect();
-    while !waiting.is_empty() {
-        let mut failure = None;
-        waiting.retain(|&k| {
-            if failure.is_some() || run.join(format!("ready-{k}")).exists() {
-                return failure.is_some();
-            }
-            let console = run.join(format!("console-{k}.log"));
-            if let Ok(err) = fs::read_to_string(run.join(format!("error-{k}"))) {
-                failure = Some(err.trim().to_string());
-            } else if let Ok(Some(st)) = children[k].try_wait() {
-                failure = Some(format!(
-                    "the UML kernel exited ({st}) while booting; see {}",
-                    console.display()
-                ));
-            } else if Instant::now() > deadline {
-                failure = Some(format!(
-                    "not ready within {} s; see {}",
-                    READY_TIMEOUT.as_secs(),
-                    console.display()
-                ));
-            }
-            true
-        });
+    loop {
+        let pending: Vec<usize> = (0..children.len())
+            .filter(|k| !run.join(format!("ready-{k}")).exists())
+            .collect();
+        if pending.is_empty() {
+            return Ok(children);
+        }
+        let failure = pending
+            .iter()
+            .find_map(|&k| boot_failure(&run, k, &mut children[k], deadline));
         if let Some(msg) = failure {
             stop(&mut children);
             return Err(emu_err(msg));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(children)
+}
+
+/// Why instance `k`, not ready yet, will not be: its init reported an
+/// error, its kernel exited, or the deadline passed.
+fn boot_failure(run: &Path, k: usize, child: &mut Child, deadline: Instant) -> Option<String> {
+    let console = run.join(format!("console-{k}.log"));
+    if let Ok(err) = fs::read_to_string(run.join(format!("error-{k}"))) {
+        Some(err.trim().to_string())
+    } else if let Ok(Some(st)) = child.try_wait() {
+        Some(format!(
+            "the UML kernel exited ({st}) while booting; see {}",
+            console.display()
+        ))
+    } else if Instant::now() > deadline {
+        Some(format!(
+            "not ready within {} s; see {}",
+            READY_TIMEOUT.as_secs(),
+            console.display()
+        ))
+    } else {
+        None
+    }
 }
 
 /// The receive filter every emulator port loads (see
