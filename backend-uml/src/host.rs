@@ -859,10 +859,14 @@ impl LinkWatcher {
 /// When the kernel dies, the supervisor aborts every bridge at once
 /// (SOCK_DESTROY through `ss -K`); when the supervisor dies too, the
 /// shim's watch connection hangs up and the shim aborts them. Keepalive
-/// and TCP_USER_TIMEOUT are only the last resort (about 15 s), lenient
-/// on purpose: a guest saturated by a transfer drops frames on the
-/// private link, and an idle control connection (iperf3's) whose probes
-/// were lost must not be reset under the program.
+/// is only the last resort for an idle bridge (about 15 s), lenient on
+/// purpose: a guest saturated by a transfer drops frames on the private
+/// link, and an idle control connection (iperf3's) whose probes were
+/// lost must not be reset under the program. No TCP_USER_TIMEOUT: Linux
+/// applies it to zero-window probing too, so a bridge whose guest end
+/// waits on a peer that stopped reading (the guest socket full, the
+/// agent not reading the bridge) would fail with ETIMEDOUT where a
+/// kernel socket waits as long as the peer likes.
 fn open_bridge() -> io::Result<TcpStream> {
     let addr = SocketAddr::new(
         IpAddr::V4(Ipv4Addr::from(crate::GUEST_BRIDGE_ADDR)),
@@ -876,7 +880,6 @@ fn open_bridge() -> io::Result<TcpStream> {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 5),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 5),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 20_000),
     ] {
         sys::setsockopt_int(fd, level, name, v)?;
     }

@@ -800,8 +800,11 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     conn
 }
 
-/// Options the bridge needs for its own liveness checks: the program may
-/// set them on the guest socket (before connect) but not on the bridge.
+/// Options the bridge needs for its own liveness checks (keepalive), or
+/// that would make it fail on its own (TCP_USER_TIMEOUT, which Linux also
+/// applies to a shut window the guest end keeps shut while the real peer
+/// does not read): the program may set them on the guest socket (before
+/// connect) but not on the bridge.
 fn bridge_owned(level: c_int, name: c_int) -> bool {
     (level == libc::SOL_SOCKET && name == libc::SO_KEEPALIVE)
         || (level == libc::IPPROTO_TCP

@@ -844,3 +844,75 @@ fn uml_server_in_instance_holds_256_concurrent_connections_every_echo_checked() 
     eprintln!("uml server, {MANY} concurrent connections: {transactions} transactions, every echo checked");
     Ok(())
 }
+
+/// A native peer that accepts, does not read for 25 s (the pause is the
+/// scenario, not a synchronisation), then reads to the end and reports
+/// the length and sha256 of what came.
+const PAUSING_READER: &str = r#"
+import hashlib, socket, sys, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(1)
+print("listening", flush=True)
+c, _ = l.accept()
+time.sleep(25)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    n += len(b)
+    h.update(b)
+print("got %d %s" % (n, h.hexdigest()), flush=True)
+"#;
+
+/// The program of the same test: writes a file to the peer and closes.
+const STEADY_WRITER: &str = r#"
+import socket, sys
+data = open(sys.argv[3], "rb").read()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(data)
+s.close()
+print("sent", len(data), flush=True)
+"#;
+
+/// A peer that stops reading keeps a kernel socket's writer waiting for
+/// as long as it likes (zero-window probes answered): the writer on the
+/// uml backend must wait the same way, however long the window stays
+/// shut, and deliver every byte once the peer reads again, never fail
+/// with ETIMEDOUT because the stretch of the path that dropshim adds
+/// (the host side of the bridge into the instance) gave up.
+#[test]
+fn uml_writer_waits_out_a_peer_that_stops_reading_for_25s() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "zw")?;
+    let dir = tempfile::tempdir()?;
+    // More than every buffer on the way holds (the peer's, the guest's,
+    // the bridge's), so the writer really waits on a shut window.
+    let data = dir.path().join("data.bin");
+    write_random_file(&data, 64 << 20, 31)?;
+    let port = unique_port();
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let mut peer = shimmed(&tb, "gw2", "python3", None)?;
+    peer.args(["-c", PAUSING_READER, &ip, &port.to_string()]);
+    let peer = Lines::spawn(&mut peer, "pausing reader in gw2")?;
+    peer.expect("listening", SHORT)?;
+    let mut writer = shimmed(&tb, "gw1", "python3", Some(&dev))?;
+    writer
+        .args(["-c", STEADY_WRITER, &ip, &port.to_string()])
+        .arg(&data);
+    let out = run_bounded(&mut writer, TRANSFER)?;
+    ensure!(
+        out.status.success(),
+        "the writer failed while the peer paused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("got {} {}", 64 << 20, sha256_file(&data)?);
+    let got = peer.expect("got ", TRANSFER)?;
+    ensure!(
+        got.trim() == want,
+        "the peer received {got:?}, expected {want:?}"
+    );
+    Ok(())
+}
