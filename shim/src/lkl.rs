@@ -37,9 +37,11 @@
 //! without SA_RESTART, the connect going on behind; restarted with it).
 //!
 //! Exit: the library kernel dies with the process, so an atexit handler
-//! ends every connection's writing and waits (at most 5 s) until the
-//! relays and the kernel's send queues are empty: bytes written just
-//! before exit() and the FIN still reach the peer. `_exit()` skips it.
+//! ends every connection's writing and waits until the relays and the
+//! kernel's send queues are empty: bytes written just before exit() and
+//! the FIN still reach the peer. It gives up once nothing has moved for
+//! 5 s (a peer that stopped reading, a dead path), or after 30 s in all
+//! however slowly the bytes move. `_exit()` skips it.
 //! A connection the program closed before exiting is covered too: its
 //! library socket stays open (shut down both ways, the FIN sent) while
 //! anything is unacknowledged, at most 30 s, and the exit handler waits
@@ -90,6 +92,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Kernel {
     lkl: Lkl,
@@ -608,15 +611,56 @@ fn unread_byte(conn: &Arc<Conn>, host: &relay::HostEnd) -> bool {
 /// Connections that were relayed, for the flush at exit.
 static RELAYED: Lazy<Mutex<Vec<std::sync::Weak<Conn>>>> = Lazy::new(|| Mutex::new(Vec::new()));
 
-/// Longest the program's exit waits for its bytes to leave.
-const EXIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+/// The program's exit gives up waiting for its bytes to leave once
+/// nothing has moved for this long...
+const EXIT_STALL: Duration = Duration::from_secs(5);
+/// ...or once it has waited this long in all (as long as a close
+/// lingers).
+const EXIT_CAP: Duration = Duration::from_secs(30);
+
+/// The exit's wait: goes on while what is left keeps changing (bytes
+/// relayed, sent, acknowledged), within [`EXIT_CAP`].
+struct ExitWait {
+    start: Instant,
+    cap: Instant,
+    stall_at: Instant,
+    last: Option<u64>,
+}
+
+impl ExitWait {
+    fn new() -> ExitWait {
+        let now = Instant::now();
+        ExitWait {
+            start: now,
+            cap: now + EXIT_CAP,
+            stall_at: now + EXIT_STALL,
+            last: None,
+        }
+    }
+
+    /// Whether to wait on, given a fingerprint of what is left now.
+    fn go_on(&mut self, left: u64) -> bool {
+        let now = Instant::now();
+        if self.last != Some(left) {
+            self.last = Some(left);
+            self.stall_at = now + EXIT_STALL;
+        }
+        now < self.stall_at.min(self.cap)
+    }
+
+    /// The latest moment further waits may last.
+    fn deadline(&self) -> Instant {
+        self.stall_at.min(self.cap)
+    }
+}
 
 /// At exit the library kernel dies with the process: without this, bytes
 /// still in a socketpair or unacknowledged in the kernel would be lost and
 /// the peers would never see a FIN. Ends every open connection's writing
-/// (the relays send what is queued, then FIN) and waits, bounded, until
-/// the relays are done, the kernel's send queues are empty and no
-/// lingering close (a connection the program closed earlier) is left.
+/// (the relays send what is queued, then FIN) and waits until the relays
+/// are done, the kernel's send queues are empty and no lingering close (a
+/// connection the program closed earlier) is left, for as long as the
+/// bytes keep moving ([`ExitWait`]).
 extern "C" fn flush_at_exit() {
     let Some(k) = live() else { return };
     let open: Vec<c_int> = SOCKS
@@ -637,27 +681,40 @@ extern "C" fn flush_at_exit() {
         };
     }
     let conns: Vec<Arc<Conn>> = RELAYED.lock().iter().filter_map(|w| w.upgrade()).collect();
-    let deadline = std::time::Instant::now() + EXIT_FLUSH;
-    for c in &conns {
-        loop {
-            let drained = c.dead.load(Ordering::Acquire)
-                || (c.up_done.load(Ordering::Acquire) && k.unacked(c.lkl).map_or(true, |n| n == 0));
-            if drained || std::time::Instant::now() >= deadline {
-                break;
+    let mut wait = ExitWait::new();
+    loop {
+        // What is left: per connection still sending, its unacknowledged
+        // bytes and whether its relay still runs; then the lingering
+        // closes (which the library loop may be ending meanwhile).
+        let mut left: Option<u64> = None;
+        for c in &conns {
+            if c.dead.load(Ordering::Acquire) {
+                continue;
             }
-            // A bounded wait for the network, at exit only.
-            std::thread::sleep(std::time::Duration::from_millis(1));
+            let relaying = !c.up_done.load(Ordering::Acquire);
+            let unacked = k.unacked(c.lkl).map_or(0, |n| n as u64);
+            if relaying || unacked > 0 {
+                let mark = unacked.wrapping_mul(2) | u64::from(relaying);
+                left = Some(left.unwrap_or(0).wrapping_mul(31).wrapping_add(mark));
+            }
         }
+        if let Some(lingering) = relay::lingering_left(k) {
+            left = Some(left.unwrap_or(0).wrapping_mul(31).wrapping_add(lingering));
+        }
+        let Some(left) = left else { break };
+        if !wait.go_on(left) {
+            log::warning!(
+                "lkl: exit gave up waiting for unacknowledged bytes after {:?}",
+                wait.start.elapsed()
+            );
+            break;
+        }
+        // A bounded wait for the network, at exit only.
+        std::thread::sleep(Duration::from_millis(1));
     }
-    // Connections the program closed earlier may still be waiting for
-    // their acknowledgement in a lingering close; so may these, now.
     drop(conns);
-    relay::flush_lingering(k, deadline);
-    Closing::wait_all(deadline);
-    log::debug!(
-        "lkl: exit flush done in {:?}",
-        EXIT_FLUSH - deadline.saturating_duration_since(std::time::Instant::now())
-    );
+    Closing::wait_all(wait.deadline());
+    log::debug!("lkl: exit flush done in {:?}", wait.start.elapsed());
 }
 
 // ------------------------------------------------------------ the calls

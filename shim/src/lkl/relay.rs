@@ -917,12 +917,19 @@ fn linger_tick(k: &Lkl, all: bool) -> Option<Instant> {
     next
 }
 
-/// At exit: waits (bounded) until every lingering close is done.
-pub(super) fn flush_lingering(k: &Lkl, deadline: Instant) {
-    while linger_tick(k, true).is_some() && Instant::now() < deadline {
-        // A bounded wait for the network, at exit only.
-        std::thread::sleep(Duration::from_millis(1));
-    }
+/// At exit: closes the lingering sockets that are done, and returns a
+/// fingerprint of what the others still wait for (how many, and their
+/// unacknowledged bytes), or None when none is left.
+pub(super) fn lingering_left(k: &Lkl) -> Option<u64> {
+    linger_tick(k, true)?;
+    let list = LINGERING.lock();
+    Some(
+        list.iter()
+            .map(|s| k.unacked(s.fd).map_or(0, |n| n as u64))
+            .fold(list.len() as u64, |acc, n| {
+                acc.wrapping_mul(31).wrapping_add(n)
+            }),
+    )
 }
 
 fn lib_loop(k: &'static Lkl) {
