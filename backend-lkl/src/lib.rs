@@ -336,10 +336,17 @@ impl Lkl {
 
     /// `bind(fd, addr)`.
     pub fn bind(&self, fd: Fd, addr: SocketAddr) -> Result<()> {
-        let (sa, len) = sockaddr_from(addr);
+        let sa = dropshim_abi::encode(&addr);
         let r = self.call(
             nr::BIND,
-            [fd.0 as i64, &sa as *const _ as i64, len as i64, 0, 0, 0],
+            [
+                fd.0 as i64,
+                sa.as_ptr() as i64,
+                i64::from(sa.len()),
+                0,
+                0,
+                0,
+            ],
         );
         check(|| format!("bind {addr}"), r).map(|_| ())
     }
@@ -382,15 +389,22 @@ impl Lkl {
             ],
         );
         let nfd = check(|| "accept".into(), r)?;
-        Ok((Fd(nfd as i32), sockaddr_to(&sa)))
+        Ok((Fd(nfd as i32), dropshim_abi::decode_storage(&sa, len)))
     }
 
     /// `connect(fd, addr)`.
     pub fn connect(&self, fd: Fd, addr: SocketAddr) -> Result<()> {
-        let (sa, len) = sockaddr_from(addr);
+        let sa = dropshim_abi::encode(&addr);
         let r = self.call(
             nr::CONNECT,
-            [fd.0 as i64, &sa as *const _ as i64, len as i64, 0, 0, 0],
+            [
+                fd.0 as i64,
+                sa.as_ptr() as i64,
+                i64::from(sa.len()),
+                0,
+                0,
+                0,
+            ],
         );
         check(|| format!("connect {addr}"), r).map(|_| ())
     }
@@ -562,7 +576,7 @@ impl Lkl {
             ],
         );
         check(|| what.into(), r)?;
-        Ok(sockaddr_to(&sa))
+        Ok(dropshim_abi::decode_storage(&sa, len))
     }
 
     /// `shutdown(fd, how)`.
@@ -774,63 +788,5 @@ impl Lkl {
     /// Frames moved by the interface number `index` (rx, tx).
     pub fn frame_counts(&self, index: usize) -> Option<(u64, u64)> {
         self.devices.lock().ok()?.get(index).map(|d| d.counts())
-    }
-}
-
-fn sockaddr_from(addr: SocketAddr) -> (libc::sockaddr_storage, usize) {
-    // SAFETY: sockaddr_storage is plain data, all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            (ss, std::mem::size_of::<libc::sockaddr_in>())
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            (ss, std::mem::size_of::<libc::sockaddr_in6>())
-        }
-    }
-}
-
-fn sockaddr_to(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says this is a sockaddr_in.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::from((
-                sin.sin_addr.s_addr.to_ne_bytes(),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this is a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((ss as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::from((
-                sin6.sin6_addr.s6_addr,
-                u16::from_be(sin6.sin6_port),
-            )))
-        }
-        _ => None,
     }
 }

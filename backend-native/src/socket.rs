@@ -3,8 +3,9 @@
 //! report what MPTCP really did on it.
 
 use crate::sys;
+use dropshim_abi::{decode, decode_storage};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::raw::c_int;
 
 pub const IPPROTO_MPTCP: c_int = 262;
@@ -114,7 +115,7 @@ fn prepare_replacement(old: c_int, new: c_int, options: &[SockOpt]) -> io::Resul
         sys::setsockopt(new, opt.level, opt.name, &opt.value)?;
     }
     let (local, len) = sys::getsockname(old)?;
-    let bound = socket_addr(&local, len).is_some_and(|a| a.port() != 0);
+    let bound = decode_storage(&local, len).is_some_and(|a| a.port() != 0);
     if bound {
         // Both sockets must allow address reuse for the new one to take the
         // old one's address while the old one still holds it (neither is
@@ -134,78 +135,6 @@ fn prepare_replacement(old: c_int, new: c_int, options: &[SockOpt]) -> io::Resul
         }
     }
     Ok(())
-}
-
-/// Converts a kernel socket address into a std one; `None` for families
-/// other than AF_INET/AF_INET6 or a length too short for the family.
-pub fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match storage.ss_family as c_int {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says the storage holds a sockaddr_in, the
-            // length says it is all there, and sockaddr_storage is aligned
-            // for every sockaddr type.
-            let sin =
-                unsafe { &*(storage as *const libc::sockaddr_storage as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe {
-                &*(storage as *const libc::sockaddr_storage as *const libc::sockaddr_in6)
-            };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-/// The kernel form of a std socket address, the inverse of
-/// [`socket_addr`]: the storage and how many of its bytes are the address.
-pub fn sockaddr_of(a: &SocketAddr) -> (libc::sockaddr_storage, usize) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for
-            // every sockaddr type.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len)
 }
 
 /// What MPTCP did on one connection, as the kernel reports it.
@@ -311,41 +240,11 @@ fn subflow_addrs(fd: c_int) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
         if start + PAIR > len {
             break;
         }
-        let local = storage_from(&buf[start..start + PAIR / 2]);
-        let remote = storage_from(&buf[start + PAIR / 2..start + PAIR]);
-        let full = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if let (Some(l), Some(r)) = (socket_addr(&local, full), socket_addr(&remote, full)) {
+        let local = decode(&buf[start..start + PAIR / 2]);
+        let remote = decode(&buf[start + PAIR / 2..start + PAIR]);
+        if let (Some(l), Some(r)) = (local, remote) {
             out.push((l, r));
         }
     }
     Ok(out)
-}
-
-fn storage_from(bytes: &[u8]) -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid, and we
-    // copy no more than its size.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let n = bytes
-            .len()
-            .min(std::mem::size_of::<libc::sockaddr_storage>());
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), &mut storage as *mut _ as *mut u8, n);
-        storage
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_addresses_survive_the_kernel_form() {
-        for text in ["198.18.1.2:8080", "[2001:2:0:1::2]:443", "0.0.0.0:0"] {
-            let a: SocketAddr = text.parse().unwrap();
-            let (storage, len) = sockaddr_of(&a);
-            assert_eq!(socket_addr(&storage, len as libc::socklen_t), Some(a));
-            // One byte short is not an address of the family.
-            assert_eq!(socket_addr(&storage, len as libc::socklen_t - 1), None);
-        }
-    }
 }

@@ -236,48 +236,6 @@ fn new_socket(req: &Request) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-fn to_storage(addr: &SocketAddr, domain: i32) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    // An AF_INET6 socket reaching an IPv4 address uses the mapped form.
-    let addr = match (addr, domain) {
-        (SocketAddr::V4(v4), libc::AF_INET6) => {
-            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
-        }
-        _ => *addr,
-    };
-    let len = match addr {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut st as *mut _ as *mut libc::sockaddr_in, sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write(&mut st as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (st, len as libc::socklen_t)
-}
-
 /// The socket's local or peer address, as the guest kernel sees it.
 fn sock_addr(fd: RawFd, peer: bool) -> Option<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; all-zero is valid.
@@ -295,31 +253,7 @@ fn sock_addr(fd: RawFd, peer: bool) -> Option<SocketAddr> {
     if ret < 0 {
         return None;
     }
-    from_storage(&st)
-}
-
-fn from_storage(st: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match st.ss_family as i32 {
-        libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in.
-            let sin = unsafe { &*(st as *const _ as *const libc::sockaddr_in) };
-            Some(SocketAddr::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into(),
-                u16::from_be(sin.sin_port),
-            ))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says this storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(st as *const _ as *const libc::sockaddr_in6) };
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                sin6.sin6_addr.s6_addr.into(),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
+    dropshim_abi::decode_storage(&st, len)
 }
 
 fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
@@ -346,9 +280,9 @@ fn open_listener(req: &Request) -> io::Result<(OwnedFd, Reply)> {
             SocketAddr::from(([0, 0, 0, 0], 0))
         }
     });
-    let (st, len) = to_storage(&local, req.domain);
-    // SAFETY: `st` holds a valid address of `len` bytes.
-    cvt(unsafe { libc::bind(fd, &st as *const _ as *const libc::sockaddr, len) })?;
+    let local = dropshim_abi::encode_in_domain(&local, req.domain);
+    // SAFETY: `local` holds a valid address of `local.len()` bytes.
+    cvt(unsafe { libc::bind(fd, local.as_ptr(), local.len()) })?;
     // SAFETY: listen(2) takes integers only.
     cvt(unsafe { libc::listen(fd, req.backlog.max(1)) })?;
     let reply = Reply {

@@ -14,6 +14,7 @@
 //! suite measures the native backend only (see `dropshim bench` for uml).
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use dropshim_abi::RawSockAddr;
 use dropshim_benches::{bench_sockaddr, ensure_preloaded, private_netns, IPPROTO_MPTCP};
 use std::time::{Duration, Instant};
 
@@ -54,10 +55,9 @@ fn close(way: Way, fd: libc::c_int) {
     }
 }
 
-fn connect(way: Way, fd: libc::c_int, addr: &libc::sockaddr_in) -> libc::c_int {
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    let p = addr as *const libc::sockaddr_in as *const libc::sockaddr;
-    // SAFETY: `p` points to a valid sockaddr_in of `len` bytes.
+fn connect(way: Way, fd: libc::c_int, addr: &RawSockAddr) -> libc::c_int {
+    let (p, len) = (addr.as_ptr(), addr.len());
+    // SAFETY: `p` points to a valid socket address of `len` bytes.
     unsafe {
         match way {
             Way::Bare(_) => libc::syscall(libc::SYS_connect, fd, p, len) as libc::c_int,
@@ -84,7 +84,7 @@ fn accept(way: Way, fd: libc::c_int) -> libc::c_int {
 struct Listener {
     fd: libc::c_int,
     way: Way,
-    addr: libc::sockaddr_in,
+    addr: RawSockAddr,
 }
 
 impl Listener {
@@ -92,8 +92,7 @@ impl Listener {
         let fd = sock(way);
         let addr = bench_sockaddr(port);
         let one: libc::c_int = 1;
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let p = &addr as *const libc::sockaddr_in as *const libc::sockaddr;
+        let (p, len) = (addr.as_ptr(), addr.len());
         let optp = &one as *const libc::c_int as *const libc::c_void;
         let optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: valid option buffer and address of the stated sizes.

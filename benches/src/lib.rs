@@ -111,14 +111,7 @@ pub fn private_netns() {
     }
 }
 
-/// sockaddr_in for `BENCH_ADDR:port` (port in host order).
-pub fn bench_sockaddr(port: u16) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(BENCH_ADDR),
-        },
-        sin_zero: [0; 8],
-    }
+/// The kernel form of `BENCH_ADDR:port` (port in host order).
+pub fn bench_sockaddr(port: u16) -> dropshim_abi::RawSockAddr {
+    dropshim_abi::encode(&std::net::SocketAddr::from((BENCH_ADDR, port)))
 }

@@ -8,7 +8,7 @@ use dropshim_netlink::mptcp::{AddrAttr, EndpointFlags, EventKind, Events, Limits
 use dropshim_netlink::route::{Address, Route};
 use dropshim_netlink::{host_mptcp_pm, host_rtnl, Conn, HostSocket, Protocol};
 use std::io::{Read, Write};
-use std::net::{IpAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
@@ -118,23 +118,12 @@ fn a_connection_raises_events_and_shows_in_sock_diag() {
             assert!(fd >= 0, "MPTCP socket: {}", std::io::Error::last_os_error());
             fd
         };
-        let sockaddr = |port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let sockaddr = |port: u16| dropshim_abi::encode(&SocketAddr::from(([127, 0, 0, 1], port)));
         let lfd = mptcp_socket();
         let any = sockaddr(0);
-        // SAFETY: `any` is a valid sockaddr_in of the size passed; `lfd` is ours.
+        // SAFETY: `any` is a valid socket address of the size passed; `lfd` is ours.
         unsafe {
-            assert_eq!(
-                libc::bind(lfd, &any as *const _ as *const libc::sockaddr, len),
-                0
-            );
+            assert_eq!(libc::bind(lfd, any.as_ptr(), any.len()), 0);
             assert_eq!(libc::listen(lfd, 4), 0);
         }
         // SAFETY: `lfd` is a listening socket owned by the listener from now on.
@@ -142,8 +131,8 @@ fn a_connection_raises_events_and_shows_in_sock_diag() {
         let port = listener.local_addr().unwrap().port();
         let cfd = mptcp_socket();
         let to = sockaddr(port);
-        // SAFETY: `to` is a valid sockaddr_in of the size passed; `cfd` is ours.
-        let rc = unsafe { libc::connect(cfd, &to as *const _ as *const libc::sockaddr, len) };
+        // SAFETY: `to` is a valid socket address of the size passed; `cfd` is ours.
+        let rc = unsafe { libc::connect(cfd, to.as_ptr(), to.len()) };
         assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
         // SAFETY: `cfd` is connected and owned by the stream from now on.
         let mut client = unsafe { std::net::TcpStream::from_raw_fd(cfd) };

@@ -14,7 +14,6 @@
 use crate::contract::{backend, Backend};
 use crate::fdtable::{self, TRACKED};
 use crate::Errno;
-use dropshim_backend_native::socket::socket_addr;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::net::{IpAddr, SocketAddr};
 
@@ -209,20 +208,18 @@ pub(crate) fn connect_done(done: c_int) {
 }
 
 /// Copies the program's socket address, if it is an IPv4/IPv6 one and
-/// readable (otherwise the real call reports the program's mistake).
+/// readable (otherwise the real call reports the program's mistake). The
+/// bytes are read through [`copy_in`] and decoded by [`dropshim_abi`].
 pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
     if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
         return None;
     }
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let n = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
-    // SAFETY: `storage` is at least `n` bytes long and plain data.
-    let dst = unsafe { std::slice::from_raw_parts_mut(&mut storage as *mut _ as *mut u8, n) };
-    if !copy_in(addr as *const u8, dst) {
+    let mut buf = [0u8; dropshim_abi::SOCKADDR_STORAGE_LEN];
+    let n = (len as usize).min(buf.len());
+    if !copy_in(addr as *const u8, &mut buf[..n]) {
         return None;
     }
-    socket_addr(&storage, n as socklen_t)
+    dropshim_abi::decode(&buf[..n])
 }
 
 /// Writes `a` into the program's address buffer (the backends'
@@ -244,19 +241,18 @@ pub(crate) fn write_addr(
     let Ok(room) = read_optlen(len) else {
         return false;
     };
+    // An IPv4-mapped address on an AF_INET socket is reported as IPv4;
+    // an IPv4 one on an AF_INET6 socket is mapped by the encoder.
     let a = match (a, domain) {
-        (SocketAddr::V4(v4), libc::AF_INET6) => {
-            SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-        }
         (SocketAddr::V6(v6), libc::AF_INET) => match v6.ip().to_ipv4_mapped() {
             Some(ip) => SocketAddr::new(IpAddr::V4(ip), v6.port()),
             None => a,
         },
         _ => a,
     };
-    let (storage, full) = dropshim_backend_native::socket::sockaddr_of(&a);
-    // SAFETY: sockaddr_storage is plain data, at least `full` bytes long.
-    let bytes = unsafe { std::slice::from_raw_parts(&storage as *const _ as *const u8, full) };
+    let raw = dropshim_abi::encode_in_domain(&a, domain);
+    let bytes = raw.as_bytes();
+    let full = bytes.len();
     let n = full.min(room);
     copy_out(addr as *mut u8, &bytes[..n])
         && copy_out(len as *mut u8, &(full as socklen_t).to_ne_bytes())

@@ -207,11 +207,11 @@ pub fn report_close(fd: c_int) {
         if ret < 0 {
             return; // listener or never connected: nothing to say
         }
-        nsock::socket_addr(&storage, len)
+        dropshim_abi::decode_storage(&storage, len)
     };
     let local = sys::getsockname(fd)
         .ok()
-        .and_then(|(s, l)| nsock::socket_addr(&s, l));
+        .and_then(|(s, l)| dropshim_abi::decode_storage(&s, l));
     let (Some(local), Some(peer)) = (local, peer) else {
         return;
     };

@@ -16,10 +16,9 @@
 //! and an error on either side resets both, so the program sees the
 //! peer's error.
 
-use super::{
-    cvt, errno_of, new_socket, open_listener, reset_device, set_int, sock_addr, to_storage,
-};
+use super::{cvt, errno_of, new_socket, open_listener, reset_device, set_int, sock_addr};
 use crate::proto::{Kind, Notice, Reply, Request, MAX_REQUEST};
+use dropshim_abi::encode_in_domain;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, VecDeque};
@@ -983,14 +982,14 @@ fn start_connect(req: &Request) -> io::Result<(OwnedFd, bool)> {
     let sock = new_socket(req)?;
     let fd = sock.as_raw_fd();
     if let Some(bind) = req.bind {
-        let (st, len) = to_storage(&bind, req.domain);
-        // SAFETY: `st` holds a valid address of `len` bytes.
-        cvt(unsafe { libc::bind(fd, (&st as *const libc::sockaddr_storage).cast(), len) })?;
+        let bind = encode_in_domain(&bind, req.domain);
+        // SAFETY: `bind` holds a valid address of `bind.len()` bytes.
+        cvt(unsafe { libc::bind(fd, bind.as_ptr(), bind.len()) })?;
     }
     set_nonblocking(fd)?;
-    let (st, len) = to_storage(&dest, req.domain);
-    // SAFETY: `st` holds a valid address of `len` bytes.
-    let ret = unsafe { libc::connect(fd, (&st as *const libc::sockaddr_storage).cast(), len) };
+    let dest = encode_in_domain(&dest, req.domain);
+    // SAFETY: `dest` holds a valid address of `dest.len()` bytes.
+    let ret = unsafe { libc::connect(fd, dest.as_ptr(), dest.len()) };
     if ret == 0 {
         return Ok((sock, true));
     }

@@ -32,7 +32,6 @@
 //! those of the thread that made the call.
 
 use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
-use dropshim_backend_native::socket::{sockaddr_of, socket_addr};
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -189,19 +188,9 @@ impl Supervisor {
 
     /// The socket address at `addr` (`len` bytes) in the program's memory.
     fn read_sockaddr(&self, call: &Call, addr: u64, len: u64) -> io::Result<Option<SocketAddr>> {
-        let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        let len = (len as usize).min(dropshim_abi::SOCKADDR_STORAGE_LEN);
         let bytes = read_program_memory(self, call, addr, len)?;
-        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        // SAFETY: `bytes` holds at most size_of::<sockaddr_storage>() bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-                bytes.len(),
-            )
-        };
-        Ok(socket_addr(&storage, bytes.len() as libc::socklen_t))
+        Ok(dropshim_abi::decode(&bytes))
     }
 
     /// bind() to a guest address: recorded for the listen() or connect()
@@ -376,17 +365,9 @@ impl Supervisor {
         let len = read_program_memory(self, call, lenp, 4)?;
         let room = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
         // An IPv6 listener reports IPv4 peers as mapped addresses.
-        let peer = match (domain, peer) {
-            (libc::AF_INET6, SocketAddr::V4(v4)) => {
-                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
-            }
-            _ => peer,
-        };
-        let (storage, n) = sockaddr_of(&peer);
-        // SAFETY: `storage` is plain data of at least `n` bytes.
-        let raw = unsafe {
-            std::slice::from_raw_parts((&storage as *const libc::sockaddr_storage).cast::<u8>(), n)
-        };
+        let peer = dropshim_abi::encode_in_domain(&peer, domain);
+        let raw = peer.as_bytes();
+        let n = raw.len();
         write_program_memory(self, call, addr, &raw[..n.min(room)])?;
         write_program_memory(self, call, lenp, &(n as u32).to_ne_bytes())
     }
@@ -607,7 +588,7 @@ impl Target {
         if rc != 0 {
             return None;
         }
-        socket_addr(&storage, len)
+        dropshim_abi::decode_storage(&storage, len)
     }
 
     fn peer(&self) -> Option<SocketAddr> {
