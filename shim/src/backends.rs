@@ -27,7 +27,7 @@ impl Backend for Native {
         flags & TRACKED != 0
     }
 
-    unsafe fn socket(&self, domain: c_int, ty: c_int, _protocol: c_int) -> c_int {
+    fn socket(&self, domain: c_int, ty: c_int, _protocol: c_int) -> c_int {
         native::socket(self.0, domain, ty).unwrap_or_else(Errno::fail)
     }
 
@@ -35,17 +35,21 @@ impl Backend for Native {
         if flags & FIXED == 0 {
             native::before_connect(self.0, fd, flags, read_addr(addr, len));
         }
-        real::connect(fd, addr, len)
+        // SAFETY: the program's arguments, unchanged, as this method's contract
+        // (the trait's # Safety) promises.
+        unsafe { real::connect(fd, addr, len) }
     }
 
     unsafe fn bind(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
         if flags & FIXED == 0 {
             native::before_bind(self.0, fd, flags, read_addr(addr, len));
         }
-        real::bind(fd, addr, len)
+        // SAFETY: the program's arguments, unchanged, as this method's contract
+        // (the trait's # Safety) promises.
+        unsafe { real::bind(fd, addr, len) }
     }
 
-    unsafe fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
+    fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
         native::before_listen(self.0, fd, flags);
         real::listen(fd, backlog)
     }
@@ -60,7 +64,9 @@ impl Backend for Native {
         len: *mut socklen_t,
         fl: c_int,
     ) -> c_int {
-        let conn = real::accept4(fd, addr, len, fl);
+        // SAFETY: the program's arguments, unchanged, as this method's contract
+        // (the trait's # Safety) promises.
+        let conn = unsafe { real::accept4(fd, addr, len, fl) };
         if conn >= 0 && flags & MPTCP != 0 {
             fdtable::set(conn, TRACKED | MPTCP | FIXED);
         }
@@ -77,7 +83,9 @@ impl Backend for Native {
         len: socklen_t,
     ) -> c_int {
         if flags & FIXED != 0 || len > MAX_RECORDED_OPTION {
-            return real::setsockopt(fd, level, name, val, len);
+            // SAFETY: the program's arguments, unchanged, as this method's
+            // contract (the trait's # Safety) promises.
+            return unsafe { real::setsockopt(fd, level, name, val, len) };
         }
         // A NULL or unreadable value still goes through the native path:
         // MPTCP may refuse the option before reading it (EOPNOTSUPP) where
@@ -89,7 +97,9 @@ impl Backend for Native {
         }
         let opt = SockOpt { level, name, value };
         native::setsockopt(fd, flags, opt, || {
-            real::setsockopt(fd, level, name, val, len)
+            // SAFETY: the program's arguments, unchanged, as this method's
+            // contract (the trait's # Safety) promises.
+            unsafe { real::setsockopt(fd, level, name, val, len) }
         })
     }
 
@@ -104,7 +114,9 @@ impl Backend for Native {
         val: *mut c_void,
         len: *mut socklen_t,
     ) -> c_int {
-        let ret = real::getsockopt(fd, level, name, val, len);
+        // SAFETY: the program's arguments, unchanged, as this method's contract
+        // (the trait's # Safety) promises.
+        let ret = unsafe { real::getsockopt(fd, level, name, val, len) };
         if ret == 0 && level == libc::SOL_SOCKET && name == libc::SO_PROTOCOL && flags & MPTCP != 0
         {
             return put_int(val, len, libc::IPPROTO_TCP);
@@ -139,7 +151,7 @@ macro_rules! emulated {
                 flags & BACKEND_OWNED != 0
             }
 
-            unsafe fn socket(&self, domain: c_int, ty: c_int, _protocol: c_int) -> c_int {
+            fn socket(&self, domain: c_int, ty: c_int, _protocol: c_int) -> c_int {
                 $module::socket(self.0, domain, ty)
             }
 
@@ -150,7 +162,9 @@ macro_rules! emulated {
                 addr: *const sockaddr,
                 len: socklen_t,
             ) -> c_int {
-                $module::connect(fd, addr, len)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::connect(fd, addr, len) }
             }
 
             unsafe fn bind(
@@ -160,10 +174,12 @@ macro_rules! emulated {
                 addr: *const sockaddr,
                 len: socklen_t,
             ) -> c_int {
-                $module::bind(fd, addr, len)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::bind(fd, addr, len) }
             }
 
-            unsafe fn listen(&self, fd: c_int, _flags: u8, backlog: c_int) -> c_int {
+            fn listen(&self, fd: c_int, _flags: u8, backlog: c_int) -> c_int {
                 $module::listen(fd, backlog)
             }
 
@@ -175,7 +191,9 @@ macro_rules! emulated {
                 len: *mut socklen_t,
                 fl: c_int,
             ) -> c_int {
-                $module::accept4(fd, addr, len, fl)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::accept4(fd, addr, len, fl) }
             }
 
             unsafe fn setsockopt(
@@ -187,7 +205,9 @@ macro_rules! emulated {
                 val: *const c_void,
                 len: socklen_t,
             ) -> c_int {
-                $module::setsockopt(fd, level, name, val, len)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::setsockopt(fd, level, name, val, len) }
             }
 
             unsafe fn getsockopt(
@@ -199,7 +219,9 @@ macro_rules! emulated {
                 val: *mut c_void,
                 len: *mut socklen_t,
             ) -> c_int {
-                $module::getsockopt(fd, level, name, val, len)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::getsockopt(fd, level, name, val, len) }
             }
 
             unsafe fn getsockname(
@@ -208,7 +230,9 @@ macro_rules! emulated {
                 addr: *mut sockaddr,
                 len: *mut socklen_t,
             ) -> c_int {
-                $module::getsockname(fd, addr, len)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::getsockname(fd, addr, len) }
             }
 
             unsafe fn getpeername(
@@ -217,10 +241,12 @@ macro_rules! emulated {
                 addr: *mut sockaddr,
                 len: *mut socklen_t,
             ) -> c_int {
-                $module::getpeername(fd, addr, len)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::getpeername(fd, addr, len) }
             }
 
-            unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
+            fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
                 $module::shutdown(fd, how)
             }
 
@@ -231,7 +257,9 @@ macro_rules! emulated {
                 fd: c_int,
                 ev: *mut libc::epoll_event,
             ) -> c_int {
-                $module::epoll_ctl(epfd, op, fd, ev)
+                // SAFETY: the program's arguments, unchanged, as this method's
+                // contract (the trait's # Safety) promises.
+                unsafe { $module::epoll_ctl(epfd, op, fd, ev) }
             }
 
             fn close(&self, fd: c_int, _flags: u8) {

@@ -24,10 +24,12 @@ use once_cell::sync::OnceCell;
 ///
 /// # Safety
 ///
-/// The pointers are the program's, unchecked: implementations read and
-/// write them only through [`crate::hooks::copy_in`] and its relatives, or
-/// hand them to the kernel, which checks them.
-#[allow(clippy::missing_safety_doc)]
+/// The methods that take pointers are unsafe to call: callers pass the
+/// program's arguments to the C call unchanged, so each pointer is one the
+/// program handed to libc under that call's contract. The pointers are
+/// still unchecked: implementations read and write them only through
+/// [`crate::hooks::copy_in`] and its relatives, or hand them to the
+/// kernel, which checks them.
 pub(crate) trait Backend: Send + Sync {
     /// The name used in traces and messages.
     fn name(&self) -> &'static str;
@@ -38,7 +40,7 @@ pub(crate) trait Backend: Send + Sync {
     fn owns(&self, flags: u8) -> bool;
 
     /// A new AF_INET/AF_INET6 stream socket the program asked TCP for.
-    unsafe fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int;
 
     unsafe fn connect(
         &self,
@@ -47,14 +49,18 @@ pub(crate) trait Backend: Send + Sync {
         addr: *const sockaddr,
         len: socklen_t,
     ) -> c_int {
-        real::connect(fd, addr, len)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::connect(fd, addr, len) }
     }
 
     unsafe fn bind(&self, fd: c_int, _flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
-        real::bind(fd, addr, len)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::bind(fd, addr, len) }
     }
 
-    unsafe fn listen(&self, fd: c_int, _flags: u8, backlog: c_int) -> c_int {
+    fn listen(&self, fd: c_int, _flags: u8, backlog: c_int) -> c_int {
         real::listen(fd, backlog)
     }
 
@@ -67,7 +73,9 @@ pub(crate) trait Backend: Send + Sync {
         len: *mut socklen_t,
         fl: c_int,
     ) -> c_int {
-        real::accept4(fd, addr, len, fl)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::accept4(fd, addr, len, fl) }
     }
 
     unsafe fn setsockopt(
@@ -79,7 +87,9 @@ pub(crate) trait Backend: Send + Sync {
         val: *const c_void,
         len: socklen_t,
     ) -> c_int {
-        real::setsockopt(fd, level, name, val, len)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::setsockopt(fd, level, name, val, len) }
     }
 
     unsafe fn getsockopt(
@@ -91,18 +101,24 @@ pub(crate) trait Backend: Send + Sync {
         val: *mut c_void,
         len: *mut socklen_t,
     ) -> c_int {
-        real::getsockopt(fd, level, name, val, len)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::getsockopt(fd, level, name, val, len) }
     }
 
     unsafe fn getsockname(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real::getsockname(fd, addr, len)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::getsockname(fd, addr, len) }
     }
 
     unsafe fn getpeername(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        real::getpeername(fd, addr, len)
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); libc
+        // hands the pointers to the kernel, which checks them.
+        unsafe { real::getpeername(fd, addr, len) }
     }
 
-    unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
+    fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
         real::shutdown(fd, how)
     }
 
@@ -115,7 +131,9 @@ pub(crate) trait Backend: Send + Sync {
         fd: c_int,
         ev: *mut libc::epoll_event,
     ) -> c_int {
-        libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) as c_int
+        // SAFETY: the program's arguments, unchanged (the trait's # Safety); the
+        // kernel checks the pointer.
+        unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) as c_int }
     }
 
     /// The program is closing `fd` (or dup2/dup3 replace it); the hook
@@ -142,7 +160,7 @@ impl Backend for Passthrough {
         false
     }
 
-    unsafe fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         real::socket(domain, ty, protocol)
     }
 }

@@ -257,7 +257,7 @@ impl Backend for Faulty {
         self.inner.owns(flags)
     }
 
-    unsafe fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         self.inner.socket(domain, ty, protocol)
     }
 
@@ -268,14 +268,18 @@ impl Backend for Faulty {
             trace::mark_injected();
             return Errno(libc::ECONNREFUSED).fail();
         }
-        self.inner.connect(fd, flags, addr, len)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.connect(fd, flags, addr, len) }
     }
 
     unsafe fn bind(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
-        self.inner.bind(fd, flags, addr, len)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.bind(fd, flags, addr, len) }
     }
 
-    unsafe fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
+    fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
         self.inner.listen(fd, flags, backlog)
     }
 
@@ -299,7 +303,9 @@ impl Backend for Faulty {
             };
             return Errno(e).fail();
         }
-        self.inner.accept4(fd, flags, addr, len, fl)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.accept4(fd, flags, addr, len, fl) }
     }
 
     unsafe fn setsockopt(
@@ -311,7 +317,9 @@ impl Backend for Faulty {
         val: *const c_void,
         len: socklen_t,
     ) -> c_int {
-        self.inner.setsockopt(fd, flags, level, name, val, len)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.setsockopt(fd, flags, level, name, val, len) }
     }
 
     unsafe fn getsockopt(
@@ -323,18 +331,24 @@ impl Backend for Faulty {
         val: *mut c_void,
         len: *mut socklen_t,
     ) -> c_int {
-        self.inner.getsockopt(fd, flags, level, name, val, len)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.getsockopt(fd, flags, level, name, val, len) }
     }
 
     unsafe fn getsockname(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        self.inner.getsockname(fd, addr, len)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.getsockname(fd, addr, len) }
     }
 
     unsafe fn getpeername(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        self.inner.getpeername(fd, addr, len)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.getpeername(fd, addr, len) }
     }
 
-    unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
+    fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
         self.inner.shutdown(fd, how)
     }
 
@@ -345,7 +359,9 @@ impl Backend for Faulty {
         fd: c_int,
         ev: *mut libc::epoll_event,
     ) -> c_int {
-        self.inner.epoll_ctl(epfd, op, fd, ev)
+        // SAFETY: the caller's arguments, unchanged, under this method's
+        // contract (the trait's # Safety).
+        unsafe { self.inner.epoll_ctl(epfd, op, fd, ev) }
     }
 
     fn close(&self, fd: c_int, flags: u8) {

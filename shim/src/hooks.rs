@@ -261,7 +261,8 @@ pub(crate) fn write_addr(
 redhook::hook! {
     unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int => ds_socket {
         if !wants_tcp(domain, ty, protocol) {
-            return redhook::real!(socket)(domain, ty, protocol);
+            // SAFETY: libc's own socket, with the program's integer arguments.
+            return unsafe { redhook::real!(socket)(domain, ty, protocol) };
         }
         backend().socket(domain, ty, protocol)
     }
@@ -270,8 +271,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_connect {
         match owner(fd) {
-            Some((b, flags)) => b.connect(fd, flags, addr, len),
-            None => redhook::real!(connect)(fd, addr, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) => unsafe { b.connect(fd, flags, addr, len) },
+            // SAFETY: libc's own connect, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(connect)(fd, addr, len) },
         }
     }
 }
@@ -279,8 +283,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int => ds_bind {
         match owner(fd) {
-            Some((b, flags)) => b.bind(fd, flags, addr, len),
-            None => redhook::real!(bind)(fd, addr, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) => unsafe { b.bind(fd, flags, addr, len) },
+            // SAFETY: libc's own bind, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(bind)(fd, addr, len) },
         }
     }
 }
@@ -289,7 +296,8 @@ redhook::hook! {
     unsafe fn listen(fd: c_int, backlog: c_int) -> c_int => ds_listen {
         match owner(fd) {
             Some((b, flags)) => b.listen(fd, flags, backlog),
-            None => redhook::real!(listen)(fd, backlog),
+            // SAFETY: libc's own listen, with the program's integer arguments.
+            None => unsafe { redhook::real!(listen)(fd, backlog) },
         }
     }
 }
@@ -297,8 +305,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_accept {
         match owner(fd) {
-            Some((b, flags)) => b.accept4(fd, flags, addr, len, 0),
-            None => redhook::real!(accept)(fd, addr, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) => unsafe { b.accept4(fd, flags, addr, len, 0) },
+            // SAFETY: libc's own accept, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(accept)(fd, addr, len) },
         }
     }
 }
@@ -306,8 +317,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, fl: c_int) -> c_int => ds_accept4 {
         match owner(fd) {
-            Some((b, flags)) => b.accept4(fd, flags, addr, len, fl),
-            None => redhook::real!(accept4)(fd, addr, len, fl),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) => unsafe { b.accept4(fd, flags, addr, len, fl) },
+            // SAFETY: libc's own accept4, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(accept4)(fd, addr, len, fl) },
         }
     }
 }
@@ -315,8 +329,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int => ds_setsockopt {
         match owner(fd) {
-            Some((b, flags)) => b.setsockopt(fd, flags, level, name, val, len),
-            None => redhook::real!(setsockopt)(fd, level, name, val, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) => unsafe { b.setsockopt(fd, flags, level, name, val, len) },
+            // SAFETY: libc's own setsockopt, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(setsockopt)(fd, level, name, val, len) },
         }
     }
 }
@@ -324,8 +341,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int => ds_getsockopt {
         match owner(fd) {
-            Some((b, flags)) => b.getsockopt(fd, flags, level, name, val, len),
-            None => redhook::real!(getsockopt)(fd, level, name, val, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) => unsafe { b.getsockopt(fd, flags, level, name, val, len) },
+            // SAFETY: libc's own getsockopt, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(getsockopt)(fd, level, name, val, len) },
         }
     }
 }
@@ -333,8 +353,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getsockname {
         match owner(fd) {
-            Some((b, _)) => b.getsockname(fd, addr, len),
-            None => redhook::real!(getsockname)(fd, addr, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, _)) => unsafe { b.getsockname(fd, addr, len) },
+            // SAFETY: libc's own getsockname, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(getsockname)(fd, addr, len) },
         }
     }
 }
@@ -342,8 +365,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int => ds_getpeername {
         match owner(fd) {
-            Some((b, _)) => b.getpeername(fd, addr, len),
-            None => redhook::real!(getpeername)(fd, addr, len),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, _)) => unsafe { b.getpeername(fd, addr, len) },
+            // SAFETY: libc's own getpeername, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            None => unsafe { redhook::real!(getpeername)(fd, addr, len) },
         }
     }
 }
@@ -352,7 +378,8 @@ redhook::hook! {
     unsafe fn shutdown(fd: c_int, how: c_int) -> c_int => ds_shutdown {
         match owner(fd) {
             Some((b, _)) => b.shutdown(fd, how),
-            None => redhook::real!(shutdown)(fd, how),
+            // SAFETY: libc's own shutdown, with the program's integer arguments.
+            None => unsafe { redhook::real!(shutdown)(fd, how) },
         }
     }
 }
@@ -372,7 +399,8 @@ fn forget(fd: c_int) {
 redhook::hook! {
     unsafe fn close(fd: c_int) -> c_int => ds_close {
         forget(fd);
-        redhook::real!(close)(fd)
+        // SAFETY: libc's own close, on the descriptor the program closes.
+        unsafe { redhook::real!(close)(fd) }
     }
 }
 
@@ -401,20 +429,23 @@ fn after_dup(oldfd: c_int, newfd: c_int) -> c_int {
 
 redhook::hook! {
     unsafe fn dup(oldfd: c_int) -> c_int => ds_dup {
-        after_dup(oldfd, redhook::real!(dup)(oldfd))
+        // SAFETY: libc's own dup, with the program's integer argument.
+        after_dup(oldfd, unsafe { redhook::real!(dup)(oldfd) })
     }
 }
 
 redhook::hook! {
     unsafe fn dup2(oldfd: c_int, newfd: c_int) -> c_int => ds_dup2 {
-        let ret = forget_replaced(oldfd, newfd, redhook::real!(dup2)(oldfd, newfd));
+        // SAFETY: libc's own dup2, with the program's integer arguments.
+        let ret = forget_replaced(oldfd, newfd, unsafe { redhook::real!(dup2)(oldfd, newfd) });
         after_dup(oldfd, ret)
     }
 }
 
 redhook::hook! {
     unsafe fn dup3(oldfd: c_int, newfd: c_int, fl: c_int) -> c_int => ds_dup3 {
-        let ret = forget_replaced(oldfd, newfd, redhook::real!(dup3)(oldfd, newfd, fl));
+        // SAFETY: libc's own dup3, with the program's integer arguments.
+        let ret = forget_replaced(oldfd, newfd, unsafe { redhook::real!(dup3)(oldfd, newfd, fl) });
         after_dup(oldfd, ret)
     }
 }
@@ -425,7 +456,9 @@ redhook::hook! {
 // Programs built with 64-bit file offsets (python among them) call fcntl64.
 redhook::hook! {
     unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int => ds_fcntl {
-        let ret = redhook::real!(fcntl)(fd, cmd, arg);
+        // SAFETY: libc's own fcntl, with the program's arguments unchanged (a
+        // pointer argument is the program's, made under libc's contract).
+        let ret = unsafe { redhook::real!(fcntl)(fd, cmd, arg) };
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
             return after_dup(fd, ret);
         }
@@ -435,7 +468,9 @@ redhook::hook! {
 
 redhook::hook! {
     unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int => ds_fcntl64 {
-        let ret = redhook::real!(fcntl64)(fd, cmd, arg);
+        // SAFETY: libc's own fcntl64, with the program's arguments unchanged (a
+        // pointer argument is the program's, made under libc's contract).
+        let ret = unsafe { redhook::real!(fcntl64)(fd, cmd, arg) };
         if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
             return after_dup(fd, ret);
         }
@@ -448,8 +483,11 @@ redhook::hook! {
 redhook::hook! {
     unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int => ds_epoll_ctl {
         match owner(fd) {
-            Some((b, flags)) if flags & crate::fdtable::FIXED == 0 => b.epoll_ctl(epfd, op, fd, ev),
-            _ => redhook::real!(epoll_ctl)(epfd, op, fd, ev),
+            // SAFETY: the program's arguments, unchanged, as the backend contract asks.
+            Some((b, flags)) if flags & crate::fdtable::FIXED == 0 => unsafe { b.epoll_ctl(epfd, op, fd, ev) },
+            // SAFETY: libc's own epoll_ctl, with the program's arguments unchanged: the
+            // program made this call under libc's contract.
+            _ => unsafe { redhook::real!(epoll_ctl)(epfd, op, fd, ev) },
         }
     }
 }
@@ -463,14 +501,19 @@ macro_rules! data_hook {
             unsafe fn $name($fd: c_int, $buf: $bt, $len: libc::size_t $(, $a: $t)*) -> libc::ssize_t => $ds {
                 if crate::faults::active() {
                     match crate::faults::data(stringify!($name), $fd, $len) {
-                        crate::faults::Data::Go(n) => return redhook::real!($name)($fd, $buf, n $(, $a)*),
+                        // SAFETY: libc's own call with the program's arguments; a
+                        // shortened length is at most the program's, so the buffer
+                        // still covers it.
+                        crate::faults::Data::Go(n) => return unsafe { redhook::real!($name)($fd, $buf, n $(, $a)*) },
                         crate::faults::Data::Fail(e) => {
                             Errno(e).set();
                             return -1;
                         }
                     }
                 }
-                redhook::real!($name)($fd, $buf, $len $(, $a)*)
+                // SAFETY: libc's own call, with the program's arguments unchanged:
+                // the program made it under libc's contract.
+                unsafe { redhook::real!($name)($fd, $buf, $len $(, $a)*) }
             }
         }
     };
@@ -484,30 +527,60 @@ data_hook!(recvfrom, ds_recvfrom, (fd, buf: *mut c_void, len, flags: c_int, addr
 data_hook!(sendto, ds_sendto, (fd, buf: *const c_void, len, flags: c_int, addr: *const sockaddr, alen: socklen_t));
 
 /// libc's own functions, for backends that complete a call themselves.
+///
+/// The calls that take only integers are safe. Those that take pointers
+/// are unsafe to call: the pointers must meet libc's contract for the
+/// call, as the program's own arguments to it do (passed on unchanged),
+/// or as buffers of the shim's own do.
 pub(crate) mod real {
     use libc::{c_int, c_void, sockaddr, socklen_t};
 
-    pub unsafe fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-        super::socket.get()(domain, ty, protocol)
+    pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+        // SAFETY: libc's socket takes integers only and touches no memory.
+        unsafe { super::socket.get()(domain, ty, protocol) }
     }
 
+    /// # Safety
+    ///
+    /// `addr` and `len` meet connect()'s contract (the program's own
+    /// arguments to it do).
     pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        super::connect.get()(fd, addr, len)
+        // SAFETY: the caller meets connect()'s contract (# Safety above).
+        unsafe { super::connect.get()(fd, addr, len) }
     }
+
+    /// # Safety
+    ///
+    /// `addr` and `len` meet bind()'s contract (the program's own
+    /// arguments to it do).
     pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        super::bind.get()(fd, addr, len)
+        // SAFETY: the caller meets bind()'s contract (# Safety above).
+        unsafe { super::bind.get()(fd, addr, len) }
     }
-    pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
-        super::listen.get()(fd, backlog)
+
+    pub fn listen(fd: c_int, backlog: c_int) -> c_int {
+        // SAFETY: libc's listen takes integers only and touches no memory.
+        unsafe { super::listen.get()(fd, backlog) }
     }
+
+    /// # Safety
+    ///
+    /// `addr` and `len` meet accept4()'s contract (the program's own
+    /// arguments to it do).
     pub unsafe fn accept4(
         fd: c_int,
         addr: *mut sockaddr,
         len: *mut socklen_t,
         flags: c_int,
     ) -> c_int {
-        super::accept4.get()(fd, addr, len, flags)
+        // SAFETY: the caller meets accept4()'s contract (# Safety above).
+        unsafe { super::accept4.get()(fd, addr, len, flags) }
     }
+
+    /// # Safety
+    ///
+    /// `val` and `len` meet setsockopt()'s contract (the program's own
+    /// arguments to it do, and so does a live buffer of `len` bytes).
     pub unsafe fn setsockopt(
         fd: c_int,
         level: c_int,
@@ -515,8 +588,14 @@ pub(crate) mod real {
         val: *const c_void,
         len: socklen_t,
     ) -> c_int {
-        super::setsockopt.get()(fd, level, name, val, len)
+        // SAFETY: the caller meets setsockopt()'s contract (# Safety above).
+        unsafe { super::setsockopt.get()(fd, level, name, val, len) }
     }
+
+    /// # Safety
+    ///
+    /// `val` and `len` meet getsockopt()'s contract (the program's own
+    /// arguments to it do).
     pub unsafe fn getsockopt(
         fd: c_int,
         level: c_int,
@@ -524,15 +603,30 @@ pub(crate) mod real {
         val: *mut c_void,
         len: *mut socklen_t,
     ) -> c_int {
-        super::getsockopt.get()(fd, level, name, val, len)
+        // SAFETY: the caller meets getsockopt()'s contract (# Safety above).
+        unsafe { super::getsockopt.get()(fd, level, name, val, len) }
     }
+
+    /// # Safety
+    ///
+    /// `addr` and `len` meet getsockname()'s contract (the program's own
+    /// arguments to it do).
     pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        super::getsockname.get()(fd, addr, len)
+        // SAFETY: the caller meets getsockname()'s contract (# Safety above).
+        unsafe { super::getsockname.get()(fd, addr, len) }
     }
+
+    /// # Safety
+    ///
+    /// `addr` and `len` meet getpeername()'s contract (the program's own
+    /// arguments to it do).
     pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        super::getpeername.get()(fd, addr, len)
+        // SAFETY: the caller meets getpeername()'s contract (# Safety above).
+        unsafe { super::getpeername.get()(fd, addr, len) }
     }
-    pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
-        super::shutdown.get()(fd, how)
+
+    pub fn shutdown(fd: c_int, how: c_int) -> c_int {
+        // SAFETY: libc's shutdown takes integers only and touches no memory.
+        unsafe { super::shutdown.get()(fd, how) }
     }
 }

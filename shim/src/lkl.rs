@@ -71,8 +71,6 @@
 //! swaps in a plain host TCP socket under the same descriptor (options set
 //! so far are applied to it) and drops the library socket.
 
-#![allow(clippy::missing_safety_doc)]
-
 mod relay;
 
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
@@ -719,7 +717,7 @@ extern "C" fn flush_at_exit() {
 
 // ------------------------------------------------------------ the calls
 
-pub unsafe fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
+pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
     let k = match kernel(config) {
         Ok(k) => k,
         Err(e) => return e.fail(),
@@ -774,7 +772,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// O_NONBLOCK, FD_CLOEXEC and recorded options) and drops the library
 /// socket: for loopback, which must stay the host's. Only before the
 /// socket is connected, listening or bound in the library kernel.
-unsafe fn move_to_host(fd: c_int) -> Result<(), Errno> {
+fn move_to_host(fd: c_int) -> Result<(), Errno> {
     let mut socks = SOCKS.lock();
     let Some(sock) = socks.get(&fd) else {
         return Err(Errno(libc::EBADF));
@@ -791,28 +789,40 @@ unsafe fn move_to_host(fd: c_int) -> Result<(), Errno> {
         return Err(Errno::from(std::io::Error::last_os_error()));
     }
     for (level, name, value) in &sock.opts {
-        real::setsockopt(
-            host,
-            *level,
-            *name,
-            value.as_ptr() as *const c_void,
-            value.len() as socklen_t,
-        );
+        // SAFETY: `value` is a live buffer of `value.len()` bytes.
+        unsafe {
+            real::setsockopt(
+                host,
+                *level,
+                *name,
+                value.as_ptr() as *const c_void,
+                value.len() as socklen_t,
+            )
+        };
     }
-    let fl = libc::fcntl(fd, libc::F_GETFL);
-    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    // SAFETY: flag reads and writes on descriptors with no memory passed:
+    // `fd` is this backend's socket (its table entry is held locked) and
+    // `host` was just made.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
     if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-        libc::fcntl(host, libc::F_SETFL, libc::O_NONBLOCK);
+        // SAFETY: as above.
+        unsafe { libc::fcntl(host, libc::F_SETFL, libc::O_NONBLOCK) };
     }
     // The raw syscall skips the dup3 hook, which would forget `fd` too.
     let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    if libc::syscall(
-        libc::SYS_dup3,
-        host as libc::c_long,
-        fd as libc::c_long,
-        dflags as libc::c_long,
-    ) < 0
-    {
+    // SAFETY: `fd` is this backend's socket (its table entry is held
+    // locked): its file may be replaced, by our own `host`.
+    let swapped = unsafe {
+        libc::syscall(
+            libc::SYS_dup3,
+            host as libc::c_long,
+            fd as libc::c_long,
+            dflags as libc::c_long,
+        )
+    };
+    if swapped < 0 {
         let e = Errno::from(std::io::Error::last_os_error());
         close_fd(host);
         return Err(e);
@@ -820,7 +830,9 @@ unsafe fn move_to_host(fd: c_int) -> Result<(), Errno> {
     // Duplicates of this socket are the same socket: they move too.
     let others = twins(&socks, fd, lkl);
     for &t in &others {
-        replace_file(host, t);
+        // SAFETY: each twin is an entry of the socket table, whose lock is
+        // held.
+        unsafe { replace_file(host, t) };
     }
     close_fd(host);
     if let Some(old) = socks.remove(&fd) {
@@ -855,15 +867,26 @@ fn twins(socks: &HashMap<c_int, Sock>, fd: c_int, lkl: Fd) -> Vec<c_int> {
 
 /// Puts `file` under `fd`, keeping `fd`'s close-on-exec flag. The raw
 /// syscall skips the dup3 hook, which would forget `fd`.
+///
+/// # Safety
+///
+/// `fd` is a descriptor of one of this backend's sockets (an entry of the
+/// socket table): whatever file it had is replaced, so it must not be a
+/// descriptor the program or the shim uses for anything else.
 unsafe fn replace_file(file: c_int, fd: c_int) -> libc::c_long {
-    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    // SAFETY: a flag read, no memory passed.
+    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
     let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    libc::syscall(
-        libc::SYS_dup3,
-        file as libc::c_long,
-        fd as libc::c_long,
-        dflags as libc::c_long,
-    )
+    // SAFETY: the caller vouches that `fd` is this backend's socket
+    // (# Safety above).
+    unsafe {
+        libc::syscall(
+            libc::SYS_dup3,
+            file as libc::c_long,
+            fd as libc::c_long,
+            dflags as libc::c_long,
+        )
+    }
 }
 
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
@@ -874,6 +897,12 @@ fn fail_lkl(e: &LklError) -> c_int {
     Errno(errno_of(e)).fail()
 }
 
+/// `bind()` on a library socket (loopback moves the socket to the host).
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to bind(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
@@ -893,7 +922,8 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
         if let Err(e) = move_to_host(fd) {
             return e.fail();
         }
-        return real::bind(fd, addr, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::bind(fd, addr, len) };
     }
     match k.bind(lfd, a) {
         Ok(()) => 0,
@@ -901,6 +931,13 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     }
 }
 
+/// `connect()` on a library socket (loopback moves the socket to the
+/// host).
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to connect(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
@@ -919,7 +956,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if let Err(e) = move_to_host(fd) {
             return e.fail();
         }
-        return real::connect(fd, addr, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::connect(fd, addr, len) };
     }
     let (conn, relay_end) = {
         let mut socks = SOCKS.lock();
@@ -950,9 +988,12 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             State::Listening(_) => return Errno(libc::EISCONN).fail(),
         }
     };
-    let nonblocking = libc::fcntl(fd, libc::F_GETFL) & libc::O_NONBLOCK != 0;
+    // SAFETY: a flag read, no memory passed.
+    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
     if nonblocking {
-        return connect_in_background(k, fd, conn, relay_end, dest, None);
+        // SAFETY: `fd` is this backend's socket: its table entry was just
+        // made Connected above.
+        return unsafe { connect_in_background(k, fd, conn, relay_end, dest, None) };
     }
     // Blocking: connect in the background as well and wait in a host
     // read(), so that a signal ends the wait exactly as it ends a kernel
@@ -967,7 +1008,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             return e.fail();
         }
     };
-    let r = connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done));
+    // SAFETY: `fd` is this backend's socket: its table entry was just made
+    // Connected above.
+    let r = unsafe { connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done)) };
     if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
         close_fd(wait);
         close_fd(done);
@@ -1015,6 +1058,11 @@ fn gate() -> Result<[c_int; 2], Errno> {
 /// failure, an end whose reads say EOF) is put back under it, its epoll
 /// registrations are made again, and the gate is opened so that a poll
 /// or select already waiting on it wakes up.
+///
+/// # Safety
+///
+/// `fd` is the descriptor of one of this backend's sockets, the one this
+/// connect is for: its file is replaced by the gate, then by the data end.
 unsafe fn connect_in_background(
     k: &'static Lkl,
     fd: c_int,
@@ -1032,12 +1080,15 @@ unsafe fn connect_in_background(
         e.fail()
     };
     // The raw syscall skips the fcntl hook: this copy is the shim's own.
-    let data = libc::syscall(
-        libc::SYS_fcntl,
-        fd as libc::c_long,
-        libc::F_DUPFD_CLOEXEC as libc::c_long,
-        0 as libc::c_long,
-    ) as c_int;
+    // SAFETY: duplicates a descriptor, no memory passed.
+    let data = unsafe {
+        libc::syscall(
+            libc::SYS_fcntl,
+            fd as libc::c_long,
+            libc::F_DUPFD_CLOEXEC as libc::c_long,
+            0 as libc::c_long,
+        )
+    } as c_int;
     if data < 0 {
         return fail(Errno::from(std::io::Error::last_os_error()), -1);
     }
@@ -1045,7 +1096,8 @@ unsafe fn connect_in_background(
         Ok(g) => g,
         Err(e) => return fail(e, data),
     };
-    let cloexec = libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0;
+    // SAFETY: a flag read, no memory passed.
+    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
     let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
     // Under the lock, so that close() (which forgets the socket first)
     // cannot slip in between; the raw syscall skips the dup3 hook.
@@ -1055,13 +1107,17 @@ unsafe fn connect_in_background(
         // The data file stays open (as `data`), so its registrations would
         // outlive the swap and report it writable too early: move them.
         reregister(fd, &epolls, libc::EPOLL_CTL_DEL);
-        if libc::syscall(
-            libc::SYS_dup3,
-            g[0] as libc::c_long,
-            fd as libc::c_long,
-            dflags as libc::c_long,
-        ) < 0
-        {
+        // SAFETY: the caller vouches that `fd` is this backend's socket
+        // (# Safety above); the gate is our own.
+        let swapped = unsafe {
+            libc::syscall(
+                libc::SYS_dup3,
+                g[0] as libc::c_long,
+                fd as libc::c_long,
+                dflags as libc::c_long,
+            )
+        };
+        if swapped < 0 {
             let e = Errno::from(std::io::Error::last_os_error());
             close_fd(g[0]);
             close_fd(g[1]);
@@ -1162,21 +1218,29 @@ fn connect_finished(c: &Connecting, errno: c_int) {
 
 /// epoll_ctl on a socket whose connect is pending: done on the gate and
 /// recorded, to be made again on the final file.
+///
+/// # Safety
+///
+/// `ev` is the program's argument to epoll_ctl(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
-    let r = libc::syscall(
-        libc::SYS_epoll_ctl,
-        epfd as libc::c_long,
-        op as libc::c_long,
-        fd as libc::c_long,
-        ev,
-    ) as c_int;
+    // SAFETY: the program's own arguments; the kernel checks the pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_ctl,
+            epfd as libc::c_long,
+            op as libc::c_long,
+            fd as libc::c_long,
+            ev,
+        )
+    } as c_int;
     if r == 0 {
         if let Some(sock) = socks.get_mut(&fd) {
             sock.epolls.retain(|(e, _, _)| *e != epfd);
             if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
                 // SAFETY: the kernel just read `*ev` successfully.
-                let e = std::ptr::read_unaligned(ev);
+                let e = unsafe { std::ptr::read_unaligned(ev) };
                 sock.epolls.push((epfd, e.events, e.u64));
             }
         }
@@ -1184,7 +1248,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
     r
 }
 
-pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
     };
@@ -1212,26 +1276,34 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     // The program's descriptor becomes the token pair's read end, with
     // the same descriptor flags and O_NONBLOCK; so do its duplicates,
     // which are the same socket.
-    let fl = libc::fcntl(fd, libc::F_GETFL);
-    if replace_file(tokens[0], fd) < 0 {
+    // SAFETY: a flag read, no memory passed.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: `fd` is an entry of the socket table, whose lock is held.
+    if unsafe { replace_file(tokens[0], fd) } < 0 {
         let e = Errno::from(std::io::Error::last_os_error());
         close_fd(tokens[0]);
         close_fd(tokens[1]);
         return e.fail();
     }
     if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-        libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK);
+        // SAFETY: a flag write, no memory passed.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
     }
     let others = twins(&socks, fd, lfd);
     for &t in &others {
-        replace_file(tokens[0], t);
+        // SAFETY: each twin is an entry of the socket table, whose lock is
+        // held.
+        unsafe { replace_file(tokens[0], t) };
     }
     close_fd(tokens[0]);
     close_fd(relay_end);
     // The loop never waits on the token end: a program behind on its
     // accepts pauses the accepting instead.
-    let tfl = libc::fcntl(tokens[1], libc::F_GETFL);
-    libc::fcntl(tokens[1], libc::F_SETFL, tfl | libc::O_NONBLOCK);
+    // SAFETY: flag reads and writes on our own token end, no memory passed.
+    unsafe {
+        let tfl = libc::fcntl(tokens[1], libc::F_GETFL);
+        libc::fcntl(tokens[1], libc::F_SETFL, tfl | libc::O_NONBLOCK);
+    }
     let listener = Arc::new(Listener {
         id: relay::new_id(),
         lkl: lfd,
@@ -1258,6 +1330,13 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     0
 }
 
+/// `accept4()` on a library listener: the next connection its loop
+/// accepted.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to accept4(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let (listener, domain) = match SOCKS.lock().get(&fd) {
         Some(Sock {
@@ -1278,7 +1357,8 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     }
     let mut b = [0u8; 1];
     // Waits (or says EAGAIN) by the program's own O_NONBLOCK.
-    let n = libc::read(fd, b.as_mut_ptr() as *mut c_void, 1);
+    // SAFETY: a one-byte read into a live local buffer.
+    let n = unsafe { libc::read(fd, b.as_mut_ptr() as *mut c_void, 1) };
     if n < 0 {
         return -1; // errno from read: EAGAIN, EINTR
     }
@@ -1337,15 +1417,27 @@ fn names(fd: c_int, peer: bool) -> Result<(Option<SocketAddr>, c_int), Errno> {
     r.map(|a| (a, domain)).map_err(|e| Errno(errno_of(&e)))
 }
 
+/// `getsockname()` on a library socket.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to getsockname(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     name_call(fd, addr, len, false)
 }
 
+/// `getpeername()` on a library socket.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to getpeername(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     name_call(fd, addr, len, true)
 }
 
-unsafe fn name_call(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
+fn name_call(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
     if addr.is_null() || len.is_null() {
         return Errno(libc::EFAULT).fail();
     }
@@ -1365,6 +1457,13 @@ fn host_option(level: c_int, name: c_int) -> bool {
     level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
 }
 
+/// `setsockopt()` on a library socket (read and write timeouts stay on
+/// the program's descriptor).
+///
+/// # Safety
+///
+/// `val` and `len` are the program's arguments to setsockopt(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn setsockopt(
     fd: c_int,
     level: c_int,
@@ -1373,14 +1472,17 @@ pub unsafe fn setsockopt(
     len: socklen_t,
 ) -> c_int {
     if host_option(level, name) {
-        return libc::syscall(
-            libc::SYS_setsockopt,
-            fd as libc::c_long,
-            level as libc::c_long,
-            name as libc::c_long,
-            val,
-            len as libc::c_long,
-        ) as c_int;
+        // SAFETY: the program's own arguments; the kernel checks the pointer.
+        return unsafe {
+            libc::syscall(
+                libc::SYS_setsockopt,
+                fd as libc::c_long,
+                level as libc::c_long,
+                name as libc::c_long,
+                val,
+                len as libc::c_long,
+            )
+        } as c_int;
     }
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
@@ -1397,17 +1499,19 @@ pub unsafe fn setsockopt(
     }
     // SAFETY: `value` is a live buffer of `len` bytes that the library
     // kernel only reads.
-    let r = k.syscall(
-        dropshim_backend_lkl::nr::SETSOCKOPT,
-        [
-            i64::from(lfd.0),
-            i64::from(level),
-            i64::from(name),
-            value.as_ptr() as i64,
-            i64::from(len),
-            0,
-        ],
-    );
+    let r = unsafe {
+        k.syscall(
+            dropshim_backend_lkl::nr::SETSOCKOPT,
+            [
+                i64::from(lfd.0),
+                i64::from(level),
+                i64::from(name),
+                value.as_ptr() as i64,
+                i64::from(len),
+                0,
+            ],
+        )
+    };
     if r == -i64::from(libc::EOPNOTSUPP) {
         // MPTCP in 6.12 refuses a few TCP options plain TCP takes; the
         // program asked for TCP and must not fail for it.
@@ -1425,6 +1529,12 @@ pub unsafe fn setsockopt(
     0
 }
 
+/// `getsockopt()` on a library socket: answers as a TCP socket would.
+///
+/// # Safety
+///
+/// `val` and `len` are the program's arguments to getsockopt(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn getsockopt(
     fd: c_int,
     level: c_int,
@@ -1433,14 +1543,17 @@ pub unsafe fn getsockopt(
     len: *mut socklen_t,
 ) -> c_int {
     if host_option(level, name) {
-        return libc::syscall(
-            libc::SYS_getsockopt,
-            fd as libc::c_long,
-            level as libc::c_long,
-            name as libc::c_long,
-            val,
-            len,
-        ) as c_int;
+        // SAFETY: the program's own arguments; the kernel checks the pointers.
+        return unsafe {
+            libc::syscall(
+                libc::SYS_getsockopt,
+                fd as libc::c_long,
+                level as libc::c_long,
+                name as libc::c_long,
+                val,
+                len,
+            )
+        } as c_int;
     }
     let (lfd, domain, state) = {
         let socks = SOCKS.lock();
@@ -1492,7 +1605,7 @@ pub unsafe fn getsockopt(
     }
 }
 
-pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+pub fn shutdown(fd: c_int, how: c_int) -> c_int {
     let state = match SOCKS.lock().get(&fd) {
         Some(s) => match &s.state {
             State::Fresh { .. } => None,
@@ -1506,7 +1619,10 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
         // The relays carry it over in order: bytes written before a
         // SHUT_WR still reach the peer before its FIN.
         Some(Ok(_)) => {
-            libc::syscall(libc::SYS_shutdown, fd as libc::c_long, how as libc::c_long) as c_int
+            // SAFETY: integers only, on this backend's connected socket.
+            unsafe {
+                libc::syscall(libc::SYS_shutdown, fd as libc::c_long, how as libc::c_long) as c_int
+            }
         }
         Some(Err(lfd)) => match live() {
             Some(k) => match k.shutdown(lfd, how) {

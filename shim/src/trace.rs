@@ -212,7 +212,7 @@ impl Backend for Traced {
         self.inner.owns(flags)
     }
 
-    unsafe fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
         let family = if domain == libc::AF_INET6 {
             "AF_INET6"
         } else {
@@ -226,17 +226,23 @@ impl Backend for Traced {
     unsafe fn connect(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
         self.run(
             format!("connect(fd={fd}, {})", addr_text(addr, len)),
-            || self.inner.connect(fd, flags, addr, len),
+            || {
+                // SAFETY: the caller's arguments, unchanged, under this method's
+                // contract (the trait's # Safety).
+                unsafe { self.inner.connect(fd, flags, addr, len) }
+            },
         )
     }
 
     unsafe fn bind(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
         self.run(format!("bind(fd={fd}, {})", addr_text(addr, len)), || {
-            self.inner.bind(fd, flags, addr, len)
+            // SAFETY: the caller's arguments, unchanged, under this method's
+            // contract (the trait's # Safety).
+            unsafe { self.inner.bind(fd, flags, addr, len) }
         })
     }
 
-    unsafe fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
+    fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
         self.run(format!("listen(fd={fd}, {backlog})"), || {
             self.inner.listen(fd, flags, backlog)
         })
@@ -251,7 +257,9 @@ impl Backend for Traced {
         fl: c_int,
     ) -> c_int {
         self.run(format!("accept4(fd={fd}, {fl:#x})"), || {
-            self.inner.accept4(fd, flags, addr, len, fl)
+            // SAFETY: the caller's arguments, unchanged, under this method's
+            // contract (the trait's # Safety).
+            unsafe { self.inner.accept4(fd, flags, addr, len, fl) }
         })
     }
 
@@ -266,7 +274,11 @@ impl Backend for Traced {
     ) -> c_int {
         self.run(
             format!("setsockopt(fd={fd}, level={level}, name={name}, len={len})"),
-            || self.inner.setsockopt(fd, flags, level, name, val, len),
+            || {
+                // SAFETY: the caller's arguments, unchanged, under this method's
+                // contract (the trait's # Safety).
+                unsafe { self.inner.setsockopt(fd, flags, level, name, val, len) }
+            },
         )
     }
 
@@ -281,23 +293,31 @@ impl Backend for Traced {
     ) -> c_int {
         self.run(
             format!("getsockopt(fd={fd}, level={level}, name={name})"),
-            || self.inner.getsockopt(fd, flags, level, name, val, len),
+            || {
+                // SAFETY: the caller's arguments, unchanged, under this method's
+                // contract (the trait's # Safety).
+                unsafe { self.inner.getsockopt(fd, flags, level, name, val, len) }
+            },
         )
     }
 
     unsafe fn getsockname(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
         self.run(format!("getsockname(fd={fd})"), || {
-            self.inner.getsockname(fd, addr, len)
+            // SAFETY: the caller's arguments, unchanged, under this method's
+            // contract (the trait's # Safety).
+            unsafe { self.inner.getsockname(fd, addr, len) }
         })
     }
 
     unsafe fn getpeername(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
         self.run(format!("getpeername(fd={fd})"), || {
-            self.inner.getpeername(fd, addr, len)
+            // SAFETY: the caller's arguments, unchanged, under this method's
+            // contract (the trait's # Safety).
+            unsafe { self.inner.getpeername(fd, addr, len) }
         })
     }
 
-    unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
+    fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
         self.run(format!("shutdown(fd={fd}, {how})"), || {
             self.inner.shutdown(fd, how)
         })
@@ -311,7 +331,9 @@ impl Backend for Traced {
         ev: *mut libc::epoll_event,
     ) -> c_int {
         self.run(format!("epoll_ctl(epfd={epfd}, op={op}, fd={fd})"), || {
-            self.inner.epoll_ctl(epfd, op, fd, ev)
+            // SAFETY: the caller's arguments, unchanged, under this method's
+            // contract (the trait's # Safety).
+            unsafe { self.inner.epoll_ctl(epfd, op, fd, ev) }
         })
     }
 

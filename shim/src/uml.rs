@@ -21,8 +21,6 @@
 //! or listen replaces the file under the socket, every one of its
 //! descriptors gets the new file. The socket goes with the last of them.
 
-#![allow(clippy::missing_safety_doc)]
-
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
 use crate::hooks::{connect_done, copy_in, put_int, read_addr, real, wait_for_connect, write_addr};
@@ -225,8 +223,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
     }
     let _ = POLICY.set(config.policy.clone());
     fork_safe();
-    // SAFETY: libc's socket with the program's own arguments.
-    let fd = unsafe { real::socket(domain, ty, 0) };
+    let fd = real::socket(domain, ty, 0);
     if fd < 0 {
         return fd;
     }
@@ -322,6 +319,13 @@ fn mark(fds: &[c_int], flags: u8) {
     }
 }
 
+/// `connect()` on a uml socket: the guest connects, a bridge takes the
+/// descriptor's place.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to connect(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(dest) = read_addr(addr, len) else {
         return Errno(libc::EAFNOSUPPORT).fail();
@@ -329,7 +333,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     {
         let mut socks = SOCKS.lock();
         let Some(s) = socks.get_mut(fd) else {
-            return real::connect(fd, addr, len);
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            return unsafe { real::connect(fd, addr, len) };
         };
         match s.state {
             State::Fresh => {}
@@ -341,7 +346,8 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if is_local(dest.ip()) || dest.ip().is_unspecified() {
             drop(socks);
             release(fd);
-            return real::connect(fd, addr, len);
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            return unsafe { real::connect(fd, addr, len) };
         }
         let mut req = Request::new(Kind::Connect);
         req.domain = s.domain;
@@ -358,13 +364,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         // connect() then says EALREADY and SO_ERROR tells the outcome),
         // a transparent restart with it.
         let mut ends = [-1; 2];
-        if libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            ends.as_mut_ptr(),
-        ) < 0
-        {
+        // SAFETY: `ends` is a live array of the two ints the kernel fills.
+        let made = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                ends.as_mut_ptr(),
+            )
+        };
+        if made < 0 {
             return -1;
         }
         let [wait, done] = ends;
@@ -560,9 +569,7 @@ fn finish_connect(
     if errno != 0 {
         // A fresh placeholder: writable and hung up, like a kernel socket
         // whose connect failed; SO_ERROR reports why, once.
-        // SAFETY: libc's socket with integer arguments.
-        let placeholder =
-            unsafe { real::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        let placeholder = real::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if placeholder >= 0 && install(placeholder, &fds).is_ok() {
             s.reregister();
         }
@@ -584,10 +591,15 @@ fn finish_connect(
 
 /// Records the program's epoll registrations of a descriptor that is not
 /// final yet, then makes the call.
+///
+/// # Safety
+///
+/// `ev` is the program's argument to epoll_ctl(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
     // SAFETY: the program's own arguments; the kernel checks the pointer.
-    let ret = libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) as c_int;
+    let ret = unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) } as c_int;
     if ret < 0 {
         return ret;
     }
@@ -596,7 +608,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_
             s.epolls.retain(|&(f, e, _, _)| !(f == fd && e == epfd));
             if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
                 // SAFETY: the kernel just read this epoll_event successfully.
-                let e = std::ptr::read_unaligned(ev);
+                let e = unsafe { std::ptr::read_unaligned(ev) };
                 s.epolls.push((fd, epfd, e.events, e.u64));
             }
         }
@@ -674,13 +686,21 @@ fn watch_loop(device: &str, fd: c_int) {
     }
 }
 
+/// `bind()` on a uml socket: recorded for the guest socket (loopback
+/// stays on the host).
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to bind(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(local) = read_addr(addr, len) else {
         return Errno(libc::EAFNOSUPPORT).fail();
     };
     let mut socks = SOCKS.lock();
     let Some(s) = socks.get_mut(fd) else {
-        return real::bind(fd, addr, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::bind(fd, addr, len) };
     };
     if !matches!(s.state, State::Fresh) || s.bound.is_some() {
         return Errno(libc::EINVAL).fail();
@@ -691,13 +711,14 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if is_local(local.ip()) {
         drop(socks);
         release(fd);
-        return real::bind(fd, addr, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::bind(fd, addr, len) };
     }
     s.bound = Some(local);
     0
 }
 
-pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
+pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     let (req, device) = {
         let socks = SOCKS.lock();
         let Some(s) = socks.get(fd) else {
@@ -742,13 +763,20 @@ pub unsafe fn listen(fd: c_int, backlog: c_int) -> c_int {
     0
 }
 
+/// `accept4()` on a uml listener: the next bridge the guest accepted.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to accept4(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
     let (domain, device) = {
         let socks = SOCKS.lock();
         match socks.get(fd) {
             Some(s) if matches!(s.state, State::Listening { .. }) => (s.domain, s.device.clone()),
             Some(_) => return Errno(libc::EINVAL).fail(),
-            None => return real::accept4(fd, addr, len, flags),
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            None => return unsafe { real::accept4(fd, addr, len, flags) },
         }
     };
     if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
@@ -817,6 +845,12 @@ fn bridge_owned(level: c_int, name: c_int) -> bool {
             ))
 }
 
+/// `setsockopt()` on a uml socket.
+///
+/// # Safety
+///
+/// `val` and `len` are the program's arguments to setsockopt(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn setsockopt(
     fd: c_int,
     level: c_int,
@@ -826,12 +860,14 @@ pub unsafe fn setsockopt(
 ) -> c_int {
     let mut socks = SOCKS.lock();
     let Some(s) = socks.get_mut(fd) else {
-        return real::setsockopt(fd, level, name, val, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::setsockopt(fd, level, name, val, len) };
     };
     match s.state {
         State::Fresh => {
             // The placeholder validates the option as the kernel would.
-            let ret = real::setsockopt(fd, level, name, val, len);
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            let ret = unsafe { real::setsockopt(fd, level, name, val, len) };
             let mut value = vec![0u8; (len as usize).min(1024)];
             if ret == 0 && len <= 1024 && copy_in(val as *const u8, &mut value) {
                 match s
@@ -872,11 +908,18 @@ pub unsafe fn setsockopt(
             {
                 return 0;
             }
-            real::setsockopt(fd, level, name, val, len)
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            unsafe { real::setsockopt(fd, level, name, val, len) }
         }
     }
 }
 
+/// `getsockopt()` on a uml socket: answers as a TCP socket would.
+///
+/// # Safety
+///
+/// `val` and `len` are the program's arguments to getsockopt(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn getsockopt(
     fd: c_int,
     level: c_int,
@@ -903,7 +946,8 @@ pub unsafe fn getsockopt(
                     matches!(s.state, State::Connecting { .. }),
                 )
             }
-            None => return real::getsockopt(fd, level, name, val, len),
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            None => return unsafe { real::getsockopt(fd, level, name, val, len) },
         }
     };
     if level == libc::SOL_SOCKET {
@@ -920,7 +964,8 @@ pub unsafe fn getsockopt(
         // yet, and TCP-level answers wait for the connection.
         return match (level, name) {
             (libc::SOL_SOCKET, libc::SO_ERROR) => put_int(val, len, 0),
-            (libc::SOL_SOCKET, _) => real::getsockopt(fd, level, name, val, len),
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            (libc::SOL_SOCKET, _) => unsafe { real::getsockopt(fd, level, name, val, len) },
             _ => put_int(val, len, 0),
         };
     }
@@ -929,11 +974,13 @@ pub unsafe fn getsockopt(
         // what a listener would say rather than ENOPROTOOPT.
         return match (level, name) {
             (libc::SOL_SOCKET, libc::SO_ERROR) => put_int(val, len, 0),
-            (libc::SOL_SOCKET, _) => real::getsockopt(fd, level, name, val, len),
+            // SAFETY: the program's arguments, unchanged (# Safety above).
+            (libc::SOL_SOCKET, _) => unsafe { real::getsockopt(fd, level, name, val, len) },
             _ => put_int(val, len, 0),
         };
     }
-    real::getsockopt(fd, level, name, val, len)
+    // SAFETY: the program's arguments, unchanged (# Safety above).
+    unsafe { real::getsockopt(fd, level, name, val, len) }
 }
 
 fn wildcard(domain: c_int) -> SocketAddr {
@@ -944,10 +991,17 @@ fn wildcard(domain: c_int) -> SocketAddr {
     }
 }
 
+/// `getsockname()` on a uml socket: the guest socket's own address.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to getsockname(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let socks = SOCKS.lock();
     let Some(s) = socks.get(fd) else {
-        return real::getsockname(fd, addr, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::getsockname(fd, addr, len) };
     };
     let a = match s.state {
         State::Fresh | State::Connecting { .. } => s.bound,
@@ -960,10 +1014,17 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
     0
 }
 
+/// `getpeername()` on a uml socket: the guest socket's peer.
+///
+/// # Safety
+///
+/// `addr` and `len` are the program's arguments to getpeername(), unchanged (the
+/// [`crate::contract::Backend`] contract).
 pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     let socks = SOCKS.lock();
     let Some(s) = socks.get(fd) else {
-        return real::getpeername(fd, addr, len);
+        // SAFETY: the program's arguments, unchanged (# Safety above).
+        return unsafe { real::getpeername(fd, addr, len) };
     };
     match s.state {
         State::Connected {
@@ -978,7 +1039,7 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
     }
 }
 
-pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+pub fn shutdown(fd: c_int, how: c_int) -> c_int {
     let fresh = SOCKS
         .lock()
         .get(fd)

@@ -357,18 +357,27 @@ unsafe fn send_fd(sock: RawFd, byte: u8, fd: RawFd) -> io::Result<()> {
     };
     // Room for one descriptor, aligned for cmsghdr.
     let mut control = [0u64; 4];
-    let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
-    let mut msg: libc::msghdr = std::mem::zeroed();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space;
-    let cmsg = libc::CMSG_FIRSTHDR(&msg);
-    (*cmsg).cmsg_level = libc::SOL_SOCKET;
-    (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-    if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
+    // SAFETY: `msg` names `control`, whose `space` bytes (within its 32)
+    // hold one header and one descriptor: the first header is in bounds
+    // and not null, and its data takes a RawFd, written unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg` and all it points to are live locals; the caller
+    // promises `sock` and `fd` are open (# Safety above).
+    if unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
