@@ -539,10 +539,24 @@ impl<'a> PathCuts<'a> {
         // The server's own account goes with a client's failure: it says
         // where an upload went wrong.
         let server_err = stop_server(server)?;
-        ensure!(
-            status.success(),
-            "load client failed under path cuts: {stderr}\nthe server said: {server_err}"
-        );
+        if !status.success() {
+            // What gw2's MPTCP did meanwhile (resets, fast closes,
+            // fallbacks, retransmissions) goes with the failure: it says
+            // which end gave up on a connection, and how.
+            let after = mptcp_counters(tb.netns("gw2")?).unwrap_or_default();
+            let mut moved: Vec<String> = after
+                .keys()
+                .filter(|k| delta(&self.before, &after, k) > 0)
+                .map(|k| format!("{k} +{}", delta(&self.before, &after, k)))
+                .collect();
+            moved.sort();
+            bail!(
+                "load client failed under path cuts after {faults} cuts: {stderr}\n\
+                 the server said: {server_err}\n\
+                 gw2's MPTcpExt counters that moved: {}",
+                moved.join(", ")
+            );
+        }
         let round = lines
             .iter()
             .find(|l| l.starts_with("round="))

@@ -331,9 +331,17 @@ pub fn parse_iperf(
     subflows: f64,
 ) -> Result<Measured> {
     let received = &report["end"]["sum_received"];
-    let bits = received["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no throughput")?;
+    let Some(bits) = received["bits_per_second"].as_f64() else {
+        // What iperf3 did say goes with the failure.
+        let said = match report["error"].as_str() {
+            Some(e) => format!("its error: {e}"),
+            None => format!(
+                "its summary: {}",
+                serde_json::to_string(&report["end"]).unwrap_or_default()
+            ),
+        };
+        bail!("iperf3 reported no throughput; {said:.600}");
+    };
     let bytes = received["bytes"].as_u64().unwrap_or(0);
     let secs = received["seconds"].as_f64().unwrap_or(0.0);
     let cpu = &report["end"]["cpu_utilization_percent"];
