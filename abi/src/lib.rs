@@ -1,12 +1,17 @@
 //! The Linux socket ABI values and layouts every dropshim backend shares:
-//! socket address encoding and decoding.
+//! socket address encoding and decoding, MPTCP's socket constants, and
+//! which addresses stay on this host.
 //!
 //! Owns: the one conversion between `std::net::SocketAddr` and the
 //! kernel's `sockaddr_in` / `sockaddr_in6` (in a `sockaddr_storage`), used
 //! by the shim, the native, uml and lkl backends and the seccomp
 //! supervisor alike: [`encode`] (with [`encode_in_domain`] for a socket of
 //! a given family) and [`decode`] (with [`decode_storage`] for a filled
-//! `sockaddr_storage`).
+//! `sockaddr_storage`); the MPTCP protocol, socket option and flag numbers
+//! of the kernel's uapi ([`IPPROTO_MPTCP`], [`SOL_MPTCP`], [`MPTCP_INFO`],
+//! ...); and the address predicates every backend uses to keep local
+//! traffic on the host: [`unmapped`], [`is_loopback`] and
+//! [`is_local_destination`].
 //!
 //! Must not touch: sockets, the program's memory or errno. Callers read
 //! the bytes (through whatever checked path they own) and decide what a
@@ -17,7 +22,53 @@
 #![warn(missing_docs)]
 
 use libc::{c_int, sockaddr, sockaddr_storage, socklen_t};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// The protocol number of Multipath TCP, as `socket(domain, SOCK_STREAM,
+/// IPPROTO_MPTCP)` takes it (262). The `libc` crate's own constant,
+/// re-exported so every crate names it from one place.
+pub use libc::IPPROTO_MPTCP;
+
+/// The socket option level of MPTCP's own options (284, `SOL_MPTCP` in
+/// `linux/socket.h`). Defined here because the `libc` crate does not
+/// define it.
+pub const SOL_MPTCP: c_int = 284;
+/// `getsockopt(SOL_MPTCP, MPTCP_INFO)`: a `struct mptcp_info` about the
+/// connection (`linux/mptcp.h`).
+pub const MPTCP_INFO: c_int = 1;
+/// `getsockopt(SOL_MPTCP, MPTCP_SUBFLOW_ADDRS)`: a `struct
+/// mptcp_subflow_data` header, then each subflow's local and remote
+/// address (`linux/mptcp.h`).
+pub const MPTCP_SUBFLOW_ADDRS: c_int = 3;
+/// The bit of `mptcp_info.mptcpi_flags` set once the connection fell back
+/// to plain TCP (`linux/mptcp.h`); the same bit in the `MPTCP_INFO` a
+/// sock_diag dump carries.
+pub const MPTCP_INFO_FLAG_FALLBACK: u32 = 1;
+
+/// `ip` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) turned into
+/// the IPv4 address it stands for, as the kernel treats it on an
+/// `AF_INET6` socket; every other address as it is.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Whether `ip` is a loopback address: `127.0.0.0/8`, `::1`, or an
+/// IPv4-mapped loopback (`::ffff:127.x.y.z`). Not the unspecified
+/// address: binding to it serves every network, not only this host.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    unmapped(ip).is_loopback()
+}
+
+/// Whether connecting to `ip` reaches this host itself: a loopback
+/// address ([`is_loopback`]) or the unspecified address (`0.0.0.0`, `::`,
+/// `::ffff:0.0.0.0`), which `connect()` takes as "this host".
+pub fn is_local_destination(ip: IpAddr) -> bool {
+    let ip = unmapped(ip);
+    ip.is_loopback() || ip.is_unspecified()
+}
 
 /// Bytes of a `sockaddr_in`: family, port, IPv4 address, padding.
 pub const SOCKADDR_IN_LEN: usize = std::mem::size_of::<libc::sockaddr_in>();
@@ -173,6 +224,70 @@ fn take<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an IP address literal")
+    }
+
+    #[test]
+    fn the_whole_ipv4_loopback_range_is_loopback() {
+        for text in ["127.0.0.1", "127.0.0.0", "127.1.2.3", "127.255.255.255"] {
+            assert!(is_loopback(ip(text)), "{text}");
+            assert!(is_local_destination(ip(text)), "{text}");
+        }
+        for text in ["126.255.255.255", "128.0.0.0"] {
+            assert!(!is_loopback(ip(text)), "{text}");
+            assert!(!is_local_destination(ip(text)), "{text}");
+        }
+    }
+
+    #[test]
+    fn ipv6_loopback_is_loopback() {
+        assert!(is_loopback(ip("::1")));
+        assert!(is_local_destination(ip("::1")));
+        assert!(!is_loopback(ip("::2")));
+        assert_eq!(unmapped(ip("::1")), ip("::1"));
+    }
+
+    #[test]
+    fn v4_mapped_loopback_is_loopback() {
+        for text in ["::ffff:127.0.0.1", "::ffff:127.9.8.7"] {
+            assert!(is_loopback(ip(text)), "{text}");
+            assert!(is_local_destination(ip(text)), "{text}");
+        }
+        assert_eq!(unmapped(ip("::ffff:127.0.0.1")), ip("127.0.0.1"));
+        // IPv4-compatible (::a.b.c.d, deprecated) is not a mapping.
+        assert!(!is_loopback(ip("::127.0.0.1")));
+    }
+
+    #[test]
+    fn unspecified_is_a_local_destination_but_not_loopback() {
+        for text in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            assert!(!is_loopback(ip(text)), "{text}");
+            assert!(is_local_destination(ip(text)), "{text}");
+        }
+        assert_eq!(unmapped(ip("::ffff:0.0.0.0")), ip("0.0.0.0"));
+    }
+
+    #[test]
+    fn a_routable_address_is_neither() {
+        for text in ["198.18.1.2", "::ffff:198.18.1.2", "2001:db8::1", "fe80::1"] {
+            assert!(!is_loopback(ip(text)), "{text}");
+            assert!(!is_local_destination(ip(text)), "{text}");
+        }
+        assert_eq!(unmapped(ip("::ffff:198.18.1.2")), ip("198.18.1.2"));
+        assert_eq!(unmapped(ip("2001:db8::1")), ip("2001:db8::1"));
+        assert_eq!(unmapped(ip("198.18.1.2")), ip("198.18.1.2"));
+    }
+
+    #[test]
+    fn mptcp_numbers_are_the_kernel_uapi() {
+        assert_eq!(IPPROTO_MPTCP, 262);
+        assert_eq!(SOL_MPTCP, 284);
+        assert_eq!(MPTCP_INFO, 1);
+        assert_eq!(MPTCP_SUBFLOW_ADDRS, 3);
+        assert_eq!(MPTCP_INFO_FLAG_FALLBACK, 1);
+    }
 
     fn addr(text: &str) -> SocketAddr {
         text.parse().expect("a socket address literal")

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use dropshim_backend_lkl::{BootOptions, Fd, Lkl};
 
-const IPPROTO_MPTCP: i32 = 262;
-const SOL_MPTCP: i32 = 284;
-const MPTCP_INFO: i32 = 1;
+use dropshim_abi::{IPPROTO_MPTCP, MPTCP_INFO, SOL_MPTCP};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dropshim_backend_lkl::{BootOptions, Fd, Lkl};
 use sha2::{Digest, Sha256};
 
-const IPPROTO_MPTCP: i32 = 262;
+use dropshim_abi::{IPPROTO_MPTCP, MPTCP_INFO, SOL_MPTCP};
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -80,9 +80,6 @@ for s in socks:
     c.close()
     print("done", peer[0], total, subflows, flush=True)
 "#;
-
-const SOL_MPTCP: i32 = 284;
-const MPTCP_INFO: i32 = 1;
 
 fn chunk(i: u64, len: usize) -> Vec<u8> {
     (0..len as u64)

@@ -3,16 +3,13 @@
 //! report what MPTCP really did on it.
 
 use crate::sys;
-use dropshim_abi::{decode, decode_storage};
+use dropshim_abi::{
+    decode, decode_storage, IPPROTO_MPTCP, MPTCP_INFO, MPTCP_INFO_FLAG_FALLBACK,
+    MPTCP_SUBFLOW_ADDRS, SOL_MPTCP,
+};
 use std::io;
 use std::net::SocketAddr;
 use std::os::raw::c_int;
-
-pub const IPPROTO_MPTCP: c_int = 262;
-pub const SOL_MPTCP: c_int = 284;
-const MPTCP_INFO: c_int = 1;
-const MPTCP_SUBFLOW_ADDRS: c_int = 3;
-const MPTCP_INFO_FLAG_FALLBACK: u32 = 1;
 
 /// The protocol a stream socket speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

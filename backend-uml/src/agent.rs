@@ -10,13 +10,12 @@
 mod evloop;
 
 use crate::proto::{Reply, Request};
+use dropshim_abi::IPPROTO_MPTCP;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const IPPROTO_MPTCP: i32 = 262;
 
 /// Entry point when the kernel runs us as init. Never returns normally:
 /// the instance powers off if configuration fails.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel's protocol number for Multipath TCP.
-pub const IPPROTO_MPTCP: libc::c_int = 262;
+pub use dropshim_abi::IPPROTO_MPTCP;
 
 /// The address the benchmarks listen on inside their own namespace
 /// (benchmarking range, on a veth of its own).

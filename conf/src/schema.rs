@@ -1,6 +1,7 @@
 //! The device file schema. Every struct denies unknown keys: a typo is an
 //! error, never a silently ignored setting.
 
+use dropshim_abi::{is_local_destination, is_loopback, unmapped};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -302,8 +303,8 @@ impl Policy {
 
     /// What a socket connecting to `dest` gets.
     pub fn decide(&self, dest: &SocketAddr) -> Action {
-        let ip = canonical(dest.ip());
-        if is_local(ip) && !self.loopback {
+        let ip = unmapped(dest.ip());
+        if is_local_destination(ip) && !self.loopback {
             return Action::Tcp;
         }
         for rule in &self.rules {
@@ -321,8 +322,8 @@ impl Policy {
     /// default count. Whether a listening socket keeps MPTCP is
     /// [`Policy::listeners`], applied at listen().
     pub fn decide_bind(&self, local: &SocketAddr) -> Action {
-        let ip = canonical(local.ip());
-        if ip.is_loopback() && !self.loopback {
+        let ip = unmapped(local.ip());
+        if is_loopback(ip) && !self.loopback {
             return Action::Tcp;
         }
         for rule in &self.rules {
@@ -346,27 +347,13 @@ impl Default for Policy {
 }
 
 impl Rule {
-    /// Whether a destination (already canonical) falls under this rule.
+    /// Whether a destination (already [`unmapped`]) falls under this rule.
     pub fn matches(&self, ip: IpAddr, port: u16) -> bool {
         let net_ok = match self.dest {
             Some(net) => net.contains(ip),
             None => true,
         };
         net_ok && (self.ports.is_empty() || self.ports.iter().any(|p| p.contains(port)))
-    }
-}
-
-/// Destinations that never leave the host: loopback, and the unspecified
-/// address, which connect() treats as "this host".
-fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback() || ip.is_unspecified()
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are IPv4 destinations.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 

@@ -11,6 +11,7 @@
 
 use crate::attr::{self as nl, Attrs, RawMessage};
 use crate::transport::{Conn, HostSocket, Protocol, Transport};
+use dropshim_abi::MPTCP_INFO_FLAG_FALLBACK;
 use netlink_packet_core::NLM_F_DUMP;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -29,7 +30,6 @@ const MPTCP_SUBFLOW_FLAG_JOIN_REM: u32 = 1 << 2;
 const MPTCP_SUBFLOW_FLAG_JOIN_LOC: u32 = 1 << 3;
 const MPTCP_SUBFLOW_FLAG_BKUP_REM: u32 = 1 << 4;
 const MPTCP_SUBFLOW_FLAG_BKUP_LOC: u32 = 1 << 5;
-const MPTCP_INFO_FLAG_FALLBACK: u32 = 1;
 const TCP_LISTEN: u8 = 10;
 /// `struct inet_diag_msg`: family, state, timer, retrans, sockid (48), 5 x u32.
 const DIAG_MSG_LEN: usize = 72;

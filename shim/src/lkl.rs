@@ -81,13 +81,14 @@ use crate::hooks::{
 };
 use crate::log;
 use crate::Errno;
+use dropshim_abi::{is_loopback, IPPROTO_MPTCP};
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl};
 use dropshim_conf::DeviceConfig;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -725,7 +726,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
     // Non-blocking: only the event loops wait on it (and connect, which
     // they finish).
     let ty_lkl = libc::SOCK_STREAM | libc::SOCK_NONBLOCK;
-    let lfd = match k.socket(domain, ty_lkl, libc::IPPROTO_MPTCP) {
+    let lfd = match k.socket(domain, ty_lkl, IPPROTO_MPTCP) {
         Ok(f) => f,
         Err(e) => {
             log::warning!("lkl: MPTCP socket refused ({e}); using TCP");
@@ -757,15 +758,6 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
         MOVABLE,
     );
     sv[0]
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
 }
 
 /// Puts a plain host TCP socket under `fd` (same descriptor number,
@@ -950,6 +942,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         })
         .fail();
     };
+    // Only loopback, not `is_local_destination`: a connect to the
+    // unspecified address goes into the library kernel, whose own stack
+    // takes it as its own loopback.
     if is_loopback(dest.ip()) {
         // The library kernel's loopback is not the host's: local services
         // stay on the host stack, as plain TCP.

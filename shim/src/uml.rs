@@ -26,6 +26,7 @@ use crate::forklock::{self, ForkMutex};
 use crate::hooks::{connect_done, copy_in, put_int, read_addr, real, wait_for_connect, write_addr};
 use crate::log;
 use crate::Errno;
+use dropshim_abi::is_loopback;
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -234,14 +235,6 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
     fd
 }
 
-fn is_local(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    };
-    ip.is_loopback()
-}
-
 /// The socket leaves the backend and stays a plain host socket, under
 /// every descriptor it has.
 fn release(fd: c_int) {
@@ -343,7 +336,11 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             State::Listening { .. } => return Errno(libc::EINVAL).fail(),
         }
         s.so_error = 0;
-        if is_local(dest.ip()) || dest.ip().is_unspecified() {
+        // Loopback (mapped too) and the bare unspecified address stay on
+        // the host. `::ffff:0.0.0.0` is not taken as unspecified here (it
+        // is by `is_local_destination`): such a connect goes to the
+        // instance.
+        if is_loopback(dest.ip()) || dest.ip().is_unspecified() {
             drop(socks);
             release(fd);
             // SAFETY: the program's arguments, unchanged (# Safety above).
@@ -708,7 +705,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if (s.domain == libc::AF_INET) != local.is_ipv4() {
         return Errno(libc::EAFNOSUPPORT).fail();
     }
-    if is_local(local.ip()) {
+    if is_loopback(local.ip()) {
         drop(socks);
         release(fd);
         // SAFETY: the program's arguments, unchanged (# Safety above).

@@ -32,6 +32,7 @@
 //! those of the thread that made the call.
 
 use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
+use dropshim_abi::is_local_destination;
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -100,7 +101,7 @@ impl Supervisor {
         let Some(dest) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
             return Ok(Answer::Continue); // AF_UNSPEC and the like
         };
-        if is_local(&dest) {
+        if is_local_destination(dest.ip()) {
             // The guest's loopback is not the host's.
             return Ok(Answer::Continue);
         }
@@ -206,6 +207,9 @@ impl Supervisor {
         let Some(local) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
             return Ok(Answer::Continue);
         };
+        // `IpAddr::is_loopback`, not `dropshim_abi::is_loopback`: an
+        // IPv4-mapped loopback (`::ffff:127.0.0.1` on an AF_INET6 socket)
+        // is not taken as loopback here and goes to the guest.
         if local.ip().is_loopback() || (domain == libc::AF_INET) != local.is_ipv4() {
             // Loopback stays on the host; a family mismatch gets the
             // kernel's own error.
@@ -432,17 +436,6 @@ enum Answer {
     Value(i64),
     /// Already answered (or no longer waited for).
     Done,
-}
-
-fn is_local(dest: &SocketAddr) -> bool {
-    let ip = match dest.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(std::net::IpAddr::V4)
-            .unwrap_or(dest.ip()),
-        v4 => v4,
-    };
-    ip.is_loopback() || ip.is_unspecified()
 }
 
 /// Reads `len` bytes at `addr` in the calling thread's memory, then checks

@@ -27,7 +27,7 @@
 //! filters but has no user-notification support, and this filter is
 //! twenty instructions.
 
-use dropshim_backend_native::socket::IPPROTO_MPTCP;
+use dropshim_abi::IPPROTO_MPTCP;
 pub use dropshim_backend_native::sys::SOCKET_PASS_MARK;
 use std::ffi::CString;
 use std::io;
