@@ -103,6 +103,20 @@ impl UmlDevice {
         &self.config
     }
 
+    /// The last `lines` lines of the instance's console (the guest
+    /// kernel's messages and the agent's), for a failure's report.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let path = run_dir(&self.name).join("console.log");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("(cannot read {}: {e})", path.display()),
+        }
+    }
+
     /// `dropshim down` then `dropshim up` for this device, in `node`.
     pub fn restart(&self, tb: &Testbed, node: &str) -> Result<()> {
         for verb in ["down", "up"] {

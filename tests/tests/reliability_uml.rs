@@ -245,7 +245,14 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
         client.expect("connected=", SHORT)?;
         // Link 2 carries the joined subflows and is cut; link 1 (initial
         // subflows) stays up, as in the native suite.
-        let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
+        let cuts = PathCuts::new(&tb, before, conns, min_faults)
+            .run(client, server)
+            .map_err(|e| {
+                e.context(format!(
+                    "the instance's console ends with:\n{}",
+                    dev.console_tail(30)
+                ))
+            })?;
         eprintln!(
             "reliability uml path cuts: {} cuts of link 2 during {} bytes over {conns} connections, \
              all verified; longest wait for progress on link 1 {:?}",

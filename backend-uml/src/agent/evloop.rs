@@ -355,6 +355,14 @@ struct Relay {
     active: Instant,
 }
 
+/// Says on the console why a relay ends in a reset (the caller resets
+/// both sides), so that a program's ECONNRESET can be traced to its
+/// cause: which direction, after how many bytes, which error.
+fn reported(way: &str, moved: u64, e: io::Error) -> io::Error {
+    eprintln!("dropshim-uml agent: relay {way} failed after {moved} bytes: {e}; both sides reset");
+    e
+}
+
 impl Relay {
     /// Ok(true) when both directions ended (the connection is over).
     fn run(&mut self, scratch: &mut [u8], again: &mut bool) -> io::Result<bool> {
@@ -362,10 +370,12 @@ impl Relay {
         let before = self.up.total + self.down.total;
         let up = self
             .up
-            .run(UP, (b, &mut self.b.read), (s, &mut self.s.write), scratch)?;
+            .run(UP, (b, &mut self.b.read), (s, &mut self.s.write), scratch)
+            .map_err(|e| reported("program to guest", self.up.total, e))?;
         let down = self
             .down
-            .run(DOWN, (s, &mut self.s.read), (b, &mut self.b.write), scratch)?;
+            .run(DOWN, (s, &mut self.s.read), (b, &mut self.b.write), scratch)
+            .map_err(|e| reported("guest to program", self.down.total, e))?;
         *again = matches!(up, Step::More) || matches!(down, Step::More);
         if before != self.up.total + self.down.total {
             self.active = Instant::now();
