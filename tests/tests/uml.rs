@@ -704,7 +704,7 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
     wait_listening(tb.netns("gw2")?, port, SHORT)?;
     let out_dir = tempfile::tempdir()?;
     let sent = |link: u32| link_bytes(&tb, "gw2", link).map(|b| b.1).unwrap_or(0);
-    for round in 1..=ROUNDS {
+    let run_round = |round: u32| -> Result<()> {
         let out = out_dir.path().join(format!("got-{round}.bin"));
         let mut curl = shimmed(&tb, "gw1", "curl", Some(&dev))?;
         curl.args(["-sS", "--fail", "-o"])
@@ -716,8 +716,31 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
             sent(1) >= start1 + 6 * MB
         })
         .with_context(|| {
+            // The connection's state at gw2 (both subflows and the MPTCP
+            // socket) goes with the stall.
+            let ss = tb
+                .netns("gw2")
+                .ok()
+                .and_then(|ns| {
+                    run_bounded(
+                        Command::new("ip").args([
+                            "netns",
+                            "exec",
+                            ns,
+                            "ss",
+                            "-tmniM",
+                            "state",
+                            "established",
+                        ]),
+                        SHORT,
+                    )
+                    .ok()
+                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             format!(
-                "round {round}: before the cut, gw2 sent {} bytes over link 1 and {} over link 2",
+                "round {round}: before the cut, gw2 sent {} bytes over link 1 and {} over link 2\n\
+                 gw2's established sockets:\n{ss}",
                 sent(1) - start1,
                 sent(2) - start2
             )
@@ -746,6 +769,16 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
             "round {round}: the download across the cut is not byte-exact"
         );
         std::fs::remove_file(&out)?;
+        Ok(())
+    };
+    for round in 1..=ROUNDS {
+        // The instance's last words go with any failure of a round.
+        run_round(round).map_err(|e| {
+            e.context(format!(
+                "the instance's console ends with:\n{}",
+                dev.console_tail(40)
+            ))
+        })?;
     }
     Ok(())
 }
