@@ -183,6 +183,21 @@ fn uml_server(tb: &Testbed, config: &str, program: &[&str], log: &Path) -> Resul
     Ok(child)
 }
 
+/// Runs `argv` under `dropshim run RUN_ARGS` in gw1, a download into
+/// `out`, and checks that `out` holds the bytes whose sha256 is `want`.
+fn download_intact(
+    tb: &Testbed,
+    run_args: &[&str],
+    argv: &[&str],
+    out: &Path,
+    want: &str,
+    what: &str,
+) -> Result<()> {
+    run_ok(&mut dropshim_run(tb, "gw1", run_args, argv)?, TRANSFER)?;
+    ensure!(sha256_file(out)? == want, "{what}: bytes differ");
+    Ok(())
+}
+
 /// A `subflow` endpoint on gw2's second link, so that a client in gw2
 /// opens a second subflow to a server in the instance.
 fn gw2_subflow_endpoint(tb: &Testbed) -> Result<()> {
@@ -345,11 +360,14 @@ fn reach_native_go_http_server_and_client_use_two_subflows() -> Result<()> {
     let out = got.path().join("got.bin");
     let out_s = out.to_str().context("out path")?;
     let link = url(ip, port, "blob.bin");
-    run_ok(
-        &mut dropshim_run(&tb, "gw1", &[], &[go, "get", &link, out_s])?,
-        TRANSFER,
+    download_intact(
+        &tb,
+        &[],
+        &[go, "get", &link, out_s],
+        &out,
+        &want,
+        "Go client",
     )?;
-    ensure!(sha256_file(&out)? == want, "Go client: bytes differ");
     ensure_two_subflows(&tb, &before, 1)
 }
 
@@ -544,16 +562,14 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
     let out = got.path().join("wget.bin");
     let out_s = out.to_str().context("out path")?;
     let link = url(ip, port, "blob.bin");
-    run_ok(
-        &mut dropshim_run(
-            &tb,
-            "gw1",
-            &["--config", &config],
-            &[bb, "wget", "-q", "-O", out_s, &link],
-        )?,
-        TRANSFER,
+    download_intact(
+        &tb,
+        &["--config", &config],
+        &[bb, "wget", "-q", "-O", out_s, &link],
+        &out,
+        &want,
+        "wget on uml",
     )?;
-    ensure!(sha256_file(&out)? == want, "wget on uml: bytes differ");
     ensure_two_subflows(&tb, &before, 1)?;
 
     // nc: a native nc in gw2 sends the file; gw1's nc receives it
@@ -610,16 +626,14 @@ fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> 
     let out = got.path().join("go.bin");
     let out_s = out.to_str().context("out path")?;
     let link = url(ip, port, "blob.bin");
-    run_ok(
-        &mut dropshim_run(
-            &tb,
-            "gw1",
-            &["--config", &config],
-            &[go, "get", &link, out_s],
-        )?,
-        TRANSFER,
+    download_intact(
+        &tb,
+        &["--config", &config],
+        &[go, "get", &link, out_s],
+        &out,
+        &want,
+        "Go client on uml",
     )?;
-    ensure!(sha256_file(&out)? == want, "Go client on uml: bytes differ");
     ensure_two_subflows(&tb, &before, 1)?;
 
     // The addresses Go reads back (getsockname/getpeername) are the guest
