@@ -942,7 +942,10 @@ impl Drop for Lines {
 pub const LOAD_PY: &str = r##"# Load generator for dropshim's reliability tests: asyncio on both sides.
 # Protocol per connection: client sends 16-byte header (up, down sizes,
 # big-endian u64) then `up` bytes; server replies sha256(up), then
-# `down` random bytes, then sha256(down), then closes. Each side verifies.
+# `down` random bytes, then sha256(down); the client half-closes once it
+# has read that, the server checks that nothing followed the upload and
+# closes, and the client checks that nothing followed the trailer. Each
+# side verifies.
 # The client's upload is a pattern of 8-byte words that each name their
 # connection and offset, so that when the server's digest differs, the
 # server can say where and how (lost, repeated, from another connection).
@@ -1114,6 +1117,18 @@ async def serve(reader, writer):
                   file=sys.stderr, flush=True)
         writer.write(await send_random(writer, down))
         await writer.drain()
+        # End of stream: the client half-closes once it has read the
+        # trailer, and nothing may have followed the upload (a repeated
+        # or stray segment shows here); then the server closes. Nobody
+        # half-closes earlier: Linux opens no new subflow for a
+        # half-closed MPTCP connection, so one whose paths are cut while
+        # the download still runs would lose them all.
+        extra = await reader.read(64)
+        if extra:
+            word = describe(struct.unpack_from("=Q", extra)[0]) if len(extra) >= 8 else "part of a word"
+            print("server: error: an upload of %d bytes differs after its end: %d or more bytes "
+                  "followed it, %s (bytes %s)" % (up, len(extra), word, extra[:32].hex()),
+                  file=sys.stderr, flush=True)
     except (ConnectionError, asyncio.IncompleteReadError) as e:
         print("server: connection error: %r" % e, file=sys.stderr, flush=True)
     finally:
@@ -1149,6 +1164,7 @@ async def one(tag, host, port, up, down, started, go, all_in, conns):
     if await reader.readexactly(32) != got:
         raise AssertionError("download digest differs")
     extra = mptcp_state(writer.get_extra_info("socket"))
+    writer.write_eof()  # the server checks that nothing followed the upload
     if await reader.read(1) != b"":
         raise AssertionError("bytes after the trailer")
     writer.close()
@@ -1290,6 +1306,7 @@ def exchange_tail(s, up_digest):
         raise AssertionError("upload digest differs")
     if recv_exact(s, 32) != hashlib.sha256(b"").digest():
         raise AssertionError("trailer differs")
+    s.shutdown(socket.SHUT_WR)  # the server checks that nothing followed the upload
     if s.recv(1) != b"":
         raise AssertionError("extra bytes")
 

@@ -453,6 +453,59 @@ fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
     Ok(())
 }
 
+/// The load server's end-of-stream check can fail: a client that sends
+/// one word more than its header announced (the next word of its own
+/// pattern, as a repeated segment would) is named by the server. No
+/// shim: this checks the check.
+#[test]
+fn reliability_load_server_names_bytes_after_an_upload() -> Result<()> {
+    const CLIENT: &str = r#"import array, hashlib, socket, struct, sys
+n = 1 << 16
+base = 0xD5A7 << 48 | 3 << 32
+body = array.array("Q", range(base, base + n // 8)).tobytes()
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(struct.pack(">QQ", n, 0) + body + struct.pack("=Q", base + n // 8))
+got = b""
+while len(got) < 64:
+    b = s.recv(64 - len(got))
+    if not b:
+        break
+    got += b
+s.shutdown(socket.SHUT_WR)
+while s.recv(1 << 16):
+    pass
+s.close()
+ok = got == hashlib.sha256(body).digest() + hashlib.sha256(b"").digest()
+print("answered" if ok else "answer=" + got.hex())
+"#;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let mut srv = Command::new("python3");
+    srv.arg(scripts.path("load.py"))
+        .args(["server", "127.0.0.1", &port.to_string()]);
+    let server = Lines::spawn(&mut srv, "load server")?;
+    server.expect("listening", SHORT)?;
+    let out = run_bounded(
+        Command::new("python3")
+            .args(["-c", CLIENT])
+            .arg(port.to_string()),
+        SHORT,
+    )?;
+    let server_err = stop_server(server)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.trim() == "answered",
+        "the client should get the digest of the announced bytes and the trailer: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        server_err.contains("error: an upload of 65536 bytes differs after its end")
+            && server_err.contains("the word of offset 65536 of connection 3"),
+        "the server should name the word after the upload: {server_err}"
+    );
+    Ok(())
+}
+
 /// Writes a device file and runs `dropshim check` and, in gw1, `dropshim
 /// up` then `down`; returns (check ok, check output, up ok, up output).
 fn check_and_up(tb: &Testbed, body: &str) -> Result<(bool, String, bool, String)> {
