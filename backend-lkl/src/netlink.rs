@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use dropshim_conf::DeviceConfig;
 use dropshim_netlink::configure::{Applied, Iface, Kernel, Options, Ownership};
+use dropshim_netlink::diag::MptcpConnection;
 use dropshim_netlink::mptcp::{Event, Events, MptcpPm};
 use dropshim_netlink::route::Rtnl;
 use dropshim_netlink::sysctl::Sysctls;
@@ -219,6 +220,13 @@ impl Stack for LklStack<'_> {
 
     fn commands(&mut self) -> &mut dyn Commands {
         &mut self.pm
+    }
+
+    /// None to adopt: the path manager starts with the library kernel,
+    /// before the program can open a connection (and the library kernel
+    /// is built without sock_diag).
+    fn connections(&mut self) -> io::Result<Vec<(MptcpConnection, bool)>> {
+        Ok(Vec::new())
     }
 }
 

@@ -115,6 +115,39 @@ pub fn connections_over<T: Transport>(conn: &mut Conn<T>) -> io::Result<Vec<Mptc
     Ok(conns)
 }
 
+/// The local addresses of the MPTCP listeners of the kernel behind a
+/// `NETLINK_SOCK_DIAG` transport (an unspecified address: every address).
+/// A connection whose local port one of them holds was accepted, not
+/// connected: the path manager needs to know which side it is on.
+pub fn mptcp_listeners_over<T: Transport>(conn: &mut Conn<T>) -> io::Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        let replies = conn.request(
+            RawMessage {
+                message_type: SOCK_DIAG_BY_FAMILY,
+                payload: request_states(family, libc::IPPROTO_MPTCP, 1 << TCP_LISTEN),
+            },
+            NLM_F_DUMP,
+        )?;
+        out.extend(
+            replies
+                .iter()
+                .filter_map(|r| endpoints(&r.payload))
+                .filter(|(_, _, state)| *state == TCP_LISTEN)
+                .map(|(local, _, _)| local),
+        );
+    }
+    Ok(out)
+}
+
+/// Whether `local` (a connection's local address) is one that a listener
+/// in `listeners` accepts on.
+pub fn accepted_on(local: SocketAddr, listeners: &[SocketAddr]) -> bool {
+    listeners
+        .iter()
+        .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+}
+
 /// Gives each connection the subflows carrying its token, initial first.
 fn attach(conns: &mut [MptcpConnection], subflows: Vec<(u32, Subflow)>) {
     for (token, sf) in subflows {
@@ -131,11 +164,16 @@ fn attach(conns: &mut [MptcpConnection], subflows: Vec<(u32, Subflow)>) {
 /// protocol, asking for `INET_DIAG_INFO`. The protocol goes in an attribute
 /// too, since `IPPROTO_MPTCP` (262) does not fit the u8 field.
 fn request(family: libc::c_int, protocol: libc::c_int) -> Vec<u8> {
+    request_states(family, protocol, !(1 << TCP_LISTEN))
+}
+
+/// An `inet_diag_req_v2` for the sockets of one family and protocol in
+/// `states` (a bit per TCP state).
+fn request_states(family: libc::c_int, protocol: libc::c_int, states: u32) -> Vec<u8> {
     let mut req = vec![0u8; 56];
     req[0] = family as u8;
     req[1] = protocol as u8;
     req[2] = 1 << (INET_DIAG_INFO - 1);
-    let states: u32 = !(1 << TCP_LISTEN);
     req[4..8].copy_from_slice(&states.to_ne_bytes());
     let mut w = nl::AttrWriter::new(&req);
     if protocol > 255 {

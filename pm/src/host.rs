@@ -6,9 +6,10 @@
 
 use crate::stack::{drive, Stack};
 use crate::{Commands, LocalAddr, Planner, Settings};
+use dropshim_netlink::diag::{self, MptcpConnection};
 use dropshim_netlink::mptcp::{Event, Events, MptcpPm};
 use dropshim_netlink::route::Rtnl;
-use dropshim_netlink::{HostSocket, Protocol};
+use dropshim_netlink::{Conn, HostSocket, Protocol};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -60,6 +61,18 @@ impl Stack for HostStack {
 
     fn commands(&mut self) -> &mut dyn Commands {
         &mut self.pm
+    }
+
+    fn connections(&mut self) -> io::Result<Vec<(MptcpConnection, bool)>> {
+        let mut diag = Conn::new(HostSocket::open(Protocol::SockDiag)?);
+        let listeners = diag::mptcp_listeners_over(&mut diag)?;
+        Ok(diag::connections_over(&mut diag)?
+            .into_iter()
+            .map(|c| {
+                let accepted = diag::accepted_on(c.local, &listeners);
+                (c, accepted)
+            })
+            .collect())
     }
 }
 

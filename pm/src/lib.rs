@@ -47,6 +47,7 @@ pub mod host;
 pub mod stack;
 
 use dropshim_conf::{DeviceConfig, PmPolicy};
+use dropshim_netlink::diag::MptcpConnection;
 use dropshim_netlink::mptcp::{addr_attrs, EndpointFlags, Event, EventKind, MptcpPm};
 use dropshim_netlink::Transport;
 use std::collections::BTreeMap;
@@ -329,6 +330,11 @@ impl Planner {
                     return;
                 };
                 if let (Some(l), Some(r)) = (e.local, e.remote) {
+                    // A subflow already known (an adopted connection's,
+                    // listed and then reported) answers no request.
+                    if c.subflows.iter().any(|s| s.local == l && s.remote == r) {
+                        return;
+                    }
                     if let Some(i) = c
                         .pending
                         .iter()
@@ -336,13 +342,11 @@ impl Planner {
                     {
                         c.pending.remove(i);
                     }
-                    if !c.subflows.iter().any(|s| s.local == l && s.remote == r) {
-                        c.subflows.push(Subflow {
-                            local: l,
-                            remote: r,
-                            backup: e.backup.unwrap_or(false),
-                        });
-                    }
+                    c.subflows.push(Subflow {
+                        local: l,
+                        remote: r,
+                        backup: e.backup.unwrap_or(false),
+                    });
                 }
             }
             EventKind::SubClosed => {
@@ -396,6 +400,55 @@ impl Planner {
             _ => return,
         }
         self.reconcile_one(token, now, cmds);
+    }
+
+    /// Takes over a connection that was open before this planner started
+    /// (the path manager was down when it was made, so nothing gave it its
+    /// subflows): records it with the subflows it has and lets the policy
+    /// complete it. `server_side` says it was accepted, not connected.
+    /// Connections that fell back to TCP, are not established or are
+    /// already known are left alone.
+    pub fn adopt(
+        &mut self,
+        c: &MptcpConnection,
+        server_side: bool,
+        now: Instant,
+        cmds: &mut dyn Commands,
+    ) {
+        if c.fallback || c.state != "ESTAB" || self.conns.contains_key(&c.token) {
+            return;
+        }
+        let mut subflows: Vec<Subflow> = c
+            .subflows
+            .iter()
+            .filter(|s| s.state == "ESTAB")
+            .map(|s| Subflow {
+                local: s.local,
+                remote: s.remote,
+                backup: s.backup,
+            })
+            .collect();
+        // Without the subflows' ULP details (no CAP_NET_ADMIN), the
+        // connection's own addresses are its initial subflow's.
+        if subflows.is_empty() {
+            subflows.push(Subflow {
+                local: c.local,
+                remote: c.remote,
+                backup: false,
+            });
+        }
+        self.conns.insert(
+            c.token,
+            Conn {
+                server_side,
+                established: true,
+                peers: vec![(None, c.remote)],
+                subflows,
+                pending: Vec::new(),
+                announced: false,
+            },
+        );
+        self.reconcile_one(c.token, now, cmds);
     }
 
     /// Takes in the state of the local links (index, up); changes lead to

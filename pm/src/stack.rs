@@ -7,6 +7,7 @@
 
 use crate::{Commands, LocalAddr, Planner, Settings};
 use dropshim_conf::PmPolicy;
+use dropshim_netlink::diag::MptcpConnection;
 use dropshim_netlink::mptcp::Event;
 use std::io;
 use std::net::IpAddr;
@@ -28,6 +29,10 @@ pub trait Stack {
     fn unacked(&mut self, addrs: &[IpAddr]) -> u64;
     /// The kernel's `mptcp_pm` commands.
     fn commands(&mut self) -> &mut dyn Commands;
+    /// The MPTCP connections open now, each with whether it was accepted
+    /// (true) or connected: those made while no path manager ran, which
+    /// [`drive`] adopts when it starts.
+    fn connections(&mut self) -> io::Result<Vec<(MptcpConnection, bool)>>;
 }
 
 /// Runs the path manager on `stack` until `stop` is set. `note` gets
@@ -43,6 +48,21 @@ pub fn drive(
     mut tick: impl FnMut(&Planner),
 ) -> io::Result<()> {
     let mut planner = Planner::new(settings, locals);
+    // Connections made while no path manager ran (it was down, or
+    // restarted) get their subflows now. The events group is already
+    // joined, so one made after this list shows up as events, and one
+    // in both is taken once.
+    match stack.connections() {
+        Ok(open) => {
+            let now = Instant::now();
+            for (c, server_side) in &open {
+                planner.adopt(c, *server_side, now, stack.commands());
+            }
+        }
+        Err(e) => note(&format!(
+            "cannot list the open connections to adopt them: {e}"
+        )),
+    }
     let mut last_tick = Instant::now() - TICK;
     while !stop.load(Ordering::Relaxed) {
         let wait = TICK.saturating_sub(last_tick.elapsed());

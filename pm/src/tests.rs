@@ -387,6 +387,7 @@ fn device_file_gives_ids_backup_and_cost() {
 struct FakeStack<'a> {
     events: Vec<io::Result<Vec<Event>>>,
     links: Vec<(u32, bool)>,
+    open: Vec<(MptcpConnection, bool)>,
     log: Log,
     waits: usize,
     stop: &'a std::sync::atomic::AtomicBool,
@@ -410,6 +411,9 @@ impl crate::stack::Stack for FakeStack<'_> {
     fn commands(&mut self) -> &mut dyn Commands {
         &mut self.log
     }
+    fn connections(&mut self) -> io::Result<Vec<(MptcpConnection, bool)>> {
+        Ok(std::mem::take(&mut self.open))
+    }
 }
 
 #[test]
@@ -430,6 +434,7 @@ fn drive_feeds_events_to_the_policy_and_survives_timeouts_and_lost_events() {
             Err(io::Error::from_raw_os_error(libc::ENOBUFS)),
         ],
         links: vec![(11, true), (12, true)],
+        open: Vec::new(),
         log: Log::default(),
         waits: 0,
         stop: &stop,
@@ -459,6 +464,7 @@ fn drive_feeds_events_to_the_policy_and_survives_timeouts_and_lost_events() {
     let mut stack = FakeStack {
         events: vec![Err(io::Error::from_raw_os_error(libc::EBADF))],
         links: Vec::new(),
+        open: Vec::new(),
         log: Log::default(),
         waits: 0,
         stop: &stop,
@@ -473,4 +479,95 @@ fn drive_feeds_events_to_the_policy_and_survives_timeouts_and_lost_events() {
     )
     .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+}
+
+/// An open MPTCP connection as sock_diag lists it: `subflows` (local,
+/// remote, joined) established.
+fn open_conn(token: u32, subflows: &[(&str, &str, bool)], fallback: bool) -> MptcpConnection {
+    use dropshim_netlink::diag::Subflow as DiagSubflow;
+    MptcpConnection {
+        local: sa(subflows[0].0),
+        remote: sa(subflows[0].1),
+        state: "ESTAB",
+        token,
+        subflows: subflows
+            .iter()
+            .map(|(l, r, join)| DiagSubflow {
+                local: sa(l),
+                remote: sa(r),
+                state: "ESTAB",
+                local_id: 0,
+                remote_id: 0,
+                join: *join,
+                backup: false,
+            })
+            .collect(),
+        subflow_count: subflows.len() as u32,
+        bytes_sent: None,
+        bytes_received: None,
+        fallback,
+    }
+}
+
+#[test]
+fn drive_adopts_connections_opened_before_it_started() {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (a, b) = ("198.18.1.1:40000", "198.18.1.2:5201");
+    let mut stack = FakeStack {
+        // The adopted connection's own events, seen again: nothing twice.
+        events: vec![Ok(vec![
+            ev(EventKind::Established, 9, a, b),
+            ev(EventKind::SubEstablished, 9, "198.18.1.1:40001", b),
+        ])],
+        links: vec![(11, true), (12, true)],
+        open: vec![
+            // One of ndiffports' 4 subflows is joined already: 2 are missing.
+            (
+                open_conn(9, &[(a, b, false), ("198.18.1.1:40001", b, true)], false),
+                false,
+            ),
+            // Fell back to TCP: nothing to add.
+            (
+                open_conn(10, &[("198.18.1.1:40002", b, false)], true),
+                false,
+            ),
+            // Accepted: the peer opens the subflows.
+            (
+                open_conn(11, &[("198.18.1.1:5201", "198.18.1.2:40003", false)], false),
+                true,
+            ),
+        ],
+        log: Log::default(),
+        waits: 0,
+        stop: &stop,
+    };
+    crate::stack::drive(
+        &mut stack,
+        settings(PmPolicy::Ndiffports),
+        vec![local(1, false, 0), local(2, false, 0)],
+        &stop,
+        |_| {},
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        stack.log.calls,
+        vec![
+            "create 9 198.18.1.1#1 -> 198.18.1.2:5201",
+            "create 9 198.18.1.1#1 -> 198.18.1.2:5201"
+        ]
+    );
+
+    // Fullmesh on an accepted connection announces the other address.
+    let mut p = Planner::new(
+        settings(PmPolicy::Fullmesh),
+        vec![local(1, false, 0), local(2, false, 0)],
+    );
+    let mut log = Log::default();
+    let accepted = open_conn(11, &[("198.18.1.1:5201", "198.18.1.2:40003", false)], false);
+    p.adopt(&accepted, true, Instant::now(), &mut log);
+    assert_eq!(log.take(), vec!["announce 11 198.18.2.1#2"]);
+    // Adopting it again changes nothing.
+    p.adopt(&accepted, true, Instant::now(), &mut log);
+    assert!(log.take().is_empty());
 }

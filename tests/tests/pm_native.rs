@@ -529,17 +529,6 @@ fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<(
         "policy = \"ndiffports\"\nsubflows = 3\n",
         ["", ""],
     )?;
-    let status = dev.cli(&["status"])?;
-    ensure!(
-        status.contains("path manager daemon: running since"),
-        "status: {status}"
-    );
-    let pid: i32 = status
-        .split("pid ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|p| p.trim().parse().ok())
-        .context("no daemon pid in status")?;
     let mut t = Transfer::start(&tb, 20 << 20, false)?;
     let port = t.port;
     wait_until(SHORT, "three subflows", || {
@@ -547,18 +536,7 @@ fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<(
             .map(|s| s.len() == 3)
             .unwrap_or(false)
     })?;
-    ensure!(
-        // SAFETY: kill(2) on the daemon's pid, read from `dropshim status`;
-        // no memory is passed.
-        unsafe { libc::kill(pid, libc::SIGKILL) } == 0,
-        "cannot kill {pid}"
-    );
-    wait_until(SHORT, "the daemon to die", || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.contains(") Z"))
-                .unwrap_or(true)
-    })?;
+    kill_daemon(&dev)?;
     t.finish()?;
     let subs = peer_subflows(&tb, port)?;
     ensure!(
@@ -581,6 +559,81 @@ fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<(
     ensure!(
         pm_type(&tb)? == "0",
         "`dropshim down` should give gw1 the kernel path manager back"
+    );
+    Ok(())
+}
+
+/// Kills the device's path manager daemon (its pid read from `dropshim
+/// status`) and waits until it is gone.
+fn kill_daemon(dev: &Device) -> Result<()> {
+    let status = dev.cli(&["status"])?;
+    ensure!(
+        status.contains("path manager daemon: running since"),
+        "status: {status}"
+    );
+    let pid: i32 = status
+        .split("pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .context("no daemon pid in status")?;
+    ensure!(
+        // SAFETY: kill(2) on the daemon's pid, read from `dropshim status`;
+        // no memory is passed.
+        unsafe { libc::kill(pid, libc::SIGKILL) } == 0,
+        "cannot kill {pid}"
+    );
+    wait_until(SHORT, "the daemon to die", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+    })
+}
+
+/// A connection made while the daemon is down has only its first
+/// subflow (nothing else opens any under the userspace path manager);
+/// the daemon `dropshim up` starts again adopts it and gives it the rest.
+#[test]
+fn pm_daemon_started_again_adopts_a_connection_made_while_it_was_down() -> Result<()> {
+    let tb = shaped(50)?;
+    let dir = tempfile::tempdir()?;
+    let dev = up(
+        &tb,
+        dir.path(),
+        "policy = \"ndiffports\"\nsubflows = 3\n",
+        ["", ""],
+    )?;
+    kill_daemon(&dev)?;
+    // 40 MiB at 50 Mbit/s: about 7 s on the one subflow it starts with.
+    let mut t = Transfer::start(&tb, 40 << 20, false)?;
+    let port = t.port;
+    wait_until(SHORT, "the connection to carry bytes", || {
+        peer_subflows(&tb, port)
+            .map(|s| s.iter().any(|s| s.acked > 0))
+            .unwrap_or(false)
+    })?;
+    let before = peer_subflows(&tb, port)?;
+    ensure!(
+        before.len() == 1,
+        "with no path manager running the connection should have one subflow: {before:?}"
+    );
+    let again = dev.cli(&["up"])?;
+    ensure!(
+        again.contains("path manager daemon started"),
+        "`dropshim up` should start the daemon again: {again}"
+    );
+    wait_until(SHORT, "the adopted connection's three subflows", || {
+        peer_subflows(&tb, port)
+            .map(|s| s.len() == 3)
+            .unwrap_or(false)
+    })
+    .with_context(|| format!("gw2 sees {:?}", peer_subflows(&tb, port)))?;
+    t.finish()?;
+    let subs = peer_subflows(&tb, port)?;
+    ensure!(
+        subs.len() == 3 && subs.iter().all(|s| s.acked > 0),
+        "every subflow of the adopted connection should carry bytes: {subs:?}"
     );
     Ok(())
 }
