@@ -87,8 +87,9 @@ fn chunk(i: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Sends at least `min_bytes`; for MPTCP keeps going (up to 20 s) until the
-/// client sees its second subflow, so the join is exercised by the data.
+/// Sends at least `min_bytes`; for MPTCP keeps going (up to 20 s) until
+/// `min_bytes` more have been sent after the client saw its second
+/// subflow, so the joined subflow carries data whenever the join came.
 /// Returns (sha256 sent, bytes sent, peer's reply, seconds).
 fn transfer(lkl: &Lkl, proto: i32, port: u16, min_bytes: u64) -> (String, u64, String, f64) {
     let fd: Fd = lkl
@@ -121,6 +122,7 @@ fn transfer(lkl: &Lkl, proto: i32, port: u16, min_bytes: u64) -> (String, u64, S
     let mut hash = Sha256::new();
     let mut sent = 0u64;
     let mut i = 0u64;
+    let mut joined_at = None;
     loop {
         let c = chunk(i, 256 * 1024);
         i += 1;
@@ -136,8 +138,11 @@ fn transfer(lkl: &Lkl, proto: i32, port: u16, min_bytes: u64) -> (String, u64, S
         let mut info = [0u8; 64];
         lkl.getsockopt(fd, SOL_MPTCP, MPTCP_INFO, &mut info)
             .expect("MPTCP_INFO");
-        if info[0] >= 1 && sent >= 2 * min_bytes {
-            break;
+        if info[0] >= 1 {
+            let at = *joined_at.get_or_insert(sent);
+            if sent >= at + min_bytes {
+                break;
+            }
         }
     }
     lkl.shutdown(fd, libc::SHUT_WR).expect("shutdown");
