@@ -23,6 +23,14 @@
 //! - `getsockname()`/`getpeername()` on a bridge or channel answer with
 //!   the guest socket's addresses, which are what the peer sees.
 //!
+//! Socket options the program set before connect() or listen() (keepalive
+//! and its timers, buffer sizes, TCP_NODELAY, SO_REUSEADDR, IPV6_V6ONLY
+//! and the others in [`CARRIED`]) are read from the program's own socket
+//! at that moment, and those that differ from a fresh socket's are made
+//! on the guest socket; buffer sizes and when to send small segments also
+//! on the bridge, whose end the program then holds. setsockopt() itself
+//! is not trapped: it acts on the program's socket as usual.
+//!
 //! Reads and writes then go through the bridges with no interception.
 //! Every other call continues untouched.
 //!
@@ -32,9 +40,9 @@
 //! those of the thread that made the call.
 
 use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
-use dropshim_abi::is_local_destination;
+use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
-use dropshim_backend_uml::proto::{Kind, Reply, Request, REPLY_LEN};
+use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
 use dropshim_conf::Action;
 use std::collections::HashMap;
@@ -116,7 +124,9 @@ impl Supervisor {
             .copied()
             .or_else(|| target.bound());
         req.mptcp = policy.decide(&dest) == Action::Mptcp;
+        req.opts = self.guest.carried(&target, domain);
         let (reply, bridge) = self.ask(device, &req)?;
+        apply_to_bridge(&bridge, &req.opts);
         self.guest
             .remember(&bridge, domain, reply.local, reply.peer)?;
         self.guest.bound.remove(&inode);
@@ -207,10 +217,9 @@ impl Supervisor {
         let Some(local) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
             return Ok(Answer::Continue);
         };
-        // `IpAddr::is_loopback`, not `dropshim_abi::is_loopback`: an
-        // IPv4-mapped loopback (`::ffff:127.0.0.1` on an AF_INET6 socket)
-        // is not taken as loopback here and goes to the guest.
-        if local.ip().is_loopback() || (domain == libc::AF_INET) != local.is_ipv4() {
+        // An IPv4-mapped loopback (`::ffff:127.0.0.1` on an AF_INET6
+        // socket) is loopback too, as for the shim, lkl and the policy.
+        if is_loopback(local.ip()) || (domain == libc::AF_INET) != local.is_ipv4() {
             // Loopback stays on the host; a family mismatch gets the
             // kernel's own error.
             return Ok(Answer::Continue);
@@ -247,13 +256,14 @@ impl Supervisor {
         req.addr = bound;
         req.backlog = call.args[1] as i32;
         req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
+        req.opts = self.guest.carried(&target, domain);
         let (reply, chan) = self.ask(device, &req)?;
         self.guest
             .remember(&chan, domain, reply.local.or(bound), None)?;
         self.guest.bound.remove(&inode);
         self.guest
             .listeners
-            .insert(inode_of(chan.as_raw_fd())?, domain);
+            .insert(inode_of(chan.as_raw_fd())?, (domain, req.opts));
         self.install_at(call, &target, fd, chan)?;
         self.log.debug(|| {
             format!(
@@ -271,7 +281,7 @@ impl Supervisor {
         let Some(target) = Target::open(call.pid, fd) else {
             return Ok(Answer::Continue);
         };
-        let Some(&domain) = self.guest.listeners.get(&target.inode()) else {
+        let Some((domain, opts)) = self.guest.listeners.get(&target.inode()).cloned() else {
             return Ok(Answer::Continue);
         };
         if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
@@ -315,6 +325,8 @@ impl Supervisor {
                 libc::O_RDWR | libc::O_NONBLOCK,
             )?;
         }
+        // An accepted socket inherits its listener's options.
+        apply_to_bridge(&conn, &opts);
         self.guest
             .remember(&conn, domain, reply.local, reply.peer)?;
         if let Some(peer) = reply.peer {
@@ -391,14 +403,59 @@ fn wildcard(domain: i32) -> SocketAddr {
 pub(super) struct Sockets {
     /// Sockets bound to a guest address (never bound on the host).
     bound: HashMap<u64, SocketAddr>,
-    /// Listener channels installed in the program, with their family.
-    listeners: HashMap<u64, i32>,
+    /// Listener channels installed in the program, with their family and
+    /// the options carried to the guest listener.
+    listeners: HashMap<u64, (i32, Vec<Opt>)>,
     /// Bridges and listener channels: family, the guest socket's local
     /// and peer addresses.
     names: HashMap<u64, (i32, Option<SocketAddr>, Option<SocketAddr>)>,
+    /// A fresh TCP socket's value of each option in [`CARRIED`], per
+    /// family, read once.
+    defaults: HashMap<i32, Vec<Option<Vec<u8>>>>,
 }
 
 impl Sockets {
+    /// The options of the program's socket that differ from a fresh
+    /// socket's: what the program set before connect() or listen(). An
+    /// option set to its default value is not told apart from one left
+    /// alone; either way the guest socket gets the same value.
+    fn carried(&mut self, target: &Target, domain: i32) -> Vec<Opt> {
+        let defaults = self.defaults.entry(domain).or_insert_with(|| {
+            // SAFETY: socket(2) takes integers only.
+            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Vec::new();
+            }
+            // SAFETY: just created, ours alone.
+            let fresh = unsafe { OwnedFd::from_raw_fd(fd) };
+            CARRIED
+                .iter()
+                .map(|&(level, name)| raw_opt(fresh.as_raw_fd(), level, name))
+                .collect()
+        });
+        let mut opts = Vec::new();
+        for (i, &(level, name)) in CARRIED.iter().enumerate() {
+            if level == libc::IPPROTO_IPV6 && domain != libc::AF_INET6 {
+                continue;
+            }
+            let Some(mut value) = raw_opt(target.copy.as_raw_fd(), level, name) else {
+                continue;
+            };
+            if defaults.get(i).and_then(Option::as_ref) == Some(&value) {
+                continue;
+            }
+            if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) {
+                // The kernel reports twice what was asked (its bookkeeping
+                // share included) and doubles what it is given.
+                if let Ok(b) = <[u8; 4]>::try_from(value.as_slice()) {
+                    value = (i32::from_ne_bytes(b) / 2).to_ne_bytes().to_vec();
+                }
+            }
+            opts.push(Opt { level, name, value });
+        }
+        opts
+    }
+
     /// Records the guest addresses behind `fd` (a bridge or a channel).
     fn remember(
         &mut self,
@@ -415,6 +472,60 @@ impl Sockets {
         self.names
             .insert(inode_of(fd.as_raw_fd())?, (domain, local, peer));
         Ok(())
+    }
+}
+
+/// Options carried from the program's socket to the guest socket at
+/// connect() and listen() (IPV6 ones on IPv6 sockets only).
+const CARRIED: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::SOL_SOCKET, libc::SO_LINGER),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::IPPROTO_TCP, libc::TCP_CORK),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+];
+
+/// An option's raw value (at most 16 bytes: an int or a `struct linger`).
+fn raw_opt(fd: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 16];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are live; the kernel writes at most `len`
+    // bytes into `buf` and the length it wrote into `len`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
+    (rc == 0).then(|| buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// Makes on the bridge the carried options that act on its end (the one
+/// the program holds): buffer sizes, and when to send small segments
+/// (TCP_NODELAY, TCP_CORK), which the program's later calls change on the
+/// bridge too. Keepalive and the user timeout stay the bridge's own.
+fn apply_to_bridge(bridge: &OwnedFd, opts: &[Opt]) {
+    for o in opts {
+        let buffers =
+            o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
+        let segments = o.level == libc::IPPROTO_TCP
+            && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
+        if buffers || segments {
+            // SAFETY: the kernel reads `value.len()` bytes from `value`.
+            unsafe {
+                libc::setsockopt(
+                    bridge.as_raw_fd(),
+                    o.level,
+                    o.name,
+                    o.value.as_ptr().cast(),
+                    o.value.len() as libc::socklen_t,
+                )
+            };
+        }
     }
 }
 
