@@ -963,3 +963,61 @@ fn reach_uml_go_over_ipv6_client_and_server_run_through_the_instance() -> Result
     );
     ensure_two_subflows_to_server(&tb, &before)
 }
+
+/// A non-blocking connect under the supervisor on uml answers as a kernel
+/// socket's: EINPROGRESS at once; writable through an epoll registration
+/// made after connect returned (edge-triggered, as Go's runtime makes
+/// it); SO_ERROR 0 and the answer to the bytes sent, intact, waited for
+/// through that same registration; to a closed port, ECONNREFUSED in
+/// SO_ERROR.
+#[test]
+fn reach_uml_nonblocking_connect_says_einprogress_then_so_error() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("nb")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 1 << 20)?;
+    let file_s = file.to_str().context("file path")?;
+    let py = dir.path().join("digest.py");
+    std::fs::write(&py, dropshim_tests::uml::DIGEST_SERVER_PY)?;
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let (port, closed) = (unique_port(), unique_port());
+    let mut server = plain(&tb, "gw2", "mptcpize")?;
+    server
+        .args(["run", "python3"])
+        .arg(&py)
+        .args([ip.as_str(), &port.to_string()]);
+    let server = dropshim_tests::reliability::Lines::spawn(&mut server, "digest server")?;
+    server.expect("listening", SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let run = |to: u16| -> Result<String> {
+        let out = run_ok(
+            &mut dropshim_run(
+                &tb,
+                "gw1",
+                &["--config", &config],
+                &[go, "nbconnect", &format!("{ip}:{to}"), file_s],
+            )?,
+            SHORT,
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let open = run(port)?;
+    ensure!(
+        open == format!("connect=EINPROGRESS\nso_error=0\nanswer={want}"),
+        "to a listening peer: {open:?}"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "gw2 saw no MP_CAPABLE SYN: not MPTCP"
+    );
+    let refused = run(closed)?;
+    ensure!(
+        refused == "connect=EINPROGRESS\nso_error=ECONNREFUSED",
+        "to a closed port: {refused:?}"
+    );
+    Ok(())
+}
