@@ -13,8 +13,9 @@
 //!
 //! The shim answers getsockname/getpeername from the guest socket's own
 //! addresses (what the peer sees), and SO_ERROR/SO_TYPE/SO_PROTOCOL/
-//! SO_DOMAIN as a TCP socket would. Loopback destinations stay on the
-//! host: the guest's loopback is not the host's.
+//! SO_DOMAIN as a TCP socket would. Destinations that name this host
+//! (loopback and the unspecified address, IPv4-mapped or not) stay on
+//! the host: the guest's loopback is not the host's.
 //!
 //! A duplicated descriptor (dup, dup2, dup3, F_DUPFD) is the same socket
 //! under a second number: it answers as the original, and when connect
@@ -26,7 +27,7 @@ use crate::forklock::{self, ForkMutex};
 use crate::hooks::{connect_done, copy_in, put_int, read_addr, real, wait_for_connect, write_addr};
 use crate::log;
 use crate::Errno;
-use dropshim_abi::is_loopback;
+use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -336,11 +337,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             State::Listening { .. } => return Errno(libc::EINVAL).fail(),
         }
         s.so_error = 0;
-        // Loopback (mapped too) and the bare unspecified address stay on
-        // the host. `::ffff:0.0.0.0` is not taken as unspecified here (it
-        // is by `is_local_destination`): such a connect goes to the
-        // instance.
-        if is_loopback(dest.ip()) || dest.ip().is_unspecified() {
+        // What names this host stays on it: loopback and the unspecified
+        // address, IPv4-mapped too (`::ffff:0.0.0.0` is "this host" to
+        // the kernel as `0.0.0.0` is).
+        if is_local_destination(dest.ip()) {
             drop(socks);
             release(fd);
             // SAFETY: the program's arguments, unchanged (# Safety above).

@@ -730,3 +730,294 @@ fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() ->
         !any_process_mentions(&tag)
     })
 }
+
+/// Sends the file `argv[3]` to `argv[1]`:`argv[2]` and closes.
+const SEND_PY: &str = r##"import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+c.sendall(open(sys.argv[3], "rb").read())
+c.close()
+"##;
+
+/// An IPv4-mapped loopback address is loopback: a static program under
+/// the supervisor that binds `::ffff:127.0.0.1` on an IPv6 socket listens
+/// on the host, where a host client on 127.0.0.1 reaches it.
+#[test]
+fn reach_uml_mapped_loopback_listener_stays_on_the_host() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("ml")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 1 << 20)?;
+    let out = dir.path().join("received.bin");
+    let out_s = out.to_str().context("out path")?;
+    let port = unique_port();
+    let addr = format!("[::ffff:127.0.0.1]:{port}");
+    let server = Background::spawn(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "listen6", &addr, out_s],
+        )?,
+        "reachgo listen6 under dropshim run",
+    )?;
+    wait_listening(tb.netns("gw1")?, port, SHORT)
+        .context("the mapped-loopback listener is not on the host")?;
+    let py = dir.path().join("send.py");
+    std::fs::write(&py, SEND_PY)?;
+    run_ok(
+        plain(&tb, "gw1", "python3")?
+            .arg(&py)
+            .args(["127.0.0.1", &port.to_string()])
+            .arg(&file),
+        SHORT,
+    )?;
+    let done = server.wait(SHORT)?;
+    ensure!(
+        done.status.success(),
+        "the listener failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    ensure!(sha256_file(&out)? == want, "received bytes differ");
+    Ok(())
+}
+
+/// Reads `argv[3]` bytes from one connection on `argv[1]`:`argv[2]`,
+/// prints their sha256, then keeps the connection open until the client
+/// closes it.
+const HOLD_PY: &str = r##"import hashlib, socket, sys
+l = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(1)
+print("listening", flush=True)
+c, _ = l.accept()
+want, h = int(sys.argv[3]), hashlib.sha256()
+while want > 0:
+    b = c.recv(min(want, 1 << 16))
+    if not b:
+        break
+    h.update(b)
+    want -= len(b)
+print("sha256 " + h.hexdigest(), flush=True)
+while c.recv(1 << 16):
+    pass
+"##;
+
+/// Segments gw2 received on its established connections of local port
+/// `port` from `from` (the subflows' `segs_in`).
+fn segments_in(tb: &Testbed, port: u16, from: IpAddr) -> Result<u64> {
+    let out = run_ok(
+        plain(tb, "gw2", "ss")?.args([
+            "-Htin",
+            "state",
+            "established",
+            &format!("( sport = :{port} and dst {from} )"),
+        ]),
+        SHORT,
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("segs_in:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+/// Socket options a Go program sets before connect (SO_KEEPALIVE,
+/// TCP_KEEPIDLE 1 s, TCP_KEEPINTVL 1 s, through net.Dialer's Control)
+/// reach the guest socket: once the connection is idle its subflow sends
+/// keepalive probes, which the peer receives.
+#[test]
+fn reach_uml_go_keepalive_set_before_connect_reaches_the_guest_socket() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("ka")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let size = 256 << 10;
+    let (file, want) = blob(dir.path(), "blob.bin", size)?;
+    let file_s = file.to_str().context("file path")?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let py = dir.path().join("hold.py");
+    std::fs::write(&py, HOLD_PY)?;
+    let mut server = plain(&tb, "gw2", "mptcpize")?;
+    server.args(["run", "python3"]).arg(&py).args([
+        ip.to_string(),
+        port.to_string(),
+        size.to_string(),
+    ]);
+    let server = dropshim_tests::reliability::Lines::spawn(&mut server, "hold server")?;
+    server.expect("listening", SHORT)?;
+    let mut client = dropshim_run(
+        &tb,
+        "gw1",
+        &["--config", &config],
+        &[go, "keepalive", &format!("{ip}:{port}"), file_s],
+    )?;
+    let _client = Background::spawn(&mut client, "reachgo keepalive")?;
+    let digest = server.expect("sha256 ", TRANSFER)?;
+    ensure!(digest == format!("sha256 {want}"), "bytes differ: {digest}");
+    // The connection is idle from here on: only keepalive sends segments.
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    let base = segments_in(&tb, port, gw1)?;
+    ensure!(base > 0, "gw2 holds no connection from {gw1}");
+    let mut last = base;
+    wait_until(
+        Duration::from_secs(20),
+        "keepalive probes from the guest socket at gw2",
+        || {
+            last = segments_in(&tb, port, gw1).unwrap_or(last);
+            last >= base + 4
+        },
+    )
+    .with_context(|| format!("gw2's subflow received {} segments while idle", last - base))?;
+    Ok(())
+}
+
+/// IPv6 under the supervisor on uml: the Go client downloads from a
+/// native server's IPv6 address and reads back the guest socket's IPv6
+/// addresses; the Go server in the instance serves curl over IPv6. Bytes
+/// intact, MPTCP at the peer (with a second subflow when gw2 connects).
+#[test]
+fn reach_uml_go_over_ipv6_client_and_server_run_through_the_instance() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("r6")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let gw2_link2 = tb.ifname("gw2", 2)?.to_string();
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let ip = IpAddr::V6(tb.addr6("gw2", 1)?);
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("go6.bin");
+    let out_s = out.to_str().context("out path")?;
+    let link = url(ip, port, "blob.bin");
+    download_intact(
+        &tb,
+        &["--config", &config],
+        &[go, "get", &link, out_s],
+        &out,
+        &want,
+        "Go client over IPv6 on uml",
+    )?;
+    // MPTCP, one subflow: the guest's second one would leave its link-2
+    // address for gw2's link-1 address, which IPv6 routes only with a
+    // route or source routing in the guest (IPv4 assumes it on-link).
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "gw2 saw no MP_CAPABLE SYN over IPv6: not MPTCP"
+    );
+
+    let dial = run_ok(
+        &mut dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "dial", &format!("[{ip}]:{port}"), "-"],
+        )?,
+        SHORT,
+    )?;
+    let seen = String::from_utf8_lossy(&dial.stdout);
+    let gw1_ip = tb.addr6("gw1", 1)?;
+    ensure!(
+        seen.contains(&format!("local=[{gw1_ip}]:"))
+            && seen.contains(&format!("remote=[{ip}]:{port}")),
+        "Go saw other addresses than the guest socket's: {seen}"
+    );
+
+    // The server side: the Go server in the instance on [::], curl in gw2
+    // (MPTCP under mptcpize) to gw1's IPv6 address, with a second subflow
+    // from gw2's second link.
+    let addr6 = tb.addr6("gw2", 2)?.to_string();
+    run_ok(
+        tb.command("gw2", "ip")?.args([
+            "mptcp", "endpoint", "add", &addr6, "dev", &gw2_link2, "subflow",
+        ]),
+        SHORT,
+    )?;
+    let port = unique_port();
+    let addr = format!("[::]:{port}");
+    let served = dir.path().to_str().context("dir path")?;
+    let log = got.path().join("go6-server.log");
+    let _server = uml_server(&tb, &config, &[go, "serve", &addr, served], &log)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("from-uml6.bin");
+    let gw1 = IpAddr::V6(gw1_ip);
+    let mut curl = plain(&tb, "gw2", "mptcpize")?;
+    curl.args(["run", "curl", "-sS", "--fail", "-o"])
+        .arg(&out)
+        .arg(url(gw1, port, "blob.bin"));
+    run_ok(&mut curl, TRANSFER)?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "Go server over IPv6 on uml: bytes differ"
+    );
+    ensure_two_subflows_to_server(&tb, &before)
+}
+
+/// A non-blocking connect under the supervisor on uml answers as a kernel
+/// socket's: EINPROGRESS at once; writable through an epoll registration
+/// made after connect returned (edge-triggered, as Go's runtime makes
+/// it); SO_ERROR 0 and the answer to the bytes sent, intact, waited for
+/// through that same registration; to a closed port, ECONNREFUSED in
+/// SO_ERROR.
+#[test]
+fn reach_uml_nonblocking_connect_says_einprogress_then_so_error() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("nb")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 1 << 20)?;
+    let file_s = file.to_str().context("file path")?;
+    let py = dir.path().join("digest.py");
+    std::fs::write(&py, dropshim_tests::uml::DIGEST_SERVER_PY)?;
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let (port, closed) = (unique_port(), unique_port());
+    let mut server = plain(&tb, "gw2", "mptcpize")?;
+    server
+        .args(["run", "python3"])
+        .arg(&py)
+        .args([ip.as_str(), &port.to_string()]);
+    let server = dropshim_tests::reliability::Lines::spawn(&mut server, "digest server")?;
+    server.expect("listening", SHORT)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let run = |to: u16| -> Result<String> {
+        let out = run_ok(
+            &mut dropshim_run(
+                &tb,
+                "gw1",
+                &["--config", &config],
+                &[go, "nbconnect", &format!("{ip}:{to}"), file_s],
+            )?,
+            SHORT,
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let open = run(port)?;
+    ensure!(
+        open == format!("connect=EINPROGRESS\nso_error=0\nanswer={want}"),
+        "to a listening peer: {open:?}"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "gw2 saw no MP_CAPABLE SYN: not MPTCP"
+    );
+    let refused = run(closed)?;
+    ensure!(
+        refused == "connect=EINPROGRESS\nso_error=ECONNREFUSED",
+        "to a closed port: {refused:?}"
+    );
+    Ok(())
+}

@@ -949,3 +949,59 @@ fn uml_writer_waits_out_a_peer_that_stops_reading_for_25s() -> Result<()> {
     );
     Ok(())
 }
+
+/// Sends the file `argv[3]` from an AF_INET6 socket connected to
+/// `argv[1]`:`argv[2]`, ends its side, and prints the hex of what the
+/// server answers.
+const SEND6_PY: &str = r##"import socket, sys
+data = open(sys.argv[3], "rb").read()
+c = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+c.connect((sys.argv[1], int(sys.argv[2])))
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    got += b
+print(got.hex(), flush=True)
+"##;
+
+/// `connect()` to `::ffff:0.0.0.0` names this host, as `0.0.0.0` does:
+/// a program under the shim on a uml device reaches a listener on the
+/// host's loopback, not the instance's.
+#[test]
+fn uml_connect_to_mapped_unspecified_address_reaches_the_host_loopback() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "mu")?;
+    let dir = tempfile::tempdir()?;
+    let server_py = script(
+        dir.path(),
+        "digest.py",
+        dropshim_tests::uml::DIGEST_SERVER_PY,
+    )?;
+    let client_py = script(dir.path(), "send6.py", SEND6_PY)?;
+    let file = dir.path().join("blob.bin");
+    write_random_file(&file, 1 << 20, u64::from(std::process::id()))?;
+    let want = sha256_file(&file)?;
+    let port = unique_port().to_string();
+    // The listener: gw1's host loopback, no shim.
+    let mut server = plain(&tb, "gw1", "python3")?;
+    server.arg(&server_py).args(["127.0.0.1", &port]);
+    let server = Lines::spawn(&mut server, "digest server on the host's loopback")?;
+    server.expect("listening", SHORT)?;
+    let mut client = shimmed(&tb, "gw1", "python3", Some(&dev))?;
+    client
+        .arg(&client_py)
+        .args(["::ffff:0.0.0.0", &port])
+        .arg(&file);
+    let out = run_ok(&mut client, SHORT)
+        .with_context(|| format!("console:\n{}", dev.console_tail(20)))?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        got == want,
+        "the host's listener saw other bytes: sha256 {got:?}, sent {want}"
+    );
+    Ok(())
+}

@@ -2,8 +2,8 @@
 //! connections are made, and accepted, by the device's User Mode Linux
 //! instance.
 //!
-//! Owns: answering the `connect()`, `bind()`, `listen()` and `accept()`
-//! calls the uml filter traps ([`super::seccomp::Mode::Uml`]), with the
+//! Owns: answering the `connect()`, `bind()`, `listen()`, `accept()` and
+//! `getsockopt(SO_ERROR)` calls the uml filter traps ([`super::seccomp::Mode::Uml`]), with the
 //! same requests, over the same channel, as the shim's in
 //! `shim/src/uml.rs` (through `dropshim_backend_uml::client`):
 //! - `connect()` on an IPv4/IPv6 TCP socket to a non-loopback destination
@@ -11,7 +11,12 @@
 //!   guest MPTCP socket connected to the destination), installed in the
 //!   program at the socket's own descriptor number
 //!   (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD`), keeping
-//!   its O_NONBLOCK and close-on-exec; the call returns 0.
+//!   its O_NONBLOCK and close-on-exec; the call returns 0. On a
+//!   non-blocking socket a gate takes that place and the call says
+//!   EINPROGRESS; the gate turns writable when the guest connect has
+//!   ended, and the program's `getsockopt(SO_ERROR)` (the only
+//!   getsockopt trapped), `getpeername()` or `connect()` then puts the
+//!   bridge there, registered again in the program's epoll sets.
 //! - `bind()` to a non-loopback address is recorded, not made on the host
 //!   (which need not hold that address: the instance owns it).
 //! - `listen()` gets the instance's listener channel (a Unix socket that
@@ -23,6 +28,14 @@
 //! - `getsockname()`/`getpeername()` on a bridge or channel answer with
 //!   the guest socket's addresses, which are what the peer sees.
 //!
+//! Socket options the program set before connect() or listen() (keepalive
+//! and its timers, buffer sizes, TCP_NODELAY, SO_REUSEADDR, IPV6_V6ONLY
+//! and the others in [`CARRIED`]) are read from the program's own socket
+//! at that moment, and those that differ from a fresh socket's are made
+//! on the guest socket; buffer sizes and when to send small segments also
+//! on the bridge, whose end the program then holds. setsockopt() itself
+//! is not trapped: it acts on the program's socket as usual.
+//!
 //! Reads and writes then go through the bridges with no interception.
 //! Every other call continues untouched.
 //!
@@ -32,9 +45,9 @@
 //! those of the thread that made the call.
 
 use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
-use dropshim_abi::is_local_destination;
+use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
-use dropshim_backend_uml::proto::{Kind, Reply, Request, REPLY_LEN};
+use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
 use dropshim_conf::Action;
 use std::collections::HashMap;
@@ -42,6 +55,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Lets the trapped call run as if it had not been trapped.
 const CONTINUE: u32 = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
@@ -67,6 +81,8 @@ impl Supervisor {
             self.uml_name(call, false)
         } else if nr == libc::SYS_getpeername {
             self.uml_name(call, true)
+        } else if nr == libc::SYS_getsockopt {
+            self.uml_so_error(call)
         } else {
             Ok(Answer::Continue)
         };
@@ -95,6 +111,15 @@ impl Supervisor {
         let Some(domain) = target.tcp_domain() else {
             return Ok(Answer::Continue); // not a TCP socket: not ours
         };
+        if self.guest.pending.contains_key(&target.inode()) {
+            // connect() again while one is in progress, as on a kernel
+            // socket: EALREADY until it ends, then its outcome once.
+            return match self.settle(call, &target, fd)? {
+                None => Err(io::Error::from_raw_os_error(libc::EALREADY)),
+                Some(0) => Ok(Answer::Value(0)),
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            };
+        }
         if target.peer().is_some() {
             return Ok(Answer::Continue); // connected already: EISCONN
         }
@@ -116,17 +141,170 @@ impl Supervisor {
             .copied()
             .or_else(|| target.bound());
         req.mptcp = policy.decide(&dest) == Action::Mptcp;
+        req.opts = self.guest.carried(&target, domain);
+        self.guest.bound.remove(&inode);
+        if fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_NONBLOCK != 0 {
+            return self.start_connect(call, &target, fd, device, req);
+        }
         let (reply, bridge) = self.ask(device, &req)?;
+        apply_to_bridge(&bridge, &req.opts);
         self.guest
             .remember(&bridge, domain, reply.local, reply.peer)?;
-        self.guest.bound.remove(&inode);
-        self.install_at(call, &target, fd, bridge)?;
+        self.install_at(call, &target, fd, &bridge)?;
         self.log.debug(|| {
             format!(
                 "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
                 call.pid
             )
         });
+        Ok(Answer::Value(0))
+    }
+
+    /// A non-blocking connect(): a gate takes the socket's place and the
+    /// call says EINPROGRESS, as a kernel socket's does. A thread makes the
+    /// request; when it is answered the gate turns writable (and hung up),
+    /// so poll, select and epoll wake, and the program's next
+    /// getsockopt(SO_ERROR), getpeername() or connect() on it puts the
+    /// bridge (or, if the connect failed, a fresh socket) in the gate's
+    /// place ([`Supervisor::settle`]).
+    fn start_connect(
+        &mut self,
+        call: &Call,
+        target: &Target,
+        fd: RawFd,
+        device: &str,
+        req: Request,
+    ) -> io::Result<Answer> {
+        let (gate, waker) = gate()?;
+        let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
+        let slot = Arc::clone(&outcome);
+        let (domain, opts) = (req.domain, req.opts.clone());
+        let device = device.to_string();
+        std::thread::Builder::new()
+            .name("dropshim-connect".into())
+            .spawn(move || {
+                // Cancelled when the program closes the gate first.
+                let res = client::request_cancellable(&device, &req, Some(waker.as_raw_fd()));
+                let res = match res {
+                    Ok((reply, Some(b))) if reply.errno == 0 => {
+                        // SAFETY: a descriptor just received is ours alone.
+                        Ok((reply, unsafe { OwnedFd::from_raw_fd(b) }))
+                    }
+                    Ok((reply, other)) => {
+                        if let Some(b) = other {
+                            // SAFETY: a descriptor just received is ours alone.
+                            drop(unsafe { OwnedFd::from_raw_fd(b) });
+                        }
+                        Err(if reply.errno == 0 {
+                            libc::ECONNABORTED
+                        } else {
+                            reply.errno
+                        })
+                    }
+                    Err(ClientError::NotRunning(_)) => Err(libc::ENETDOWN),
+                    Err(_) => Err(libc::ECONNABORTED),
+                };
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
+                // Closing the gate's other end wakes the program.
+                drop(waker);
+            })?;
+        // Dropping our end of the gate on failure cancels the request.
+        self.install_at(call, target, fd, &gate)?;
+        let ino = inode_of(gate.as_raw_fd())?;
+        if self.guest.pending.len() >= 1024 {
+            // Gates the program closed after their connect ended were
+            // never settled: let their bridges go.
+            self.guest
+                .pending
+                .retain(|_, p| p.outcome.lock().map(|o| o.is_none()).unwrap_or(false));
+        }
+        self.guest.pending.insert(
+            ino,
+            Pending {
+                domain,
+                opts,
+                outcome,
+            },
+        );
+        self.log.debug(|| {
+            format!(
+                "pid {}: connect(fd {fd}) in progress through the uml instance",
+                call.pid
+            )
+        });
+        Err(io::Error::from_raw_os_error(libc::EINPROGRESS))
+    }
+
+    /// If the connect in progress behind the gate at the program's `fd`
+    /// has ended, puts its outcome in the gate's place (the bridge, or a
+    /// fresh socket if it failed), registered again in the program's epoll
+    /// sets as the gate was, and returns its errno (0: connected). None
+    /// while it goes on.
+    fn settle(&mut self, call: &Call, target: &Target, fd: RawFd) -> io::Result<Option<i32>> {
+        let ino = target.inode();
+        let Some(p) = self.guest.pending.get(&ino) else {
+            return Ok(None);
+        };
+        let Some(outcome) = p.outcome.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(None);
+        };
+        let Some(p) = self.guest.pending.remove(&ino) else {
+            return Ok(None);
+        };
+        let (new, errno) = match outcome {
+            Ok((reply, bridge)) => {
+                apply_to_bridge(&bridge, &p.opts);
+                self.guest
+                    .remember(&bridge, p.domain, reply.local, reply.peer)?;
+                (bridge, 0)
+            }
+            Err(errno) => {
+                // SAFETY: socket(2) takes integers only.
+                let raw =
+                    unsafe { libc::socket(p.domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+                if raw < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: just created, ours alone.
+                (unsafe { OwnedFd::from_raw_fd(raw) }, errno)
+            }
+        };
+        let epolls = epoll_registrations(target.tgid, fd, ino);
+        self.install_at(call, target, fd, &new)?;
+        let sets: Vec<(Target, u32, u64)> = epolls
+            .into_iter()
+            .filter_map(|(epfd, events, data)| Some((Target::open(call.pid, epfd)?, events, data)))
+            .collect();
+        if !sets.is_empty() {
+            let failed = reregister(&new, fd, &sets);
+            if let Err(e) = failed {
+                self.log
+                    .debug(|| format!("pid {}: epoll again for fd {fd}: {e}", call.pid));
+            }
+        }
+        Ok(Some(errno))
+    }
+
+    /// getsockopt(SOL_SOCKET, SO_ERROR) on a gate: 0 while the connect
+    /// goes on (as the kernel says), then its outcome, once.
+    fn uml_so_error(&mut self, call: &Call) -> io::Result<Answer> {
+        let fd = call.args[0] as i32;
+        let Some(target) = Target::open(call.pid, fd) else {
+            return Ok(Answer::Continue);
+        };
+        if !self.guest.pending.contains_key(&target.inode()) {
+            return Ok(Answer::Continue);
+        }
+        let (val, lenp) = (call.args[3], call.args[4]);
+        let len = read_program_memory(self, call, lenp, 4)?;
+        let room = i32::from_ne_bytes([len[0], len[1], len[2], len[3]]);
+        if room < 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let errno = self.settle(call, &target, fd)?.unwrap_or(0);
+        let n = (room as usize).min(4);
+        write_program_memory(self, call, val, &errno.to_ne_bytes()[..n])?;
+        write_program_memory(self, call, lenp, &(n as u32).to_ne_bytes())?;
         Ok(Answer::Value(0))
     }
 
@@ -167,7 +345,7 @@ impl Supervisor {
     /// Puts `new` at the program's descriptor `fd` in place of the socket
     /// there, with the socket's O_NONBLOCK and the descriptor's
     /// close-on-exec.
-    fn install_at(&self, call: &Call, target: &Target, fd: RawFd, new: OwnedFd) -> io::Result<()> {
+    fn install_at(&self, call: &Call, target: &Target, fd: RawFd, new: &OwnedFd) -> io::Result<()> {
         let flags = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
         if flags & libc::O_NONBLOCK != 0 {
             fcntl(
@@ -207,10 +385,9 @@ impl Supervisor {
         let Some(local) = self.read_sockaddr(call, call.args[1], call.args[2])? else {
             return Ok(Answer::Continue);
         };
-        // `IpAddr::is_loopback`, not `dropshim_abi::is_loopback`: an
-        // IPv4-mapped loopback (`::ffff:127.0.0.1` on an AF_INET6 socket)
-        // is not taken as loopback here and goes to the guest.
-        if local.ip().is_loopback() || (domain == libc::AF_INET) != local.is_ipv4() {
+        // An IPv4-mapped loopback (`::ffff:127.0.0.1` on an AF_INET6
+        // socket) is loopback too, as for the shim, lkl and the policy.
+        if is_loopback(local.ip()) || (domain == libc::AF_INET) != local.is_ipv4() {
             // Loopback stays on the host; a family mismatch gets the
             // kernel's own error.
             return Ok(Answer::Continue);
@@ -247,14 +424,15 @@ impl Supervisor {
         req.addr = bound;
         req.backlog = call.args[1] as i32;
         req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
+        req.opts = self.guest.carried(&target, domain);
         let (reply, chan) = self.ask(device, &req)?;
         self.guest
             .remember(&chan, domain, reply.local.or(bound), None)?;
         self.guest.bound.remove(&inode);
         self.guest
             .listeners
-            .insert(inode_of(chan.as_raw_fd())?, domain);
-        self.install_at(call, &target, fd, chan)?;
+            .insert(inode_of(chan.as_raw_fd())?, (domain, req.opts));
+        self.install_at(call, &target, fd, &chan)?;
         self.log.debug(|| {
             format!(
                 "pid {}: listen(fd {fd}, {local}) in the uml instance of {device:?}",
@@ -271,7 +449,7 @@ impl Supervisor {
         let Some(target) = Target::open(call.pid, fd) else {
             return Ok(Answer::Continue);
         };
-        let Some(&domain) = self.guest.listeners.get(&target.inode()) else {
+        let Some((domain, opts)) = self.guest.listeners.get(&target.inode()).cloned() else {
             return Ok(Answer::Continue);
         };
         if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
@@ -315,6 +493,8 @@ impl Supervisor {
                 libc::O_RDWR | libc::O_NONBLOCK,
             )?;
         }
+        // An accepted socket inherits its listener's options.
+        apply_to_bridge(&conn, &opts);
         self.guest
             .remember(&conn, domain, reply.local, reply.peer)?;
         if let Some(peer) = reply.peer {
@@ -342,6 +522,18 @@ impl Supervisor {
         let Some(target) = Target::open(call.pid, fd) else {
             return Ok(Answer::Continue);
         };
+        if let Some(p) = self.guest.pending.get(&target.inode()) {
+            let domain = p.domain;
+            if self.settle(call, &target, fd)?.is_none() {
+                // Still connecting: no peer yet, and no local address
+                // known but the family's.
+                if peer {
+                    return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
+                }
+                self.write_name(call, domain, wildcard(domain))?;
+                return Ok(Answer::Value(0));
+            }
+        }
         let Some(&(domain, local, remote)) = self.guest.names.get(&target.inode()) else {
             return Ok(Answer::Continue);
         };
@@ -391,14 +583,195 @@ fn wildcard(domain: i32) -> SocketAddr {
 pub(super) struct Sockets {
     /// Sockets bound to a guest address (never bound on the host).
     bound: HashMap<u64, SocketAddr>,
-    /// Listener channels installed in the program, with their family.
-    listeners: HashMap<u64, i32>,
+    /// Listener channels installed in the program, with their family and
+    /// the options carried to the guest listener.
+    listeners: HashMap<u64, (i32, Vec<Opt>)>,
     /// Bridges and listener channels: family, the guest socket's local
     /// and peer addresses.
     names: HashMap<u64, (i32, Option<SocketAddr>, Option<SocketAddr>)>,
+    /// A fresh TCP socket's value of each option in [`CARRIED`], per
+    /// family, read once.
+    defaults: HashMap<i32, Vec<Option<Vec<u8>>>>,
+    /// Non-blocking connects in progress, by the inode of their gate.
+    pending: HashMap<u64, Pending>,
+}
+
+/// How a connect through the instance ended: the reply and the bridge,
+/// or the errno.
+type Outcome = Result<(Reply, OwnedFd), i32>;
+
+/// A non-blocking connect in progress: what its socket was, and where the
+/// thread making it leaves the outcome.
+struct Pending {
+    domain: i32,
+    opts: Vec<Opt>,
+    outcome: Arc<Mutex<Option<Outcome>>>,
+}
+
+/// A gate: the program's end of a Unix stream pair whose send buffer is
+/// full, so it is neither readable nor writable until the other end (the
+/// supervisor's) is closed. Returns (program's end, supervisor's end).
+fn gate() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = sys::stream_pair()?;
+    // SAFETY: just created, ours alone.
+    let (prog, keep) = unsafe { (OwnedFd::from_raw_fd(a), OwnedFd::from_raw_fd(b)) };
+    sys::setsockopt_int(prog.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
+    fcntl(
+        prog.as_raw_fd(),
+        libc::F_SETFL,
+        libc::O_RDWR | libc::O_NONBLOCK,
+    )?;
+    let block = [0u8; 4096];
+    for _ in 0..64 {
+        match sys::write(prog.as_raw_fd(), &block) {
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok((prog, keep)),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("the gate never filled"))
+}
+
+/// Adds `file` to each epoll set in `sets` (copies of the program's, with
+/// the program's events and data) under the program's descriptor number
+/// `fd`, so the program's own `EPOLL_CTL_MOD`/`DEL` by that number find
+/// it. An epoll entry is keyed by file and number in the caller's table:
+/// a thread with a private copy of the table puts `file` at `fd` there
+/// and makes the calls, and its table goes when it ends.
+fn reregister(file: &OwnedFd, fd: RawFd, sets: &[(Target, u32, u64)]) -> io::Result<()> {
+    let src = file.as_raw_fd();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> io::Result<()> {
+                // SAFETY: unshare(CLONE_FILES) gives this thread alone a
+                // copy of the descriptor table; the process's own table
+                // is not touched by what follows.
+                if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: both numbers are in this thread's private table;
+                // whatever `fd` named there is only this copy's.
+                if unsafe { libc::dup2(src, fd) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut result = Ok(());
+                for (ep, events, data) in sets {
+                    let mut ev = libc::epoll_event {
+                        events: *events,
+                        u64: *data,
+                    };
+                    // SAFETY: a live epoll descriptor, `fd` names `file`
+                    // in this table, and one live event.
+                    let rc = unsafe {
+                        libc::epoll_ctl(ep.copy.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev)
+                    };
+                    if rc != 0 {
+                        result = Err(io::Error::last_os_error());
+                    }
+                }
+                result
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the epoll thread panicked")))
+    })
+}
+
+/// The epoll sets of process `tgid` that hold its descriptor `fd` with
+/// the file of inode `ino`: (epoll descriptor, events, data), read from
+/// /proc (an epoll descriptor's fdinfo lists `tfd: N events: X data: Y
+/// ... ino: I` per registration).
+fn epoll_registrations(tgid: libc::pid_t, fd: RawFd, ino: u64) -> Vec<(RawFd, u32, u64)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/fd")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let is_epoll = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]");
+        let Some(epfd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        if !is_epoll {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{tgid}/fdinfo/{epfd}")) else {
+            continue;
+        };
+        for line in info.lines() {
+            let Some(rest) = line.strip_prefix("tfd:") else {
+                continue;
+            };
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1))
+                    .copied()
+            };
+            let tfd = words.first().and_then(|w| w.parse::<RawFd>().ok());
+            let events = after("events:").and_then(|v| u32::from_str_radix(v, 16).ok());
+            let data = after("data:").and_then(|v| u64::from_str_radix(v, 16).ok());
+            let tino = words
+                .iter()
+                .find_map(|w| w.strip_prefix("ino:"))
+                .and_then(|v| u64::from_str_radix(v, 16).ok());
+            if let (Some(t), Some(events), Some(data), Some(i)) = (tfd, events, data, tino) {
+                if t == fd && i == ino {
+                    out.push((epfd, events, data));
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Sockets {
+    /// The options of the program's socket that differ from a fresh
+    /// socket's: what the program set before connect() or listen(). An
+    /// option set to its default value is not told apart from one left
+    /// alone; either way the guest socket gets the same value.
+    fn carried(&mut self, target: &Target, domain: i32) -> Vec<Opt> {
+        let defaults = self.defaults.entry(domain).or_insert_with(|| {
+            // SAFETY: socket(2) takes integers only.
+            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Vec::new();
+            }
+            // SAFETY: just created, ours alone.
+            let fresh = unsafe { OwnedFd::from_raw_fd(fd) };
+            CARRIED
+                .iter()
+                .map(|&(level, name)| raw_opt(fresh.as_raw_fd(), level, name))
+                .collect()
+        });
+        let mut opts = Vec::new();
+        for (i, &(level, name)) in CARRIED.iter().enumerate() {
+            if level == libc::IPPROTO_IPV6 && domain != libc::AF_INET6 {
+                continue;
+            }
+            let Some(mut value) = raw_opt(target.copy.as_raw_fd(), level, name) else {
+                continue;
+            };
+            if defaults.get(i).and_then(Option::as_ref) == Some(&value) {
+                continue;
+            }
+            if level == libc::SOL_SOCKET && (name == libc::SO_RCVBUF || name == libc::SO_SNDBUF) {
+                // The kernel reports twice what was asked (its bookkeeping
+                // share included) and doubles what it is given.
+                if let Ok(b) = <[u8; 4]>::try_from(value.as_slice()) {
+                    value = (i32::from_ne_bytes(b) / 2).to_ne_bytes().to_vec();
+                }
+            }
+            opts.push(Opt { level, name, value });
+        }
+        opts
+    }
+
     /// Records the guest addresses behind `fd` (a bridge or a channel).
     fn remember(
         &mut self,
@@ -415,6 +788,60 @@ impl Sockets {
         self.names
             .insert(inode_of(fd.as_raw_fd())?, (domain, local, peer));
         Ok(())
+    }
+}
+
+/// Options carried from the program's socket to the guest socket at
+/// connect() and listen() (IPV6 ones on IPv6 sockets only).
+const CARRIED: &[(i32, i32)] = &[
+    (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+    (libc::SOL_SOCKET, libc::SO_RCVBUF),
+    (libc::SOL_SOCKET, libc::SO_SNDBUF),
+    (libc::SOL_SOCKET, libc::SO_LINGER),
+    (libc::SOL_SOCKET, libc::SO_PRIORITY),
+    (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+    (libc::IPPROTO_TCP, libc::TCP_CORK),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+    (libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+    (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+    (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+];
+
+/// An option's raw value (at most 16 bytes: an int or a `struct linger`).
+fn raw_opt(fd: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 16];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are live; the kernel writes at most `len`
+    // bytes into `buf` and the length it wrote into `len`.
+    let rc = unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
+    (rc == 0).then(|| buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// Makes on the bridge the carried options that act on its end (the one
+/// the program holds): buffer sizes, and when to send small segments
+/// (TCP_NODELAY, TCP_CORK), which the program's later calls change on the
+/// bridge too. Keepalive and the user timeout stay the bridge's own.
+fn apply_to_bridge(bridge: &OwnedFd, opts: &[Opt]) {
+    for o in opts {
+        let buffers =
+            o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
+        let segments = o.level == libc::IPPROTO_TCP
+            && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
+        if buffers || segments {
+            // SAFETY: the kernel reads `value.len()` bytes from `value`.
+            unsafe {
+                libc::setsockopt(
+                    bridge.as_raw_fd(),
+                    o.level,
+                    o.name,
+                    o.value.as_ptr().cast(),
+                    o.value.len() as libc::socklen_t,
+                )
+            };
+        }
     }
 }
 

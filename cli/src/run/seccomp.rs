@@ -120,8 +120,9 @@ pub enum Mode {
     /// Host MPTCP: TCP `socket()` calls become MPTCP sockets.
     Native,
     /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
-    /// `accept()`, `getsockname()` and `getpeername()` on TCP sockets are
-    /// answered by the instance ([`super::guest`]).
+    /// `accept()`, `getsockname()`, `getpeername()` and
+    /// `getsockopt(SO_ERROR)` on TCP sockets are answered by the instance
+    /// ([`super::guest`]).
     Uml {
         device: String,
         policy: dropshim_conf::Policy,
@@ -150,7 +151,14 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
                 Op::Jeq(libc::SYS_accept as u32, Notify, Next),
                 Op::Jeq(libc::SYS_accept4 as u32, Notify, Next),
                 Op::Jeq(libc::SYS_getsockname as u32, Notify, Next),
-                Op::Jeq(libc::SYS_getpeername as u32, Notify, Allow),
+                Op::Jeq(libc::SYS_getpeername as u32, Notify, Next),
+                // getsockopt(SOL_SOCKET, SO_ERROR) only: how a program
+                // learns that a non-blocking connect has ended.
+                Op::Jeq(libc::SYS_getsockopt as u32, Next, Allow),
+                Op::Load(data_arg_low(1)),
+                Op::Jeq(libc::SOL_SOCKET as u32, Next, Allow),
+                Op::Load(data_arg_low(2)),
+                Op::Jeq(libc::SO_ERROR as u32, Notify, Allow),
                 Op::Here(Notify),
                 Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
                 Op::Here(Allow),
@@ -1046,5 +1054,35 @@ mod tests {
         let args = [libc::AF_INET as u64, stream as u64, 0, 0, 0, 0];
         assert_eq!(run(&filter(), libc::SYS_connect, args, AUDIT_ARCH), ALLOW);
         assert_eq!(run(&filter(), libc::SYS_socket, args, 0x4000_0003), ALLOW);
+    }
+
+    #[test]
+    fn uml_filter_traps_socket_calls_and_only_so_error_of_getsockopt() {
+        let uml = filter_for(&Mode::Uml {
+            device: "d".into(),
+            policy: dropshim_conf::Policy::default(),
+        });
+        let none = [0u64; 6];
+        for nr in [
+            libc::SYS_connect,
+            libc::SYS_bind,
+            libc::SYS_listen,
+            libc::SYS_accept,
+            libc::SYS_accept4,
+            libc::SYS_getsockname,
+            libc::SYS_getpeername,
+        ] {
+            assert_eq!(run(&uml, nr, none, AUDIT_ARCH), NOTIFY, "{nr}");
+        }
+        let getsockopt = |level: i32, name: i32| {
+            let args = [3, level as u64, name as u64, 0, 0, 0];
+            run(&uml, libc::SYS_getsockopt, args, AUDIT_ARCH)
+        };
+        assert_eq!(getsockopt(libc::SOL_SOCKET, libc::SO_ERROR), NOTIFY);
+        assert_eq!(getsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF), ALLOW);
+        assert_eq!(getsockopt(libc::IPPROTO_TCP, libc::SO_ERROR), ALLOW);
+        assert_eq!(run(&uml, libc::SYS_socket, none, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(&uml, libc::SYS_read, none, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(&uml, libc::SYS_connect, none, 0x4000_0003), ALLOW);
     }
 }
