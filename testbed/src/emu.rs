@@ -29,16 +29,19 @@
 //! lose their carrier.
 //!
 //! Loss and jitter patterns: netem draws them from a per-qdisc generator
-//! seeded at creation from the guest's `get_random_u64()`. The guest has
-//! no entropy of its own that early, so that seed, and with it which
-//! packets are lost, would be the same every boot. Each testbed therefore
+//! that Linux 6.12 seeds at creation from `get_random_u64()`. The UML
+//! kernel seeds its own random pool from the host's getrandom at boot
+//! (`add_bootloader_randomness` in `arch/um/kernel/um_arch.c`; its log
+//! says `crng init done` at 0.000000), so that seed differs per boot, but
+//! nobody could read it back and repeat a run. Each testbed therefore
 //! draws a seed from the host ([`run_seed`]; `Options::netem_seed` or
-//! [`ENV_SEED`] repeat a run), derives one per netem qdisc ([`port_seed`]) and sets it through
-//! rtnetlink (`netem_seed.py`: the tc of Debian bookworm has no `seed`
-//! keyword). The seed is written to `netem-seed` in the run directory.
-//! With the same seed, each qdisc makes the same decisions for the same
-//! sequence of frames it is given; frames the nodes send on their own
-//! (neighbour discovery, ARP) are part of that sequence.
+//! [`ENV_SEED`] repeat a run), derives one per netem qdisc ([`port_seed`])
+//! and sets it through rtnetlink (`netem_seed.py`: the tc of Debian
+//! bookworm has no `seed` keyword). The seed is written to `netem-seed`
+//! in the run directory. With the same seed, each qdisc makes the same
+//! decisions for the same sequence of frames it is given; frames the
+//! nodes send on their own (neighbour discovery, ARP) are part of that
+//! sequence.
 //!
 //! CPU: [`cpu`] sums the user and system time of each instance's host
 //! processes (the kernel and its guest processes' hosts, all carrying
