@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context};
 use dropshim_testbed::{
-    Description, LinkChoice, Method, Options, Shaper, Spec, Status, Testbed, STATE_DIR,
+    Description, EmulatorCpu, LinkChoice, Listing, Method, Options, Shaper, Spec, Status, Testbed,
+    ENV_SEED, STATE_DIR,
 };
 use std::process::ExitCode;
 
@@ -28,6 +29,12 @@ enum Sub {
     },
     /// Show the testbeds on this machine.
     List,
+    /// Show testbed ID (the only kept one if ID is left out): its nodes,
+    /// links, and the link emulator's seed and CPU use so far.
+    Status {
+        /// Testbed id, as printed by `up` and `list`.
+        id: Option<String>,
+    },
     /// Take both ends of link N of testbed ID down or up.
     Link {
         id: String,
@@ -64,6 +71,21 @@ struct UpArgs {
     /// Testbed id (letters, digits, `_`); a unique one is chosen if left out.
     #[arg(long)]
     id: Option<String>,
+    /// Seed of the link emulator's loss and jitter pattern, as a previous
+    /// `up` printed it, to repeat that pattern (default: a fresh one, or
+    /// $DROPSHIM_TESTBED_NETEM_SEED).
+    #[arg(long, value_name = "N", value_parser = parse_seed)]
+    netem_seed: Option<u64>,
+}
+
+/// A seed in decimal or 0x hex.
+fn parse_seed(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    }
+    .map_err(|_| format!("{s:?} is not a seed: give a number from 0 to 2^64-1 (decimal or 0x hex), as `up` prints it"))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -83,6 +105,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Sub::Up(a) => up(a),
         Sub::Down { id, all } => down(id, all),
         Sub::List => list(),
+        Sub::Status { id } => status(id),
         Sub::Link { id, n, state } => {
             let tb = Testbed::attach(&id)?;
             tb.set_link(n, matches!(state, LinkState::Up))?;
@@ -108,12 +131,15 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         internet: a.internet,
         id: a.id,
         links: a.links,
+        netem_seed: a.netem_seed,
     };
     let tb =
         Testbed::up(&spec, &opts).with_context(|| format!("building testbed {}", spec.name))?;
     let desc = tb.describe();
+    let cpu = tb.emulator_cpu();
     let id = tb.keep();
     print_description(&desc);
+    print_emulator(&desc, &cpu);
     println!();
     println!("state: {STATE_DIR}/{id}.json");
     println!(
@@ -173,6 +199,62 @@ fn print_description(d: &Description) {
     }
 }
 
+/// The link emulator's seed and each instance's CPU use, when links run
+/// on it.
+fn print_emulator(d: &Description, cpu: &[EmulatorCpu]) {
+    let Some(seed) = d.netem_seed else {
+        return;
+    };
+    println!(
+        "link emulator: netem seed {seed} (`up --netem-seed {seed}` or {ENV_SEED}={seed} repeats the loss/jitter pattern)"
+    );
+    if cpu.is_empty() {
+        println!("  not running");
+    }
+    for c in cpu {
+        println!(
+            "  instance {}: CPU {:.2} s (user {:.2} s, sys {:.2} s) over {:.1} s = {:.1} % of one CPU, {} host processes",
+            c.instance,
+            c.cpu_s(),
+            c.user_s,
+            c.sys_s,
+            c.elapsed_s,
+            c.pct_of_one_cpu(),
+            c.processes
+        );
+    }
+}
+
+fn status(id: Option<String>) -> anyhow::Result<ExitCode> {
+    let id = match id {
+        Some(id) => id,
+        None => only_kept(&Testbed::list(), "show")?,
+    };
+    let tb = Testbed::attach(&id)?;
+    let desc = tb.describe();
+    print_description(&desc);
+    print_emulator(&desc, &tb.emulator_cpu());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The id of the only kept testbed, or an error saying what to do.
+fn only_kept(listed: &[Listing], verb: &str) -> anyhow::Result<String> {
+    let kept: Vec<&str> = listed
+        .iter()
+        .filter(|l| l.status == Status::Kept)
+        .map(|l| l.id.as_str())
+        .collect();
+    match kept.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("no kept testbed to {verb}; `dropshim testbed list` shows what exists"),
+        many => bail!(
+            "several testbeds are kept ({}); say which: dropshim testbed {} ID",
+            many.join(", "),
+            if verb == "remove" { "down" } else { "status" }
+        ),
+    }
+}
+
 fn down(id: Option<String>, all: bool) -> anyhow::Result<ExitCode> {
     let listed = Testbed::list();
     if all {
@@ -201,21 +283,7 @@ fn down(id: Option<String>, all: bool) -> anyhow::Result<ExitCode> {
     }
     let id = match id {
         Some(id) => id,
-        None => {
-            let kept: Vec<&str> = listed
-                .iter()
-                .filter(|l| l.status == Status::Kept)
-                .map(|l| l.id.as_str())
-                .collect();
-            match kept.as_slice() {
-                [one] => one.to_string(),
-                [] => bail!("no kept testbed to remove; `dropshim testbed list` shows what exists"),
-                many => bail!(
-                    "several testbeds are kept ({}); say which: dropshim testbed down ID",
-                    many.join(", ")
-                ),
-            }
-        }
+        None => only_kept(&listed, "remove")?,
     };
     if let Some(Status::Running { pid }) = listed.iter().find(|l| l.id == id).map(|l| l.status) {
         eprintln!(

@@ -27,6 +27,25 @@
 //! link of instance K is set up, `error-K` if a command failed. A link taken down and up needs nothing
 //! from the guest: its raw sockets sit on the host bridges, which never
 //! lose their carrier.
+//!
+//! Loss and jitter patterns: netem draws them from a per-qdisc generator
+//! that Linux 6.12 seeds at creation from `get_random_u64()`. The UML
+//! kernel seeds its own random pool from the host's getrandom at boot
+//! (`add_bootloader_randomness` in `arch/um/kernel/um_arch.c`; its log
+//! says `crng init done` at 0.000000), so that seed differs per boot, but
+//! nobody could read it back and repeat a run. Each testbed therefore
+//! draws a seed from the host ([`run_seed`]; `Options::netem_seed` or
+//! [`ENV_SEED`] repeat a run), derives one per netem qdisc ([`port_seed`])
+//! and sets it through rtnetlink (`netem_seed.py`: the tc of Debian
+//! bookworm has no `seed` keyword). The seed is written to `netem-seed`
+//! in the run directory. With the same seed, each qdisc makes the same
+//! decisions for the same sequence of frames it is given; frames the
+//! nodes send on their own (neighbour discovery, ARP) are part of that
+//! sequence.
+//!
+//! CPU: [`cpu`] sums the user and system time of each instance's host
+//! processes (the kernel and its guest processes' hosts, all carrying
+//! the instance's `umid=` and `uml_dir=` on their command line).
 
 use crate::exec::tool;
 use crate::link::{DirParams, LinkParams};
@@ -42,6 +61,10 @@ use std::time::{Duration, Instant};
 
 /// Forces the method: `host` (host netem) or `uml` (the emulator).
 pub const ENV_NETEM: &str = "DROPSHIM_TESTBED_NETEM";
+/// A seed (decimal or 0x hex) for every netem qdisc of the emulator,
+/// to repeat a run's loss and jitter pattern; a fresh one from the host's
+/// random source otherwise.
+pub const ENV_SEED: &str = "DROPSHIM_TESTBED_NETEM_SEED";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Links per emulator instance: two `vecN:` arguments each (about 50
 /// bytes with the receive filter named relative to the run directory),
@@ -79,6 +102,47 @@ pub(crate) fn host_has_netem() -> bool {
         let _ = tool("ip", &["netns", "del", &ns]);
         ok
     })
+}
+
+/// The seed of a testbed's emulator when its options give none:
+/// [`ENV_SEED`] when set, else 8 bytes from the host's random source.
+pub(crate) fn run_seed() -> Result<u64, Error> {
+    if let Some(v) = std::env::var_os(ENV_SEED).filter(|v| !v.is_empty()) {
+        let text = v.to_string_lossy();
+        let t = text.trim();
+        let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => t.parse::<u64>(),
+        };
+        return parsed.map_err(|_| {
+            emu_err(format!(
+                "{ENV_SEED}={text:?} is not a seed: give a number from 0 to 2^64-1 (decimal or 0x hex), as `dropshim testbed up` prints it, or unset it for a fresh seed"
+            ))
+        });
+    }
+    let mut buf = [0u8; 8];
+    // SAFETY: buf is valid for writes of buf.len() bytes for the whole
+    // call; getrandom writes at most that many.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        return Err(emu_err(format!(
+            "no seed from the host's random source: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    Ok(u64::from_ne_bytes(buf))
+}
+
+/// The seed of the netem qdisc on the port of link `link` towards side
+/// `side` (splitmix64 of the run seed and the port), so that the ports
+/// draw independent patterns from one run seed.
+pub fn port_seed(run_seed: u64, link: u32, side: usize) -> u64 {
+    let port = (u64::from(link) << 1) | (side as u64 & 1);
+    let mut z = run_seed ^ port.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The emulator's run directory of testbed `id`.
@@ -171,7 +235,7 @@ pub(crate) struct EmuLink {
 }
 
 /// The init script of emulator instance `k`.
-fn init_script(run: &Path, k: usize, links: &[EmuLink]) -> String {
+fn init_script(run: &Path, k: usize, links: &[EmuLink], seed: u64) -> String {
     let run = run.display();
     let mut s = format!(
         r#"#!/bin/sh
@@ -195,6 +259,7 @@ echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 run ip link set lo up
 "#
     );
+    let mut seeds = Vec::new();
     for (i, l) in links.iter().enumerate() {
         let br = format!("br{}", l.number);
         s.push_str(&format!(
@@ -212,8 +277,15 @@ run ip link set lo up
                     "run tc qdisc replace dev {dev} root netem {}\n",
                     dir.netem_args().join(" ")
                 ));
+                seeds.push(format!("{dev}={}", port_seed(seed, l.number, side)));
             }
         }
+    }
+    if !seeds.is_empty() {
+        s.push_str(&format!(
+            "run python3 \"$RUN/{SEED_SCRIPT}\" {}\n",
+            seeds.join(" ")
+        ));
     }
     s.push_str(&format!(
         "echo ready > \"$RUN/ready-{k}\"\nexec sleep infinity\n"
@@ -227,7 +299,21 @@ run ip link set lo up
 /// lead their own sessions, so they outlive the calling process when the
 /// testbed is kept; they die with their namespace's processes. On an
 /// error, the instances already started are stopped.
-pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Vec<Child>, Error> {
+/// Every netem qdisc gets its seed from `seed` (see [`port_seed`]).
+pub(crate) fn start(
+    id: &str,
+    netns: &str,
+    links: &[EmuLink],
+    seed: u64,
+) -> Result<Vec<Child>, Error> {
+    if !["/usr/bin/python3", "/bin/python3"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+    {
+        return Err(emu_err(
+            "python3 is missing: the emulator sets its netem seeds with it (apt-get install python3)",
+        ));
+    }
     let kernel = match std::env::var_os(dropshim_backend_uml::ENV_KERNEL).filter(|v| !v.is_empty())
     {
         Some(k) => PathBuf::from(k),
@@ -241,6 +327,8 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Vec<Chil
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run).map_err(|e| emu_err(format!("creating {}: {e}", run.display())))?;
     write_file(&run, FILTER_FILE, &dropshim_backend_uml::host::rx_filter())?;
+    write_file(&run, SEED_SCRIPT, NETEM_SEED_PY.as_bytes())?;
+    write_file(&run, SEED_FILE, format!("{seed}\n").as_bytes())?;
     if run
         .to_str()
         .is_none_or(|s| s.contains([',', ' ', '\t', '\n']))
@@ -252,7 +340,7 @@ pub(crate) fn start(id: &str, netns: &str, links: &[EmuLink]) -> Result<Vec<Chil
     }
     let mut children = Vec::new();
     for (k, chunk) in links.chunks(LINKS_PER_INSTANCE).enumerate() {
-        match start_instance(&kernel, &run, netns, k, chunk) {
+        match start_instance(&kernel, &run, netns, k, chunk, seed) {
             Ok(child) => children.push(child),
             Err(e) => {
                 stop(&mut children);
@@ -305,10 +393,127 @@ fn boot_failure(run: &Path, k: usize, child: &mut Child, deadline: Instant) -> O
 /// `dropshim_backend_uml::host::rx_filter`), named relative to the run
 /// directory, the instances' working directory.
 const FILTER_FILE: &str = "rx-filter.bpf";
+/// The guest's tool that sets netem seeds, in the run directory.
+const SEED_SCRIPT: &str = "netem_seed.py";
+const NETEM_SEED_PY: &str = include_str!("netem_seed.py");
+/// The run seed, in decimal, in the run directory.
+const SEED_FILE: &str = "netem-seed";
 
 fn write_file(run: &Path, name: &str, data: &[u8]) -> Result<(), Error> {
     fs::write(run.join(name), data)
         .map_err(|e| emu_err(format!("writing {}: {e}", run.join(name).display())))
+}
+
+/// CPU time one emulator instance has used since it started, from
+/// /proc/PID/stat of its host processes.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EmulatorCpu {
+    /// The instance (0, 1, ...: links 1-24 of the emulator go to 0).
+    pub instance: usize,
+    /// Host processes found for it.
+    pub processes: usize,
+    /// User time, seconds (with that of its exited children).
+    pub user_s: f64,
+    /// System time, seconds (with that of its exited children).
+    pub sys_s: f64,
+    /// Seconds since its kernel started.
+    pub elapsed_s: f64,
+}
+
+impl EmulatorCpu {
+    /// User + system seconds.
+    pub fn cpu_s(&self) -> f64 {
+        self.user_s + self.sys_s
+    }
+
+    /// Average use over its life, in % of one CPU.
+    pub fn pct_of_one_cpu(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            100.0 * self.cpu_s() / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The CPU use of each running emulator instance of testbed `id`, in
+/// instance order (empty when it has none).
+pub(crate) fn cpu(id: &str) -> Vec<EmulatorCpu> {
+    let dir_arg = format!("uml_dir={}", run_dir(id).display());
+    // SAFETY: sysconf has no preconditions.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as f64,
+        _ => 100.0,
+    };
+    let uptime = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    // Per instance: processes, user and system ticks, earliest start.
+    let mut found: std::collections::BTreeMap<usize, (usize, u64, u64, u64)> =
+        std::collections::BTreeMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if !args.contains(&dir_arg.as_bytes()) {
+            continue;
+        }
+        let Some(k) = args.iter().find_map(|a| {
+            std::str::from_utf8(a)
+                .ok()?
+                .strip_prefix("umid=emu")?
+                .parse::<usize>()
+                .ok()
+        }) else {
+            continue;
+        };
+        let Some(t) = stat_times(pid) else { continue };
+        let e = found.entry(k).or_insert((0, 0, 0, u64::MAX));
+        e.0 += 1;
+        e.1 += t.user;
+        e.2 += t.sys;
+        e.3 = e.3.min(t.start);
+    }
+    found
+        .into_iter()
+        .map(|(instance, (processes, user, sys, start))| EmulatorCpu {
+            instance,
+            processes,
+            user_s: user as f64 / hz,
+            sys_s: sys as f64 / hz,
+            elapsed_s: (uptime - start as f64 / hz).max(0.0),
+        })
+        .collect()
+}
+
+struct StatTimes {
+    /// utime + cutime, in clock ticks.
+    user: u64,
+    /// stime + cstime, in clock ticks.
+    sys: u64,
+    /// Start time, clock ticks after boot.
+    start: u64,
+}
+
+fn stat_times(pid: u32) -> Option<StatTimes> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: field 3
+    // (state) is at index 0.
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let n = |field: usize| -> Option<u64> { f.get(field - 3)?.parse().ok() };
+    Some(StatTimes {
+        user: n(14)? + n(16)?,
+        sys: n(15)? + n(17)?,
+        start: n(22)?,
+    })
 }
 
 /// Stop (and reap) emulator instances.
@@ -327,12 +532,13 @@ fn start_instance(
     netns: &str,
     k: usize,
     links: &[EmuLink],
+    seed: u64,
 ) -> Result<Child, Error> {
     let init = run.join(format!("init-{k}"));
     write_file(
         run,
         &format!("init-{k}"),
-        init_script(run, k, links).as_bytes(),
+        init_script(run, k, links, seed).as_bytes(),
     )?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))
         .map_err(|e| emu_err(format!("chmod {}: {e}", init.display())))?;
@@ -398,7 +604,7 @@ mod tests {
             },
             EmuLink { number: 7, params },
         ];
-        let s = init_script(Path::new("/run/x.emu"), 0, &links);
+        let s = init_script(Path::new("/run/x.emu"), 0, &links, 42);
         assert!(s.contains("run ip link set vec0 master br3\n"), "{s}");
         assert!(!s.contains("dev vec0 root netem"), "{s}");
         // vec2 faces side a of link 7: it carries b->a (the downlink).
@@ -410,5 +616,26 @@ mod tests {
             s.contains("dev vec3 root netem limit 20000 delay 25000us\n"),
             "{s}"
         );
+        // Only the ports with netem get a seed, each its own.
+        let (a, b) = (port_seed(42, 7, 0), port_seed(42, 7, 1));
+        assert_ne!(a, b);
+        assert!(
+            s.contains(&format!(
+                "run python3 \"$RUN/netem_seed.py\" vec2={a} vec3={b}\n"
+            )),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn port_seeds_differ_per_port_and_run() {
+        let mut all = std::collections::HashSet::new();
+        for run in [0, 1, u64::MAX] {
+            for link in [1, 2, 300] {
+                for side in 0..2 {
+                    assert!(all.insert(port_seed(run, link, side)));
+                }
+            }
+        }
     }
 }

@@ -21,6 +21,7 @@ mod spec;
 mod sys;
 mod testbed;
 
+pub use emu::{port_seed, EmulatorCpu, ENV_SEED};
 pub use exec::run_with_timeout;
 pub use link::{DirParams, LinkChoice, LinkParams, Method, Profile, PROFILES};
 pub use spec::{
@@ -79,6 +80,11 @@ pub struct Options {
     /// links: the rest keep the spec's values; longer: an error.
     #[serde(default)]
     pub links: Vec<LinkChoice>,
+    /// The seed of the link emulator's netem qdiscs (their loss and jitter
+    /// pattern), to repeat a run; `None` takes `DROPSHIM_TESTBED_NETEM_SEED`
+    /// when set, else a fresh seed from the host's random source.
+    #[serde(default)]
+    pub netem_seed: Option<u64>,
 }
 
 /// Everything that can go wrong, each saying what to do about it.

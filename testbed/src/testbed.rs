@@ -11,7 +11,7 @@
 //! stale and removed by the next `up`; `keep` clears the owner, so kept
 //! testbeds stay until removed by id.
 
-use crate::emu::{self, EmuLink};
+use crate::emu::{self, EmuLink, EmulatorCpu};
 use crate::exec::tool;
 use crate::link::{LinkParams, Method, Profile};
 use crate::spec::{self, EndpointFlag, Family, Hop, MptcpSpec, RouteSpec, Spec, EMULATOR_NODE};
@@ -58,6 +58,8 @@ pub struct Testbed {
     /// The link emulator's kernels, when this handle started them
     /// (waited for after removal so no zombie stays behind).
     emulator: Mutex<Vec<Child>>,
+    /// The seed of the emulator's netem qdiscs, when it has any.
+    netem_seed: Option<u64>,
 }
 
 struct Node {
@@ -134,6 +136,11 @@ pub struct Description {
     pub internet: bool,
     pub nodes: Vec<NodeInfo>,
     pub links: Vec<LinkInfo>,
+    /// The seed of the link emulator's netem qdiscs (its loss and jitter
+    /// pattern), when links run on it: setting `DROPSHIM_TESTBED_NETEM_SEED`
+    /// to it before `up` repeats the pattern.
+    #[serde(default)]
+    pub netem_seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,6 +359,12 @@ impl Testbed {
                     l.method = Method::HostNetem;
                 }
             }
+            if tb.links.iter().any(|l| l.method == Method::UmlNetem) {
+                tb.netem_seed = Some(match opts.netem_seed {
+                    Some(seed) => seed,
+                    None => emu::run_seed()?,
+                });
+            }
             let exists = namespaces_by_id().contains_key(&id);
             let claimed = if exists {
                 Err(Error::Exists(id.clone()))
@@ -390,6 +403,7 @@ impl Testbed {
             })
             .collect();
         tb.rates = Mutex::new(rates);
+        tb.netem_seed = state.description.netem_seed;
         for info in &state.description.links {
             if let Some(l) = tb.links.iter_mut().find(|l| l.number == info.number) {
                 l.method = info.method;
@@ -480,6 +494,7 @@ impl Testbed {
             rates: Mutex::new(rates),
             owned,
             emulator: Mutex::new(Vec::new()),
+            netem_seed: None,
         })
     }
 
@@ -625,7 +640,11 @@ impl Testbed {
             self.answer_proxy_arp_at_once(i, node)?;
         }
         if !emulated.is_empty() {
-            let children = emu::start(&self.id, &emu_ns, &emulated)?;
+            let seed = match self.netem_seed {
+                Some(seed) => seed,
+                None => emu::run_seed()?,
+            };
+            let children = emu::start(&self.id, &emu_ns, &emulated, seed)?;
             *self.emulator.lock().unwrap_or_else(|p| p.into_inner()) = children;
         }
         for link in &self.links {
@@ -1099,6 +1118,18 @@ impl Testbed {
                     }
                 })
                 .collect(),
+            netem_seed: self.netem_seed,
+        }
+    }
+
+    /// CPU used by each instance of the link emulator so far (empty when
+    /// no link runs on it, or it is not running): tells whether the
+    /// emulator kept up or was itself the bottleneck.
+    pub fn emulator_cpu(&self) -> Vec<EmulatorCpu> {
+        if self.links.iter().any(|l| l.method == Method::UmlNetem) {
+            emu::cpu(&self.id)
+        } else {
+            Vec::new()
         }
     }
 

@@ -2,12 +2,14 @@
 //! emulation method this machine can run proves its delay (ping RTT), its
 //! loss (binomial bound over thousands of pings) and its rate (iperf3);
 //! per-direction values act per direction; links go down and up; nothing
-//! is left behind; MPTCP spreads over an emulated wifi + lte pair.
+//! is left behind; MPTCP spreads over an emulated wifi + lte pair; the
+//! loss pattern is fresh on every boot; the emulator's CPU use is
+//! reported.
 
 use dropshim_testbed::{
     run_with_timeout, Error, LinkChoice, Method, Options, Profile, Spec, Testbed, STATE_DIR,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
@@ -257,6 +259,231 @@ fn rate_holds_on_a_link_with_delay() {
     assert!(
         (30.0..=55.0).contains(&mbit),
         "{mbit:.1} Mbit/s over a 50 Mbit/s link"
+    );
+}
+
+/// The sequence numbers of `count` pings from `from` to `to` that got no
+/// reply.
+fn lost_pings(tb: &Testbed, from: &str, to: IpAddr, count: u32) -> BTreeSet<u32> {
+    let mut cmd = tb.command(from, "ping").unwrap();
+    cmd.args([
+        "-n",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.002",
+        "-W",
+        "2",
+        &to.to_string(),
+    ]);
+    let text = run_with_timeout(&mut cmd, T).unwrap().stdout;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("packets transmitted"),
+        "no ping summary: {text}"
+    );
+    let answered: BTreeSet<u32> = text
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    (1..=count).filter(|n| !answered.contains(n)).collect()
+}
+
+/// How much of loss set `a` reappears in `b`: `a` is cut into pieces of
+/// 500 ping numbers, each piece is matched against `b` shifted by the
+/// best of -50..50 packets, and the matched share of `a` is returned.
+/// Near 1 for the same pattern, even where a stray frame (neighbour
+/// discovery) moved the rest of it by one; about 0.2 for independent
+/// patterns at 5 % loss (the best of 101 shifts of a few dozen losses).
+fn pattern_match(a: &BTreeSet<u32>, b: &BTreeSet<u32>) -> f64 {
+    let mut matched = 0usize;
+    for start in (0..=a.last().copied().unwrap_or(0)).step_by(500) {
+        let piece: Vec<i64> = a.range(start..start + 500).map(|&n| i64::from(n)).collect();
+        matched += (-50i64..=50)
+            .map(|shift| {
+                piece
+                    .iter()
+                    .filter(|&&n| u32::try_from(n + shift).is_ok_and(|m| b.contains(&m)))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+    }
+    matched as f64 / a.len().max(1) as f64
+}
+
+const LOSSY_A_TO_B: &str = "[[link]]\nnumber = 1\na = 'a'\nb = 'b'\n[link.a_to_b]\nloss_pct = 5\n";
+
+/// Make the pings the only frames a sends on link 1 (no IPv6, neighbours
+/// fixed both ways), so that netem's decisions on that direction fall on
+/// the same pings whenever its seed is the same.
+fn quiet_link_1(tb: &Testbed) {
+    let mac = |node: &str| -> String {
+        let mut c = tb.command(node, "ip").unwrap();
+        c.args(["-br", "link", "show", "dev", tb.ifname(node, 1).unwrap()]);
+        let line = run_ok(c);
+        // NAME STATE MAC FLAGS
+        let mac = line
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(mac.len(), 17, "no MAC address in {line:?}");
+        mac
+    };
+    for (node, peer) in [("a", "b"), ("b", "a")] {
+        let ifname = tb.ifname(node, 1).unwrap();
+        let mut off = tb.command(node, "sysctl").unwrap();
+        off.args(["-qw", &format!("net.ipv6.conf.{ifname}.disable_ipv6=1")]);
+        run_ok(off);
+        let mut neigh = tb.command(node, "ip").unwrap();
+        neigh.args([
+            "neigh",
+            "replace",
+            &tb.addr4(peer, 1).unwrap().to_string(),
+            "lladdr",
+            &mac(peer),
+            "dev",
+            ifname,
+            "nud",
+            "permanent",
+        ]);
+        run_ok(neigh);
+    }
+}
+
+/// Boot a testbed whose link 1 loses 5 % from a to b (netem seed from
+/// `seed`, or fresh), send 3,000 numbered pings, check the loss rate
+/// against the binomial bound; the seed reported and the pings lost.
+fn lossy_round(round: u32, seed: Option<u64>) -> (Option<u64>, BTreeSet<u32>) {
+    const N: u32 = 3000;
+    let spec = Spec::parse(&format!("{TWO_NODES}{LOSSY_A_TO_B}"), "test spec").expect("spec");
+    let tb = Testbed::up(
+        &spec,
+        &Options {
+            netem_seed: seed,
+            ..Options::default()
+        },
+    )
+    .expect("testbed up");
+    let method = expected_method(&tb, 1);
+    let reported = tb.describe().netem_seed;
+    if method == Method::UmlNetem {
+        let reported = reported.expect("the emulator's seed is in the description");
+        let run = Path::new(STATE_DIR).join(format!("{}.emu", tb.id()));
+        let recorded = std::fs::read_to_string(run.join("netem-seed")).unwrap();
+        assert_eq!(
+            recorded.trim(),
+            reported.to_string(),
+            "seed file vs description"
+        );
+        if let Some(s) = seed {
+            assert_eq!(reported, s, "the seed asked for is the one used");
+        }
+    }
+    quiet_link_1(&tb);
+    let to = IpAddr::from(tb.addr4("b", 1).unwrap());
+    wait_reachable(&tb, "a", to);
+    let lost = lost_pings(&tb, "a", to, N);
+    let (lo, hi) = binomial_99(u64::from(N), 0.05);
+    eprintln!(
+        "{} round {round}: seed {reported:?}, {} of {N} lost (99 % bound {lo:.0}..{hi:.0}), first: {:?}",
+        method.as_str(),
+        lost.len(),
+        lost.iter().take(12).collect::<Vec<_>>()
+    );
+    assert!(
+        (lo..=hi).contains(&(lost.len() as f64)),
+        "round {round}: {} of {N} lost, outside the 99 % bound {lo:.0}..{hi:.0}",
+        lost.len()
+    );
+    (reported, lost)
+}
+
+/// Two boots of the same 5 % lossy link lose different packets: netem's
+/// random state is seeded afresh (and the seed recorded) every time,
+/// while each run's rate stays within the binomial bound.
+#[test]
+fn the_loss_pattern_differs_from_boot_to_boot() {
+    let (seed0, lost0) = lossy_round(0, None);
+    let (seed1, lost1) = lossy_round(1, None);
+    let m = pattern_match(&lost0, &lost1);
+    eprintln!("share of round 0's losses repeated in round 1: {m:.3}");
+    assert_ne!(lost0, lost1, "both boots lost the same pings");
+    assert!(
+        m < 0.5,
+        "{m:.3} of round 0's losses repeat in round 1: the loss pattern repeats"
+    );
+    if let (Some(a), Some(b)) = (seed0, seed1) {
+        assert_ne!(a, b, "two boots drew the same seed");
+    }
+}
+
+/// The seed a run reported repeats its loss pattern on a fresh boot.
+#[test]
+fn the_same_seed_repeats_the_loss_pattern() {
+    let (seed, lost0) = lossy_round(0, None);
+    let Some(seed) = seed else {
+        eprintln!("host netem: seeded by the host kernel, no seed to repeat");
+        return;
+    };
+    let (_, lost1) = lossy_round(1, Some(seed));
+    let m = pattern_match(&lost0, &lost1);
+    eprintln!("seed {seed} again: share of round 0's losses repeated in round 1: {m:.3}");
+    assert!(
+        m >= 0.9,
+        "only {m:.3} of round 0's losses repeat with the same seed {seed}"
+    );
+}
+
+/// The emulator's CPU use is reported per instance and grows with the
+/// traffic it carries.
+#[test]
+fn emulator_cpu_is_reported_and_rises_with_traffic() {
+    let tb = build("[[link]]\nnumber = 1\na = 'a'\nb = 'b'\nrate_mbit = 200\ndelay_ms = 1\n");
+    let method = expected_method(&tb, 1);
+    let before = tb.emulator_cpu();
+    if method != Method::UmlNetem {
+        assert!(before.is_empty(), "no emulator, yet {before:?}");
+        return;
+    }
+    assert_eq!(before.len(), 1, "one instance carries one link: {before:?}");
+    let b = before[0];
+    assert!(b.processes >= 1, "{b:?}");
+    assert!(
+        b.user_s >= 0.0 && b.sys_s >= 0.0 && b.elapsed_s > 0.0,
+        "{b:?}"
+    );
+    let to = IpAddr::from(tb.addr4("b", 1).unwrap());
+    wait_reachable(&tb, "a", to);
+    let mbit = iperf(&tb, "a", "b", to, 15405, false);
+    let after = tb.emulator_cpu();
+    assert_eq!(after.len(), 1, "{after:?}");
+    let a = after[0];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    eprintln!(
+        "emulator: before {:.2} s CPU over {:.1} s; after {mbit:.0} Mbit/s for 5 s: {:.2} s (user {:.2}, sys {:.2}) over {:.1} s = {:.1} % of one CPU, {} processes",
+        b.cpu_s(),
+        b.elapsed_s,
+        a.cpu_s(),
+        a.user_s,
+        a.sys_s,
+        a.elapsed_s,
+        a.pct_of_one_cpu(),
+        a.processes
+    );
+    assert!(mbit > 10.0, "only {mbit:.1} Mbit/s crossed the link");
+    // Moving tens of MB through the guest costs well over one clock tick.
+    assert!(
+        a.cpu_s() >= b.cpu_s() + 0.05,
+        "CPU did not rise with traffic: {b:?} -> {a:?}"
+    );
+    assert!(a.elapsed_s > b.elapsed_s, "{b:?} -> {a:?}");
+    let pct = a.pct_of_one_cpu();
+    assert!(
+        pct > 0.0 && pct <= 100.0 * cores + 1.0,
+        "{pct:.1} % of one CPU on {cores} cores"
     );
 }
 

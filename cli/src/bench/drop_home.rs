@@ -76,15 +76,21 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     // uml and lkl take the end devices' interfaces over (their host
     // addresses go), so each of those stacks gets a testbed of its own.
     let mut tb: Option<Testbed> = None;
+    // The stacks that ran on the current testbed (for the emulator's CPU).
+    let mut on_tb: Vec<&str> = Vec::new();
     for stack in order {
         if avail.reason(stack).is_some() {
             continue;
         }
         if tb.is_none() || matches!(stack, Stack::Uml | Stack::Lkl) {
             // The previous one goes first: its uml instances with it.
-            drop(tb.take());
+            if let Some(old) = tb.take() {
+                ctx.note_emulator(&format!("drop-home ({})", on_tb.join(", ")), &old);
+            }
+            on_tb.clear();
             tb = Some(Testbed::up(&spec, &super::topology_options(ctx, &spec))?);
         }
+        on_tb.push(stack.name());
         let Some(tb) = tb.as_ref() else {
             bail!("internal: no testbed");
         };
@@ -169,6 +175,9 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                 ctx.push(rec);
             }
         }
+    }
+    if let Some(last) = tb.take() {
+        ctx.note_emulator(&format!("drop-home ({})", on_tb.join(", ")), &last);
     }
     Ok(())
 }

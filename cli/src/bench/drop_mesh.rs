@@ -40,6 +40,10 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             let mut rec = Record::new(Scenario::DropMesh, Stack::Mixed, setting(n), run);
             match mesh(ctx, &order, n, size) {
                 Ok(m) => {
+                    let label = format!("drop-mesh {n} devices run {run}");
+                    for c in &m.emulator {
+                        ctx.emulator.push((label.clone(), *c));
+                    }
                     let total = u64::from(n * (n - 1)) * size;
                     rec.seconds = Some(m.seconds);
                     rec.bytes = Some(m.intact_pulls * size);
@@ -65,6 +69,8 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
 }
 
 struct Mesh {
+    /// The link emulator's CPU use over the run, per instance.
+    emulator: Vec<dropshim_testbed::EmulatorCpu>,
     seconds: f64,
     intact_pulls: u64,
     subflows: f64,
@@ -195,6 +201,7 @@ fn mesh(ctx: &Ctx, order: &[Stack], n: u32, size: u64) -> Result<Mesh> {
         );
     }
     Ok(Mesh {
+        emulator: tb.emulator_cpu(),
         seconds,
         intact_pulls: intact,
         // Seen at the native devices' servers: 1 + joins per connection.

@@ -182,6 +182,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                 one(ctx, &tb, *stack, None, *port, &file, &set, &setting, run);
             }
         }
+        ctx.note_emulator(&format!("handover {setting} (host stacks)"), &tb);
     }
     for stack in [Stack::Uml, Stack::Lkl] {
         if avail.reason(stack).is_some() {
@@ -212,6 +213,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                         run,
                     );
                 }
+                ctx.note_emulator(&format!("handover {setting} ({})", stack.name()), &tb);
             }
         }
     }

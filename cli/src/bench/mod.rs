@@ -282,6 +282,9 @@ pub struct Ctx {
     pub stacks: stacks::Availability,
     pub progress: ProgressBar,
     pub records: Vec<Record>,
+    /// The link emulator's CPU use per testbed that had emulated links
+    /// (label, one entry per instance), read just before it went.
+    pub emulator: Vec<(String, dropshim_testbed::EmulatorCpu)>,
     /// Scratch space (served files, downloads, device files); removed at the end.
     pub work: PathBuf,
 }
@@ -303,6 +306,21 @@ impl Ctx {
             self.progress.inc(1);
         }
         self.records.push(record);
+    }
+
+    /// Keeps the link emulator's CPU use so far on testbed `tb` for the
+    /// summary, under `label` (nothing when none of its links is
+    /// emulated). Called just before the testbed goes.
+    pub fn note_emulator(&mut self, label: &str, tb: &dropshim_testbed::Testbed) {
+        for c in tb.emulator_cpu() {
+            self.progress.println(format!(
+                "  {label}: link emulator instance {}: {:.2} s CPU, {:.1} % of one CPU",
+                c.instance,
+                c.cpu_s(),
+                c.pct_of_one_cpu()
+            ));
+            self.emulator.push((label.to_string(), c));
+        }
     }
 
     pub fn step(&self, what: String) {
@@ -437,6 +455,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         stacks: availability,
         progress,
         records: Vec::new(),
+        emulator: Vec::new(),
         work,
     };
     for &scenario in &args.scenario {
@@ -464,7 +483,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         }
     }
     ctx.progress.finish_and_clear();
-    let summary = output::markdown(&ctx.records);
+    let mut summary = output::markdown(&ctx.records);
+    summary.push_str(&output::emulator_markdown(&ctx.emulator));
     print!("{summary}");
     if let Some(dir) = &args.out {
         output::write_all(dir, &ctx.records, &summary)?;

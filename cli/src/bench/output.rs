@@ -344,6 +344,31 @@ pub fn markdown(records: &[Record]) -> String {
     md
 }
 
+/// The link emulator's CPU use per testbed with emulated links (empty
+/// when there were none): whether the emulator itself was a bottleneck.
+pub fn emulator_markdown(notes: &[(String, dropshim_testbed::EmulatorCpu)]) -> String {
+    if notes.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Link emulator CPU\n\nUser + system time of the UML link emulator's host processes per testbed, over the testbed's life; near 100 % of one CPU means the emulator, not the stack, set the pace.\n\n\
+         | testbed | instance | CPU s | user s | sys s | over s | % of one CPU |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (label, c) in notes {
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
+            c.instance,
+            c.cpu_s(),
+            c.user_s,
+            c.sys_s,
+            c.elapsed_s,
+            c.pct_of_one_cpu()
+        );
+    }
+    s
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -690,6 +715,24 @@ pub(crate) mod tests {
             .failed(&anyhow::anyhow!("curl failed | badly"));
         v.push(failed);
         v
+    }
+
+    #[test]
+    fn emulator_cpu_table_only_when_links_were_emulated() {
+        assert_eq!(emulator_markdown(&[]), "");
+        let c = dropshim_testbed::EmulatorCpu {
+            instance: 0,
+            processes: 3,
+            user_s: 1.5,
+            sys_s: 0.5,
+            elapsed_s: 8.0,
+        };
+        let s = emulator_markdown(&[("drop-home (tcp, native)".into(), c)]);
+        assert!(s.contains("## Link emulator CPU"), "{s}");
+        assert!(
+            s.contains("| drop-home (tcp, native) | 0 | 2.00 | 1.50 | 0.50 | 8.0 | 25.0 |"),
+            "{s}"
+        );
     }
 
     #[test]

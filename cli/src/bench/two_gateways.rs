@@ -140,6 +140,7 @@ pub fn iperf_matrix(
                 ctx.push(rec);
             }
         }
+        ctx.note_emulator(&format!("{} {setting} (host stacks)", scenario.name()), &tb);
     }
     for stack in [Stack::Uml, Stack::Lkl] {
         if avail.reason(stack).is_some() {
@@ -180,6 +181,10 @@ pub fn iperf_matrix(
                 }
             }
         }
+        ctx.note_emulator(
+            &format!("{} {setting} ({})", scenario.name(), stack.name()),
+            &tb,
+        );
     }
     Ok(())
 }
