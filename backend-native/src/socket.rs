@@ -4,8 +4,8 @@
 
 use crate::sys;
 use dropshim_abi::{
-    decode, decode_storage, IPPROTO_MPTCP, MPTCP_INFO, MPTCP_INFO_FLAG_FALLBACK,
-    MPTCP_SUBFLOW_ADDRS, SOL_MPTCP,
+    decode, encode, IPPROTO_MPTCP, MPTCP_INFO, MPTCP_INFO_FLAG_FALLBACK, MPTCP_SUBFLOW_ADDRS,
+    SOL_MPTCP,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -111,9 +111,14 @@ fn prepare_replacement(old: c_int, new: c_int, options: &[SockOpt]) -> io::Resul
     for opt in options {
         sys::setsockopt(new, opt.level, opt.name, &opt.value)?;
     }
-    let (local, len) = sys::getsockname(old)?;
-    let bound = decode_storage(&local, len).is_some_and(|a| a.port() != 0);
-    if bound {
+    // A socket of no IP family (EAFNOSUPPORT, which getsockname itself
+    // never answers) is taken as unbound.
+    let local = match dropshim_abi::sock::local_addr(old) {
+        Ok(addr) => Some(addr).filter(|a| a.port() != 0),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(local) = local {
         // Both sockets must allow address reuse for the new one to take the
         // old one's address while the old one still holds it (neither is
         // listening, so Linux permits it). The program's own choice for the
@@ -126,7 +131,7 @@ fn prepare_replacement(old: c_int, new: c_int, options: &[SockOpt]) -> io::Resul
             .unwrap_or(false);
         sys::setsockopt_int(old, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
         sys::setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        sys::bind(new, &local, len)?;
+        sys::bind(new, &encode(&local))?;
         if !wanted {
             sys::setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
         }

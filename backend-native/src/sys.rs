@@ -97,33 +97,9 @@ pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io:
     setsockopt(fd, level, name, &value.to_ne_bytes())
 }
 
-/// The socket's local address, as raw `sockaddr_storage` bytes and length.
-pub fn getsockname(fd: c_int) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `storage`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_getsockname,
-            fd,
-            &mut storage as *mut libc::sockaddr_storage,
-            &mut len as *mut libc::socklen_t,
-        )
-    };
-    check(ret).map(|_| (storage, len))
-}
-
-pub fn bind(fd: c_int, addr: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<()> {
-    // SAFETY: the kernel reads `len` bytes of `addr`, which is at least
-    // that long (`len` came from getsockname on the same storage type).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bind,
-            fd,
-            addr as *const libc::sockaddr_storage,
-            len,
-        )
-    };
+pub fn bind(fd: c_int, addr: &dropshim_abi::RawSockAddr) -> io::Result<()> {
+    // SAFETY: the kernel reads `addr.len()` bytes from `addr.as_ptr()`,
+    // which points at a whole sockaddr_storage that `addr` keeps alive.
+    let ret = unsafe { libc::syscall(libc::SYS_bind, fd, addr.as_ptr(), addr.len()) };
     check(ret).map(drop)
 }

@@ -237,22 +237,11 @@ fn new_socket(req: &Request) -> io::Result<OwnedFd> {
 
 /// The socket's local or peer address, as the guest kernel sees it.
 fn sock_addr(fd: RawFd, peer: bool) -> Option<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let p = &mut st as *mut _ as *mut libc::sockaddr;
-    // SAFETY: the kernel writes at most `len` bytes into `st`.
-    let ret = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    if ret < 0 {
-        return None;
+    if peer {
+        dropshim_abi::sock::peer_addr(fd).ok()
+    } else {
+        dropshim_abi::sock::local_addr(fd).ok()
     }
-    dropshim_abi::decode_storage(&st, len)
 }
 
 fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
