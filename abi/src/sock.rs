@@ -1,14 +1,17 @@
-//! The read-only socket queries every dropshim crate makes on a host
-//! descriptor: its local and peer address.
+//! The socket calls every dropshim crate makes on a host descriptor: its
+//! local and peer address, and reading and setting its options.
 //!
 //! Owns: the one "ask the kernel into a zeroed `sockaddr_storage`, then
-//! decode" path. Each call goes through `syscall(2)`, not the libc
-//! function of the same name, so it is safe inside `libdropshim.so`,
-//! where the exported `getsockname` and `getpeername` are the shim's own
-//! hooks and calling them would recurse.
+//! decode" path ([`local_addr`], [`peer_addr`]) and the one
+//! setsockopt/getsockopt pair ([`setsockopt`], [`getsockopt`], with
+//! [`setsockopt_int`] and [`getsockopt_int`] for the common `int`
+//! option). Each call goes through `syscall(2)`, not the libc function
+//! of the same name, so it is safe inside `libdropshim.so`, where the
+//! exported `getsockname`, `setsockopt`... are the shim's own hooks and
+//! calling them would recurse. Every failure is the call's own errno.
 
 use crate::{decode_storage, SOCKADDR_STORAGE_LEN};
-use libc::{c_int, c_long, sockaddr_storage, socklen_t};
+use libc::{c_int, c_long, c_void, sockaddr_storage, socklen_t};
 use std::io;
 use std::net::SocketAddr;
 
@@ -27,6 +30,65 @@ pub fn peer_addr(fd: c_int) -> io::Result<SocketAddr> {
     name(libc::SYS_getpeername, fd)
 }
 
+/// `setsockopt(fd, level, name, value)`: the kernel reads the option's
+/// value from `value`.
+pub fn setsockopt(fd: c_int, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: the kernel reads at most `value.len()` bytes from `value`,
+    // which is borrowed for the whole call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd,
+            level,
+            name,
+            value.as_ptr() as *const c_void,
+            value.len() as socklen_t,
+        )
+    };
+    check(ret)
+}
+
+/// `getsockopt(fd, level, name)` into `buf`; how many bytes the kernel
+/// wrote.
+pub fn getsockopt(fd: c_int, level: c_int, name: c_int, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = buf.len() as socklen_t;
+    // SAFETY: the kernel writes at most `len` (the buffer's length) bytes
+    // into `buf` and the length it wrote into `len`; both are borrowed
+    // mutably for the whole call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            level,
+            name,
+            buf.as_mut_ptr() as *mut c_void,
+            &mut len as *mut socklen_t,
+        )
+    };
+    check(ret).map(|()| len as usize)
+}
+
+/// An `int` option (`SO_ERROR`, `SO_DOMAIN`, `SO_TYPE`, ...); bytes the
+/// kernel did not write read as zero.
+pub fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> io::Result<c_int> {
+    let mut buf = [0u8; std::mem::size_of::<c_int>()];
+    getsockopt(fd, level, name, &mut buf)?;
+    Ok(c_int::from_ne_bytes(buf))
+}
+
+/// Sets an `int` option (`SO_REUSEADDR`, `TCP_NODELAY`, ...).
+pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
+    setsockopt(fd, level, name, &value.to_ne_bytes())
+}
+
+fn check(ret: c_long) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 fn name(call: c_long, fd: c_int) -> io::Result<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
     let mut storage: sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -42,9 +104,7 @@ fn name(call: c_long, fd: c_int) -> io::Result<SocketAddr> {
             &mut len as *mut socklen_t,
         )
     };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    check(ret)?;
     decode_storage(&storage, len).ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
 }
 
@@ -76,6 +136,52 @@ mod tests {
             return; // no IPv6 loopback on this host: nothing to compare
         };
         assert_eq!(local_addr(sock.as_raw_fd()).ok(), sock.local_addr().ok());
+    }
+
+    #[test]
+    fn an_int_option_set_reads_back() {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
+        let fd = sock.as_raw_fd();
+        for on in [1, 0, 1] {
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, on).expect("SO_REUSEADDR");
+            assert_eq!(
+                getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR).ok(),
+                Some(on)
+            );
+        }
+        assert_eq!(
+            getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok(),
+            Some(libc::SOCK_DGRAM)
+        );
+        assert_eq!(
+            getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok(),
+            Some(libc::AF_INET)
+        );
+    }
+
+    #[test]
+    fn a_byte_option_reports_its_length() {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
+        let fd = sock.as_raw_fd();
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &7i32.to_ne_bytes()).expect("IP_TTL");
+        let mut buf = [0xffu8; 16];
+        let n = getsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &mut buf).expect("IP_TTL");
+        assert_eq!(n, 4);
+        assert_eq!(buf[..4], 7i32.to_ne_bytes());
+        assert_eq!(buf[4..], [0xff; 12]);
+    }
+
+    #[test]
+    fn option_errors_are_the_kernels() {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
+        let fd = sock.as_raw_fd();
+        let err = setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &[1])
+            .expect_err("one byte is too short for an int option");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        let err = getsockopt_int(-1, libc::SOL_SOCKET, libc::SO_TYPE).expect_err("no descriptor");
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        let err = setsockopt_int(fd, libc::SOL_SOCKET, 0x7fff, 1).expect_err("no such option");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOPROTOOPT));
     }
 
     #[test]

@@ -221,16 +221,7 @@ fn new_socket(req: &Request) -> io::Result<OwnedFd> {
     for opt in &req.opts {
         // Options the program set on a TCP socket; MPTCP may refuse a
         // few (it says so with EOPNOTSUPP), which TCP semantics survive.
-        // SAFETY: the kernel reads `value.len()` bytes from `value`.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                opt.level,
-                opt.name,
-                opt.value.as_ptr().cast(),
-                opt.value.len() as libc::socklen_t,
-            );
-        }
+        let _ = dropshim_abi::sock::setsockopt(fd, opt.level, opt.name, &opt.value);
     }
     Ok(sock)
 }
@@ -283,14 +274,5 @@ fn open_listener(req: &Request) -> io::Result<(OwnedFd, Reply)> {
 
 /// setsockopt of one int; failure leaves the kernel's default.
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: the kernel reads one int from `value`.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = dropshim_abi::sock::setsockopt_int(fd, level, name, value);
 }

@@ -881,7 +881,7 @@ fn open_bridge() -> io::Result<TcpStream> {
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 5),
     ] {
-        sys::setsockopt_int(fd, level, name, v)?;
+        dropshim_abi::sock::setsockopt_int(fd, level, name, v)?;
     }
     Ok(s)
 }

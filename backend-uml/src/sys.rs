@@ -225,21 +225,6 @@ pub fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> io::Result<()> {
     check(unsafe { libc::syscall(libc::SYS_dup3, oldfd, newfd, flags) }).map(drop)
 }
 
-pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
-    // SAFETY: the kernel reads 4 bytes from `value`, alive for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_setsockopt,
-            fd,
-            level,
-            name,
-            &value as *const c_int,
-            std::mem::size_of::<c_int>() as libc::socklen_t,
-        )
-    };
-    check(ret).map(drop)
-}
-
 /// A pair of connected SOCK_STREAM Unix sockets.
 pub fn stream_pair() -> io::Result<(c_int, c_int)> {
     let mut fds = [0 as c_int; 2];

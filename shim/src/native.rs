@@ -181,9 +181,9 @@ fn on_plain_tcp(fd: c_int, opt: &SockOpt) -> Option<Result<(), c_int>> {
     if opt.value.is_empty() {
         return None;
     }
-    let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    let domain = dropshim_abi::sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
     let probe = nsock::open(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, Proto::Tcp).ok()?;
-    let res = sys::setsockopt(probe, opt.level, opt.name, &opt.value);
+    let res = dropshim_abi::sock::setsockopt(probe, opt.level, opt.name, &opt.value);
     let _ = sys::close(probe);
     Some(res.map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL)))
 }

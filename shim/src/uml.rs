@@ -430,7 +430,7 @@ static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 fn gate() -> std::io::Result<(c_int, c_int)> {
     let (prog, shim) = sys::stream_pair()?;
     let filled = (|| {
-        sys::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
+        dropshim_abi::sock::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
         sys::fcntl(
             prog,
             libc::F_SETFL,

@@ -539,19 +539,7 @@ impl Target {
     }
 
     fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are live and sized for an int option.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.copy.as_raw_fd(),
-                level,
-                name,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(v)
+        dropshim_abi::sock::getsockopt_int(self.copy.as_raw_fd(), level, name).ok()
     }
 
     /// AF_INET or AF_INET6 when the descriptor is a TCP stream socket.
