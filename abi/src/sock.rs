@@ -1,11 +1,12 @@
 //! The socket calls every dropshim crate makes on a host descriptor: its
-//! local and peer address, and reading and setting its options.
+//! local and peer address, reading and setting its options, and the
+//! connected Unix pairs the emulated sockets and bridges are made of.
 //!
 //! Owns: the one "ask the kernel into a zeroed `sockaddr_storage`, then
 //! decode" path ([`local_addr`], [`peer_addr`]) and the one
 //! setsockopt/getsockopt pair ([`setsockopt`], [`getsockopt`], with
 //! [`setsockopt_int`] and [`getsockopt_int`] for the common `int`
-//! option). Each call goes through `syscall(2)`, not the libc function
+//! option), and [`unix_pair`]. Each call goes through `syscall(2)`, not the libc function
 //! of the same name, so it is safe inside `libdropshim.so`, where the
 //! exported `getsockname`, `setsockopt`... are the shim's own hooks and
 //! calling them would recurse. Every failure is the call's own errno.
@@ -81,6 +82,24 @@ pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io:
     setsockopt(fd, level, name, &value.to_ne_bytes())
 }
 
+/// A connected pair of Unix sockets of type `ty` (`SOCK_STREAM` or
+/// `SOCK_SEQPACKET`), both ends close-on-exec and blocking.
+pub fn unix_pair(ty: c_int) -> io::Result<[c_int; 2]> {
+    let mut fds: [c_int; 2] = [-1; 2];
+    // SAFETY: socketpair(2) writes two ints into `fds`, a live local
+    // array of exactly two.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_socketpair,
+            libc::AF_UNIX,
+            ty | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    check(ret).map(|()| fds)
+}
+
 fn check(ret: c_long) -> io::Result<()> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -111,8 +130,9 @@ fn name(call: c_long, fd: c_int) -> io::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream, UdpSocket};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::net::UnixDatagram;
 
     #[test]
@@ -182,6 +202,35 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         let err = setsockopt_int(fd, libc::SOL_SOCKET, 0x7fff, 1).expect_err("no such option");
         assert_eq!(err.raw_os_error(), Some(libc::ENOPROTOOPT));
+    }
+
+    #[test]
+    fn a_unix_pair_is_connected_and_closed_on_exec() {
+        for ty in [libc::SOCK_STREAM, libc::SOCK_SEQPACKET] {
+            let fds = unix_pair(ty).expect("a unix pair");
+            // SAFETY: both descriptors were just made and are ours alone.
+            let [a, b] = fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            assert_eq!(
+                getsockopt_int(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TYPE).ok(),
+                Some(ty)
+            );
+            for fd in [&a, &b] {
+                // SAFETY: F_GETFD takes no argument.
+                let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+                assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+                // SAFETY: as above.
+                let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+                assert_eq!(fl & libc::O_NONBLOCK, 0, "blocking");
+            }
+            let mut a = std::fs::File::from(a);
+            let mut b = std::fs::File::from(b);
+            a.write_all(b"ping").expect("write");
+            let mut got = [0u8; 4];
+            b.read_exact(&mut got).expect("read");
+            assert_eq!(&got, b"ping");
+        }
+        let err = unix_pair(libc::SOCK_DGRAM + 1000).expect_err("no such socket type");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     }
 
     #[test]

@@ -478,20 +478,7 @@ fn close_fd(fd: c_int) {
 
 /// A socketpair, both ends close-on-exec and blocking.
 fn pair() -> Result<[c_int; 2], Errno> {
-    let mut sv = [-1; 2];
-    // SAFETY: `sv` has room for the two descriptors.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    if r < 0 {
-        return Err(Errno::from(std::io::Error::last_os_error()));
-    }
-    Ok(sv)
+    dropshim_abi::sock::unix_pair(libc::SOCK_STREAM).map_err(Errno::from)
 }
 
 /// Gives the program's end the socket flags it asked for.
