@@ -11,10 +11,13 @@
 //! of the kernel's uapi ([`IPPROTO_MPTCP`], [`SOL_MPTCP`], [`MPTCP_INFO`],
 //! ...); and the address predicates every backend uses to keep local
 //! traffic on the host: [`unmapped`], [`is_loopback`] and
-//! [`is_local_destination`].
+//! [`is_local_destination`]; and, in [`sock`], the one way to read a
+//! host socket's local and peer address.
 //!
-//! Must not touch: sockets, the program's memory or errno. Callers read
-//! the bytes (through whatever checked path they own) and decide what a
+//! Must not touch: the program's memory, nor change any socket (the
+//! queries in [`sock`] only read; a failed one leaves errno as its system
+//! call set it, which the caller reports or discards). Callers read the
+//! bytes (through whatever checked path they own) and decide what a
 //! `None` means for their call (EINVAL, EAFNOSUPPORT, or "not ours").
 //! This crate sits below every other dropshim crate and is linked into
 //! every shimmed process: it stays small, allocates nothing and never
@@ -23,6 +26,8 @@
 
 use libc::{c_int, sockaddr, sockaddr_storage, socklen_t};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+pub mod sock;
 
 /// The protocol number of Multipath TCP, as `socket(domain, SOCK_STREAM,
 /// IPPROTO_MPTCP)` takes it (262). The `libc` crate's own constant,

@@ -336,19 +336,7 @@ impl Lkl {
 
     /// `bind(fd, addr)`.
     pub fn bind(&self, fd: Fd, addr: SocketAddr) -> Result<()> {
-        let sa = dropshim_abi::encode(&addr);
-        let r = self.call(
-            nr::BIND,
-            [
-                fd.0 as i64,
-                sa.as_ptr() as i64,
-                i64::from(sa.len()),
-                0,
-                0,
-                0,
-            ],
-        );
-        check(|| format!("bind {addr}"), r).map(|_| ())
+        self.addr_in_call(nr::BIND, fd, addr, "bind")
     }
 
     /// Binds netlink socket `fd` to a port id the kernel picks. A socket
@@ -374,29 +362,21 @@ impl Lkl {
 
     /// `accept4(fd, &peer, flags)`.
     pub fn accept(&self, fd: Fd, flags: i32) -> Result<(Fd, Option<SocketAddr>)> {
-        // SAFETY: sockaddr_storage is plain data, all-zero is valid.
-        let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let r = self.call(
-            nr::ACCEPT4,
-            [
-                fd.0 as i64,
-                &mut sa as *mut _ as i64,
-                &mut len as *mut _ as i64,
-                flags as i64,
-                0,
-                0,
-            ],
-        );
-        let nfd = check(|| "accept".into(), r)?;
-        Ok((Fd(nfd as i32), dropshim_abi::decode_storage(&sa, len)))
+        let (nfd, peer) = self.addr_out_call(nr::ACCEPT4, fd, flags, "accept")?;
+        Ok((Fd(nfd as i32), peer))
     }
 
     /// `connect(fd, addr)`.
     pub fn connect(&self, fd: Fd, addr: SocketAddr) -> Result<()> {
+        self.addr_in_call(nr::CONNECT, fd, addr, "connect")
+    }
+
+    /// A call that takes `fd` and an address (`bind`, `connect`); its
+    /// error names the call and the address.
+    fn addr_in_call(&self, n: i64, fd: Fd, addr: SocketAddr, what: &str) -> Result<()> {
         let sa = dropshim_abi::encode(&addr);
         let r = self.call(
-            nr::CONNECT,
+            n,
             [
                 fd.0 as i64,
                 sa.as_ptr() as i64,
@@ -406,7 +386,36 @@ impl Lkl {
                 0,
             ],
         );
-        check(|| format!("connect {addr}"), r).map(|_| ())
+        check(|| format!("{what} {addr}"), r).map(|_| ())
+    }
+
+    /// A call that takes `fd`, room for an address and `flags`, and
+    /// fills the address in (`accept4`, `getsockname`, `getpeername`,
+    /// which ignore the flags argument): its result and the address,
+    /// None when it is not IPv4 or IPv6.
+    fn addr_out_call(
+        &self,
+        n: i64,
+        fd: Fd,
+        flags: i32,
+        what: &str,
+    ) -> Result<(i64, Option<SocketAddr>)> {
+        // SAFETY: sockaddr_storage is plain data, all-zero is valid.
+        let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let r = self.call(
+            n,
+            [
+                fd.0 as i64,
+                &mut sa as *mut _ as i64,
+                &mut len as *mut _ as i64,
+                flags as i64,
+                0,
+                0,
+            ],
+        );
+        let r = check(|| what.into(), r)?;
+        Ok((r, dropshim_abi::decode_storage(&sa, len)))
     }
 
     /// `send(fd, buf, flags)`: bytes sent.
@@ -561,22 +570,7 @@ impl Lkl {
     }
 
     fn name_call(&self, n: i64, fd: Fd, what: &str) -> Result<Option<SocketAddr>> {
-        // SAFETY: sockaddr_storage is plain data, all-zero is valid.
-        let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let r = self.call(
-            n,
-            [
-                fd.0 as i64,
-                &mut sa as *mut _ as i64,
-                &mut len as *mut _ as i64,
-                0,
-                0,
-                0,
-            ],
-        );
-        check(|| what.into(), r)?;
-        Ok(dropshim_abi::decode_storage(&sa, len))
+        self.addr_out_call(n, fd, 0, what).map(|(_, addr)| addr)
     }
 
     /// `shutdown(fd, how)`.

@@ -129,21 +129,8 @@ impl NetDevice {
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         let one: libc::c_int = 1;
         let setopt = |level: i32, name: i32, val: &libc::c_int, what: &str| -> Result<(), String> {
-            // SAFETY: valid socket and a c_int option value.
-            let r = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    level,
-                    name,
-                    (val as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if r < 0 {
-                Err(errno_msg(what))
-            } else {
-                Ok(())
-            }
+            dropshim_abi::sock::setsockopt_int(sock.as_raw_fd(), level, name, *val)
+                .map_err(|e| format!("{what}: {e}"))
         };
         setopt(
             libc::SOL_PACKET,

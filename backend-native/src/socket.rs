@@ -4,8 +4,8 @@
 
 use crate::sys;
 use dropshim_abi::{
-    decode, decode_storage, IPPROTO_MPTCP, MPTCP_INFO, MPTCP_INFO_FLAG_FALLBACK,
-    MPTCP_SUBFLOW_ADDRS, SOL_MPTCP,
+    decode, encode, sock, IPPROTO_MPTCP, MPTCP_INFO, MPTCP_INFO_FLAG_FALLBACK, MPTCP_SUBFLOW_ADDRS,
+    SOL_MPTCP,
 };
 use std::io;
 use std::net::SocketAddr;
@@ -61,15 +61,15 @@ pub struct SockOpt {
 /// The protocol of a stream socket, or `None` when `fd` is not an
 /// AF_INET/AF_INET6 TCP or MPTCP stream socket (anymore).
 pub fn stream_protocol(fd: c_int) -> Option<(c_int, Proto)> {
-    let ty = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
+    let ty = sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
     if ty != libc::SOCK_STREAM {
         return None;
     }
-    let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    let domain = sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
     if domain != libc::AF_INET && domain != libc::AF_INET6 {
         return None;
     }
-    match sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()? {
+    match sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok()? {
         libc::IPPROTO_TCP => Some((domain, Proto::Tcp)),
         IPPROTO_MPTCP => Some((domain, Proto::Mptcp)),
         _ => None,
@@ -109,11 +109,16 @@ pub fn switch_protocol(fd: c_int, to: Proto, options: &[SockOpt]) -> io::Result<
 
 fn prepare_replacement(old: c_int, new: c_int, options: &[SockOpt]) -> io::Result<()> {
     for opt in options {
-        sys::setsockopt(new, opt.level, opt.name, &opt.value)?;
+        sock::setsockopt(new, opt.level, opt.name, &opt.value)?;
     }
-    let (local, len) = sys::getsockname(old)?;
-    let bound = decode_storage(&local, len).is_some_and(|a| a.port() != 0);
-    if bound {
+    // A socket of no IP family (EAFNOSUPPORT, which getsockname itself
+    // never answers) is taken as unbound.
+    let local = match dropshim_abi::sock::local_addr(old) {
+        Ok(addr) => Some(addr).filter(|a| a.port() != 0),
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(local) = local {
         // Both sockets must allow address reuse for the new one to take the
         // old one's address while the old one still holds it (neither is
         // listening, so Linux permits it). The program's own choice for the
@@ -124,11 +129,11 @@ fn prepare_replacement(old: c_int, new: c_int, options: &[SockOpt]) -> io::Resul
             .find(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR)
             .map(|o| o.value.iter().any(|b| *b != 0))
             .unwrap_or(false);
-        sys::setsockopt_int(old, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        sys::setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-        sys::bind(new, &local, len)?;
+        sock::setsockopt_int(old, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        sock::setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        sys::bind(new, &encode(&local))?;
         if !wanted {
-            sys::setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
+            sock::setsockopt_int(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0)?;
         }
     }
     Ok(())
@@ -182,7 +187,7 @@ struct MptcpInfo {
 /// SOL_MPTCP options on such sockets; that counts as fallback too).
 pub fn mptcp_report(fd: c_int) -> io::Result<MptcpReport> {
     let mut raw = [0u8; std::mem::size_of::<MptcpInfo>()];
-    let len = match sys::getsockopt(fd, SOL_MPTCP, MPTCP_INFO, &mut raw) {
+    let len = match sock::getsockopt(fd, SOL_MPTCP, MPTCP_INFO, &mut raw) {
         Ok(len) => len,
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT)) => {
             return Ok(MptcpReport {
@@ -229,7 +234,7 @@ fn subflow_addrs(fd: c_int) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
     let mut buf = vec![0u8; HEADER + PAIR * MAX_SUBFLOWS];
     buf[0..4].copy_from_slice(&(HEADER as u32).to_ne_bytes());
     buf[12..16].copy_from_slice(&(PAIR as u32).to_ne_bytes());
-    let len = sys::getsockopt(fd, SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, &mut buf)?;
+    let len = sock::getsockopt(fd, SOL_MPTCP, MPTCP_SUBFLOW_ADDRS, &mut buf)?;
     let count = u32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
     let mut out = Vec::new();
     for i in 0..count.min(MAX_SUBFLOWS) {

@@ -7,7 +7,7 @@
 //! `io::Result` and never touches memory it was not given.
 
 use std::io;
-use std::os::raw::{c_int, c_long, c_void};
+use std::os::raw::{c_int, c_long};
 
 fn check(ret: c_long) -> io::Result<c_long> {
     if ret < 0 {
@@ -53,77 +53,9 @@ pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
     check(ret).map(|v| v as c_int)
 }
 
-pub fn setsockopt(fd: c_int, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
-    // SAFETY: the kernel reads at most `value.len()` bytes from `value`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_setsockopt,
-            fd,
-            level,
-            name,
-            value.as_ptr() as *const c_void,
-            value.len() as libc::socklen_t,
-        )
-    };
-    check(ret).map(drop)
-}
-
-/// Reads an option into `buf`; returns how many bytes the kernel wrote.
-pub fn getsockopt(fd: c_int, level: c_int, name: c_int, buf: &mut [u8]) -> io::Result<usize> {
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `buf` and the
-    // actual length into `len`, both of which live for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_getsockopt,
-            fd,
-            level,
-            name,
-            buf.as_mut_ptr() as *mut c_void,
-            &mut len as *mut libc::socklen_t,
-        )
-    };
-    check(ret).map(|_| len as usize)
-}
-
-/// Reads an integer option.
-pub fn getsockopt_int(fd: c_int, level: c_int, name: c_int) -> io::Result<c_int> {
-    let mut buf = [0u8; 4];
-    getsockopt(fd, level, name, &mut buf)?;
-    Ok(c_int::from_ne_bytes(buf))
-}
-
-pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
-    setsockopt(fd, level, name, &value.to_ne_bytes())
-}
-
-/// The socket's local address, as raw `sockaddr_storage` bytes and length.
-pub fn getsockname(fd: c_int) -> io::Result<(libc::sockaddr_storage, libc::socklen_t)> {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `storage`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_getsockname,
-            fd,
-            &mut storage as *mut libc::sockaddr_storage,
-            &mut len as *mut libc::socklen_t,
-        )
-    };
-    check(ret).map(|_| (storage, len))
-}
-
-pub fn bind(fd: c_int, addr: &libc::sockaddr_storage, len: libc::socklen_t) -> io::Result<()> {
-    // SAFETY: the kernel reads `len` bytes of `addr`, which is at least
-    // that long (`len` came from getsockname on the same storage type).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bind,
-            fd,
-            addr as *const libc::sockaddr_storage,
-            len,
-        )
-    };
+pub fn bind(fd: c_int, addr: &dropshim_abi::RawSockAddr) -> io::Result<()> {
+    // SAFETY: the kernel reads `addr.len()` bytes from `addr.as_ptr()`,
+    // which points at a whole sockaddr_storage that `addr` keeps alive.
+    let ret = unsafe { libc::syscall(libc::SYS_bind, fd, addr.as_ptr(), addr.len()) };
     check(ret).map(drop)
 }

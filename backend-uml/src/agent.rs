@@ -221,38 +221,18 @@ fn new_socket(req: &Request) -> io::Result<OwnedFd> {
     for opt in &req.opts {
         // Options the program set on a TCP socket; MPTCP may refuse a
         // few (it says so with EOPNOTSUPP), which TCP semantics survive.
-        // SAFETY: the kernel reads `value.len()` bytes from `value`.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                opt.level,
-                opt.name,
-                opt.value.as_ptr().cast(),
-                opt.value.len() as libc::socklen_t,
-            );
-        }
+        let _ = dropshim_abi::sock::setsockopt(fd, opt.level, opt.name, &opt.value);
     }
     Ok(sock)
 }
 
 /// The socket's local or peer address, as the guest kernel sees it.
 fn sock_addr(fd: RawFd, peer: bool) -> Option<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let p = &mut st as *mut _ as *mut libc::sockaddr;
-    // SAFETY: the kernel writes at most `len` bytes into `st`.
-    let ret = unsafe {
-        if peer {
-            libc::getpeername(fd, p, &mut len)
-        } else {
-            libc::getsockname(fd, p, &mut len)
-        }
-    };
-    if ret < 0 {
-        return None;
+    if peer {
+        dropshim_abi::sock::peer_addr(fd).ok()
+    } else {
+        dropshim_abi::sock::local_addr(fd).ok()
     }
-    dropshim_abi::decode_storage(&st, len)
 }
 
 fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
@@ -294,14 +274,5 @@ fn open_listener(req: &Request) -> io::Result<(OwnedFd, Reply)> {
 
 /// setsockopt of one int; failure leaves the kernel's default.
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
-    // SAFETY: the kernel reads one int from `value`.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &value as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = dropshim_abi::sock::setsockopt_int(fd, level, name, value);
 }

@@ -881,7 +881,7 @@ fn open_bridge() -> io::Result<TcpStream> {
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 2),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 5),
     ] {
-        sys::setsockopt_int(fd, level, name, v)?;
+        dropshim_abi::sock::setsockopt_int(fd, level, name, v)?;
     }
     Ok(s)
 }
@@ -970,17 +970,19 @@ fn serve_client(fd: libc::c_int) {
             Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),
         },
         Kind::Listen => match ask_agent(&req) {
-            Ok((bridge, reply)) if reply.errno == 0 => match sys::seqpacket_pair() {
-                Ok((mine, theirs)) => {
-                    answer(reply, Some(theirs));
-                    sys::close(theirs);
-                    // SAFETY: socketpair returned `mine`; owned here.
-                    let mine = unsafe { OwnedFd::from_raw_fd(mine) };
-                    drop(owned);
-                    listener_loop(bridge, mine);
+            Ok((bridge, reply)) if reply.errno == 0 => {
+                match dropshim_abi::sock::unix_pair(libc::SOCK_SEQPACKET) {
+                    Ok([mine, theirs]) => {
+                        answer(reply, Some(theirs));
+                        sys::close(theirs);
+                        // SAFETY: socketpair returned `mine`; owned here.
+                        let mine = unsafe { OwnedFd::from_raw_fd(mine) };
+                        drop(owned);
+                        listener_loop(bridge, mine);
+                    }
+                    Err(e) => answer(Reply::error(errno(&e)), None),
                 }
-                Err(e) => answer(Reply::error(errno(&e)), None),
-            },
+            }
             Ok((_, reply)) => answer(reply, None),
             Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),
         },

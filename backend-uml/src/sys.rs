@@ -104,22 +104,6 @@ pub fn accept(fd: c_int) -> io::Result<c_int> {
     check(ret).map(|v| v as c_int)
 }
 
-/// A pair of connected SOCK_SEQPACKET sockets.
-pub fn seqpacket_pair() -> io::Result<(c_int, c_int)> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: the kernel writes two integers into `fds`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_socketpair,
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    check(ret).map(|_| (fds[0], fds[1]))
-}
-
 pub fn send(fd: c_int, data: &[u8]) -> io::Result<usize> {
     send_fd(fd, data, None)
 }
@@ -223,37 +207,6 @@ pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
 pub fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> io::Result<()> {
     // SAFETY: dup3(2) takes integers only.
     check(unsafe { libc::syscall(libc::SYS_dup3, oldfd, newfd, flags) }).map(drop)
-}
-
-pub fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
-    // SAFETY: the kernel reads 4 bytes from `value`, alive for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_setsockopt,
-            fd,
-            level,
-            name,
-            &value as *const c_int,
-            std::mem::size_of::<c_int>() as libc::socklen_t,
-        )
-    };
-    check(ret).map(drop)
-}
-
-/// A pair of connected SOCK_STREAM Unix sockets.
-pub fn stream_pair() -> io::Result<(c_int, c_int)> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: the kernel writes two integers into `fds`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_socketpair,
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    check(ret).map(|_| (fds[0], fds[1]))
 }
 
 /// poll(2) on the given descriptors; retries on EINTR.

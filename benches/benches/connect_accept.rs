@@ -174,22 +174,10 @@ fn time_accept(way: Way, l: &Listener, iters: u64) -> Duration {
 }
 
 /// SO_PROTOCOL of a socket, as the kernel sees it.
+/// (Through syscall(2), not libc: the shim answers SO_PROTOCOL with TCP
+/// so programs cannot tell.) -1 when the socket cannot say.
 fn protocol(fd: libc::c_int) -> libc::c_int {
-    let mut v: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid output buffer of the stated size. syscall(2), not
-    // libc: the shim answers SO_PROTOCOL with TCP so programs cannot tell.
-    unsafe {
-        libc::syscall(
-            libc::SYS_getsockopt,
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PROTOCOL,
-            &mut v as *mut libc::c_int as *mut libc::c_void,
-            &mut len as *mut libc::socklen_t,
-        );
-    }
-    v
+    dropshim_abi::sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL).unwrap_or(-1)
 }
 
 /// The shimmed case only means something if the shim really made both

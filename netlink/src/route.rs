@@ -150,6 +150,12 @@ impl<T: Transport> Rtnl<T> {
         Ok(out)
     }
 
+    /// Every interface as (index, administratively up): what a path
+    /// manager watches on any kernel.
+    pub fn link_states(&mut self) -> io::Result<Vec<(u32, bool)>> {
+        Ok(self.links()?.into_iter().map(|l| (l.index, l.up)).collect())
+    }
+
     /// The index of the interface called `name`, with an error naming it.
     pub fn link_index(&mut self, name: &str) -> io::Result<u32> {
         self.links()?

@@ -147,21 +147,7 @@ impl HostSocket {
     }
 
     fn setsockopt(&self, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: `value` lives across the call and its size is passed.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_setsockopt,
-                self.fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                opt,
-                &value as *const libc::c_int,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        dropshim_abi::sock::setsockopt_int(self.fd.as_raw_fd(), libc::SOL_NETLINK, opt, value)
     }
 }
 

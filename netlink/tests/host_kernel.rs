@@ -37,6 +37,11 @@ fn endpoints_limits_links_addresses_and_routes_round_trip() {
         let lo = rtnl.link_index("lo").unwrap();
         rtnl.set_link_up(lo, true).unwrap();
         assert!(rtnl.links().unwrap().iter().any(|l| l.index == lo && l.up));
+        assert!(rtnl.link_states().unwrap().contains(&(lo, true)));
+        rtnl.set_link_up(lo, false).unwrap();
+        assert!(rtnl.link_states().unwrap().contains(&(lo, false)));
+        rtnl.set_link_up(lo, true).unwrap();
+        assert!(rtnl.link_states().unwrap().contains(&(lo, true)));
         let a: IpAddr = "198.18.77.1".parse().unwrap();
         let addr = Address {
             index: lo,

@@ -47,12 +47,7 @@ impl Stack for HostStack {
     }
 
     fn links(&mut self) -> io::Result<Vec<(u32, bool)>> {
-        Ok(self
-            .rtnl
-            .links()?
-            .into_iter()
-            .map(|l| (l.index, l.up))
-            .collect())
+        self.rtnl.link_states()
     }
 
     fn unacked(&mut self, addrs: &[IpAddr]) -> u64 {

@@ -478,20 +478,7 @@ fn close_fd(fd: c_int) {
 
 /// A socketpair, both ends close-on-exec and blocking.
 fn pair() -> Result<[c_int; 2], Errno> {
-    let mut sv = [-1; 2];
-    // SAFETY: `sv` has room for the two descriptors.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    if r < 0 {
-        return Err(Errno::from(std::io::Error::last_os_error()));
-    }
-    Ok(sv)
+    dropshim_abi::sock::unix_pair(libc::SOCK_STREAM).map_err(Errno::from)
 }
 
 /// Gives the program's end the socket flags it asked for.
@@ -1030,17 +1017,11 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// socket in SYN_SENT is.
 fn gate() -> Result<[c_int; 2], Errno> {
     let g = pair()?;
-    let tiny: c_int = 1; // the kernel rounds up to its minimum
-                         // SAFETY: plain fcntl/setsockopt/write calls on descriptors we own,
-                         // with live buffers.
+    // The kernel rounds a send buffer of 1 up to its minimum.
+    let _ = dropshim_abi::sock::setsockopt_int(g[0], libc::SOL_SOCKET, libc::SO_SNDBUF, 1);
+    // SAFETY: plain fcntl/write calls on a descriptor we own, with a live
+    // buffer.
     unsafe {
-        libc::setsockopt(
-            g[0],
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &tiny as *const c_int as *const c_void,
-            4,
-        );
         libc::fcntl(g[0], libc::F_SETFL, libc::O_NONBLOCK);
         let junk = [0u8; 4096];
         while libc::write(g[0], junk.as_ptr() as *const c_void, junk.len()) > 0 {}

@@ -181,38 +181,19 @@ fn on_plain_tcp(fd: c_int, opt: &SockOpt) -> Option<Result<(), c_int>> {
     if opt.value.is_empty() {
         return None;
     }
-    let domain = sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    let domain = dropshim_abi::sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
     let probe = nsock::open(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, Proto::Tcp).ok()?;
-    let res = sys::setsockopt(probe, opt.level, opt.name, &opt.value);
+    let res = dropshim_abi::sock::setsockopt(probe, opt.level, opt.name, &opt.value);
     let _ = sys::close(probe);
     Some(res.map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL)))
 }
 
 /// Says what MPTCP did on a connection that is about to close.
 pub fn report_close(fd: c_int) {
-    use dropshim_backend_native::sys;
-    let peer = {
-        // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `len` bytes into `storage`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_getpeername,
-                fd,
-                &mut storage as *mut libc::sockaddr_storage,
-                &mut len as *mut libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            return; // listener or never connected: nothing to say
-        }
-        dropshim_abi::decode_storage(&storage, len)
+    let Ok(peer) = dropshim_abi::sock::peer_addr(fd) else {
+        return; // listener or never connected: nothing to say
     };
-    let local = sys::getsockname(fd)
-        .ok()
-        .and_then(|(s, l)| dropshim_abi::decode_storage(&s, l));
-    let (Some(local), Some(peer)) = (local, peer) else {
+    let Ok(local) = dropshim_abi::sock::local_addr(fd) else {
         return;
     };
     match nsock::mptcp_report(fd) {

@@ -360,20 +360,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         // socket's connect: EINTR without SA_RESTART (the connect goes on;
         // connect() then says EALREADY and SO_ERROR tells the outcome),
         // a transparent restart with it.
-        let mut ends = [-1; 2];
-        // SAFETY: `ends` is a live array of the two ints the kernel fills.
-        let made = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                ends.as_mut_ptr(),
-            )
-        };
-        if made < 0 {
+        // On failure errno is socketpair's own.
+        let Ok([wait, done]) = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM) else {
             return -1;
-        }
-        let [wait, done] = ends;
+        };
         let r = start_connect(&mut socks, fd, req, Some(done));
         if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
             sys::close(wait);
@@ -428,9 +418,9 @@ static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// full, so it is neither readable nor writable until its other end
 /// (kept by the shim) is closed. Returns (program's end, shim's end).
 fn gate() -> std::io::Result<(c_int, c_int)> {
-    let (prog, shim) = sys::stream_pair()?;
+    let [prog, shim] = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM)?;
     let filled = (|| {
-        sys::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
+        dropshim_abi::sock::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
         sys::fcntl(
             prog,
             libc::F_SETFL,

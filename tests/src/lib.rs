@@ -346,6 +346,35 @@ pub fn write_random_file(path: &Path, size: usize, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// A native peer that reads slowly, run as `python3 -c READER_PY IP PORT
+/// PAUSE CHUNK PACE`: listens on IP:PORT, says `listening`, accepts one
+/// connection, does not read for PAUSE seconds, then reads CHUNK bytes
+/// at a time, waiting PACE seconds after each (the pauses are the
+/// scenario, not a synchronisation), to the end of the stream, and says
+/// `got LENGTH SHA256` of what came.
+pub const READER_PY: &str = r#"
+import hashlib, socket, sys, time
+ip, port = sys.argv[1], int(sys.argv[2])
+pause, chunk, pace = float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((ip, port))
+l.listen(1)
+print("listening", flush=True)
+c, _ = l.accept()
+time.sleep(pause)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(chunk)
+    if not b:
+        break
+    n += len(b)
+    h.update(b)
+    if pace:
+        time.sleep(pace)
+print("got %d %s" % (n, h.hexdigest()), flush=True)
+"#;
+
 /// A python program for the emulated-socket backends (uml, lkl), run as
 /// `python3 -c DUP_PY LOCAL PEER PORT` against an echo server at
 /// PEER:PORT, LOCAL being the program's own address. Every way to

@@ -561,29 +561,6 @@ fn lkl_program_exit_delivers_pending_bytes_and_fin() -> Result<()> {
     Ok(())
 }
 
-/// A native peer that waits 1 s before reading, then reads at a steady,
-/// slow pace (1 KiB every 100 ms, 10 KiB/s: the pace is the scenario,
-/// not a synchronisation) and reports the length and sha256 of what
-/// came.
-const SLOW_READER: &str = r#"
-import hashlib, socket, sys, time
-l = socket.socket()
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], int(sys.argv[2])))
-l.listen(1)
-c, _ = l.accept()
-time.sleep(1)
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1024)
-    if not b:
-        break
-    n += len(b)
-    h.update(b)
-    time.sleep(0.1)
-print("got %d %s" % (n, h.hexdigest()), flush=True)
-"#;
-
 /// The program of the same test: writes 192 KiB and exits as soon as
 /// the last byte is taken, with about 100 KiB of it still unacknowledged
 /// (the peer's receive buffer holds the rest); says when it began to
@@ -621,7 +598,16 @@ fn lkl_exit_waits_while_a_slow_reader_keeps_taking_bytes() -> Result<()> {
     write_random_file(&data, 192 << 10, 41)?;
     let port = unique_port();
     let peer = Background::spawn(
-        native_peer(&tb, "python3")?.args(["-c", SLOW_READER, &gw2.to_string(), &port.to_string()]),
+        // Waits 1 s before reading, then takes 1 KiB every 100 ms (10 KiB/s).
+        native_peer(&tb, "python3")?.args([
+            "-c",
+            READER_PY,
+            &gw2.to_string(),
+            &port.to_string(),
+            "1",
+            "1024",
+            "0.1",
+        ]),
         "slow reader in gw2",
     )?;
     wait_listening(tb.netns("gw2")?, port, SHORT)?;

@@ -878,28 +878,6 @@ fn uml_server_in_instance_holds_256_concurrent_connections_every_echo_checked() 
     Ok(())
 }
 
-/// A native peer that accepts, does not read for 25 s (the pause is the
-/// scenario, not a synchronisation), then reads to the end and reports
-/// the length and sha256 of what came.
-const PAUSING_READER: &str = r#"
-import hashlib, socket, sys, time
-l = socket.socket()
-l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind((sys.argv[1], int(sys.argv[2])))
-l.listen(1)
-print("listening", flush=True)
-c, _ = l.accept()
-time.sleep(25)
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    n += len(b)
-    h.update(b)
-print("got %d %s" % (n, h.hexdigest()), flush=True)
-"#;
-
 /// The program of the same test: writes a file to the peer and closes.
 const STEADY_WRITER: &str = r#"
 import socket, sys
@@ -928,7 +906,8 @@ fn uml_writer_waits_out_a_peer_that_stops_reading_for_25s() -> Result<()> {
     let port = unique_port();
     let ip = tb.addr4("gw2", 1)?.to_string();
     let mut peer = shimmed(&tb, "gw2", "python3", None)?;
-    peer.args(["-c", PAUSING_READER, &ip, &port.to_string()]);
+    // Does not read for 25 s, then reads to the end.
+    peer.args(["-c", READER_PY, &ip, &port.to_string(), "25", "65536", "0"]);
     let peer = Lines::spawn(&mut peer, "pausing reader in gw2")?;
     peer.expect("listening", SHORT)?;
     let mut writer = shimmed(&tb, "gw1", "python3", Some(&dev))?;

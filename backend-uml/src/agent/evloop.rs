@@ -778,21 +778,8 @@ impl Agent {
             return None;
         }
         let fd = sock.as_raw_fd();
-        let mut err: libc::c_int = 0;
-        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: the kernel writes at most `elen` bytes into `err`.
-        let ret = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut elen,
-            )
-        };
-        if ret < 0 {
-            err = errno_of(&io::Error::last_os_error());
-        }
+        let err = dropshim_abi::sock::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
+            .unwrap_or_else(|e| errno_of(&e));
         if err != 0 {
             let _ = answer(bridge.as_raw_fd(), &Reply::error(err));
             return None;

@@ -966,19 +966,7 @@ impl Target {
     }
 
     fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are live and sized for an int option.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.copy.as_raw_fd(),
-                level,
-                name,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(v)
+        dropshim_abi::sock::getsockopt_int(self.copy.as_raw_fd(), level, name).ok()
     }
 
     /// AF_INET or AF_INET6 when the descriptor is a TCP stream socket.
@@ -992,32 +980,14 @@ impl Target {
             .then_some(domain)
     }
 
-    fn name(&self, peer: bool) -> Option<SocketAddr> {
-        // SAFETY: plain data; zero is valid.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let ptr = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-        // SAFETY: the storage and its length are live and match.
-        let rc = unsafe {
-            if peer {
-                libc::getpeername(self.copy.as_raw_fd(), ptr, &mut len)
-            } else {
-                libc::getsockname(self.copy.as_raw_fd(), ptr, &mut len)
-            }
-        };
-        if rc != 0 {
-            return None;
-        }
-        dropshim_abi::decode_storage(&storage, len)
-    }
-
     fn peer(&self) -> Option<SocketAddr> {
-        self.name(true)
+        dropshim_abi::sock::peer_addr(self.copy.as_raw_fd()).ok()
     }
 
     /// The address the program bound, if it bound one.
     fn bound(&self) -> Option<SocketAddr> {
-        self.name(false)
+        dropshim_abi::sock::local_addr(self.copy.as_raw_fd())
+            .ok()
             .filter(|a| a.port() != 0 || !a.ip().is_unspecified())
     }
 }
