@@ -612,10 +612,10 @@ struct Pending {
 /// full, so it is neither readable nor writable until the other end (the
 /// supervisor's) is closed. Returns (program's end, supervisor's end).
 fn gate() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = sys::stream_pair()?;
+    let [a, b] = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM)?;
     // SAFETY: just created, ours alone.
     let (prog, keep) = unsafe { (OwnedFd::from_raw_fd(a), OwnedFd::from_raw_fd(b)) };
-    sys::setsockopt_int(prog.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
+    dropshim_abi::sock::setsockopt_int(prog.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
     fcntl(
         prog.as_raw_fd(),
         libc::F_SETFL,
@@ -813,11 +813,8 @@ const CARRIED: &[(i32, i32)] = &[
 /// An option's raw value (at most 16 bytes: an int or a `struct linger`).
 fn raw_opt(fd: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
     let mut buf = [0u8; 16];
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: `buf` and `len` are live; the kernel writes at most `len`
-    // bytes into `buf` and the length it wrote into `len`.
-    let rc = unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
-    (rc == 0).then(|| buf[..(len as usize).min(buf.len())].to_vec())
+    let len = dropshim_abi::sock::getsockopt(fd, level, name, &mut buf).ok()?;
+    Some(buf[..len.min(buf.len())].to_vec())
 }
 
 /// Makes on the bridge the carried options that act on its end (the one
@@ -831,16 +828,9 @@ fn apply_to_bridge(bridge: &OwnedFd, opts: &[Opt]) {
         let segments = o.level == libc::IPPROTO_TCP
             && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
         if buffers || segments {
-            // SAFETY: the kernel reads `value.len()` bytes from `value`.
-            unsafe {
-                libc::setsockopt(
-                    bridge.as_raw_fd(),
-                    o.level,
-                    o.name,
-                    o.value.as_ptr().cast(),
-                    o.value.len() as libc::socklen_t,
-                )
-            };
+            // Best effort, as on the shim's bridges: a bridge that keeps
+            // its own value still carries every byte.
+            let _ = dropshim_abi::sock::setsockopt(bridge.as_raw_fd(), o.level, o.name, &o.value);
         }
     }
 }
