@@ -14,7 +14,7 @@ use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::uml::UmlDevice;
 use dropshim_tests::*;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -198,10 +198,15 @@ fn download_intact(
     Ok(())
 }
 
-/// A `subflow` endpoint on gw2's second link, so that a client in gw2
-/// opens a second subflow to a server in the instance.
-fn gw2_subflow_endpoint(tb: &Testbed) -> Result<()> {
-    let addr = tb.addr4("gw2", 2)?.to_string();
+/// A `subflow` endpoint on gw2's second link (its IPv6 address with
+/// `v6`), so that a client in gw2 opens a second subflow to a server in
+/// the instance.
+fn gw2_subflow_endpoint(tb: &Testbed, v6: bool) -> Result<()> {
+    let addr = if v6 {
+        tb.addr6("gw2", 2)?.to_string()
+    } else {
+        tb.addr4("gw2", 2)?.to_string()
+    };
     let ifname = tb.ifname("gw2", 2)?.to_string();
     run_ok(
         tb.command("gw2", "ip")?
@@ -587,7 +592,7 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
 
     // The server side: busybox nc listening in the instance (a blocking
     // accept), a supervised busybox nc in gw2 receiving the file.
-    gw2_subflow_endpoint(&tb)?;
+    gw2_subflow_endpoint(&tb, false)?;
     let port = unique_port();
     let port_s = port.to_string();
     let file_s = file.to_str().context("file path")?;
@@ -611,14 +616,39 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
 
 #[test]
 fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> {
+    go_through_the_instance(false)
+}
+
+/// IPv6: the same, except that the instance's own client connection has
+/// one subflow: its second would leave its link-2 address for gw2's
+/// link-1 address, which IPv6 routes only with a route or source routing
+/// in the guest (IPv4 takes it as on-link).
+#[test]
+fn reach_uml_go_over_ipv6_client_and_server_run_through_the_instance() -> Result<()> {
+    go_through_the_instance(true)
+}
+
+/// The Go program under `dropshim run` on a uml device, over IPv4 or
+/// IPv6: as an HTTP client (bytes intact, MPTCP at gw2; the addresses Go
+/// reads back are the guest socket's), then as an HTTP server in the
+/// instance that curl in gw2 downloads from over two subflows.
+fn go_through_the_instance(v6: bool) -> Result<()> {
     let build = tempfile::tempdir()?;
     let go = build_go(build.path())?;
     let go = go.to_str().context("go binary path")?;
-    let (tb, dev) = uml_setup("rg")?;
+    let (tb, dev) = uml_setup(if v6 { "r6" } else { "rg" })?;
     let config = dev.config().to_str().context("config path")?.to_string();
+    let addr_of = |node: &str| -> Result<IpAddr> {
+        Ok(if v6 {
+            IpAddr::V6(tb.addr6(node, 1)?)
+        } else {
+            IpAddr::V4(tb.addr4(node, 1)?)
+        })
+    };
+    let family = if v6 { "IPv6" } else { "IPv4" };
     let dir = tempfile::tempdir()?;
     let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
-    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let ip = addr_of("gw2")?;
     let port = unique_port();
     let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
@@ -632,47 +662,65 @@ fn reach_uml_go_http_client_and_server_run_through_the_instance() -> Result<()> 
         &[go, "get", &link, out_s],
         &out,
         &want,
-        "Go client on uml",
+        &format!("Go client on uml over {family}"),
     )?;
-    ensure_two_subflows(&tb, &before, 1)?;
+    if v6 {
+        let after = mptcp_counters(tb.netns("gw2")?)?;
+        ensure!(
+            delta(&before, &after, "MPCapableSYNRX") >= 1,
+            "gw2 saw no MP_CAPABLE SYN over IPv6: not MPTCP"
+        );
+    } else {
+        ensure_two_subflows(&tb, &before, 1)?;
+    }
 
     // The addresses Go reads back (getsockname/getpeername) are the guest
     // socket's: gw1's own address and the server's, not the bridge's.
+    let server = SocketAddr::new(ip, port);
     let dial = run_ok(
         &mut dropshim_run(
             &tb,
             "gw1",
             &["--config", &config],
-            &[go, "dial", &format!("{ip}:{port}"), "-"],
+            &[go, "dial", &server.to_string(), "-"],
         )?,
         SHORT,
     )?;
     let seen = String::from_utf8_lossy(&dial.stdout);
-    let gw1_ip = tb.addr4("gw1", 1)?;
+    let gw1 = addr_of("gw1")?;
+    let local = match gw1 {
+        IpAddr::V4(a) => format!("local={a}:"),
+        IpAddr::V6(a) => format!("local=[{a}]:"),
+    };
     ensure!(
-        seen.contains(&format!("local={gw1_ip}:")) && seen.contains(&format!("remote={ip}:{port}")),
+        seen.contains(&local) && seen.contains(&format!("remote={server}")),
         "Go saw other addresses than the guest socket's: {seen}"
     );
 
     // The server side: the Go HTTP server in the instance, curl in gw2
     // (native MPTCP under mptcpize) downloading from it.
-    gw2_subflow_endpoint(&tb)?;
+    gw2_subflow_endpoint(&tb, v6)?;
     let port = unique_port();
-    let addr = format!(":{port}");
+    let listen = if v6 {
+        format!("[::]:{port}")
+    } else {
+        format!(":{port}")
+    };
     let served = dir.path().to_str().context("dir path")?;
     let log = got.path().join("go-server.log");
-    let _server = uml_server(&tb, &config, &[go, "serve", &addr, served], &log)?;
+    let _server = uml_server(&tb, &config, &[go, "serve", &listen, served], &log)?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let out = got.path().join("from-uml.bin");
-    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
     let mut curl = plain(&tb, "gw2", "mptcpize")?;
     curl.args(["run", "curl", "-sS", "--fail", "-o"])
         .arg(&out)
         .arg(url(gw1, port, "blob.bin"));
     run_ok(&mut curl, TRANSFER)?;
-    ensure!(sha256_file(&out)? == want, "Go server on uml: bytes differ");
-    ensure_two_subflows_to_server(&tb, &before)?;
-    Ok(())
+    ensure!(
+        sha256_file(&out)? == want,
+        "Go server on uml over {family}: bytes differ"
+    );
+    ensure_two_subflows_to_server(&tb, &before)
 }
 
 /// Whether any process's command line mentions `needle`.
@@ -876,92 +924,6 @@ fn reach_uml_go_keepalive_set_before_connect_reaches_the_guest_socket() -> Resul
     )
     .with_context(|| format!("gw2's subflow received {} segments while idle", last - base))?;
     Ok(())
-}
-
-/// IPv6 under the supervisor on uml: the Go client downloads from a
-/// native server's IPv6 address and reads back the guest socket's IPv6
-/// addresses; the Go server in the instance serves curl over IPv6. Bytes
-/// intact, MPTCP at the peer (with a second subflow when gw2 connects).
-#[test]
-fn reach_uml_go_over_ipv6_client_and_server_run_through_the_instance() -> Result<()> {
-    let build = tempfile::tempdir()?;
-    let go = build_go(build.path())?;
-    let go = go.to_str().context("go binary path")?;
-    let (tb, dev) = uml_setup("r6")?;
-    let config = dev.config().to_str().context("config path")?.to_string();
-    let gw2_link2 = tb.ifname("gw2", 2)?.to_string();
-    let dir = tempfile::tempdir()?;
-    let (_, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
-    let ip = IpAddr::V6(tb.addr6("gw2", 1)?);
-    let port = unique_port();
-    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    let got = tempfile::tempdir()?;
-    let out = got.path().join("go6.bin");
-    let out_s = out.to_str().context("out path")?;
-    let link = url(ip, port, "blob.bin");
-    download_intact(
-        &tb,
-        &["--config", &config],
-        &[go, "get", &link, out_s],
-        &out,
-        &want,
-        "Go client over IPv6 on uml",
-    )?;
-    // MPTCP, one subflow: the guest's second one would leave its link-2
-    // address for gw2's link-1 address, which IPv6 routes only with a
-    // route or source routing in the guest (IPv4 assumes it on-link).
-    let after = mptcp_counters(tb.netns("gw2")?)?;
-    ensure!(
-        delta(&before, &after, "MPCapableSYNRX") >= 1,
-        "gw2 saw no MP_CAPABLE SYN over IPv6: not MPTCP"
-    );
-
-    let dial = run_ok(
-        &mut dropshim_run(
-            &tb,
-            "gw1",
-            &["--config", &config],
-            &[go, "dial", &format!("[{ip}]:{port}"), "-"],
-        )?,
-        SHORT,
-    )?;
-    let seen = String::from_utf8_lossy(&dial.stdout);
-    let gw1_ip = tb.addr6("gw1", 1)?;
-    ensure!(
-        seen.contains(&format!("local=[{gw1_ip}]:"))
-            && seen.contains(&format!("remote=[{ip}]:{port}")),
-        "Go saw other addresses than the guest socket's: {seen}"
-    );
-
-    // The server side: the Go server in the instance on [::], curl in gw2
-    // (MPTCP under mptcpize) to gw1's IPv6 address, with a second subflow
-    // from gw2's second link.
-    let addr6 = tb.addr6("gw2", 2)?.to_string();
-    run_ok(
-        tb.command("gw2", "ip")?.args([
-            "mptcp", "endpoint", "add", &addr6, "dev", &gw2_link2, "subflow",
-        ]),
-        SHORT,
-    )?;
-    let port = unique_port();
-    let addr = format!("[::]:{port}");
-    let served = dir.path().to_str().context("dir path")?;
-    let log = got.path().join("go6-server.log");
-    let _server = uml_server(&tb, &config, &[go, "serve", &addr, served], &log)?;
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    let out = got.path().join("from-uml6.bin");
-    let gw1 = IpAddr::V6(gw1_ip);
-    let mut curl = plain(&tb, "gw2", "mptcpize")?;
-    curl.args(["run", "curl", "-sS", "--fail", "-o"])
-        .arg(&out)
-        .arg(url(gw1, port, "blob.bin"));
-    run_ok(&mut curl, TRANSFER)?;
-    ensure!(
-        sha256_file(&out)? == want,
-        "Go server over IPv6 on uml: bytes differ"
-    );
-    ensure_two_subflows_to_server(&tb, &before)
 }
 
 /// A non-blocking connect under the supervisor on uml answers as a kernel
