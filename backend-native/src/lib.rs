@@ -12,5 +12,7 @@
 //! names: inside `libdropshim.so` those names are the shim's own hooks,
 //! so [`sys`] issues raw system calls instead.
 
+#![warn(missing_docs)]
+
 pub mod socket;
 pub mod sys;

@@ -14,11 +14,14 @@ use std::os::raw::c_int;
 /// The protocol a stream socket speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
+    /// Plain TCP (`IPPROTO_TCP`).
     Tcp,
+    /// Multipath TCP (`IPPROTO_MPTCP`).
     Mptcp,
 }
 
 impl Proto {
+    /// The protocol number to pass as the third argument of `socket(2)`.
     pub fn number(self) -> c_int {
         match self {
             Proto::Tcp => libc::IPPROTO_TCP,
@@ -53,8 +56,11 @@ pub fn open(domain: c_int, ty: c_int, proto: Proto) -> io::Result<c_int> {
 /// be given the same options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SockOpt {
+    /// The `setsockopt` level (`SOL_SOCKET`, `IPPROTO_TCP`, ...).
     pub level: c_int,
+    /// The option name within that level.
     pub name: c_int,
+    /// The option value exactly as the program passed it.
     pub value: Vec<u8>,
 }
 
@@ -146,7 +152,11 @@ pub struct MptcpReport {
     pub fallback: bool,
     /// Subflows open now, the initial one included.
     pub subflows: u32,
+    /// Bytes sent at the MPTCP data level (`mptcpi_bytes_sent`); 0 when the kernel does not report
+    /// it.
     pub bytes_sent: u64,
+    /// Bytes received at the MPTCP data level (`mptcpi_bytes_received`); 0 when the kernel does not
+    /// report it.
     pub bytes_received: u64,
     /// Local and remote address of each current subflow.
     pub subflow_addrs: Vec<(SocketAddr, SocketAddr)>,

@@ -25,6 +25,7 @@ fn check(ret: c_long) -> io::Result<c_long> {
 /// when MPTCP is missing) stays TCP.
 pub const SOCKET_PASS_MARK: u64 = 0x6473_686d_5f70_6173;
 
+/// `socket(2)`, carrying [`SOCKET_PASS_MARK`] so the `dropshim run` seccomp filter leaves it alone.
 pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
     // SAFETY: socket(2) takes three integers and touches no memory; the
     // fourth register is ignored by the kernel (read only by seccomp).
@@ -32,6 +33,7 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
     check(ret).map(|fd| fd as c_int)
 }
 
+/// `close(2)`.
 pub fn close(fd: c_int) -> io::Result<()> {
     // SAFETY: close(2) on a descriptor this module's caller owns.
     let ret = unsafe { libc::syscall(libc::SYS_close, fd) };
@@ -46,6 +48,7 @@ pub fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> io::Result<()> {
     check(ret).map(drop)
 }
 
+/// `fcntl(2)` with an integer argument; returns the call's result.
 pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
     // SAFETY: only F_GETFL/F_GETFD/F_SETFL-style commands with integer
     // arguments are used by this crate; none dereference `arg`.
@@ -53,6 +56,7 @@ pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
     check(ret).map(|v| v as c_int)
 }
 
+/// `bind(2)` to an already encoded socket address.
 pub fn bind(fd: c_int, addr: &dropshim_abi::RawSockAddr) -> io::Result<()> {
     // SAFETY: the kernel reads `addr.len()` bytes from `addr.as_ptr()`,
     // which points at a whole sockaddr_storage that `addr` keeps alive.
