@@ -42,19 +42,28 @@ pub enum ConfError {
         path.display()
     )]
     Read {
+        /// The path as given.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
     /// The file was read but is not a valid device file. Holds every
     /// error found, in file order.
     #[error("{}", DiagnosticList(diagnostics))]
     Invalid {
+        /// The file as the user named it.
         file: String,
+        /// Every error found, in file order; never empty.
         diagnostics: Vec<Diagnostic>,
     },
     /// A backend override (`DROPSHIM_BACKEND`, `--backend`) names no backend.
     #[error("unknown backend `{name}` given by {source_name}; expected one of native, uml, lkl")]
-    UnknownBackend { name: String, source_name: String },
+    UnknownBackend {
+        /// The backend name as given.
+        name: String,
+        /// Where the name came from (`DROPSHIM_BACKEND`, `--backend`).
+        source_name: String,
+    },
 }
 
 impl ConfError {

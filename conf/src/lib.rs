@@ -10,6 +10,8 @@
 //! file. It is linked into every shimmed process, so it stays small and
 //! never panics on input.
 
+#![warn(missing_docs)]
+
 mod error;
 mod schema;
 mod spans;

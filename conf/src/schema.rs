@@ -21,6 +21,7 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// The name a device file and `DROPSHIM_BACKEND` use for this backend.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Native => "native",
@@ -44,22 +45,31 @@ impl BackendKind {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
+    /// Name and backend of the device (`[device]`).
     pub device: Device,
+    /// The device's network interfaces (`[[interfaces]]`), in file order.
     #[serde(default)]
     pub interfaces: Vec<Interface>,
+    /// Endpoint limits, path manager and scheduler (`[mptcp]`).
     #[serde(default)]
     pub mptcp: MptcpSettings,
+    /// Which sockets get MPTCP (`[policy]`).
     #[serde(default)]
     pub policy: Policy,
+    /// Settings for the uml backend (`[uml]`); defaults apply when absent.
     pub uml: Option<UmlSettings>,
+    /// Settings for the lkl backend (`[lkl]`); defaults apply when absent.
     pub lkl: Option<LklSettings>,
 }
 
+/// `[device]`: what the device is called and which stack carries its TCP.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
     /// A short name; it names the device's runtime files (UML socket, state).
     pub name: String,
+    /// The stack that carries the device's TCP, unless `DROPSHIM_BACKEND` or `--backend` overrides
+    /// it.
     pub backend: BackendKind,
 }
 
@@ -78,6 +88,7 @@ pub enum EndpointRole {
 }
 
 impl EndpointRole {
+    /// The name `ip mptcp endpoint` uses for this role.
     pub fn as_str(self) -> &'static str {
         match self {
             EndpointRole::Subflow => "subflow",
@@ -91,7 +102,9 @@ impl EndpointRole {
 /// An address with its prefix length, written `198.18.1.1/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
+    /// The network (or host) address.
     pub addr: IpAddr,
+    /// Prefix length in bits: at most 32 for IPv4, 128 for IPv6.
     pub prefix: u8,
 }
 
@@ -126,11 +139,14 @@ pub const MAX_COST: u32 = 1_000_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathManager {
+    /// The kernel's in-kernel path manager, driven by the MPTCP endpoints.
     Kernel,
+    /// dropshim's own path manager in user space (`[mptcp.userspace]`), over generic netlink.
     Userspace,
 }
 
 impl PathManager {
+    /// The name a device file uses for this path manager.
     pub fn as_str(self) -> &'static str {
         match self {
             PathManager::Kernel => "kernel",
@@ -139,11 +155,14 @@ impl PathManager {
     }
 }
 
+/// `[mptcp]`: how the device's kernel runs MPTCP.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MptcpSettings {
+    /// Subflow and ADD_ADDR limits (`ip mptcp limits`); absent, the stack's current limits stay.
     #[serde(default)]
     pub limits: Option<Limits>,
+    /// Which path manager opens subflows; absent, the stack's setting stays.
     pub path_manager: Option<PathManager>,
     /// Packet scheduler name (`net.mptcp.scheduler`); the host kernel here
     /// offers only `default`.
@@ -169,6 +188,7 @@ pub enum PmPolicy {
 }
 
 impl PmPolicy {
+    /// The name a device file uses for this policy.
     pub fn as_str(self) -> &'static str {
         match self {
             PmPolicy::Fullmesh => "fullmesh",
@@ -184,6 +204,7 @@ impl PmPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserspacePm {
+    /// Which policy opens subflows.
     pub policy: PmPolicy,
     /// ndiffports: subflows per connection, initial one included
     /// ([`NDIFFPORTS_MAX`] at most). Default 2.
@@ -202,7 +223,9 @@ pub const NDIFFPORTS_MAX: u32 = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Extra subflows per connection the kernel may open or accept.
     pub subflows: u32,
+    /// ADD_ADDR announcements per connection the kernel accepts from the peer.
     pub add_addr_accepted: u32,
 }
 
@@ -210,7 +233,9 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Upgrade the socket to MPTCP.
     Mptcp,
+    /// Leave the socket on plain TCP.
     Tcp,
 }
 
@@ -219,6 +244,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// What a socket gets when no rule matches.
     #[serde(default = "Policy::default_action")]
     pub default: Action,
     /// Whether loopback destinations (127.0.0.0/8, ::1) may get MPTCP.
@@ -227,10 +253,12 @@ pub struct Policy {
     /// Whether listening sockets get MPTCP (they still accept plain TCP).
     #[serde(default = "Policy::default_listeners")]
     pub listeners: bool,
+    /// The rules, tried in file order (`[[policy.rule]]`).
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
 }
 
+/// `[[policy.rule]]`: an action for the destinations and ports it names.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
@@ -239,13 +267,16 @@ pub struct Rule {
     /// Destination ports; absent means any.
     #[serde(default)]
     pub ports: Vec<PortRange>,
+    /// What a matching socket gets.
     pub action: Action,
 }
 
 /// A port or an inclusive range, written `443` or `"5201-5210"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
+    /// The first port of the range.
     pub first: u16,
+    /// The last port of the range, included; never below `first`.
     pub last: u16,
 }
 
@@ -358,6 +389,8 @@ impl Rule {
 }
 
 impl Cidr {
+    /// Whether `ip` lies inside this network; an IPv4 address never lies in an IPv6 network and the
+    /// reverse.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -378,6 +411,7 @@ impl Cidr {
 }
 
 impl PortRange {
+    /// Whether `port` lies inside the range, both ends included.
     pub fn contains(&self, port: u16) -> bool {
         (self.first..=self.last).contains(&port)
     }

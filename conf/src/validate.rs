@@ -25,7 +25,9 @@ const SUBFLOWS_EXPECTED: &str =
     "an integer from 1 to 8 (subflows per connection, the first included)";
 const SATURATION_KIB_EXPECTED: &str = "an integer from 1 to 1048576 (KiB unacknowledged)";
 const SATURATION_MS_EXPECTED: &str = "an integer from 100 to 60000 (milliseconds)";
+/// Smallest and largest `[uml] memory_mib` accepted, in MiB.
 pub const UML_MEMORY_MIB: (u32, u32) = (32, 65536);
+/// Smallest and largest `[lkl] memory_mib` accepted, in MiB.
 pub const LKL_MEMORY_MIB: (u32, u32) = (16, 65536);
 
 /// Keys each table accepts, by table path (array indices left out). Keep
