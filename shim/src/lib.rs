@@ -23,6 +23,8 @@
 //! configuration once. [`forklock`] keeps fork() from leaving the shim's
 //! locks taken in a child.
 
+#![warn(missing_docs)]
+
 mod backends;
 mod contract;
 mod faults;
