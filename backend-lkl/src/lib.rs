@@ -17,6 +17,8 @@
 //! [`Lkl::boot`] (even after [`Lkl::halt`]) fails with
 //! [`Error::AlreadyBooted`].
 
+#![warn(missing_docs)]
+
 mod netlink;
 mod sys;
 mod virtio;
