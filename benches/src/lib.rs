@@ -8,6 +8,8 @@
 //! Must not touch: the host's network; everything happens in a namespace
 //! this process creates for itself and that dies with it.
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 use std::process::Command;
 
