@@ -198,6 +198,7 @@ pub fn helper_binary() -> Result<PathBuf> {
 
 /// Names derived from the device: private namespace and veth ends.
 pub struct Names {
+    /// The private network namespace the instance runs in (`dropshim-uml-<device>`).
     pub netns: String,
     /// The veth end handed to the guest (stays in the device's namespace).
     pub guest_if: String,
@@ -214,6 +215,7 @@ fn name_hash(device: &str) -> u32 {
     h
 }
 
+/// The names for `device`; the same device name always gives the same names.
 pub fn names(device: &str) -> Names {
     // Interface names are at most 15 bytes: a short hash keeps them unique.
     let tag = format!("{:06x}", name_hash(device) & 0xff_ffff);

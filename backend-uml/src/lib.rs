@@ -24,6 +24,8 @@
 //!   when one comes back up after going down, it has the agent reopen the
 //!   guest device, whose vector transport does not survive the outage.
 
+#![warn(missing_docs)]
+
 pub mod agent;
 pub mod client;
 pub mod guest_config;
@@ -49,6 +51,7 @@ const DEFAULT_RUN_DIR: &str = "/run/dropshim/uml";
 pub const GUEST_BRIDGE_ADDR: [u8; 4] = [198, 19, 255, 254];
 /// The private namespace's end of the private link.
 pub const HOST_BRIDGE_ADDR: [u8; 4] = [198, 19, 255, 253];
+/// The TCP port the guest agent listens on at [`GUEST_BRIDGE_ADDR`].
 pub const BRIDGE_PORT: u16 = 4701;
 
 /// A device name made safe for file and interface names.

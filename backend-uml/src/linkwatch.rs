@@ -22,11 +22,14 @@ pub struct LinkWatch {
 /// with its carrier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkEvent {
+    /// The interface's index in the watched namespace.
     pub ifindex: i32,
+    /// Whether the interface is up with its carrier.
     pub running: bool,
 }
 
 impl LinkWatch {
+    /// Opens a watch on the network namespace of the calling thread.
     pub fn open() -> io::Result<LinkWatch> {
         // SAFETY: socket(2) takes integers only.
         let fd = unsafe {

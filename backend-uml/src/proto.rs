@@ -67,13 +67,18 @@ impl Kind {
 /// A socket option the program set, replayed on the guest socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opt {
+    /// The `setsockopt` level.
     pub level: i32,
+    /// The option name within that level.
     pub name: i32,
+    /// The option value as the program passed it (at most 1024 bytes are sent).
     pub value: Vec<u8>,
 }
 
+/// One request from a program (through the supervisor) to the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// What is asked.
     pub kind: Kind,
     /// AF_INET or AF_INET6: the family of the guest socket.
     pub domain: i32,
@@ -83,13 +88,16 @@ pub struct Request {
     pub addr: Option<SocketAddr>,
     /// Local address to bind before connecting, if the program bound one.
     pub bind: Option<SocketAddr>,
+    /// The listen backlog (Listen); the agent uses at least 1.
     pub backlog: i32,
     /// The accepted connection to attach (Attach).
     pub id: u64,
+    /// Options the program set, replayed on the guest socket (at most 64 are sent).
     pub opts: Vec<Opt>,
 }
 
 impl Request {
+    /// A request of `kind` for an MPTCP AF_INET socket, every other field empty.
     pub fn new(kind: Kind) -> Request {
         Request {
             kind,
@@ -168,12 +176,16 @@ impl Request {
 /// socket's own addresses, which are what the peer really sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
+    /// 0 on success, else the errno the program's call should fail with.
     pub errno: i32,
+    /// The guest socket's local address.
     pub local: Option<SocketAddr>,
+    /// The guest socket's peer address.
     pub peer: Option<SocketAddr>,
 }
 
 impl Reply {
+    /// A reply that carries only a failure (`errno`), no addresses.
     pub fn error(errno: i32) -> Reply {
         Reply {
             errno,
@@ -182,6 +194,7 @@ impl Reply {
         }
     }
 
+    /// Encodes to the fixed [`REPLY_LEN`] bytes.
     pub fn encode(&self) -> [u8; REPLY_LEN] {
         let mut b = Vec::with_capacity(REPLY_LEN);
         b.extend_from_slice(&self.errno.to_le_bytes());
@@ -192,6 +205,7 @@ impl Reply {
         out
     }
 
+    /// Decodes the first [`REPLY_LEN`] bytes; `None` when `b` is shorter.
     pub fn decode(b: &[u8]) -> Option<Reply> {
         if b.len() < REPLY_LEN {
             return None;
@@ -207,12 +221,16 @@ impl Reply {
 /// A connection the guest accepted on a listener, waiting to be attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Notice {
+    /// The number a [`Kind::Attach`] request names to claim this connection.
     pub id: u64,
+    /// The guest connection's local address.
     pub local: Option<SocketAddr>,
+    /// The guest connection's peer address.
     pub peer: Option<SocketAddr>,
 }
 
 impl Notice {
+    /// Encodes to the fixed [`NOTICE_LEN`] bytes.
     pub fn encode(&self) -> [u8; NOTICE_LEN] {
         let mut b = Vec::with_capacity(NOTICE_LEN);
         b.extend_from_slice(&self.id.to_le_bytes());
@@ -223,6 +241,7 @@ impl Notice {
         out
     }
 
+    /// Decodes the first [`NOTICE_LEN`] bytes; `None` when `b` is shorter.
     pub fn decode(b: &[u8]) -> Option<Notice> {
         if b.len() < NOTICE_LEN {
             return None;

@@ -38,6 +38,7 @@ fn unix_addr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     Ok((sun, len as libc::socklen_t))
 }
 
+/// Closes `fd`, ignoring errors.
 pub fn close(fd: c_int) {
     // SAFETY: closes a descriptor the caller owns; errors are irrelevant.
     unsafe { libc::syscall(libc::SYS_close, fd) };
@@ -90,6 +91,7 @@ pub fn listen_unix(path: &Path) -> io::Result<c_int> {
     Ok(fd)
 }
 
+/// Accepts one connection (close-on-exec) on a listening socket.
 pub fn accept(fd: c_int) -> io::Result<c_int> {
     // SAFETY: no address is requested, so no memory is written.
     let ret = unsafe {
@@ -104,6 +106,7 @@ pub fn accept(fd: c_int) -> io::Result<c_int> {
     check(ret).map(|v| v as c_int)
 }
 
+/// Sends one message (see [`send_fd`]) with no descriptor attached.
 pub fn send(fd: c_int, data: &[u8]) -> io::Result<usize> {
     send_fd(fd, data, None)
 }
@@ -198,12 +201,15 @@ pub fn recv_fd(fd: c_int, buf: &mut [u8], flags: c_int) -> io::Result<(usize, Op
     Ok((n, got))
 }
 
+/// `fcntl(2)` with an integer argument; returns the call's result.
 pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
     // SAFETY: only integer-argument commands (F_GETFL/F_SETFL/F_GETFD/F_SETFD/
     // F_DUPFD_CLOEXEC) are used.
     check(unsafe { libc::syscall(libc::SYS_fcntl, fd, cmd, arg) }).map(|v| v as c_int)
 }
 
+/// Makes `newfd` refer to what `oldfd` refers to (`dup3(2)`), closing what `newfd` referred to
+/// before.
 pub fn dup3(oldfd: c_int, newfd: c_int, flags: c_int) -> io::Result<()> {
     // SAFETY: dup3(2) takes integers only.
     check(unsafe { libc::syscall(libc::SYS_dup3, oldfd, newfd, flags) }).map(drop)
