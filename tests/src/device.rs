@@ -21,14 +21,19 @@ pub const STACKS: [&str; 3] = ["native", "uml", "lkl"];
 /// endpoint roles of its address, and an optional default gateway.
 #[derive(Debug, Clone)]
 pub struct Iface {
+    /// The testbed link (or segment) the interface is on.
     pub link: u32,
+    /// MPTCP endpoint roles of the interface's address (`subflow`, `signal`, ...).
     pub roles: Vec<&'static str>,
+    /// Default gateway through this interface, if any.
     pub gateway: Option<Ipv4Addr>,
 }
 
 /// The stack a node's programs run on. Dropping it stops a uml instance.
 pub struct NodeStack {
+    /// The testbed node whose programs run on this stack.
     pub node: String,
+    /// `native`, `uml` or `lkl`.
     pub kind: &'static str,
     config: Option<PathBuf>,
     /// The uml or lkl device's name (its run directory for uml).

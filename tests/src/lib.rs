@@ -6,6 +6,8 @@
 //! need root (namespaces) and the release artifacts (`cargo build
 //! --release` first; `scripts/test.sh` does both).
 
+#![warn(missing_docs)]
+
 pub mod device;
 pub mod lkl;
 pub mod reliability;
@@ -42,10 +44,12 @@ fn artifact(name: &str) -> PathBuf {
     path
 }
 
+/// The preloaded library under test; panics (failing the test) when it was not built.
 pub fn shim_path() -> PathBuf {
     artifact("libdropshim.so")
 }
 
+/// The `dropshim` command under test; panics (failing the test) when it was not built.
 pub fn cli_path() -> PathBuf {
     artifact("dropshim")
 }
@@ -160,8 +164,11 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
 /// `[mptcp.userspace]` table, e.g. `policy = "fullmesh"`).
 #[derive(Debug, Default, Clone)]
 pub struct DeviceExtra {
+    /// `[mptcp] scheduler`, if set.
     pub scheduler: Option<String>,
+    /// Cost of each interface, by position in the file; `None` leaves it unset.
     pub costs: Vec<Option<u32>>,
+    /// Lines of `[mptcp.userspace]`; setting it also selects `path_manager = "userspace"`.
     pub pm: Option<String>,
 }
 
@@ -195,6 +202,7 @@ pub struct Background {
 }
 
 impl Background {
+    /// Starts `cmd` (stdin empty, stdout and stderr piped); `name` labels it in errors.
     pub fn spawn(cmd: &mut Command, name: &str) -> Result<Self> {
         let child = cmd
             .stdin(Stdio::null())
@@ -208,6 +216,7 @@ impl Background {
         })
     }
 
+    /// The process id; 0 once the process has been reaped.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }

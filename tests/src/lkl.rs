@@ -27,6 +27,7 @@ pub fn liblkl() -> Result<PathBuf> {
 /// the library kernel instead.
 pub struct LklNode {
     _dir: tempfile::TempDir,
+    /// The device file that gives gw1's addresses to the library kernel.
     pub config: PathBuf,
 }
 
@@ -121,7 +122,9 @@ pub fn native_peer(tb: &Testbed, program: &str) -> Result<Command> {
 /// threads).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Threads {
+    /// All host threads of the process.
     pub total: u64,
+    /// Host threads named `lkl-kernel`: the library kernel's tasks.
     pub kernel: u64,
 }
 
@@ -155,6 +158,7 @@ pub struct ThreadPeak {
 }
 
 impl ThreadPeak {
+    /// Starts sampling the threads of `pid` on a thread of its own.
     pub fn watch(pid: u32) -> ThreadPeak {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s = stop.clone();

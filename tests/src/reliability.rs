@@ -49,6 +49,7 @@ pub struct Scripts {
 }
 
 impl Scripts {
+    /// Writes the scripts into a fresh temporary directory.
     pub fn new() -> Result<Scripts> {
         let dir = tempfile::tempdir()?;
         for (name, text) in [
@@ -63,10 +64,12 @@ impl Scripts {
         Ok(Scripts { dir })
     }
 
+    /// Where the script `name` was written.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
+    /// The directory holding the scripts.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -75,11 +78,15 @@ impl Scripts {
 /// What a process holds, from /proc/PID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
+    /// Open file descriptors.
     pub fds: u64,
+    /// Threads of the process (`Threads:` in /proc/PID/status).
     pub threads: u64,
+    /// Resident memory (`VmRSS`) in KiB.
     pub rss_kib: u64,
 }
 
+/// What process `pid` holds now; fails when the process is gone.
 pub fn usage(pid: u32) -> Result<Usage> {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("process {pid} is gone"))?
@@ -461,12 +468,15 @@ pub enum CutAt {
 
 /// The path-cut test, for one backend.
 pub struct PathCuts<'a> {
+    /// The testbed both gateways are in.
     pub tb: &'a Testbed,
     /// gw2's MPTCP counters from before the connections.
     pub before: HashMap<String, u64>,
+    /// Connections the load client opens; gw2 must see at least this many MP_CAPABLE SYNs.
     pub conns: u64,
     /// Fewer cuts than this before the transfer ended fails the test.
     pub min_faults: u64,
+    /// Which end of the link a cut takes down.
     pub at: CutAt,
     /// Cut link 1 and link 2 in turn (link 1 carries the initial
     /// subflows, which a connection whose join failed cannot do without);
@@ -476,6 +486,7 @@ pub struct PathCuts<'a> {
 
 /// What a path-cut run saw.
 pub struct CutReport {
+    /// Cuts made before the transfer ended.
     pub faults: u64,
     /// Longest wait for 1 MiB to get through the surviving path.
     pub worst: Duration,
@@ -610,12 +621,16 @@ pub fn soak_dir() -> Option<PathBuf> {
 /// What all the runs of a soak moved.
 #[derive(Debug, Default)]
 pub struct SoakTotals {
+    /// Runs completed.
     pub runs: u64,
+    /// Bytes the load clients moved, over all runs.
     pub bytes: u64,
+    /// Link cuts made, over all runs.
     pub cuts: u64,
     /// Connections the load server served, and how many of them had
     /// MPTCP checksums on.
     pub served: u64,
+    /// Of those, the connections with MPTCP checksums on.
     pub csum: u64,
 }
 
@@ -824,6 +839,8 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// Starts `cmd` (stdin empty, stdout read line by line, stderr piped); `name` labels it in
+    /// errors.
     pub fn spawn(cmd: &mut Command, name: &str) -> Result<Lines> {
         let mut child = cmd
             .stdin(Stdio::null())
@@ -848,6 +865,7 @@ impl Lines {
         })
     }
 
+    /// The process id; 0 once the process has been reaped.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, |c| c.id())
     }

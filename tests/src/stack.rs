@@ -14,8 +14,11 @@ pub const STACKS: [&str; 3] = ["native", "uml", "lkl"];
 
 /// The stack gw1's programs run on.
 pub enum Stack {
+    /// The host kernel's MPTCP.
     Native,
+    /// A User Mode Linux instance owning gw1's links.
     Uml(UmlDevice),
+    /// A Linux Kernel Library device file for gw1.
     Lkl(LklNode),
 }
 

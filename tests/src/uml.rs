@@ -24,7 +24,9 @@ pub fn unique_device(tag: &str) -> String {
 
 /// A running UML instance owning `node`'s links.
 pub struct UmlDevice {
+    /// The device's name, which names its run directory.
     pub name: String,
+    /// The device file the instance runs.
     pub config: PathBuf,
     netns: String,
     _dir: tempfile::TempDir,
@@ -99,6 +101,7 @@ impl UmlDevice {
         Ok(text.trim().parse()?)
     }
 
+    /// The device file the instance runs.
     pub fn config(&self) -> &Path {
         &self.config
     }

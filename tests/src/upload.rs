@@ -19,6 +19,7 @@ use std::time::Duration;
 const SHORT: Duration = Duration::from_secs(20);
 /// The longest an upload may take.
 pub const TRANSFER: Duration = Duration::from_secs(180);
+/// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 
 /// The native MPTCP server in gw2: one connection; once it has WANT
@@ -125,13 +126,17 @@ print("sent", h.hexdigest(), "peer", got.hex(), flush=True)
 /// The user-space stacks.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
+    /// User Mode Linux.
     Uml,
+    /// The Linux Kernel Library.
     Lkl,
 }
 
 /// gw1 on the stack under test, with the device file it runs.
 pub enum Gw1 {
+    /// A User Mode Linux instance owning gw1's links.
     Uml(UmlDevice),
+    /// gw1's links handed to the library kernel.
     Lkl(LklNode),
 }
 
@@ -185,7 +190,9 @@ pub struct PeerSubflow {
 /// What the server reported: the bytes of every subflow, and the total.
 #[derive(Debug)]
 pub struct Split {
+    /// Bytes of every subflow the server saw.
     pub subflows: Vec<PeerSubflow>,
+    /// Bytes the server received in total.
     pub total: u64,
 }
 
