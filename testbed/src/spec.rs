@@ -32,20 +32,28 @@ pub const SEGMENT_MAX_MEMBERS: usize = 250;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    /// What the topology is called (`two-gateways`, ...).
     pub name: String,
+    /// What the topology is, in a sentence or two.
     #[serde(default)]
     pub description: String,
+    /// Per node and link, an `ip rule` that sends traffic from the node's address on link N out of
+    /// link N when the main table would route it elsewhere; default true.
     #[serde(default = "yes")]
     pub source_routing: bool,
+    /// The nodes (`[[node]]`), one network namespace each.
     #[serde(rename = "node", default)]
     pub nodes: Vec<NodeSpec>,
+    /// The point-to-point links (`[[link]]`), one veth pair each.
     #[serde(rename = "link", default)]
     pub links: Vec<LinkSpec>,
+    /// Static routes (`[[route]]`).
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteSpec>,
     /// Shared segments: one bridge joining several nodes.
     #[serde(rename = "segment", default)]
     pub segments: Vec<SegmentSpec>,
+    /// Parts built only when asked for (`[internet]`, [`crate::Options::internet`]).
     #[serde(default)]
     pub internet: Option<InternetSpec>,
 }
@@ -58,17 +66,29 @@ pub struct Spec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentSpec {
+    /// Number 1..=255, shared with the `[[link]]` numbers; members' interfaces are `link<number>`.
     pub number: u32,
+    /// Name of the bridge's namespace (like a node name).
     pub name: String,
+    /// The member nodes, 2 to [`SEGMENT_MAX_MEMBERS`]; the i-th (from 1) gets host address i.
     pub members: Vec<String>,
+    /// IPv4 prefix instead of `198.18.<number>.0/24` (inside 198.18.0.0/15).
     pub ipv4: Option<String>,
+    /// IPv6 prefix instead of `2001:2:0:<number>::/64` (inside 2001:2::/48).
     pub ipv6: Option<String>,
+    /// Shaping rate of every hop, both directions.
     pub rate_mbit: Option<Mbit>,
+    /// One-way delay added on every hop, both directions.
     pub delay_ms: Option<Millis>,
+    /// Random variation of that delay.
     pub jitter_ms: Option<Millis>,
+    /// Random loss on every hop, per direction.
     pub loss_pct: Option<Percent>,
+    /// A preset the keys above and the direction tables override.
     pub profile: Option<Profile>,
+    /// Values for every member's uplink to the bridge only.
     pub a_to_b: Option<DirSpec>,
+    /// Values for every member's downlink from the bridge only.
     pub b_to_a: Option<DirSpec>,
 }
 
@@ -76,7 +96,9 @@ pub struct SegmentSpec {
 /// member host number `host` (its address there, and its bridge port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {
+    /// The segment's number.
     pub segment: u32,
+    /// The member's host number in the segment (from 1).
     pub host: u32,
 }
 
@@ -141,12 +163,16 @@ fn yes() -> bool {
     true
 }
 
+/// `[[node]]`: one network namespace (`ds-<id>-<name>`) with `lo` up and IPv6 DAD off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
+    /// Letters, digits and `_`; not `emu`, which names the link emulator's namespace.
     pub name: String,
+    /// Route packets between its links; default false.
     #[serde(default)]
     pub forwarding: bool,
+    /// The kernel path manager's limits and endpoints inside the namespace.
     #[serde(default)]
     pub mptcp: Option<MptcpSpec>,
     /// Answer ARP for addresses it routes elsewhere, at once: a device
@@ -161,34 +187,48 @@ pub struct NodeSpec {
     pub bridge: bool,
 }
 
+/// `[node.mptcp]`: the in-kernel path manager's setup in a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MptcpSpec {
+    /// `ip mptcp limits set subflows N` (0..=8); absent leaves the kernel's.
     pub subflows: Option<u32>,
+    /// `ip mptcp limits set add_addr_accepted N` (0..=8); absent leaves the kernel's.
     pub add_addr_accepted: Option<u32>,
+    /// MPTCP endpoints on the node's addresses.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
 }
 
+/// One `ip mptcp endpoint add` for the node's address on a link.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
+    /// The link (or segment) whose address becomes the endpoint.
     pub link: u32,
+    /// The endpoint's flags.
     pub flags: Vec<EndpointFlag>,
+    /// Which of the node's addresses on that link get an endpoint.
     #[serde(default)]
     pub family: Family,
 }
 
+/// An MPTCP endpoint flag, as `ip mptcp endpoint` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointFlag {
+    /// Open an extra subflow from this address.
     Subflow,
+    /// Announce this address to the peer (ADD_ADDR).
     Signal,
+    /// Use subflows over this address only when others fail.
     Backup,
+    /// Open subflows from this address to every address the peer announced.
     Fullmesh,
 }
 
 impl EndpointFlag {
+    /// The flag as `ip mptcp endpoint` writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             EndpointFlag::Subflow => "subflow",
@@ -199,27 +239,40 @@ impl EndpointFlag {
     }
 }
 
+/// Which address families an endpoint covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
+    /// The IPv4 and the IPv6 address.
     #[default]
     Both,
+    /// The IPv4 address only.
     Ipv4,
+    /// The IPv6 address only.
     Ipv6,
 }
 
+/// `[[link]]`: one veth pair, each end named `link<number>` in its node's namespace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkSpec {
+    /// Number 1..=255; by default the link's prefixes are 198.18.N.0/24 and 2001:2:0:N::/64.
     pub number: u32,
+    /// Node on side a (the device); it gets host 1.
     pub a: String,
+    /// Node on side b (the network); it gets host 2.
     pub b: String,
+    /// IPv4 prefix instead of the default (inside 198.18.0.0/15).
     pub ipv4: Option<String>,
+    /// IPv6 prefix instead of the default (inside 2001:2::/48).
     pub ipv6: Option<String>,
     /// Both directions, unless a direction table says otherwise.
     pub rate_mbit: Option<Mbit>,
+    /// One-way delay added in each direction, unless a direction table says otherwise.
     pub delay_ms: Option<Millis>,
+    /// Random variation of that delay; packets are never reordered by it.
     pub jitter_ms: Option<Millis>,
+    /// Random loss per direction, unless a direction table says otherwise.
     pub loss_pct: Option<Percent>,
     /// A preset the keys above and the direction tables override.
     pub profile: Option<Profile>,
@@ -236,9 +289,13 @@ pub struct LinkSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirSpec {
+    /// Shaping rate of this direction.
     pub rate_mbit: Option<Mbit>,
+    /// One-way delay added in this direction.
     pub delay_ms: Option<Millis>,
+    /// Random variation of that delay.
     pub jitter_ms: Option<Millis>,
+    /// Random loss in this direction.
     pub loss_pct: Option<Percent>,
 }
 
@@ -301,23 +358,32 @@ impl LinkSpec {
     }
 }
 
+/// `[[route]]`: a static route, IPv4 and IPv6.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
+    /// The node the route is added in.
     pub node: String,
+    /// The link (or segment) whose prefixes the route reaches.
     pub to_link: u32,
+    /// The link whose peer node the route goes through.
     pub via_link: u32,
 }
 
+/// `[internet]`: parts added only when [`crate::Options::internet`] is set.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InternetSpec {
+    /// Extra nodes (`[[internet.node]]`).
     #[serde(rename = "node", default)]
     pub nodes: Vec<NodeSpec>,
+    /// Extra links (`[[internet.link]]`).
     #[serde(rename = "link", default)]
     pub links: Vec<LinkSpec>,
+    /// Extra routes (`[[internet.route]]`).
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteSpec>,
+    /// Existing nodes that forward packets once the internet part is built.
     #[serde(default)]
     pub forwarding: Vec<String>,
 }

@@ -130,11 +130,17 @@ impl Owner {
 /// state file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Description {
+    /// The testbed's id; every namespace it made is named `ds-<id>-...`.
     pub id: String,
+    /// The name of the spec it was built from.
     pub spec: String,
+    /// The qdisc shaping its links.
     pub shaper: Shaper,
+    /// Whether the spec's `[internet]` part was built.
     pub internet: bool,
+    /// Its nodes, in spec order.
     pub nodes: Vec<NodeInfo>,
+    /// Its links, in the order they were built.
     pub links: Vec<LinkInfo>,
     /// The seed of the link emulator's netem qdiscs (its loss and jitter
     /// pattern), when links run on it: setting `DROPSHIM_TESTBED_NETEM_SEED`
@@ -143,19 +149,26 @@ pub struct Description {
     pub netem_seed: Option<u64>,
 }
 
+/// One node of a built testbed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeInfo {
+    /// The node's name in the spec.
     pub name: String,
+    /// The network namespace that is the node.
     pub netns: String,
 }
 
+/// One link of a built testbed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkInfo {
+    /// The link's number (a segment hop's is above 255).
     pub number: u32,
     /// Shaping rate from a to b (the same both ways unless the link's
     /// directions differ), None = unshaped.
     pub rate_mbit: Option<u32>,
+    /// Side a of the link (the device).
     pub a: EndInfo,
+    /// Side b of the link (the network).
     pub b: EndInfo,
     /// The preset the link was built from, if any.
     #[serde(default)]
@@ -172,34 +185,51 @@ fn plain() -> Method {
     Method::Plain
 }
 
+/// One end of a built link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndInfo {
+    /// The node this end is in.
     pub node: String,
+    /// The interface's name in that node (`link<number>`; a segment's bridge port `m<host>`).
     pub ifname: String,
+    /// The end's IPv4 address.
     pub addr4: Ipv4Addr,
+    /// Prefix length of the IPv4 address.
     pub prefix4: u8,
+    /// The end's IPv6 address.
     pub addr6: Ipv6Addr,
+    /// Prefix length of the IPv6 address.
     pub prefix6: u8,
 }
 
 /// One testbed found on the machine.
 #[derive(Debug, Clone)]
 pub struct Listing {
+    /// The testbed's id.
     pub id: String,
+    /// Whether it is kept, in use or left behind.
     pub status: Status,
     /// Spec name, when the state file could be read.
     pub spec: Option<String>,
+    /// Its network namespaces that exist now.
     pub namespaces: Vec<String>,
 }
 
+/// Who owns a testbed found on the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Kept for later use (`dropshim testbed up`); removed only by id.
     Kept,
     /// Owned by a running process; removed when it drops the testbed.
-    Running { pid: u32 },
+    Running {
+        /// The owning process.
+        pid: u32,
+    },
     /// Its owner died without removing it.
-    Stale { pid: u32 },
+    Stale {
+        /// The process that owned it.
+        pid: u32,
+    },
     /// Namespaces without a state file.
     Orphan,
 }
@@ -1001,7 +1031,7 @@ impl Testbed {
         &self.id
     }
 
-    /// The spec it was built from.
+    /// The name of the spec it was built from.
     pub fn spec(&self) -> &Spec {
         &self.spec
     }
