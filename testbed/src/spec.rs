@@ -70,7 +70,7 @@ pub struct SegmentSpec {
     pub number: u32,
     /// Name of the bridge's namespace (like a node name).
     pub name: String,
-    /// The member nodes, 2 to [`SEGMENT_MAX_MEMBERS`]; the i-th (from 1) gets host address i.
+    /// The member nodes, 2 to 250; the i-th (from 1) gets host address i.
     pub members: Vec<String>,
     /// IPv4 prefix instead of `198.18.<number>.0/24` (inside 198.18.0.0/15).
     pub ipv4: Option<String>,
