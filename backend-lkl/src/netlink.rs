@@ -157,8 +157,8 @@ impl Lkl {
 }
 
 /// The library kernel as a [`Stack`] for dropshim's path manager: its
-/// `mptcp_pm` commands and events, its links, and the load of its TCP
-/// sockets read from its `/proc/net/tcp{,6}`.
+/// `mptcp_pm` commands and events, its links, and the load and stalls of
+/// its TCP sockets read from its `/proc/net/tcp{,6}`.
 pub struct LklStack<'a> {
     lkl: &'a Lkl,
     pm: MptcpPm<LklSocket<'a>>,
@@ -211,6 +211,15 @@ impl Stack for LklStack<'_> {
             .filter_map(|f| self.lkl.read_file(f).ok())
             .map(|text| dropshim_pm::host::unacked_in(&String::from_utf8_lossy(&text), addrs))
             .sum()
+    }
+
+    fn stalled(&mut self, addrs: &[IpAddr]) -> Vec<IpAddr> {
+        let text: String = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|f| self.lkl.read_file(f).ok())
+            .map(|text| String::from_utf8_lossy(&text).into_owned())
+            .collect();
+        dropshim_pm::host::stalled_in(&text, addrs)
     }
 
     fn commands(&mut self) -> &mut dyn Commands {

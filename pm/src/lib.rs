@@ -24,19 +24,29 @@
 //!   pair, each from its own source port.
 //! - `backup`: a subflow from every interface; those on interfaces whose
 //!   endpoint roles include `backup` are opened with the backup flag.
-//!   While no non-backup interface is up, the backups are promoted
-//!   (MP_PRIO, backup flag cleared), and demoted again when one returns.
-//!   Subflows on an interface that went down are closed, so the data they
-//!   held is sent again on the others.
+//!   While no non-backup interface is up with a live path, the backups
+//!   are promoted (MP_PRIO, backup flag cleared), and demoted again when
+//!   one returns. Subflows on an interface that went down are closed, so
+//!   the data they held is sent again on the others; those on a stalled
+//!   path (see below) are kept, to carry on when it recovers.
 //! - `costaware`: interfaces with the lowest `cost` carry the traffic. The
 //!   next cost tier gets a subflow only while every cheaper interface is
-//!   down, or while the cheap paths are *saturated*: the TCP sockets
+//!   down or its path stalled, or while the cheap paths are *saturated*: the TCP sockets
 //!   (MPTCP subflows included) on the cheapest interfaces hold more than
 //!   `saturation_kib` unacknowledged bytes for `saturation_ms` on end,
 //!   i.e. this device has more to send than they carry. They count as
 //!   recovered after the same time below half that; then the costly
 //!   subflow is closed again. Saturation is about what this device
 //!   sends: a device that mostly receives never saturates its paths.
+//!
+//! A path is *stalled* when its interface is up but nothing gets through:
+//! every socket on the address that has bytes to deliver has gone
+//! [`host::STALL_RTOS`] retransmission timeouts in a row with nothing
+//! acknowledged (a cut beyond the interface: the far end's link, a
+//! router, or on the uml and lkl stacks a host interface the stack's own
+//! kernel never sees go down). `backup` and `costaware` treat it as down
+//! for choosing which paths carry the traffic, until an acknowledgement
+//! gets through again.
 //!
 //! A connection is never left without a subflow by the path manager: the
 //! last one is kept until another is established.
@@ -50,7 +60,7 @@ use dropshim_conf::{DeviceConfig, PmPolicy};
 use dropshim_netlink::diag::MptcpConnection;
 use dropshim_netlink::mptcp::{addr_attrs, EndpointFlags, Event, EventKind, MptcpPm};
 use dropshim_netlink::Transport;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -232,6 +242,8 @@ pub struct Planner {
     locals: Vec<LocalAddr>,
     /// Interface index -> up.
     links: BTreeMap<u32, bool>,
+    /// Local addresses whose paths are stalled (backup, costaware).
+    stalled: BTreeSet<IpAddr>,
     conns: BTreeMap<u32, Conn>,
     /// costaware: since when the cheap paths have been above (or, once
     /// saturated, below half) the threshold.
@@ -250,6 +262,7 @@ impl Planner {
             settings,
             locals,
             links,
+            stalled: BTreeSet::new(),
             conns: BTreeMap::new(),
             load_since: None,
             saturated: false,
@@ -468,6 +481,17 @@ impl Planner {
         }
     }
 
+    /// Takes in the local addresses whose paths are stalled now (the
+    /// others are not); changes lead to backups promoted or demoted and
+    /// costlier subflows opened or closed.
+    pub fn stalls(&mut self, stalled: &[IpAddr], now: Instant, cmds: &mut dyn Commands) {
+        let now_set: BTreeSet<IpAddr> = stalled.iter().copied().collect();
+        if now_set != self.stalled {
+            self.stalled = now_set;
+            self.reconcile(now, cmds);
+        }
+    }
+
     /// costaware: takes in how many bytes the sockets on the cheapest
     /// interfaces hold unacknowledged.
     pub fn load(&mut self, unacked: u64, now: Instant, cmds: &mut dyn Commands) {
@@ -511,6 +535,11 @@ impl Planner {
             .get(&self.locals[i].ifindex)
             .copied()
             .unwrap_or(false)
+    }
+
+    /// Whether local address `i`'s path is stalled.
+    fn stalled(&self, i: usize) -> bool {
+        self.stalled.contains(&self.locals[i].addr)
     }
 
     fn local_of(&self, ip: IpAddr) -> Option<usize> {
@@ -559,7 +588,9 @@ impl Planner {
                 }]
             }
             PmPolicy::Backup => {
-                let active_up = up_locals.iter().any(|l| !self.locals[*l].backup);
+                let active_up = up_locals
+                    .iter()
+                    .any(|l| !self.locals[*l].backup && !self.stalled(*l));
                 up_locals
                     .iter()
                     .map(|l| one(*l, first_peer, self.locals[*l].backup && active_up))
@@ -571,10 +602,19 @@ impl Planner {
                 tiers.dedup();
                 let min_all = self.locals.iter().map(|l| l.cost).min();
                 // The cheapest tier that is up; and the next one while the
-                // cheapest interfaces are saturated.
-                let mut open = tiers.first().copied().into_iter().collect::<Vec<_>>();
-                if self.saturated && tiers.first().copied() == min_all {
-                    open.extend(tiers.get(1).copied());
+                // cheapest interfaces are saturated, or while every path of
+                // a tier is stalled (and so on up).
+                let mut open = Vec::new();
+                for (k, tier) in tiers.iter().enumerate() {
+                    open.push(*tier);
+                    let spill = k == 0 && self.saturated && Some(*tier) == min_all;
+                    let stalled = up_locals
+                        .iter()
+                        .filter(|l| self.locals[**l].cost == *tier)
+                        .all(|l| self.stalled(*l));
+                    if !spill && !stalled {
+                        break;
+                    }
                 }
                 up_locals
                     .iter()

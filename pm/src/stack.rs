@@ -1,6 +1,6 @@
 //! The path manager's main loop over any kernel: [`Stack`] is what the
 //! loop needs from one (its `mptcp_pm` events and commands, its links,
-//! the load of its sockets), [`drive`] runs the [`Planner`] on it. The
+//! the load and stalls of its sockets), [`drive`] runs the [`Planner`] on it. The
 //! host kernel ([`crate::host`]), a uml guest's kernel (the guest agent
 //! runs the host implementation inside the instance) and the library
 //! kernel of the lkl backend (backend-lkl) each provide a [`Stack`].
@@ -27,6 +27,12 @@ pub trait Stack {
     /// Bytes the established TCP sockets (MPTCP subflows included) bound
     /// to one of `addrs` hold unacknowledged.
     fn unacked(&mut self, addrs: &[IpAddr]) -> u64;
+    /// The addresses among `addrs` whose paths are stalled: every
+    /// established TCP socket on them that has bytes to deliver has gone
+    /// retransmission timeouts in a row with nothing acknowledged (see
+    /// [`crate::host::stalled_in`]). A cut beyond the interface, which
+    /// leaves the link itself up, shows only this way.
+    fn stalled(&mut self, addrs: &[IpAddr]) -> Vec<IpAddr>;
     /// The kernel's `mptcp_pm` commands.
     fn commands(&mut self) -> &mut dyn Commands;
     /// The MPTCP connections open now, each with whether it was accepted
@@ -92,6 +98,11 @@ pub fn drive(
             last_tick = now;
             let links = stack.links()?;
             planner.links(&links, now, stack.commands());
+            if matches!(settings.policy, PmPolicy::Backup | PmPolicy::Costaware) {
+                let addrs: Vec<IpAddr> = planner.locals().iter().map(|l| l.addr).collect();
+                let stalled = stack.stalled(&addrs);
+                planner.stalls(&stalled, now, stack.commands());
+            }
             if settings.policy == PmPolicy::Costaware {
                 let cheap = planner.cheapest();
                 let unacked = stack.unacked(&cheap);

@@ -254,6 +254,99 @@ fn backup_opens_flagged_then_promotes_when_the_active_link_fails() {
 }
 
 #[test]
+fn backup_promotes_while_the_active_path_is_stalled_and_keeps_its_subflow() {
+    let now = Instant::now();
+    let mut p = Planner::new(
+        settings(PmPolicy::Backup),
+        vec![local(1, false, 0), local(2, true, 0)],
+    );
+    let mut log = Log::default();
+    established(&mut p, &mut log, now);
+    log.take();
+    let mut sub = ev(
+        EventKind::SubEstablished,
+        7,
+        "198.18.2.1:40100",
+        "198.18.1.2:80",
+    );
+    sub.backup = Some(true);
+    p.event(&sub, now, &mut log);
+    // A stalled backup path alone changes nothing.
+    let (a1, a2): (IpAddr, IpAddr) = ("198.18.1.1".parse().unwrap(), "198.18.2.1".parse().unwrap());
+    p.stalls(&[a2], now, &mut log);
+    assert!(log.take().is_empty());
+    // The active path stalls (its link still up): promote, close nothing.
+    p.stalls(&[a1], now, &mut log);
+    assert_eq!(
+        log.take(),
+        vec!["prio 7 198.18.2.1:40100 -> 198.18.1.2:80 backup=false"]
+    );
+    assert_eq!(p.connections()[0].subflows.len(), 2);
+    // The same stall reported again issues nothing.
+    p.stalls(&[a1], now, &mut log);
+    assert!(log.take().is_empty());
+    // Acknowledgements get through again: demoted.
+    p.stalls(&[], now, &mut log);
+    assert_eq!(
+        log.take(),
+        vec!["prio 7 198.18.2.1:40100 -> 198.18.1.2:80 backup=true"]
+    );
+}
+
+#[test]
+fn costaware_opens_the_costly_path_while_every_cheap_path_is_stalled() {
+    let now = Instant::now();
+    let mut p = Planner::new(
+        settings(PmPolicy::Costaware),
+        vec![local(1, false, 0), local(2, false, 10), local(3, false, 20)],
+    );
+    let mut log = Log::default();
+    established(&mut p, &mut log, now);
+    assert!(log.take().is_empty(), "the cheap path alone");
+    let a = |i: u8| -> IpAddr { format!("198.18.{i}.1").parse().unwrap() };
+    // The cheap path stalls: the next tier opens, the cheap subflow stays.
+    p.stalls(&[a(1)], now, &mut log);
+    assert_eq!(log.take(), vec!["create 7 198.18.2.1#2 -> 198.18.1.2:80"]);
+    p.event(
+        &ev(
+            EventKind::SubEstablished,
+            7,
+            "198.18.2.1:40200",
+            "198.18.1.2:80",
+        ),
+        now,
+        &mut log,
+    );
+    assert!(log.take().is_empty(), "the stalled cheap subflow is kept");
+    // That one stalls too: the tier above opens.
+    p.stalls(&[a(1), a(2)], now, &mut log);
+    assert_eq!(log.take(), vec!["create 7 198.18.3.1#3 -> 198.18.1.2:80"]);
+    p.event(
+        &ev(
+            EventKind::SubEstablished,
+            7,
+            "198.18.3.1:40300",
+            "198.18.1.2:80",
+        ),
+        now,
+        &mut log,
+    );
+    // The cheap path recovers: both costlier subflows close.
+    p.stalls(&[a(2)], now, &mut log);
+    assert_eq!(
+        log.take(),
+        vec![
+            "destroy 7 198.18.2.1:40200 -> 198.18.1.2:80",
+            "destroy 7 198.18.3.1:40300 -> 198.18.1.2:80"
+        ]
+    );
+    assert_eq!(
+        p.connections()[0].subflows,
+        vec![(sa("198.18.1.1:40000"), sa("198.18.1.2:80"), false)]
+    );
+}
+
+#[test]
 fn the_last_subflow_is_never_closed() {
     let now = Instant::now();
     let mut p = Planner::new(
@@ -407,6 +500,9 @@ impl crate::stack::Stack for FakeStack<'_> {
     }
     fn unacked(&mut self, _addrs: &[IpAddr]) -> u64 {
         0
+    }
+    fn stalled(&mut self, _addrs: &[IpAddr]) -> Vec<IpAddr> {
+        Vec::new()
     }
     fn commands(&mut self) -> &mut dyn Commands {
         &mut self.log

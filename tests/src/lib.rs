@@ -160,8 +160,10 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
 
 /// Device-file additions for tests of schedulers and path managers:
 /// `[mptcp] scheduler`, a `cost` per interface (by position in the file)
-/// and dropshim's userspace path manager (`pm`: the lines of its
-/// `[mptcp.userspace]` table, e.g. `policy = "fullmesh"`).
+/// dropshim's userspace path manager (`pm`: the lines of its
+/// `[mptcp.userspace]` table, e.g. `policy = "fullmesh"`) and the MPTCP
+/// endpoint roles of gw1's second interface (`roles2`: TOML list items
+/// such as `"backup"`, in place of the stack helpers' `"subflow"`).
 #[derive(Debug, Default, Clone)]
 pub struct DeviceExtra {
     /// `[mptcp] scheduler`, if set.
@@ -170,6 +172,7 @@ pub struct DeviceExtra {
     pub costs: Vec<Option<u32>>,
     /// Lines of `[mptcp.userspace]`; setting it also selects `path_manager = "userspace"`.
     pub pm: Option<String>,
+    pub roles2: Option<String>,
 }
 
 impl DeviceExtra {

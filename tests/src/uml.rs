@@ -35,7 +35,8 @@ pub struct UmlDevice {
 impl UmlDevice {
     /// Hands `node`'s interfaces on `links` to a new instance: their host
     /// addresses move into the guest; the last link gets a `subflow`
-    /// endpoint so MPTCP opens a second subflow over it.
+    /// endpoint so MPTCP opens a second subflow over it (with two links,
+    /// `extra.roles2` replaces that role list).
     pub fn up(tb: &Testbed, node: &str, links: &[u32], tag: &str) -> Result<UmlDevice> {
         Self::up_with(tb, node, links, tag, &DeviceExtra::default())
     }
@@ -65,7 +66,8 @@ impl UmlDevice {
                 "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\", \"{a6}/64\"]\n"
             ));
             if i + 1 == links.len() && links.len() > 1 {
-                toml.push_str("endpoint = [\"subflow\"]\n");
+                let roles = extra.roles2.as_deref().unwrap_or("\"subflow\"");
+                toml.push_str(&format!("endpoint = [{roles}]\n"));
             }
             toml.push_str(&extra.interface_lines(i));
             toml.push('\n');

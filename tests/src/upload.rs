@@ -145,7 +145,10 @@ impl Gw1 {
     pub fn up(tb: &Testbed, kind: Kind, tag: &str, extra: &DeviceExtra) -> Result<Gw1> {
         Ok(match kind {
             Kind::Uml => Gw1::Uml(UmlDevice::up_with(tb, "gw1", &[1, 2], tag, extra)?),
-            Kind::Lkl => Gw1::Lkl(lkl_node_extra(tb, r#""subflow""#, false, extra)?),
+            Kind::Lkl => {
+                let roles2 = extra.roles2.as_deref().unwrap_or(r#""subflow""#);
+                Gw1::Lkl(lkl_node_extra(tb, roles2, false, extra)?)
+            }
         })
     }
 
@@ -239,6 +242,7 @@ pub struct Upload {
     server: Lines,
     client: Lines,
     size: u64,
+    port: u16,
 }
 
 impl Upload {
@@ -280,7 +284,13 @@ impl Upload {
             server,
             client,
             size,
+            port,
         })
+    }
+
+    /// The server's port in gw2.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Waits for the server to have received at least `bytes`.
@@ -351,4 +361,62 @@ pub fn gw2_link(tb: &Testbed, link: u32, up: bool) -> Result<()> {
         SHORT,
     )?;
     Ok(())
+}
+
+/// gw2's established subflows of the server on `port` as `ss -tin` shows
+/// them while the transfer runs: gw1's end (address and port) and the
+/// bytes each has received so far.
+pub fn peer_received(tb: &Testbed, port: u16) -> Result<Vec<(SocketAddr, u64)>> {
+    let out = run_ok(
+        tb.command("gw2", "ss")?.args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("sport = :{port}"),
+        ]),
+        SHORT,
+    )?;
+    Ok(parse_ss_received(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`peer_received`] over the text of `ss -tinH`: a line per socket with
+/// its two ends, then an indented line of its details.
+fn parse_ss_received(text: &str) -> Vec<(SocketAddr, u64)> {
+    let mut out: Vec<(SocketAddr, u64)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(char::is_whitespace) {
+            let got = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("bytes_received:"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if let Some(last) = out.last_mut() {
+                last.1 = got;
+            }
+        } else {
+            let ends: Vec<SocketAddr> = line
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            if ends.len() == 2 {
+                out.push((ends[1], 0));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ss_lines_give_each_subflow_its_received_bytes() {
+        let text = "0 0 198.18.1.2:5000 198.18.1.1:40000\n\t cubic bytes_acked:1 bytes_received:4096 segs_out:3\n\
+0 0 198.18.1.2:5000 198.18.2.1:40001\n\t cubic bytes_received:17 segs_out:3\n";
+        let got = parse_ss_received(text);
+        let a: SocketAddr = "198.18.1.1:40000".parse().unwrap();
+        let b: SocketAddr = "198.18.2.1:40001".parse().unwrap();
+        assert_eq!(got, vec![(a, 4096), (b, 17)]);
+    }
 }

@@ -5,15 +5,19 @@
 //! program's process, on a thread of its own). Each test uploads from gw1
 //! on the stack to a native MPTCP server in gw2 and proves the policy by
 //! the subflows gw2 saw and the bytes each carried; the bytes are checked
-//! intact by sha256 at both ends.
+//! intact by sha256 at both ends. The failover policies (`backup`,
+//! `costaware`) are also watched while the upload runs, through `ss -tin`
+//! in gw2, before and after gw1's link 1 is cut.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use dropshim_testbed::Testbed;
-use dropshim_tests::upload::{testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB};
+use dropshim_tests::upload::{
+    peer_received, testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB,
+};
 use dropshim_tests::*;
 use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_secs(20);
 
@@ -152,4 +156,176 @@ fn uml_pm_fullmesh_gives_a_subflow_per_address_pair() -> Result<()> {
 #[test]
 fn lkl_pm_fullmesh_gives_a_subflow_per_address_pair() -> Result<()> {
     fullmesh(Kind::Lkl)
+}
+
+/// Bytes gw2 has received so far from gw1's address `addr`, over all
+/// its subflows.
+fn received_from(subs: &[(SocketAddr, u64)], addr: IpAddr) -> u64 {
+    subs.iter().filter(|s| s.0.ip() == addr).map(|s| s.1).sum()
+}
+
+/// Bytes the whole transfer carried from gw1's address `addr`, as the
+/// server counted them.
+fn carried_from(split: &Split, addr: IpAddr) -> u64 {
+    split
+        .subflows
+        .iter()
+        .filter(|s| s.remote.ip() == addr)
+        .map(|s| s.bytes)
+        .sum()
+}
+
+/// Cuts link 1 (both ends) and returns how long it took until gw2 had
+/// received `more` bytes beyond `from` from gw1's address `addr` (at
+/// most `within`).
+fn cut_and_time_takeover(
+    tb: &dropshim_testbed::Testbed,
+    port: u16,
+    addr: IpAddr,
+    from: u64,
+    more: u64,
+    within: Duration,
+) -> Result<Duration> {
+    tb.set_link(1, false)?;
+    let cut = Instant::now();
+    let mut seen = from;
+    wait_until(within, "the other link to take over after the cut", || {
+        seen = peer_received(tb, port)
+            .map(|s| received_from(&s, addr))
+            .unwrap_or(seen);
+        seen >= from + more
+    })
+    .with_context(|| format!("{addr} carried {} bytes since the cut", seen - from))?;
+    Ok(cut.elapsed())
+}
+
+/// backup, link 2 with the `backup` role, both links 50 Mbit/s: the
+/// backup subflow is opened but carries under 5 % while link 1 is up;
+/// once link 1 is cut the transfer completes over it, which carries at
+/// least everything link 1 had not delivered.
+fn backup(kind: Kind) -> Result<()> {
+    let tb = testbed(Some(50))?;
+    gw2_accepts_many(&tb)?;
+    let extra = DeviceExtra {
+        pm: Some("policy = \"backup\"".to_string()),
+        roles2: Some("\"backup\"".to_string()),
+        ..DeviceExtra::default()
+    };
+    let stack = Gw1::up(&tb, kind, "bk", &extra)?;
+    let (active, spare) = (
+        IpAddr::V4(tb.addr4("gw1", 1)?),
+        IpAddr::V4(tb.addr4("gw1", 2)?),
+    );
+    let size = 40 * MIB;
+    let opts = ServerOptions {
+        any: false,
+        subflows: 2,
+    };
+    let up = Upload::start_with(&tb, &stack, size, 0, MIB, opts)?;
+    let port = up.port();
+    up.wait_progress(size * 3 / 10)?;
+    let before = peer_received(&tb, port)?;
+    let (a, b) = (
+        received_from(&before, active),
+        received_from(&before, spare),
+    );
+    let share = b as f64 * 100.0 / (a + b).max(1) as f64;
+    eprintln!(
+        "{kind:?} backup: before the cut the backup subflow carried {share:.2} % of {}",
+        a + b
+    );
+    ensure!(
+        before.iter().any(|s| s.0.ip() == spare),
+        "{kind:?}: no backup subflow from {spare}: {before:?}"
+    );
+    ensure!(
+        share < 5.0,
+        "{kind:?}: the backup subflow carried {share:.1} % before the cut: {before:?}"
+    );
+    let took = cut_and_time_takeover(&tb, port, spare, b, MIB, Duration::from_secs(60))?;
+    eprintln!("{kind:?} backup: the backup subflow carried 1 MiB more {took:?} after the cut");
+    let split = up.finish()?;
+    report(kind, "backup", &split);
+    let (a, b) = (carried_from(&split, active), carried_from(&split, spare));
+    ensure!(
+        b + a >= size && b >= size / 2,
+        "{kind:?}: after the cut the backup carried {b} bytes, the active link {a}, of {size}"
+    );
+    Ok(())
+}
+
+#[test]
+fn uml_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
+    backup(Kind::Uml)
+}
+
+#[test]
+fn lkl_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
+    backup(Kind::Lkl)
+}
+
+/// costaware, link 1 cheap (cost 1) and link 2 costly (cost 100), both
+/// 50 Mbit/s, the client sending 24 Mbit/s (the cheap link has room): the
+/// costly link carries under 5 % while link 1 is up; once it is cut the
+/// costly link takes over (within 5 s; the time is printed) and carries
+/// the rest of the transfer.
+fn costaware(kind: Kind) -> Result<()> {
+    let tb = testbed(Some(50))?;
+    gw2_accepts_many(&tb)?;
+    let extra = DeviceExtra {
+        pm: Some("policy = \"costaware\"".to_string()),
+        costs: vec![Some(1), Some(100)],
+        ..DeviceExtra::default()
+    };
+    let stack = Gw1::up(&tb, kind, "ca", &extra)?;
+    let (cheap, costly) = (
+        IpAddr::V4(tb.addr4("gw1", 1)?),
+        IpAddr::V4(tb.addr4("gw1", 2)?),
+    );
+    let size = 24 * MIB;
+    let opts = ServerOptions {
+        any: false,
+        subflows: 1,
+    };
+    let up = Upload::start_with(&tb, &stack, size, 3 * MIB, MIB / 2, opts)?;
+    let port = up.port();
+    up.wait_progress(size * 3 / 10)?;
+    let before = peer_received(&tb, port)?;
+    let (c, x) = (
+        received_from(&before, cheap),
+        received_from(&before, costly),
+    );
+    let share = x as f64 * 100.0 / (c + x).max(1) as f64;
+    eprintln!(
+        "{kind:?} costaware: before the cut the costly link carried {share:.2} % of {}",
+        c + x
+    );
+    ensure!(
+        share < 5.0,
+        "{kind:?}: the costly link carried {share:.1} % while the cheap one had room: {before:?}"
+    );
+    let took = cut_and_time_takeover(&tb, port, costly, x, 1, SHORT)?;
+    eprintln!("{kind:?} costaware: the costly link carried bytes {took:?} after the cut");
+    ensure!(
+        took < Duration::from_secs(5),
+        "{kind:?}: the costly link took over {took:?} after the cut"
+    );
+    let split = up.finish()?;
+    report(kind, "costaware", &split);
+    let (c, x) = (carried_from(&split, cheap), carried_from(&split, costly));
+    ensure!(
+        x + c >= size && x >= size / 2,
+        "{kind:?}: after the cut the costly link carried {x} bytes, the cheap one {c}, of {size}"
+    );
+    Ok(())
+}
+
+#[test]
+fn uml_pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result<()> {
+    costaware(Kind::Uml)
+}
+
+#[test]
+fn lkl_pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result<()> {
+    costaware(Kind::Lkl)
 }
