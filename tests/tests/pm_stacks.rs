@@ -195,7 +195,12 @@ fn cut_and_time_takeover(
             .unwrap_or(seen);
         seen >= from + more
     })
-    .with_context(|| format!("{addr} carried {} bytes since the cut", seen - from))?;
+    .with_context(|| {
+        format!(
+            "{addr} carried {} bytes since the cut",
+            seen.saturating_sub(from)
+        )
+    })?;
     Ok(cut.elapsed())
 }
 
@@ -265,7 +270,8 @@ fn lkl_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() ->
 }
 
 /// costaware, link 1 cheap (cost 1) and link 2 costly (cost 100), both
-/// 50 Mbit/s, the client sending 24 Mbit/s (the cheap link has room): the
+/// 50 Mbit/s, the client sending 3 MiB/s (about 25 Mbit/s: the cheap link
+/// has room): the
 /// costly link carries under 5 % while link 1 is up; once it is cut the
 /// costly link takes over (within 5 s; the time is printed) and carries
 /// the rest of the transfer.
