@@ -298,6 +298,7 @@ pub struct UmlSettings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LklSettings {
+    /// Memory of the library kernel in MiB (default 64).
     #[serde(default = "LklSettings::default_memory")]
     pub memory_mib: u32,
     /// Extra boot options for the library kernel.

@@ -172,6 +172,7 @@ pub struct DeviceExtra {
     pub costs: Vec<Option<u32>>,
     /// Lines of `[mptcp.userspace]`; setting it also selects `path_manager = "userspace"`.
     pub pm: Option<String>,
+    /// Endpoint roles of gw1's second interface, as TOML list items.
     pub roles2: Option<String>,
 }
 
