@@ -367,6 +367,13 @@ pub fn gw2_link(tb: &Testbed, link: u32, up: bool) -> Result<()> {
 /// them while the transfer runs: gw1's end (address and port) and the
 /// bytes each has received so far.
 pub fn peer_received(tb: &Testbed, port: u16) -> Result<Vec<(SocketAddr, u64)>> {
+    peer_counter(tb, port, "bytes_received")
+}
+
+/// gw2's established subflows of the server on `port`, each with gw1's
+/// end and the value of one of its `ss -tin` counters (`bytes_received`,
+/// `bytes_acked`, ...; 0 where `ss` shows none).
+pub fn peer_counter(tb: &Testbed, port: u16, counter: &str) -> Result<Vec<(SocketAddr, u64)>> {
     let out = run_ok(
         tb.command("gw2", "ss")?.args([
             "-tinH",
@@ -376,18 +383,22 @@ pub fn peer_received(tb: &Testbed, port: u16) -> Result<Vec<(SocketAddr, u64)>> 
         ]),
         SHORT,
     )?;
-    Ok(parse_ss_received(&String::from_utf8_lossy(&out.stdout)))
+    Ok(parse_ss_counter(
+        &String::from_utf8_lossy(&out.stdout),
+        counter,
+    ))
 }
 
-/// [`peer_received`] over the text of `ss -tinH`: a line per socket with
+/// [`peer_counter`] over the text of `ss -tinH`: a line per socket with
 /// its two ends, then an indented line of its details.
-fn parse_ss_received(text: &str) -> Vec<(SocketAddr, u64)> {
+fn parse_ss_counter(text: &str, counter: &str) -> Vec<(SocketAddr, u64)> {
+    let key = format!("{counter}:");
     let mut out: Vec<(SocketAddr, u64)> = Vec::new();
     for line in text.lines() {
         if line.starts_with(char::is_whitespace) {
             let got = line
                 .split_whitespace()
-                .find_map(|w| w.strip_prefix("bytes_received:"))
+                .find_map(|w| w.strip_prefix(key.as_str()))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             if let Some(last) = out.last_mut() {
@@ -414,9 +425,10 @@ mod tests {
     fn ss_lines_give_each_subflow_its_received_bytes() {
         let text = "0 0 198.18.1.2:5000 198.18.1.1:40000\n\t cubic bytes_acked:1 bytes_received:4096 segs_out:3\n\
 0 0 198.18.1.2:5000 198.18.2.1:40001\n\t cubic bytes_received:17 segs_out:3\n";
-        let got = parse_ss_received(text);
+        let got = parse_ss_counter(text, "bytes_received");
         let a: SocketAddr = "198.18.1.1:40000".parse().unwrap();
         let b: SocketAddr = "198.18.2.1:40001".parse().unwrap();
         assert_eq!(got, vec![(a, 4096), (b, 17)]);
+        assert_eq!(parse_ss_counter(text, "bytes_acked"), vec![(a, 1), (b, 0)]);
     }
 }

@@ -157,49 +157,12 @@ struct PeerSubflow {
 
 /// gw2's established TCP sockets (MPTCP subflows) on server port `port`.
 fn peer_subflows(tb: &Testbed, port: u16) -> Result<Vec<PeerSubflow>> {
-    let out = run_ok(
-        Command::new("ip").args([
-            "netns",
-            "exec",
-            tb.netns("gw2")?,
-            "ss",
-            "-tinH",
-            "state",
-            "established",
-            &format!("sport = :{port}"),
-        ]),
-        SHORT,
-    )?;
-    parse_ss(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn parse_ss(text: &str) -> Result<Vec<PeerSubflow>> {
-    let mut out: Vec<PeerSubflow> = Vec::new();
-    for line in text.lines() {
-        if line.starts_with(|c: char| c.is_whitespace()) {
-            // The info line of the socket above.
-            let acked = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("bytes_acked:"))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if let Some(last) = out.last_mut() {
-                last.acked = acked;
-            }
-        } else {
-            let addrs: Vec<SocketAddr> = line
-                .split_whitespace()
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            if addrs.len() == 2 {
-                out.push(PeerSubflow {
-                    remote: addrs[1],
-                    acked: 0,
-                });
-            }
-        }
-    }
-    Ok(out)
+    Ok(
+        dropshim_tests::upload::peer_counter(tb, port, "bytes_acked")?
+            .into_iter()
+            .map(|(remote, acked)| PeerSubflow { remote, acked })
+            .collect(),
+    )
 }
 
 /// Bytes acked at gw2 per gw1 address.

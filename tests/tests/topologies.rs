@@ -17,10 +17,13 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Long enough (0.7 s or more over Wi-Fi) for the phone's second subflow
-/// to join over LTE, three LTE round trips of 50 ms or more, before the
-/// download ends: the join count is read once the download is done.
-const FILE_SIZE: usize = 8 << 20;
+/// Long enough (about 2.5 s over Wi-Fi) for the phone's second subflow
+/// to join over LTE before the download ends, the join count being read
+/// once the download is done: three LTE round trips of 50 ms or more,
+/// plus, when a handshake packet or the first ARP on the emulated link
+/// is lost, the one-second retransmission. With 8 MiB (0.8 s) a uml
+/// phone once finished its download before its join.
+const FILE_SIZE: usize = 24 << 20;
 
 /// One download: `device` pulls the file from `server` at `addr`; the
 /// server's counters must show an MPTCP connection and at least `joins`
