@@ -5,7 +5,7 @@
 //! Runs inside shimmed programs, so it only uses [`crate::sys`] (raw
 //! system calls) and allocates little.
 
-use crate::proto::{Kind, Reply, Request, REPLY_LEN};
+use crate::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use crate::sys;
 use std::io;
 use std::os::raw::c_int;
@@ -128,6 +128,24 @@ pub fn watch(device: &str) -> io::Result<c_int> {
         Err(e) => {
             sys::close(fd);
             Err(e)
+        }
+    }
+}
+
+/// Applies to a bridge the options a program set before connecting or
+/// listening that act on the bridge's own end, the one the program holds:
+/// buffer sizes, and when to send small segments (TCP_NODELAY,
+/// TCP_CORK), which the program's later calls change on the bridge too.
+/// The others (keepalive, user timeout, ...) stay the bridge's own. Best
+/// effort: a bridge that keeps its own value still carries every byte.
+pub fn apply_to_bridge(bridge: c_int, opts: &[Opt]) {
+    for o in opts {
+        let buffers =
+            o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
+        let segments = o.level == libc::IPPROTO_TCP
+            && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
+        if buffers || segments {
+            let _ = dropshim_abi::sock::setsockopt(bridge, o.level, o.name, &o.value);
         }
     }
 }

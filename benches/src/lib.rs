@@ -21,11 +21,16 @@ pub use dropshim_abi::IPPROTO_MPTCP;
 pub const BENCH_ADDR: [u8; 4] = [198, 18, 250, 1];
 
 /// libdropshim.so: `$DROPSHIM_TARGET_DIR/libdropshim.so`, else the
-/// workspace's release build.
+/// release build in cargo's `$CARGO_TARGET_DIR`, else the workspace's.
 pub fn shim_path() -> PathBuf {
-    match std::env::var_os("DROPSHIM_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir).join("libdropshim.so"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/libdropshim.so"),
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    match (
+        std::env::var_os("DROPSHIM_TARGET_DIR"),
+        std::env::var_os("CARGO_TARGET_DIR"),
+    ) {
+        (Some(dir), _) => PathBuf::from(dir).join("libdropshim.so"),
+        (None, Some(cargo)) => workspace.join(cargo).join("release/libdropshim.so"),
+        (None, None) => workspace.join("target/release/libdropshim.so"),
     }
 }
 

@@ -8,10 +8,17 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// `$DROPSHIM_TARGET_DIR`, else `release` in cargo's `$CARGO_TARGET_DIR`,
+/// else the workspace's `target/release`.
 fn release_dir() -> PathBuf {
-    match std::env::var_os("DROPSHIM_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    match (
+        std::env::var_os("DROPSHIM_TARGET_DIR"),
+        std::env::var_os("CARGO_TARGET_DIR"),
+    ) {
+        (Some(dir), _) => PathBuf::from(dir),
+        (None, Some(cargo)) => workspace.join(cargo).join("release"),
+        (None, None) => workspace.join("target/release"),
     }
 }
 

@@ -387,31 +387,6 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
 }
 
-/// Applies to the bridge the options the program set before connecting
-/// that act on its end: buffer sizes, and when to send small segments
-/// (TCP_NODELAY, TCP_CORK), which the program's later calls change on the
-/// bridge too. The guest socket sends what the bridge releases at once.
-fn apply_to_bridge(bridge: c_int, opts: &[Opt]) {
-    for o in opts {
-        let buffers =
-            o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
-        let segments = o.level == libc::IPPROTO_TCP
-            && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
-        if buffers || segments {
-            // SAFETY: `value` holds `value.len()` readable bytes.
-            unsafe {
-                real::setsockopt(
-                    bridge,
-                    o.level,
-                    o.name,
-                    o.value.as_ptr().cast(),
-                    o.value.len() as socklen_t,
-                )
-            };
-        }
-    }
-}
-
 static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A gate: the program's end of a Unix stream pair whose send buffer is
@@ -523,7 +498,7 @@ fn finish_connect(
     };
     let errno = match res {
         Ok((reply, Some(bridge))) if reply.errno == 0 => {
-            apply_to_bridge(bridge, &s.opts);
+            dropshim_backend_uml::client::apply_to_bridge(bridge, &s.opts);
             match install(bridge, &fds) {
                 Ok(()) => {
                     s.state = State::Connected {

@@ -26,11 +26,17 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where `libdropshim.so` and `dropshim` are: `$DROPSHIM_TARGET_DIR`, else
-/// the workspace's `target/release`.
+/// `release` in cargo's `$CARGO_TARGET_DIR` (relative to the workspace, as
+/// cargo takes it when run there), else the workspace's `target/release`.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("DROPSHIM_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"),
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    match (
+        std::env::var_os("DROPSHIM_TARGET_DIR"),
+        std::env::var_os("CARGO_TARGET_DIR"),
+    ) {
+        (Some(dir), _) => PathBuf::from(dir),
+        (None, Some(cargo)) => workspace.join(cargo).join("release"),
+        (None, None) => workspace.join("target/release"),
     }
 }
 

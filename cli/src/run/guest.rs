@@ -147,7 +147,7 @@ impl Supervisor {
             return self.start_connect(call, &target, fd, device, req);
         }
         let (reply, bridge) = self.ask(device, &req)?;
-        apply_to_bridge(&bridge, &req.opts);
+        client::apply_to_bridge(bridge.as_raw_fd(), &req.opts);
         self.guest
             .remember(&bridge, domain, reply.local, reply.peer)?;
         self.install_at(call, &target, fd, &bridge)?;
@@ -253,7 +253,7 @@ impl Supervisor {
         };
         let (new, errno) = match outcome {
             Ok((reply, bridge)) => {
-                apply_to_bridge(&bridge, &p.opts);
+                client::apply_to_bridge(bridge.as_raw_fd(), &p.opts);
                 self.guest
                     .remember(&bridge, p.domain, reply.local, reply.peer)?;
                 (bridge, 0)
@@ -494,7 +494,7 @@ impl Supervisor {
             )?;
         }
         // An accepted socket inherits its listener's options.
-        apply_to_bridge(&conn, &opts);
+        client::apply_to_bridge(conn.as_raw_fd(), &opts);
         self.guest
             .remember(&conn, domain, reply.local, reply.peer)?;
         if let Some(peer) = reply.peer {
@@ -815,24 +815,6 @@ fn raw_opt(fd: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
     let mut buf = [0u8; 16];
     let len = dropshim_abi::sock::getsockopt(fd, level, name, &mut buf).ok()?;
     Some(buf[..len.min(buf.len())].to_vec())
-}
-
-/// Makes on the bridge the carried options that act on its end (the one
-/// the program holds): buffer sizes, and when to send small segments
-/// (TCP_NODELAY, TCP_CORK), which the program's later calls change on the
-/// bridge too. Keepalive and the user timeout stay the bridge's own.
-fn apply_to_bridge(bridge: &OwnedFd, opts: &[Opt]) {
-    for o in opts {
-        let buffers =
-            o.level == libc::SOL_SOCKET && (o.name == libc::SO_SNDBUF || o.name == libc::SO_RCVBUF);
-        let segments = o.level == libc::IPPROTO_TCP
-            && (o.name == libc::TCP_NODELAY || o.name == libc::TCP_CORK);
-        if buffers || segments {
-            // Best effort, as on the shim's bridges: a bridge that keeps
-            // its own value still carries every byte.
-            let _ = dropshim_abi::sock::setsockopt(bridge.as_raw_fd(), o.level, o.name, &o.value);
-        }
-    }
 }
 
 fn inode_of(fd: RawFd) -> io::Result<u64> {
