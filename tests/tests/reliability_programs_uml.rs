@@ -184,6 +184,14 @@ fn blob(dir: &Path) -> Result<(PathBuf, String)> {
 /// "listening" line, written after its listen() returned (on uml that is
 /// once the guest listener exists, which `ss` in gw1 cannot see). A
 /// connect probe would use up a one-shot server's only accept.
+/// Removes a log left by an earlier run, if any.
+fn remove_stale(log: &Path) -> Result<()> {
+    match std::fs::remove_file(log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn wait_log(log: &Path, needle: &str, child: &mut Child) -> Result<()> {
     let deadline = Instant::now() + SHORT;
     let mut pause = Duration::from_millis(2);
@@ -311,6 +319,9 @@ fn reliability_uml_socat_server_from_native_client() -> Result<()> {
                 log.display()
             ),
         ]);
+        // A run done again must not find the last run's "listening"
+        // line before this server has written its own.
+        remove_stale(&log)?;
         let mut server = Group::spawn(&mut srv, "socat server on uml")?;
         wait_log(&log, "listening on", &mut server.child)?;
         let mut cli = bed.native("socat")?;
@@ -383,6 +394,9 @@ fn reliability_uml_netcat_openbsd_server_from_native_client() -> Result<()> {
                 log.display()
             ),
         ]);
+        // A run done again must not find the last run's "listening"
+        // line before this server has written its own.
+        remove_stale(&log)?;
         let mut server = Group::spawn(&mut srv, "nc -l on uml")?;
         wait_log(&log, "Listening on", &mut server.child)?;
         let mut cli = bed.native("sh")?;
