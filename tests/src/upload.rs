@@ -22,8 +22,9 @@ pub const TRANSFER: Duration = Duration::from_secs(180);
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
 
-/// The native MPTCP server in gw2: one connection; once it has WANT
-/// subflows (polled, at most 10 s) it tells the client to go; reads to
+/// The native MPTCP server in gw2: one connection; says hello (a byte
+/// that lets the client's path manager start), and once it has WANT
+/// subflows (polled, at most 10 s) tells the client to go; reads to
 /// EOF; prints `progress N` every STEP bytes, then
 /// `done SHA256 TOTAL LOCAL,REMOTE,PORT=BYTES ...` with the bytes each
 /// subflow received (gw2's address, gw1's address and port; the largest
@@ -67,8 +68,11 @@ l.bind((host, port))
 l.listen(4)
 print("listening", flush=True)
 c, _ = l.accept()
-# the client sends once the subflows are up (or after 10 s): every byte
-# then had the choice of all of them
+# A first byte from this side makes the client's connection fully
+# established (it has sent no data yet), and only then does its path
+# manager open more subflows. The client sends once they are up (or after
+# 10 s): every byte then had the choice of all of them.
+c.sendall(b"h")
 deadline = time.monotonic() + 10
 while len(subflow_data(c.fileno(), MPTCP_TCPINFO, 256)) < want and time.monotonic() < deadline:
     time.sleep(0.005)
@@ -91,16 +95,22 @@ c.sendall(h.digest())
 c.close()
 "##;
 
-/// The client on the stack under test: waits for the server's go (the
-/// subflows joined), sends SIZE pseudo-random bytes (seeded), at most
+/// The client on the stack under test: waits for the server's hello and
+/// go (the subflows joined), sends SIZE pseudo-random bytes (seeded), at most
 /// RATE bytes/s when RATE > 0, half-closes, and prints
 /// `sent SHA256 peer DIGEST` (the digest the server answered with).
 const CLIENT_PY: &str = r##"import hashlib, random, socket, sys, time
 host, port, size, rate, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 rng = random.Random(seed)
 s = socket.create_connection((host, port))
-if s.recv(1) != b"g":
-    sys.exit("the server did not say go")
+hello = b""
+while len(hello) < 2:
+    b = s.recv(2 - len(hello))
+    if not b:
+        break
+    hello += b
+if hello != b"hg":
+    sys.exit("the server did not say hello, then go: %r" % hello)
 h = hashlib.sha256()
 sent, t0 = 0, time.monotonic()
 while sent < size:
