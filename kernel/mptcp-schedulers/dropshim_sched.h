@@ -40,6 +40,17 @@ static inline bool dropshim_cwnd_room(const struct sock *ssk)
 	return tcp_packets_in_flight(tp) < tcp_snd_cwnd(tp);
 }
 
+/* Bytes the congestion window can still take once the data already
+ * queued on the subflow is sent: negative or 0 when it has no room.
+ */
+static inline s64 dropshim_cwnd_room_bytes(const struct sock *ssk)
+{
+	const struct tcp_sock *tp = tcp_sk(ssk);
+	s64 segs = (s64)tcp_snd_cwnd(tp) - tcp_packets_in_flight(tp);
+
+	return segs * tp->mss_cache - (s64)(READ_ONCE(tp->write_seq) - tp->snd_nxt);
+}
+
 /* Bytes queued on the subflow that it has not sent yet. */
 static inline u32 dropshim_unsent(const struct sock *ssk)
 {
@@ -55,15 +66,22 @@ static inline u32 dropshim_srtt_us(const struct sock *ssk)
 }
 
 /* Marks ssk for the next push and bounds how much it gets at once by the
- * peer's window and DROPSHIM_SCHED_BURST.
+ * peer's window and by limit (at most DROPSHIM_SCHED_BURST).
  */
-static inline void dropshim_schedule(struct mptcp_sock *msk, struct sock *ssk)
+static inline void dropshim_schedule_at_most(struct mptcp_sock *msk,
+					     struct sock *ssk, u64 limit)
 {
 	u64 wnd_end = READ_ONCE(msk->wnd_end);
 	u64 room = after64(wnd_end, msk->snd_nxt) ? wnd_end - msk->snd_nxt : 0;
 
-	msk->snd_burst = min_t(u64, DROPSHIM_SCHED_BURST, room);
+	msk->snd_burst = min3(limit, (u64)DROPSHIM_SCHED_BURST, room);
 	mptcp_subflow_set_scheduled(mptcp_subflow_ctx(ssk), true);
+}
+
+/* dropshim_schedule_at_most() with the full burst. */
+static inline void dropshim_schedule(struct mptcp_sock *msk, struct sock *ssk)
+{
+	dropshim_schedule_at_most(msk, ssk, DROPSHIM_SCHED_BURST);
 }
 
 /* Reinjection (data a stale or lost subflow held) goes where the kernel's

@@ -15,7 +15,9 @@
  *
  * bytes (its window grows by about one segment per RTT). The slow subflow
  * is skipped when lambda * X exceeds the send window left once the slow
- * subflow's in-flight data plus one more segment are taken out of it. The
+ * subflow's in-flight and queued data plus one more segment are taken out
+ * of it, and it is never given more than its congestion window can send
+ * at once. The
  * paper adapts lambda; here it is fixed at 1.25 (a safety margin). When
  * the slow subflow is skipped, the data is queued on the fast subflow,
  * which sends it as its window opens: the behaviour of waiting for it.
@@ -49,7 +51,8 @@ static bool blest_slow_would_block(struct mptcp_sock *msk, struct sock *fast,
 	fast_bytes = div_u64(fast_bytes * BLEST_LAMBDA_NUM, BLEST_LAMBDA_DEN);
 
 	window = READ_ONCE(msk->wnd_end) - READ_ONCE(msk->snd_una);
-	slow_bytes = (u64)(tcp_packets_in_flight(ts) + 1) * ts->mss_cache;
+	slow_bytes = (u64)(tcp_packets_in_flight(ts) + 1) * ts->mss_cache +
+		     dropshim_unsent(slow);
 	if (slow_bytes >= window)
 		return true;
 	return fast_bytes > window - slow_bytes;
@@ -65,47 +68,60 @@ static int blest_get_subflow(struct mptcp_sock *msk,
 	if (data->reinject)
 		return dropshim_schedule_reinject(msk);
 
-	/* regular subflows first; backups only when none of them is active */
+	/* The fastest active subflow, whether or not it can take data now:
+	 * a fast subflow with a full send buffer stays the fast one, so that
+	 * a slower one is never handed data without the blocking estimate.
+	 * Regular subflows first; backups only when none of them is active.
+	 */
 	for (backup_pass = false; ; backup_pass = true) {
-		bool any_active = false;
-
 		mptcp_for_each_subflow(msk, subflow) {
 			struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
 
 			if (dropshim_subflow_backup(subflow) != backup_pass ||
 			    !mptcp_subflow_active(subflow))
 				continue;
-			any_active = true;
-			if (!sk_stream_memory_free(ssk))
-				continue;
 			if (!fast || dropshim_srtt_us(ssk) < dropshim_srtt_us(fast))
 				fast = ssk;
 		}
-		if (fast || any_active || backup_pass)
+		if (fast || backup_pass)
 			break;
 	}
 	if (!fast)
 		return -EINVAL;
 
-	if (!dropshim_cwnd_room(fast)) {
-		/* the fastest among the others that have window room now */
-		mptcp_for_each_subflow(msk, subflow) {
-			struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
-
-			if (ssk == fast ||
-			    dropshim_subflow_backup(subflow) != backup_pass ||
-			    !dropshim_subflow_can_queue(subflow) ||
-			    !dropshim_cwnd_room(ssk))
-				continue;
-			if (!slow || dropshim_srtt_us(ssk) < dropshim_srtt_us(slow))
-				slow = ssk;
-		}
-		if (slow && !blest_slow_would_block(msk, fast, slow)) {
-			dropshim_schedule(msk, slow);
-			return 0;
-		}
+	if (sk_stream_memory_free(fast) && dropshim_cwnd_room_bytes(fast) > 0) {
+		dropshim_schedule(msk, fast);
+		return 0;
 	}
 
+	/* The fastest among the others whose congestion window has room
+	 * beyond what they already hold. A slow subflow gets no more than
+	 * that room: data queued on it beyond its window would wait there
+	 * while the fast subflow could have sent it.
+	 */
+	mptcp_for_each_subflow(msk, subflow) {
+		struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
+
+		if (ssk == fast ||
+		    dropshim_subflow_backup(subflow) != backup_pass ||
+		    !dropshim_subflow_can_queue(subflow) ||
+		    dropshim_cwnd_room_bytes(ssk) <= 0)
+			continue;
+		if (!slow || dropshim_srtt_us(ssk) < dropshim_srtt_us(slow))
+			slow = ssk;
+	}
+	if (slow && !blest_slow_would_block(msk, fast, slow)) {
+		s64 room = dropshim_cwnd_room_bytes(slow);
+
+		dropshim_schedule_at_most(msk, slow, max_t(s64, room, 1));
+		return 0;
+	}
+
+	/* Wait for the fast subflow: queue on it while its send buffer has
+	 * room; otherwise take nothing now (its next ACK pushes again).
+	 */
+	if (!sk_stream_memory_free(fast))
+		return -EINVAL;
 	dropshim_schedule(msk, fast);
 	return 0;
 }

@@ -11,6 +11,7 @@ use dropshim_tests::lkl::liblkl;
 use dropshim_tests::uml::{guest_mptcp, UmlDevice};
 use dropshim_tests::upload::{gw2_link, testbed, Gw1 as Stack, Kind, Upload, MIB};
 use dropshim_tests::*;
+use std::time::Instant;
 
 fn extra(scheduler: &str, costs: &[Option<u32>]) -> DeviceExtra {
     DeviceExtra {
@@ -165,25 +166,30 @@ fn lkl_costaware_keeps_to_the_cheap_link_until_it_is_cut() -> Result<()> {
     costaware_keeps_to_the_cheap_link(Kind::Lkl)
 }
 
-/// blest on unequal links (link 1 at 100 Mbit/s, link 2 at 20 Mbit/s):
-/// the transfer is intact, both subflows were used, and the fast link
-/// carries the larger share (at least 60 %: its fair share of the capacity
-/// is 83 %, and blest keeps the slow one from taking more than it can
-/// without blocking the fast one).
+/// blest on unequal links (link 1 at 100 Mbit/s, link 2 at 5 Mbit/s, a
+/// cellular uplink's rate): the transfer is intact, both subflows were
+/// used, and the fast link carries at least 70 % (its share of the
+/// capacity is 95 %). The slow link is kept far below the fast one because
+/// a stack's sending rate is bounded by its CPU: when a busy host holds a
+/// uml instance to 50 Mbit/s, a 20 Mbit/s slow link alone takes 40 %
+/// whatever the scheduler does, while 5 Mbit/s leaves the fast link at
+/// least 75 % of any rate above 20 Mbit/s.
 fn blest_prefers_the_fast_link(kind: Kind) -> Result<()> {
     let tb = testbed(None)?;
     tb.set_rate(1, Some(100))?;
-    tb.set_rate(2, Some(20))?;
+    tb.set_rate(2, Some(5))?;
     let stack = Stack::up(&tb, kind, "bl", &extra("blest", &[]))?;
+    let started = Instant::now();
     let split = Upload::start(&tb, &stack, 16 * MIB, 0, 4 * MIB)?.finish()?;
     let fast = split.share(&tb, 1)?;
     eprintln!(
-        "{kind:?} blest: fast link carried {:.1} % ({:?})",
+        "{kind:?} blest: 16 MiB in {:.2} s, the fast link carried {:.1} % ({:?})",
+        started.elapsed().as_secs_f64(),
         fast * 100.0,
         split.per_addr()
     );
     ensure!(
-        fast >= 0.6,
+        fast >= 0.7,
         "{kind:?} blest: the fast link carried only {:.1} % ({:?})",
         fast * 100.0,
         split.per_addr()
