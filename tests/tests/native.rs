@@ -108,12 +108,17 @@ fn native_iperf3_client_and_server_use_two_subflows() -> Result<()> {
     wait_listening(tb.netns("gw2")?, port, SHORT)?;
     let mut client = shimmed(&tb, "gw1", "iperf3", &[])?;
     client.args(["-c", &server_ip, "-p", &port.to_string(), "-t", "2", "-J"]);
-    let out = run_ok(&mut client, TRANSFER)?;
-    server.wait(SHORT)?;
+    let out = run_bounded(&mut client, TRANSFER)?;
+    let served = server.wait(SHORT)?;
     let report = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        report.contains("\"sum_received\""),
-        "iperf3 -J printed no result: {report}"
+        out.status.success() && report.contains("\"sum_received\""),
+        "iperf3 -J printed no result ({}): {report}\nclient stderr: {}\nserver ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        served.status,
+        String::from_utf8_lossy(&served.stdout),
+        String::from_utf8_lossy(&served.stderr),
     );
     ensure!(
         !report.contains("dropshim"),
