@@ -99,55 +99,77 @@ fn interactive_lkl_round_trips_never_wait_and_echo_intact() -> Result<()> {
     round_trips("lkl")
 }
 
-/// The peer: accepts one connection and reports, on the monotonic clock
-/// (shared by every namespace), when the first byte arrived, then the
-/// sha256 of everything until end of stream.
+/// Corked rounds the program sends; each is held, then released.
+const CORK_ROUNDS: usize = 5;
+/// The rounds every stack must hold until their release: the first.
+/// Linux's MPTCP (host 6.18, and 6.12 in uml and lkl) at times sends a
+/// later round at once, with or without dropshim: with mptcpize on both
+/// ends, rounds 1 and 2 of 5 reached the peer 150 ms before their release
+/// in 1 of 3 runs (README, known limits).
+const CORK_HELD: usize = 1;
+
+/// The peer: accepts one connection; the program sends ROUNDS rounds of
+/// 1000 bytes, round r all of byte 65 + r. The peer notes on the monotonic
+/// clock (shared by every namespace) when each round's first byte arrived,
+/// answers one byte when a round is complete, and at end of stream prints
+/// the arrival times and the sha256 of everything.
 const CORK_PEER: &str = r#"
 import hashlib, socket, sys, time
+rounds = int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
 c, _ = s.accept()
 h = hashlib.sha256()
-first = None
+first, total = [], 0
 while True:
     b = c.recv(65536)
     if not b:
         break
-    if first is None:
-        first = time.clock_gettime(time.CLOCK_MONOTONIC)
+    now = time.clock_gettime(time.CLOCK_MONOTONIC)
     h.update(b)
-print("first %.6f sha256 %s" % (first or 0.0, h.hexdigest()), flush=True)
+    before, total = total, total + len(b)
+    while len(first) < rounds and len(first) * 1000 < total:
+        first.append(now)
+    if total // 1000 > before // 1000:
+        c.sendall(b"k" * (total // 1000 - before // 1000))
+print("first %s sha256 %s" % (",".join("%.6f" % t for t in first), h.hexdigest()), flush=True)
 "#;
 
-/// The program: writes ten small pieces while corked (TCP_CORK with
-/// TCP_NODELAY, as nginx's `tcp_nopush` does), holds them 150 ms, then
-/// clears the cork and says when.
+/// The program: in each round, writes ten small pieces while corked
+/// (TCP_CORK with TCP_NODELAY, as nginx's `tcp_nopush` does), holds them
+/// 150 ms, clears the cork, notes when, and waits for the peer to have
+/// the whole round before the next one.
 ///
 /// MSG_MORE is not tested: Linux's own MPTCP sends MSG_MORE data at once
 /// (host 6.18: the peer had it 150 ms before the release, where TCP held
 /// it), so no MPTCP stack holds it; see the README's known limits.
 const CORK_PROGRAM: &str = r#"
 import hashlib, socket, sys, time
+rounds = int(sys.argv[3])
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-pieces = [bytes([65 + i]) * 100 for i in range(10)]
 h = hashlib.sha256()
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-for p in pieces:
-    s.sendall(p)
-    h.update(p)
-time.sleep(0.15)
-released = time.clock_gettime(time.CLOCK_MONOTONIC)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-time.sleep(0.1)
+released = []
+for r in range(rounds):
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    for _ in range(10):
+        p = bytes([65 + r]) * 100
+        s.sendall(p)
+        h.update(p)
+    time.sleep(0.15)
+    released.append(time.clock_gettime(time.CLOCK_MONOTONIC))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    if s.recv(1) != b"k":
+        sys.exit("the peer did not confirm round %d" % r)
 s.close()
-print("released %.6f sha256 %s" % (released, h.hexdigest()), flush=True)
+print("released %s sha256 %s" % (",".join("%.6f" % t for t in released), h.hexdigest()), flush=True)
 "#;
 
-/// (first byte at the peer, release at the program, digests equal).
-fn corked(stack_name: &str) -> Result<(f64, f64)> {
+/// Per round: (first byte at the peer, release at the program); the
+/// digests are checked equal.
+fn corked(stack_name: &str) -> Result<Vec<(f64, f64)>> {
     let tb = two_gateways()?;
     let stack = Stack::up(stack_name, &tb, "ck")?;
     let dir = tempfile::tempdir()?;
@@ -157,13 +179,18 @@ fn corked(stack_name: &str) -> Result<(f64, f64)> {
     std::fs::write(&prog_py, CORK_PROGRAM)?;
     let port = unique_port();
     let addr = tb.addr4("gw2", 1)?.to_string();
+    let rounds = CORK_ROUNDS.to_string();
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let mut server = peer(&tb, "python3")?;
-    server.arg(&peer_py).args([&addr, &port.to_string()]);
+    server
+        .arg(&peer_py)
+        .args([&addr, &port.to_string(), &rounds]);
     let server = Background::spawn(&mut server, "cork peer")?;
     wait_listening(tb.netns("gw2")?, port, SHORT)?;
     let mut program = stack.command(&tb, "python3")?;
-    program.arg(&prog_py).args([&addr, &port.to_string()]);
+    program
+        .arg(&prog_py)
+        .args([&addr, &port.to_string(), &rounds]);
     let out = run_ok(&mut program, RUN)?;
     let peer_out = server.wait(SHORT)?;
     let field = |text: &str, key: &str| -> Result<String> {
@@ -174,6 +201,17 @@ fn corked(stack_name: &str) -> Result<(f64, f64)> {
             }
         }
         bail!("no {key} in {text:?}")
+    };
+    let times = |text: &str, key: &str| -> Result<Vec<f64>> {
+        let list = field(text, key)?;
+        let parsed: Result<Vec<f64>, _> = list.split(',').map(str::parse).collect();
+        let parsed = parsed.with_context(|| format!("odd {key} list {list:?}"))?;
+        ensure!(
+            parsed.len() == CORK_ROUNDS,
+            "{key}: {} rounds of {CORK_ROUNDS} in {text:?}",
+            parsed.len()
+        );
+        Ok(parsed)
     };
     let prog = String::from_utf8_lossy(&out.stdout).to_string();
     let got = String::from_utf8_lossy(&peer_out.stdout).to_string();
@@ -186,42 +224,56 @@ fn corked(stack_name: &str) -> Result<(f64, f64)> {
         delta(&before, &after, "MPCapableSYNRX") >= 1,
         "{stack_name}: the connection was not MPTCP at the peer"
     );
-    Ok((
-        field(&got, "first")?.parse()?,
-        field(&prog, "released")?.parse()?,
-    ))
+    Ok(times(&got, "first")?
+        .into_iter()
+        .zip(times(&prog, "released")?)
+        .collect())
 }
 
-/// Held while corked (nothing reaches the peer in the 150 ms before the
-/// release), and sent at once when released (within 50 ms).
-fn cork_holds_until_release(stack_name: &str) -> Result<()> {
-    let (first, released) = corked(stack_name)?;
+/// Held while corked (in none of the first `held` rounds does anything
+/// reach the peer in the 150 ms before the release), and sent at once when
+/// released: within 50 ms in all rounds but at most one. A wait that
+/// dropshim added (a cork of its own, a lost wakeup) shows in every round;
+/// one late round is the scheduler of a busy host holding a user-space
+/// kernel off its CPU.
+fn cork_holds_until_release(stack_name: &str, held: usize) -> Result<()> {
+    let rounds = corked(stack_name)?;
+    let delays: Vec<String> = rounds
+        .iter()
+        .map(|(first, released)| format!("{:.1}", (first - released) * 1e3))
+        .collect();
+    eprintln!("{stack_name}: release to first byte at the peer, ms: {delays:?}");
+    for (r, (first, released)) in rounds.iter().enumerate().take(held) {
+        ensure!(
+            first >= released,
+            "{stack_name}: round {r}: the peer had bytes {:.1} ms before the program released them",
+            (released - first) * 1e3
+        );
+    }
+    let late = rounds
+        .iter()
+        .filter(|(first, released)| first - released >= 0.05)
+        .count();
     ensure!(
-        first >= released,
-        "{stack_name}: the peer had bytes {:.1} ms before the program released them",
-        (released - first) * 1e3
-    );
-    ensure!(
-        first - released < 0.05,
-        "{stack_name}: released bytes took {:.1} ms to reach the peer",
-        (first - released) * 1e3
+        late <= 1,
+        "{stack_name}: released bytes took 50 ms or more to reach the peer in {late} of {CORK_ROUNDS} rounds (ms: {delays:?})"
     );
     Ok(())
 }
 
 #[test]
 fn interactive_native_cork_holds_until_uncork() -> Result<()> {
-    cork_holds_until_release("native")
+    cork_holds_until_release("native", CORK_HELD)
 }
 
 #[test]
 fn interactive_uml_cork_holds_until_uncork() -> Result<()> {
-    cork_holds_until_release("uml")
+    cork_holds_until_release("uml", CORK_HELD)
 }
 
 #[test]
 fn interactive_lkl_cork_holds_until_uncork() -> Result<()> {
-    cork_holds_until_release("lkl")
+    cork_holds_until_release("lkl", CORK_HELD)
 }
 
 /// redis-benchmark against redis-server, 50 connections, GET and SET:
