@@ -433,6 +433,70 @@ fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Res
     Ok(())
 }
 
+/// Fail-back: the backup takes over while the active link is cut, and when
+/// the link returns the path manager demotes the backup again, so it goes
+/// back to carrying next to nothing (under 10 % of what moves once the
+/// returned link carries again). Bytes intact.
+#[test]
+fn pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
+    let tb = shaped(50)?;
+    let dir = tempfile::tempdir()?;
+    let _dev = up(
+        &tb,
+        dir.path(),
+        "policy = \"backup\"\n",
+        ["", "endpoint = [\"backup\"]"],
+    )?;
+    let (a1, a2) = (
+        IpAddr::V4(tb.addr4("gw1", 1)?),
+        IpAddr::V4(tb.addr4("gw1", 2)?),
+    );
+    let mut t = Transfer::start(&tb, 80 << 20, false)?;
+    let (port, size) = (t.port, t.size);
+    let step = size / 8;
+    wait_until(SHORT, "the backup subflow", || {
+        peer_subflows(&tb, port)
+            .map(|s| s.iter().any(|s| s.remote.ip() == a2))
+            .unwrap_or(false)
+    })?;
+    wait_progress(&tb, port, size, 0.15)?;
+    let before_cut = by_client_addr(&peer_subflows(&tb, port)?, a2);
+    tb.set_link(1, false)?;
+    let took_over = wait_until(TRANSFER, "the backup to take over", || {
+        peer_subflows(&tb, port)
+            .map(|s| by_client_addr(&s, a2) >= before_cut + step)
+            .unwrap_or(false)
+    });
+    tb.set_link(1, true)?;
+    took_over?;
+    // Measured once the returned link has carried a quarter step again
+    // (the hand-back itself is not the steady state). Its subflow may be
+    // the one from before the cut, if it survived, or a new one.
+    let returned = by_client_addr(&peer_subflows(&tb, port)?, a1);
+    let mut back = Vec::new();
+    wait_until(TRANSFER, "the returned link to carry again", || {
+        back = peer_subflows(&tb, port).unwrap_or_default();
+        by_client_addr(&back, a1) >= returned + step / 4
+    })?;
+    let (a1_back, a2_back) = (by_client_addr(&back, a1), by_client_addr(&back, a2));
+    let mut later = Vec::new();
+    wait_until(TRANSFER, "the returned link to carry", || {
+        later = peer_subflows(&tb, port).unwrap_or_default();
+        by_client_addr(&later, a1) + by_client_addr(&later, a2) >= a1_back + a2_back + step
+    })?;
+    let on_active = by_client_addr(&later, a1).saturating_sub(a1_back);
+    let on_backup = by_client_addr(&later, a2).saturating_sub(a2_back);
+    eprintln!(
+        "after the link returned: {on_active} bytes on the active link, {on_backup} on the backup"
+    );
+    ensure!(
+        (on_backup as f64) < 0.1 * (on_active + on_backup) as f64,
+        "after the active link returned the backup still carried {on_backup} of {} bytes ({later:?})",
+        on_active + on_backup
+    );
+    t.finish()
+}
+
 #[test]
 fn pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result<()> {
     let tb = shaped(50)?;
