@@ -36,17 +36,20 @@ fn device_ifaces(tb: &Testbed, device: &str) -> Result<Vec<DevIface>> {
                 link: 5,
                 roles: &["subflow"],
                 gateway: Some(tb.addr4("gw1", 5)?),
+                cost: None,
             },
             DevIface {
                 link: 6,
                 roles: &["subflow"],
                 gateway: None,
+                cost: None,
             },
         ],
         _ => vec![DevIface {
             link: 7,
             roles: &[],
             gateway: Some(tb.addr4("gw2", 7)?),
+            cost: None,
         }],
     })
 }

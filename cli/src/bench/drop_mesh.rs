@@ -85,11 +85,13 @@ fn mesh(ctx: &Ctx, order: &[Stack], n: u32, size: u64) -> Result<Mesh> {
             link: 1,
             roles: &[],
             gateway: None,
+            cost: None,
         },
         DevIface {
             link: 2,
             roles: &["signal"],
             gateway: None,
+            cost: None,
         },
     ];
     let mut devices = Vec::new();

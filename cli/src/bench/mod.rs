@@ -90,6 +90,12 @@ pub struct Args {
     /// listed as not selected.
     #[arg(long, value_delimiter = ',')]
     pub stacks: Option<Vec<Stack>>,
+    /// Path managers the `schedulers` scenario crosses with every
+    /// scheduler on its uml and lkl devices, comma-separated: `kernel`
+    /// and the userspace policies `fullmesh`, `ndiffports`, `backup`
+    /// (link 2 the backup) and `costaware` (link 2 ten times the cost).
+    #[arg(long, value_delimiter = ',', default_value = "kernel")]
+    pub path_managers: Vec<stacks::PathManager>,
     /// Connections the `conns` scenario holds open at once.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -339,6 +345,8 @@ pub struct Plan {
     pub conns: conns::Settings,
     /// drop-mesh sizes (devices), one mesh each.
     pub mesh_devices: Vec<u32>,
+    /// schedulers: the path managers, each once, in the order given.
+    pub path_managers: Vec<stacks::PathManager>,
 }
 
 impl Plan {
@@ -350,10 +358,17 @@ impl Plan {
             None if args.quick => vec![1, 10],
             None => vec![1, 10, 100, 1000],
         };
+        let mut path_managers = Vec::new();
+        for pm in &args.path_managers {
+            if !path_managers.contains(pm) {
+                path_managers.push(*pm);
+            }
+        }
         Plan {
             runs,
             duration,
             sizes_mb,
+            path_managers,
             handover: handover::Settings::new(args.quick, args.links.clone()),
             rr: rr::Settings::new(args.quick),
             conns: conns::Settings::new(args.quick, args.conns),
@@ -403,7 +418,7 @@ impl Plan {
                     self.mesh_devices.iter().map(|n| 2.0 * f64::from(*n)).sum()
                 }
                 Scenario::Schedulers => {
-                    let n = dropshim_conf::BUILT_SCHEDULERS.len();
+                    let n = dropshim_conf::BUILT_SCHEDULERS.len() * self.path_managers.len().max(1);
                     steps += n as u64;
                     n as f64 * (f64::from(self.duration) + 4.0)
                 }
@@ -713,9 +728,19 @@ mod tests {
             rate_only: false,
             stacks: None,
             conns: 1000,
+            path_managers: vec![
+                stacks::PathManager::Kernel,
+                stacks::PathManager::Backup,
+                stacks::PathManager::Kernel,
+            ],
         };
         let quick = Plan::from_args(&args);
         assert_eq!(quick.mesh_devices, vec![4, 8]);
+        assert_eq!(
+            quick.path_managers,
+            vec![stacks::PathManager::Kernel, stacks::PathManager::Backup],
+            "each path manager once, in the order given"
+        );
         assert_eq!((quick.runs, quick.duration), (1, 3));
         assert_eq!(quick.sizes_mb, vec![1, 10]);
         let full = Plan::from_args(&Args {

@@ -197,7 +197,7 @@ pub fn markdown(records: &[Record]) -> String {
             Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
             Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
             Scenario::Rr => "| measurement | stack | median us | p99 us | max us | over 10 ms | per second | subflows/conn | echo intact | runs |",
-            Scenario::Schedulers => "| links | stack | scheduler | Mbit/s (median) | min..max | bytes on link 1 | subflows/conn | runs |",
+            Scenario::Schedulers => "| links | stack | path manager | scheduler | Mbit/s (median) | min..max | bytes on link 1 | subflows/conn | runs |",
             Scenario::Conns => "| connections | stack | host threads (peak) | of them library-kernel tasks | others | RSS KiB per idle conn | open all s | round trip median us | p99 us | subflows/conn | echo intact | runs |",
         };
         let cols = header.matches('|').count() - 1;
@@ -213,9 +213,12 @@ pub fn markdown(records: &[Record]) -> String {
                         g.scheduler,
                         " |".repeat(cols - 5)
                     ),
-                    Scenario::Schedulers => {
-                        format!(" {} | {why} |{}", g.scheduler, " |".repeat(cols - 4))
-                    }
+                    Scenario::Schedulers => format!(
+                        " {} | {} | {why} |{}",
+                        g.path_manager,
+                        g.scheduler,
+                        " |".repeat(cols - 5)
+                    ),
                     _ => format!(" {why} |{}", " |".repeat(cols - 3)),
                 };
                 let _ = writeln!(md, "{lead}{pad}");
@@ -266,7 +269,8 @@ pub fn markdown(records: &[Record]) -> String {
                         .stat(|r| r.link1_share)
                         .map_or("-".into(), |x| format!("{:.0} %", x.0 * 100.0));
                     format!(
-                        " {} | {m} | {s} | {share} | {} | {} |",
+                        " {} | {} | {m} | {s} | {share} | {} | {} |",
+                        or_dash(g.path_manager),
                         g.scheduler,
                         subflows(g),
                         g.runs()
@@ -403,27 +407,44 @@ fn ratios(groups: &[Group]) -> Vec<String> {
         let native = med(sc, set, Stack::Native, mbit);
         match sc {
             Scenario::Schedulers => {
+                let mut path_managers: Vec<&str> = Vec::new();
+                for g in groups
+                    .iter()
+                    .filter(|g| g.scenario == sc && g.setting == set)
+                {
+                    if !path_managers.contains(&g.path_manager) {
+                        path_managers.push(g.path_manager);
+                    }
+                }
                 for stack in [Stack::Uml, Stack::Lkl] {
-                    let of = |sched: &str| {
-                        groups
-                            .iter()
-                            .find(|g| {
-                                g.scenario == sc
-                                    && g.setting == set
-                                    && g.stack == stack
-                                    && g.scheduler == sched
-                            })
-                            .and_then(|g| g.stat(mbit))
-                            .map(|s| s.0)
-                    };
-                    let Some(base) = of("default") else { continue };
-                    for sched in dropshim_conf::BUILT_SCHEDULERS.iter().skip(1) {
-                        if let Some(x) = of(sched) {
-                            out.push(format!(
-                                "schedulers {set}: {} {sched} / default goodput = {:.2}",
-                                stack.name(),
-                                x / base
-                            ));
+                    for &pm in &path_managers {
+                        let of = |sched: &str| {
+                            groups
+                                .iter()
+                                .find(|g| {
+                                    g.scenario == sc
+                                        && g.setting == set
+                                        && g.stack == stack
+                                        && g.path_manager == pm
+                                        && g.scheduler == sched
+                                })
+                                .and_then(|g| g.stat(mbit))
+                                .map(|s| s.0)
+                        };
+                        let Some(base) = of("default") else { continue };
+                        let under = if pm == "kernel" {
+                            String::new()
+                        } else {
+                            format!(" ({pm})")
+                        };
+                        for sched in dropshim_conf::BUILT_SCHEDULERS.iter().skip(1) {
+                            if let Some(x) = of(sched) {
+                                out.push(format!(
+                                    "schedulers {set}: {} {sched} / default goodput{under} = {:.2}",
+                                    stack.name(),
+                                    x / base
+                                ));
+                            }
                         }
                     }
                 }
@@ -779,23 +800,36 @@ pub(crate) mod tests {
     fn scheduler_rows_show_link_1_share_and_ratios_to_default() {
         let rec = |stack, sched: &str, mbit, share| {
             let mut r = Record::new(Scenario::Schedulers, stack, "links wifi,lte", 1);
+            r.path_manager = "kernel".into();
             r.scheduler = sched.into();
             r.mbit_per_s = Some(mbit);
             r.link1_share = Some(share);
             r.subflows = Some(2.0);
             r
         };
+        let userspace = |sched: &str, mbit| {
+            let mut r = rec(Stack::Uml, sched, mbit, 0.8);
+            r.path_manager = "userspace fullmesh".into();
+            r
+        };
+        let mut skipped = Record::new(Scenario::Schedulers, Stack::Lkl, "links wifi,lte", 0)
+            .skipped("run backend-lkl/build-lkl.sh");
+        skipped.path_manager = "kernel".into();
+        skipped.scheduler = "default".into();
         let v = vec![
             rec(Stack::Uml, "default", 54.0, 0.85),
             rec(Stack::Uml, "roundrobin", 18.0, 0.53),
-            Record::new(Scenario::Schedulers, Stack::Lkl, "links wifi,lte", 0)
-                .skipped("run backend-lkl/build-lkl.sh"),
+            userspace("default", 50.0),
+            userspace("blest", 40.0),
+            skipped,
         ];
         let md = markdown(&v);
         for e in [
-            "| links wifi,lte | MPTCP via dropshim (uml) | roundrobin | 18 | 18..18 | 53 % | 2.0 | 1 |",
-            "| links wifi,lte | MPTCP via dropshim (lkl) | default | skipped: run backend-lkl/build-lkl.sh | | | | |",
+            "| links wifi,lte | MPTCP via dropshim (uml) | kernel | roundrobin | 18 | 18..18 | 53 % | 2.0 | 1 |",
+            "| links wifi,lte | MPTCP via dropshim (uml) | userspace fullmesh | blest | 40 | 40..40 | 80 % | 2.0 | 1 |",
+            "| links wifi,lte | MPTCP via dropshim (lkl) | kernel | default | skipped: run backend-lkl/build-lkl.sh | | | | |",
             "uml roundrobin / default goodput = 0.33",
+            "uml blest / default goodput (userspace fullmesh) = 0.80",
         ] {
             assert!(md.contains(e), "missing {e:?} in\n{md}");
         }

@@ -5,9 +5,11 @@
 //! project's kernels build in turn, iperf3 to a native peer in gw2. Per
 //! run: goodput, and the share of the bytes that arrived over link 1 at
 //! gw2 (what the scheduler put on the better path). The native stack runs
-//! the host's `default` as the reference.
+//! the host's `default` as the reference. With `--path-managers` each
+//! scheduler runs under each path manager in turn (the kernel's, or a
+//! policy of dropshim's userspace one).
 
-use super::stacks::{DeviceHandle, Stack};
+use super::stacks::{DeviceHandle, DeviceMptcp, Stack};
 use super::two_gateways::{iperf, Measured};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{Context, Result};
@@ -31,60 +33,64 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     };
     let spec = Spec::builtin("two-gateways")?;
     let avail = ctx.stacks.clone();
-    let record = |stack: Stack, scheduler: &str, run: u32| {
+    let record = |stack: Stack, mptcp: DeviceMptcp, run: u32| {
         let mut r = Record::new(Scenario::Schedulers, stack, &setting, run);
-        r.path_manager = "kernel".into();
-        r.scheduler = scheduler.into();
+        r.path_manager = mptcp.path_manager.label().into();
+        r.scheduler = mptcp.scheduler.into();
         r
     };
+    let reference = DeviceMptcp::default();
 
     match avail.reason(Stack::Native) {
         Some(why) => ctx
             .records
-            .push(record(Stack::Native, "default", 0).skipped(why)),
+            .push(record(Stack::Native, reference, 0).skipped(why)),
         None => {
             ctx.step("schedulers: building the testbed for the native reference".into());
             let tb = Testbed::up(&spec, &opts)?;
             for run in 1..=plan.runs {
                 ctx.step(format!("schedulers {setting} run {run}: native default"));
                 let result = measure(ctx, &tb, Stack::Native, None, plan.duration);
-                ctx.push(fill(record(Stack::Native, "default", run), result));
+                ctx.push(fill(record(Stack::Native, reference, run), result));
             }
         }
     }
     for stack in [Stack::Uml, Stack::Lkl] {
         if let Some(why) = avail.reason(stack) {
-            ctx.records.push(record(stack, "default", 0).skipped(why));
+            ctx.records.push(record(stack, reference, 0).skipped(why));
             continue;
         }
-        for scheduler in dropshim_conf::BUILT_SCHEDULERS {
-            ctx.step(format!(
-                "schedulers: a {} device with scheduler {scheduler}",
-                stack.name()
-            ));
-            // A fresh testbed per device: its links go to the device.
-            let tb = Testbed::up(&spec, &opts)?;
-            let handle = DeviceHandle::start_with(stack, &tb, "gw1", &ctx.work, &avail, scheduler);
-            let handle = match handle {
-                Ok(h) => h,
-                Err(e) => {
-                    ctx.records
-                        .push(
-                            record(stack, scheduler, 0).skipped(super::one_line(&format!(
+        for &path_manager in &plan.path_managers {
+            for scheduler in dropshim_conf::BUILT_SCHEDULERS {
+                let mptcp = DeviceMptcp {
+                    scheduler,
+                    path_manager,
+                };
+                let what = format!(
+                    "{} {scheduler} ({} path manager)",
+                    stack.name(),
+                    path_manager.label()
+                );
+                ctx.step(format!("schedulers: a device: {what}"));
+                // A fresh testbed per device: its links go to the device.
+                let tb = Testbed::up(&spec, &opts)?;
+                let handle = DeviceHandle::start_with(stack, &tb, "gw1", &ctx.work, &avail, mptcp);
+                let handle = match handle {
+                    Ok(h) => h,
+                    Err(e) => {
+                        ctx.records
+                            .push(record(stack, mptcp, 0).skipped(super::one_line(&format!(
                                 "{} device did not start: {e:#}",
                                 stack.name()
-                            ))),
-                        );
-                    continue;
+                            ))));
+                        continue;
+                    }
+                };
+                for run in 1..=plan.runs {
+                    ctx.step(format!("schedulers {setting} run {run}: {what}"));
+                    let result = measure(ctx, &tb, stack, Some(&handle), plan.duration);
+                    ctx.push(fill(record(stack, mptcp, run), result));
                 }
-            };
-            for run in 1..=plan.runs {
-                ctx.step(format!(
-                    "schedulers {setting} run {run}: {} {scheduler}",
-                    stack.name()
-                ));
-                let result = measure(ctx, &tb, stack, Some(&handle), plan.duration);
-                ctx.push(fill(record(stack, scheduler, run), result));
             }
         }
     }

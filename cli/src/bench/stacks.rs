@@ -234,26 +234,26 @@ impl DeviceHandle {
         work: &Path,
         avail: &Availability,
     ) -> Result<DeviceHandle> {
-        DeviceHandle::start_with(stack, tb, node, work, avail, "default")
+        DeviceHandle::start_with(stack, tb, node, work, avail, DeviceMptcp::default())
     }
 
-    /// [`DeviceHandle::start`] with the device's MPTCP packet scheduler.
+    /// [`DeviceHandle::start`] with the device's MPTCP packet scheduler
+    /// and path manager.
     pub fn start_with(
         stack: Stack,
         tb: &Testbed,
         node: &str,
         work: &Path,
         avail: &Availability,
-        scheduler: &str,
+        mptcp: DeviceMptcp,
     ) -> Result<DeviceHandle> {
-        let ifaces = two_links();
+        let ifaces = two_links(mptcp.path_manager);
         match stack {
-            Stack::Uml => {
-                UmlDevice::up_with(tb, node, work, &ifaces, scheduler).map(DeviceHandle::Uml)
-            }
+            Stack::Uml => UmlDevice::up_with(tb, node, work, &ifaces, mptcp).map(DeviceHandle::Uml),
             Stack::Lkl => match &avail.lkl_library {
-                Some(lib) => LklDevice::up_with(tb, node, work, lib, &ifaces, scheduler)
-                    .map(DeviceHandle::Lkl),
+                Some(lib) => {
+                    LklDevice::up_with(tb, node, work, lib, &ifaces, mptcp).map(DeviceHandle::Lkl)
+                }
                 None => bail!("internal: lkl runnable without a library"),
             },
             other => bail!("internal: {} has no device", other.name()),
@@ -356,7 +356,7 @@ impl UmlDevice {
         work: &Path,
         ifaces: &[DevIface],
     ) -> Result<UmlDevice> {
-        UmlDevice::up_with(tb, client, work, ifaces, "default")
+        UmlDevice::up_with(tb, client, work, ifaces, DeviceMptcp::default())
     }
 
     /// [`UmlDevice::up_on`] with the guest's MPTCP packet scheduler.
@@ -365,7 +365,7 @@ impl UmlDevice {
         client: &str,
         work: &Path,
         ifaces: &[DevIface],
-        scheduler: &str,
+        mptcp: DeviceMptcp,
     ) -> Result<UmlDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench{}x{n}", std::process::id());
@@ -375,7 +375,7 @@ impl UmlDevice {
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n{ifaces}\
              {}\n[policy]\ndefault = \"mptcp\"\n\n[uml]\nmemory_mib = 256\n",
-            mptcp_section(scheduler)
+            mptcp_section(mptcp)
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let dev = UmlDevice {
@@ -441,7 +441,7 @@ impl LklDevice {
         library: &Path,
         ifaces: &[DevIface],
     ) -> Result<LklDevice> {
-        LklDevice::up_with(tb, client, work, library, ifaces, "default")
+        LklDevice::up_with(tb, client, work, library, ifaces, DeviceMptcp::default())
     }
 
     /// [`LklDevice::up_on`] with the library kernel's MPTCP packet
@@ -452,7 +452,7 @@ impl LklDevice {
         work: &Path,
         library: &Path,
         ifaces: &[DevIface],
-        scheduler: &str,
+        mptcp: DeviceMptcp,
     ) -> Result<LklDevice> {
         let n = DEVICES.fetch_add(1, Ordering::Relaxed);
         let name = format!("benchlkl{}x{n}", std::process::id());
@@ -462,7 +462,7 @@ impl LklDevice {
         let text = format!(
             "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"lkl\"\n\n{ifaces}\
              {}\n[policy]\ndefault = \"mptcp\"\n",
-            mptcp_section(scheduler)
+            mptcp_section(mptcp)
         );
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         Ok(LklDevice {
@@ -472,14 +472,78 @@ impl LklDevice {
     }
 }
 
-/// A bench device's `[mptcp]` section: two subflows, the kernel's path
-/// manager, and `scheduler` unless it is the kernel's default.
-fn mptcp_section(scheduler: &str) -> String {
-    let mut s = String::from(
-        "[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\npath_manager = \"kernel\"\n",
-    );
-    if scheduler != "default" {
-        s.push_str(&format!("scheduler = \"{scheduler}\"\n"));
+/// The path managers a bench device can run: the kernel's, or one of the
+/// policies of dropshim's userspace path manager.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PathManager {
+    /// The kernel's in-kernel path manager.
+    #[default]
+    Kernel,
+    /// Userspace: a subflow per address pair.
+    Fullmesh,
+    /// Userspace: two subflows over the one address pair.
+    Ndiffports,
+    /// Userspace: link 2 is a backup, promoted while link 1 is down.
+    Backup,
+    /// Userspace: link 2 costs more and carries only while link 1 is down
+    /// or saturated.
+    Costaware,
+}
+
+impl PathManager {
+    /// The name in the bench's tables: `kernel`, else `userspace <policy>`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PathManager::Kernel => "kernel",
+            PathManager::Fullmesh => "userspace fullmesh",
+            PathManager::Ndiffports => "userspace ndiffports",
+            PathManager::Backup => "userspace backup",
+            PathManager::Costaware => "userspace costaware",
+        }
+    }
+
+    fn policy(self) -> Option<&'static str> {
+        match self {
+            PathManager::Kernel => None,
+            PathManager::Fullmesh => Some("fullmesh"),
+            PathManager::Ndiffports => Some("ndiffports"),
+            PathManager::Backup => Some("backup"),
+            PathManager::Costaware => Some("costaware"),
+        }
+    }
+}
+
+/// What a bench device's `[mptcp]` section chooses.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceMptcp<'a> {
+    /// The packet scheduler (`default` leaves the kernel's).
+    pub scheduler: &'a str,
+    /// The path manager.
+    pub path_manager: PathManager,
+}
+
+impl Default for DeviceMptcp<'_> {
+    fn default() -> Self {
+        DeviceMptcp {
+            scheduler: "default",
+            path_manager: PathManager::Kernel,
+        }
+    }
+}
+
+/// A bench device's `[mptcp]` section: two subflows, the chosen path
+/// manager, and the scheduler unless it is the kernel's default.
+fn mptcp_section(mptcp: DeviceMptcp) -> String {
+    let mut s = String::from("[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\n");
+    match mptcp.path_manager.policy() {
+        None => s.push_str("path_manager = \"kernel\"\n"),
+        Some(_) => s.push_str("path_manager = \"userspace\"\n"),
+    }
+    if mptcp.scheduler != "default" {
+        s.push_str(&format!("scheduler = \"{}\"\n", mptcp.scheduler));
+    }
+    if let Some(policy) = mptcp.path_manager.policy() {
+        s.push_str(&format!("\n[mptcp.userspace]\npolicy = \"{policy}\"\n"));
     }
     s
 }
@@ -491,22 +555,33 @@ pub struct DevIface {
     pub link: u32,
     pub roles: &'static [&'static str],
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// The interface's `cost` (for the costaware path manager).
+    pub cost: Option<u32>,
 }
 
 /// The client's links 1 and 2. Link 2 is a `subflow` endpoint bound to
 /// its device: the guest opens the second subflow out of link 2 (to the
-/// server's link-1 address, which the server accepts on any link).
-fn two_links() -> [DevIface; 2] {
+/// server's link-1 address, which the server accepts on any link). Under
+/// the userspace `backup` policy link 2 is the backup; under `costaware`
+/// it costs ten times link 1.
+fn two_links(path_manager: PathManager) -> [DevIface; 2] {
+    let (roles2, cost): (&'static [&'static str], _) = match path_manager {
+        PathManager::Backup => (&["subflow", "backup"], None),
+        PathManager::Costaware => (&["subflow"], Some([1, 10])),
+        _ => (&["subflow"], None),
+    };
     [
         DevIface {
             link: 1,
             roles: &[],
             gateway: None,
+            cost: cost.map(|c| c[0]),
         },
         DevIface {
             link: 2,
-            roles: &["subflow"],
+            roles: roles2,
             gateway: None,
+            cost: cost.map(|c| c[1]),
         },
     ]
 }
@@ -529,6 +604,9 @@ fn device_interfaces(tb: &Testbed, node: &str, netns: &str, ifaces: &[DevIface])
         }
         if let Some(gw) = i.gateway {
             text.push_str(&format!("gateway = \"{gw}\"\n"));
+        }
+        if let Some(cost) = i.cost {
+            text.push_str(&format!("cost = {cost}\n"));
         }
         text.push('\n');
     }
@@ -577,6 +655,66 @@ fn ip(args: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every path manager the schedulers bench offers, with a scheduler of
+    /// the project's kernels, gives a device file that parses to that
+    /// choice; backup and costaware mark link 2 as the backup or the
+    /// costly one.
+    #[test]
+    fn bench_device_files_carry_the_path_manager_and_scheduler() {
+        use dropshim_conf::{PathManager as Pm, PmPolicy};
+        let all = [
+            (PathManager::Kernel, None),
+            (PathManager::Fullmesh, Some(PmPolicy::Fullmesh)),
+            (PathManager::Ndiffports, Some(PmPolicy::Ndiffports)),
+            (PathManager::Backup, Some(PmPolicy::Backup)),
+            (PathManager::Costaware, Some(PmPolicy::Costaware)),
+        ];
+        for (pm, policy) in all {
+            let mptcp = DeviceMptcp {
+                scheduler: "blest",
+                path_manager: pm,
+            };
+            let mut text = String::from("[device]\nname = \"t\"\nbackend = \"uml\"\n\n");
+            for (i, dev) in two_links(pm).iter().enumerate() {
+                text.push_str(&format!(
+                    "[[interfaces]]\nname = \"l{i}\"\naddresses = [\"10.0.{i}.1/24\"]\n"
+                ));
+                if !dev.roles.is_empty() {
+                    let roles: Vec<String> = dev.roles.iter().map(|r| format!("\"{r}\"")).collect();
+                    text.push_str(&format!("endpoint = [{}]\n", roles.join(", ")));
+                }
+                if let Some(cost) = dev.cost {
+                    text.push_str(&format!("cost = {cost}\n"));
+                }
+                text.push('\n');
+            }
+            text.push_str(&mptcp_section(mptcp));
+            text.push_str("\n[policy]\ndefault = \"mptcp\"\n");
+            let cfg = dropshim_conf::parse(&text, "bench.toml")
+                .unwrap_or_else(|e| panic!("{pm:?}: {e}\n{text}"));
+            assert_eq!(cfg.mptcp.scheduler.as_deref(), Some("blest"), "{pm:?}");
+            let userspace = cfg.mptcp.userspace.as_ref().map(|u| u.policy);
+            assert_eq!(userspace, policy, "{pm:?}");
+            let want = if policy.is_some() {
+                Pm::Userspace
+            } else {
+                Pm::Kernel
+            };
+            assert_eq!(cfg.mptcp.path_manager, Some(want), "{pm:?}");
+            let links = two_links(pm);
+            assert_eq!(
+                links[1].roles.contains(&"backup"),
+                pm == PathManager::Backup,
+                "{pm:?}"
+            );
+            assert_eq!(
+                links[1].cost > links[0].cost,
+                pm == PathManager::Costaware,
+                "{pm:?}"
+            );
+        }
+    }
 
     #[test]
     fn without_the_shim_lkl_is_skipped_with_a_reason_and_tcp_always_runs() {
