@@ -14,12 +14,15 @@
  * window (at least two bursts, so slow start alone does not count as
  * full): a link that keeps up with the sender never reaches that point; a
  * saturated one does.
- * Among subflows of the same cost the one with the least unsent data wins.
+ * Among subflows of the same cost the one whose queued data leaves
+ * soonest at its pacing rate wins (the kernel default's measure), so a
+ * slow link of the same cost is not handed as much as a fast one.
  * Backup subflows are used only when no regular one is active.
  */
 #define pr_fmt(fmt) "MPTCP costaware: " fmt
 
 #include <linux/init.h>
+#include <linux/math64.h>
 #include "dropshim_sched.h"
 
 static bool costaware_has_room(const struct sock *ssk)
@@ -30,16 +33,28 @@ static bool costaware_has_room(const struct sock *ssk)
 	return dropshim_unsent(ssk) < max_t(u32, window_bytes, 2 * DROPSHIM_SCHED_BURST);
 }
 
+/* How long the data the subflow holds takes to leave at its pacing rate,
+ * in 2^-32 seconds: what the kernel's default scheduler weighs.
+ */
+static u64 costaware_linger(const struct sock *ssk)
+{
+	u64 pacing = max_t(u64, READ_ONCE(ssk->sk_pacing_rate), 1);
+
+	return div64_u64((u64)READ_ONCE(ssk->sk_wmem_queued) << 32, pacing);
+}
+
 static struct sock *costaware_pick(struct mptcp_sock *msk, bool backup,
 				   bool *any_active)
 {
 	struct mptcp_subflow_context *subflow;
 	struct sock *best = NULL;
-	u32 best_cost = U32_MAX, best_unsent = U32_MAX;
+	u32 best_cost = U32_MAX;
+	u64 best_linger = U64_MAX;
 
 	mptcp_for_each_subflow(msk, subflow) {
 		struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
-		u32 cost, unsent;
+		u32 cost;
+		u64 linger;
 
 		if (dropshim_subflow_backup(subflow) != backup)
 			continue;
@@ -49,12 +64,12 @@ static struct sock *costaware_pick(struct mptcp_sock *msk, bool backup,
 		if (!sk_stream_memory_free(ssk) || !costaware_has_room(ssk))
 			continue;
 		cost = dropshim_subflow_cost(ssk);
-		unsent = dropshim_unsent(ssk);
+		linger = costaware_linger(ssk);
 		if (cost < best_cost ||
-		    (cost == best_cost && unsent < best_unsent)) {
+		    (cost == best_cost && linger < best_linger)) {
 			best = ssk;
 			best_cost = cost;
-			best_unsent = unsent;
+			best_linger = linger;
 		}
 	}
 	return best;
