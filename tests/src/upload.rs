@@ -103,12 +103,17 @@ const CLIENT_PY: &str = r##"import hashlib, random, socket, sys, time
 host, port, size, rate, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 rng = random.Random(seed)
 s = socket.create_connection((host, port))
-hello = b""
-while len(hello) < 2:
-    b = s.recv(2 - len(hello))
-    if not b:
-        break
-    hello += b
+
+def recv_exactly(n):
+    got = b""
+    while len(got) < n:
+        b = s.recv(n - len(got))
+        if not b:
+            break
+        got += b
+    return got
+
+hello = recv_exactly(2)
 if hello != b"hg":
     sys.exit("the server did not say hello, then go: %r" % hello)
 h = hashlib.sha256()
@@ -124,12 +129,7 @@ while sent < size:
         if ahead > 0:
             time.sleep(ahead)
 s.shutdown(socket.SHUT_WR)
-got = b""
-while len(got) < 32:
-    b = s.recv(32 - len(got))
-    if not b:
-        break
-    got += b
+got = recv_exactly(32)
 print("sent", h.hexdigest(), "peer", got.hex(), flush=True)
 "##;
 

@@ -388,13 +388,17 @@ fn wait_progress(tb: &Testbed, port: u16, size: u64, fraction: f64) -> Result<Ve
     Ok(last)
 }
 
-#[test]
-fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
-    let tb = shaped(50)?;
-    let dir = tempfile::tempdir()?;
-    let _dev = up(
-        &tb,
-        dir.path(),
+/// gw1 under the backup policy (link 2 the backup), a transfer of `size`
+/// bytes started, and the backup subflow seen at gw2: the device, gw1's
+/// addresses on links 1 and 2, and the transfer.
+fn backup_transfer<'a>(
+    tb: &'a Testbed,
+    dir: &Path,
+    size: usize,
+) -> Result<(Device<'a>, IpAddr, IpAddr, Transfer)> {
+    let dev = up(
+        tb,
+        dir,
         "policy = \"backup\"\n",
         ["", "endpoint = [\"backup\"]"],
     )?;
@@ -402,14 +406,22 @@ fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Res
         IpAddr::V4(tb.addr4("gw1", 1)?),
         IpAddr::V4(tb.addr4("gw1", 2)?),
     );
-    let mut t = Transfer::start(&tb, 40 << 20, false)?;
-    let port = t.port;
-    // The backup subflow is there...
+    let t = Transfer::start(tb, size, false)?;
     wait_until(SHORT, "the backup subflow", || {
-        peer_subflows(&tb, port)
+        peer_subflows(tb, t.port)
             .map(|s| s.iter().any(|s| s.remote.ip() == a2))
             .unwrap_or(false)
     })?;
+    Ok((dev, a1, a2, t))
+}
+
+#[test]
+fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
+    let tb = shaped(50)?;
+    let dir = tempfile::tempdir()?;
+    // The backup subflow is there...
+    let (_dev, a1, a2, mut t) = backup_transfer(&tb, dir.path(), 40 << 20)?;
+    let port = t.port;
     let before = wait_progress(&tb, port, t.size, 0.3)?;
     let (active, backup) = (by_client_addr(&before, a1), by_client_addr(&before, a2));
     // ... and carries under 5 % while the active link is up.
@@ -441,24 +453,9 @@ fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Res
 fn pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
     let tb = shaped(50)?;
     let dir = tempfile::tempdir()?;
-    let _dev = up(
-        &tb,
-        dir.path(),
-        "policy = \"backup\"\n",
-        ["", "endpoint = [\"backup\"]"],
-    )?;
-    let (a1, a2) = (
-        IpAddr::V4(tb.addr4("gw1", 1)?),
-        IpAddr::V4(tb.addr4("gw1", 2)?),
-    );
-    let mut t = Transfer::start(&tb, 80 << 20, false)?;
+    let (_dev, a1, a2, mut t) = backup_transfer(&tb, dir.path(), 80 << 20)?;
     let (port, size) = (t.port, t.size);
     let step = size / 8;
-    wait_until(SHORT, "the backup subflow", || {
-        peer_subflows(&tb, port)
-            .map(|s| s.iter().any(|s| s.remote.ip() == a2))
-            .unwrap_or(false)
-    })?;
     wait_progress(&tb, port, size, 0.15)?;
     let before_cut = by_client_addr(&peer_subflows(&tb, port)?, a2);
     tb.set_link(1, false)?;
