@@ -298,7 +298,9 @@ pub struct UmlSettings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LklSettings {
-    /// Memory of the library kernel in MiB (default 64).
+    /// Memory of the library kernel in MiB. Its TCP memory pool is about
+    /// 6 % of it (pressure threshold): 128 MiB holds a few downloads at
+    /// full window on a long path.
     #[serde(default = "LklSettings::default_memory")]
     pub memory_mib: u32,
     /// Extra boot options for the library kernel.
@@ -313,8 +315,10 @@ impl UmlSettings {
 }
 
 impl LklSettings {
+    /// The library kernel's own default (`BootOptions`), so that a table
+    /// written only for `boot_options` does not halve its memory.
     fn default_memory() -> u32 {
-        64
+        128
     }
 }
 

@@ -96,7 +96,7 @@ fn examples_load() {
 
     let lkl = load(&example("lkl.toml")).unwrap();
     assert_eq!(lkl.device.backend, BackendKind::Lkl);
-    assert_eq!(lkl.lkl.as_ref().map(|l| l.memory_mib), Some(64));
+    assert_eq!(lkl.lkl.as_ref().map(|l| l.memory_mib), Some(128));
     assert_eq!(lkl.policy.default, Action::Tcp);
     assert_eq!(lkl.mptcp.scheduler.as_deref(), Some("costaware"));
     assert_eq!(lkl.interfaces[1].cost, Some(10));
@@ -154,7 +154,7 @@ fn defaults_when_sections_absent() {
     assert_eq!(cfg.mptcp, MptcpSettings::default());
     let cfg = parse(&with_head("[uml]\n[lkl]\n"), F).unwrap();
     assert_eq!(cfg.uml.unwrap().memory_mib, 256);
-    assert_eq!(cfg.lkl.unwrap().memory_mib, 64);
+    assert_eq!(cfg.lkl.unwrap().memory_mib, 128);
 }
 
 #[test]
