@@ -163,6 +163,13 @@ pub const TCP_RMEM_MAX: u64 = 6 << 20;
 /// The ceiling of a TCP socket's send buffer, likewise.
 pub const TCP_WMEM_MAX: u64 = 4 << 20;
 
+/// TCP's memory pool in the library kernel (`tcp_mem`: no pressure
+/// below, pressure from, hard limit), as the divisor of the kernel's
+/// memory for each value: 1/8, 1/6 and 1/4 (16, 21 and 32 MiB of the
+/// default 128 MiB), so that two connections' full ceilings fit below
+/// the pressure threshold (one at 64 MiB). See [`Lkl::size_tcp_pool`].
+pub const TCP_POOL_SHARES: [u64; 3] = [8, 6, 4];
+
 /// A file descriptor inside the library kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fd(pub i32);
@@ -220,7 +227,48 @@ impl Lkl {
             halted: AtomicBool::new(false),
         };
         lkl.raise_tcp_buffer_ceilings()?;
+        lkl.size_tcp_pool(opts.mem_bytes)?;
         Ok(lkl)
+    }
+
+    /// Gives TCP's memory pool (`net.ipv4.tcp_mem`, shared by every TCP
+    /// and MPTCP socket of the kernel) [`TCP_POOL_SHARES`] of the
+    /// kernel's `mem_bytes` where the kernel chose less.
+    ///
+    /// Linux sizes the pool for a host that also runs programs: its
+    /// pressure threshold is 1/16 of free memory, about 7 MB of 128 MiB,
+    /// less than one connection's ceilings ([`TCP_RMEM_MAX`] +
+    /// [`TCP_WMEM_MAX`]). Under pressure 6.12's MPTCP does not shrink a
+    /// window gracefully: the receiving connection drops data its
+    /// subflows already acknowledged (`RcvPruned`); the gap it leaves
+    /// keeps the data after it in the out-of-order queue, the
+    /// retransmission that would fill it is dropped again while that
+    /// queue and the sender's unacknowledged data keep the pool in
+    /// pressure, and the transfer stops for good. With both ends of a
+    /// 16 MiB transfer in one library kernel of 128 MiB it stopped every
+    /// time, 4.2 MB unacknowledged at the sender and nothing to read at
+    /// the receiver. The library kernel runs no programs: its memory is
+    /// there for the network, so the pool may take a quarter of it.
+    fn size_tcp_pool(&self, mem_bytes: u64) -> Result<()> {
+        const NAME: &str = "net.ipv4.tcp_mem";
+        let now = self.sysctl(NAME)?;
+        let v: Vec<u64> = now
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [low, pressure, high] = v[..] else {
+            return Err(Error::Invalid(format!(
+                "{NAME} reads {now:?}, not three numbers"
+            )));
+        };
+        // The library kernel's pages are 4 KiB.
+        let pages = mem_bytes / 4096;
+        let want = TCP_POOL_SHARES.map(|share| pages / share);
+        let pool = [low.max(want[0]), pressure.max(want[1]), high.max(want[2])];
+        if pool != [low, pressure, high] {
+            self.set_sysctl(NAME, &format!("{} {} {}", pool[0], pool[1], pool[2]))?;
+        }
+        Ok(())
     }
 
     /// Raises the per-socket ceilings of TCP's buffer autotuning
@@ -234,9 +282,7 @@ impl Lkl {
     /// ceiling / 2 per round trip of its slowest subflow: a phone's Wi-Fi
     /// (100 Mbit/s, 4 ms) plus LTE (30 Mbit/s, 50 ms) needs about 1.6 MB,
     /// more with jitter's reordering, and ran at half the native stack's
-    /// rate. The pool itself (`tcp_mem`) stays the kernel's, sized from
-    /// its memory: under pressure the kernel shrinks buffers as a host's
-    /// would, so raising the ceiling cannot take more than the pool.
+    /// rate. The pool they draw from is sized by [`Lkl::size_tcp_pool`].
     fn raise_tcp_buffer_ceilings(&self) -> Result<()> {
         for (name, ceiling) in [
             ("net.ipv4.tcp_rmem", TCP_RMEM_MAX),

@@ -1,10 +1,10 @@
 //! The library kernel's TCP buffer limits after boot: autotuning may grow
 //! a socket's buffers as far as a host kernel's would (a long, fast path
-//! needs a window of megabytes), while the TCP memory pool stays sized
-//! from the kernel's memory. One test per file: a process boots its
+//! needs a window of megabytes), from a TCP memory pool that holds a
+//! connection at those ceilings before it reaches memory pressure. One test per file: a process boots its
 //! kernel once.
 
-use dropshim_backend_lkl::{BootOptions, Lkl, TCP_RMEM_MAX, TCP_WMEM_MAX};
+use dropshim_backend_lkl::{BootOptions, Lkl, TCP_POOL_SHARES, TCP_RMEM_MAX, TCP_WMEM_MAX};
 
 fn triple(lkl: &Lkl, name: &str) -> [u64; 3] {
     let v = lkl.sysctl(name).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -35,11 +35,17 @@ fn lkl_tcp_buffer_ceilings_fit_a_long_fat_path() {
     // The minimum and initial sizes stay the kernel's.
     assert_eq!(rmem[..2], [4096, 131_072], "tcp_rmem {rmem:?}");
     assert_eq!(wmem[..2], [4096, 16_384], "tcp_wmem {wmem:?}");
-    // The pool is the kernel's, from its memory: about 6 % of 64 MiB at
-    // the pressure threshold, not a host's.
-    let page = 4096;
+    // The pool takes its shares of the kernel's memory, in pages: even
+    // at 64 MiB one connection's two ceilings fit below the pressure
+    // threshold (two at the default 128 MiB).
+    let pages = (64u64 << 20) / 4096;
+    assert_eq!(
+        pool,
+        TCP_POOL_SHARES.map(|share| pages / share),
+        "tcp_mem {pool:?} pages"
+    );
     assert!(
-        pool[1] * page < 8 << 20 && pool[1] * page > 2 << 20,
+        pool[1] * 4096 >= TCP_RMEM_MAX + TCP_WMEM_MAX,
         "tcp_mem {pool:?} pages"
     );
     let _ = lkl.halt();

@@ -298,9 +298,9 @@ pub struct UmlSettings {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LklSettings {
-    /// Memory of the library kernel in MiB. Its TCP memory pool is about
-    /// 6 % of it (pressure threshold): 128 MiB holds a few downloads at
-    /// full window on a long path.
+    /// Memory of the library kernel in MiB. Its TCP memory pool reaches
+    /// pressure at 1/6 of it: 128 MiB holds two connections at full
+    /// window on a long path.
     #[serde(default = "LklSettings::default_memory")]
     pub memory_mib: u32,
     /// Extra boot options for the library kernel.
