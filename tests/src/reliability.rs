@@ -536,8 +536,15 @@ impl<'a> PathCuts<'a> {
                     || client.try_status().is_ok_and(|s| s.is_some())
             });
             worst = worst.max(cut.elapsed());
+            // What gw2 saw while stalled, taken before the restore changes it.
+            let stalled = progressed.is_err().then(|| self.peer_state());
             self.set_link(link, true)?;
-            progressed.with_context(|| format!("link {link} cut: the transfer stalled"))?;
+            progressed.with_context(|| {
+                format!(
+                    "link {link} cut: the transfer stalled\n{}",
+                    stalled.unwrap_or_default()
+                )
+            })?;
             let total = both(tb);
             wait_until(WAIT, "progress after the restore", || {
                 both(tb) >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
@@ -554,18 +561,11 @@ impl<'a> PathCuts<'a> {
             // What gw2's MPTCP did meanwhile (resets, fast closes,
             // fallbacks, retransmissions) goes with the failure: it says
             // which end gave up on a connection, and how.
-            let after = mptcp_counters(tb.netns("gw2")?).unwrap_or_default();
-            let mut moved: Vec<String> = after
-                .keys()
-                .filter(|k| delta(&self.before, &after, k) > 0)
-                .map(|k| format!("{k} +{}", delta(&self.before, &after, k)))
-                .collect();
-            moved.sort();
             bail!(
                 "load client failed under path cuts after {faults} cuts: {stderr}\n\
                  the server said: {server_err}\n\
                  gw2's MPTcpExt counters that moved: {}",
-                moved.join(", ")
+                self.counters_moved()
             );
         }
         let round = lines
@@ -600,6 +600,52 @@ impl<'a> PathCuts<'a> {
             round,
             server,
         })
+    }
+
+    /// gw2's MPTcpExt counters that moved since the start, as `Name +N`.
+    fn counters_moved(&self) -> String {
+        let after = self
+            .tb
+            .netns("gw2")
+            .ok()
+            .and_then(|ns| mptcp_counters(ns).ok())
+            .unwrap_or_default();
+        let mut moved: Vec<String> = after
+            .keys()
+            .filter(|k| delta(&self.before, &after, k) > 0)
+            .map(|k| format!("{k} +{}", delta(&self.before, &after, k)))
+            .collect();
+        moved.sort();
+        moved.join(", ")
+    }
+
+    /// gw2's side of a stall: the counters that moved, and its first
+    /// established TCP sockets (MPTCP subflows) with their congestion
+    /// state (`ss -tin`: cwnd, pacing and delivery rate, backoff, lost,
+    /// unacked), which say whether the sender backed off, lost its rate
+    /// estimate, or has nothing to send.
+    fn peer_state(&self) -> String {
+        const SOCKETS: usize = 24;
+        let ss = self
+            .tb
+            .command("gw2", "ss")
+            .ok()
+            .and_then(|mut c| {
+                run_ok(
+                    c.args(["-tinH", "state", "established"]),
+                    Duration::from_secs(10),
+                )
+                .ok()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = ss.lines().take(2 * SOCKETS).collect();
+        format!(
+            "gw2's MPTcpExt counters that moved: {}\n\
+             gw2's first {SOCKETS} established sockets (ss -tin):\n{}",
+            self.counters_moved(),
+            lines.join("\n")
+        )
     }
 
     fn set_link(&self, link: u32, up: bool) -> Result<()> {
