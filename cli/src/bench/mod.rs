@@ -642,8 +642,10 @@ pub fn parse_mptcp_counters(text: &str) -> HashMap<String, u64> {
 
 /// Subflows per MPTCP connection the server accepted between two counter
 /// snapshots: 1 + joins / connections; 0 when no MPTCP connection came.
+/// Counted on the handshakes' final ACKs, not their SYNs: a SYN sent again
+/// (a slow host, a path manager asking twice) adds no subflow.
 pub fn subflows_between(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> f64 {
-    subflow_ratio(before, after, "MPCapableSYNRX", "MPJoinSynRx")
+    subflow_ratio(before, after, "MPCapableACKRX", "MPJoinAckRx")
 }
 
 /// 1 + `joins` / `conns` between two counter snapshots (0 without
@@ -705,9 +707,12 @@ mod tests {
     #[test]
     fn counters_give_subflows_per_connection() {
         let before = parse_mptcp_counters(
-            "TcpExt: A B\nTcpExt: 1 2\nMPTcpExt: MPCapableSYNRX MPJoinSynRx\nMPTcpExt: 3 1\n",
+            "TcpExt: A B\nTcpExt: 1 2\nMPTcpExt: MPCapableACKRX MPJoinSynRx MPJoinAckRx\nMPTcpExt: 3 1 1\n",
         );
-        let after = parse_mptcp_counters("MPTcpExt: MPCapableSYNRX MPJoinSynRx\nMPTcpExt: 5 3\n");
+        // One join SYN came twice: still one joined subflow per connection.
+        let after = parse_mptcp_counters(
+            "MPTcpExt: MPCapableACKRX MPJoinSynRx MPJoinAckRx\nMPTcpExt: 5 4 3\n",
+        );
         assert_eq!(subflows_between(&before, &after), 2.0);
         assert_eq!(subflows_between(&after, &after), 0.0);
     }
