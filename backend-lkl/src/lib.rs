@@ -251,16 +251,7 @@ impl Lkl {
     /// there for the network, so the pool may take a quarter of it.
     fn size_tcp_pool(&self, mem_bytes: u64) -> Result<()> {
         const NAME: &str = "net.ipv4.tcp_mem";
-        let now = self.sysctl(NAME)?;
-        let v: Vec<u64> = now
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let [low, pressure, high] = v[..] else {
-            return Err(Error::Invalid(format!(
-                "{NAME} reads {now:?}, not three numbers"
-            )));
-        };
+        let [low, pressure, high] = self.sysctl_triple(NAME)?;
         // The library kernel's pages are 4 KiB.
         let pages = mem_bytes / 4096;
         let want = TCP_POOL_SHARES.map(|share| pages / share);
@@ -269,6 +260,17 @@ impl Lkl {
             self.set_sysctl(NAME, &format!("{} {} {}", pool[0], pool[1], pool[2]))?;
         }
         Ok(())
+    }
+
+    /// A sysctl of three numbers (`tcp_mem`, `tcp_rmem`, `tcp_wmem`).
+    fn sysctl_triple(&self, name: &str) -> Result<[u64; 3]> {
+        let now = self.sysctl(name)?;
+        let v: Vec<u64> = now
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        <[u64; 3]>::try_from(v)
+            .map_err(|_| Error::Invalid(format!("{name} reads {now:?}, not three numbers")))
     }
 
     /// Raises the per-socket ceilings of TCP's buffer autotuning
@@ -288,16 +290,7 @@ impl Lkl {
             ("net.ipv4.tcp_rmem", TCP_RMEM_MAX),
             ("net.ipv4.tcp_wmem", TCP_WMEM_MAX),
         ] {
-            let now = self.sysctl(name)?;
-            let v: Vec<u64> = now
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            let [min, default, max] = v[..] else {
-                return Err(Error::Invalid(format!(
-                    "{name} reads {now:?}, not three numbers"
-                )));
-            };
+            let [min, default, max] = self.sysctl_triple(name)?;
             if max < ceiling {
                 self.set_sysctl(name, &format!("{min} {default} {ceiling}"))?;
             }
