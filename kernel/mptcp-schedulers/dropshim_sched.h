@@ -32,14 +32,6 @@ static inline bool dropshim_subflow_backup(const struct mptcp_subflow_context *s
 	return subflow->backup || subflow->request_bkup;
 }
 
-/* The congestion window has room for at least one more segment. */
-static inline bool dropshim_cwnd_room(const struct sock *ssk)
-{
-	const struct tcp_sock *tp = tcp_sk(ssk);
-
-	return tcp_packets_in_flight(tp) < tcp_snd_cwnd(tp);
-}
-
 /* Bytes the congestion window can still take once the data already
  * queued on the subflow is sent: negative or 0 when it has no room.
  */
