@@ -453,6 +453,31 @@ while True:
     s.sendall(buf)
 "#;
 
+/// What the kernels of both ends list, for a failure message: every TCP
+/// socket with its MPTCP subflow details (`ss -tinoe`, which reads the
+/// same sock_diag dump as `dropshim status`), the MPTCP sockets
+/// (`ss -Mi`) and the MPTCP counters, so a missing subflow can be told
+/// from one the status code failed to show.
+fn sockets_seen(server: &Netns, client: &Netns) -> String {
+    let mut out = String::new();
+    for (side, ns) in [("server", server), ("client", client)] {
+        for args in [
+            &["ss", "-tinoe"][..],
+            &["ss", "-Mi"],
+            &["nstat", "-asz", "MPTcp*"],
+        ] {
+            let o = run(ns.cmd(args[0]).args(&args[1..]));
+            out += &format!(
+                "--- {side}: {}\n{}{}",
+                args.join(" "),
+                stdout(&o),
+                stderr(&o)
+            );
+        }
+    }
+    out
+}
+
 #[test]
 fn status_shows_a_connection_and_its_joined_subflow() {
     let server = Netns::new("srv");
@@ -551,7 +576,8 @@ limits = { subflows = 2, add_addr_accepted = 0 }
         }
         assert!(
             Instant::now() < deadline,
-            "no connection with 2 subflows in time; last status: {doc:#}"
+            "no connection with 2 subflows in time; last status: {doc:#}\n{}",
+            sockets_seen(&server, &client)
         );
         // A pause between polls: each poll is two processes, and spinning
         // made thousands a second, cycling this machine's 32768 pids

@@ -808,13 +808,15 @@ impl Testbed {
                     "onlink",
                 ],
             )?;
-            tool(
-                "ip",
-                &[
-                    "-n", ns, "-6", "route", "replace", &net6, "via", &g6, "dev", &me.ifname,
-                    "onlink",
-                ],
-            )?;
+            if ipv6_on(ns, &me.ifname) {
+                tool(
+                    "ip",
+                    &[
+                        "-n", ns, "-6", "route", "replace", &net6, "via", &g6, "dev", &me.ifname,
+                        "onlink",
+                    ],
+                )?;
+            }
         }
         if self.spec.source_routing && link.hop.is_none() {
             for side in 0..2 {
@@ -830,13 +832,15 @@ impl Testbed {
                         "onlink", "table", &table,
                     ],
                 )?;
-                tool(
-                    "ip",
-                    &[
-                        "-n", ns, "-6", "route", "replace", "default", "via", &g6, "dev", dev,
-                        "onlink", "table", &table,
-                    ],
-                )?;
+                if ipv6_on(ns, dev) {
+                    tool(
+                        "ip",
+                        &[
+                            "-n", ns, "-6", "route", "replace", "default", "via", &g6, "dev", dev,
+                            "onlink", "table", &table,
+                        ],
+                    )?;
+                }
             }
         }
         Ok(())
@@ -1339,4 +1343,17 @@ fn hop_ends(
         bridged: true,
     };
     Ok([member, port])
+}
+
+/// Whether `ifname` in namespace `ns` takes IPv6. An interface handed to
+/// a user-space stack (the uml backend reads its frames raw) has IPv6
+/// turned off on the host's side, so no IPv6 route can go through it
+/// there; the stack keeps its own routes.
+fn ipv6_on(ns: &str, ifname: &str) -> bool {
+    let key = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    sys::in_netns(&format!("{NETNS_DIR}/{ns}"), move || {
+        fs::read_to_string(key)
+    })
+    .map(|v| v.trim() != "1")
+    .unwrap_or(true)
 }

@@ -12,7 +12,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use dropshim_tests::upload::{
-    peer_received, testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB,
+    peer_received, testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB, TRANSFER,
 };
 use dropshim_tests::*;
 use std::collections::BTreeSet;
@@ -267,6 +267,81 @@ fn uml_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() ->
 #[test]
 fn lkl_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
     backup(Kind::Lkl)
+}
+
+/// Fail-back: with `backup`, the backup subflow takes over while link 1
+/// is cut; when link 1 returns, its path carries again and the path
+/// manager demotes the backup, so the backup carries under 10 % of what
+/// moves once the returned link carries again. Link 1 is cut beyond the
+/// stack's kernel (it never sees an interface go down), so the path
+/// manager learns of the cut and of the return from the path's own
+/// retransmissions and acknowledgements. Bytes intact (sha256 at both
+/// ends).
+fn backup_hands_back(kind: Kind) -> Result<()> {
+    let tb = testbed(Some(50))?;
+    gw2_accepts_many(&tb)?;
+    let extra = DeviceExtra {
+        pm: Some("policy = \"backup\"".to_string()),
+        roles2: Some("\"backup\"".to_string()),
+        ..DeviceExtra::default()
+    };
+    let stack = Gw1::up(&tb, kind, "fb", &extra)?;
+    let (active, spare) = (
+        IpAddr::V4(tb.addr4("gw1", 1)?),
+        IpAddr::V4(tb.addr4("gw1", 2)?),
+    );
+    let size = 96 * MIB;
+    let step = size / 8;
+    let opts = ServerOptions {
+        any: false,
+        subflows: 2,
+    };
+    let up = Upload::start_with(&tb, &stack, size, 0, MIB, opts)?;
+    let port = up.port();
+    up.wait_progress(size * 15 / 100)?;
+    let before_cut = received_from(&peer_received(&tb, port)?, spare);
+    let took = cut_and_time_takeover(&tb, port, spare, before_cut, step, TRANSFER);
+    tb.set_link(1, true)?;
+    let took = took?;
+    eprintln!("{kind:?} fail-back: the backup carried {step} bytes {took:?} after the cut");
+    // Measured once the returned link has carried a quarter step (the
+    // hand-back itself is not the steady state). Its subflow may be the
+    // one from before the cut, if it survived, or a new one.
+    let returned = received_from(&peer_received(&tb, port)?, active);
+    let mut back = Vec::new();
+    wait_until(TRANSFER, "the returned link to carry again", || {
+        back = peer_received(&tb, port).unwrap_or_default();
+        received_from(&back, active) >= returned + step / 4
+    })?;
+    let (a_back, b_back) = (received_from(&back, active), received_from(&back, spare));
+    let mut later = Vec::new();
+    wait_until(TRANSFER, "the returned link to carry a step", || {
+        later = peer_received(&tb, port).unwrap_or_default();
+        received_from(&later, active) + received_from(&later, spare) >= a_back + b_back + step
+    })?;
+    let on_active = received_from(&later, active).saturating_sub(a_back);
+    let on_backup = received_from(&later, spare).saturating_sub(b_back);
+    eprintln!(
+        "{kind:?} fail-back: after the link returned, {on_active} bytes on the active link, {on_backup} on the backup"
+    );
+    ensure!(
+        (on_backup as f64) < 0.1 * (on_active + on_backup) as f64,
+        "{kind:?}: after the active link returned the backup still carried {on_backup} of {} bytes ({later:?})",
+        on_active + on_backup
+    );
+    let split = up.finish()?;
+    report(kind, "fail-back", &split);
+    Ok(())
+}
+
+#[test]
+fn uml_pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
+    backup_hands_back(Kind::Uml)
+}
+
+#[test]
+fn lkl_pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
+    backup_hands_back(Kind::Lkl)
 }
 
 /// costaware, link 1 cheap (cost 1) and link 2 costly (cost 100), both
