@@ -170,7 +170,9 @@ fn supervised(mut cmd: Command, name: &OsString, mode: seccomp::Mode) -> Result<
     drop(theirs);
     let pid = child.id() as libc::pid_t;
     let sup = match seccomp::receive_listener(ours.as_raw_fd()) {
-        Ok(seccomp::Listener::Ready(fd)) => Some(seccomp::Supervisor::new(fd, log, mode)),
+        Ok(seccomp::Listener::Ready(fd)) => {
+            Some(seccomp::Supervisor::new(fd, log, mode).context("starting the supervisor")?)
+        }
         Ok(seccomp::Listener::Unsupported(err)) => {
             log.warn(&format!(
                 "this kernel cannot pass a program's socket() calls to dropshim (seccomp user \

@@ -983,3 +983,79 @@ fn reach_uml_nonblocking_connect_says_einprogress_then_so_error() -> Result<()> 
     );
     Ok(())
 }
+
+/// The Go program's `acceptget` in gw1 under `dropshim run RUN_ARGS`: one
+/// thread blocked in a raw accept() on gw1's link-1 address while its
+/// other goroutines download a file from `server` in gw2 (HTTP), then
+/// connect to that listener and send the file. Both transfers are
+/// checked (sha256), and gw2 must have seen MPTCP.
+fn accept_blocks_nothing(
+    tb: &Testbed,
+    go: &str,
+    run_args: &[&str],
+    dir: &Path,
+    port: u16,
+) -> Result<()> {
+    let (_, want) = blob(dir, "blob.bin", 4 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("got.bin");
+    let out_s = out.to_str().context("out path")?;
+    let listen = format!("{}:{}", tb.addr4("gw1", 1)?, unique_port());
+    let link = url(ip, port, "blob.bin");
+    let res = run_ok(
+        &mut dropshim_run(
+            tb,
+            "gw1",
+            run_args,
+            &[go, "acceptget", &listen, &link, out_s],
+        )?,
+        TRANSFER,
+    )?;
+    let said = String::from_utf8_lossy(&res.stdout).trim().to_string();
+    ensure!(
+        said == format!("got\naccepted={want}"),
+        "the program said {said:?}; stderr: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    ensure!(sha256_file(&out)? == want, "download: bytes differ");
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "gw2 saw no MP_CAPABLE SYN: the download was not MPTCP"
+    );
+    Ok(())
+}
+
+/// A thread of a static program blocked in accept() holds none of its
+/// other socket calls (native: only socket() is trapped, the accept is
+/// the kernel's).
+#[test]
+fn reach_native_blocked_accept_holds_no_other_call() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let port = unique_port();
+    let _server = http_server(&tb, dir.path(), IpAddr::V4(tb.addr4("gw2", 1)?), port)?;
+    accept_blocks_nothing(&tb, go, &[], dir.path(), port)
+}
+
+/// On uml the supervisor answers accept() itself: a thread of the
+/// program blocked in it must not hold the program's connect (the
+/// download) nor the supervisor's answers to it. The listener is in the
+/// instance; the program's own connection to it is accepted there.
+#[test]
+fn reach_uml_blocked_accept_holds_no_other_call() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("ba")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), IpAddr::V4(tb.addr4("gw2", 1)?), port)?;
+    accept_blocks_nothing(&tb, go, &["--config", &config], dir.path(), port)
+}

@@ -44,7 +44,7 @@
 //! call still stands (`SECCOMP_IOCTL_NOTIF_ID_VALID`), so the bytes are
 //! those of the thread that made the call.
 
-use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
+use super::seccomp::{ignore_gone, ioctl_ptr, notif_valid, Call, Mode, Supervisor};
 use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
@@ -146,18 +146,116 @@ impl Supervisor {
         if fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_NONBLOCK != 0 {
             return self.start_connect(call, &target, fd, device, req);
         }
-        let (reply, bridge) = self.ask(device, &req)?;
-        client::apply_to_bridge(bridge.as_raw_fd(), &req.opts);
-        self.guest
-            .remember(&bridge, domain, reply.local, reply.peer)?;
-        self.install_at(call, &target, fd, &bridge)?;
+        // A blocking connect waits for the guest's handshake: a worker
+        // waits for it, and the program's other calls go on meanwhile.
         self.log.debug(|| {
             format!(
                 "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
                 call.pid
             )
         });
-        Ok(Answer::Value(0))
+        self.hand_over(Work::Connect {
+            call: call.clone(),
+            target,
+            fd,
+            device: device.to_string(),
+            req,
+        })?;
+        Ok(Answer::Done)
+    }
+
+    /// Gives `work` to a worker thread and remembers it until it reports.
+    fn hand_over(&mut self, work: Work) -> io::Result<()> {
+        self.spawn_worker(&work)?;
+        self.inflight.insert(work.call().id, work);
+        Ok(())
+    }
+
+    /// Starts a thread that waits for what `work` waits for, then reports
+    /// to the supervisor's loop ([`Supervisor::finish`]).
+    pub(super) fn spawn_worker(&self, work: &Work) -> io::Result<()> {
+        let listener = self.listener();
+        let wake = Arc::clone(&self.wake);
+        let tx = self.done.0.clone();
+        let log = self.log;
+        let id = work.call().id;
+        let job = match work {
+            Work::Accept { chan, .. } => Job::Accept(chan.copy.try_clone()?),
+            Work::Connect { device, req, .. } => Job::Connect(device.clone(), req.clone()),
+        };
+        std::thread::Builder::new()
+            .name("dropshim-wait".into())
+            .spawn(move || {
+                let found = match job {
+                    Job::Accept(chan) => wait_accept(listener.as_raw_fd(), id, &chan),
+                    Job::Connect(device, req) => Found::Connected(ask(&log, &device, &req)),
+                };
+                if tx.send(Finished { id, found }).is_ok() {
+                    let one = 1u64.to_ne_bytes();
+                    // SAFETY: writes 8 bytes from our buffer to an eventfd
+                    // the Arc keeps open.
+                    unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Answers the call a worker waited for.
+    pub(super) fn finish(&mut self, done: Finished) {
+        let Some(work) = self.inflight.remove(&done.id) else {
+            return;
+        };
+        let answer = match (work, done.found) {
+            (_, Found::Gone) => Ok(()),
+            (
+                Work::Accept {
+                    call,
+                    chan,
+                    flags,
+                    domain,
+                    opts,
+                },
+                Found::Accepted(got),
+            ) => match got {
+                Ok(got) => self.deliver_accept(&call, &chan, flags, domain, &opts, got),
+                Err(e) => self.fail(&call, e),
+            },
+            (
+                Work::Connect {
+                    call,
+                    target,
+                    fd,
+                    req,
+                    ..
+                },
+                Found::Connected(res),
+            ) => match res.and_then(|(reply, bridge)| {
+                client::apply_to_bridge(bridge.as_raw_fd(), &req.opts);
+                self.guest
+                    .remember(&bridge, req.domain, reply.local, reply.peer)?;
+                self.install_at(&call, &target, fd, &bridge)
+            }) {
+                Ok(()) => self.respond(call.id, 0, 0, 0).or_else(ignore_gone),
+                Err(e) => self.fail(&call, e),
+            },
+            (work, _) => {
+                let call = work.call().clone();
+                self.fail(&call, io::Error::other("a worker answered another call"))
+            }
+        };
+        if let Err(e) = answer {
+            self.log
+                .debug(|| format!("answering a call after its wait: {e}"));
+        }
+    }
+
+    /// The call fails with `e`'s errno, unless it no longer stands.
+    fn fail(&self, call: &Call, e: io::Error) -> io::Result<()> {
+        if !self.id_valid(call.id) {
+            return Ok(());
+        }
+        let errno = e.raw_os_error().unwrap_or(libc::ECONNABORTED);
+        self.respond(call.id, 0, -errno, 0).or_else(ignore_gone)
     }
 
     /// A non-blocking connect(): a gate takes the socket's place and the
@@ -308,40 +406,6 @@ impl Supervisor {
         Ok(Answer::Value(0))
     }
 
-    /// Sends `req` to the instance's supervisor: the descriptor it answers
-    /// with, or the errno the program's call gets.
-    fn ask(&self, device: &str, req: &Request) -> io::Result<(Reply, OwnedFd)> {
-        match client::request(device, req) {
-            Ok((reply, Some(fd))) if reply.errno == 0 => {
-                // SAFETY: a descriptor just received is ours alone.
-                Ok((reply, unsafe { OwnedFd::from_raw_fd(fd) }))
-            }
-            Ok((reply, other)) => {
-                if let Some(b) = other {
-                    // SAFETY: a descriptor just received is ours alone.
-                    drop(unsafe { OwnedFd::from_raw_fd(b) });
-                }
-                let errno = if reply.errno == 0 {
-                    libc::ECONNABORTED
-                } else {
-                    reply.errno
-                };
-                Err(io::Error::from_raw_os_error(errno))
-            }
-            Err(ClientError::NotRunning(_)) => {
-                static SAID: AtomicBool = AtomicBool::new(false);
-                if !SAID.swap(true, Ordering::Relaxed) {
-                    self.log.warn(&format!(
-                        "the uml instance of device {device:?} is not running; start it with \
-                         `dropshim up --config FILE`"
-                    ));
-                }
-                Err(io::Error::from_raw_os_error(libc::ENETDOWN))
-            }
-            Err(_) => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
-        }
-    }
-
     /// Puts `new` at the program's descriptor `fd` in place of the socket
     /// there, with the socket's O_NONBLOCK and the descriptor's
     /// close-on-exec.
@@ -425,7 +489,7 @@ impl Supervisor {
         req.backlog = call.args[1] as i32;
         req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
         req.opts = self.guest.carried(&target, domain);
-        let (reply, chan) = self.ask(device, &req)?;
+        let (reply, chan) = ask(&self.log, device, &req)?;
         self.guest
             .remember(&chan, domain, reply.local.or(bound), None)?;
         self.guest.bound.remove(&inode);
@@ -457,46 +521,83 @@ impl Supervisor {
         }
         let status = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
         let nonblocking = status & libc::O_NONBLOCK != 0;
-        let mut buf = [0u8; REPLY_LEN];
-        let (n, conn) = loop {
-            match sys::recv_fd(target.copy.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
-                Ok(got) => break got,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
-                    // A blocking accept: wait here, looking now and then
-                    // whether the caller still waits (a signal or its death
-                    // ends the call).
-                    let mut pfd = libc::pollfd {
-                        fd: target.copy.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one live pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                    if !self.id_valid(call.id) {
-                        return Ok(Answer::Done);
-                    }
-                }
-                Err(e) => return Err(e),
+        let inode = target.inode();
+        // A connection taken for a call that was interrupted first.
+        if let Some(got) = self.guest.stash.get_mut(&inode).and_then(|q| q.pop()) {
+            self.deliver_accept(call, &target, flags, domain, &opts, got)?;
+            return Ok(Answer::Done);
+        }
+        match receive_conn(target.copy.as_raw_fd()) {
+            Ok(got) => self.deliver_accept(call, &target, flags, domain, &opts, got)?,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
+                // A blocking accept: a worker waits for the connection.
+                self.hand_over(Work::Accept {
+                    call: call.clone(),
+                    chan: target,
+                    flags,
+                    domain,
+                    opts,
+                })?;
             }
-        };
-        // SAFETY: a descriptor just received is ours alone.
-        let conn = conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) });
+            Err(e) => return Err(e),
+        }
+        Ok(Answer::Done)
+    }
+
+    /// Installs an accepted connection's bridge in the program as the
+    /// result of its accept() and writes the peer's address. If the call
+    /// no longer stands, the connection is kept for the listener's next
+    /// accept(), as the kernel keeps it queued.
+    fn deliver_accept(
+        &mut self,
+        call: &Call,
+        chan: &Target,
+        flags: i32,
+        domain: i32,
+        opts: &[Opt],
+        got: Received,
+    ) -> io::Result<()> {
+        let (n, buf, conn) = got;
         let (Some(reply), Some(conn)) = (Reply::decode(&buf[..n]), conn) else {
             self.log
                 .warn("the uml instance went away; a listener of the program is dead");
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            return self.fail(call, io::Error::from_raw_os_error(libc::EINVAL));
         };
-        if flags & libc::SOCK_NONBLOCK != 0 {
-            fcntl(
-                conn.as_raw_fd(),
-                libc::F_SETFL,
-                libc::O_RDWR | libc::O_NONBLOCK,
-            )?;
+        let res = self.install_accepted(call, flags, domain, opts, &reply, &conn);
+        match res {
+            Err(_) if !self.id_valid(call.id) => {
+                let q = self.guest.stash.entry(chan.inode()).or_default();
+                q.insert(0, (n, buf, Some(conn)));
+                Ok(())
+            }
+            Err(e) => self.fail(call, e),
+            Ok(()) => Ok(()),
         }
+    }
+
+    fn install_accepted(
+        &mut self,
+        call: &Call,
+        flags: i32,
+        domain: i32,
+        opts: &[Opt],
+        reply: &Reply,
+        conn: &OwnedFd,
+    ) -> io::Result<()> {
+        let status = fcntl(conn.as_raw_fd(), libc::F_GETFL, 0)?;
+        let nonblock = if flags & libc::SOCK_NONBLOCK != 0 {
+            libc::O_NONBLOCK
+        } else {
+            0
+        };
+        fcntl(
+            conn.as_raw_fd(),
+            libc::F_SETFL,
+            (status & !libc::O_NONBLOCK) | nonblock,
+        )?;
         // An accepted socket inherits its listener's options.
-        client::apply_to_bridge(conn.as_raw_fd(), &opts);
-        self.guest
-            .remember(&conn, domain, reply.local, reply.peer)?;
+        client::apply_to_bridge(conn.as_raw_fd(), opts);
+        self.guest.remember(conn, domain, reply.local, reply.peer)?;
         if let Some(peer) = reply.peer {
             self.write_name(call, domain, peer)?;
         }
@@ -512,7 +613,7 @@ impl Supervisor {
             },
         };
         ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd)?;
-        Ok(Answer::Done)
+        Ok(())
     }
 
     /// getsockname()/getpeername() on a bridge or listener channel: the
@@ -569,6 +670,123 @@ impl Supervisor {
     }
 }
 
+/// Sends `req` to the instance's supervisor: the descriptor it answers
+/// with, or the errno the program's call gets.
+fn ask(log: &super::seccomp::Log, device: &str, req: &Request) -> io::Result<(Reply, OwnedFd)> {
+    match client::request(device, req) {
+        Ok((reply, Some(fd))) if reply.errno == 0 => {
+            // SAFETY: a descriptor just received is ours alone.
+            Ok((reply, unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        Ok((reply, other)) => {
+            if let Some(b) = other {
+                // SAFETY: a descriptor just received is ours alone.
+                drop(unsafe { OwnedFd::from_raw_fd(b) });
+            }
+            let errno = if reply.errno == 0 {
+                libc::ECONNABORTED
+            } else {
+                reply.errno
+            };
+            Err(io::Error::from_raw_os_error(errno))
+        }
+        Err(ClientError::NotRunning(_)) => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                log.warn(&format!(
+                    "the uml instance of device {device:?} is not running; start it with \
+                     `dropshim up --config FILE`"
+                ));
+            }
+            Err(io::Error::from_raw_os_error(libc::ENETDOWN))
+        }
+        Err(_) => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
+    }
+}
+
+/// One connection received from a listener channel: the reply's bytes,
+/// their length, and the bridge.
+type Received = (usize, [u8; REPLY_LEN], Option<OwnedFd>);
+
+/// Takes the next connection from a listener channel without waiting.
+fn receive_conn(chan: RawFd) -> io::Result<Received> {
+    let mut buf = [0u8; REPLY_LEN];
+    let (n, conn) = sys::recv_fd(chan, &mut buf, libc::MSG_DONTWAIT)?;
+    // SAFETY: a descriptor just received is ours alone.
+    Ok((n, buf, conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) })))
+}
+
+/// A worker's wait for a blocking accept(): until the channel holds a
+/// connection, or the call no longer stands (a signal interrupted it, or
+/// the thread died), looked at every 100 ms.
+fn wait_accept(listener: RawFd, id: u64, chan: &OwnedFd) -> Found {
+    loop {
+        if !notif_valid(listener, id) {
+            return Found::Gone;
+        }
+        match receive_conn(chan.as_raw_fd()) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let mut pfd = libc::pollfd {
+                    fd: chan.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+            }
+            got => return Found::Accepted(got),
+        }
+    }
+}
+
+/// A call of the program that waits for the network, handed to a worker:
+/// what is needed to wait for it again and to answer it.
+pub(super) enum Work {
+    /// A blocking accept() on a listener channel.
+    Accept {
+        call: Call,
+        chan: Target,
+        flags: i32,
+        domain: i32,
+        opts: Vec<Opt>,
+    },
+    /// A blocking connect() through the instance.
+    Connect {
+        call: Call,
+        target: Target,
+        fd: RawFd,
+        device: String,
+        req: Request,
+    },
+}
+
+impl Work {
+    fn call(&self) -> &Call {
+        match self {
+            Work::Accept { call, .. } | Work::Connect { call, .. } => call,
+        }
+    }
+}
+
+/// What a worker thread owns while it waits.
+enum Job {
+    Accept(OwnedFd),
+    Connect(String, Request),
+}
+
+/// What a worker found, for the notification `id`.
+pub(super) struct Finished {
+    id: u64,
+    found: Found,
+}
+
+pub(super) enum Found {
+    /// The call no longer stands; nothing was taken.
+    Gone,
+    Accepted(io::Result<Received>),
+    Connected(io::Result<(Reply, OwnedFd)>),
+}
+
 fn wildcard(domain: i32) -> SocketAddr {
     if domain == libc::AF_INET6 {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
@@ -594,6 +812,10 @@ pub(super) struct Sockets {
     defaults: HashMap<i32, Vec<Option<Vec<u8>>>>,
     /// Non-blocking connects in progress, by the inode of their gate.
     pending: HashMap<u64, Pending>,
+    /// Connections a worker took for an accept() that was interrupted
+    /// before they were installed, by listener channel inode, served to
+    /// the next accept() on that channel (oldest last).
+    stash: HashMap<u64, Vec<Received>>,
 }
 
 /// How a connect through the instance ended: the reply and the bridge,
@@ -905,7 +1127,7 @@ fn write_program_memory(sup: &Supervisor, call: &Call, addr: u64, bytes: &[u8]) 
 }
 
 /// A copy of the program's descriptor, taken with pidfd_getfd.
-struct Target {
+pub(super) struct Target {
     tgid: libc::pid_t,
     copy: OwnedFd,
 }

@@ -29,12 +29,14 @@
 
 use dropshim_abi::IPPROTO_MPTCP;
 pub use dropshim_backend_native::sys::SOCKET_PASS_MARK;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
 
 // Classic BPF opcodes (linux/filter.h): class | size | mode.
 const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
@@ -480,8 +482,13 @@ impl Log {
 }
 
 /// Answers the filter's notifications.
+///
+/// It never waits on one call: a call that waits for the network (a
+/// blocking `accept()` or `connect()` on uml) goes to a worker thread,
+/// which reports back through [`Supervisor::wake_fd`]; the notifications
+/// of the program's other threads are answered meanwhile.
 pub struct Supervisor {
-    listener: OwnedFd,
+    listener: Arc<OwnedFd>,
     notif_size: usize,
     resp_size: usize,
     /// `SECCOMP_ADDFD_FLAG_SEND` works (Linux 5.14).
@@ -493,10 +500,18 @@ pub struct Supervisor {
     pub(super) mode: Mode,
     /// uml: what the supervisor knows of the sockets it serves.
     pub(super) guest: super::guest::Sockets,
+    /// Calls handed to worker threads, by notification id.
+    pub(super) inflight: HashMap<u64, super::guest::Work>,
+    /// Where workers report, and the eventfd they ring after reporting.
+    pub(super) done: (
+        mpsc::Sender<super::guest::Finished>,
+        mpsc::Receiver<super::guest::Finished>,
+    ),
+    pub(super) wake: Arc<OwnedFd>,
 }
 
 /// One trapped system call.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Call {
     pub(super) id: u64,
     /// The calling thread (its id in our pid namespace).
@@ -523,8 +538,25 @@ pub(super) fn ioctl_ptr<T>(
     }
 }
 
+/// A new non-blocking, close-on-exec eventfd.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes integers only.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the notification `id` on `listener` still stands.
+pub(super) fn notif_valid(listener: RawFd, id: u64) -> bool {
+    let mut id = id;
+    ioctl_ptr(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
+}
+
 impl Supervisor {
-    pub fn new(listener: OwnedFd, log: Log, mode: Mode) -> Supervisor {
+    pub fn new(listener: OwnedFd, log: Log, mode: Mode) -> io::Result<Supervisor> {
         let mut sizes = libc::seccomp_notif_sizes {
             seccomp_notif: 0,
             seccomp_notif_resp: 0,
@@ -551,8 +583,8 @@ impl Supervisor {
             let meta = f.metadata().ok()?;
             Some((OwnedFd::from(f), meta.dev(), meta.ino()))
         });
-        Supervisor {
-            listener,
+        Ok(Supervisor {
+            listener: Arc::new(listener),
             notif_size: notif.max(size_of::<libc::seccomp_notif>()),
             resp_size: resp.max(size_of::<libc::seccomp_notif_resp>()),
             atomic_send: true,
@@ -561,18 +593,60 @@ impl Supervisor {
             log,
             mode,
             guest: Default::default(),
-        }
+            inflight: HashMap::new(),
+            done: mpsc::channel(),
+            wake: Arc::new(eventfd()?),
+        })
     }
 
     pub fn fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
 
+    /// The eventfd that turns readable when a worker has finished waiting
+    /// for one of the program's calls ([`Supervisor::finish_waits`]).
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// Another reference to the listener, for a worker thread.
+    pub(super) fn listener(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.listener)
+    }
+
     /// Whether the notification `id` still stands (the calling thread has
     /// not died or been interrupted since).
     pub(super) fn id_valid(&self, id: u64) -> bool {
-        let mut id = id;
-        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
+        notif_valid(self.fd(), id)
+    }
+
+    /// Answers the calls whose workers have reported.
+    pub fn finish_waits(&mut self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads one 8-byte counter into our buffer (non-blocking).
+        unsafe { libc::read(self.wake_fd(), count.as_mut_ptr().cast(), count.len()) };
+        while let Ok(done) = self.done.1.try_recv() {
+            self.finish(done);
+        }
+    }
+
+    /// In a forked copy of the supervisor: the workers stayed behind in
+    /// the parent, so the calls they waited for are waited for again here,
+    /// with a channel and an eventfd of this copy's own.
+    fn after_fork(&mut self) -> io::Result<()> {
+        self.done = mpsc::channel();
+        self.wake = Arc::new(eventfd()?);
+        let ids: Vec<u64> = self.inflight.keys().copied().collect();
+        for id in ids {
+            if let Some(work) = self.inflight.get(&id) {
+                if let Err(e) = self.spawn_worker(work) {
+                    self.log.debug(|| format!("waiting again for a call: {e}"));
+                    self.inflight.remove(&id);
+                    let _ = self.respond(id, 0, -libc::ENOMEM, 0);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn receive(&self) -> io::Result<Call> {
@@ -812,6 +886,11 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 events: libc::POLLIN,
                 revents: 0,
             });
+            fds.push(libc::pollfd {
+                fd: s.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         // SAFETY: `fds` is a live array of the length given.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -821,6 +900,11 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 continue;
             }
             return Err(e);
+        }
+        if fds.get(3).is_some_and(|w| w.revents & libc::POLLIN != 0) {
+            if let Some(sup) = sup.as_mut() {
+                sup.finish_waits();
+            }
         }
         if let Some(s) = fds.get(2) {
             if s.revents & libc::POLLIN != 0 {
@@ -901,8 +985,11 @@ fn linger(mut sup: Supervisor, log: Log) {
     if n == 1 && pfd.revents & libc::POLLIN == 0 {
         return; // hung up: nobody left
     }
-    // SAFETY: this process is single-threaded, so the child may run any
-    // code; it only serves the listener and exits.
+    // SAFETY: the child runs only this supervisor's loop. Its other
+    // threads (workers waiting for calls) do not follow it; it starts its
+    // own ([`Supervisor::after_fork`]). glibc's fork leaves malloc usable
+    // in the child, and no lock the loop takes is held by a worker: they
+    // share only the channel, which the child replaces.
     let pid = unsafe { libc::fork() };
     if pid != 0 {
         return;
@@ -921,21 +1008,40 @@ fn linger(mut sup: Supervisor, log: Log) {
             }
         }
     }
+    if let Err(e) = sup.after_fork() {
+        log.debug(|| format!("the detached supervisor: {e}"));
+        // SAFETY: ends the detached copy, as below.
+        unsafe { libc::_exit(0) };
+    }
     loop {
-        pfd.revents = 0;
-        // SAFETY: one live pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        let mut fds = [
+            libc::pollfd {
+                fd: sup.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sup.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: a live array of two pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
         if n < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
             break;
         }
-        if pfd.revents & libc::POLLIN != 0 {
+        if fds[1].revents & libc::POLLIN != 0 {
+            sup.finish_waits();
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
             if let Err(e) = sup.handle_one() {
                 log.debug(|| format!("answering a socket() call: {e}"));
             }
-        } else if pfd.revents != 0 {
+        } else if fds[0].revents != 0 {
             break;
         }
     }
