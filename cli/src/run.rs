@@ -14,12 +14,13 @@
 //! after ours.
 
 mod guest;
+mod native;
 mod program;
 mod seccomp;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use dropshim_conf::{Action, BackendKind, ENV_BACKEND, ENV_CONFIG};
+use dropshim_conf::{BackendKind, ENV_BACKEND, ENV_CONFIG};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -98,9 +99,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
         Some(d)
             if d.device.backend == BackendKind::Native
                 && reach
-                && d.policy.initial() == Action::Mptcp =>
+                && native::can_give_mptcp(&d.policy) =>
         {
-            return supervised(cmd, &args.command[0], seccomp::Mode::Native);
+            let mode = seccomp::Mode::Native {
+                policy: d.policy.clone(),
+            };
+            return supervised(cmd, &args.command[0], mode);
         }
         _ => {}
     }

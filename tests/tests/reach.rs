@@ -1059,3 +1059,119 @@ fn reach_uml_blocked_accept_holds_no_other_call() -> Result<()> {
     let _server = mptcpize_http_server(&tb, dir.path(), IpAddr::V4(tb.addr4("gw2", 1)?), port)?;
     accept_blocks_nothing(&tb, go, &["--config", &config], dir.path(), port)
 }
+
+/// The device file's policy holds for programs that bypass libc on
+/// native, as the shim applies it to programs linked with libc: a
+/// busybox-static `nc` connecting to 127.0.0.1 stays plain TCP (no
+/// MP_CAPABLE reaches gw1's stack, though its listener is MPTCP), a Go
+/// listener bound to 127.0.0.1 is plain TCP (`ss -M` does not list it),
+/// and a `tcp` rule for gw2's address keeps `nc`'s connection there on
+/// TCP while, without the rule, the same connection is MPTCP. Bytes are
+/// checked each time.
+#[test]
+fn reach_native_loopback_and_policy_rules_hold_for_static_programs() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let tb = two_gateways()?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 1 << 20)?;
+    let file_s = file.to_str().context("file path")?;
+    let got = tempfile::tempdir()?;
+
+    // nc to 127.0.0.1, its server (an MPTCP listener on the wildcard)
+    // in the same namespace.
+    let port = unique_port();
+    let port_s = port.to_string();
+    let mut server = dropshim_run(
+        &tb,
+        "gw1",
+        &[],
+        &[bb, "nc", "-ll", "-p", &port_s, "-e", bb, "cat", file_s],
+    )?;
+    let _server = Background::spawn(&mut server, "busybox nc -ll in gw1")?;
+    wait_listening(tb.netns("gw1")?, port, SHORT)?;
+    let before = mptcp_counters(tb.netns("gw1")?)?;
+    let out = got.path().join("loopback.bin");
+    let lo = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    nc_receive(&tb, "gw1", bb, &[], lo, port, &out)?;
+    ensure!(sha256_file(&out)? == want, "nc over loopback: bytes differ");
+    let after = mptcp_counters(tb.netns("gw1")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") == 0,
+        "nc's connection to 127.0.0.1 was MPTCP: loopback must stay plain TCP"
+    );
+
+    // A Go server bound to 127.0.0.1: a plain TCP listener.
+    let port = unique_port();
+    let addr = format!("127.0.0.1:{port}");
+    let served = dir.path().to_str().context("dir path")?;
+    let mut server = dropshim_run(&tb, "gw1", &[], &[go, "serve", &addr, served])?;
+    let _go_server = Background::spawn(&mut server, "reachgo serve on loopback")?;
+    wait_listening(tb.netns("gw1")?, port, SHORT)?;
+    let mptcp_listeners = run_ok(
+        tb.command("gw1", "ss")?
+            .args(["-HlnM", &format!("sport = :{port}")]),
+        SHORT,
+    )?;
+    ensure!(
+        mptcp_listeners.stdout.is_empty(),
+        "the Go server bound to 127.0.0.1 is an MPTCP listener: {}",
+        String::from_utf8_lossy(&mptcp_listeners.stdout)
+    );
+    let out = got.path().join("go-loopback.bin");
+    let out_s = out.to_str().context("out path")?;
+    download_intact(
+        &tb,
+        &[],
+        &[go, "get", &url(lo, port, "blob.bin"), out_s],
+        &out,
+        &want,
+        "Go client over loopback",
+    )?;
+
+    // A `tcp` rule for gw2's link-1 address.
+    let gw2 = tb.addr4("gw2", 1)?;
+    let config = dir.path().join("policy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nname = \"reach-policy\"\nbackend = \"native\"\n\n[policy]\n\
+             default = \"mptcp\"\n\n[[policy.rule]]\ndest = \"{gw2}/32\"\naction = \"tcp\"\n"
+        ),
+    )?;
+    let config = config.to_str().context("config path")?;
+    let port = unique_port();
+    let _server = nc_file_server(&tb, bb, &file, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("rule.bin");
+    nc_receive(
+        &tb,
+        "gw1",
+        bb,
+        &["--config", config],
+        gw2.into(),
+        port,
+        &out,
+    )?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "nc under a tcp rule: bytes differ"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") == 0,
+        "nc's connection to {gw2} was MPTCP though a rule says tcp"
+    );
+    let out = got.path().join("default.bin");
+    nc_receive(&tb, "gw1", bb, &[], gw2.into(), port, &out)?;
+    ensure!(sha256_file(&out)? == want, "nc by default: bytes differ");
+    let last = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&after, &last, "MPCapableSYNRX") >= 1,
+        "without the rule nc's connection to {gw2} was not MPTCP"
+    );
+    Ok(())
+}

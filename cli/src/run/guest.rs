@@ -409,7 +409,13 @@ impl Supervisor {
     /// Puts `new` at the program's descriptor `fd` in place of the socket
     /// there, with the socket's O_NONBLOCK and the descriptor's
     /// close-on-exec.
-    fn install_at(&self, call: &Call, target: &Target, fd: RawFd, new: &OwnedFd) -> io::Result<()> {
+    pub(super) fn install_at(
+        &self,
+        call: &Call,
+        target: &Target,
+        fd: RawFd,
+        new: &OwnedFd,
+    ) -> io::Result<()> {
         let flags = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
         if flags & libc::O_NONBLOCK != 0 {
             fcntl(
@@ -430,7 +436,12 @@ impl Supervisor {
     }
 
     /// The socket address at `addr` (`len` bytes) in the program's memory.
-    fn read_sockaddr(&self, call: &Call, addr: u64, len: u64) -> io::Result<Option<SocketAddr>> {
+    pub(super) fn read_sockaddr(
+        &self,
+        call: &Call,
+        addr: u64,
+        len: u64,
+    ) -> io::Result<Option<SocketAddr>> {
         let len = (len as usize).min(dropshim_abi::SOCKADDR_STORAGE_LEN);
         let bytes = read_program_memory(self, call, addr, len)?;
         Ok(dropshim_abi::decode(&bytes))
@@ -795,8 +806,9 @@ fn wildcard(domain: i32) -> SocketAddr {
     }
 }
 
-/// What the supervisor knows of the TCP sockets it serves on uml, keyed
-/// by socket inode (the same in every process holding the socket).
+/// What the supervisor knows of the TCP sockets it serves (on uml, and
+/// on native which are not settled yet), keyed by socket inode (the same
+/// in every process holding the socket).
 #[derive(Default)]
 pub(super) struct Sockets {
     /// Sockets bound to a guest address (never bound on the host).
@@ -807,9 +819,13 @@ pub(super) struct Sockets {
     /// Bridges and listener channels: family, the guest socket's local
     /// and peer addresses.
     names: HashMap<u64, (i32, Option<SocketAddr>, Option<SocketAddr>)>,
-    /// A fresh TCP socket's value of each option in [`CARRIED`], per
-    /// family, read once.
-    defaults: HashMap<i32, Vec<Option<Vec<u8>>>>,
+    /// A fresh socket's value of each option in [`CARRIED`], per family
+    /// and protocol, read once.
+    defaults: HashMap<(i32, i32), Vec<Option<Vec<u8>>>>,
+    /// native: the sockets the supervisor opened for the program's
+    /// socket() calls whose protocol is not fixed yet (no connect() or
+    /// listen() so far), by inode.
+    pub(super) unsettled: std::collections::HashSet<u64>,
     /// Non-blocking connects in progress, by the inode of their gate.
     pending: HashMap<u64, Pending>,
     /// Connections a worker took for an accept() that was interrupted
@@ -958,9 +974,16 @@ impl Sockets {
     /// option set to its default value is not told apart from one left
     /// alone; either way the guest socket gets the same value.
     fn carried(&mut self, target: &Target, domain: i32) -> Vec<Opt> {
-        let defaults = self.defaults.entry(domain).or_insert_with(|| {
+        self.set_options(target, domain, libc::IPPROTO_TCP)
+    }
+
+    /// The options of the program's socket (of `protocol`) that differ
+    /// from a fresh socket's of the same protocol.
+    pub(super) fn set_options(&mut self, target: &Target, domain: i32, protocol: i32) -> Vec<Opt> {
+        let defaults = self.defaults.entry((domain, protocol)).or_insert_with(|| {
             // SAFETY: socket(2) takes integers only.
-            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, protocol) };
             if fd < 0 {
                 return Vec::new();
             }
@@ -1039,7 +1062,7 @@ fn raw_opt(fd: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
     Some(buf[..len.min(buf.len())].to_vec())
 }
 
-fn inode_of(fd: RawFd) -> io::Result<u64> {
+pub(super) fn inode_of(fd: RawFd) -> io::Result<u64> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: fstat writes one stat into our buffer.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
@@ -1129,11 +1152,11 @@ fn write_program_memory(sup: &Supervisor, call: &Call, addr: u64, bytes: &[u8]) 
 /// A copy of the program's descriptor, taken with pidfd_getfd.
 pub(super) struct Target {
     tgid: libc::pid_t,
-    copy: OwnedFd,
+    pub(super) copy: OwnedFd,
 }
 
 impl Target {
-    fn open(tid: u32, fd: RawFd) -> Option<Target> {
+    pub(super) fn open(tid: u32, fd: RawFd) -> Option<Target> {
         let tgid = tgid_of(tid)?;
         // SAFETY: pidfd_open takes a pid and flags.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) } as RawFd;
@@ -1155,11 +1178,11 @@ impl Target {
         })
     }
 
-    fn inode(&self) -> u64 {
+    pub(super) fn inode(&self) -> u64 {
         inode_of(self.copy.as_raw_fd()).unwrap_or(0)
     }
 
-    fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
+    pub(super) fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
         dropshim_abi::sock::getsockopt_int(self.copy.as_raw_fd(), level, name).ok()
     }
 

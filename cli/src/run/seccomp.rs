@@ -4,12 +4,13 @@
 //!
 //! Owns: the classic-BPF seccomp filter `dropshim run` installs in the
 //! program just before exec, and the supervisor that answers it. The
-//! filter traps exactly one call shape, `socket(AF_INET or AF_INET6,
-//! SOCK_STREAM [| SOCK_NONBLOCK | SOCK_CLOEXEC], 0 or IPPROTO_TCP)`, and
-//! hands it to user space (`SECCOMP_RET_USER_NOTIF`); every other system
-//! call, and every socket call the shim itself makes (they carry
-//! [`SOCKET_PASS_MARK`] in their unused fourth argument), goes straight
-//! to the kernel. The supervisor, which is `dropshim run` staying the
+//! filter traps `socket(AF_INET or AF_INET6, SOCK_STREAM [| SOCK_NONBLOCK
+//! | SOCK_CLOEXEC], 0 or IPPROTO_TCP)` and, unless the policy gives every
+//! socket MPTCP whatever its address, `bind()`, `connect()` and
+//! `listen()` (answered in [`super::native`]), and hands them to user
+//! space (`SECCOMP_RET_USER_NOTIF`); every other system call, and every
+//! socket call the shim itself makes (they carry [`SOCKET_PASS_MARK`] in
+//! their unused fourth argument), goes straight to the kernel. The supervisor, which is `dropshim run` staying the
 //! program's parent, opens `socket(domain, type, IPPROTO_MPTCP)` itself
 //! (plain TCP when the kernel has no MPTCP) and installs it in the
 //! program as the call's result with `SECCOMP_IOCTL_NOTIF_ADDFD` and
@@ -119,8 +120,10 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 /// Which stack the supervisor serves, and so what the filter traps.
 #[derive(Clone)]
 pub enum Mode {
-    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets.
-    Native,
+    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets, and the
+    /// policy settles them at `bind()`, `connect()` and `listen()`
+    /// ([`super::native`]).
+    Native { policy: dropshim_conf::Policy },
     /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
     /// `accept()`, `getsockname()`, `getpeername()` and
     /// `getsockopt(SO_ERROR)` on TCP sockets are answered by the instance
@@ -135,7 +138,8 @@ pub enum Mode {
 /// through untouched.
 pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
     match mode {
-        Mode::Native => filter(),
+        Mode::Native { policy } if super::native::needs_addresses(policy) => filter_with(true),
+        Mode::Native { .. } => filter(),
         Mode::Uml { .. } => {
             use Label::*;
             // connect(), bind(), listen(), accept(), getsockname() and
@@ -173,12 +177,28 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
 /// The native filter: TCP stream sockets of the two IP families go to the
 /// supervisor unless they carry the shim's mark; everything else runs.
 pub fn filter() -> Vec<libc::sock_filter> {
+    filter_with(false)
+}
+
+/// The native filter, trapping `bind()`, `connect()` and `listen()` of
+/// every kind too with `addresses` (which sockets are the supervisor's
+/// only it can tell; it lets the others continue untouched).
+fn filter_with(addresses: bool) -> Vec<libc::sock_filter> {
     use Label::*;
     let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
-    assemble(&[
+    let mut ops = vec![
         Op::Load(DATA_ARCH),
         Op::Jeq(AUDIT_ARCH, Next, Allow),
         Op::Load(DATA_NR),
+    ];
+    if addresses {
+        ops.extend([
+            Op::Jeq(libc::SYS_connect as u32, Notify, Next),
+            Op::Jeq(libc::SYS_bind as u32, Notify, Next),
+            Op::Jeq(libc::SYS_listen as u32, Notify, Next),
+        ]);
+    }
+    ops.extend([
         Op::Jeq(libc::SYS_socket as u32, Next, Allow),
         Op::Load(data_arg_low(0)),
         Op::Jeq(libc::AF_INET as u32, CheckType, Next),
@@ -199,7 +219,8 @@ pub fn filter() -> Vec<libc::sock_filter> {
         Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
         Op::Here(Allow),
         Op::Ret(libc::SECCOMP_RET_ALLOW),
-    ])
+    ]);
+    assemble(&ops)
 }
 
 /// The signals the supervisor passes on to the program when another
@@ -494,7 +515,7 @@ pub struct Supervisor {
     /// `SECCOMP_ADDFD_FLAG_SEND` works (Linux 5.14).
     atomic_send: bool,
     /// MPTCP refused once: plain TCP from then on.
-    mptcp_missing: bool,
+    pub(super) mptcp_missing: bool,
     own_netns: Option<(OwnedFd, u64, u64)>,
     pub(super) log: Log,
     pub(super) mode: Mode,
@@ -689,8 +710,12 @@ impl Supervisor {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if let Mode::Uml { .. } = self.mode {
-            return self.answer_uml(&call);
+        let policy = match &self.mode {
+            Mode::Uml { .. } => return self.answer_uml(&call),
+            Mode::Native { policy } => policy.clone(),
+        };
+        if call.nr != libc::SYS_socket as i32 {
+            return self.answer_native_call(&call, &policy);
         }
         let ours = call.nr == libc::SYS_socket as i32
             && (call.domain == libc::AF_INET || call.domain == libc::AF_INET6)
@@ -703,7 +728,7 @@ impl Supervisor {
         if !self.id_valid(call.id) {
             return Ok(());
         }
-        let sock = match self.open_socket(&call) {
+        let sock = match self.open_socket(&call, policy.initial()) {
             Ok(s) => s,
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::ENOMEM);
@@ -712,12 +737,21 @@ impl Supervisor {
                 return self.respond(call.id, 0, -errno, 0).or_else(ignore_gone);
             }
         };
+        if super::native::needs_addresses(&policy) {
+            if self.guest.unsettled.len() >= 65_536 {
+                // Sockets the program closed before connect() or listen().
+                self.guest.unsettled.clear();
+            }
+            if let Ok(ino) = super::guest::inode_of(sock.as_raw_fd()) {
+                self.guest.unsettled.insert(ino);
+            }
+        }
         self.install(&call, sock)
     }
 
     /// The socket the program asked for, as MPTCP, in the program's
     /// network namespace.
-    fn open_socket(&mut self, call: &Call) -> io::Result<OwnedFd> {
+    fn open_socket(&mut self, call: &Call, initial: dropshim_conf::Action) -> io::Result<OwnedFd> {
         let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | (call.ty & libc::SOCK_NONBLOCK);
         let _netns = self.enter_netns(call)?;
         let open = |proto| {
@@ -731,7 +765,7 @@ impl Supervisor {
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             }
         };
-        if !self.mptcp_missing {
+        if !self.mptcp_missing && initial == dropshim_conf::Action::Mptcp {
             match open(IPPROTO_MPTCP) {
                 Ok(fd) => return Ok(fd),
                 Err(e) if dropshim_backend_native::socket::mptcp_unavailable(&e) => {
@@ -750,7 +784,7 @@ impl Supervisor {
 
     /// Enters the calling thread's network namespace when it is not ours
     /// (the program may have unshared one); the guard comes back on drop.
-    fn enter_netns(&self, call: &Call) -> io::Result<Option<NetnsGuard>> {
+    pub(super) fn enter_netns(&self, call: &Call) -> io::Result<Option<NetnsGuard>> {
         let Some((own, dev, ino)) = &self.own_netns else {
             return Ok(None);
         };
@@ -829,7 +863,7 @@ pub(super) fn ignore_gone(e: io::Error) -> io::Result<()> {
 }
 
 /// Returns to the supervisor's own network namespace on drop.
-struct NetnsGuard(RawFd);
+pub(super) struct NetnsGuard(RawFd);
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
@@ -1160,6 +1194,34 @@ mod tests {
         let args = [libc::AF_INET as u64, stream as u64, 0, 0, 0, 0];
         assert_eq!(run(&filter(), libc::SYS_connect, args, AUDIT_ARCH), ALLOW);
         assert_eq!(run(&filter(), libc::SYS_socket, args, 0x4000_0003), ALLOW);
+    }
+
+    #[test]
+    fn native_filter_traps_addresses_when_the_policy_decides_by_them() {
+        let strict = dropshim_conf::Policy::default();
+        assert!(super::super::native::needs_addresses(&strict));
+        let native = filter_for(&Mode::Native { policy: strict });
+        let none = [0u64; 6];
+        for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_listen] {
+            assert_eq!(run(&native, nr, none, AUDIT_ARCH), NOTIFY, "{nr}");
+            assert_eq!(run(&native, nr, none, 0x4000_0003), ALLOW, "{nr}");
+        }
+        assert_eq!(run(&native, libc::SYS_accept4, none, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(&native, libc::SYS_read, none, AUDIT_ARCH), ALLOW);
+        let tcp = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(run(&native, libc::SYS_socket, tcp, AUDIT_ARCH), NOTIFY);
+        let udp = [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0];
+        assert_eq!(run(&native, libc::SYS_socket, udp, AUDIT_ARCH), ALLOW);
+
+        // MPTCP for every socket, loopback included: socket() alone.
+        let all = dropshim_conf::Policy {
+            loopback: true,
+            ..Default::default()
+        };
+        assert!(!super::super::native::needs_addresses(&all));
+        let native = filter_for(&Mode::Native { policy: all });
+        assert_eq!(run(&native, libc::SYS_connect, none, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(&native, libc::SYS_socket, tcp, AUDIT_ARCH), NOTIFY);
     }
 
     #[test]
