@@ -96,15 +96,26 @@ pub fn main(args: Args) -> Result<ExitCode> {
             };
             return supervised(cmd, &args.command[0], mode);
         }
-        Some(d)
-            if d.device.backend == BackendKind::Native
-                && reach
-                && native::can_give_mptcp(&d.policy) =>
-        {
-            let mode = seccomp::Mode::Native {
-                policy: d.policy.clone(),
+        Some(d) if d.device.backend == BackendKind::Native && reach => {
+            // A program that bypasses libc gets the policy at bind(),
+            // connect() and listen() from the supervisor. A program linked
+            // with libc gets it from the shim, and its connect()s are not
+            // trapped (each would wait for the supervisor): only its
+            // socket()s that bypass the shim (children that bypass libc)
+            // are, and they get the policy's default.
+            let addresses = native::needs_addresses(&d.policy) && bypasses_libc(&args.command[0]);
+            let serve = if addresses {
+                native::can_give_mptcp(&d.policy)
+            } else {
+                d.policy.initial() == dropshim_conf::Action::Mptcp
             };
-            return supervised(cmd, &args.command[0], mode);
+            if serve {
+                let mode = seccomp::Mode::Native {
+                    policy: d.policy.clone(),
+                    addresses,
+                };
+                return supervised(cmd, &args.command[0], mode);
+            }
         }
         _ => {}
     }

@@ -120,10 +120,13 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 /// Which stack the supervisor serves, and so what the filter traps.
 #[derive(Clone)]
 pub enum Mode {
-    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets, and the
-    /// policy settles them at `bind()`, `connect()` and `listen()`
-    /// ([`super::native`]).
-    Native { policy: dropshim_conf::Policy },
+    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets (or what the
+    /// policy's default says) and, with `addresses`, the policy settles
+    /// them at `bind()`, `connect()` and `listen()` ([`super::native`]).
+    Native {
+        policy: dropshim_conf::Policy,
+        addresses: bool,
+    },
     /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
     /// `accept()`, `getsockname()`, `getpeername()` and
     /// `getsockopt(SO_ERROR)` on TCP sockets are answered by the instance
@@ -138,8 +141,7 @@ pub enum Mode {
 /// through untouched.
 pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
     match mode {
-        Mode::Native { policy } if super::native::needs_addresses(policy) => filter_with(true),
-        Mode::Native { .. } => filter(),
+        Mode::Native { addresses, .. } => filter_with(*addresses),
         Mode::Uml { .. } => {
             use Label::*;
             // connect(), bind(), listen(), accept(), getsockname() and
@@ -175,14 +177,10 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
 }
 
 /// The native filter: TCP stream sockets of the two IP families go to the
-/// supervisor unless they carry the shim's mark; everything else runs.
-pub fn filter() -> Vec<libc::sock_filter> {
-    filter_with(false)
-}
-
-/// The native filter, trapping `bind()`, `connect()` and `listen()` of
-/// every kind too with `addresses` (which sockets are the supervisor's
-/// only it can tell; it lets the others continue untouched).
+/// supervisor unless they carry the shim's mark; with `addresses`,
+/// `bind()`, `connect()` and `listen()` of every kind too (which sockets
+/// are the supervisor's only it can tell; it lets the others continue
+/// untouched); everything else runs.
 fn filter_with(addresses: bool) -> Vec<libc::sock_filter> {
     use Label::*;
     let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
@@ -710,9 +708,9 @@ impl Supervisor {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let policy = match &self.mode {
+        let (policy, addresses) = match &self.mode {
             Mode::Uml { .. } => return self.answer_uml(&call),
-            Mode::Native { policy } => policy.clone(),
+            Mode::Native { policy, addresses } => (policy.clone(), *addresses),
         };
         if call.nr != libc::SYS_socket as i32 {
             return self.answer_native_call(&call, &policy);
@@ -737,7 +735,7 @@ impl Supervisor {
                 return self.respond(call.id, 0, -errno, 0).or_else(ignore_gone);
             }
         };
-        if super::native::needs_addresses(&policy) {
+        if addresses {
             if self.guest.unsettled.len() >= 65_536 {
                 // Sockets the program closed before connect() or listen().
                 self.guest.unsettled.clear();
@@ -1143,7 +1141,7 @@ mod tests {
 
     fn socket_call(domain: i32, ty: i32, proto: i32, fourth: u64) -> u32 {
         let args = [domain as u64, ty as u64, proto as u64, fourth, 0, 0];
-        run(&filter(), libc::SYS_socket, args, AUDIT_ARCH)
+        run(&filter_with(false), libc::SYS_socket, args, AUDIT_ARCH)
     }
 
     #[test]
@@ -1192,15 +1190,24 @@ mod tests {
         );
         // Other system calls and other ABIs.
         let args = [libc::AF_INET as u64, stream as u64, 0, 0, 0, 0];
-        assert_eq!(run(&filter(), libc::SYS_connect, args, AUDIT_ARCH), ALLOW);
-        assert_eq!(run(&filter(), libc::SYS_socket, args, 0x4000_0003), ALLOW);
+        assert_eq!(
+            run(&filter_with(false), libc::SYS_connect, args, AUDIT_ARCH),
+            ALLOW
+        );
+        assert_eq!(
+            run(&filter_with(false), libc::SYS_socket, args, 0x4000_0003),
+            ALLOW
+        );
     }
 
     #[test]
     fn native_filter_traps_addresses_when_the_policy_decides_by_them() {
         let strict = dropshim_conf::Policy::default();
         assert!(super::super::native::needs_addresses(&strict));
-        let native = filter_for(&Mode::Native { policy: strict });
+        let native = filter_for(&Mode::Native {
+            policy: strict,
+            addresses: true,
+        });
         let none = [0u64; 6];
         for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_listen] {
             assert_eq!(run(&native, nr, none, AUDIT_ARCH), NOTIFY, "{nr}");
@@ -1219,7 +1226,10 @@ mod tests {
             ..Default::default()
         };
         assert!(!super::super::native::needs_addresses(&all));
-        let native = filter_for(&Mode::Native { policy: all });
+        let native = filter_for(&Mode::Native {
+            policy: all,
+            addresses: false,
+        });
         assert_eq!(run(&native, libc::SYS_connect, none, AUDIT_ARCH), ALLOW);
         assert_eq!(run(&native, libc::SYS_socket, tcp, AUDIT_ARCH), NOTIFY);
     }
