@@ -83,6 +83,31 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // file is broken; only a working file decides the backend here.
     let device = dropshim_conf::resolve(config_path.as_deref(), backend.as_deref()).ok();
     let reach = !args.preload_only;
+    if let (Some(d), Some((file, abi))) = (&device, foreign_program(&args.command[0])) {
+        let host = std::env::consts::ARCH;
+        if d.device.backend != BackendKind::Native {
+            bail!(
+                "{} is {abi}: dropshim reaches {host} programs only, so the {} backend cannot \
+                 carry its connections; run it with --backend native (it keeps plain TCP) or \
+                 use an {host} build of it",
+                file.display(),
+                d.device.backend.as_str(),
+            );
+        }
+        // The shim cannot load into it (the dynamic loader would say
+        // "wrong ELF class") and the filter lets its calls through.
+        eprintln!(
+            "dropshim: {} is {abi}: dropshim reaches {host} programs only; it runs with the \
+             host's plain TCP",
+            file.display()
+        );
+        match std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
+            Some(theirs) => cmd.env("LD_PRELOAD", theirs),
+            None => cmd.env_remove("LD_PRELOAD"),
+        };
+        let err = cmd.exec();
+        bail!("cannot run {:?}: {err}", args.command[0]);
+    }
     match device {
         Some(d) if d.device.backend == BackendKind::Lkl => refuse_if_unreachable(&args.command[0])?,
         // Programs linked with libc are the shim's alone on uml: its own
@@ -130,6 +155,15 @@ fn bypasses_libc(command: &OsString) -> bool {
     program::resolve(Path::new(command), path.as_deref())
         .and_then(|file| program::classify(&file))
         .is_some_and(program::Kind::bypasses_libc)
+}
+
+/// The file `command` runs and what it is, when its machine code is not
+/// of the ABI dropshim serves (a 32-bit program on a 64-bit host).
+fn foreign_program(command: &OsString) -> Option<(PathBuf, &'static str)> {
+    let path = std::env::var_os("PATH");
+    let file = program::resolve(Path::new(command), path.as_deref())?;
+    let abi = program::foreign_abi(&file)?;
+    Some((file, abi))
 }
 
 /// On the lkl backend the program's sockets enter the library kernel

@@ -1175,3 +1175,72 @@ fn reach_native_loopback_and_policy_rules_hold_for_static_programs() -> Result<(
     );
     Ok(())
 }
+
+/// The smallest i386 program: exit(0) through `int 0x80` (an ELF header,
+/// one loadable segment, nine bytes of code), so that no 32-bit
+/// toolchain is needed.
+fn i386_exit_program() -> Vec<u8> {
+    let base: u32 = 0x0804_8000;
+    let code = [0x31, 0xdb, 0xb8, 1, 0, 0, 0, 0xcd, 0x80];
+    let total = 52 + 32 + code.len() as u32;
+    let mut elf = b"\x7fELF\x01\x01\x01".to_vec();
+    elf.resize(16, 0);
+    for half in [2u16, 3] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    for word in [1u32, base + 52 + 32, 52, 0, 0] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    for half in [52u16, 32, 1, 0, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    for word in [1u32, 0, base, base, total, total, 5, 0x1000] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(&code);
+    elf
+}
+
+/// A 32-bit program, which neither the filter (it checks the host's
+/// audit arch) nor the 64-bit shim can reach, is not served silently:
+/// on native it runs with one line saying it keeps plain TCP (and no
+/// dynamic loader complaint about the shim); on uml and lkl it is refused
+/// before it starts with one line naming native.
+#[test]
+fn reach_a_32_bit_program_gets_one_clear_line_on_every_backend() -> Result<()> {
+    ensure!(
+        cfg!(target_arch = "x86_64"),
+        "this test runs an i386 program on an x86_64 host"
+    );
+    let dir = tempfile::tempdir()?;
+    let prog = dir.path().join("exit32");
+    std::fs::write(&prog, i386_exit_program())?;
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let prog = prog.to_str().context("program path")?;
+    let ran = run_bounded(&mut dropshim_run_here(&[], &[prog]), SHORT)?;
+    let said = String::from_utf8_lossy(&ran.stderr).to_string();
+    ensure!(ran.status.success(), "native: {} {said}", ran.status);
+    ensure!(
+        said.lines().count() == 1 && said.contains("32-bit x86") && said.contains("plain TCP"),
+        "native: expected one line saying the 32-bit program keeps plain TCP, got {said:?}"
+    );
+    for backend in ["uml", "lkl"] {
+        let res = run_bounded(
+            &mut dropshim_run_here(&["--backend", backend], &[prog]),
+            SHORT,
+        )?;
+        let said = String::from_utf8_lossy(&res.stderr).to_string();
+        ensure!(
+            res.status.code() == Some(1),
+            "{backend}: the 32-bit program was not refused ({}): {said}",
+            res.status
+        );
+        ensure!(
+            said.lines().count() == 1
+                && said.contains("32-bit x86")
+                && said.contains("--backend native"),
+            "{backend}: expected one line naming native, got {said:?}"
+        );
+    }
+    Ok(())
+}
