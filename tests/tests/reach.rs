@@ -1244,3 +1244,122 @@ fn reach_a_32_bit_program_gets_one_clear_line_on_every_backend() -> Result<()> {
     }
     Ok(())
 }
+
+/// Builds tests/c/accept_signal.c into `dir`, statically linked.
+fn build_accept_signal(dir: &Path) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/accept_signal.c");
+    let out = dir.join("accept_signal");
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src),
+        GO_BUILD,
+    )
+    .context("gcc -static failed (scripts/setup.sh installs build-essential)")?;
+    Ok(out)
+}
+
+/// Whether the program `pid` started (`dropshim run`'s child), or `pid`
+/// itself when it has none, is blocked in accept() (x86_64: 43, or
+/// accept4: 288).
+fn blocked_in_accept(pid: u32) -> bool {
+    let kids =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let target = kids
+        .split_whitespace()
+        .next()
+        .and_then(|k| k.parse::<u32>().ok())
+        .unwrap_or(pid);
+    std::fs::read_to_string(format!("/proc/{target}/syscall"))
+        .is_ok_and(|s| s.starts_with("43 ") || s.starts_with("288 "))
+}
+
+/// Runs accept_signal (`cmd`, listening on `ip:port`), sends SIGUSR1 once
+/// its accept() blocks, and returns what it printed after: the handler's
+/// line and accept()'s outcome (with `restart`, the bytes of a connection
+/// made from gw2 after the signal).
+fn accept_signal_outcome(
+    tb: &Testbed,
+    cmd: &mut Command,
+    ip: IpAddr,
+    port: u16,
+    restart: bool,
+) -> Result<Vec<String>> {
+    let prog = dropshim_tests::reliability::Lines::spawn(cmd, "accept_signal")?;
+    prog.expect("listening", SHORT)?;
+    let pid = prog.pid();
+    wait_until(SHORT, "accept_signal blocked in accept()", || {
+        blocked_in_accept(pid)
+    })?;
+    // SAFETY: kill takes integers only; `pid` is our child, still running
+    // (it blocks in accept).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+    let handled = prog.expect("handled", SHORT)?;
+    if restart {
+        let message = "hello-from-gw2";
+        run_ok(
+            plain(tb, "gw2", "python3")?.args([
+                "-c",
+                "import socket,sys\n\
+                 s=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n\
+                 s.sendall(sys.argv[3].encode()); s.close()",
+                &ip.to_string(),
+                &port.to_string(),
+                message,
+            ]),
+            SHORT,
+        )?;
+        Ok(vec![handled, prog.expect("data=", SHORT)?])
+    } else {
+        Ok(vec![handled, prog.expect("accept=", SHORT)?])
+    }
+}
+
+/// A signal to a static program blocked in accept() on a uml listener
+/// acts as on a kernel socket: its handler runs at once; without
+/// SA_RESTART accept() fails with EINTR, with it accept() goes on and
+/// takes the next connection (its bytes checked). The kernel's own
+/// behaviour is taken from the same program, without dropshim, in gw2.
+#[test]
+fn reach_uml_signal_to_a_blocked_accept_acts_as_on_a_kernel_socket() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let prog = build_accept_signal(build.path())?;
+    let prog = prog.to_str().context("program path")?;
+    let (tb, dev) = uml_setup("as")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    let gw2 = IpAddr::V4(tb.addr4("gw2", 1)?);
+    for mode in ["norestart", "restart"] {
+        let restart = mode == "restart";
+        let port = unique_port();
+        let port_s = port.to_string();
+        let mut kernel = plain(&tb, "gw2", prog)?;
+        kernel.args([gw2.to_string().as_str(), &port_s, mode]);
+        let want = accept_signal_outcome(&tb, &mut kernel, gw2, port, restart)?;
+        let expected = if restart {
+            "data=hello-from-gw2".to_string()
+        } else {
+            "accept=EINTR".to_string()
+        };
+        ensure!(
+            want == ["handled".to_string(), expected],
+            "{mode}: the kernel's own socket said {want:?}"
+        );
+        let port = unique_port();
+        let port_s = port.to_string();
+        let gw1_s = gw1.to_string();
+        let mut uml = dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[prog, &gw1_s, &port_s, mode],
+        )?;
+        let got = accept_signal_outcome(&tb, &mut uml, gw1, port, restart)?;
+        ensure!(
+            got == want,
+            "{mode}: on uml {got:?}, a kernel socket {want:?}"
+        );
+    }
+    Ok(())
+}

@@ -39,6 +39,11 @@
 //! Reads and writes then go through the bridges with no interception.
 //! Every other call continues untouched.
 //!
+//! A blocking `connect()` or `accept()` is waited for by a worker thread
+//! ([`Work`]), so the supervisor answers the program's other calls
+//! meanwhile; a signal for a thread blocked in `accept()` ends the wait
+//! with `ERESTARTSYS`, as on a kernel socket.
+//!
 //! The program's memory (the address connect() names) is read through one
 //! function, [`read_program_memory`], which checks after the read that the
 //! call still stands (`SECCOMP_IOCTL_NOTIF_ID_VALID`), so the bytes are
@@ -178,7 +183,7 @@ impl Supervisor {
         let wake = Arc::clone(&self.wake);
         let tx = self.done.0.clone();
         let log = self.log;
-        let id = work.call().id;
+        let (id, tid) = (work.call().id, work.call().pid);
         let job = match work {
             Work::Accept { chan, .. } => Job::Accept(chan.copy.try_clone()?),
             Work::Connect { device, req, .. } => Job::Connect(device.clone(), req.clone()),
@@ -187,7 +192,7 @@ impl Supervisor {
             .name("dropshim-wait".into())
             .spawn(move || {
                 let found = match job {
-                    Job::Accept(chan) => wait_accept(listener.as_raw_fd(), id, &chan),
+                    Job::Accept(chan) => wait_accept(listener.as_raw_fd(), id, tid, &chan),
                     Job::Connect(device, req) => Found::Connected(ask(&log, &device, &req)),
                 };
                 if tx.send(Finished { id, found }).is_ok() {
@@ -207,6 +212,9 @@ impl Supervisor {
         };
         let answer = match (work, done.found) {
             (_, Found::Gone) => Ok(()),
+            (work, Found::Interrupted) => self
+                .respond(work.call().id, 0, -ERESTARTSYS, 0)
+                .or_else(ignore_gone),
             (
                 Work::Accept {
                     call,
@@ -728,12 +736,17 @@ fn receive_conn(chan: RawFd) -> io::Result<Received> {
 }
 
 /// A worker's wait for a blocking accept(): until the channel holds a
-/// connection, or the call no longer stands (a signal interrupted it, or
-/// the thread died), looked at every 100 ms.
-fn wait_accept(listener: RawFd, id: u64, chan: &OwnedFd) -> Found {
+/// connection, the call no longer stands (the thread died, or a signal
+/// interrupted it before the filter's wait turned killable-only), or a
+/// signal the thread does not block is pending for it, looked at every
+/// 50 ms.
+fn wait_accept(listener: RawFd, id: u64, tid: u32, chan: &OwnedFd) -> Found {
     loop {
         if !notif_valid(listener, id) {
             return Found::Gone;
+        }
+        if signal_pending(tid) {
+            return Found::Interrupted;
         }
         match receive_conn(chan.as_raw_fd()) {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
@@ -743,12 +756,37 @@ fn wait_accept(listener: RawFd, id: u64, chan: &OwnedFd) -> Found {
                     revents: 0,
                 };
                 // SAFETY: one live pollfd.
-                unsafe { libc::poll(&mut pfd, 1, 100) };
+                unsafe { libc::poll(&mut pfd, 1, 50) };
             }
             got => return Found::Accepted(got),
         }
     }
 }
+
+/// Whether thread `tid` has a signal pending that it does not block (its
+/// own or its process's), from `/proc/TID/status`. A thread waiting for
+/// the supervisor's answer does not take signals meanwhile (the filter's
+/// wait is killable only, Linux 5.19), so the supervisor ends the wait
+/// itself, as a kernel socket's accept() is ended.
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") != 0
+}
+
+/// The errno that makes the kernel restart the call after the signal's
+/// handler when it was installed with SA_RESTART (or when no handler
+/// runs), and turns into EINTR otherwise: what an interrupted accept() of
+/// a kernel socket returns inside the kernel.
+const ERESTARTSYS: i32 = 512;
 
 /// A call of the program that waits for the network, handed to a worker:
 /// what is needed to wait for it again and to answer it.
@@ -794,6 +832,8 @@ pub(super) struct Finished {
 pub(super) enum Found {
     /// The call no longer stands; nothing was taken.
     Gone,
+    /// A signal came for the waiting thread; nothing was taken.
+    Interrupted,
     Accepted(io::Result<Received>),
     Connected(io::Result<(Reply, OwnedFd)>),
 }
