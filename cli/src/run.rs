@@ -14,12 +14,13 @@
 //! after ours.
 
 mod guest;
+mod native;
 mod program;
 mod seccomp;
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use dropshim_conf::{Action, BackendKind, ENV_BACKEND, ENV_CONFIG};
+use dropshim_conf::{BackendKind, ENV_BACKEND, ENV_CONFIG};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -82,6 +83,31 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // file is broken; only a working file decides the backend here.
     let device = dropshim_conf::resolve(config_path.as_deref(), backend.as_deref()).ok();
     let reach = !args.preload_only;
+    if let (Some(d), Some((file, abi))) = (&device, foreign_program(&args.command[0])) {
+        let host = std::env::consts::ARCH;
+        if d.device.backend != BackendKind::Native {
+            bail!(
+                "{} is {abi}: dropshim reaches {host} programs only, so the {} backend cannot \
+                 carry its connections; run it with --backend native (it keeps plain TCP) or \
+                 use an {host} build of it",
+                file.display(),
+                d.device.backend.as_str(),
+            );
+        }
+        // The shim cannot load into it (the dynamic loader would say
+        // "wrong ELF class") and the filter lets its calls through.
+        eprintln!(
+            "dropshim: {} is {abi}: dropshim reaches {host} programs only; it runs with the \
+             host's plain TCP",
+            file.display()
+        );
+        match std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
+            Some(theirs) => cmd.env("LD_PRELOAD", theirs),
+            None => cmd.env_remove("LD_PRELOAD"),
+        };
+        let err = cmd.exec();
+        bail!("cannot run {:?}: {err}", args.command[0]);
+    }
     match device {
         Some(d) if d.device.backend == BackendKind::Lkl => refuse_if_unreachable(&args.command[0])?,
         // Programs linked with libc are the shim's alone on uml: its own
@@ -95,12 +121,26 @@ pub fn main(args: Args) -> Result<ExitCode> {
             };
             return supervised(cmd, &args.command[0], mode);
         }
-        Some(d)
-            if d.device.backend == BackendKind::Native
-                && reach
-                && d.policy.initial() == Action::Mptcp =>
-        {
-            return supervised(cmd, &args.command[0], seccomp::Mode::Native);
+        Some(d) if d.device.backend == BackendKind::Native && reach => {
+            // A program that bypasses libc gets the policy at bind(),
+            // connect() and listen() from the supervisor. A program linked
+            // with libc gets it from the shim, and its connect()s are not
+            // trapped (each would wait for the supervisor): only its
+            // socket()s that bypass the shim (children that bypass libc)
+            // are, and they get the policy's default.
+            let addresses = native::needs_addresses(&d.policy) && bypasses_libc(&args.command[0]);
+            let serve = if addresses {
+                native::can_give_mptcp(&d.policy)
+            } else {
+                d.policy.initial() == dropshim_conf::Action::Mptcp
+            };
+            if serve {
+                let mode = seccomp::Mode::Native {
+                    policy: d.policy.clone(),
+                    addresses,
+                };
+                return supervised(cmd, &args.command[0], mode);
+            }
         }
         _ => {}
     }
@@ -115,6 +155,15 @@ fn bypasses_libc(command: &OsString) -> bool {
     program::resolve(Path::new(command), path.as_deref())
         .and_then(|file| program::classify(&file))
         .is_some_and(program::Kind::bypasses_libc)
+}
+
+/// The file `command` runs and what it is, when its machine code is not
+/// of the ABI dropshim serves (a 32-bit program on a 64-bit host).
+fn foreign_program(command: &OsString) -> Option<(PathBuf, &'static str)> {
+    let path = std::env::var_os("PATH");
+    let file = program::resolve(Path::new(command), path.as_deref())?;
+    let abi = program::foreign_abi(&file)?;
+    Some((file, abi))
 }
 
 /// On the lkl backend the program's sockets enter the library kernel
@@ -170,7 +219,9 @@ fn supervised(mut cmd: Command, name: &OsString, mode: seccomp::Mode) -> Result<
     drop(theirs);
     let pid = child.id() as libc::pid_t;
     let sup = match seccomp::receive_listener(ours.as_raw_fd()) {
-        Ok(seccomp::Listener::Ready(fd)) => Some(seccomp::Supervisor::new(fd, log, mode)),
+        Ok(seccomp::Listener::Ready(fd)) => {
+            Some(seccomp::Supervisor::new(fd, log, mode).context("starting the supervisor")?)
+        }
         Ok(seccomp::Listener::Unsupported(err)) => {
             log.warn(&format!(
                 "this kernel cannot pass a program's socket() calls to dropshim (seccomp user \

@@ -19,17 +19,145 @@
 //	                        connect's errno, SO_ERROR once writable and, when
 //	                        connected, sends FILE, changes the registration
 //	                        (EPOLL_CTL_MOD) and prints the answer in hex
+//	reachgo acceptget ADDR URL OUT
+//	                        with raw system calls: an IPv4 listener on ADDR
+//	                        and a thread blocked in accept() on it; meanwhile
+//	                        downloads URL into OUT with net/http, then dials
+//	                        ADDR and sends OUT; prints "got" after the
+//	                        download and "accepted=SHA256" of the bytes the
+//	                        blocked accept's connection carried
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"runtime"
+	"strings"
 	"syscall"
+	"time"
 )
+
+// acceptget blocks one thread in a raw accept() while the program's
+// other goroutines download a file and then connect to that listener:
+// nothing may wait for the accept to end.
+func acceptget(addr, url, out string) error {
+	ta, err := net.ResolveTCPAddr("tcp4", addr)
+	if err != nil {
+		return err
+	}
+	sa := &syscall.SockaddrInet4{Port: ta.Port}
+	copy(sa.Addr[:], ta.IP.To4())
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		return err
+	}
+	if err := syscall.Bind(fd, sa); err != nil {
+		return fmt.Errorf("bind %s: %w", addr, err)
+	}
+	if err := syscall.Listen(fd, 4); err != nil {
+		return err
+	}
+	tids := make(chan int, 1)
+	accepted := make(chan string, 1)
+	go func() {
+		runtime.LockOSThread()
+		tids <- syscall.Gettid()
+		var conn int
+		var err error
+		for {
+			conn, _, err = syscall.Accept(fd)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		if err != nil {
+			accepted <- "error " + err.Error()
+			return
+		}
+		defer syscall.Close(conn)
+		h := sha256.New()
+		buf := make([]byte, 65536)
+		for {
+			n, err := syscall.Read(conn, buf)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				accepted <- "error " + err.Error()
+				return
+			}
+			if n == 0 {
+				break
+			}
+			h.Write(buf[:n])
+		}
+		accepted <- hex.EncodeToString(h.Sum(nil))
+	}()
+	// Wait until that thread is in accept (accept4: 288, accept: 43 on
+	// x86_64; /proc shows the call a blocked thread is in).
+	tid := <-tids
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/syscall", tid))
+		nr := strings.Fields(string(b) + " x")[0]
+		if nr == "288" || nr == "43" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the accepting thread never blocked in accept (%q)", string(b))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return fmt.Errorf("download while accept() blocks: %w", err)
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		resp.Body.Close()
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Println("got")
+	data, err := os.ReadFile(out)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialTimeout("tcp4", addr, 30*time.Second)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if _, err := c.Write(data); err != nil {
+		c.Close()
+		return err
+	}
+	c.Close()
+	select {
+	case sum := <-accepted:
+		fmt.Printf("accepted=%s\n", sum)
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("the blocked accept never returned")
+	}
+	return nil
+}
 
 // keepalive connects with keepalive options set before connect(), as a
 // program tuning its socket does, and sends the file.
@@ -282,8 +410,15 @@ func nbconnect(addr, file string) error {
 }
 
 func main() {
+	if len(os.Args) == 5 && os.Args[1] == "acceptget" {
+		if err := acceptget(os.Args[2], os.Args[3], os.Args[4]); err != nil {
+			fmt.Fprintln(os.Stderr, "reachgo:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) != 4 {
-		fmt.Fprintln(os.Stderr, "usage: reachgo get URL OUT | reachgo serve ADDR DIR | reachgo dial ADDR - | reachgo keepalive ADDR FILE | reachgo listen6 ADDR OUT | reachgo nbconnect ADDR FILE")
+		fmt.Fprintln(os.Stderr, "usage: reachgo get URL OUT | reachgo serve ADDR DIR | reachgo dial ADDR - | reachgo keepalive ADDR FILE | reachgo listen6 ADDR OUT | reachgo nbconnect ADDR FILE | reachgo acceptget ADDR URL OUT")
 		os.Exit(2)
 	}
 	var err error

@@ -983,3 +983,383 @@ fn reach_uml_nonblocking_connect_says_einprogress_then_so_error() -> Result<()> 
     );
     Ok(())
 }
+
+/// The Go program's `acceptget` in gw1 under `dropshim run RUN_ARGS`: one
+/// thread blocked in a raw accept() on gw1's link-1 address while its
+/// other goroutines download a file from `server` in gw2 (HTTP), then
+/// connect to that listener and send the file. Both transfers are
+/// checked (sha256), and gw2 must have seen MPTCP.
+fn accept_blocks_nothing(
+    tb: &Testbed,
+    go: &str,
+    run_args: &[&str],
+    dir: &Path,
+    port: u16,
+) -> Result<()> {
+    let (_, want) = blob(dir, "blob.bin", 4 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let got = tempfile::tempdir()?;
+    let out = got.path().join("got.bin");
+    let out_s = out.to_str().context("out path")?;
+    let listen = format!("{}:{}", tb.addr4("gw1", 1)?, unique_port());
+    let link = url(ip, port, "blob.bin");
+    let res = run_ok(
+        &mut dropshim_run(
+            tb,
+            "gw1",
+            run_args,
+            &[go, "acceptget", &listen, &link, out_s],
+        )?,
+        TRANSFER,
+    )?;
+    let said = String::from_utf8_lossy(&res.stdout).trim().to_string();
+    ensure!(
+        said == format!("got\naccepted={want}"),
+        "the program said {said:?}; stderr: {}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    ensure!(sha256_file(&out)? == want, "download: bytes differ");
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "gw2 saw no MP_CAPABLE SYN: the download was not MPTCP"
+    );
+    Ok(())
+}
+
+/// A thread of a static program blocked in accept() holds none of its
+/// other socket calls (native: only socket() is trapped, the accept is
+/// the kernel's).
+#[test]
+fn reach_native_blocked_accept_holds_no_other_call() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let tb = two_gateways()?;
+    let dir = tempfile::tempdir()?;
+    let port = unique_port();
+    let _server = http_server(&tb, dir.path(), IpAddr::V4(tb.addr4("gw2", 1)?), port)?;
+    accept_blocks_nothing(&tb, go, &[], dir.path(), port)
+}
+
+/// On uml the supervisor answers accept() itself: a thread of the
+/// program blocked in it must not hold the program's connect (the
+/// download) nor the supervisor's answers to it. The listener is in the
+/// instance; the program's own connection to it is accepted there.
+#[test]
+fn reach_uml_blocked_accept_holds_no_other_call() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let (tb, dev) = uml_setup("ba")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let dir = tempfile::tempdir()?;
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), IpAddr::V4(tb.addr4("gw2", 1)?), port)?;
+    accept_blocks_nothing(&tb, go, &["--config", &config], dir.path(), port)
+}
+
+/// The device file's policy holds for programs that bypass libc on
+/// native, as the shim applies it to programs linked with libc: a
+/// busybox-static `nc` connecting to 127.0.0.1 stays plain TCP (no
+/// MP_CAPABLE reaches gw1's stack, though its listener is MPTCP), a Go
+/// listener bound to 127.0.0.1 is plain TCP (`ss -M` does not list it),
+/// and a `tcp` rule for gw2's address keeps `nc`'s connection there on
+/// TCP while, without the rule, the same connection is MPTCP. Bytes are
+/// checked each time.
+#[test]
+fn reach_native_loopback_and_policy_rules_hold_for_static_programs() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let go = build_go(build.path())?;
+    let go = go.to_str().context("go binary path")?;
+    let tb = two_gateways()?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 1 << 20)?;
+    let file_s = file.to_str().context("file path")?;
+    let got = tempfile::tempdir()?;
+
+    // nc to 127.0.0.1, its server (an MPTCP listener on the wildcard)
+    // in the same namespace.
+    let port = unique_port();
+    let port_s = port.to_string();
+    let mut server = dropshim_run(
+        &tb,
+        "gw1",
+        &[],
+        &[bb, "nc", "-ll", "-p", &port_s, "-e", bb, "cat", file_s],
+    )?;
+    let _server = Background::spawn(&mut server, "busybox nc -ll in gw1")?;
+    wait_listening(tb.netns("gw1")?, port, SHORT)?;
+    let before = mptcp_counters(tb.netns("gw1")?)?;
+    let out = got.path().join("loopback.bin");
+    let lo = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    nc_receive(&tb, "gw1", bb, &[], lo, port, &out)?;
+    ensure!(sha256_file(&out)? == want, "nc over loopback: bytes differ");
+    let after = mptcp_counters(tb.netns("gw1")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") == 0,
+        "nc's connection to 127.0.0.1 was MPTCP: loopback must stay plain TCP"
+    );
+
+    // A Go server bound to 127.0.0.1: a plain TCP listener.
+    let port = unique_port();
+    let addr = format!("127.0.0.1:{port}");
+    let served = dir.path().to_str().context("dir path")?;
+    let mut server = dropshim_run(&tb, "gw1", &[], &[go, "serve", &addr, served])?;
+    let _go_server = Background::spawn(&mut server, "reachgo serve on loopback")?;
+    wait_listening(tb.netns("gw1")?, port, SHORT)?;
+    let mptcp_listeners = run_ok(
+        tb.command("gw1", "ss")?
+            .args(["-HlnM", &format!("sport = :{port}")]),
+        SHORT,
+    )?;
+    ensure!(
+        mptcp_listeners.stdout.is_empty(),
+        "the Go server bound to 127.0.0.1 is an MPTCP listener: {}",
+        String::from_utf8_lossy(&mptcp_listeners.stdout)
+    );
+    let out = got.path().join("go-loopback.bin");
+    let out_s = out.to_str().context("out path")?;
+    download_intact(
+        &tb,
+        &[],
+        &[go, "get", &url(lo, port, "blob.bin"), out_s],
+        &out,
+        &want,
+        "Go client over loopback",
+    )?;
+
+    // A `tcp` rule for gw2's link-1 address.
+    let gw2 = tb.addr4("gw2", 1)?;
+    let config = dir.path().join("policy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nname = \"reach-policy\"\nbackend = \"native\"\n\n[policy]\n\
+             default = \"mptcp\"\n\n[[policy.rule]]\ndest = \"{gw2}/32\"\naction = \"tcp\"\n"
+        ),
+    )?;
+    let config = config.to_str().context("config path")?;
+    let port = unique_port();
+    let _server = nc_file_server(&tb, bb, &file, port)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let out = got.path().join("rule.bin");
+    nc_receive(
+        &tb,
+        "gw1",
+        bb,
+        &["--config", config],
+        gw2.into(),
+        port,
+        &out,
+    )?;
+    ensure!(
+        sha256_file(&out)? == want,
+        "nc under a tcp rule: bytes differ"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") == 0,
+        "nc's connection to {gw2} was MPTCP though a rule says tcp"
+    );
+    let out = got.path().join("default.bin");
+    nc_receive(&tb, "gw1", bb, &[], gw2.into(), port, &out)?;
+    ensure!(sha256_file(&out)? == want, "nc by default: bytes differ");
+    let last = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&after, &last, "MPCapableSYNRX") >= 1,
+        "without the rule nc's connection to {gw2} was not MPTCP"
+    );
+    Ok(())
+}
+
+/// The smallest i386 program: exit(0) through `int 0x80` (an ELF header,
+/// one loadable segment, nine bytes of code), so that no 32-bit
+/// toolchain is needed.
+fn i386_exit_program() -> Vec<u8> {
+    let base: u32 = 0x0804_8000;
+    let code = [0x31, 0xdb, 0xb8, 1, 0, 0, 0, 0xcd, 0x80];
+    let total = 52 + 32 + code.len() as u32;
+    let mut elf = b"\x7fELF\x01\x01\x01".to_vec();
+    elf.resize(16, 0);
+    for half in [2u16, 3] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    for word in [1u32, base + 52 + 32, 52, 0, 0] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    for half in [52u16, 32, 1, 0, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    for word in [1u32, 0, base, base, total, total, 5, 0x1000] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(&code);
+    elf
+}
+
+/// A 32-bit program, which neither the filter (it checks the host's
+/// audit arch) nor the 64-bit shim can reach, is not served silently:
+/// on native it runs with one line saying it keeps plain TCP (and no
+/// dynamic loader complaint about the shim); on uml and lkl it is refused
+/// before it starts with one line naming native.
+#[test]
+fn reach_a_32_bit_program_gets_one_clear_line_on_every_backend() -> Result<()> {
+    ensure!(
+        cfg!(target_arch = "x86_64"),
+        "this test runs an i386 program on an x86_64 host"
+    );
+    let dir = tempfile::tempdir()?;
+    let prog = dir.path().join("exit32");
+    std::fs::write(&prog, i386_exit_program())?;
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let prog = prog.to_str().context("program path")?;
+    let ran = run_bounded(&mut dropshim_run_here(&[], &[prog]), SHORT)?;
+    let said = String::from_utf8_lossy(&ran.stderr).to_string();
+    ensure!(ran.status.success(), "native: {} {said}", ran.status);
+    ensure!(
+        said.lines().count() == 1 && said.contains("32-bit x86") && said.contains("plain TCP"),
+        "native: expected one line saying the 32-bit program keeps plain TCP, got {said:?}"
+    );
+    for backend in ["uml", "lkl"] {
+        let res = run_bounded(
+            &mut dropshim_run_here(&["--backend", backend], &[prog]),
+            SHORT,
+        )?;
+        let said = String::from_utf8_lossy(&res.stderr).to_string();
+        ensure!(
+            res.status.code() == Some(1),
+            "{backend}: the 32-bit program was not refused ({}): {said}",
+            res.status
+        );
+        ensure!(
+            said.lines().count() == 1
+                && said.contains("32-bit x86")
+                && said.contains("--backend native"),
+            "{backend}: expected one line naming native, got {said:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Builds tests/c/accept_signal.c into `dir`, statically linked.
+fn build_accept_signal(dir: &Path) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/accept_signal.c");
+    let out = dir.join("accept_signal");
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src),
+        GO_BUILD,
+    )
+    .context("gcc -static failed (scripts/setup.sh installs build-essential)")?;
+    Ok(out)
+}
+
+/// Whether the program `pid` started (`dropshim run`'s child), or `pid`
+/// itself when it has none, is blocked in accept() (x86_64: 43, or
+/// accept4: 288).
+fn blocked_in_accept(pid: u32) -> bool {
+    let kids =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let target = kids
+        .split_whitespace()
+        .next()
+        .and_then(|k| k.parse::<u32>().ok())
+        .unwrap_or(pid);
+    std::fs::read_to_string(format!("/proc/{target}/syscall"))
+        .is_ok_and(|s| s.starts_with("43 ") || s.starts_with("288 "))
+}
+
+/// Runs accept_signal (`cmd`, listening on `ip:port`), sends SIGUSR1 once
+/// its accept() blocks, and returns what it printed after: the handler's
+/// line and accept()'s outcome (with `restart`, the bytes of a connection
+/// made from gw2 after the signal).
+fn accept_signal_outcome(
+    tb: &Testbed,
+    cmd: &mut Command,
+    ip: IpAddr,
+    port: u16,
+    restart: bool,
+) -> Result<Vec<String>> {
+    let prog = dropshim_tests::reliability::Lines::spawn(cmd, "accept_signal")?;
+    prog.expect("listening", SHORT)?;
+    let pid = prog.pid();
+    wait_until(SHORT, "accept_signal blocked in accept()", || {
+        blocked_in_accept(pid)
+    })?;
+    // SAFETY: kill takes integers only; `pid` is our child, still running
+    // (it blocks in accept).
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) };
+    let handled = prog.expect("handled", SHORT)?;
+    if restart {
+        let message = "hello-from-gw2";
+        run_ok(
+            plain(tb, "gw2", "python3")?.args([
+                "-c",
+                "import socket,sys\n\
+                 s=socket.create_connection((sys.argv[1],int(sys.argv[2])))\n\
+                 s.sendall(sys.argv[3].encode()); s.close()",
+                &ip.to_string(),
+                &port.to_string(),
+                message,
+            ]),
+            SHORT,
+        )?;
+        Ok(vec![handled, prog.expect("data=", SHORT)?])
+    } else {
+        Ok(vec![handled, prog.expect("accept=", SHORT)?])
+    }
+}
+
+/// A signal to a static program blocked in accept() on a uml listener
+/// acts as on a kernel socket: its handler runs at once; without
+/// SA_RESTART accept() fails with EINTR, with it accept() goes on and
+/// takes the next connection (its bytes checked). The kernel's own
+/// behaviour is taken from the same program, without dropshim, in gw2.
+#[test]
+fn reach_uml_signal_to_a_blocked_accept_acts_as_on_a_kernel_socket() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let prog = build_accept_signal(build.path())?;
+    let prog = prog.to_str().context("program path")?;
+    let (tb, dev) = uml_setup("as")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
+    let gw2 = IpAddr::V4(tb.addr4("gw2", 1)?);
+    for mode in ["norestart", "restart"] {
+        let restart = mode == "restart";
+        let port = unique_port();
+        let port_s = port.to_string();
+        let mut kernel = plain(&tb, "gw2", prog)?;
+        kernel.args([gw2.to_string().as_str(), &port_s, mode]);
+        let want = accept_signal_outcome(&tb, &mut kernel, gw2, port, restart)?;
+        let expected = if restart {
+            "data=hello-from-gw2".to_string()
+        } else {
+            "accept=EINTR".to_string()
+        };
+        ensure!(
+            want == ["handled".to_string(), expected],
+            "{mode}: the kernel's own socket said {want:?}"
+        );
+        let port = unique_port();
+        let port_s = port.to_string();
+        let gw1_s = gw1.to_string();
+        let mut uml = dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[prog, &gw1_s, &port_s, mode],
+        )?;
+        let got = accept_signal_outcome(&tb, &mut uml, gw1, port, restart)?;
+        ensure!(
+            got == want,
+            "{mode}: on uml {got:?}, a kernel socket {want:?}"
+        );
+    }
+    Ok(())
+}

@@ -39,12 +39,17 @@
 //! Reads and writes then go through the bridges with no interception.
 //! Every other call continues untouched.
 //!
+//! A blocking `connect()` or `accept()` is waited for by a worker thread
+//! ([`Work`]), so the supervisor answers the program's other calls
+//! meanwhile; a signal for a thread blocked in `accept()` ends the wait
+//! with `ERESTARTSYS`, as on a kernel socket.
+//!
 //! The program's memory (the address connect() names) is read through one
 //! function, [`read_program_memory`], which checks after the read that the
 //! call still stands (`SECCOMP_IOCTL_NOTIF_ID_VALID`), so the bytes are
 //! those of the thread that made the call.
 
-use super::seccomp::{ignore_gone, ioctl_ptr, Call, Mode, Supervisor};
+use super::seccomp::{ignore_gone, ioctl_ptr, notif_valid, Call, Mode, Supervisor};
 use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
@@ -146,18 +151,119 @@ impl Supervisor {
         if fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_NONBLOCK != 0 {
             return self.start_connect(call, &target, fd, device, req);
         }
-        let (reply, bridge) = self.ask(device, &req)?;
-        client::apply_to_bridge(bridge.as_raw_fd(), &req.opts);
-        self.guest
-            .remember(&bridge, domain, reply.local, reply.peer)?;
-        self.install_at(call, &target, fd, &bridge)?;
+        // A blocking connect waits for the guest's handshake: a worker
+        // waits for it, and the program's other calls go on meanwhile.
         self.log.debug(|| {
             format!(
                 "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
                 call.pid
             )
         });
-        Ok(Answer::Value(0))
+        self.hand_over(Work::Connect {
+            call: call.clone(),
+            target,
+            fd,
+            device: device.to_string(),
+            req,
+        })?;
+        Ok(Answer::Done)
+    }
+
+    /// Gives `work` to a worker thread and remembers it until it reports.
+    fn hand_over(&mut self, work: Work) -> io::Result<()> {
+        self.spawn_worker(&work)?;
+        self.inflight.insert(work.call().id, work);
+        Ok(())
+    }
+
+    /// Starts a thread that waits for what `work` waits for, then reports
+    /// to the supervisor's loop ([`Supervisor::finish`]).
+    pub(super) fn spawn_worker(&self, work: &Work) -> io::Result<()> {
+        let listener = self.listener();
+        let wake = Arc::clone(&self.wake);
+        let tx = self.done.0.clone();
+        let log = self.log;
+        let (id, tid) = (work.call().id, work.call().pid);
+        let job = match work {
+            Work::Accept { chan, .. } => Job::Accept(chan.copy.try_clone()?),
+            Work::Connect { device, req, .. } => Job::Connect(device.clone(), req.clone()),
+        };
+        std::thread::Builder::new()
+            .name("dropshim-wait".into())
+            .spawn(move || {
+                let found = match job {
+                    Job::Accept(chan) => wait_accept(listener.as_raw_fd(), id, tid, &chan),
+                    Job::Connect(device, req) => Found::Connected(ask(&log, &device, &req)),
+                };
+                if tx.send(Finished { id, found }).is_ok() {
+                    let one = 1u64.to_ne_bytes();
+                    // SAFETY: writes 8 bytes from our buffer to an eventfd
+                    // the Arc keeps open.
+                    unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Answers the call a worker waited for.
+    pub(super) fn finish(&mut self, done: Finished) {
+        let Some(work) = self.inflight.remove(&done.id) else {
+            return;
+        };
+        let answer = match (work, done.found) {
+            (_, Found::Gone) => Ok(()),
+            (work, Found::Interrupted) => self
+                .respond(work.call().id, 0, -ERESTARTSYS, 0)
+                .or_else(ignore_gone),
+            (
+                Work::Accept {
+                    call,
+                    chan,
+                    flags,
+                    domain,
+                    opts,
+                },
+                Found::Accepted(got),
+            ) => match got {
+                Ok(got) => self.deliver_accept(&call, &chan, flags, domain, &opts, got),
+                Err(e) => self.fail(&call, e),
+            },
+            (
+                Work::Connect {
+                    call,
+                    target,
+                    fd,
+                    req,
+                    ..
+                },
+                Found::Connected(res),
+            ) => match res.and_then(|(reply, bridge)| {
+                client::apply_to_bridge(bridge.as_raw_fd(), &req.opts);
+                self.guest
+                    .remember(&bridge, req.domain, reply.local, reply.peer)?;
+                self.install_at(&call, &target, fd, &bridge)
+            }) {
+                Ok(()) => self.respond(call.id, 0, 0, 0).or_else(ignore_gone),
+                Err(e) => self.fail(&call, e),
+            },
+            (work, _) => {
+                let call = work.call().clone();
+                self.fail(&call, io::Error::other("a worker answered another call"))
+            }
+        };
+        if let Err(e) = answer {
+            self.log
+                .debug(|| format!("answering a call after its wait: {e}"));
+        }
+    }
+
+    /// The call fails with `e`'s errno, unless it no longer stands.
+    fn fail(&self, call: &Call, e: io::Error) -> io::Result<()> {
+        if !self.id_valid(call.id) {
+            return Ok(());
+        }
+        let errno = e.raw_os_error().unwrap_or(libc::ECONNABORTED);
+        self.respond(call.id, 0, -errno, 0).or_else(ignore_gone)
     }
 
     /// A non-blocking connect(): a gate takes the socket's place and the
@@ -308,44 +414,16 @@ impl Supervisor {
         Ok(Answer::Value(0))
     }
 
-    /// Sends `req` to the instance's supervisor: the descriptor it answers
-    /// with, or the errno the program's call gets.
-    fn ask(&self, device: &str, req: &Request) -> io::Result<(Reply, OwnedFd)> {
-        match client::request(device, req) {
-            Ok((reply, Some(fd))) if reply.errno == 0 => {
-                // SAFETY: a descriptor just received is ours alone.
-                Ok((reply, unsafe { OwnedFd::from_raw_fd(fd) }))
-            }
-            Ok((reply, other)) => {
-                if let Some(b) = other {
-                    // SAFETY: a descriptor just received is ours alone.
-                    drop(unsafe { OwnedFd::from_raw_fd(b) });
-                }
-                let errno = if reply.errno == 0 {
-                    libc::ECONNABORTED
-                } else {
-                    reply.errno
-                };
-                Err(io::Error::from_raw_os_error(errno))
-            }
-            Err(ClientError::NotRunning(_)) => {
-                static SAID: AtomicBool = AtomicBool::new(false);
-                if !SAID.swap(true, Ordering::Relaxed) {
-                    self.log.warn(&format!(
-                        "the uml instance of device {device:?} is not running; start it with \
-                         `dropshim up --config FILE`"
-                    ));
-                }
-                Err(io::Error::from_raw_os_error(libc::ENETDOWN))
-            }
-            Err(_) => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
-        }
-    }
-
     /// Puts `new` at the program's descriptor `fd` in place of the socket
     /// there, with the socket's O_NONBLOCK and the descriptor's
     /// close-on-exec.
-    fn install_at(&self, call: &Call, target: &Target, fd: RawFd, new: &OwnedFd) -> io::Result<()> {
+    pub(super) fn install_at(
+        &self,
+        call: &Call,
+        target: &Target,
+        fd: RawFd,
+        new: &OwnedFd,
+    ) -> io::Result<()> {
         let flags = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
         if flags & libc::O_NONBLOCK != 0 {
             fcntl(
@@ -366,7 +444,12 @@ impl Supervisor {
     }
 
     /// The socket address at `addr` (`len` bytes) in the program's memory.
-    fn read_sockaddr(&self, call: &Call, addr: u64, len: u64) -> io::Result<Option<SocketAddr>> {
+    pub(super) fn read_sockaddr(
+        &self,
+        call: &Call,
+        addr: u64,
+        len: u64,
+    ) -> io::Result<Option<SocketAddr>> {
         let len = (len as usize).min(dropshim_abi::SOCKADDR_STORAGE_LEN);
         let bytes = read_program_memory(self, call, addr, len)?;
         Ok(dropshim_abi::decode(&bytes))
@@ -425,7 +508,7 @@ impl Supervisor {
         req.backlog = call.args[1] as i32;
         req.mptcp = policy.listeners && policy.decide_bind(&local) == Action::Mptcp;
         req.opts = self.guest.carried(&target, domain);
-        let (reply, chan) = self.ask(device, &req)?;
+        let (reply, chan) = ask(&self.log, device, &req)?;
         self.guest
             .remember(&chan, domain, reply.local.or(bound), None)?;
         self.guest.bound.remove(&inode);
@@ -457,46 +540,83 @@ impl Supervisor {
         }
         let status = fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)?;
         let nonblocking = status & libc::O_NONBLOCK != 0;
-        let mut buf = [0u8; REPLY_LEN];
-        let (n, conn) = loop {
-            match sys::recv_fd(target.copy.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
-                Ok(got) => break got,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
-                    // A blocking accept: wait here, looking now and then
-                    // whether the caller still waits (a signal or its death
-                    // ends the call).
-                    let mut pfd = libc::pollfd {
-                        fd: target.copy.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one live pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
-                    if !self.id_valid(call.id) {
-                        return Ok(Answer::Done);
-                    }
-                }
-                Err(e) => return Err(e),
+        let inode = target.inode();
+        // A connection taken for a call that was interrupted first.
+        if let Some(got) = self.guest.stash.get_mut(&inode).and_then(|q| q.pop()) {
+            self.deliver_accept(call, &target, flags, domain, &opts, got)?;
+            return Ok(Answer::Done);
+        }
+        match receive_conn(target.copy.as_raw_fd()) {
+            Ok(got) => self.deliver_accept(call, &target, flags, domain, &opts, got)?,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && !nonblocking => {
+                // A blocking accept: a worker waits for the connection.
+                self.hand_over(Work::Accept {
+                    call: call.clone(),
+                    chan: target,
+                    flags,
+                    domain,
+                    opts,
+                })?;
             }
-        };
-        // SAFETY: a descriptor just received is ours alone.
-        let conn = conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) });
+            Err(e) => return Err(e),
+        }
+        Ok(Answer::Done)
+    }
+
+    /// Installs an accepted connection's bridge in the program as the
+    /// result of its accept() and writes the peer's address. If the call
+    /// no longer stands, the connection is kept for the listener's next
+    /// accept(), as the kernel keeps it queued.
+    fn deliver_accept(
+        &mut self,
+        call: &Call,
+        chan: &Target,
+        flags: i32,
+        domain: i32,
+        opts: &[Opt],
+        got: Received,
+    ) -> io::Result<()> {
+        let (n, buf, conn) = got;
         let (Some(reply), Some(conn)) = (Reply::decode(&buf[..n]), conn) else {
             self.log
                 .warn("the uml instance went away; a listener of the program is dead");
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            return self.fail(call, io::Error::from_raw_os_error(libc::EINVAL));
         };
-        if flags & libc::SOCK_NONBLOCK != 0 {
-            fcntl(
-                conn.as_raw_fd(),
-                libc::F_SETFL,
-                libc::O_RDWR | libc::O_NONBLOCK,
-            )?;
+        let res = self.install_accepted(call, flags, domain, opts, &reply, &conn);
+        match res {
+            Err(_) if !self.id_valid(call.id) => {
+                let q = self.guest.stash.entry(chan.inode()).or_default();
+                q.insert(0, (n, buf, Some(conn)));
+                Ok(())
+            }
+            Err(e) => self.fail(call, e),
+            Ok(()) => Ok(()),
         }
+    }
+
+    fn install_accepted(
+        &mut self,
+        call: &Call,
+        flags: i32,
+        domain: i32,
+        opts: &[Opt],
+        reply: &Reply,
+        conn: &OwnedFd,
+    ) -> io::Result<()> {
+        let status = fcntl(conn.as_raw_fd(), libc::F_GETFL, 0)?;
+        let nonblock = if flags & libc::SOCK_NONBLOCK != 0 {
+            libc::O_NONBLOCK
+        } else {
+            0
+        };
+        fcntl(
+            conn.as_raw_fd(),
+            libc::F_SETFL,
+            (status & !libc::O_NONBLOCK) | nonblock,
+        )?;
         // An accepted socket inherits its listener's options.
-        client::apply_to_bridge(conn.as_raw_fd(), &opts);
-        self.guest
-            .remember(&conn, domain, reply.local, reply.peer)?;
+        client::apply_to_bridge(conn.as_raw_fd(), opts);
+        self.guest.remember(conn, domain, reply.local, reply.peer)?;
         if let Some(peer) = reply.peer {
             self.write_name(call, domain, peer)?;
         }
@@ -512,7 +632,7 @@ impl Supervisor {
             },
         };
         ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd)?;
-        Ok(Answer::Done)
+        Ok(())
     }
 
     /// getsockname()/getpeername() on a bridge or listener channel: the
@@ -569,6 +689,155 @@ impl Supervisor {
     }
 }
 
+/// Sends `req` to the instance's supervisor: the descriptor it answers
+/// with, or the errno the program's call gets.
+fn ask(log: &super::seccomp::Log, device: &str, req: &Request) -> io::Result<(Reply, OwnedFd)> {
+    match client::request(device, req) {
+        Ok((reply, Some(fd))) if reply.errno == 0 => {
+            // SAFETY: a descriptor just received is ours alone.
+            Ok((reply, unsafe { OwnedFd::from_raw_fd(fd) }))
+        }
+        Ok((reply, other)) => {
+            if let Some(b) = other {
+                // SAFETY: a descriptor just received is ours alone.
+                drop(unsafe { OwnedFd::from_raw_fd(b) });
+            }
+            let errno = if reply.errno == 0 {
+                libc::ECONNABORTED
+            } else {
+                reply.errno
+            };
+            Err(io::Error::from_raw_os_error(errno))
+        }
+        Err(ClientError::NotRunning(_)) => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                log.warn(&format!(
+                    "the uml instance of device {device:?} is not running; start it with \
+                     `dropshim up --config FILE`"
+                ));
+            }
+            Err(io::Error::from_raw_os_error(libc::ENETDOWN))
+        }
+        Err(_) => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
+    }
+}
+
+/// One connection received from a listener channel: the reply's bytes,
+/// their length, and the bridge.
+type Received = (usize, [u8; REPLY_LEN], Option<OwnedFd>);
+
+/// Takes the next connection from a listener channel without waiting.
+fn receive_conn(chan: RawFd) -> io::Result<Received> {
+    let mut buf = [0u8; REPLY_LEN];
+    let (n, conn) = sys::recv_fd(chan, &mut buf, libc::MSG_DONTWAIT)?;
+    // SAFETY: a descriptor just received is ours alone.
+    Ok((n, buf, conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) })))
+}
+
+/// A worker's wait for a blocking accept(): until the channel holds a
+/// connection, the call no longer stands (the thread died, or a signal
+/// interrupted it before the filter's wait turned killable-only), or a
+/// signal the thread does not block is pending for it, looked at every
+/// 50 ms.
+fn wait_accept(listener: RawFd, id: u64, tid: u32, chan: &OwnedFd) -> Found {
+    loop {
+        if !notif_valid(listener, id) {
+            return Found::Gone;
+        }
+        if signal_pending(tid) {
+            return Found::Interrupted;
+        }
+        match receive_conn(chan.as_raw_fd()) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let mut pfd = libc::pollfd {
+                    fd: chan.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+            }
+            got => return Found::Accepted(got),
+        }
+    }
+}
+
+/// Whether thread `tid` has a signal pending that it does not block (its
+/// own or its process's), from `/proc/TID/status`. A thread waiting for
+/// the supervisor's answer does not take signals meanwhile (the filter's
+/// wait is killable only, Linux 5.19), so the supervisor ends the wait
+/// itself, as a kernel socket's accept() is ended.
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (field("SigPnd:") | field("ShdPnd:")) & !field("SigBlk:") != 0
+}
+
+/// The errno that makes the kernel restart the call after the signal's
+/// handler when it was installed with SA_RESTART (or when no handler
+/// runs), and turns into EINTR otherwise: what an interrupted accept() of
+/// a kernel socket returns inside the kernel.
+const ERESTARTSYS: i32 = 512;
+
+/// A call of the program that waits for the network, handed to a worker:
+/// what is needed to wait for it again and to answer it.
+pub(super) enum Work {
+    /// A blocking accept() on a listener channel.
+    Accept {
+        call: Call,
+        chan: Target,
+        flags: i32,
+        domain: i32,
+        opts: Vec<Opt>,
+    },
+    /// A blocking connect() through the instance.
+    Connect {
+        call: Call,
+        target: Target,
+        fd: RawFd,
+        device: String,
+        req: Request,
+    },
+}
+
+impl Work {
+    fn call(&self) -> &Call {
+        match self {
+            Work::Accept { call, .. } | Work::Connect { call, .. } => call,
+        }
+    }
+}
+
+/// What a worker thread owns while it waits.
+enum Job {
+    Accept(OwnedFd),
+    Connect(String, Request),
+}
+
+/// What a worker found, for the notification `id`.
+pub(super) struct Finished {
+    id: u64,
+    found: Found,
+}
+
+pub(super) enum Found {
+    /// The call no longer stands; nothing was taken.
+    Gone,
+    /// A signal came for the waiting thread; nothing was taken.
+    Interrupted,
+    Accepted(io::Result<Received>),
+    Connected(io::Result<(Reply, OwnedFd)>),
+}
+
 fn wildcard(domain: i32) -> SocketAddr {
     if domain == libc::AF_INET6 {
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
@@ -577,8 +846,9 @@ fn wildcard(domain: i32) -> SocketAddr {
     }
 }
 
-/// What the supervisor knows of the TCP sockets it serves on uml, keyed
-/// by socket inode (the same in every process holding the socket).
+/// What the supervisor knows of the TCP sockets it serves (on uml, and
+/// on native which are not settled yet), keyed by socket inode (the same
+/// in every process holding the socket).
 #[derive(Default)]
 pub(super) struct Sockets {
     /// Sockets bound to a guest address (never bound on the host).
@@ -589,11 +859,19 @@ pub(super) struct Sockets {
     /// Bridges and listener channels: family, the guest socket's local
     /// and peer addresses.
     names: HashMap<u64, (i32, Option<SocketAddr>, Option<SocketAddr>)>,
-    /// A fresh TCP socket's value of each option in [`CARRIED`], per
-    /// family, read once.
-    defaults: HashMap<i32, Vec<Option<Vec<u8>>>>,
+    /// A fresh socket's value of each option in [`CARRIED`], per family
+    /// and protocol, read once.
+    defaults: HashMap<(i32, i32), Vec<Option<Vec<u8>>>>,
+    /// native: the sockets the supervisor opened for the program's
+    /// socket() calls whose protocol is not fixed yet (no connect() or
+    /// listen() so far), by inode.
+    pub(super) unsettled: std::collections::HashSet<u64>,
     /// Non-blocking connects in progress, by the inode of their gate.
     pending: HashMap<u64, Pending>,
+    /// Connections a worker took for an accept() that was interrupted
+    /// before they were installed, by listener channel inode, served to
+    /// the next accept() on that channel (oldest last).
+    stash: HashMap<u64, Vec<Received>>,
 }
 
 /// How a connect through the instance ended: the reply and the bridge,
@@ -736,9 +1014,16 @@ impl Sockets {
     /// option set to its default value is not told apart from one left
     /// alone; either way the guest socket gets the same value.
     fn carried(&mut self, target: &Target, domain: i32) -> Vec<Opt> {
-        let defaults = self.defaults.entry(domain).or_insert_with(|| {
+        self.set_options(target, domain, libc::IPPROTO_TCP)
+    }
+
+    /// The options of the program's socket (of `protocol`) that differ
+    /// from a fresh socket's of the same protocol.
+    pub(super) fn set_options(&mut self, target: &Target, domain: i32, protocol: i32) -> Vec<Opt> {
+        let defaults = self.defaults.entry((domain, protocol)).or_insert_with(|| {
             // SAFETY: socket(2) takes integers only.
-            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, protocol) };
             if fd < 0 {
                 return Vec::new();
             }
@@ -817,7 +1102,7 @@ fn raw_opt(fd: RawFd, level: i32, name: i32) -> Option<Vec<u8>> {
     Some(buf[..len.min(buf.len())].to_vec())
 }
 
-fn inode_of(fd: RawFd) -> io::Result<u64> {
+pub(super) fn inode_of(fd: RawFd) -> io::Result<u64> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
     // SAFETY: fstat writes one stat into our buffer.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
@@ -905,13 +1190,13 @@ fn write_program_memory(sup: &Supervisor, call: &Call, addr: u64, bytes: &[u8]) 
 }
 
 /// A copy of the program's descriptor, taken with pidfd_getfd.
-struct Target {
+pub(super) struct Target {
     tgid: libc::pid_t,
-    copy: OwnedFd,
+    pub(super) copy: OwnedFd,
 }
 
 impl Target {
-    fn open(tid: u32, fd: RawFd) -> Option<Target> {
+    pub(super) fn open(tid: u32, fd: RawFd) -> Option<Target> {
         let tgid = tgid_of(tid)?;
         // SAFETY: pidfd_open takes a pid and flags.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid, 0) } as RawFd;
@@ -933,11 +1218,11 @@ impl Target {
         })
     }
 
-    fn inode(&self) -> u64 {
+    pub(super) fn inode(&self) -> u64 {
         inode_of(self.copy.as_raw_fd()).unwrap_or(0)
     }
 
-    fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
+    pub(super) fn int_opt(&self, level: i32, name: i32) -> Option<i32> {
         dropshim_abi::sock::getsockopt_int(self.copy.as_raw_fd(), level, name).ok()
     }
 

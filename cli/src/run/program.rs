@@ -62,10 +62,22 @@ fn is_executable(path: &Path) -> bool {
 /// Classifies the program at `file`; `None` when it is neither an ELF
 /// file nor a script whose interpreter is one (exec will say why).
 pub fn classify(file: &Path) -> Option<Kind> {
-    classify_depth(file, 0)
+    let f = machine_code(file, 0)?;
+    Elf::parse(&f)?.kind()
 }
 
-fn classify_depth(file: &Path, depth: u32) -> Option<Kind> {
+/// What the program at `file` (or its script's interpreter) is when its
+/// machine code is not this host's 64-bit ABI, which alone the filter
+/// and the shim serve: a 32-bit x86 program on x86_64, say. `None` for a
+/// host program, or a file that is no ELF program.
+pub fn foreign_abi(file: &Path) -> Option<&'static str> {
+    let f = machine_code(file, 0)?;
+    Elf::parse(&f)?.foreign()
+}
+
+/// The ELF file that runs for `file`: itself, or the interpreter its
+/// `#!` line names, followed as the kernel does.
+fn machine_code(file: &Path, depth: u32) -> Option<File> {
     let f = File::open(file).ok()?;
     let mut head = [0u8; 256];
     let n = read_some(&f, &mut head, 0)?;
@@ -78,10 +90,16 @@ fn classify_depth(file: &Path, depth: u32) -> Option<Kind> {
         let line = head[2..].split(|&b| b == b'\n').next()?;
         let text = std::str::from_utf8(line).ok()?.trim();
         let interp = text.split_whitespace().next()?;
-        return classify_depth(Path::new(interp), depth + 1);
+        return machine_code(Path::new(interp), depth + 1);
     }
-    Elf::parse(&f)?.kind()
+    Some(f)
 }
+
+/// The host's ELF machine number (`e_machine`).
+#[cfg(target_arch = "x86_64")]
+const HOST_MACHINE: u16 = 62;
+#[cfg(target_arch = "aarch64")]
+const HOST_MACHINE: u16 = 183;
 
 fn read_some(f: &File, buf: &mut [u8], offset: u64) -> Option<usize> {
     let mut done = 0;
@@ -208,6 +226,21 @@ impl<'f> Elf<'f> {
         }
     }
 
+    /// How this file's ABI differs from the host's, if it does.
+    fn foreign(&self) -> Option<&'static str> {
+        let id = read_exact(self.file, 20, 0)?;
+        let machine = self.u16(&id, 18)?;
+        if self.wide && machine == HOST_MACHINE {
+            return None;
+        }
+        Some(match (self.wide, machine) {
+            (false, 3) => "a 32-bit x86 (i386) program",
+            (false, 62) => "an x32 program",
+            (false, 40) => "a 32-bit Arm program",
+            _ => "a program for another architecture",
+        })
+    }
+
     fn kind(&self) -> Option<Kind> {
         let (has_interp, go_note) = self.segments()?;
         if go_note || self.has_go_section() {
@@ -317,6 +350,43 @@ mod tests {
         let empty = dir.path().join("e");
         std::fs::write(&empty, b"").expect("write");
         assert_eq!(classify(&empty), None);
+    }
+
+    /// The smallest i386 program: exit(0) through `int 0x80`.
+    fn i386_exit_program() -> Vec<u8> {
+        let base: u32 = 0x0804_8000;
+        let code = [0x31, 0xdb, 0xb8, 1, 0, 0, 0, 0xcd, 0x80];
+        let total = 52 + 32 + code.len() as u32;
+        let mut elf = b"\x7fELF\x01\x01\x01".to_vec();
+        elf.resize(16, 0);
+        for half in [2u16, 3] {
+            elf.extend_from_slice(&half.to_le_bytes()); // ET_EXEC, EM_386
+        }
+        for word in [1u32, base + 52 + 32, 52, 0, 0] {
+            elf.extend_from_slice(&word.to_le_bytes()); // version, entry, phoff, shoff, flags
+        }
+        for half in [52u16, 32, 1, 0, 0, 0] {
+            elf.extend_from_slice(&half.to_le_bytes()); // ehsize, phentsize, phnum, sh*
+        }
+        for word in [1u32, 0, base, base, total, total, 5, 0x1000] {
+            elf.extend_from_slice(&word.to_le_bytes()); // PT_LOAD, R+X
+        }
+        elf.extend_from_slice(&code);
+        elf
+    }
+
+    #[test]
+    fn a_program_of_another_abi_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prog = dir.path().join("p32");
+        std::fs::write(&prog, i386_exit_program()).expect("write");
+        assert_eq!(foreign_abi(&prog), Some("a 32-bit x86 (i386) program"));
+        assert_eq!(classify(&prog), Some(Kind::Static));
+        let script = dir.path().join("s");
+        std::fs::write(&script, format!("#!{}\n", prog.display())).expect("write");
+        assert_eq!(foreign_abi(&script), Some("a 32-bit x86 (i386) program"));
+        let sh = resolve(Path::new("sh"), None).expect("sh on the default PATH");
+        assert_eq!(foreign_abi(&sh), None);
     }
 
     #[test]

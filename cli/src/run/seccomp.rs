@@ -4,12 +4,13 @@
 //!
 //! Owns: the classic-BPF seccomp filter `dropshim run` installs in the
 //! program just before exec, and the supervisor that answers it. The
-//! filter traps exactly one call shape, `socket(AF_INET or AF_INET6,
-//! SOCK_STREAM [| SOCK_NONBLOCK | SOCK_CLOEXEC], 0 or IPPROTO_TCP)`, and
-//! hands it to user space (`SECCOMP_RET_USER_NOTIF`); every other system
-//! call, and every socket call the shim itself makes (they carry
-//! [`SOCKET_PASS_MARK`] in their unused fourth argument), goes straight
-//! to the kernel. The supervisor, which is `dropshim run` staying the
+//! filter traps `socket(AF_INET or AF_INET6, SOCK_STREAM [| SOCK_NONBLOCK
+//! | SOCK_CLOEXEC], 0 or IPPROTO_TCP)` and, unless the policy gives every
+//! socket MPTCP whatever its address, `bind()`, `connect()` and
+//! `listen()` (answered in [`super::native`]), and hands them to user
+//! space (`SECCOMP_RET_USER_NOTIF`); every other system call, and every
+//! socket call the shim itself makes (they carry [`SOCKET_PASS_MARK`] in
+//! their unused fourth argument), goes straight to the kernel. The supervisor, which is `dropshim run` staying the
 //! program's parent, opens `socket(domain, type, IPPROTO_MPTCP)` itself
 //! (plain TCP when the kernel has no MPTCP) and installs it in the
 //! program as the call's result with `SECCOMP_IOCTL_NOTIF_ADDFD` and
@@ -29,12 +30,14 @@
 
 use dropshim_abi::IPPROTO_MPTCP;
 pub use dropshim_backend_native::sys::SOCKET_PASS_MARK;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
 
 // Classic BPF opcodes (linux/filter.h): class | size | mode.
 const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
@@ -117,8 +120,13 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 /// Which stack the supervisor serves, and so what the filter traps.
 #[derive(Clone)]
 pub enum Mode {
-    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets.
-    Native,
+    /// Host MPTCP: TCP `socket()` calls become MPTCP sockets (or what the
+    /// policy's default says) and, with `addresses`, the policy settles
+    /// them at `bind()`, `connect()` and `listen()` ([`super::native`]).
+    Native {
+        policy: dropshim_conf::Policy,
+        addresses: bool,
+    },
     /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
     /// `accept()`, `getsockname()`, `getpeername()` and
     /// `getsockopt(SO_ERROR)` on TCP sockets are answered by the instance
@@ -133,7 +141,7 @@ pub enum Mode {
 /// through untouched.
 pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
     match mode {
-        Mode::Native => filter(),
+        Mode::Native { addresses, .. } => filter_with(*addresses),
         Mode::Uml { .. } => {
             use Label::*;
             // connect(), bind(), listen(), accept(), getsockname() and
@@ -169,14 +177,26 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
 }
 
 /// The native filter: TCP stream sockets of the two IP families go to the
-/// supervisor unless they carry the shim's mark; everything else runs.
-pub fn filter() -> Vec<libc::sock_filter> {
+/// supervisor unless they carry the shim's mark; with `addresses`,
+/// `bind()`, `connect()` and `listen()` of every kind too (which sockets
+/// are the supervisor's only it can tell; it lets the others continue
+/// untouched); everything else runs.
+fn filter_with(addresses: bool) -> Vec<libc::sock_filter> {
     use Label::*;
     let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
-    assemble(&[
+    let mut ops = vec![
         Op::Load(DATA_ARCH),
         Op::Jeq(AUDIT_ARCH, Next, Allow),
         Op::Load(DATA_NR),
+    ];
+    if addresses {
+        ops.extend([
+            Op::Jeq(libc::SYS_connect as u32, Notify, Next),
+            Op::Jeq(libc::SYS_bind as u32, Notify, Next),
+            Op::Jeq(libc::SYS_listen as u32, Notify, Next),
+        ]);
+    }
+    ops.extend([
         Op::Jeq(libc::SYS_socket as u32, Next, Allow),
         Op::Load(data_arg_low(0)),
         Op::Jeq(libc::AF_INET as u32, CheckType, Next),
@@ -197,7 +217,8 @@ pub fn filter() -> Vec<libc::sock_filter> {
         Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
         Op::Here(Allow),
         Op::Ret(libc::SECCOMP_RET_ALLOW),
-    ])
+    ]);
+    assemble(&ops)
 }
 
 /// The signals the supervisor passes on to the program when another
@@ -480,23 +501,36 @@ impl Log {
 }
 
 /// Answers the filter's notifications.
+///
+/// It never waits on one call: a call that waits for the network (a
+/// blocking `accept()` or `connect()` on uml) goes to a worker thread,
+/// which reports back through [`Supervisor::wake_fd`]; the notifications
+/// of the program's other threads are answered meanwhile.
 pub struct Supervisor {
-    listener: OwnedFd,
+    listener: Arc<OwnedFd>,
     notif_size: usize,
     resp_size: usize,
     /// `SECCOMP_ADDFD_FLAG_SEND` works (Linux 5.14).
     atomic_send: bool,
     /// MPTCP refused once: plain TCP from then on.
-    mptcp_missing: bool,
+    pub(super) mptcp_missing: bool,
     own_netns: Option<(OwnedFd, u64, u64)>,
     pub(super) log: Log,
     pub(super) mode: Mode,
     /// uml: what the supervisor knows of the sockets it serves.
     pub(super) guest: super::guest::Sockets,
+    /// Calls handed to worker threads, by notification id.
+    pub(super) inflight: HashMap<u64, super::guest::Work>,
+    /// Where workers report, and the eventfd they ring after reporting.
+    pub(super) done: (
+        mpsc::Sender<super::guest::Finished>,
+        mpsc::Receiver<super::guest::Finished>,
+    ),
+    pub(super) wake: Arc<OwnedFd>,
 }
 
 /// One trapped system call.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Call {
     pub(super) id: u64,
     /// The calling thread (its id in our pid namespace).
@@ -523,8 +557,25 @@ pub(super) fn ioctl_ptr<T>(
     }
 }
 
+/// A new non-blocking, close-on-exec eventfd.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes integers only.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created, ours alone.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the notification `id` on `listener` still stands.
+pub(super) fn notif_valid(listener: RawFd, id: u64) -> bool {
+    let mut id = id;
+    ioctl_ptr(listener, libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
+}
+
 impl Supervisor {
-    pub fn new(listener: OwnedFd, log: Log, mode: Mode) -> Supervisor {
+    pub fn new(listener: OwnedFd, log: Log, mode: Mode) -> io::Result<Supervisor> {
         let mut sizes = libc::seccomp_notif_sizes {
             seccomp_notif: 0,
             seccomp_notif_resp: 0,
@@ -551,8 +602,8 @@ impl Supervisor {
             let meta = f.metadata().ok()?;
             Some((OwnedFd::from(f), meta.dev(), meta.ino()))
         });
-        Supervisor {
-            listener,
+        Ok(Supervisor {
+            listener: Arc::new(listener),
             notif_size: notif.max(size_of::<libc::seccomp_notif>()),
             resp_size: resp.max(size_of::<libc::seccomp_notif_resp>()),
             atomic_send: true,
@@ -561,18 +612,60 @@ impl Supervisor {
             log,
             mode,
             guest: Default::default(),
-        }
+            inflight: HashMap::new(),
+            done: mpsc::channel(),
+            wake: Arc::new(eventfd()?),
+        })
     }
 
     pub fn fd(&self) -> RawFd {
         self.listener.as_raw_fd()
     }
 
+    /// The eventfd that turns readable when a worker has finished waiting
+    /// for one of the program's calls ([`Supervisor::finish_waits`]).
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// Another reference to the listener, for a worker thread.
+    pub(super) fn listener(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.listener)
+    }
+
     /// Whether the notification `id` still stands (the calling thread has
     /// not died or been interrupted since).
     pub(super) fn id_valid(&self, id: u64) -> bool {
-        let mut id = id;
-        ioctl_ptr(self.fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
+        notif_valid(self.fd(), id)
+    }
+
+    /// Answers the calls whose workers have reported.
+    pub fn finish_waits(&mut self) {
+        let mut count = [0u8; 8];
+        // SAFETY: reads one 8-byte counter into our buffer (non-blocking).
+        unsafe { libc::read(self.wake_fd(), count.as_mut_ptr().cast(), count.len()) };
+        while let Ok(done) = self.done.1.try_recv() {
+            self.finish(done);
+        }
+    }
+
+    /// In a forked copy of the supervisor: the workers stayed behind in
+    /// the parent, so the calls they waited for are waited for again here,
+    /// with a channel and an eventfd of this copy's own.
+    fn after_fork(&mut self) -> io::Result<()> {
+        self.done = mpsc::channel();
+        self.wake = Arc::new(eventfd()?);
+        let ids: Vec<u64> = self.inflight.keys().copied().collect();
+        for id in ids {
+            if let Some(work) = self.inflight.get(&id) {
+                if let Err(e) = self.spawn_worker(work) {
+                    self.log.debug(|| format!("waiting again for a call: {e}"));
+                    self.inflight.remove(&id);
+                    let _ = self.respond(id, 0, -libc::ENOMEM, 0);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn receive(&self) -> io::Result<Call> {
@@ -615,8 +708,12 @@ impl Supervisor {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        if let Mode::Uml { .. } = self.mode {
-            return self.answer_uml(&call);
+        let (policy, addresses) = match &self.mode {
+            Mode::Uml { .. } => return self.answer_uml(&call),
+            Mode::Native { policy, addresses } => (policy.clone(), *addresses),
+        };
+        if call.nr != libc::SYS_socket as i32 {
+            return self.answer_native_call(&call, &policy);
         }
         let ours = call.nr == libc::SYS_socket as i32
             && (call.domain == libc::AF_INET || call.domain == libc::AF_INET6)
@@ -629,7 +726,7 @@ impl Supervisor {
         if !self.id_valid(call.id) {
             return Ok(());
         }
-        let sock = match self.open_socket(&call) {
+        let sock = match self.open_socket(&call, policy.initial()) {
             Ok(s) => s,
             Err(e) => {
                 let errno = e.raw_os_error().unwrap_or(libc::ENOMEM);
@@ -638,12 +735,21 @@ impl Supervisor {
                 return self.respond(call.id, 0, -errno, 0).or_else(ignore_gone);
             }
         };
+        if addresses {
+            if self.guest.unsettled.len() >= 65_536 {
+                // Sockets the program closed before connect() or listen().
+                self.guest.unsettled.clear();
+            }
+            if let Ok(ino) = super::guest::inode_of(sock.as_raw_fd()) {
+                self.guest.unsettled.insert(ino);
+            }
+        }
         self.install(&call, sock)
     }
 
     /// The socket the program asked for, as MPTCP, in the program's
     /// network namespace.
-    fn open_socket(&mut self, call: &Call) -> io::Result<OwnedFd> {
+    fn open_socket(&mut self, call: &Call, initial: dropshim_conf::Action) -> io::Result<OwnedFd> {
         let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | (call.ty & libc::SOCK_NONBLOCK);
         let _netns = self.enter_netns(call)?;
         let open = |proto| {
@@ -657,7 +763,7 @@ impl Supervisor {
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             }
         };
-        if !self.mptcp_missing {
+        if !self.mptcp_missing && initial == dropshim_conf::Action::Mptcp {
             match open(IPPROTO_MPTCP) {
                 Ok(fd) => return Ok(fd),
                 Err(e) if dropshim_backend_native::socket::mptcp_unavailable(&e) => {
@@ -676,7 +782,7 @@ impl Supervisor {
 
     /// Enters the calling thread's network namespace when it is not ours
     /// (the program may have unshared one); the guard comes back on drop.
-    fn enter_netns(&self, call: &Call) -> io::Result<Option<NetnsGuard>> {
+    pub(super) fn enter_netns(&self, call: &Call) -> io::Result<Option<NetnsGuard>> {
         let Some((own, dev, ino)) = &self.own_netns else {
             return Ok(None);
         };
@@ -755,7 +861,7 @@ pub(super) fn ignore_gone(e: io::Error) -> io::Result<()> {
 }
 
 /// Returns to the supervisor's own network namespace on drop.
-struct NetnsGuard(RawFd);
+pub(super) struct NetnsGuard(RawFd);
 
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
@@ -812,6 +918,11 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 events: libc::POLLIN,
                 revents: 0,
             });
+            fds.push(libc::pollfd {
+                fd: s.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
         }
         // SAFETY: `fds` is a live array of the length given.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -821,6 +932,11 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 continue;
             }
             return Err(e);
+        }
+        if fds.get(3).is_some_and(|w| w.revents & libc::POLLIN != 0) {
+            if let Some(sup) = sup.as_mut() {
+                sup.finish_waits();
+            }
         }
         if let Some(s) = fds.get(2) {
             if s.revents & libc::POLLIN != 0 {
@@ -901,8 +1017,11 @@ fn linger(mut sup: Supervisor, log: Log) {
     if n == 1 && pfd.revents & libc::POLLIN == 0 {
         return; // hung up: nobody left
     }
-    // SAFETY: this process is single-threaded, so the child may run any
-    // code; it only serves the listener and exits.
+    // SAFETY: the child runs only this supervisor's loop. Its other
+    // threads (workers waiting for calls) do not follow it; it starts its
+    // own ([`Supervisor::after_fork`]). glibc's fork leaves malloc usable
+    // in the child, and no lock the loop takes is held by a worker: they
+    // share only the channel, which the child replaces.
     let pid = unsafe { libc::fork() };
     if pid != 0 {
         return;
@@ -921,21 +1040,40 @@ fn linger(mut sup: Supervisor, log: Log) {
             }
         }
     }
+    if let Err(e) = sup.after_fork() {
+        log.debug(|| format!("the detached supervisor: {e}"));
+        // SAFETY: ends the detached copy, as below.
+        unsafe { libc::_exit(0) };
+    }
     loop {
-        pfd.revents = 0;
-        // SAFETY: one live pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        let mut fds = [
+            libc::pollfd {
+                fd: sup.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sup.wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: a live array of two pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
         if n < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
             break;
         }
-        if pfd.revents & libc::POLLIN != 0 {
+        if fds[1].revents & libc::POLLIN != 0 {
+            sup.finish_waits();
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
             if let Err(e) = sup.handle_one() {
                 log.debug(|| format!("answering a socket() call: {e}"));
             }
-        } else if pfd.revents != 0 {
+        } else if fds[0].revents != 0 {
             break;
         }
     }
@@ -1003,7 +1141,7 @@ mod tests {
 
     fn socket_call(domain: i32, ty: i32, proto: i32, fourth: u64) -> u32 {
         let args = [domain as u64, ty as u64, proto as u64, fourth, 0, 0];
-        run(&filter(), libc::SYS_socket, args, AUDIT_ARCH)
+        run(&filter_with(false), libc::SYS_socket, args, AUDIT_ARCH)
     }
 
     #[test]
@@ -1052,8 +1190,48 @@ mod tests {
         );
         // Other system calls and other ABIs.
         let args = [libc::AF_INET as u64, stream as u64, 0, 0, 0, 0];
-        assert_eq!(run(&filter(), libc::SYS_connect, args, AUDIT_ARCH), ALLOW);
-        assert_eq!(run(&filter(), libc::SYS_socket, args, 0x4000_0003), ALLOW);
+        assert_eq!(
+            run(&filter_with(false), libc::SYS_connect, args, AUDIT_ARCH),
+            ALLOW
+        );
+        assert_eq!(
+            run(&filter_with(false), libc::SYS_socket, args, 0x4000_0003),
+            ALLOW
+        );
+    }
+
+    #[test]
+    fn native_filter_traps_addresses_when_the_policy_decides_by_them() {
+        let strict = dropshim_conf::Policy::default();
+        assert!(super::super::native::needs_addresses(&strict));
+        let native = filter_for(&Mode::Native {
+            policy: strict,
+            addresses: true,
+        });
+        let none = [0u64; 6];
+        for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_listen] {
+            assert_eq!(run(&native, nr, none, AUDIT_ARCH), NOTIFY, "{nr}");
+            assert_eq!(run(&native, nr, none, 0x4000_0003), ALLOW, "{nr}");
+        }
+        assert_eq!(run(&native, libc::SYS_accept4, none, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(&native, libc::SYS_read, none, AUDIT_ARCH), ALLOW);
+        let tcp = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        assert_eq!(run(&native, libc::SYS_socket, tcp, AUDIT_ARCH), NOTIFY);
+        let udp = [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0];
+        assert_eq!(run(&native, libc::SYS_socket, udp, AUDIT_ARCH), ALLOW);
+
+        // MPTCP for every socket, loopback included: socket() alone.
+        let all = dropshim_conf::Policy {
+            loopback: true,
+            ..Default::default()
+        };
+        assert!(!super::super::native::needs_addresses(&all));
+        let native = filter_for(&Mode::Native {
+            policy: all,
+            addresses: false,
+        });
+        assert_eq!(run(&native, libc::SYS_connect, none, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(&native, libc::SYS_socket, tcp, AUDIT_ARCH), NOTIFY);
     }
 
     #[test]
