@@ -27,12 +27,15 @@
 
 mod backends;
 mod contract;
+mod emulated;
 mod faults;
 mod fdtable;
 mod forklock;
 mod hooks;
+mod libc_real;
 mod lkl;
 mod log;
+mod mem;
 mod native;
 mod runtime;
 mod trace;

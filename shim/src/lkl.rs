@@ -73,13 +73,12 @@
 
 mod relay;
 
+use crate::emulated::connect::{connect_done, wait_for_connect};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
-use crate::hooks::write_addr;
-use crate::hooks::{
-    connect_done, copy_in, put_int, put_sockopt, read_addr, real, wait_for_connect,
-};
+use crate::libc_real as real;
 use crate::log;
+use crate::mem::{copy_in, put_int, put_sockopt, read_addr, read_optlen, write_addr};
 use crate::Errno;
 use dropshim_abi::{is_loopback, IPPROTO_MPTCP};
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl};
@@ -1570,7 +1569,7 @@ pub unsafe fn getsockopt(
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
     };
-    let want = match crate::hooks::read_optlen(len) {
+    let want = match read_optlen(len) {
         Ok(n) => n,
         Err(e) => return e.fail(),
     };

@@ -22,10 +22,12 @@
 //! or listen replaces the file under the socket, every one of its
 //! descriptors gets the new file. The socket goes with the last of them.
 
+use crate::emulated::connect::{connect_done, wait_for_connect};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
-use crate::hooks::{connect_done, copy_in, put_int, read_addr, real, wait_for_connect, write_addr};
+use crate::libc_real as real;
 use crate::log;
+use crate::mem::{copy_in, put_int, read_addr, write_addr};
 use crate::Errno;
 use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
