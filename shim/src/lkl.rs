@@ -73,7 +73,10 @@
 
 mod relay;
 
-use crate::emulated::connect::{connect_done, wait_for_connect};
+use crate::emulated::connect::{connect_done, gate, wait_for_connect};
+use crate::emulated::epoll::Epolls;
+use crate::emulated::files::{add_status, apply_flags, close_fd, nonblocking, pair, put_file};
+use crate::emulated::options::tcp_identity;
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
 use crate::libc_real as real;
@@ -451,10 +454,9 @@ struct Sock {
     /// Options set before connect/bind, replayed if the socket moves to
     /// the host stack (loopback).
     opts: Vec<(c_int, c_int, Vec<u8>)>,
-    /// epoll registrations made while a non-blocking connect is pending
-    /// (epfd, events, data): the file under the descriptor changes when it
-    /// completes, which drops them in the kernel, so they are made again.
-    epolls: Vec<(c_int, u32, u64)>,
+    /// epoll registrations made while the file under the descriptor may
+    /// still change (connect, listen, loopback), made again on the new one.
+    epolls: Epolls,
 }
 
 impl Sock {
@@ -468,31 +470,6 @@ impl Sock {
 }
 
 static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
-
-fn close_fd(fd: c_int) {
-    // SAFETY: `fd` is a descriptor the shim created and owns; closing it
-    // through the raw syscall skips the program-facing close hook.
-    unsafe { libc::syscall(libc::SYS_close, fd as libc::c_long) };
-}
-
-/// A socketpair, both ends close-on-exec and blocking.
-fn pair() -> Result<[c_int; 2], Errno> {
-    dropshim_abi::sock::unix_pair(libc::SOCK_STREAM).map_err(Errno::from)
-}
-
-/// Gives the program's end the socket flags it asked for.
-fn apply_flags(fd: c_int, flags: c_int) {
-    // SAFETY: fcntl on a descriptor we just created.
-    unsafe {
-        if flags & libc::SOCK_NONBLOCK != 0 {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        if flags & libc::SOCK_CLOEXEC == 0 {
-            libc::fcntl(fd, libc::F_SETFD, 0);
-        }
-    }
-}
 
 /// Flags of a socket whose file may still change (fresh: connect or
 /// listen replace it): epoll_ctl comes to [`epoll_ctl`] to be recorded.
@@ -509,24 +486,6 @@ fn register(fd: c_int, sock: Sock, flags: u8) {
 fn settle(fd: c_int, sock: &mut Sock) {
     sock.epolls.clear();
     fdtable::set(fd, SETTLED);
-}
-
-/// Makes `fd`'s recorded epoll registrations again (on the file now under
-/// it); the kernel dropped them with the file that was there before.
-fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
-    for &(epfd, events, u64) in epolls {
-        let mut ev = libc::epoll_event { events, u64 };
-        // SAFETY: `ev` is a live epoll_event; the raw syscall skips the hook.
-        unsafe {
-            libc::syscall(
-                libc::SYS_epoll_ctl,
-                epfd as libc::c_long,
-                op as libc::c_long,
-                fd as libc::c_long,
-                &mut ev as *mut libc::epoll_event,
-            )
-        };
-    }
 }
 
 // ------------------------------------------------------------ relay
@@ -739,7 +698,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
                 relay_end: sv[1],
             },
             opts: Vec::new(),
-            epolls: Vec::new(),
+            epolls: Epolls::default(),
         },
         MOVABLE,
     );
@@ -782,43 +741,29 @@ fn move_to_host(fd: c_int) -> Result<(), Errno> {
     // `fd` is this backend's socket (its table entry is held locked) and
     // `host` was just made.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
     if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(host, libc::F_SETFL, libc::O_NONBLOCK) };
+        let _ = add_status(host, libc::O_NONBLOCK);
     }
-    // The raw syscall skips the dup3 hook, which would forget `fd` too.
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
     // SAFETY: `fd` is this backend's socket (its table entry is held
     // locked): its file may be replaced, by our own `host`.
-    let swapped = unsafe {
-        libc::syscall(
-            libc::SYS_dup3,
-            host as libc::c_long,
-            fd as libc::c_long,
-            dflags as libc::c_long,
-        )
-    };
-    if swapped < 0 {
-        let e = Errno::from(std::io::Error::last_os_error());
+    if let Err(e) = unsafe { put_file(host, fd) } {
         close_fd(host);
-        return Err(e);
+        return Err(Errno::from(e));
     }
     // Duplicates of this socket are the same socket: they move too.
     let others = twins(&socks, fd, lkl);
     for &t in &others {
         // SAFETY: each twin is an entry of the socket table, whose lock is
         // held.
-        unsafe { replace_file(host, t) };
+        let _ = unsafe { put_file(host, t) };
     }
     close_fd(host);
     if let Some(old) = socks.remove(&fd) {
-        reregister(fd, &old.epolls, libc::EPOLL_CTL_ADD);
+        old.epolls.replay(libc::EPOLL_CTL_ADD);
     }
     for &t in &others {
         if let Some(old) = socks.remove(&t) {
-            reregister(t, &old.epolls, libc::EPOLL_CTL_ADD);
+            old.epolls.replay(libc::EPOLL_CTL_ADD);
         }
     }
     drop(socks);
@@ -841,30 +786,6 @@ fn twins(socks: &HashMap<c_int, Sock>, fd: c_int, lkl: Fd) -> Vec<c_int> {
         .filter(|(&f, s)| f != fd && s.lkl() == lkl)
         .map(|(&f, _)| f)
         .collect()
-}
-
-/// Puts `file` under `fd`, keeping `fd`'s close-on-exec flag. The raw
-/// syscall skips the dup3 hook, which would forget `fd`.
-///
-/// # Safety
-///
-/// `fd` is a descriptor of one of this backend's sockets (an entry of the
-/// socket table): whatever file it had is replaced, so it must not be a
-/// descriptor the program or the shim uses for anything else.
-unsafe fn replace_file(file: c_int, fd: c_int) -> libc::c_long {
-    // SAFETY: a flag read, no memory passed.
-    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    // SAFETY: the caller vouches that `fd` is this backend's socket
-    // (# Safety above).
-    unsafe {
-        libc::syscall(
-            libc::SYS_dup3,
-            file as libc::c_long,
-            fd as libc::c_long,
-            dflags as libc::c_long,
-        )
-    }
 }
 
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
@@ -969,9 +890,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             State::Listening(_) => return Errno(libc::EISCONN).fail(),
         }
     };
-    // SAFETY: a flag read, no memory passed.
-    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
-    if nonblocking {
+    if nonblocking(fd) {
         // SAFETY: `fd` is this backend's socket: its table entry was just
         // made Connected above.
         return unsafe { connect_in_background(k, fd, conn, relay_end, dest, None) };
@@ -1008,24 +927,6 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         Some(e) => Errno(e).fail(),
         None => Errno(libc::EIO).fail(),
     }
-}
-
-/// A pair whose first end is neither readable nor writable (its peer's
-/// receive queue is full) until the second end is drained: what the
-/// program's descriptor is while its connect is pending, as a TCP
-/// socket in SYN_SENT is.
-fn gate() -> Result<[c_int; 2], Errno> {
-    let g = pair()?;
-    // The kernel rounds a send buffer of 1 up to its minimum.
-    let _ = dropshim_abi::sock::setsockopt_int(g[0], libc::SOL_SOCKET, libc::SO_SNDBUF, 1);
-    // SAFETY: plain fcntl/write calls on a descriptor we own, with a live
-    // buffer.
-    unsafe {
-        libc::fcntl(g[0], libc::F_SETFL, libc::O_NONBLOCK);
-        let junk = [0u8; 4096];
-        while libc::write(g[0], junk.as_ptr() as *const c_void, junk.len()) > 0 {}
-    }
-    Ok(g)
 }
 
 /// Non-blocking connect: the program's descriptor becomes a gate until
@@ -1067,48 +968,36 @@ unsafe fn connect_in_background(
     if data < 0 {
         return fail(Errno::from(std::io::Error::last_os_error()), -1);
     }
-    let g = match gate() {
+    let (prog, opener) = match gate() {
         Ok(g) => g,
-        Err(e) => return fail(e, data),
+        Err(e) => return fail(Errno::from(e), data),
     };
-    // SAFETY: a flag read, no memory passed.
-    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
     // Under the lock, so that close() (which forgets the socket first)
-    // cannot slip in between; the raw syscall skips the dup3 hook.
+    // cannot slip in between.
     {
         let mut socks = SOCKS.lock();
         let epolls = socks.get(&fd).map(|s| s.epolls.clone()).unwrap_or_default();
         // The data file stays open (as `data`), so its registrations would
         // outlive the swap and report it writable too early: move them.
-        reregister(fd, &epolls, libc::EPOLL_CTL_DEL);
+        epolls.replay(libc::EPOLL_CTL_DEL);
         // SAFETY: the caller vouches that `fd` is this backend's socket
         // (# Safety above); the gate is our own.
-        let swapped = unsafe {
-            libc::syscall(
-                libc::SYS_dup3,
-                g[0] as libc::c_long,
-                fd as libc::c_long,
-                dflags as libc::c_long,
-            )
-        };
-        if swapped < 0 {
-            let e = Errno::from(std::io::Error::last_os_error());
-            close_fd(g[0]);
-            close_fd(g[1]);
-            return fail(e, data);
+        if let Err(e) = unsafe { put_file(prog, fd) } {
+            close_fd(prog);
+            close_fd(opener);
+            return fail(Errno::from(e), data);
         }
-        reregister(fd, &epolls, libc::EPOLL_CTL_ADD);
+        epolls.replay(libc::EPOLL_CTL_ADD);
         if let Some(sock) = socks.get_mut(&fd) {
             sock.epolls = epolls;
         }
     }
-    close_fd(g[0]);
+    close_fd(prog);
     let pending = Arc::new(Connecting {
         conn: conn.clone(),
         data,
         relay_end,
-        opener: g[1],
+        opener,
         done,
         dest,
     });
@@ -1165,9 +1054,9 @@ fn connect_finished(c: &Connecting, errno: c_int) {
         for t in mine {
             // SAFETY: `t` is still one of this socket's descriptors (the
             // program forgets it under this lock before closing it).
-            unsafe { replace_file(c.data, t) };
+            let _ = unsafe { put_file(c.data, t) };
             if let Some(sock) = socks.get_mut(&t) {
-                reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+                sock.epolls.replay(libc::EPOLL_CTL_ADD);
                 settle(t, sock);
             }
         }
@@ -1200,27 +1089,9 @@ fn connect_finished(c: &Connecting, errno: c_int) {
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
-    // SAFETY: the program's own arguments; the kernel checks the pointer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_epoll_ctl,
-            epfd as libc::c_long,
-            op as libc::c_long,
-            fd as libc::c_long,
-            ev,
-        )
-    } as c_int;
-    if r == 0 {
-        if let Some(sock) = socks.get_mut(&fd) {
-            sock.epolls.retain(|(e, _, _)| *e != epfd);
-            if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
-                // SAFETY: the kernel just read `*ev` successfully.
-                let e = unsafe { std::ptr::read_unaligned(ev) };
-                sock.epolls.push((epfd, e.events, e.u64));
-            }
-        }
-    }
-    r
+    let rec = socks.get_mut(&fd).map(|s| &mut s.epolls);
+    // SAFETY: the program's argument, unchanged (# Safety above).
+    unsafe { Epolls::ctl(rec, epfd, op, fd, ev) }
 }
 
 pub fn listen(fd: c_int, backlog: c_int) -> c_int {
@@ -1254,8 +1125,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     // SAFETY: a flag read, no memory passed.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     // SAFETY: `fd` is an entry of the socket table, whose lock is held.
-    if unsafe { replace_file(tokens[0], fd) } < 0 {
-        let e = Errno::from(std::io::Error::last_os_error());
+    if let Err(e) = unsafe { put_file(tokens[0], fd) } {
+        let e = Errno::from(e);
         close_fd(tokens[0]);
         close_fd(tokens[1]);
         return e.fail();
@@ -1268,7 +1139,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     for &t in &others {
         // SAFETY: each twin is an entry of the socket table, whose lock is
         // held.
-        unsafe { replace_file(tokens[0], t) };
+        let _ = unsafe { put_file(tokens[0], t) };
     }
     close_fd(tokens[0]);
     close_fd(relay_end);
@@ -1289,7 +1160,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     });
     for t in std::iter::once(fd).chain(others) {
         if let Some(sock) = socks.get_mut(&t) {
-            reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
+            sock.epolls.replay(libc::EPOLL_CTL_ADD);
             settle(t, sock);
             sock.state = State::Listening(listener.clone());
         }
@@ -1361,7 +1232,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
             domain,
             state: State::Connected(a.conn),
             opts: Vec::new(),
-            epolls: Vec::new(),
+            epolls: Epolls::default(),
         },
         SETTLED,
     );
@@ -1542,29 +1413,23 @@ pub unsafe fn getsockopt(
         };
         (s.lkl(), s.domain, st)
     };
-    if level == libc::SOL_SOCKET {
-        match name {
-            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_DOMAIN => return put_int(val, len, domain),
-            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
-            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(state.1)),
-            libc::SO_ERROR => {
-                let e = match &state.0 {
-                    // 0 while the connect is pending, as on TCP.
-                    Some(c) => {
-                        let e = c.result.lock().unwrap_or(0);
-                        if e == 0 || c.reported.swap(true, Ordering::AcqRel) {
-                            0
-                        } else {
-                            e
-                        }
-                    }
-                    None => 0,
-                };
-                return put_int(val, len, e);
+    if let Some(v) = tcp_identity(level, name, domain, state.1) {
+        return put_int(val, len, v);
+    }
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
+        let e = match &state.0 {
+            // 0 while the connect is pending, as on TCP.
+            Some(c) => {
+                let e = c.result.lock().unwrap_or(0);
+                if e == 0 || c.reported.swap(true, Ordering::AcqRel) {
+                    0
+                } else {
+                    e
+                }
             }
-            _ => {}
-        }
+            None => 0,
+        };
+        return put_int(val, len, e);
     }
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
@@ -1631,7 +1496,7 @@ pub fn dup(oldfd: c_int, newfd: c_int) -> bool {
         domain: s.domain,
         state,
         opts: s.opts.clone(),
-        epolls: Vec::new(),
+        epolls: Epolls::default(),
     };
     socks.insert(newfd, twin);
     true

@@ -22,7 +22,10 @@
 //! or listen replaces the file under the socket, every one of its
 //! descriptors gets the new file. The socket goes with the last of them.
 
-use crate::emulated::connect::{connect_done, wait_for_connect};
+use crate::emulated::connect::{connect_done, gate, wait_for_connect};
+use crate::emulated::epoll::Epolls;
+use crate::emulated::files::{add_status, apply_flags, nonblocking, put_file};
+use crate::emulated::options::tcp_identity;
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
 use crate::libc_real as real;
@@ -67,10 +70,9 @@ struct Sock {
     device: String,
     /// SO_ERROR still to report (a failed non-blocking connect).
     so_error: c_int,
-    /// epoll registrations made while the descriptors are not final
-    /// (fd, epfd, events, data): replacing the file under a descriptor
-    /// drops them in the kernel, so they are made again on the new file.
-    epolls: Vec<(c_int, c_int, u32, u64)>,
+    /// epoll registrations made while the descriptors are not final,
+    /// made again on each new file.
+    epolls: Epolls,
 }
 
 impl Sock {
@@ -82,19 +84,14 @@ impl Sock {
             state,
             device,
             so_error: 0,
-            epolls: Vec::new(),
+            epolls: Epolls::default(),
         }
     }
 
     /// Registers the socket's descriptors again in every epoll set the
     /// program put them in.
     fn reregister(&self) {
-        for &(fd, epfd, events, data) in &self.epolls {
-            let ev = libc::epoll_event { events, u64: data };
-            if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, Some(ev)) {
-                log::debug!("uml: re-adding fd {fd} to epoll {epfd}: {e}");
-            }
-        }
+        self.epolls.replay(libc::EPOLL_CTL_ADD);
     }
 }
 
@@ -156,7 +153,7 @@ impl Table {
             return;
         };
         if let Some(s) = self.socks.get_mut(&key) {
-            s.epolls.retain(|&(f, ..)| f != fd);
+            s.epolls.forget_fd(fd);
         }
         if !self.fds.values().any(|&k| k == key) {
             self.socks.remove(&key);
@@ -285,21 +282,13 @@ fn install(new: c_int, fds: &[c_int]) -> Result<(), c_int> {
         .and_then(|&fd| sys::fcntl(fd, libc::F_GETFL, 0).ok())
         .unwrap_or(0);
     if fl & libc::O_NONBLOCK != 0 {
-        let _ = sys::fcntl(
-            new,
-            libc::F_SETFL,
-            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
-        );
+        let _ = add_status(new, libc::O_NONBLOCK);
     }
     let mut result = Ok(());
     for &fd in fds {
-        let fdfl = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0);
-        let cloexec = if fdfl & libc::FD_CLOEXEC != 0 {
-            libc::O_CLOEXEC
-        } else {
-            0
-        };
-        if let Err(e) = sys::dup3(new, fd, cloexec) {
+        // SAFETY: `fds` are the descriptors of one of this backend's
+        // sockets, whose table lock the caller holds.
+        if let Err(e) = unsafe { put_file(new, fd) } {
             result = Err(Errno::from(e).fail());
             break;
         }
@@ -354,7 +343,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         req.bind = s.bound;
         req.opts = s.opts.clone();
         req.mptcp = POLICY.get().is_none_or(|p| wants_mptcp(p.decide(&dest)));
-        if sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) & libc::O_NONBLOCK != 0 {
+        if nonblocking(fd) {
             return start_connect(&mut socks, fd, req, None);
         }
         // Blocking: connect in the background as well and wait in a host
@@ -390,38 +379,6 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 }
 
 static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// A gate: the program's end of a Unix stream pair whose send buffer is
-/// full, so it is neither readable nor writable until its other end
-/// (kept by the shim) is closed. Returns (program's end, shim's end).
-fn gate() -> std::io::Result<(c_int, c_int)> {
-    let [prog, shim] = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM)?;
-    let filled = (|| {
-        dropshim_abi::sock::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
-        sys::fcntl(
-            prog,
-            libc::F_SETFL,
-            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
-        )?;
-        let block = [0u8; 4096];
-        for _ in 0..64 {
-            match sys::write(prog, &block) {
-                Ok(_) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(std::io::Error::other("the gate never filled"))
-    })();
-    match filled {
-        Ok(()) => Ok((prog, shim)),
-        Err(e) => {
-            sys::close(prog);
-            sys::close(shim);
-            Err(e)
-        }
-    }
-}
 
 /// Non-blocking connect: puts a gate in place of the descriptor, hands
 /// the request to a helper thread and says EINPROGRESS, like a kernel
@@ -562,22 +519,12 @@ fn finish_connect(
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
-    // SAFETY: the program's own arguments; the kernel checks the pointer.
-    let ret = unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) } as c_int;
-    if ret < 0 {
-        return ret;
-    }
-    if let Some(s) = socks.get_mut(fd) {
-        if matches!(s.state, State::Fresh | State::Connecting { .. }) {
-            s.epolls.retain(|&(f, e, _, _)| !(f == fd && e == epfd));
-            if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
-                // SAFETY: the kernel just read this epoll_event successfully.
-                let e = unsafe { std::ptr::read_unaligned(ev) };
-                s.epolls.push((fd, epfd, e.events, e.u64));
-            }
-        }
-    }
-    ret
+    let rec = socks
+        .get_mut(fd)
+        .filter(|s| matches!(s.state, State::Fresh | State::Connecting { .. }))
+        .map(|s| &mut s.epolls);
+    // SAFETY: the program's argument, unchanged (# Safety above).
+    unsafe { Epolls::ctl(rec, epfd, op, fd, ev) }
 }
 
 /// One watch per device and process: see [`client::watch`].
@@ -761,16 +708,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         log::error!("the uml instance of device {device:?} went away; listener fd {fd} is dead");
         return Errno(libc::EINVAL).fail();
     };
-    if flags & libc::SOCK_NONBLOCK != 0 {
-        let _ = sys::fcntl(
-            conn,
-            libc::F_SETFL,
-            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
-        );
-    }
-    if flags & libc::SOCK_CLOEXEC == 0 {
-        let _ = sys::fcntl(conn, libc::F_SETFD, 0);
-    }
+    apply_flags(conn, flags);
     SOCKS.lock().insert(
         conn,
         Sock::new(
@@ -914,14 +852,8 @@ pub unsafe fn getsockopt(
             None => return unsafe { real::getsockopt(fd, level, name, val, len) },
         }
     };
-    if level == libc::SOL_SOCKET {
-        match name {
-            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
-            libc::SO_DOMAIN => return put_int(val, len, domain),
-            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(listening)),
-            _ => {}
-        }
+    if let Some(v) = tcp_identity(level, name, domain, listening) {
+        return put_int(val, len, v);
     }
     if connecting {
         // The gate is a Unix socket: a connect in progress has no error

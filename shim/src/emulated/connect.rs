@@ -30,3 +30,51 @@ pub(crate) fn connect_done(done: c_int) {
         libc::close(done);
     }
 }
+
+/// A gate: the program's end of a Unix stream pair whose send buffer is
+/// full, so it is neither readable nor writable (as a TCP socket in
+/// SYN_SENT is) until its other end, the opener the shim keeps, is
+/// drained or closed. Returns (program's end, opener), both
+/// close-on-exec; the program's end is non-blocking.
+pub(crate) fn gate() -> std::io::Result<(c_int, c_int)> {
+    let [prog, opener] = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM)?;
+    let filled = (|| {
+        // The kernel rounds a send buffer of 1 up to its minimum.
+        dropshim_abi::sock::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
+        set_nonblocking(prog)?;
+        let block = [0u8; 4096];
+        for _ in 0..64 {
+            // SAFETY: a write from a live buffer of `block.len()` bytes to
+            // our own descriptor; the raw syscall skips the write hook.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_write,
+                    prog as libc::c_long,
+                    block.as_ptr(),
+                    block.len() as libc::c_long,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EAGAIN) {
+                    return Ok(());
+                }
+                return Err(e);
+            }
+        }
+        Err(std::io::Error::other("the gate never filled"))
+    })();
+    match filled {
+        Ok(()) => Ok((prog, opener)),
+        Err(e) => {
+            super::files::close_fd(prog);
+            super::files::close_fd(opener);
+            Err(e)
+        }
+    }
+}
+
+/// Sets O_NONBLOCK on `fd`, keeping its other status flags.
+fn set_nonblocking(fd: c_int) -> std::io::Result<()> {
+    super::files::add_status(fd, libc::O_NONBLOCK)
+}
