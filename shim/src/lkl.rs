@@ -77,6 +77,7 @@ use crate::emulated::connect::{connect_done, gate, wait_for_connect};
 use crate::emulated::epoll::Epolls;
 use crate::emulated::files::{add_status, apply_flags, close_fd, nonblocking, pair, put_file};
 use crate::emulated::options::tcp_identity;
+use crate::emulated::table::{Emulated, Table};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
 use crate::libc_real as real;
@@ -89,7 +90,7 @@ use dropshim_conf::DeviceConfig;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -469,7 +470,14 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
+impl Emulated for Sock {
+    fn epolls(&mut self) -> &mut Epolls {
+        &mut self.epolls
+    }
+}
+
+/// The library sockets of this process, by descriptor (twins share one).
+static SOCKS: Lazy<ForkMutex<Table<Sock>>> = Lazy::new(|| ForkMutex::new(Table::new()));
 
 /// Flags of a socket whose file may still change (fresh: connect or
 /// listen replace it): epoll_ctl comes to [`epoll_ctl`] to be recorded.
@@ -482,10 +490,13 @@ fn register(fd: c_int, sock: Sock, flags: u8) {
     fdtable::set(fd, flags);
 }
 
-/// The file under `fd` is final: forget its epoll registrations.
-fn settle(fd: c_int, sock: &mut Sock) {
+/// The file under the socket's descriptors `fds` is final: forget its
+/// epoll registrations.
+fn settle(fds: &[c_int], sock: &mut Sock) {
     sock.epolls.clear();
-    fdtable::set(fd, SETTLED);
+    for &fd in fds {
+        fdtable::set(fd, SETTLED);
+    }
 }
 
 // ------------------------------------------------------------ relay
@@ -528,7 +539,7 @@ fn unread_byte(conn: &Arc<Conn>, host: &relay::HostEnd) -> bool {
         return false;
     };
     let socks = SOCKS.lock();
-    let mine = socks.iter().find_map(|(&fd, s)| match &s.state {
+    let mine = socks.descriptors().find_map(|(fd, s)| match &s.state {
         State::Connected(c) if Arc::ptr_eq(c, conn) && inode(fd) == Some(prog) => Some(fd),
         _ => None,
     });
@@ -609,9 +620,9 @@ extern "C" fn flush_at_exit() {
     let Some(k) = live() else { return };
     let open: Vec<c_int> = SOCKS
         .lock()
-        .iter()
+        .descriptors()
         .filter(|(_, s)| matches!(s.state, State::Connected(_)))
-        .map(|(fd, _)| *fd)
+        .map(|(fd, _)| fd)
         .collect();
     for fd in open {
         // SAFETY: shutdown on a descriptor the shim created; the program
@@ -711,7 +722,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
 /// socket is connected, listening or bound in the library kernel.
 fn move_to_host(fd: c_int) -> Result<(), Errno> {
     let mut socks = SOCKS.lock();
-    let Some(sock) = socks.get(&fd) else {
+    let Some(sock) = socks.get(fd) else {
         return Err(Errno(libc::EBADF));
     };
     let State::Fresh { lkl, relay_end } = sock.state else {
@@ -751,24 +762,21 @@ fn move_to_host(fd: c_int) -> Result<(), Errno> {
         return Err(Errno::from(e));
     }
     // Duplicates of this socket are the same socket: they move too.
-    let others = twins(&socks, fd, lkl);
-    for &t in &others {
+    let fds = socks.fds_with(fd);
+    for &t in fds.iter().filter(|&&t| t != fd) {
         // SAFETY: each twin is an entry of the socket table, whose lock is
         // held.
         let _ = unsafe { put_file(host, t) };
     }
     close_fd(host);
-    if let Some(old) = socks.remove(&fd) {
-        old.epolls.replay(libc::EPOLL_CTL_ADD);
+    if let Some(s) = socks.get(fd) {
+        s.epolls.replay(libc::EPOLL_CTL_ADD);
     }
-    for &t in &others {
-        if let Some(old) = socks.remove(&t) {
-            old.epolls.replay(libc::EPOLL_CTL_ADD);
-        }
+    for &t in &fds {
+        socks.remove(t);
     }
     drop(socks);
-    fdtable::take(fd);
-    for &t in &others {
+    for &t in &fds {
         fdtable::take(t);
     }
     close_fd(relay_end);
@@ -778,18 +786,8 @@ fn move_to_host(fd: c_int) -> Result<(), Errno> {
     Ok(())
 }
 
-/// The program's other descriptors of the socket `fd` is (dup'd twins):
-/// every entry naming the same library socket.
-fn twins(socks: &HashMap<c_int, Sock>, fd: c_int, lkl: Fd) -> Vec<c_int> {
-    socks
-        .iter()
-        .filter(|(&f, s)| f != fd && s.lkl() == lkl)
-        .map(|(&f, _)| f)
-        .collect()
-}
-
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
-    SOCKS.lock().get(&fd).map(|s| (s.lkl(), s.domain))
+    SOCKS.lock().get(fd).map(|s| (s.lkl(), s.domain))
 }
 
 fn fail_lkl(e: &LklError) -> c_int {
@@ -863,21 +861,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
     let (conn, relay_end) = {
         let mut socks = SOCKS.lock();
-        let Some(sock) = socks.get_mut(&fd) else {
+        let Some(sock) = socks.get_mut(fd) else {
             return Errno(libc::EBADF).fail();
         };
         match &sock.state {
             State::Fresh { lkl, relay_end } => {
                 let (lkl, end) = (*lkl, *relay_end);
                 let conn = Conn::new(lkl, None);
-                sock.state = State::Connected(conn.clone());
                 // Duplicates name the same socket (and the same data
                 // file, which the connect puts back under `fd`).
-                for t in twins(&socks, fd, lkl) {
-                    if let Some(twin) = socks.get_mut(&t) {
-                        twin.state = State::Connected(conn.clone());
-                    }
-                }
+                sock.state = State::Connected(conn.clone());
                 (conn, end)
             }
             State::Connected(c) => {
@@ -975,8 +968,11 @@ unsafe fn connect_in_background(
     // Under the lock, so that close() (which forgets the socket first)
     // cannot slip in between.
     {
-        let mut socks = SOCKS.lock();
-        let epolls = socks.get(&fd).map(|s| s.epolls.clone()).unwrap_or_default();
+        let socks = SOCKS.lock();
+        let epolls = socks
+            .get(fd)
+            .map(|s| s.epolls.of_fd(fd))
+            .unwrap_or_default();
         // The data file stays open (as `data`), so its registrations would
         // outlive the swap and report it writable too early: move them.
         epolls.replay(libc::EPOLL_CTL_DEL);
@@ -988,9 +984,6 @@ unsafe fn connect_in_background(
             return fail(Errno::from(e), data);
         }
         epolls.replay(libc::EPOLL_CTL_ADD);
-        if let Some(sock) = socks.get_mut(&fd) {
-            sock.epolls = epolls;
-        }
     }
     close_fd(prog);
     let pending = Arc::new(Connecting {
@@ -1046,18 +1039,20 @@ fn connect_finished(c: &Connecting, errno: c_int) {
         let mut socks = SOCKS.lock();
         // The socket's descriptors, including a duplicate the program made
         // of the gate meanwhile: each gets the data end back.
-        let mine: Vec<c_int> = socks
-            .iter()
-            .filter(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c.conn)))
-            .map(|(&t, _)| t)
-            .collect();
-        for t in mine {
-            // SAFETY: `t` is still one of this socket's descriptors (the
-            // program forgets it under this lock before closing it).
-            let _ = unsafe { put_file(c.data, t) };
-            if let Some(sock) = socks.get_mut(&t) {
+        let key = socks
+            .sockets()
+            .find(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c.conn)))
+            .map(|(k, _)| k);
+        if let Some(key) = key {
+            let mine = socks.fds_of(key);
+            for &t in &mine {
+                // SAFETY: `t` is still one of this socket's descriptors (the
+                // program forgets it under this lock before closing it).
+                let _ = unsafe { put_file(c.data, t) };
+            }
+            if let Some(sock) = socks.by_key(key) {
                 sock.epolls.replay(libc::EPOLL_CTL_ADD);
-                settle(t, sock);
+                settle(&mine, sock);
             }
         }
     }
@@ -1089,7 +1084,7 @@ fn connect_finished(c: &Connecting, errno: c_int) {
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
-    let rec = socks.get_mut(&fd).map(|s| &mut s.epolls);
+    let rec = socks.get_mut(fd).map(|s| &mut s.epolls);
     // SAFETY: the program's argument, unchanged (# Safety above).
     unsafe { Epolls::ctl(rec, epfd, op, fd, ev) }
 }
@@ -1099,7 +1094,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         return Errno(libc::EOPNOTSUPP).fail();
     };
     let mut socks = SOCKS.lock();
-    let Some(sock) = socks.get(&fd) else {
+    let Some(sock) = socks.get(fd) else {
         return Errno(libc::EBADF).fail();
     };
     let (lfd, relay_end) = match &sock.state {
@@ -1135,8 +1130,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         // SAFETY: a flag write, no memory passed.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
     }
-    let others = twins(&socks, fd, lfd);
-    for &t in &others {
+    let fds = socks.fds_with(fd);
+    for &t in fds.iter().filter(|&&t| t != fd) {
         // SAFETY: each twin is an entry of the socket table, whose lock is
         // held.
         let _ = unsafe { put_file(tokens[0], t) };
@@ -1158,12 +1153,10 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         paused: AtomicBool::new(false),
         token: tokens[1],
     });
-    for t in std::iter::once(fd).chain(others) {
-        if let Some(sock) = socks.get_mut(&t) {
-            sock.epolls.replay(libc::EPOLL_CTL_ADD);
-            settle(t, sock);
-            sock.state = State::Listening(listener.clone());
-        }
+    if let Some(sock) = socks.get_mut(fd) {
+        sock.epolls.replay(libc::EPOLL_CTL_ADD);
+        settle(&fds, sock);
+        sock.state = State::Listening(listener.clone());
     }
     drop(socks);
     if let Err(e) = relay::watch_listener(listener) {
@@ -1184,7 +1177,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// `addr` and `len` are the program's arguments to accept4(), unchanged (the
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
-    let (listener, domain) = match SOCKS.lock().get(&fd) {
+    let (listener, domain) = match SOCKS.lock().get(fd) {
         Some(Sock {
             state: State::Listening(l),
             domain,
@@ -1243,7 +1236,7 @@ fn names(fd: c_int, peer: bool) -> Result<(Option<SocketAddr>, c_int), Errno> {
     let k = live().ok_or(Errno(libc::EOPNOTSUPP))?;
     let (lfd, domain, conn) = {
         let socks = SOCKS.lock();
-        let s = socks.get(&fd).ok_or(Errno(libc::EBADF))?;
+        let s = socks.get(fd).ok_or(Errno(libc::EBADF))?;
         let conn = match &s.state {
             State::Connected(c) => Some(c.clone()),
             _ => None,
@@ -1367,7 +1360,7 @@ pub unsafe fn setsockopt(
     if r < 0 {
         return Errno(-r as c_int).fail();
     }
-    if let Some(sock) = SOCKS.lock().get_mut(&fd) {
+    if let Some(sock) = SOCKS.lock().get_mut(fd) {
         if matches!(sock.state, State::Fresh { .. }) {
             sock.opts.push((level, name, value));
         }
@@ -1403,7 +1396,7 @@ pub unsafe fn getsockopt(
     }
     let (lfd, domain, state) = {
         let socks = SOCKS.lock();
-        let Some(s) = socks.get(&fd) else {
+        let Some(s) = socks.get(fd) else {
             return Errno(libc::EBADF).fail();
         };
         let st = match &s.state {
@@ -1446,7 +1439,7 @@ pub unsafe fn getsockopt(
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> c_int {
-    let state = match SOCKS.lock().get(&fd) {
+    let state = match SOCKS.lock().get(fd) {
         Some(s) => match &s.state {
             State::Fresh { .. } => None,
             State::Connected(c) => Some(Ok(c.clone())),
@@ -1480,39 +1473,17 @@ pub fn shutdown(fd: c_int, how: c_int) -> c_int {
 /// loopback) happens to all; the socket closes with the last of them.
 /// Returns whether `newfd` is now this backend's.
 pub fn dup(oldfd: c_int, newfd: c_int) -> bool {
-    let mut socks = SOCKS.lock();
-    let Some(s) = socks.get(&oldfd) else {
-        return false;
-    };
-    let state = match &s.state {
-        State::Fresh { lkl, relay_end } => State::Fresh {
-            lkl: *lkl,
-            relay_end: *relay_end,
-        },
-        State::Connected(c) => State::Connected(c.clone()),
-        State::Listening(l) => State::Listening(l.clone()),
-    };
-    let twin = Sock {
-        domain: s.domain,
-        state,
-        opts: s.opts.clone(),
-        epolls: Epolls::default(),
-    };
-    socks.insert(newfd, twin);
-    true
+    SOCKS.lock().dup(oldfd, newfd)
 }
 
 /// The program is closing `fd` (or replacing it with dup2/dup3).
 pub fn forget(fd: c_int) {
     let sock = {
         let mut socks = SOCKS.lock();
-        let Some(sock) = socks.remove(&fd) else {
+        // A duplicate still naming this socket keeps it open.
+        let Some(sock) = socks.remove(fd) else {
             return;
         };
-        // A duplicate still names this socket: it stays open.
-        if socks.values().any(|s| s.lkl() == sock.lkl()) {
-            return;
-        }
         sock
     };
     match sock.state {

@@ -26,6 +26,7 @@ use crate::emulated::connect::{connect_done, gate, wait_for_connect};
 use crate::emulated::epoll::Epolls;
 use crate::emulated::files::{add_status, apply_flags, nonblocking, put_file};
 use crate::emulated::options::tcp_identity;
+use crate::emulated::table::{Emulated, Table};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
 use crate::libc_real as real;
@@ -95,85 +96,14 @@ impl Sock {
     }
 }
 
-/// The uml sockets of this process. A socket may have several descriptors
-/// (dup, dup2, dup3, F_DUPFD): they all name one [`Sock`], and when the
-/// file under the socket changes (connect, listen) it changes under every
-/// one of them, as on a kernel socket.
-struct Table {
-    /// Descriptor -> socket key.
-    fds: HashMap<c_int, u64>,
-    socks: HashMap<u64, Sock>,
-    next: u64,
-}
-
-impl Table {
-    fn new() -> Table {
-        Table {
-            fds: HashMap::new(),
-            socks: HashMap::new(),
-            next: 1,
-        }
-    }
-
-    fn key(&self, fd: c_int) -> Option<u64> {
-        self.fds.get(&fd).copied()
-    }
-
-    fn get(&self, fd: c_int) -> Option<&Sock> {
-        self.socks.get(&self.key(fd)?)
-    }
-
-    fn get_mut(&mut self, fd: c_int) -> Option<&mut Sock> {
-        let key = self.key(fd)?;
-        self.socks.get_mut(&key)
-    }
-
-    /// A new socket under `fd`.
-    fn insert(&mut self, fd: c_int, sock: Sock) {
-        self.remove(fd);
-        let key = self.next;
-        self.next += 1;
-        self.fds.insert(fd, key);
-        self.socks.insert(key, sock);
-    }
-
-    /// `new` is a second descriptor of `old`'s socket.
-    fn dup(&mut self, old: c_int, new: c_int) -> bool {
-        let Some(key) = self.key(old) else {
-            return false;
-        };
-        self.remove(new);
-        self.fds.insert(new, key);
-        true
-    }
-
-    /// Forgets `fd`; the socket goes with its last descriptor.
-    fn remove(&mut self, fd: c_int) {
-        let Some(key) = self.fds.remove(&fd) else {
-            return;
-        };
-        if let Some(s) = self.socks.get_mut(&key) {
-            s.epolls.forget_fd(fd);
-        }
-        if !self.fds.values().any(|&k| k == key) {
-            self.socks.remove(&key);
-        }
-    }
-
-    /// Every descriptor of socket `key`, in order.
-    fn fds_of(&self, key: u64) -> Vec<c_int> {
-        let mut fds: Vec<c_int> = self
-            .fds
-            .iter()
-            .filter(|&(_, &k)| k == key)
-            .map(|(&fd, _)| fd)
-            .collect();
-        fds.sort_unstable();
-        fds
+impl Emulated for Sock {
+    fn epolls(&mut self) -> &mut Epolls {
+        &mut self.epolls
     }
 }
 
-static SOCKS: Lazy<ForkMutex<Table>> = Lazy::new(|| ForkMutex::new(Table::new()));
+/// The uml sockets of this process, by descriptor (twins share one).
+static SOCKS: Lazy<ForkMutex<Table<Sock>>> = Lazy::new(|| ForkMutex::new(Table::new()));
 
 /// Holds the socket map's and the watch map's locks across fork, so a
 /// child never starts with one another thread was holding. No code holds
@@ -239,7 +169,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
 /// every descriptor it has.
 fn release(fd: c_int) {
     let mut socks = SOCKS.lock();
-    let fds = socks.key(fd).map(|k| socks.fds_of(k)).unwrap_or(vec![fd]);
+    let fds = socks.fds_with(fd);
     for f in fds {
         socks.remove(f);
         fdtable::set(f, TRACKED | FIXED);
@@ -384,7 +314,7 @@ static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// the request to a helper thread and says EINPROGRESS, like a kernel
 /// socket. The descriptor becomes writable when the guest connect is
 /// done; SO_ERROR then says how it went.
-fn start_connect(socks: &mut Table, fd: c_int, req: Request, done: Option<c_int>) -> c_int {
+fn start_connect(socks: &mut Table<Sock>, fd: c_int, req: Request, done: Option<c_int>) -> c_int {
     let Some(key) = socks.key(fd) else {
         return Errno(libc::EBADF).fail();
     };
@@ -403,7 +333,7 @@ fn start_connect(socks: &mut Table, fd: c_int, req: Request, done: Option<c_int>
     if flags & libc::O_NONBLOCK == 0 {
         let _ = sys::fcntl(fd, libc::F_SETFL, libc::c_long::from(flags));
     }
-    let Some(s) = socks.socks.get_mut(&key) else {
+    let Some(s) = socks.by_key(key) else {
         sys::close(waker);
         return Errno(libc::EBADF).fail();
     };
@@ -439,8 +369,7 @@ fn finish_connect(
     let mut socks = SOCKS.lock();
     let fds = socks.fds_of(key);
     let current = socks
-        .socks
-        .get_mut(&key)
+        .by_key(key)
         .filter(|s| matches!(s.state, State::Connecting { id: i } if i == id));
     let Some(s) = current else {
         // The program closed the socket (all its descriptors) meanwhile:
@@ -582,7 +511,7 @@ fn watch_loop(device: &str, fd: c_int) {
     if gone {
         let socks = SOCKS.lock();
         let mut n = 0;
-        for (&key, s) in socks.socks.iter() {
+        for (key, s) in socks.sockets() {
             if s.device != device || !matches!(s.state, State::Connected { .. }) {
                 continue;
             }
@@ -659,7 +588,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         Err(ret) => return ret,
     };
     let mut socks = SOCKS.lock();
-    let fds = socks.key(fd).map(|k| socks.fds_of(k)).unwrap_or(vec![fd]);
+    let fds = socks.fds_with(fd);
     if let Err(ret) = install(chan, &fds) {
         return ret;
     }

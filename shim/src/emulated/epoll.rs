@@ -96,6 +96,11 @@ impl Epolls {
         }
     }
 
+    /// The registrations of descriptor `fd` alone.
+    pub(crate) fn of_fd(&self, fd: c_int) -> Epolls {
+        Epolls(self.0.iter().filter(|r| r.fd == fd).copied().collect())
+    }
+
     /// Forgets the registrations of descriptor `fd` (it is going away).
     pub(crate) fn forget_fd(&mut self, fd: c_int) {
         self.0.retain(|r| r.fd != fd);

@@ -16,3 +16,4 @@ pub(crate) mod connect;
 pub(crate) mod epoll;
 pub(crate) mod files;
 pub(crate) mod options;
+pub(crate) mod table;
