@@ -194,7 +194,7 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
     // and scheduler: the same configurator as the host and the uml guest.
     lkl.configure(config, &devices).map_err(|e| e.to_string())?;
     for (iface, itf) in config.interfaces.iter().zip(&devices) {
-        if let Err(e) = announce(&lkl, itf.ifindex) {
+        if let Err(e) = lkl.announce_addresses(itf.ifindex) {
             log::warning!(
                 "lkl: cannot announce the addresses of {}: {e}; a peer may reach this process only after its neighbour entry expires",
                 iface.name
@@ -272,44 +272,6 @@ fn start_path_manager(lkl: &'static Lkl, k: &'static Kernel) {
             "lkl: cannot start the path manager thread ({e}); connections get no subflows beyond the first"
         ),
     }
-}
-
-/// Makes the library kernel announce `ifindex`'s addresses now (with
-/// arp_notify/ndisc_notify on): setting an interface's MAC address to the
-/// one it has is a "changed address" event, whose handlers send a
-/// gratuitous ARP per IPv4 address and an unsolicited neighbour
-/// advertisement per IPv6 address. Linking the interface up came before
-/// its addresses, so that event announced nothing.
-fn announce(lkl: &Lkl, ifindex: i32) -> Result<(), String> {
-    const SIOCGIFNAME: i64 = 0x8910;
-    const SIOCGIFHWADDR: i64 = 0x8927;
-    const SIOCSIFHWADDR: i64 = 0x8924;
-    let s = lkl
-        .socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
-        .map_err(|e| e.to_string())?;
-    // struct ifreq: a 16-byte name, then a 24-byte union (ifindex, or a
-    // sockaddr holding the hardware address).
-    let mut ifr = [0u8; 40];
-    ifr[16..20].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut r = 0;
-    for req in [SIOCGIFNAME, SIOCGIFHWADDR, SIOCSIFHWADDR] {
-        // SAFETY: `ifr` is a live, writable ifreq-sized buffer; the
-        // library kernel reads and writes only within it.
-        r = unsafe {
-            lkl.syscall(
-                dropshim_backend_lkl::nr::IOCTL,
-                [i64::from(s.0), req, ifr.as_mut_ptr() as i64, 0, 0, 0],
-            )
-        };
-        if r < 0 {
-            break;
-        }
-    }
-    let _ = lkl.close(s);
-    if r < 0 {
-        return Err(std::io::Error::from_raw_os_error(-r as i32).to_string());
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------ bookkeeping
