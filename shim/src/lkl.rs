@@ -70,6 +70,11 @@
 //! Loopback stays the host's: binding or connecting to 127.0.0.0/8 or ::1
 //! swaps in a plain host TCP socket under the same descriptor (options set
 //! so far are applied to it) and drops the library socket.
+//!
+//! What any emulated socket needs (the gate, the descriptor table, epoll
+//! replay, the TCP identity options) is [`crate::emulated`]'s; this
+//! module holds what is lkl's: the library kernel's boot in the process,
+//! its sockets, the relays and the flush at exit.
 
 mod relay;
 

@@ -21,6 +21,11 @@
 //! under a second number: it answers as the original, and when connect
 //! or listen replaces the file under the socket, every one of its
 //! descriptors gets the new file. The socket goes with the last of them.
+//!
+//! What any emulated socket needs (the gate, the descriptor table, epoll
+//! replay, the TCP identity options) is [`crate::emulated`]'s; this
+//! module holds what is uml's: the requests to the supervisor, the
+//! bridges and listeners it hands back, and the watch on the instance.
 
 use crate::emulated::connect::{connect_done, gate, wait_for_connect};
 use crate::emulated::epoll::Epolls;
