@@ -19,23 +19,21 @@ pub(crate) fn pair() -> Result<[c_int; 2], Errno> {
     dropshim_abi::sock::unix_pair(libc::SOCK_STREAM).map_err(Errno::from)
 }
 
-/// fcntl with integer arguments only, through the raw syscall.
-fn fcntl(fd: c_int, cmd: c_int, arg: c_int) -> std::io::Result<c_int> {
-    // SAFETY: the commands used here (F_GETFL, F_SETFL, F_GETFD, F_SETFD)
-    // take and return integers; no memory is passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fcntl,
-            fd as libc::c_long,
-            cmd as libc::c_long,
-            arg as libc::c_long,
-        )
-    };
+/// A system call `nr` (fcntl or dup3 here) with three integer arguments.
+fn int_call(nr: libc::c_long, a: c_int, b: c_int, c: c_int) -> std::io::Result<c_int> {
+    // SAFETY: the calls made through this take and return integers only;
+    // no memory is passed.
+    let r = unsafe { libc::syscall(nr, a as libc::c_long, b as libc::c_long, c as libc::c_long) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(r as c_int)
     }
+}
+
+/// fcntl with integer arguments only (F_GETFL, F_SETFL, F_GETFD, F_SETFD).
+fn fcntl(fd: c_int, cmd: c_int, arg: c_int) -> std::io::Result<c_int> {
+    int_call(libc::SYS_fcntl, fd, cmd, arg)
 }
 
 /// Adds the file status flags `add` (O_NONBLOCK) to `fd`'s.
@@ -72,19 +70,7 @@ pub(crate) fn apply_flags(fd: c_int, flags: c_int) {
 pub(crate) unsafe fn put_file(file: c_int, fd: c_int) -> std::io::Result<()> {
     let cloexec = fcntl(fd, libc::F_GETFD, 0).is_ok_and(|f| f & libc::FD_CLOEXEC != 0);
     let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    // SAFETY: the caller vouches that `fd` is the backend's socket
-    // (# Safety above); integers only.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_dup3,
-            file as libc::c_long,
-            fd as libc::c_long,
-            dflags as libc::c_long,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // The caller vouches that `fd` is the backend's socket (# Safety
+    // above).
+    int_call(libc::SYS_dup3, file, fd, dflags).map(drop)
 }
