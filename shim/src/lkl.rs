@@ -78,7 +78,7 @@
 
 mod relay;
 
-use crate::emulated::connect::{connect_done, gate, wait_for_connect};
+use crate::emulated::connect::{connect_done, gate, wait_blocking};
 use crate::emulated::epoll::Epolls;
 use crate::emulated::files::{add_status, apply_flags, close_fd, nonblocking, pair, put_file};
 use crate::emulated::options::tcp_identity;
@@ -855,29 +855,19 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         // made Connected above.
         return unsafe { connect_in_background(k, fd, conn, relay_end, dest, None) };
     }
-    // Blocking: connect in the background as well and wait in a host
-    // read(), so that a signal ends the wait exactly as it ends a kernel
-    // socket's connect: EINTR without SA_RESTART (the connect goes on, and
-    // a later connect() says EALREADY, SO_ERROR tells the outcome), and a
-    // transparent restart with it.
-    let [wait, done] = match pair() {
-        Ok(p) => p,
-        Err(e) => {
+    // Blocking: connect in the background as well, and wait as a kernel
+    // socket's connect waits.
+    let started = wait_blocking(
+        // SAFETY: `fd` is this backend's socket: its table entry was just
+        // made Connected above.
+        |done| unsafe { connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done)) },
+        |e| {
             conn.finish(e.0);
             close_fd(relay_end);
-            return e.fail();
-        }
-    };
-    // SAFETY: `fd` is this backend's socket: its table entry was just made
-    // Connected above.
-    let r = unsafe { connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done)) };
-    if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-        close_fd(wait);
-        close_fd(done);
+        },
+    );
+    if let Err(r) = started {
         return r;
-    }
-    if !wait_for_connect(wait) {
-        return Errno(libc::EINTR).fail();
     }
     // The outcome is this call's to report: SO_ERROR says 0 afterwards.
     conn.reported.store(true, Ordering::Release);

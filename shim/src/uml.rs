@@ -27,7 +27,7 @@
 //! module holds what is uml's: the requests to the supervisor, the
 //! bridges and listeners it hands back, and the watch on the instance.
 
-use crate::emulated::connect::{connect_done, gate, wait_for_connect};
+use crate::emulated::connect::{connect_done, gate, wait_blocking};
 use crate::emulated::epoll::Epolls;
 use crate::emulated::files::{add_status, apply_flags, nonblocking, put_file};
 use crate::emulated::options::tcp_identity;
@@ -281,24 +281,18 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         if nonblocking(fd) {
             return start_connect(&mut socks, fd, req, None);
         }
-        // Blocking: connect in the background as well and wait in a host
-        // read(), so that a signal ends the wait as it ends a kernel
-        // socket's connect: EINTR without SA_RESTART (the connect goes on;
-        // connect() then says EALREADY and SO_ERROR tells the outcome),
-        // a transparent restart with it.
-        // On failure errno is socketpair's own.
-        let Ok([wait, done]) = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM) else {
-            return -1;
-        };
-        let r = start_connect(&mut socks, fd, req, Some(done));
-        if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-            sys::close(wait);
-            sys::close(done);
+        // Blocking: connect in the background as well, and wait as a
+        // kernel socket's connect waits.
+        let started = wait_blocking(
+            move |done| {
+                let r = start_connect(&mut socks, fd, req, Some(done));
+                drop(socks);
+                r
+            },
+            |_| {},
+        );
+        if let Err(r) = started {
             return r;
-        }
-        drop(socks);
-        if !wait_for_connect(wait) {
-            return Errno(libc::EINTR).fail();
         }
         let mut socks = SOCKS.lock();
         match socks.get_mut(fd) {

@@ -2,6 +2,7 @@
 //! waits for the helper that runs it in a host read(), so signals act on
 //! it as on a kernel socket's connect.
 
+use crate::Errno;
 use libc::c_int;
 
 /// How a blocking connect() of the uml and lkl backends waits for the
@@ -9,7 +10,7 @@ use libc::c_int;
 /// socket pair, so a signal ends the wait exactly as it ends a kernel
 /// socket's connect (EINTR without SA_RESTART, restarted with it).
 /// Returns false if a signal interrupted the wait. Closes `wait`.
-pub(crate) fn wait_for_connect(wait: c_int) -> bool {
+fn wait_for_connect(wait: c_int) -> bool {
     let mut byte = 0u8;
     // SAFETY: a one-byte read into a live local from our own descriptor.
     let n = unsafe { libc::read(wait, (&mut byte as *mut u8).cast(), 1) };
@@ -17,6 +18,41 @@ pub(crate) fn wait_for_connect(wait: c_int) -> bool {
     // SAFETY: closing our own descriptor.
     unsafe { libc::close(wait) };
     !interrupted
+}
+
+/// A blocking connect, run so that signals act on it as on a kernel
+/// socket's: `start` begins it in the background as a non-blocking
+/// connect would (-1 with EINPROGRESS), handing the end it is given to
+/// whatever ends the connect ([`connect_done`]); meanwhile the caller
+/// waits in a host read() of the other end. A signal then ends the wait
+/// as it ends a kernel socket's connect: EINTR without SA_RESTART (the
+/// connect goes on; connect() then says EALREADY and SO_ERROR tells the
+/// outcome), a transparent restart with it. `no_pair` cleans up when the
+/// pair cannot be made (errno is then socketpair's).
+///
+/// Returns Ok once the connect is over (the caller reports its outcome),
+/// or Err with what connect() returns at once, errno set.
+pub(crate) fn wait_blocking(
+    start: impl FnOnce(c_int) -> c_int,
+    no_pair: impl FnOnce(Errno),
+) -> Result<(), c_int> {
+    let [wait, done] = match super::files::pair() {
+        Ok(p) => p,
+        Err(e) => {
+            no_pair(e);
+            return Err(e.fail());
+        }
+    };
+    let r = start(done);
+    if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        super::files::close_fd(wait);
+        super::files::close_fd(done);
+        return Err(r);
+    }
+    if !wait_for_connect(wait) {
+        return Err(Errno(libc::EINTR).fail());
+    }
+    Ok(())
 }
 
 /// The helper thread's side of `wait_for_connect`: the connect is over.
