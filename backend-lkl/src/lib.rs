@@ -787,6 +787,44 @@ impl Lkl {
         })
     }
 
+    /// Makes the library kernel announce `ifindex`'s addresses now (with
+    /// `arp_notify`/`ndisc_notify` on): setting an interface's MAC address
+    /// to the one it has is a "changed address" event, whose handlers send
+    /// a gratuitous ARP per IPv4 address and an unsolicited neighbour
+    /// advertisement per IPv6 address. Linking an interface up before its
+    /// addresses are in place announces nothing, and the library kernel's
+    /// MAC addresses are new in every process.
+    pub fn announce_addresses(&self, ifindex: i32) -> Result<()> {
+        const SIOCGIFNAME: i64 = 0x8910;
+        const SIOCGIFHWADDR: i64 = 0x8927;
+        const SIOCSIFHWADDR: i64 = 0x8924;
+        let s = self.socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        // struct ifreq: a 16-byte name, then a 24-byte union (ifindex, or
+        // a sockaddr holding the hardware address).
+        let mut ifr = [0u8; 40];
+        ifr[16..20].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut r = 0;
+        let mut what = "";
+        for (req, name) in [
+            (SIOCGIFNAME, "SIOCGIFNAME"),
+            (SIOCGIFHWADDR, "SIOCGIFHWADDR"),
+            (SIOCSIFHWADDR, "SIOCSIFHWADDR"),
+        ] {
+            // `ifr` is a live, writable ifreq-sized buffer; the library
+            // kernel reads and writes only within it.
+            r = self.call(
+                nr::IOCTL,
+                [i64::from(s.0), req, ifr.as_mut_ptr() as i64, 0, 0, 0],
+            );
+            what = name;
+            if r < 0 {
+                break;
+            }
+        }
+        let _ = self.close(s);
+        check(|| format!("ioctl {what} on interface {ifindex}"), r).map(drop)
+    }
+
     /// Gives the library kernel a virtio-net interface (see
     /// [`Lkl::add_device`]), brings it up with `addrs` (address, prefix
     /// length) and adds `routes` (destination, prefix length, optional

@@ -4,7 +4,8 @@
 
 use crate::contract::Backend;
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
-use crate::hooks::{copy_in, put_int, read_addr, real};
+use crate::libc_real as real;
+use crate::mem::{copy_in, put_int, read_addr};
 use crate::{lkl, log, native, uml, Errno};
 use dropshim_backend_native::socket::SockOpt;
 use dropshim_conf::{DeviceConfig, Policy};

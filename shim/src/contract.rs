@@ -14,7 +14,7 @@
 //! must cope with (`DROPSHIM_FAULTS=...`). The order is
 //! trace(faults(backend)): the trace shows what the program saw.
 
-use crate::hooks::real;
+use crate::libc_real as real;
 use crate::runtime::{self, Mode};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::OnceCell;
@@ -28,7 +28,7 @@ use once_cell::sync::OnceCell;
 /// program's arguments to the C call unchanged, so each pointer is one the
 /// program handed to libc under that call's contract. The pointers are
 /// still unchecked: implementations read and write them only through
-/// [`crate::hooks::copy_in`] and its relatives, or hand them to the
+/// [`crate::mem::copy_in`] and its relatives, or hand them to the
 /// kernel, which checks them.
 pub(crate) trait Backend: Send + Sync {
     /// The name used in traces and messages.

@@ -14,25 +14,39 @@
 //! calls (read, write, recv, send, recvfrom, sendto) are hooked only for
 //! fault injection and pass straight through when it is off.
 //!
-//! Layout: [`hooks`] is the only place that exports C symbols; it sorts
-//! calls and hands ours to this process's backend through the contract
-//! ([`contract`]: one trait, implemented for [`native`], [`uml`] and
-//! [`lkl`] in [`backends`], and by the wrappers [`trace`]
-//! (`DROPSHIM_TRACE`) and [`faults`] (`DROPSHIM_FAULTS`)). [`fdtable`]
-//! remembers which descriptors are ours. [`runtime`] reads the
-//! configuration once. [`forklock`] keeps fork() from leaving the shim's
-//! locks taken in a child.
+//! Layout, top to bottom (a module uses only those below it):
+//! - [`hooks`] is the only place that exports C symbols; it sorts calls
+//!   and hands ours to this process's backend through the contract.
+//! - [`contract`]: one trait, implemented for [`native`], [`uml`] and
+//!   [`lkl`] in [`backends`], and by the wrappers [`trace`]
+//!   (`DROPSHIM_TRACE`) and [`faults`] (`DROPSHIM_FAULTS`).
+//! - The backends' socket semantics: [`native`]; [`uml`] and [`lkl`],
+//!   which keep only what is their own (asking the uml supervisor for a
+//!   bridge; the library kernel's sockets and relays) on top of
+//!   [`emulated`], the one emulated TCP socket both stand behind (the
+//!   connect gate, the twin-aware descriptor table, epoll replay, the
+//!   options that follow from being TCP). Transport code that needs no
+//!   hooks lives in the backend crates (`dropshim-backend-uml`,
+//!   `dropshim-backend-lkl`).
+//! - Below all of them: [`mem`] (the one checked path to the program's
+//!   memory: copies, socket addresses, option answers), [`libc_real`]
+//!   (libc's own socket functions), [`fdtable`] (which descriptors are
+//!   ours), [`runtime`] (the configuration, read once), [`forklock`]
+//!   (fork() never leaves the shim's locks taken in a child) and [`log`].
 
 #![warn(missing_docs)]
 
 mod backends;
 mod contract;
+mod emulated;
 mod faults;
 mod fdtable;
 mod forklock;
 mod hooks;
+mod libc_real;
 mod lkl;
 mod log;
+mod mem;
 mod native;
 mod runtime;
 mod trace;

@@ -70,16 +70,24 @@
 //! Loopback stays the host's: binding or connecting to 127.0.0.0/8 or ::1
 //! swaps in a plain host TCP socket under the same descriptor (options set
 //! so far are applied to it) and drops the library socket.
+//!
+//! What any emulated socket needs (the gate, the descriptor table, epoll
+//! replay, the TCP identity options) is [`crate::emulated`]'s; this
+//! module holds what is lkl's: the library kernel's boot in the process,
+//! its sockets, the relays and the flush at exit.
 
 mod relay;
 
+use crate::emulated::connect::{connect_done, gate, wait_blocking};
+use crate::emulated::epoll::Epolls;
+use crate::emulated::files::{add_status, apply_flags, close_fd, nonblocking, pair, put_file};
+use crate::emulated::options::tcp_identity;
+use crate::emulated::table::{Emulated, Table};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
-use crate::hooks::write_addr;
-use crate::hooks::{
-    connect_done, copy_in, put_int, put_sockopt, read_addr, real, wait_for_connect,
-};
+use crate::libc_real as real;
 use crate::log;
+use crate::mem::{copy_in, put_int, put_sockopt, read_addr, read_optlen, write_addr};
 use crate::Errno;
 use dropshim_abi::{is_loopback, IPPROTO_MPTCP};
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl};
@@ -87,7 +95,7 @@ use dropshim_conf::DeviceConfig;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -191,7 +199,7 @@ fn boot(config: &DeviceConfig) -> Result<Kernel, String> {
     // and scheduler: the same configurator as the host and the uml guest.
     lkl.configure(config, &devices).map_err(|e| e.to_string())?;
     for (iface, itf) in config.interfaces.iter().zip(&devices) {
-        if let Err(e) = announce(&lkl, itf.ifindex) {
+        if let Err(e) = lkl.announce_addresses(itf.ifindex) {
             log::warning!(
                 "lkl: cannot announce the addresses of {}: {e}; a peer may reach this process only after its neighbour entry expires",
                 iface.name
@@ -269,44 +277,6 @@ fn start_path_manager(lkl: &'static Lkl, k: &'static Kernel) {
             "lkl: cannot start the path manager thread ({e}); connections get no subflows beyond the first"
         ),
     }
-}
-
-/// Makes the library kernel announce `ifindex`'s addresses now (with
-/// arp_notify/ndisc_notify on): setting an interface's MAC address to the
-/// one it has is a "changed address" event, whose handlers send a
-/// gratuitous ARP per IPv4 address and an unsolicited neighbour
-/// advertisement per IPv6 address. Linking the interface up came before
-/// its addresses, so that event announced nothing.
-fn announce(lkl: &Lkl, ifindex: i32) -> Result<(), String> {
-    const SIOCGIFNAME: i64 = 0x8910;
-    const SIOCGIFHWADDR: i64 = 0x8927;
-    const SIOCSIFHWADDR: i64 = 0x8924;
-    let s = lkl
-        .socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
-        .map_err(|e| e.to_string())?;
-    // struct ifreq: a 16-byte name, then a 24-byte union (ifindex, or a
-    // sockaddr holding the hardware address).
-    let mut ifr = [0u8; 40];
-    ifr[16..20].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut r = 0;
-    for req in [SIOCGIFNAME, SIOCGIFHWADDR, SIOCSIFHWADDR] {
-        // SAFETY: `ifr` is a live, writable ifreq-sized buffer; the
-        // library kernel reads and writes only within it.
-        r = unsafe {
-            lkl.syscall(
-                dropshim_backend_lkl::nr::IOCTL,
-                [i64::from(s.0), req, ifr.as_mut_ptr() as i64, 0, 0, 0],
-            )
-        };
-        if r < 0 {
-            break;
-        }
-    }
-    let _ = lkl.close(s);
-    if r < 0 {
-        return Err(std::io::Error::from_raw_os_error(-r as i32).to_string());
-    }
-    Ok(())
 }
 
 // ------------------------------------------------------------ bookkeeping
@@ -452,10 +422,9 @@ struct Sock {
     /// Options set before connect/bind, replayed if the socket moves to
     /// the host stack (loopback).
     opts: Vec<(c_int, c_int, Vec<u8>)>,
-    /// epoll registrations made while a non-blocking connect is pending
-    /// (epfd, events, data): the file under the descriptor changes when it
-    /// completes, which drops them in the kernel, so they are made again.
-    epolls: Vec<(c_int, u32, u64)>,
+    /// epoll registrations made while the file under the descriptor may
+    /// still change (connect, listen, loopback), made again on the new one.
+    epolls: Epolls,
 }
 
 impl Sock {
@@ -468,32 +437,14 @@ impl Sock {
     }
 }
 
-static SOCKS: Lazy<ForkMutex<HashMap<c_int, Sock>>> = Lazy::new(|| ForkMutex::new(HashMap::new()));
-
-fn close_fd(fd: c_int) {
-    // SAFETY: `fd` is a descriptor the shim created and owns; closing it
-    // through the raw syscall skips the program-facing close hook.
-    unsafe { libc::syscall(libc::SYS_close, fd as libc::c_long) };
-}
-
-/// A socketpair, both ends close-on-exec and blocking.
-fn pair() -> Result<[c_int; 2], Errno> {
-    dropshim_abi::sock::unix_pair(libc::SOCK_STREAM).map_err(Errno::from)
-}
-
-/// Gives the program's end the socket flags it asked for.
-fn apply_flags(fd: c_int, flags: c_int) {
-    // SAFETY: fcntl on a descriptor we just created.
-    unsafe {
-        if flags & libc::SOCK_NONBLOCK != 0 {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-        }
-        if flags & libc::SOCK_CLOEXEC == 0 {
-            libc::fcntl(fd, libc::F_SETFD, 0);
-        }
+impl Emulated for Sock {
+    fn epolls(&mut self) -> &mut Epolls {
+        &mut self.epolls
     }
 }
+
+/// The library sockets of this process, by descriptor (twins share one).
+static SOCKS: Lazy<ForkMutex<Table<Sock>>> = Lazy::new(|| ForkMutex::new(Table::new()));
 
 /// Flags of a socket whose file may still change (fresh: connect or
 /// listen replace it): epoll_ctl comes to [`epoll_ctl`] to be recorded.
@@ -506,27 +457,12 @@ fn register(fd: c_int, sock: Sock, flags: u8) {
     fdtable::set(fd, flags);
 }
 
-/// The file under `fd` is final: forget its epoll registrations.
-fn settle(fd: c_int, sock: &mut Sock) {
+/// The file under the socket's descriptors `fds` is final: forget its
+/// epoll registrations.
+fn settle(fds: &[c_int], sock: &mut Sock) {
     sock.epolls.clear();
-    fdtable::set(fd, SETTLED);
-}
-
-/// Makes `fd`'s recorded epoll registrations again (on the file now under
-/// it); the kernel dropped them with the file that was there before.
-fn reregister(fd: c_int, epolls: &[(c_int, u32, u64)], op: c_int) {
-    for &(epfd, events, u64) in epolls {
-        let mut ev = libc::epoll_event { events, u64 };
-        // SAFETY: `ev` is a live epoll_event; the raw syscall skips the hook.
-        unsafe {
-            libc::syscall(
-                libc::SYS_epoll_ctl,
-                epfd as libc::c_long,
-                op as libc::c_long,
-                fd as libc::c_long,
-                &mut ev as *mut libc::epoll_event,
-            )
-        };
+    for &fd in fds {
+        fdtable::set(fd, SETTLED);
     }
 }
 
@@ -570,7 +506,7 @@ fn unread_byte(conn: &Arc<Conn>, host: &relay::HostEnd) -> bool {
         return false;
     };
     let socks = SOCKS.lock();
-    let mine = socks.iter().find_map(|(&fd, s)| match &s.state {
+    let mine = socks.descriptors().find_map(|(fd, s)| match &s.state {
         State::Connected(c) if Arc::ptr_eq(c, conn) && inode(fd) == Some(prog) => Some(fd),
         _ => None,
     });
@@ -651,9 +587,9 @@ extern "C" fn flush_at_exit() {
     let Some(k) = live() else { return };
     let open: Vec<c_int> = SOCKS
         .lock()
-        .iter()
+        .descriptors()
         .filter(|(_, s)| matches!(s.state, State::Connected(_)))
-        .map(|(fd, _)| *fd)
+        .map(|(fd, _)| fd)
         .collect();
     for fd in open {
         // SAFETY: shutdown on a descriptor the shim created; the program
@@ -740,7 +676,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
                 relay_end: sv[1],
             },
             opts: Vec::new(),
-            epolls: Vec::new(),
+            epolls: Epolls::default(),
         },
         MOVABLE,
     );
@@ -753,7 +689,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
 /// socket is connected, listening or bound in the library kernel.
 fn move_to_host(fd: c_int) -> Result<(), Errno> {
     let mut socks = SOCKS.lock();
-    let Some(sock) = socks.get(&fd) else {
+    let Some(sock) = socks.get(fd) else {
         return Err(Errno(libc::EBADF));
     };
     let State::Fresh { lkl, relay_end } = sock.state else {
@@ -783,48 +719,31 @@ fn move_to_host(fd: c_int) -> Result<(), Errno> {
     // `fd` is this backend's socket (its table entry is held locked) and
     // `host` was just made.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
     if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(host, libc::F_SETFL, libc::O_NONBLOCK) };
+        let _ = add_status(host, libc::O_NONBLOCK);
     }
-    // The raw syscall skips the dup3 hook, which would forget `fd` too.
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
     // SAFETY: `fd` is this backend's socket (its table entry is held
     // locked): its file may be replaced, by our own `host`.
-    let swapped = unsafe {
-        libc::syscall(
-            libc::SYS_dup3,
-            host as libc::c_long,
-            fd as libc::c_long,
-            dflags as libc::c_long,
-        )
-    };
-    if swapped < 0 {
-        let e = Errno::from(std::io::Error::last_os_error());
+    if let Err(e) = unsafe { put_file(host, fd) } {
         close_fd(host);
-        return Err(e);
+        return Err(Errno::from(e));
     }
     // Duplicates of this socket are the same socket: they move too.
-    let others = twins(&socks, fd, lkl);
-    for &t in &others {
+    let fds = socks.fds_with(fd);
+    for &t in fds.iter().filter(|&&t| t != fd) {
         // SAFETY: each twin is an entry of the socket table, whose lock is
         // held.
-        unsafe { replace_file(host, t) };
+        let _ = unsafe { put_file(host, t) };
     }
     close_fd(host);
-    if let Some(old) = socks.remove(&fd) {
-        reregister(fd, &old.epolls, libc::EPOLL_CTL_ADD);
+    if let Some(s) = socks.get(fd) {
+        s.epolls.replay(libc::EPOLL_CTL_ADD);
     }
-    for &t in &others {
-        if let Some(old) = socks.remove(&t) {
-            reregister(t, &old.epolls, libc::EPOLL_CTL_ADD);
-        }
+    for &t in &fds {
+        socks.remove(t);
     }
     drop(socks);
-    fdtable::take(fd);
-    for &t in &others {
+    for &t in &fds {
         fdtable::take(t);
     }
     close_fd(relay_end);
@@ -834,42 +753,8 @@ fn move_to_host(fd: c_int) -> Result<(), Errno> {
     Ok(())
 }
 
-/// The program's other descriptors of the socket `fd` is (dup'd twins):
-/// every entry naming the same library socket.
-fn twins(socks: &HashMap<c_int, Sock>, fd: c_int, lkl: Fd) -> Vec<c_int> {
-    socks
-        .iter()
-        .filter(|(&f, s)| f != fd && s.lkl() == lkl)
-        .map(|(&f, _)| f)
-        .collect()
-}
-
-/// Puts `file` under `fd`, keeping `fd`'s close-on-exec flag. The raw
-/// syscall skips the dup3 hook, which would forget `fd`.
-///
-/// # Safety
-///
-/// `fd` is a descriptor of one of this backend's sockets (an entry of the
-/// socket table): whatever file it had is replaced, so it must not be a
-/// descriptor the program or the shim uses for anything else.
-unsafe fn replace_file(file: c_int, fd: c_int) -> libc::c_long {
-    // SAFETY: a flag read, no memory passed.
-    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
-    // SAFETY: the caller vouches that `fd` is this backend's socket
-    // (# Safety above).
-    unsafe {
-        libc::syscall(
-            libc::SYS_dup3,
-            file as libc::c_long,
-            fd as libc::c_long,
-            dflags as libc::c_long,
-        )
-    }
-}
-
 fn lkl_fd(fd: c_int) -> Option<(Fd, c_int)> {
-    SOCKS.lock().get(&fd).map(|s| (s.lkl(), s.domain))
+    SOCKS.lock().get(fd).map(|s| (s.lkl(), s.domain))
 }
 
 fn fail_lkl(e: &LklError) -> c_int {
@@ -943,21 +828,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
     let (conn, relay_end) = {
         let mut socks = SOCKS.lock();
-        let Some(sock) = socks.get_mut(&fd) else {
+        let Some(sock) = socks.get_mut(fd) else {
             return Errno(libc::EBADF).fail();
         };
         match &sock.state {
             State::Fresh { lkl, relay_end } => {
                 let (lkl, end) = (*lkl, *relay_end);
                 let conn = Conn::new(lkl, None);
-                sock.state = State::Connected(conn.clone());
                 // Duplicates name the same socket (and the same data
                 // file, which the connect puts back under `fd`).
-                for t in twins(&socks, fd, lkl) {
-                    if let Some(twin) = socks.get_mut(&t) {
-                        twin.state = State::Connected(conn.clone());
-                    }
-                }
+                sock.state = State::Connected(conn.clone());
                 (conn, end)
             }
             State::Connected(c) => {
@@ -970,36 +850,24 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             State::Listening(_) => return Errno(libc::EISCONN).fail(),
         }
     };
-    // SAFETY: a flag read, no memory passed.
-    let nonblocking = unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK != 0;
-    if nonblocking {
+    if nonblocking(fd) {
         // SAFETY: `fd` is this backend's socket: its table entry was just
         // made Connected above.
         return unsafe { connect_in_background(k, fd, conn, relay_end, dest, None) };
     }
-    // Blocking: connect in the background as well and wait in a host
-    // read(), so that a signal ends the wait exactly as it ends a kernel
-    // socket's connect: EINTR without SA_RESTART (the connect goes on, and
-    // a later connect() says EALREADY, SO_ERROR tells the outcome), and a
-    // transparent restart with it.
-    let [wait, done] = match pair() {
-        Ok(p) => p,
-        Err(e) => {
+    // Blocking: connect in the background as well, and wait as a kernel
+    // socket's connect waits.
+    let started = wait_blocking(
+        // SAFETY: `fd` is this backend's socket: its table entry was just
+        // made Connected above.
+        |done| unsafe { connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done)) },
+        |e| {
             conn.finish(e.0);
             close_fd(relay_end);
-            return e.fail();
-        }
-    };
-    // SAFETY: `fd` is this backend's socket: its table entry was just made
-    // Connected above.
-    let r = unsafe { connect_in_background(k, fd, conn.clone(), relay_end, dest, Some(done)) };
-    if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-        close_fd(wait);
-        close_fd(done);
+        },
+    );
+    if let Err(r) = started {
         return r;
-    }
-    if !wait_for_connect(wait) {
-        return Errno(libc::EINTR).fail();
     }
     // The outcome is this call's to report: SO_ERROR says 0 afterwards.
     conn.reported.store(true, Ordering::Release);
@@ -1009,24 +877,6 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         Some(e) => Errno(e).fail(),
         None => Errno(libc::EIO).fail(),
     }
-}
-
-/// A pair whose first end is neither readable nor writable (its peer's
-/// receive queue is full) until the second end is drained: what the
-/// program's descriptor is while its connect is pending, as a TCP
-/// socket in SYN_SENT is.
-fn gate() -> Result<[c_int; 2], Errno> {
-    let g = pair()?;
-    // The kernel rounds a send buffer of 1 up to its minimum.
-    let _ = dropshim_abi::sock::setsockopt_int(g[0], libc::SOL_SOCKET, libc::SO_SNDBUF, 1);
-    // SAFETY: plain fcntl/write calls on a descriptor we own, with a live
-    // buffer.
-    unsafe {
-        libc::fcntl(g[0], libc::F_SETFL, libc::O_NONBLOCK);
-        let junk = [0u8; 4096];
-        while libc::write(g[0], junk.as_ptr() as *const c_void, junk.len()) > 0 {}
-    }
-    Ok(g)
 }
 
 /// Non-blocking connect: the program's descriptor becomes a gate until
@@ -1068,48 +918,36 @@ unsafe fn connect_in_background(
     if data < 0 {
         return fail(Errno::from(std::io::Error::last_os_error()), -1);
     }
-    let g = match gate() {
+    let (prog, opener) = match gate() {
         Ok(g) => g,
-        Err(e) => return fail(e, data),
+        Err(e) => return fail(Errno::from(e), data),
     };
-    // SAFETY: a flag read, no memory passed.
-    let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
-    let dflags = if cloexec { libc::O_CLOEXEC } else { 0 };
     // Under the lock, so that close() (which forgets the socket first)
-    // cannot slip in between; the raw syscall skips the dup3 hook.
+    // cannot slip in between.
     {
-        let mut socks = SOCKS.lock();
-        let epolls = socks.get(&fd).map(|s| s.epolls.clone()).unwrap_or_default();
+        let socks = SOCKS.lock();
+        let epolls = socks
+            .get(fd)
+            .map(|s| s.epolls.of_fd(fd))
+            .unwrap_or_default();
         // The data file stays open (as `data`), so its registrations would
         // outlive the swap and report it writable too early: move them.
-        reregister(fd, &epolls, libc::EPOLL_CTL_DEL);
+        epolls.replay(libc::EPOLL_CTL_DEL);
         // SAFETY: the caller vouches that `fd` is this backend's socket
         // (# Safety above); the gate is our own.
-        let swapped = unsafe {
-            libc::syscall(
-                libc::SYS_dup3,
-                g[0] as libc::c_long,
-                fd as libc::c_long,
-                dflags as libc::c_long,
-            )
-        };
-        if swapped < 0 {
-            let e = Errno::from(std::io::Error::last_os_error());
-            close_fd(g[0]);
-            close_fd(g[1]);
-            return fail(e, data);
+        if let Err(e) = unsafe { put_file(prog, fd) } {
+            close_fd(prog);
+            close_fd(opener);
+            return fail(Errno::from(e), data);
         }
-        reregister(fd, &epolls, libc::EPOLL_CTL_ADD);
-        if let Some(sock) = socks.get_mut(&fd) {
-            sock.epolls = epolls;
-        }
+        epolls.replay(libc::EPOLL_CTL_ADD);
     }
-    close_fd(g[0]);
+    close_fd(prog);
     let pending = Arc::new(Connecting {
         conn: conn.clone(),
         data,
         relay_end,
-        opener: g[1],
+        opener,
         done,
         dest,
     });
@@ -1158,18 +996,20 @@ fn connect_finished(c: &Connecting, errno: c_int) {
         let mut socks = SOCKS.lock();
         // The socket's descriptors, including a duplicate the program made
         // of the gate meanwhile: each gets the data end back.
-        let mine: Vec<c_int> = socks
-            .iter()
-            .filter(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c.conn)))
-            .map(|(&t, _)| t)
-            .collect();
-        for t in mine {
-            // SAFETY: `t` is still one of this socket's descriptors (the
-            // program forgets it under this lock before closing it).
-            unsafe { replace_file(c.data, t) };
-            if let Some(sock) = socks.get_mut(&t) {
-                reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
-                settle(t, sock);
+        let key = socks
+            .sockets()
+            .find(|(_, s)| matches!(&s.state, State::Connected(x) if Arc::ptr_eq(x, &c.conn)))
+            .map(|(k, _)| k);
+        if let Some(key) = key {
+            let mine = socks.fds_of(key);
+            for &t in &mine {
+                // SAFETY: `t` is still one of this socket's descriptors (the
+                // program forgets it under this lock before closing it).
+                let _ = unsafe { put_file(c.data, t) };
+            }
+            if let Some(sock) = socks.by_key(key) {
+                sock.epolls.replay(libc::EPOLL_CTL_ADD);
+                settle(&mine, sock);
             }
         }
     }
@@ -1201,27 +1041,9 @@ fn connect_finished(c: &Connecting, errno: c_int) {
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
-    // SAFETY: the program's own arguments; the kernel checks the pointer.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_epoll_ctl,
-            epfd as libc::c_long,
-            op as libc::c_long,
-            fd as libc::c_long,
-            ev,
-        )
-    } as c_int;
-    if r == 0 {
-        if let Some(sock) = socks.get_mut(&fd) {
-            sock.epolls.retain(|(e, _, _)| *e != epfd);
-            if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
-                // SAFETY: the kernel just read `*ev` successfully.
-                let e = unsafe { std::ptr::read_unaligned(ev) };
-                sock.epolls.push((epfd, e.events, e.u64));
-            }
-        }
-    }
-    r
+    let rec = socks.get_mut(fd).map(|s| &mut s.epolls);
+    // SAFETY: the program's argument, unchanged (# Safety above).
+    unsafe { Epolls::ctl(rec, epfd, op, fd, ev) }
 }
 
 pub fn listen(fd: c_int, backlog: c_int) -> c_int {
@@ -1229,7 +1051,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         return Errno(libc::EOPNOTSUPP).fail();
     };
     let mut socks = SOCKS.lock();
-    let Some(sock) = socks.get(&fd) else {
+    let Some(sock) = socks.get(fd) else {
         return Errno(libc::EBADF).fail();
     };
     let (lfd, relay_end) = match &sock.state {
@@ -1255,8 +1077,8 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     // SAFETY: a flag read, no memory passed.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     // SAFETY: `fd` is an entry of the socket table, whose lock is held.
-    if unsafe { replace_file(tokens[0], fd) } < 0 {
-        let e = Errno::from(std::io::Error::last_os_error());
+    if let Err(e) = unsafe { put_file(tokens[0], fd) } {
+        let e = Errno::from(e);
         close_fd(tokens[0]);
         close_fd(tokens[1]);
         return e.fail();
@@ -1265,11 +1087,11 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         // SAFETY: a flag write, no memory passed.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
     }
-    let others = twins(&socks, fd, lfd);
-    for &t in &others {
+    let fds = socks.fds_with(fd);
+    for &t in fds.iter().filter(|&&t| t != fd) {
         // SAFETY: each twin is an entry of the socket table, whose lock is
         // held.
-        unsafe { replace_file(tokens[0], t) };
+        let _ = unsafe { put_file(tokens[0], t) };
     }
     close_fd(tokens[0]);
     close_fd(relay_end);
@@ -1288,12 +1110,10 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         paused: AtomicBool::new(false),
         token: tokens[1],
     });
-    for t in std::iter::once(fd).chain(others) {
-        if let Some(sock) = socks.get_mut(&t) {
-            reregister(t, &sock.epolls, libc::EPOLL_CTL_ADD);
-            settle(t, sock);
-            sock.state = State::Listening(listener.clone());
-        }
+    if let Some(sock) = socks.get_mut(fd) {
+        sock.epolls.replay(libc::EPOLL_CTL_ADD);
+        settle(&fds, sock);
+        sock.state = State::Listening(listener.clone());
     }
     drop(socks);
     if let Err(e) = relay::watch_listener(listener) {
@@ -1314,7 +1134,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// `addr` and `len` are the program's arguments to accept4(), unchanged (the
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
-    let (listener, domain) = match SOCKS.lock().get(&fd) {
+    let (listener, domain) = match SOCKS.lock().get(fd) {
         Some(Sock {
             state: State::Listening(l),
             domain,
@@ -1362,7 +1182,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
             domain,
             state: State::Connected(a.conn),
             opts: Vec::new(),
-            epolls: Vec::new(),
+            epolls: Epolls::default(),
         },
         SETTLED,
     );
@@ -1373,7 +1193,7 @@ fn names(fd: c_int, peer: bool) -> Result<(Option<SocketAddr>, c_int), Errno> {
     let k = live().ok_or(Errno(libc::EOPNOTSUPP))?;
     let (lfd, domain, conn) = {
         let socks = SOCKS.lock();
-        let s = socks.get(&fd).ok_or(Errno(libc::EBADF))?;
+        let s = socks.get(fd).ok_or(Errno(libc::EBADF))?;
         let conn = match &s.state {
             State::Connected(c) => Some(c.clone()),
             _ => None,
@@ -1497,7 +1317,7 @@ pub unsafe fn setsockopt(
     if r < 0 {
         return Errno(-r as c_int).fail();
     }
-    if let Some(sock) = SOCKS.lock().get_mut(&fd) {
+    if let Some(sock) = SOCKS.lock().get_mut(fd) {
         if matches!(sock.state, State::Fresh { .. }) {
             sock.opts.push((level, name, value));
         }
@@ -1533,7 +1353,7 @@ pub unsafe fn getsockopt(
     }
     let (lfd, domain, state) = {
         let socks = SOCKS.lock();
-        let Some(s) = socks.get(&fd) else {
+        let Some(s) = socks.get(fd) else {
             return Errno(libc::EBADF).fail();
         };
         let st = match &s.state {
@@ -1543,34 +1363,28 @@ pub unsafe fn getsockopt(
         };
         (s.lkl(), s.domain, st)
     };
-    if level == libc::SOL_SOCKET {
-        match name {
-            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_DOMAIN => return put_int(val, len, domain),
-            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
-            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(state.1)),
-            libc::SO_ERROR => {
-                let e = match &state.0 {
-                    // 0 while the connect is pending, as on TCP.
-                    Some(c) => {
-                        let e = c.result.lock().unwrap_or(0);
-                        if e == 0 || c.reported.swap(true, Ordering::AcqRel) {
-                            0
-                        } else {
-                            e
-                        }
-                    }
-                    None => 0,
-                };
-                return put_int(val, len, e);
+    if let Some(v) = tcp_identity(level, name, domain, state.1) {
+        return put_int(val, len, v);
+    }
+    if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
+        let e = match &state.0 {
+            // 0 while the connect is pending, as on TCP.
+            Some(c) => {
+                let e = c.result.lock().unwrap_or(0);
+                if e == 0 || c.reported.swap(true, Ordering::AcqRel) {
+                    0
+                } else {
+                    e
+                }
             }
-            _ => {}
-        }
+            None => 0,
+        };
+        return put_int(val, len, e);
     }
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();
     };
-    let want = match crate::hooks::read_optlen(len) {
+    let want = match read_optlen(len) {
         Ok(n) => n,
         Err(e) => return e.fail(),
     };
@@ -1582,7 +1396,7 @@ pub unsafe fn getsockopt(
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> c_int {
-    let state = match SOCKS.lock().get(&fd) {
+    let state = match SOCKS.lock().get(fd) {
         Some(s) => match &s.state {
             State::Fresh { .. } => None,
             State::Connected(c) => Some(Ok(c.clone())),
@@ -1616,39 +1430,17 @@ pub fn shutdown(fd: c_int, how: c_int) -> c_int {
 /// loopback) happens to all; the socket closes with the last of them.
 /// Returns whether `newfd` is now this backend's.
 pub fn dup(oldfd: c_int, newfd: c_int) -> bool {
-    let mut socks = SOCKS.lock();
-    let Some(s) = socks.get(&oldfd) else {
-        return false;
-    };
-    let state = match &s.state {
-        State::Fresh { lkl, relay_end } => State::Fresh {
-            lkl: *lkl,
-            relay_end: *relay_end,
-        },
-        State::Connected(c) => State::Connected(c.clone()),
-        State::Listening(l) => State::Listening(l.clone()),
-    };
-    let twin = Sock {
-        domain: s.domain,
-        state,
-        opts: s.opts.clone(),
-        epolls: Vec::new(),
-    };
-    socks.insert(newfd, twin);
-    true
+    SOCKS.lock().dup(oldfd, newfd)
 }
 
 /// The program is closing `fd` (or replacing it with dup2/dup3).
 pub fn forget(fd: c_int) {
     let sock = {
         let mut socks = SOCKS.lock();
-        let Some(sock) = socks.remove(&fd) else {
+        // A duplicate still naming this socket keeps it open.
+        let Some(sock) = socks.remove(fd) else {
             return;
         };
-        // A duplicate still names this socket: it stays open.
-        if socks.values().any(|s| s.lkl() == sock.lkl()) {
-            return;
-        }
         sock
     };
     match sock.state {

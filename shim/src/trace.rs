@@ -14,8 +14,8 @@
 //! runs untraced.
 
 use crate::contract::Backend;
-use crate::hooks::read_addr;
 use crate::log;
+use crate::mem::read_addr;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::cell::Cell;
 use std::fmt::Write as _;

@@ -21,11 +21,22 @@
 //! under a second number: it answers as the original, and when connect
 //! or listen replaces the file under the socket, every one of its
 //! descriptors gets the new file. The socket goes with the last of them.
+//!
+//! What any emulated socket needs (the gate, the descriptor table, epoll
+//! replay, the TCP identity options) is [`crate::emulated`]'s; this
+//! module holds what is uml's: the requests to the supervisor, the
+//! bridges and listeners it hands back, and the watch on the instance.
 
+use crate::emulated::connect::{connect_done, gate, wait_blocking};
+use crate::emulated::epoll::Epolls;
+use crate::emulated::files::{add_status, apply_flags, nonblocking, put_file};
+use crate::emulated::options::tcp_identity;
+use crate::emulated::table::{Emulated, Table};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
-use crate::hooks::{connect_done, copy_in, put_int, read_addr, real, wait_for_connect, write_addr};
+use crate::libc_real as real;
 use crate::log;
+use crate::mem::{copy_in, put_int, read_addr, write_addr};
 use crate::Errno;
 use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
@@ -65,10 +76,9 @@ struct Sock {
     device: String,
     /// SO_ERROR still to report (a failed non-blocking connect).
     so_error: c_int,
-    /// epoll registrations made while the descriptors are not final
-    /// (fd, epfd, events, data): replacing the file under a descriptor
-    /// drops them in the kernel, so they are made again on the new file.
-    epolls: Vec<(c_int, c_int, u32, u64)>,
+    /// epoll registrations made while the descriptors are not final,
+    /// made again on each new file.
+    epolls: Epolls,
 }
 
 impl Sock {
@@ -80,101 +90,25 @@ impl Sock {
             state,
             device,
             so_error: 0,
-            epolls: Vec::new(),
+            epolls: Epolls::default(),
         }
     }
 
     /// Registers the socket's descriptors again in every epoll set the
     /// program put them in.
     fn reregister(&self) {
-        for &(fd, epfd, events, data) in &self.epolls {
-            let ev = libc::epoll_event { events, u64: data };
-            if let Err(e) = sys::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, Some(ev)) {
-                log::debug!("uml: re-adding fd {fd} to epoll {epfd}: {e}");
-            }
-        }
+        self.epolls.replay(libc::EPOLL_CTL_ADD);
     }
 }
 
-/// The uml sockets of this process. A socket may have several descriptors
-/// (dup, dup2, dup3, F_DUPFD): they all name one [`Sock`], and when the
-/// file under the socket changes (connect, listen) it changes under every
-/// one of them, as on a kernel socket.
-struct Table {
-    /// Descriptor -> socket key.
-    fds: HashMap<c_int, u64>,
-    socks: HashMap<u64, Sock>,
-    next: u64,
-}
-
-impl Table {
-    fn new() -> Table {
-        Table {
-            fds: HashMap::new(),
-            socks: HashMap::new(),
-            next: 1,
-        }
-    }
-
-    fn key(&self, fd: c_int) -> Option<u64> {
-        self.fds.get(&fd).copied()
-    }
-
-    fn get(&self, fd: c_int) -> Option<&Sock> {
-        self.socks.get(&self.key(fd)?)
-    }
-
-    fn get_mut(&mut self, fd: c_int) -> Option<&mut Sock> {
-        let key = self.key(fd)?;
-        self.socks.get_mut(&key)
-    }
-
-    /// A new socket under `fd`.
-    fn insert(&mut self, fd: c_int, sock: Sock) {
-        self.remove(fd);
-        let key = self.next;
-        self.next += 1;
-        self.fds.insert(fd, key);
-        self.socks.insert(key, sock);
-    }
-
-    /// `new` is a second descriptor of `old`'s socket.
-    fn dup(&mut self, old: c_int, new: c_int) -> bool {
-        let Some(key) = self.key(old) else {
-            return false;
-        };
-        self.remove(new);
-        self.fds.insert(new, key);
-        true
-    }
-
-    /// Forgets `fd`; the socket goes with its last descriptor.
-    fn remove(&mut self, fd: c_int) {
-        let Some(key) = self.fds.remove(&fd) else {
-            return;
-        };
-        if let Some(s) = self.socks.get_mut(&key) {
-            s.epolls.retain(|&(f, ..)| f != fd);
-        }
-        if !self.fds.values().any(|&k| k == key) {
-            self.socks.remove(&key);
-        }
-    }
-
-    /// Every descriptor of socket `key`, in order.
-    fn fds_of(&self, key: u64) -> Vec<c_int> {
-        let mut fds: Vec<c_int> = self
-            .fds
-            .iter()
-            .filter(|&(_, &k)| k == key)
-            .map(|(&fd, _)| fd)
-            .collect();
-        fds.sort_unstable();
-        fds
+impl Emulated for Sock {
+    fn epolls(&mut self) -> &mut Epolls {
+        &mut self.epolls
     }
 }
 
-static SOCKS: Lazy<ForkMutex<Table>> = Lazy::new(|| ForkMutex::new(Table::new()));
+/// The uml sockets of this process, by descriptor (twins share one).
+static SOCKS: Lazy<ForkMutex<Table<Sock>>> = Lazy::new(|| ForkMutex::new(Table::new()));
 
 /// Holds the socket map's and the watch map's locks across fork, so a
 /// child never starts with one another thread was holding. No code holds
@@ -240,7 +174,7 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
 /// every descriptor it has.
 fn release(fd: c_int) {
     let mut socks = SOCKS.lock();
-    let fds = socks.key(fd).map(|k| socks.fds_of(k)).unwrap_or(vec![fd]);
+    let fds = socks.fds_with(fd);
     for f in fds {
         socks.remove(f);
         fdtable::set(f, TRACKED | FIXED);
@@ -283,21 +217,13 @@ fn install(new: c_int, fds: &[c_int]) -> Result<(), c_int> {
         .and_then(|&fd| sys::fcntl(fd, libc::F_GETFL, 0).ok())
         .unwrap_or(0);
     if fl & libc::O_NONBLOCK != 0 {
-        let _ = sys::fcntl(
-            new,
-            libc::F_SETFL,
-            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
-        );
+        let _ = add_status(new, libc::O_NONBLOCK);
     }
     let mut result = Ok(());
     for &fd in fds {
-        let fdfl = sys::fcntl(fd, libc::F_GETFD, 0).unwrap_or(0);
-        let cloexec = if fdfl & libc::FD_CLOEXEC != 0 {
-            libc::O_CLOEXEC
-        } else {
-            0
-        };
-        if let Err(e) = sys::dup3(new, fd, cloexec) {
+        // SAFETY: `fds` are the descriptors of one of this backend's
+        // sockets, whose table lock the caller holds.
+        if let Err(e) = unsafe { put_file(new, fd) } {
             result = Err(Errno::from(e).fail());
             break;
         }
@@ -352,27 +278,21 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         req.bind = s.bound;
         req.opts = s.opts.clone();
         req.mptcp = POLICY.get().is_none_or(|p| wants_mptcp(p.decide(&dest)));
-        if sys::fcntl(fd, libc::F_GETFL, 0).unwrap_or(0) & libc::O_NONBLOCK != 0 {
+        if nonblocking(fd) {
             return start_connect(&mut socks, fd, req, None);
         }
-        // Blocking: connect in the background as well and wait in a host
-        // read(), so that a signal ends the wait as it ends a kernel
-        // socket's connect: EINTR without SA_RESTART (the connect goes on;
-        // connect() then says EALREADY and SO_ERROR tells the outcome),
-        // a transparent restart with it.
-        // On failure errno is socketpair's own.
-        let Ok([wait, done]) = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM) else {
-            return -1;
-        };
-        let r = start_connect(&mut socks, fd, req, Some(done));
-        if r != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
-            sys::close(wait);
-            sys::close(done);
+        // Blocking: connect in the background as well, and wait as a
+        // kernel socket's connect waits.
+        let started = wait_blocking(
+            move |done| {
+                let r = start_connect(&mut socks, fd, req, Some(done));
+                drop(socks);
+                r
+            },
+            |_| {},
+        );
+        if let Err(r) = started {
             return r;
-        }
-        drop(socks);
-        if !wait_for_connect(wait) {
-            return Errno(libc::EINTR).fail();
         }
         let mut socks = SOCKS.lock();
         match socks.get_mut(fd) {
@@ -389,43 +309,11 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 
 static NEXT_CONNECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// A gate: the program's end of a Unix stream pair whose send buffer is
-/// full, so it is neither readable nor writable until its other end
-/// (kept by the shim) is closed. Returns (program's end, shim's end).
-fn gate() -> std::io::Result<(c_int, c_int)> {
-    let [prog, shim] = dropshim_abi::sock::unix_pair(libc::SOCK_STREAM)?;
-    let filled = (|| {
-        dropshim_abi::sock::setsockopt_int(prog, libc::SOL_SOCKET, libc::SO_SNDBUF, 1)?;
-        sys::fcntl(
-            prog,
-            libc::F_SETFL,
-            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
-        )?;
-        let block = [0u8; 4096];
-        for _ in 0..64 {
-            match sys::write(prog, &block) {
-                Ok(_) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(std::io::Error::other("the gate never filled"))
-    })();
-    match filled {
-        Ok(()) => Ok((prog, shim)),
-        Err(e) => {
-            sys::close(prog);
-            sys::close(shim);
-            Err(e)
-        }
-    }
-}
-
 /// Non-blocking connect: puts a gate in place of the descriptor, hands
 /// the request to a helper thread and says EINPROGRESS, like a kernel
 /// socket. The descriptor becomes writable when the guest connect is
 /// done; SO_ERROR then says how it went.
-fn start_connect(socks: &mut Table, fd: c_int, req: Request, done: Option<c_int>) -> c_int {
+fn start_connect(socks: &mut Table<Sock>, fd: c_int, req: Request, done: Option<c_int>) -> c_int {
     let Some(key) = socks.key(fd) else {
         return Errno(libc::EBADF).fail();
     };
@@ -444,7 +332,7 @@ fn start_connect(socks: &mut Table, fd: c_int, req: Request, done: Option<c_int>
     if flags & libc::O_NONBLOCK == 0 {
         let _ = sys::fcntl(fd, libc::F_SETFL, libc::c_long::from(flags));
     }
-    let Some(s) = socks.socks.get_mut(&key) else {
+    let Some(s) = socks.by_key(key) else {
         sys::close(waker);
         return Errno(libc::EBADF).fail();
     };
@@ -480,8 +368,7 @@ fn finish_connect(
     let mut socks = SOCKS.lock();
     let fds = socks.fds_of(key);
     let current = socks
-        .socks
-        .get_mut(&key)
+        .by_key(key)
         .filter(|s| matches!(s.state, State::Connecting { id: i } if i == id));
     let Some(s) = current else {
         // The program closed the socket (all its descriptors) meanwhile:
@@ -560,22 +447,12 @@ fn finish_connect(
 /// [`crate::contract::Backend`] contract).
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int {
     let mut socks = SOCKS.lock();
-    // SAFETY: the program's own arguments; the kernel checks the pointer.
-    let ret = unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, ev) } as c_int;
-    if ret < 0 {
-        return ret;
-    }
-    if let Some(s) = socks.get_mut(fd) {
-        if matches!(s.state, State::Fresh | State::Connecting { .. }) {
-            s.epolls.retain(|&(f, e, _, _)| !(f == fd && e == epfd));
-            if op != libc::EPOLL_CTL_DEL && !ev.is_null() {
-                // SAFETY: the kernel just read this epoll_event successfully.
-                let e = unsafe { std::ptr::read_unaligned(ev) };
-                s.epolls.push((fd, epfd, e.events, e.u64));
-            }
-        }
-    }
-    ret
+    let rec = socks
+        .get_mut(fd)
+        .filter(|s| matches!(s.state, State::Fresh | State::Connecting { .. }))
+        .map(|s| &mut s.epolls);
+    // SAFETY: the program's argument, unchanged (# Safety above).
+    unsafe { Epolls::ctl(rec, epfd, op, fd, ev) }
 }
 
 /// One watch per device and process: see [`client::watch`].
@@ -633,7 +510,7 @@ fn watch_loop(device: &str, fd: c_int) {
     if gone {
         let socks = SOCKS.lock();
         let mut n = 0;
-        for (&key, s) in socks.socks.iter() {
+        for (key, s) in socks.sockets() {
             if s.device != device || !matches!(s.state, State::Connected { .. }) {
                 continue;
             }
@@ -710,7 +587,7 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
         Err(ret) => return ret,
     };
     let mut socks = SOCKS.lock();
-    let fds = socks.key(fd).map(|k| socks.fds_of(k)).unwrap_or(vec![fd]);
+    let fds = socks.fds_with(fd);
     if let Err(ret) = install(chan, &fds) {
         return ret;
     }
@@ -759,16 +636,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
         log::error!("the uml instance of device {device:?} went away; listener fd {fd} is dead");
         return Errno(libc::EINVAL).fail();
     };
-    if flags & libc::SOCK_NONBLOCK != 0 {
-        let _ = sys::fcntl(
-            conn,
-            libc::F_SETFL,
-            libc::c_long::from(libc::O_RDWR | libc::O_NONBLOCK),
-        );
-    }
-    if flags & libc::SOCK_CLOEXEC == 0 {
-        let _ = sys::fcntl(conn, libc::F_SETFD, 0);
-    }
+    apply_flags(conn, flags);
     SOCKS.lock().insert(
         conn,
         Sock::new(
@@ -912,14 +780,8 @@ pub unsafe fn getsockopt(
             None => return unsafe { real::getsockopt(fd, level, name, val, len) },
         }
     };
-    if level == libc::SOL_SOCKET {
-        match name {
-            libc::SO_TYPE => return put_int(val, len, libc::SOCK_STREAM),
-            libc::SO_PROTOCOL => return put_int(val, len, libc::IPPROTO_TCP),
-            libc::SO_DOMAIN => return put_int(val, len, domain),
-            libc::SO_ACCEPTCONN => return put_int(val, len, c_int::from(listening)),
-            _ => {}
-        }
+    if let Some(v) = tcp_identity(level, name, domain, listening) {
+        return put_int(val, len, v);
     }
     if connecting {
         // The gate is a Unix socket: a connect in progress has no error
