@@ -114,8 +114,9 @@ void arch_cpu_idle(void)
 		lkl_cpu_serve_and_release();
 	}
 	lkl_ops->sem_down(init_task.thread.sched_sem);
+	/* At halt the idle task may be switched out: leave as itself. */
 	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
-		lkl_thread_leave(current);
+		lkl_thread_leave(&init_task);
 	lkl_idle_resume();
 }
 
