@@ -7,14 +7,21 @@
  * __switch_to), so it is only taken and released at the edges: a host
  * thread entering a system call (syscalls.c), a host thread raising an
  * interrupt while the CPU is free (irq.c), and the idle task going to
- * sleep (arch_cpu_idle).
+ * sleep (arch_cpu_idle, or lkl_idle_run_here on a blocking task's thread).
  *
  * While the lock is free, the current task is "parked": either the idle
- * task, asleep in arch_cpu_idle, or a host task between two calls, which
- * has no kernel context on any stack (its host thread is back in the
- * program). The next holder runs as that task: it runs pending
- * interrupts, and if something became runnable it switches the parked
- * task out (a host task) or wakes the idle thread to do so (idle).
+ * task or a host task between two calls, which has no kernel context on
+ * any stack (its host thread is back in the program). The next holder
+ * runs as that task: it runs pending interrupts, and if something became
+ * runnable it switches the parked task out itself.
+ *
+ * The idle task's own context stays on the idle thread, asleep in
+ * arch_cpu_idle, once a holder has switched the idle task out
+ * (lkl_idle_borrowed). From then on, a task that blocks with nothing else
+ * runnable runs the idle task's side of the switch on its own thread and
+ * frees the CPU there (lkl_idle_run_here), so neither a block nor the
+ * next call wakes the idle thread: a round trip through the kernel costs
+ * the host thread switches its own waits need and no more.
  *
  * The lock is a counter (0 free, 1 held, n > 1 held with n - 1 waiters)
  * plus a host semaphore the waiters sleep on; an unlock with waiters hands
@@ -23,11 +30,20 @@
 #include <linux/sched.h>
 #include <linux/sched/stat.h>
 #include <linux/sched/task.h>
+#include <linux/tick.h>
 #include "lkl.h"
+
+/* The idle loop's way into the scheduler (kernel/sched/idle.c). */
+extern void schedule_idle(void);
 
 static int cpu_count = 1;	/* the boot thread starts the kernel */
 static void *cpu_wait_sem;
-int lkl_idle_parked;
+/*
+ * The idle task was switched out by a host thread other than its own
+ * (lkl_idle_borrow_schedule); its thread, still asleep in arch_cpu_idle,
+ * finishes that switch when the idle task is next switched in.
+ */
+int lkl_idle_borrowed;
 
 /* The host thread holding the CPU for a parked task leaves through here. */
 long *lkl_borrow_jb;
@@ -84,16 +100,6 @@ void lkl_park_current(void)
 }
 
 /*
- * The idle task is parked in arch_cpu_idle: give its host thread the CPU,
- * so that the idle loop itself schedules what became runnable.
- */
-void lkl_cpu_hand_to_idle(void)
-{
-	lkl_idle_parked = 0;
-	lkl_ops->sem_up(init_task.thread.sched_sem);
-}
-
-/*
  * schedule() on behalf of the parked host task that is current. Returns 1
  * if it is still current (and the CPU still ours), 0 if another task runs
  * now: __switch_to handed the CPU to that task's thread and jumped back
@@ -112,6 +118,68 @@ int noinline lkl_borrow_schedule(void)
 }
 
 /*
+ * schedule() on behalf of the idle task, parked in arch_cpu_idle while
+ * another host thread holds the CPU: that thread leaves the idle loop
+ * the way do_idle does (tick_nohz_idle_exit, schedule_idle) instead of
+ * waking the idle thread to do it, so the task that became runnable gets
+ * the CPU with one host thread switch at most, none when it is the
+ * caller's own. Returns 1 if the idle task is still current (nothing else
+ * was runnable; the idle state is entered again), 0 if another task runs
+ * now: __switch_to handed it the CPU and jumped back here.
+ */
+int noinline lkl_idle_borrow_schedule(void)
+{
+	long jb[5];
+	int was_borrowed = lkl_idle_borrowed;
+
+	if (__builtin_setjmp(jb))
+		return 0;
+	lkl_borrow_jb = jb;
+	lkl_idle_borrowed = 1;
+	tick_nohz_idle_exit();
+	schedule_idle();
+	lkl_idle_borrowed = was_borrowed;
+	lkl_borrow_jb = NULL;
+	local_irq_enable();
+	tick_nohz_idle_enter();
+	local_irq_disable();
+	return 1;
+}
+
+/*
+ * The idle thread, woken in arch_cpu_idle: if a borrower had switched the
+ * idle task out, this is its switch back in. Finish it as schedule_idle's
+ * return would (finish_task_switch, through schedule_tail) and go back
+ * into the state the idle loop was in: tick_nohz_idle_enter'ed, with
+ * interrupts disabled.
+ */
+void lkl_idle_resume(void)
+{
+	if (!lkl_idle_borrowed)
+		return;
+	lkl_idle_borrowed = 0;
+	schedule_tail(lkl_last_switched());
+	tick_nohz_idle_enter();
+	local_irq_disable();
+}
+
+/*
+ * Called by __switch_to on the thread of a task that switches to the idle
+ * task while the idle thread sleeps switched out (lkl_idle_borrowed): the
+ * idle task's side of the switch runs here instead of on the idle thread
+ * (finish the switch, enter the idle state as do_idle does), then this
+ * thread frees the CPU as arch_cpu_idle would. A task that blocks thus
+ * costs no host thread switch; the idle thread stays asleep.
+ */
+void lkl_idle_run_here(void)
+{
+	schedule_tail(lkl_last_switched());
+	tick_nohz_idle_enter();
+	local_irq_disable();
+	lkl_cpu_serve_and_release();
+}
+
+/*
  * Called with the CPU held and the current task parked: runs what the
  * host raised meanwhile, lets anything runnable run, and releases the CPU.
  */
@@ -121,8 +189,20 @@ void lkl_cpu_serve_and_release(void)
 		lkl_run_pending_irqs();
 		if (current == &init_task) {
 			if (need_resched()) {
-				lkl_cpu_hand_to_idle();
-				return;
+				if (!lkl_idle_borrow_schedule())
+					return;
+			} else if (tick_nohz_idle_got_tick() ||
+				   tick_nohz_tick_stopped()) {
+				/*
+				 * As each turn of the idle loop does: the tick
+				 * stops once a whole tick passed idle, and a
+				 * stopped tick is re-programmed for what the
+				 * interrupts queued (a timer_list timer), which
+				 * nothing else would do.
+				 */
+				tick_nohz_idle_stop_tick();
+			} else {
+				tick_nohz_idle_retain_tick();
 			}
 		} else if (!single_task_running() || need_resched()) {
 			/*

@@ -95,22 +95,29 @@ void arch_local_irq_restore(unsigned long flags)
 /*
  * Called with interrupts disabled; returns with them disabled (6.3+).
  * Parks the idle task and frees the CPU; a host thread that finds
- * something to run hands the CPU back through the idle task's semaphore
- * (lkl_cpu_hand_to_idle), and the idle loop schedules it.
+ * something to run switches the idle task out itself
+ * (lkl_idle_borrow_schedule), and the idle task's semaphore wakes this
+ * thread when the task is switched back in (lkl_idle_resume).
  */
 void arch_cpu_idle(void)
 {
 	if (lkl_irq_pending())
 		return;
-	lkl_idle_parked = 1;
 	lkl_cpu_unlock();
 	if (lkl_irq_pending() && lkl_cpu_trylock()) {
-		lkl_idle_parked = 0;
-		return;
+		if (!lkl_idle_borrowed)
+			return;
+		/*
+		 * Between the unlock and the trylock another thread switched
+		 * the idle task out: the CPU is a parked host task's now.
+		 */
+		lkl_cpu_serve_and_release();
 	}
 	lkl_ops->sem_down(init_task.thread.sched_sem);
+	/* At halt the idle task may be switched out: leave as itself. */
 	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
-		lkl_thread_leave(current);
+		lkl_thread_leave(&init_task);
+	lkl_idle_resume();
 }
 
 void __init init_IRQ(void)

@@ -9,7 +9,7 @@ struct task_struct;
 
 extern const struct lkl_host_ops *lkl_ops;
 extern int lkl_halting;
-extern int lkl_idle_parked;
+extern int lkl_idle_borrowed;
 extern void *lkl_halt_sem;
 
 void lkl_boot_done(int result);
@@ -29,8 +29,10 @@ int lkl_cpu_trylock(void);
 void lkl_cpu_unlock(void);
 void lkl_cpu_wake_waiters(void);
 void lkl_cpu_serve_and_release(void);
-void lkl_cpu_hand_to_idle(void);
 int lkl_borrow_schedule(void);
+int lkl_idle_borrow_schedule(void);
+void lkl_idle_resume(void);
+void lkl_idle_run_here(void);
 void lkl_park_current(void);
 extern long *lkl_borrow_jb;
 

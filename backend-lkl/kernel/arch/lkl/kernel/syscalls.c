@@ -145,7 +145,10 @@ static int hctx_enter(struct lkl_hctx *ctx)
 	/* Our task was switched out while parked (see lkl_park_current). */
 	wake_up_state(task, TASK_PARKED);
 	if (current == &init_task) {
-		lkl_cpu_hand_to_idle();
+		if (lkl_idle_borrow_schedule()) {
+			/* Cannot happen (ours is runnable); as below. */
+			lkl_cpu_serve_and_release();
+		}
 	} else {
 		/* Another caller's task, parked: it waits for its caller. */
 		lkl_park_current();

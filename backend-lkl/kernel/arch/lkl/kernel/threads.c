@@ -120,10 +120,12 @@ struct task_struct *__switch_to(struct task_struct *prev,
 		leave_with(jb);
 	}
 
-	if (pt->parked) {
+	if (pt->parked || (prev == &init_task && lkl_idle_borrowed)) {
 		/*
-		 * A parked host task has no context to come back to: the
-		 * thread that switched it out goes back to the host. Once
+		 * A parked host task has no context to come back to, and the
+		 * idle task's context is on its own thread, asleep in
+		 * arch_cpu_idle: the thread that switched it out goes back to
+		 * the host. Once
 		 * next runs, the kernel's globals are next's: read them first.
 		 */
 		long *jb = lkl_borrow_jb;
@@ -131,7 +133,16 @@ struct task_struct *__switch_to(struct task_struct *prev,
 		lkl_ops->sem_up(next->thread.sched_sem);
 		leave_with(jb);
 	}
-	lkl_ops->sem_up(next->thread.sched_sem);
+	if (next == &init_task && lkl_idle_borrowed) {
+		/*
+		 * The idle thread sleeps switched out (cpu.c): rather than
+		 * wake it, this thread runs the idle task until something
+		 * else runs or the CPU is free, then waits for prev's turn.
+		 */
+		lkl_idle_run_here();
+	} else {
+		lkl_ops->sem_up(next->thread.sched_sem);
+	}
 	lkl_ops->sem_down(pt->sched_sem);
 	if (__atomic_load_n(&lkl_halting, __ATOMIC_SEQ_CST))
 		lkl_thread_leave(prev);
