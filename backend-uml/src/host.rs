@@ -33,6 +33,10 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
         "0003-um-vector-no-frag-list-offload.patch",
         include_str!("../kernel/patches/0003-um-vector-no-frag-list-offload.patch"),
     ),
+    (
+        "0004-um-vector-drop-a-frame-the-host-refused.patch",
+        include_str!("../kernel/patches/0004-um-vector-drop-a-frame-the-host-refused.patch"),
+    ),
 ];
 
 /// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`

@@ -265,6 +265,98 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     Ok(())
 }
 
+/// `node`'s interface for `link`: frames its stack handed to the device
+/// and the device dropped (`tx_dropped`; a veth whose peer is down drops
+/// every frame written to it).
+fn tx_dropped(tb: &Testbed, node: &str, link: u32) -> Result<u64> {
+    let ifname = tb.ifname(node, link)?.to_string();
+    let out = run_ok(
+        plain(tb, node, "cat")?.arg("/proc/net/dev"),
+        Duration::from_secs(10),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim() == ifname)
+        .with_context(|| format!("{ifname} not in /proc/net/dev of {node}"))?;
+    // Columns: rx bytes, packets, errs, drop, fifo, frame, compressed,
+    // multicast, then tx bytes, packets, errs, drop.
+    let cols: Vec<u64> = line
+        .1
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    cols.get(11)
+        .copied()
+        .with_context(|| format!("short /proc/net/dev line for {ifname}: {}", line.1))
+}
+
+/// A link whose far end goes down while the instance has frames to send
+/// on it: the host drops each frame the instance writes there (no
+/// carrier), and the instance must take that as a frame lost on the
+/// wire. It used to send the same frame again at once, from every poll
+/// of the device, for as long as the link stayed down: about 14,000
+/// frames a second, the instance's only CPU busy, and its other link
+/// starved, so the path-cut test's load stalled on the link that was
+/// never cut. Checked here: the frames the host dropped on the
+/// dead link during a connect attempt over it (ARP and SYN retries: a
+/// handful), and a load round over the surviving link meanwhile, every
+/// byte verified.
+#[test]
+fn reliability_uml_dead_link_costs_no_busy_loop_and_spares_the_other_link() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "dl")?;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let server = load_server(&tb, &scripts, port)?;
+    warm_up(&tb, &dev, &scripts, port, &server)?;
+    set_peer_end(&tb, 2, false)?;
+    // A connect over the dead link: the instance queues ARP requests and
+    // SYNs on its link-2 device, which the host cannot deliver.
+    let config = dev.config().display().to_string();
+    let far = tb.addr4("gw2", 2)?.to_string();
+    let mut attempt = shimmed(&tb, "gw1", "python3", &[("DROPSHIM_CONFIG", &config)])?;
+    attempt.args([
+        "-c",
+        "import socket, sys\n\
+         s = socket.socket()\n\
+         s.settimeout(4)\n\
+         try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('connected')\n\
+         except OSError as e:\n    print('failed', e)\n",
+        &far,
+        &port.to_string(),
+    ]);
+    let dropped_before = tx_dropped(&tb, "gw1", 2)?;
+    let started = Instant::now();
+    let out = run_bounded(&mut attempt, Duration::from_secs(20))?;
+    let window = started.elapsed();
+    let dropped = tx_dropped(&tb, "gw1", 2)?.saturating_sub(dropped_before);
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        said.starts_with("failed"),
+        "a connect over a link whose far end is down said {said:?}"
+    );
+    eprintln!("reliability uml dead link: {dropped} frames dropped on it in {window:?}");
+    ensure!(
+        dropped < 1000,
+        "the instance wrote {dropped} frames into the dead link in {window:?}: it resends \
+         a frame the host dropped instead of dropping it"
+    );
+    // The other link carries a load round meanwhile, every byte checked.
+    let started = Instant::now();
+    let client = load_client_uml(&tb, &dev, &scripts, port, (16, 1, 1 << 20), server.pid())?;
+    let reports = run_load(client, server, 1, Duration::from_secs(60))
+        .context("load over link 1 with link 2 down")?;
+    eprintln!(
+        "reliability uml dead link: {} bytes verified over link 1 in {:?} with link 2 down",
+        get(&reports[0], "bytes"),
+        started.elapsed()
+    );
+    set_peer_end(&tb, 2, true)?;
+    Ok(())
+}
+
 // ------------------------------------------- peer killed, signals, fork
 
 /// peer.py's client in gw1 on the uml backend; returns once connected
