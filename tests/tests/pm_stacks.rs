@@ -204,29 +204,43 @@ fn cut_and_time_takeover(
     Ok(cut.elapsed())
 }
 
+/// gw1 on `kind` with the `backup` policy and link 2 in the `backup`
+/// role, uploading `size` bytes as fast as it can to gw2, which waits
+/// for both subflows: the stack, gw1's link-1 (active) and link-2
+/// (backup) addresses, and the running upload.
+fn backup_upload(
+    tb: &Testbed,
+    kind: Kind,
+    tag: &str,
+    size: u64,
+) -> Result<(Gw1, IpAddr, IpAddr, Upload)> {
+    gw2_accepts_many(tb)?;
+    let extra = DeviceExtra {
+        pm: Some("policy = \"backup\"".to_string()),
+        roles2: Some("\"backup\"".to_string()),
+        ..DeviceExtra::default()
+    };
+    let stack = Gw1::up(tb, kind, tag, &extra)?;
+    let (active, spare) = (
+        IpAddr::V4(tb.addr4("gw1", 1)?),
+        IpAddr::V4(tb.addr4("gw1", 2)?),
+    );
+    let opts = ServerOptions {
+        any: false,
+        subflows: 2,
+    };
+    let up = Upload::start_with(tb, &stack, size, 0, MIB, opts)?;
+    Ok((stack, active, spare, up))
+}
+
 /// backup, link 2 with the `backup` role, both links 50 Mbit/s: the
 /// backup subflow is opened but carries under 5 % while link 1 is up;
 /// once link 1 is cut the transfer completes over it, which carries at
 /// least everything link 1 had not delivered.
 fn backup(kind: Kind) -> Result<()> {
     let tb = testbed(Some(50))?;
-    gw2_accepts_many(&tb)?;
-    let extra = DeviceExtra {
-        pm: Some("policy = \"backup\"".to_string()),
-        roles2: Some("\"backup\"".to_string()),
-        ..DeviceExtra::default()
-    };
-    let stack = Gw1::up(&tb, kind, "bk", &extra)?;
-    let (active, spare) = (
-        IpAddr::V4(tb.addr4("gw1", 1)?),
-        IpAddr::V4(tb.addr4("gw1", 2)?),
-    );
     let size = 40 * MIB;
-    let opts = ServerOptions {
-        any: false,
-        subflows: 2,
-    };
-    let up = Upload::start_with(&tb, &stack, size, 0, MIB, opts)?;
+    let (_stack, active, spare, up) = backup_upload(&tb, kind, "bk", size)?;
     let port = up.port();
     up.wait_progress(size * 3 / 10)?;
     let before = peer_received(&tb, port)?;
@@ -279,24 +293,9 @@ fn lkl_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() ->
 /// ends).
 fn backup_hands_back(kind: Kind) -> Result<()> {
     let tb = testbed(Some(50))?;
-    gw2_accepts_many(&tb)?;
-    let extra = DeviceExtra {
-        pm: Some("policy = \"backup\"".to_string()),
-        roles2: Some("\"backup\"".to_string()),
-        ..DeviceExtra::default()
-    };
-    let stack = Gw1::up(&tb, kind, "fb", &extra)?;
-    let (active, spare) = (
-        IpAddr::V4(tb.addr4("gw1", 1)?),
-        IpAddr::V4(tb.addr4("gw1", 2)?),
-    );
     let size = 96 * MIB;
     let step = size / 8;
-    let opts = ServerOptions {
-        any: false,
-        subflows: 2,
-    };
-    let up = Upload::start_with(&tb, &stack, size, 0, MIB, opts)?;
+    let (_stack, active, spare, up) = backup_upload(&tb, kind, "fb", size)?;
     let port = up.port();
     up.wait_progress(size * 15 / 100)?;
     let before_cut = received_from(&peer_received(&tb, port)?, spare);
