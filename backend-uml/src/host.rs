@@ -37,6 +37,10 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
         "0004-um-vector-drop-a-frame-the-host-refused.patch",
         include_str!("../kernel/patches/0004-um-vector-drop-a-frame-the-host-refused.patch"),
     ),
+    (
+        "0005-um-vector-host-interface-down-is-a-dead-wire.patch",
+        include_str!("../kernel/patches/0005-um-vector-host-interface-down-is-a-dead-wire.patch"),
+    ),
 ];
 
 /// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`
@@ -776,13 +780,14 @@ fn boot_and_serve(
 /// down, which drops the carrier here).
 ///
 /// While the host interface is down, the vector driver's raw socket fails
-/// a send or receive (ENETDOWN, or ENOBUFS as the frames are dropped),
-/// and the driver then marks its transport as failed for good: every
-/// later transmit is refused and the device's descriptors are
-/// deactivated, so the link stays dead when the host interface returns.
-/// Only closing and reopening the guest device clears that, so on each
-/// down -> running transition the agent bounces the device and restores
-/// its configuration (IPv6 addresses and the routes the bounce removed).
+/// sends and receives. The kernel's patches 0004 and 0005 make ENOBUFS
+/// and ENETDOWN drop frames, as on a dead wire; any other error still
+/// makes the driver mark its transport as failed for good: every later
+/// transmit is refused and the device's descriptors are deactivated, so
+/// the link stays dead when the host interface returns. Only closing and
+/// reopening the guest device clears that, so on each down -> running
+/// transition the agent bounces the device and restores its
+/// configuration (IPv6 addresses and the routes the bounce removed).
 struct LinkWatcher {
     watch: crate::linkwatch::LinkWatch,
     /// Host interface name and index, in `vec<i>` order.

@@ -22,7 +22,9 @@
 //!   descriptor: reads, writes, poll and epoll need no translation.
 //! - The supervisor watches the device's host interfaces ([`linkwatch`]);
 //!   when one comes back up after going down, it has the agent reopen the
-//!   guest device, whose vector transport does not survive the outage.
+//!   guest device, in case its vector transport did not survive the
+//!   outage (an error other than the ENOBUFS/ENETDOWN the kernel's
+//!   patches turn into dropped frames).
 
 #![warn(missing_docs)]
 

@@ -43,10 +43,11 @@ pub enum Kind {
     /// death even if the supervisor was killed with it.
     Watch = 5,
     /// Supervisor -> agent only: the host interface of `vec<id>` came back
-    /// up after being down. The vector driver marks its transport dead on
-    /// the first send/receive error (ENETDOWN, ENOBUFS while the link was
-    /// down) and never clears that mark short of closing the device, so
-    /// the agent bounces `vec<id>` and restores what the bounce removed.
+    /// up after being down. The vector driver drops frames while the link
+    /// is down (ENOBUFS, ENETDOWN: kernel patches 0004 and 0005), but any
+    /// other send/receive error marks its transport dead, a mark only
+    /// closing the device clears, so the agent bounces `vec<id>` and
+    /// restores what the bounce removed.
     Reset = 6,
 }
 
