@@ -848,31 +848,54 @@ pub fn fields(line: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Bytes received plus sent on `node`'s interface for `link` (from
-/// /proc/net/dev inside the namespace): traffic in either direction.
-pub fn link_bytes(tb: &Testbed, node: &str, link: u32) -> Result<u64> {
+/// The counters of `node`'s interface for `link`, from /proc/net/dev as
+/// seen inside the node (the testbed does not remount /sys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevCounters {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames the stack handed to the device and the device dropped (a
+    /// veth whose peer is down drops every frame written to it).
+    pub tx_dropped: u64,
+}
+
+/// Reads `node`'s /proc/net/dev line for its interface on `link`.
+pub fn dev_counters(tb: &Testbed, node: &str, link: u32) -> Result<DevCounters> {
     let ifname = tb.ifname(node, link)?.to_string();
     let out = run_ok(
         plain(tb, node, "cat")?.arg("/proc/net/dev"),
         Duration::from_secs(10),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        if let Some((name, rest)) = line.split_once(':') {
-            if name.trim() == ifname {
-                let cols: Vec<u64> = rest
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                // Columns: rx bytes, packets, errs, drop, fifo, frame,
-                // compressed, multicast, then tx bytes.
-                if cols.len() > 8 {
-                    return Ok(cols[0] + cols[8]);
-                }
-            }
-        }
-    }
-    bail!("interface {ifname} not in /proc/net/dev of {node}")
+    let (_, rest) = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim() == ifname)
+        .with_context(|| format!("interface {ifname} not in /proc/net/dev of {node}"))?;
+    // Columns: rx bytes, packets, errs, drop, fifo, frame, compressed,
+    // multicast, then tx bytes, packets, errs, drop, ...
+    let cols: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ensure!(
+        cols.len() >= 12,
+        "short /proc/net/dev line for {ifname} in {node}: {rest}"
+    );
+    Ok(DevCounters {
+        rx_bytes: cols[0],
+        tx_bytes: cols[8],
+        tx_dropped: cols[11],
+    })
+}
+
+/// Bytes received plus sent on `node`'s interface for `link`: traffic
+/// in either direction.
+pub fn link_bytes(tb: &Testbed, node: &str, link: u32) -> Result<u64> {
+    let c = dev_counters(tb, node, link)?;
+    Ok(c.rx_bytes + c.tx_bytes)
 }
 
 /// A child whose stdout is read line by line in a thread, so a test can

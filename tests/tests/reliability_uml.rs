@@ -265,33 +265,6 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     Ok(())
 }
 
-/// `node`'s interface for `link`: frames its stack handed to the device
-/// and the device dropped (`tx_dropped`; a veth whose peer is down drops
-/// every frame written to it).
-fn tx_dropped(tb: &Testbed, node: &str, link: u32) -> Result<u64> {
-    let ifname = tb.ifname(node, link)?.to_string();
-    let out = run_ok(
-        plain(tb, node, "cat")?.arg("/proc/net/dev"),
-        Duration::from_secs(10),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim() == ifname)
-        .with_context(|| format!("{ifname} not in /proc/net/dev of {node}"))?;
-    // Columns: rx bytes, packets, errs, drop, fifo, frame, compressed,
-    // multicast, then tx bytes, packets, errs, drop.
-    let cols: Vec<u64> = line
-        .1
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    cols.get(11)
-        .copied()
-        .with_context(|| format!("short /proc/net/dev line for {ifname}: {}", line.1))
-}
-
 /// A link whose far end goes down while the instance has frames to send
 /// on it: the host drops each frame the instance writes there (no
 /// carrier), and the instance must take that as a frame lost on the
@@ -327,11 +300,13 @@ fn reliability_uml_dead_link_costs_no_busy_loop_and_spares_the_other_link() -> R
         &far,
         &port.to_string(),
     ]);
-    let dropped_before = tx_dropped(&tb, "gw1", 2)?;
+    let dropped_before = dev_counters(&tb, "gw1", 2)?.tx_dropped;
     let started = Instant::now();
     let out = run_bounded(&mut attempt, Duration::from_secs(20))?;
     let window = started.elapsed();
-    let dropped = tx_dropped(&tb, "gw1", 2)?.saturating_sub(dropped_before);
+    let dropped = dev_counters(&tb, "gw1", 2)?
+        .tx_dropped
+        .saturating_sub(dropped_before);
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ensure!(
         said.starts_with("failed"),

@@ -517,32 +517,6 @@ fn uml_supervisor_and_instance_killed_fail_blocked_calls_within_2s() -> Result<(
     Ok(())
 }
 
-/// Bytes (received, sent) by `node`'s end of `link`, from /proc/net/dev as
-/// seen inside the node (the testbed does not remount /sys).
-fn link_bytes(tb: &Testbed, node: &str, link: u32) -> Result<(u64, u64)> {
-    let ifname = tb.ifname(node, link)?.to_string();
-    let mut cat = tb.command(node, "cat")?;
-    cat.arg("/proc/net/dev");
-    let out = run_ok(&mut cat, SHORT)?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let fields: Vec<u64> = text
-        .lines()
-        .find_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            (name.trim() == ifname).then(|| {
-                rest.split_whitespace()
-                    .filter_map(|f| f.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default();
-    ensure!(
-        fields.len() >= 9,
-        "no counters for {ifname} in {node}'s /proc/net/dev: {text}"
-    );
-    Ok((fields[0], fields[8]))
-}
-
 /// One ping from `node`'s address on `link` to `dst`, which leaves
 /// through that link only (the address is on the link's subnet).
 fn ping_once(tb: &Testbed, node: &str, link: u32, dst: IpAddr) -> bool {
@@ -610,8 +584,8 @@ fn uml_link_flap_recovers() -> Result<()> {
         .arg(url(server_ip, port, "blob.bin"));
     let curl = Background::spawn(&mut curl, "curl (uml) across the flap")?;
 
-    let sent2 = |tb: &Testbed| link_bytes(tb, "gw2", 2).map(|b| b.1).unwrap_or(0);
-    let sent1 = |tb: &Testbed| link_bytes(tb, "gw2", 1).map(|b| b.1).unwrap_or(0);
+    let sent2 = |tb: &Testbed| sent_on(tb, 2);
+    let sent1 = |tb: &Testbed| sent_on(tb, 1);
     let start2 = sent2(&tb);
     // Flap early (the join carries its first bytes within moments of the
     // start), so most of the 128 MiB is still to come.
@@ -703,7 +677,7 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
     let _server = http_server(&tb, "gw2", dir.path(), server_ip, port, None)?;
     wait_listening(tb.netns("gw2")?, port, SHORT)?;
     let out_dir = tempfile::tempdir()?;
-    let sent = |link: u32| link_bytes(&tb, "gw2", link).map(|b| b.1).unwrap_or(0);
+    let sent = |link: u32| sent_on(&tb, link);
     let run_round = |round: u32| -> Result<()> {
         let out = out_dir.path().join(format!("got-{round}.bin"));
         let mut curl = shimmed(&tb, "gw1", "curl", Some(&dev))?;
@@ -983,4 +957,9 @@ fn uml_connect_to_mapped_unspecified_address_reaches_the_host_loopback() -> Resu
         "the host's listener saw other bytes: sha256 {got:?}, sent {want}"
     );
     Ok(())
+}
+
+/// Bytes gw2's end of `link` has sent so far (0 if unreadable).
+fn sent_on(tb: &Testbed, link: u32) -> u64 {
+    dropshim_tests::reliability::dev_counters(tb, "gw2", link).map_or(0, |c| c.tx_bytes)
 }
