@@ -287,9 +287,41 @@ fn reliability_uml_dead_link_costs_no_busy_loop_and_spares_the_other_link() -> R
     set_peer_end(&tb, 2, false)?;
     // A connect over the dead link: the instance queues ARP requests and
     // SYNs on its link-2 device, which the host cannot deliver.
+    let tx_dropped = || Ok(dev_counters(&tb, "gw1", 2)?.tx_dropped);
+    let (before, after, window) = connect_over_dead_link(&tb, &dev, port, tx_dropped)?;
+    let dropped = after.saturating_sub(before);
+    eprintln!("reliability uml dead link: {dropped} frames dropped on it in {window:?}");
+    ensure!(
+        dropped < 1000,
+        "the instance wrote {dropped} frames into the dead link in {window:?}: it resends \
+         a frame the host dropped instead of dropping it"
+    );
+    // The other link carries a load round meanwhile, every byte checked.
+    load_over_link1(
+        &tb,
+        &dev,
+        &scripts,
+        port,
+        server,
+        "with gw2's end of link 2 down",
+    )?;
+    set_peer_end(&tb, 2, true)?;
+    Ok(())
+}
+
+/// A program on the instance connects to gw2's end of link 2, which is
+/// down, and must see the connect fail (it gives up after 4 s). `measure`
+/// is read just before and just after; returns both readings and how long
+/// the attempt took.
+fn connect_over_dead_link<T>(
+    tb: &Testbed,
+    dev: &UmlDevice,
+    port: u16,
+    measure: impl Fn() -> Result<T>,
+) -> Result<(T, T, Duration)> {
     let config = dev.config().display().to_string();
     let far = tb.addr4("gw2", 2)?.to_string();
-    let mut attempt = shimmed(&tb, "gw1", "python3", &[("DROPSHIM_CONFIG", &config)])?;
+    let mut attempt = shimmed(tb, "gw1", "python3", &[("DROPSHIM_CONFIG", &config)])?;
     attempt.args([
         "-c",
         "import socket, sys\n\
@@ -300,35 +332,38 @@ fn reliability_uml_dead_link_costs_no_busy_loop_and_spares_the_other_link() -> R
         &far,
         &port.to_string(),
     ]);
-    let dropped_before = dev_counters(&tb, "gw1", 2)?.tx_dropped;
+    let before = measure()?;
     let started = Instant::now();
     let out = run_bounded(&mut attempt, Duration::from_secs(20))?;
     let window = started.elapsed();
-    let dropped = dev_counters(&tb, "gw1", 2)?
-        .tx_dropped
-        .saturating_sub(dropped_before);
+    let after = measure()?;
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
     ensure!(
         said.starts_with("failed"),
-        "a connect over a link whose far end is down said {said:?}"
+        "a connect over link 2, which is down, said {said:?}"
     );
-    eprintln!("reliability uml dead link: {dropped} frames dropped on it in {window:?}");
-    ensure!(
-        dropped < 1000,
-        "the instance wrote {dropped} frames into the dead link in {window:?}: it resends \
-         a frame the host dropped instead of dropping it"
-    );
-    // The other link carries a load round meanwhile, every byte checked.
+    Ok((before, after, window))
+}
+
+/// One load round from the instance to `server` while link 2 is down, so
+/// over link 1, every byte verified.
+fn load_over_link1(
+    tb: &Testbed,
+    dev: &UmlDevice,
+    scripts: &Scripts,
+    port: u16,
+    server: Lines,
+    what: &str,
+) -> Result<()> {
     let started = Instant::now();
-    let client = load_client_uml(&tb, &dev, &scripts, port, (16, 1, 1 << 20), server.pid())?;
+    let client = load_client_uml(tb, dev, scripts, port, (16, 1, 1 << 20), server.pid())?;
     let reports = run_load(client, server, 1, Duration::from_secs(60))
-        .context("load over link 1 with link 2 down")?;
+        .with_context(|| format!("load over link 1 {what}"))?;
     eprintln!(
-        "reliability uml dead link: {} bytes verified over link 1 in {:?} with link 2 down",
+        "reliability uml: {} bytes verified over link 1 in {:?} {what}",
         get(&reports[0], "bytes"),
         started.elapsed()
     );
-    set_peer_end(&tb, 2, true)?;
     Ok(())
 }
 
@@ -399,29 +434,8 @@ fn reliability_uml_own_end_down_costs_no_busy_loop_and_spares_the_other_link() -
         Ok(())
     };
     set_own_end("down")?;
-    let config = dev.config().display().to_string();
-    let far = tb.addr4("gw2", 2)?.to_string();
-    let mut attempt = shimmed(&tb, "gw1", "python3", &[("DROPSHIM_CONFIG", &config)])?;
-    attempt.args([
-        "-c",
-        "import socket, sys\n\
-         s = socket.socket()\n\
-         s.settimeout(4)\n\
-         try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('connected')\n\
-         except OSError as e:\n    print('failed', e)\n",
-        &far,
-        &port.to_string(),
-    ]);
-    let cpu_before = instance_cpu(&dev)?;
-    let started = Instant::now();
-    let out = run_bounded(&mut attempt, Duration::from_secs(20))?;
-    let window = started.elapsed();
-    let cpu = instance_cpu(&dev)?.saturating_sub(cpu_before);
-    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    ensure!(
-        said.starts_with("failed"),
-        "a connect over a link whose own end is down said {said:?}"
-    );
+    let (before, after, window) = connect_over_dead_link(&tb, &dev, port, || instance_cpu(&dev))?;
+    let cpu = after.saturating_sub(before);
     let share = cpu.as_secs_f64() / window.as_secs_f64();
     eprintln!(
         "reliability uml own end down: the instance used {cpu:?} of CPU in {window:?} ({:.0} %)",
@@ -434,15 +448,14 @@ fn reliability_uml_own_end_down_costs_no_busy_loop_and_spares_the_other_link() -
          busy loop instead of dropping them"
     );
     // The other link carries a load round meanwhile, every byte checked.
-    let started = Instant::now();
-    let client = load_client_uml(&tb, &dev, &scripts, port, (16, 1, 1 << 20), server.pid())?;
-    let reports = run_load(client, server, 1, Duration::from_secs(60))
-        .context("load over link 1 with gw1's end of link 2 down")?;
-    eprintln!(
-        "reliability uml own end down: {} bytes verified over link 1 in {:?}",
-        get(&reports[0], "bytes"),
-        started.elapsed()
-    );
+    load_over_link1(
+        &tb,
+        &dev,
+        &scripts,
+        port,
+        server,
+        "with gw1's end of link 2 down",
+    )?;
     set_own_end("up")?;
     Ok(())
 }
