@@ -40,12 +40,50 @@ impl Drop for Testbed {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        for h in &self.host_if {
-            let _ = Command::new("ip")
-                .args(["link", "del", h])
-                .stderr(Stdio::null())
-                .status();
+        remove_setup(&self.ns, &self.host_if);
+    }
+}
+
+/// Removes a run's namespace and host interfaces (whatever of them exists).
+fn remove_setup(ns: &str, host_if: &[String; 2]) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+    for h in host_if {
+        let _ = Command::new("ip")
+            .args(["link", "del", h])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The names one run uses, from its process id.
+fn setup_names(pid: u32) -> (String, [String; 2]) {
+    (
+        format!("lklnet{pid}"),
+        [format!("lk{pid}a"), format!("lk{pid}b")],
+    )
+}
+
+/// Removes what earlier runs left behind when they were killed before
+/// their `Drop` ran (a hung library kernel killed by the test runner's
+/// timeout): a namespace named after a process that no longer exists.
+fn remove_stale_setups() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("lklnet")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let (ns, host_if) = setup_names(pid);
+            remove_setup(&ns, &host_if);
         }
     }
 }
@@ -175,11 +213,12 @@ fn parse_reply(r: &str) -> (String, u64, i32) {
 
 #[test]
 fn lkl_net_tcp_and_mptcp_two_interfaces() {
+    remove_stale_setups();
     let pid = std::process::id();
-    let ns = format!("lklnet{pid}");
+    let (ns, host_if) = setup_names(pid);
     let mut tb = Testbed {
         ns: ns.clone(),
-        host_if: [format!("lk{pid}a"), format!("lk{pid}b")],
+        host_if,
         server: None,
     };
     let peer_if = [format!("lp{pid}a"), format!("lp{pid}b")];
