@@ -42,30 +42,51 @@ import (
 	"time"
 )
 
+// rawListen opens a socket of family (AF_INET or AF_INET6) listening on
+// addr, with the system calls made directly.
+func rawListen(family int, addr string) (int, error) {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return -1, err
+	}
+	var sa syscall.Sockaddr
+	if family == syscall.AF_INET6 {
+		s6 := &syscall.SockaddrInet6{Port: ta.Port}
+		copy(s6.Addr[:], ta.IP.To16())
+		sa = s6
+	} else {
+		s4 := &syscall.SockaddrInet4{Port: ta.Port}
+		copy(s4.Addr[:], ta.IP.To4())
+		sa = s4
+	}
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	if err := syscall.Bind(fd, sa); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	if err := syscall.Listen(fd, 4); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
 // acceptget blocks one thread in a raw accept() while the program's
 // other goroutines download a file and then connect to that listener:
 // nothing may wait for the accept to end.
 func acceptget(addr, url, out string) error {
-	ta, err := net.ResolveTCPAddr("tcp4", addr)
-	if err != nil {
-		return err
-	}
-	sa := &syscall.SockaddrInet4{Port: ta.Port}
-	copy(sa.Addr[:], ta.IP.To4())
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	fd, err := rawListen(syscall.AF_INET, addr)
 	if err != nil {
 		return err
 	}
 	defer syscall.Close(fd)
-	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
-		return err
-	}
-	if err := syscall.Bind(fd, sa); err != nil {
-		return fmt.Errorf("bind %s: %w", addr, err)
-	}
-	if err := syscall.Listen(fd, 4); err != nil {
-		return err
-	}
 	tids := make(chan int, 1)
 	accepted := make(chan string, 1)
 	go func() {
@@ -205,26 +226,11 @@ func keepalive(addr, file string) error {
 // with the system calls made directly (Go's net package would open an
 // AF_INET socket for an IPv4-mapped address).
 func listen6(addr, out string) error {
-	ta, err := net.ResolveTCPAddr("tcp", addr)
-	if err != nil {
-		return err
-	}
-	sa := &syscall.SockaddrInet6{Port: ta.Port}
-	copy(sa.Addr[:], ta.IP.To16())
-	fd, err := syscall.Socket(syscall.AF_INET6, syscall.SOCK_STREAM, 0)
+	fd, err := rawListen(syscall.AF_INET6, addr)
 	if err != nil {
 		return err
 	}
 	defer syscall.Close(fd)
-	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
-		return err
-	}
-	if err := syscall.Bind(fd, sa); err != nil {
-		return fmt.Errorf("bind %s: %w", addr, err)
-	}
-	if err := syscall.Listen(fd, 4); err != nil {
-		return err
-	}
 	conn, _, err := syscall.Accept(fd)
 	if err != nil {
 		return err
