@@ -47,7 +47,16 @@ fn run_ok(mut cmd: Command) -> String {
 /// `count` pings at `interval_s` from `from` to `to`: (sent, received,
 /// median RTT in ms). The median, not the mean: the first reply waits for
 /// neighbour discovery, and a busy machine delays a few more.
-fn ping(tb: &Testbed, from: &str, to: IpAddr, count: u32, interval_s: f64) -> (u64, u64, f64) {
+/// Round-trip times of one ping run, in ms.
+#[derive(Clone, Copy, Debug)]
+struct Rtt {
+    /// The floor the emulated delay sets: CPU contention on the host or
+    /// in the emulator can only add to a round trip, never take away.
+    min: f64,
+    median: f64,
+}
+
+fn ping(tb: &Testbed, from: &str, to: IpAddr, count: u32, interval_s: f64) -> (u64, u64, Rtt) {
     let mut cmd = tb.command(from, "ping").unwrap();
     cmd.args([
         "-n",
@@ -65,7 +74,11 @@ fn ping(tb: &Testbed, from: &str, to: IpAddr, count: u32, interval_s: f64) -> (u
         // No route at all (the interface is down): nothing was sent.
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("unreachable"), "no ping summary: {text} {err}");
-        return (0, 0, f64::NAN);
+        let none = Rtt {
+            min: f64::NAN,
+            median: f64::NAN,
+        };
+        return (0, 0, none);
     };
     let num = |word: &str| -> u64 {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -82,8 +95,12 @@ fn ping(tb: &Testbed, from: &str, to: IpAddr, count: u32, interval_s: f64) -> (u
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
         .collect();
     rtts.sort_by(f64::total_cmp);
-    let median = rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN);
-    (sent, received, median)
+    let at = |i: usize| rtts.get(i).copied().unwrap_or(f64::NAN);
+    let rtt = Rtt {
+        min: at(0),
+        median: at(rtts.len() / 2),
+    };
+    (sent, received, rtt)
 }
 
 /// Wait (bounded) until `from` reaches `to` by ping.
@@ -196,24 +213,54 @@ fn delay_gives_the_round_trip_time() {
     wait_reachable(&tb, "a", to);
     let (sent, received, rtt) = ping(&tb, "a", to, 50, 0.02);
     eprintln!(
-        "{}: delay 10 ms per direction: median RTT {rtt:.2} ms ({received}/{sent})",
-        method.as_str()
+        "{}: delay 10 ms per direction: RTT min {:.2} ms, median {:.2} ms ({received}/{sent})",
+        method.as_str(),
+        rtt.min,
+        rtt.median
     );
     assert_eq!(sent, received, "no loss configured");
+    // The configured delay is the floor of every round trip, so the
+    // fastest one shows it; a busy CPU (the whole suite runs beside this
+    // test) only delays the others, and gets a generous bound.
     let allowed = (20.0f64 * 0.1).max(0.5);
-    assert!(
-        (rtt - 20.0).abs() <= allowed,
-        "RTT {rtt:.2} ms, expected 20 ms +- {allowed} ms"
-    );
+    let check = |family: &str, rtt: Rtt| {
+        assert!(
+            rtt.min >= 20.0 - 0.5 && rtt.min <= 20.0 + allowed,
+            "{family}: fastest RTT {:.2} ms, expected 20 ms (-0.5, +{allowed}) ms",
+            rtt.min
+        );
+        assert!(
+            rtt.median <= 20.0 + 20.0,
+            "{family}: median RTT {:.2} ms, over twice the configured 20 ms",
+            rtt.median
+        );
+    };
+    check("IPv4", rtt);
     // Both families cross the emulator.
     let (_, received6, rtt6) = ping(&tb, "b", tb.addr6("a", 1).unwrap().into(), 20, 0.02);
     assert_eq!(received6, 20);
-    assert!((rtt6 - 20.0).abs() <= allowed, "IPv6 RTT {rtt6:.2} ms");
+    check("IPv6", rtt6);
 }
+
+/// The netem seed of the loss test.
+const LOSS_SEED: u64 = 0x5eed_0005;
 
 #[test]
 fn loss_over_thousands_of_pings_is_within_the_binomial_bound() {
-    let tb = build("[[link]]\nnumber = 1\na = 'a'\nb = 'b'\nloss_pct = 5\n");
+    // A fixed seed: with a fresh one, a correct 5 % link falls outside a
+    // 99 % bound in one run out of a hundred per direction. The seed
+    // fixes netem's draws, not the count: a link that lost 0 % or 10 %
+    // still fails. Fresh seeds per boot are the_loss_pattern_differs_from_boot_to_boot's.
+    let spec = Spec::parse(
+        &format!("{TWO_NODES}[[link]]\nnumber = 1\na = 'a'\nb = 'b'\nloss_pct = 5\n"),
+        "test spec",
+    )
+    .expect("spec");
+    let opts = Options {
+        netem_seed: Some(LOSS_SEED),
+        ..Options::default()
+    };
+    let tb = Testbed::up(&spec, &opts).expect("testbed up");
     let method = expected_method(&tb, 1);
     let to = IpAddr::from(tb.addr4("b", 1).unwrap());
     wait_reachable(&tb, "a", to);
