@@ -121,7 +121,7 @@ impl Supervisor {
             // socket: its outcome once it has ended; until then EALREADY
             // on a non-blocking socket, and a blocking one waits for it
             // (the call a signal interrupted, restarted or made again).
-            return match self.settle(call, &target, fd)? {
+            return match self.settle(call, &target, fd, Settle::ByConnect)? {
                 None if is_nonblocking(&target)? => {
                     Err(io::Error::from_raw_os_error(libc::EALREADY))
                 }
@@ -274,7 +274,7 @@ impl Supervisor {
                 Err(e) => self.fail(&call, e),
             },
             (Work::Connect { call, gate, fd }, Found::Connected) => {
-                match self.settle(&call, &gate, fd) {
+                match self.settle(&call, &gate, fd, Settle::ByConnect) {
                     Ok(Some(0)) => self.respond(call.id, 0, 0, 0).or_else(ignore_gone),
                     Ok(Some(errno)) => self.fail(&call, io::Error::from_raw_os_error(errno)),
                     // Another of the program's calls settled it meanwhile.
@@ -386,7 +386,13 @@ impl Supervisor {
     /// fresh socket if it failed), registered again in the program's epoll
     /// sets as the gate was, and returns its errno (0: connected). None
     /// while it goes on.
-    fn settle(&mut self, call: &Call, target: &Target, fd: RawFd) -> io::Result<Option<i32>> {
+    fn settle(
+        &mut self,
+        call: &Call,
+        target: &Target,
+        fd: RawFd,
+        how: Settle,
+    ) -> io::Result<Option<i32>> {
         let ino = target.inode();
         let Some(p) = self.guest.pending.get(&ino) else {
             return Ok(None);
@@ -402,6 +408,12 @@ impl Supervisor {
                 client::apply_to_bridge(bridge.as_raw_fd(), &p.opts);
                 self.guest
                     .remember(&bridge, p.domain, reply.local, reply.peer)?;
+                if how == Settle::ByConnect {
+                    // The program's connect() returns 0: its socket is
+                    // connected now, and says EISCONN to the next one, as
+                    // a kernel socket does after such a connect().
+                    mark_connected(&bridge);
+                }
                 (bridge, 0)
             }
             Err(errno) => {
@@ -447,7 +459,7 @@ impl Supervisor {
         if room < 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let errno = self.settle(call, &target, fd)?.unwrap_or(0);
+        let errno = self.settle(call, &target, fd, Settle::Asked)?.unwrap_or(0);
         let n = (room as usize).min(4);
         write_program_memory(self, call, val, &errno.to_ne_bytes()[..n])?;
         write_program_memory(self, call, lenp, &(n as u32).to_ne_bytes())?;
@@ -684,7 +696,7 @@ impl Supervisor {
         };
         if let Some(p) = self.guest.pending.get(&target.inode()) {
             let domain = p.domain;
-            if self.settle(call, &target, fd)?.is_none() {
+            if self.settle(call, &target, fd, Settle::Asked)?.is_none() {
                 // Still connecting: no peer yet, and no local address
                 // known but the family's.
                 if peer {
@@ -1339,6 +1351,28 @@ fn fd_cloexec(tgid: libc::pid_t, fd: RawFd) -> bool {
                 .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
         })
         .is_some_and(|flags| flags & i64::from(libc::O_CLOEXEC) != 0)
+}
+
+/// Who learns the outcome of a connect in progress when it is settled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// The program's connect(), which returns it.
+    ByConnect,
+    /// getsockopt(SO_ERROR) or getpeername(), after which a kernel socket
+    /// still answers the next connect() with the outcome (0) once.
+    Asked,
+}
+
+/// Moves a bridge whose connect the host saw as non-blocking to the
+/// connected state, so that a connect() on it says EISCONN: connect()
+/// again to its own peer completes the host's own connect.
+fn mark_connected(bridge: &OwnedFd) {
+    if let Ok(peer) = dropshim_abi::sock::peer_addr(bridge.as_raw_fd()) {
+        let raw = dropshim_abi::encode(&peer);
+        // SAFETY: connect(2) reads `raw.len()` bytes of the address `raw`
+        // keeps alive; on an established socket it only changes its state.
+        unsafe { libc::connect(bridge.as_raw_fd(), raw.as_ptr().cast(), raw.len()) };
+    }
 }
 
 /// Whether the program's file behind `target` is O_NONBLOCK.
