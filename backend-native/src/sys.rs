@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::raw::{c_int, c_long};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn check(ret: c_long) -> io::Result<c_long> {
     if ret < 0 {
@@ -31,6 +32,97 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
     // fourth register is ignored by the kernel (read only by seccomp).
     let ret = unsafe { libc::syscall(libc::SYS_socket, domain, ty, protocol, SOCKET_PASS_MARK) };
     check(ret).map(|fd| fd as c_int)
+}
+
+/// The environment variable through which `dropshim run` hands the
+/// programs it starts its run's address-call pass: 16 hex digits.
+pub const ENV_ADDRESS_PASS: &str = "DROPSHIM_ADDRESS_PASS";
+
+/// This run's pass (0: none), set once at load time by
+/// [`init_address_pass`].
+static ADDRESS_PASS: AtomicU64 = AtomicU64::new(0);
+
+/// Reads [`ENV_ADDRESS_PASS`] once, when the shim is loaded. Under
+/// `dropshim run` the seccomp filter traps `bind()`, `connect()` and
+/// `listen()` for the programs that bypass libc, unless the call carries
+/// this run's pass in its unused sixth argument: the shim, which applies
+/// the policy itself, makes these calls with the pass, so a process
+/// linked with libc pays nothing for them while a static program it
+/// starts is still served.
+pub fn init_address_pass() {
+    let pass = std::env::var(ENV_ADDRESS_PASS)
+        .ok()
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    ADDRESS_PASS.store(pass, Ordering::Relaxed);
+}
+
+/// This run's pass, 0 when the program was not started by `dropshim run`
+/// with one.
+pub fn address_pass() -> u64 {
+    ADDRESS_PASS.load(Ordering::Relaxed)
+}
+
+/// `bind(2)`/`connect(2)` through `syscall(2)` with the run's pass.
+///
+/// # Safety
+/// `addr` and `len` meet the call's contract (the program's own
+/// arguments to it do).
+pub unsafe fn address_call(
+    nr: c_long,
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> c_int {
+    let pass = address_pass();
+    // SAFETY: the kernel reads `len` bytes at `addr`, valid by the
+    // caller's contract; the fourth to sixth arguments are ignored by
+    // bind and connect (the sixth is read only by the seccomp filter).
+    unsafe { libc::syscall(nr, fd, addr, len, 0, 0, pass) as c_int }
+}
+
+/// `connect(2)` with the run's pass, a cancellation point as libc's own
+/// connect() is: `syscall(2)` is none, so asynchronous cancellation is
+/// on for the system call alone (as glibc before 2.25 made its own
+/// cancellation points). A cancellation that arrives as the call
+/// returns may act after it has connected, as it could then.
+///
+/// # Safety
+/// As [`address_call`].
+pub unsafe fn connect_with_pass(
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> c_int {
+    let mut old: c_int = 0;
+    // SAFETY: pthread_setcanceltype writes the previous type into a live
+    // int; with cancellation disabled it changes nothing.
+    unsafe { pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &mut old) };
+    // SAFETY: as this function's contract.
+    let rc = unsafe { address_call(libc::SYS_connect, fd, addr, len) };
+    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let mut ignored: c_int = 0;
+    // SAFETY: as above, restoring the caller's type.
+    unsafe { pthread_setcanceltype(old, &mut ignored) };
+    if rc < 0 {
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = errno };
+    }
+    rc
+}
+
+/// `listen(2)` with the run's pass.
+pub fn listen_with_pass(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: listen(2) takes integers only; the sixth argument is read
+    // only by the seccomp filter.
+    unsafe { libc::syscall(libc::SYS_listen, fd, backlog, 0, 0, 0, address_pass()) as c_int }
+}
+
+/// glibc's `PTHREAD_CANCEL_ASYNCHRONOUS` (pthread.h).
+const PTHREAD_CANCEL_ASYNCHRONOUS: c_int = 1;
+
+extern "C" {
+    fn pthread_setcanceltype(kind: c_int, old: *mut c_int) -> c_int;
 }
 
 /// `close(2)`.
@@ -60,6 +152,16 @@ pub fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> io::Result<c_int> {
 pub fn bind(fd: c_int, addr: &dropshim_abi::RawSockAddr) -> io::Result<()> {
     // SAFETY: the kernel reads `addr.len()` bytes from `addr.as_ptr()`,
     // which points at a whole sockaddr_storage that `addr` keeps alive.
-    let ret = unsafe { libc::syscall(libc::SYS_bind, fd, addr.as_ptr(), addr.len()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bind,
+            fd,
+            addr.as_ptr(),
+            addr.len(),
+            0,
+            0,
+            address_pass(),
+        )
+    };
     check(ret).map(drop)
 }

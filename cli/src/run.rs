@@ -109,35 +109,58 @@ pub fn main(args: Args) -> Result<ExitCode> {
         bail!("cannot run {:?}: {err}", args.command[0]);
     }
     match device {
-        Some(d) if d.device.backend == BackendKind::Lkl => refuse_if_unreachable(&args.command[0])?,
-        // Programs linked with libc are the shim's alone on uml: its own
-        // loopback sockets must not meet the filter's listen() refusal.
-        Some(d)
-            if d.device.backend == BackendKind::Uml && reach && bypasses_libc(&args.command[0]) =>
-        {
-            let mode = seccomp::Mode::Uml {
-                device: d.device.name.clone(),
-                policy: d.policy.clone(),
+        Some(d) if d.device.backend == BackendKind::Lkl => {
+            refuse_if_unreachable(&args.command[0])?;
+            if reach {
+                // Only to tell a 32-bit process of the tree, should one
+                // start, that it is not served.
+                let mode = seccomp::Mode::Watch {
+                    backend: BackendKind::Lkl,
+                };
+                return supervised(cmd, &args.command[0], mode);
+            }
+        }
+        Some(d) if d.device.backend == BackendKind::Uml && reach => {
+            // Programs linked with libc are the shim's alone on uml: its
+            // own loopback sockets must not meet the filter's listen()
+            // refusal.
+            let mode = if bypasses_libc(&args.command[0]) {
+                seccomp::Mode::Uml {
+                    device: d.device.name.clone(),
+                    policy: d.policy.clone(),
+                }
+            } else {
+                seccomp::Mode::Watch {
+                    backend: BackendKind::Uml,
+                }
             };
             return supervised(cmd, &args.command[0], mode);
         }
         Some(d) if d.device.backend == BackendKind::Native && reach => {
-            // A program that bypasses libc gets the policy at bind(),
-            // connect() and listen() from the supervisor. A program linked
-            // with libc gets it from the shim, and its connect()s are not
-            // trapped (each would wait for the supervisor): only its
-            // socket()s that bypass the shim (children that bypass libc)
-            // are, and they get the policy's default.
-            let addresses = native::needs_addresses(&d.policy) && bypasses_libc(&args.command[0]);
+            // The supervisor applies the policy at bind(), connect() and
+            // listen() of the sockets it opened (for the processes that
+            // bypass libc). The shim applies it in the processes linked
+            // with libc, and makes those calls with this run's pass,
+            // which the filter lets through: they never wait for the
+            // supervisor.
+            let addresses = native::needs_addresses(&d.policy);
             let serve = if addresses {
                 native::can_give_mptcp(&d.policy)
             } else {
                 d.policy.initial() == dropshim_conf::Action::Mptcp
             };
             if serve {
+                let pass = if addresses { random_pass()? } else { 0 };
+                if addresses {
+                    cmd.env(
+                        dropshim_backend_native::sys::ENV_ADDRESS_PASS,
+                        format!("{pass:016x}"),
+                    );
+                }
                 let mode = seccomp::Mode::Native {
                     policy: d.policy.clone(),
                     addresses,
+                    pass,
                 };
                 return supervised(cmd, &args.command[0], mode);
             }
@@ -146,6 +169,27 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
     let err = cmd.exec();
     bail!("cannot run {:?}: {err}", args.command[0])
+}
+
+/// A fresh random pass for this run's address calls (never 0, which
+/// means none).
+fn random_pass() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    loop {
+        // SAFETY: getrandom writes at most `bytes.len()` bytes into our buffer.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            bail!("getrandom: {err}");
+        }
+        let pass = u64::from_ne_bytes(bytes);
+        if n as usize == bytes.len() && pass != 0 {
+            return Ok(pass);
+        }
+    }
 }
 
 /// Whether `command` (resolved through PATH) makes its socket calls
@@ -185,8 +229,8 @@ fn refuse_if_unreachable(command: &OsString) -> Result<()> {
     Ok(())
 }
 
-/// Runs the program under the seccomp supervisor (native, or uml for a
-/// program that bypasses libc).
+/// Runs the program under the seccomp supervisor (native; uml for a
+/// program that bypasses libc; otherwise watching for 32-bit processes).
 fn supervised(mut cmd: Command, name: &OsString, mode: seccomp::Mode) -> Result<ExitCode> {
     let log = seccomp::Log::from_env();
     let mut pair = [0; 2];

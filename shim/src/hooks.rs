@@ -52,7 +52,7 @@ redhook::hook! {
             Some((b, flags)) => unsafe { b.connect(fd, flags, addr, len) },
             // SAFETY: libc's own connect, with the program's arguments unchanged: the
             // program made this call under libc's contract.
-            None => unsafe { redhook::real!(connect)(fd, addr, len) },
+            None => unsafe { crate::libc_real::connect(fd, addr, len) },
         }
     }
 }
@@ -64,7 +64,7 @@ redhook::hook! {
             Some((b, flags)) => unsafe { b.bind(fd, flags, addr, len) },
             // SAFETY: libc's own bind, with the program's arguments unchanged: the
             // program made this call under libc's contract.
-            None => unsafe { redhook::real!(bind)(fd, addr, len) },
+            None => unsafe { crate::libc_real::bind(fd, addr, len) },
         }
     }
 }
@@ -73,8 +73,8 @@ redhook::hook! {
     unsafe fn listen(fd: c_int, backlog: c_int) -> c_int => ds_listen {
         match owner(fd) {
             Some((b, flags)) => b.listen(fd, flags, backlog),
-            // SAFETY: libc's own listen, with the program's integer arguments.
-            None => unsafe { redhook::real!(listen)(fd, backlog) },
+            // libc's own listen (or the same system call with the run's pass).
+            None => crate::libc_real::listen(fd, backlog),
         }
     }
 }

@@ -7,7 +7,12 @@
 //! are unsafe to call: the pointers must meet libc's contract for the
 //! call, as the program's own arguments to it do (passed on unchanged),
 //! or as buffers of the shim's own do.
+//!
+//! Under `dropshim run`, `bind`, `connect` and `listen` are made with
+//! `syscall(2)` instead, carrying the run's pass that lets them by the
+//! run's seccomp filter (`dropshim_backend_native::sys::address_pass`).
 
+use dropshim_backend_native::sys;
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -57,6 +62,10 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
 /// `addr` and `len` meet connect()'s contract (the program's own
 /// arguments to it do).
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if sys::address_pass() != 0 {
+        // SAFETY: the caller meets connect()'s contract (# Safety above).
+        return unsafe { sys::connect_with_pass(fd, addr, len) };
+    }
     let f = resolve!(
         connect,
         unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int
@@ -70,6 +79,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// `addr` and `len` meet bind()'s contract (the program's own
 /// arguments to it do).
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if sys::address_pass() != 0 {
+        // SAFETY: the caller meets bind()'s contract (# Safety above).
+        return unsafe { sys::address_call(libc::SYS_bind, fd, addr, len) };
+    }
     let f = resolve!(
         bind,
         unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int
@@ -79,6 +92,9 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 }
 
 pub fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if sys::address_pass() != 0 {
+        return sys::listen_with_pass(fd, backlog);
+    }
     let f = resolve!(listen, unsafe extern "C" fn(c_int, c_int) -> c_int);
     // SAFETY: libc's listen takes integers only and touches no memory.
     unsafe { f(fd, backlog) }

@@ -20,38 +20,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static void handler(int sig) {
-    (void)sig;
-    static const char msg[] = "handled\n";
-    ssize_t n = write(1, msg, sizeof msg - 1);
-    (void)n;
-}
+#include "signal_test.h"
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: accept_signal IPV4 PORT restart|norestart\n");
-        return 2;
-    }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = handler;
-    sa.sa_flags = strcmp(argv[3], "restart") == 0 ? SA_RESTART : 0;
-    if (sigaction(SIGUSR1, &sa, NULL) != 0) {
-        perror("sigaction");
-        return 1;
-    }
-    setvbuf(stdout, NULL, _IONBF, 0);
+    struct sockaddr_in a;
+    int status = signal_test_setup(argc, argv, &a);
+    if (status != 0)
+        return status;
     int l = socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((unsigned short)atoi(argv[2]));
-    if (inet_pton(AF_INET, argv[1], &a.sin_addr) != 1) {
-        fprintf(stderr, "bad address %s\n", argv[1]);
-        return 2;
-    }
     if (bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 4) != 0) {
         perror("bind/listen");
         return 1;

@@ -12,6 +12,7 @@
 
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
+use dropshim_tests::reliability::Lines;
 use dropshim_tests::uml::UmlDevice;
 use dropshim_tests::*;
 use std::net::{IpAddr, SocketAddr};
@@ -290,10 +291,16 @@ fn nc_receive(
     out: &Path,
 ) -> Result<()> {
     let (ip, port) = (ip.to_string(), port.to_string());
-    let mut client = dropshim_run(tb, node, extra, &[bb, "nc", &ip, &port])?;
+    let client = dropshim_run(tb, node, extra, &[bb, "nc", &ip, &port])?;
+    receive_with_input_open(client, Stdio::from(std::fs::File::create(out)?))
+}
+
+/// Runs `client` with its input held open and its output into `out`
+/// until it ends, successfully.
+fn receive_with_input_open(mut client: Command, out: Stdio) -> Result<()> {
     client
         .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(out)?)
+        .stdout(out)
         .stderr(Stdio::piped());
     let mut client = client.spawn().context("spawning the nc client")?;
     let input = client.stdin.take().context("client stdin")?;
@@ -898,7 +905,7 @@ fn reach_uml_go_keepalive_set_before_connect_reaches_the_guest_socket() -> Resul
         port.to_string(),
         size.to_string(),
     ]);
-    let server = dropshim_tests::reliability::Lines::spawn(&mut server, "hold server")?;
+    let server = Lines::spawn(&mut server, "hold server")?;
     server.expect("listening", SHORT)?;
     let mut client = dropshim_run(
         &tb,
@@ -951,7 +958,7 @@ fn reach_uml_nonblocking_connect_says_einprogress_then_so_error() -> Result<()> 
         .args(["run", "python3"])
         .arg(&py)
         .args([ip.as_str(), &port.to_string()]);
-    let server = dropshim_tests::reliability::Lines::spawn(&mut server, "digest server")?;
+    let server = Lines::spawn(&mut server, "digest server")?;
     server.expect("listening", SHORT)?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let run = |to: u16| -> Result<String> {
@@ -1176,12 +1183,41 @@ fn reach_native_loopback_and_policy_rules_hold_for_static_programs() -> Result<(
     Ok(())
 }
 
+/// exit(0) through `int 0x80`.
+const I386_EXIT: [u8; 9] = [0x31, 0xdb, 0xb8, 1, 0, 0, 0, 0xcd, 0x80];
+
 /// The smallest i386 program: exit(0) through `int 0x80` (an ELF header,
 /// one loadable segment, nine bytes of code), so that no 32-bit
 /// toolchain is needed.
 fn i386_exit_program() -> Vec<u8> {
+    i386_program(&I386_EXIT)
+}
+
+/// An i386 program that opens two TCP sockets, the first through
+/// `socketcall(SYS_SOCKET, {AF_INET, SOCK_STREAM, 0})`, the second with
+/// `socket(AF_INET, SOCK_STREAM, 0)` (system call 359), then exits 0.
+fn i386_socket_program() -> Vec<u8> {
+    let mut code = vec![
+        0x6a, 0x00, // push 0
+        0x6a, 0x01, // push SOCK_STREAM
+        0x6a, 0x02, // push AF_INET
+        0x89, 0xe1, // mov ecx, esp
+        0xbb, 1, 0, 0, 0, // mov ebx, SYS_SOCKET
+        0xb8, 102, 0, 0, 0, // mov eax, socketcall
+        0xcd, 0x80, // int 0x80
+        0xbb, 2, 0, 0, 0, // mov ebx, AF_INET
+        0xb9, 1, 0, 0, 0, // mov ecx, SOCK_STREAM
+        0x31, 0xd2, // xor edx, edx
+        0xb8, 0x67, 0x01, 0, 0, // mov eax, 359 (socket)
+        0xcd, 0x80, // int 0x80
+    ];
+    code.extend_from_slice(&I386_EXIT);
+    i386_program(&code)
+}
+
+/// An i386 ELF executable: a header, one loadable segment, `code`.
+fn i386_program(code: &[u8]) -> Vec<u8> {
     let base: u32 = 0x0804_8000;
-    let code = [0x31, 0xdb, 0xb8, 1, 0, 0, 0, 0xcd, 0x80];
     let total = 52 + 32 + code.len() as u32;
     let mut elf = b"\x7fELF\x01\x01\x01".to_vec();
     elf.resize(16, 0);
@@ -1197,7 +1233,7 @@ fn i386_exit_program() -> Vec<u8> {
     for word in [1u32, 0, base, base, total, total, 5, 0x1000] {
         elf.extend_from_slice(&word.to_le_bytes());
     }
-    elf.extend_from_slice(&code);
+    elf.extend_from_slice(code);
     elf
 }
 
@@ -1245,10 +1281,63 @@ fn reach_a_32_bit_program_gets_one_clear_line_on_every_backend() -> Result<()> {
     Ok(())
 }
 
+/// A 32-bit program started by a 64-bit one (a shell linked with libc)
+/// is told about too, when it opens its first TCP socket: one line per
+/// such process (two sockets each, one line), naming the program and what
+/// its connections get on the stack (native: plain TCP; uml and lkl: the
+/// backend that runs it).
+#[test]
+fn reach_a_32_bit_child_of_a_64_bit_program_gets_one_line_per_process() -> Result<()> {
+    ensure!(
+        cfg!(target_arch = "x86_64"),
+        "this test runs an i386 program on an x86_64 host"
+    );
+    let dir = tempfile::tempdir()?;
+    let prog = dir.path().join("socket32");
+    std::fs::write(&prog, i386_socket_program())?;
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let prog = prog.to_str().context("program path")?;
+    let script = format!("{prog} && {prog} && echo ran");
+    for (backend, says) in [
+        ("native", "plain TCP"),
+        ("uml", "native backend runs it"),
+        ("lkl", "native backend runs it"),
+    ] {
+        let ran = run_bounded(
+            &mut dropshim_run_here(&["--backend", backend], &["sh", "-c", &script]),
+            SHORT,
+        )?;
+        let said = String::from_utf8_lossy(&ran.stderr).to_string();
+        ensure!(
+            ran.status.success() && ran.stdout == b"ran\n",
+            "{backend}: {} {said}",
+            ran.status
+        );
+        let lines: Vec<&str> = said.lines().collect();
+        ensure!(
+            lines.len() == 2
+                && lines
+                    .iter()
+                    .all(|l| l.contains("32-bit x86") && l.contains(prog) && l.contains(says)),
+            "{backend}: expected one line per 32-bit process saying {says:?}, got {said:?}"
+        );
+        ensure!(
+            lines[0] != lines[1],
+            "{backend}: both lines name the same process: {said:?}"
+        );
+    }
+    Ok(())
+}
+
 /// Builds tests/c/accept_signal.c into `dir`, statically linked.
 fn build_accept_signal(dir: &Path) -> Result<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/accept_signal.c");
-    let out = dir.join("accept_signal");
+    build_static_c(dir, "accept_signal")
+}
+
+/// Builds tests/c/NAME.c into `dir`, statically linked.
+fn build_static_c(dir: &Path, name: &str) -> Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("c/{name}.c"));
+    let out = dir.join(name);
     run_ok(
         Command::new("gcc")
             .args(["-static", "-O1", "-o"])
@@ -1261,9 +1350,8 @@ fn build_accept_signal(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Whether the program `pid` started (`dropshim run`'s child), or `pid`
-/// itself when it has none, is blocked in accept() (x86_64: 43, or
-/// accept4: 288).
-fn blocked_in_accept(pid: u32) -> bool {
+/// itself when it has none, is blocked in one of the system calls `nrs`.
+fn blocked_in(pid: u32, nrs: &[i64]) -> bool {
     let kids =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let target = kids
@@ -1271,8 +1359,16 @@ fn blocked_in_accept(pid: u32) -> bool {
         .next()
         .and_then(|k| k.parse::<u32>().ok())
         .unwrap_or(pid);
-    std::fs::read_to_string(format!("/proc/{target}/syscall"))
-        .is_ok_and(|s| s.starts_with("43 ") || s.starts_with("288 "))
+    std::fs::read_to_string(format!("/proc/{target}/syscall")).is_ok_and(|s| {
+        s.split_whitespace()
+            .next()
+            .and_then(|nr| nr.parse::<i64>().ok())
+            .is_some_and(|nr| nrs.contains(&nr))
+    })
+}
+
+fn blocked_in_accept(pid: u32) -> bool {
+    blocked_in(pid, &[libc::SYS_accept, libc::SYS_accept4])
 }
 
 /// Runs accept_signal (`cmd`, listening on `ip:port`), sends SIGUSR1 once
@@ -1286,7 +1382,7 @@ fn accept_signal_outcome(
     port: u16,
     restart: bool,
 ) -> Result<Vec<String>> {
-    let prog = dropshim_tests::reliability::Lines::spawn(cmd, "accept_signal")?;
+    let prog = Lines::spawn(cmd, "accept_signal")?;
     prog.expect("listening", SHORT)?;
     let pid = prog.pid();
     wait_until(SHORT, "accept_signal blocked in accept()", || {
@@ -1362,4 +1458,207 @@ fn reach_uml_signal_to_a_blocked_accept_acts_as_on_a_kernel_socket() -> Result<(
         );
     }
     Ok(())
+}
+
+/// A TCP listener in gw2 whose accept queue is full (backlog 0, one
+/// connection of its own waiting), so a connect to it waits in SYN_SENT,
+/// its SYNs dropped, until the file `trigger` exists: it then takes its
+/// own connection off the queue, accepts the next one and prints
+/// `data=` and what that connection sent.
+fn full_listener(tb: &Testbed, ip: IpAddr, port: u16, trigger: &Path) -> Result<Lines> {
+    let mut cmd = plain(tb, "gw2", "python3")?;
+    cmd.args([
+        "-c",
+        "import os,socket,sys,time\n\
+         ip,port,trigger=sys.argv[1],int(sys.argv[2]),sys.argv[3]\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         l.bind((ip,port)); l.listen(0)\n\
+         own=socket.create_connection((ip,port))\n\
+         print('full',flush=True)\n\
+         deadline=time.monotonic()+60\n\
+         while not os.path.exists(trigger):\n\
+         \x20   if time.monotonic()>deadline: sys.exit('no trigger')\n\
+         \x20   time.sleep(0.01)\n\
+         l.accept()[0].close(); own.close()\n\
+         c=l.accept()[0]; data=b''\n\
+         while True:\n\
+         \x20   b=c.recv(4096)\n\
+         \x20   if not b: break\n\
+         \x20   data+=b\n\
+         print('data='+data.decode(),flush=True)\n",
+        &ip.to_string(),
+        &port.to_string(),
+    ]);
+    cmd.arg(trigger);
+    let server = Lines::spawn(&mut cmd, "full listener")?;
+    server.expect("full", SHORT)?;
+    Ok(server)
+}
+
+/// Runs connect_signal (`cmd`, connecting to `ip:port`, a [`full_listener`]
+/// there), sends SIGUSR1 once its connect() blocks, lets the listener
+/// take the connection once the signal's outcome is printed, and returns
+/// the program's lines after "connecting" and what the listener received.
+fn connect_signal_outcome(
+    tb: &Testbed,
+    cmd: &mut Command,
+    ip: IpAddr,
+    port: u16,
+    restart: bool,
+    dir: &Path,
+) -> Result<(Vec<String>, String)> {
+    let trigger = dir.join(format!("go-{port}"));
+    let server = full_listener(tb, ip, port, &trigger)?;
+    let prog = Lines::spawn(cmd, "connect_signal")?;
+    prog.expect("connecting", SHORT)?;
+    let pid = prog.pid();
+    wait_until(SHORT, "connect_signal blocked in connect()", || {
+        blocked_in(pid, &[libc::SYS_connect])
+    })?;
+    prog.signal(libc::SIGUSR1)?;
+    let mut lines = vec![prog.expect("handled", SHORT)?];
+    if !restart {
+        lines.push(prog.expect("connect=", SHORT)?);
+        // The second connect() waits for the attempt still in progress.
+        wait_until(SHORT, "connect_signal's second connect()", || {
+            blocked_in(pid, &[libc::SYS_connect])
+        })?;
+    }
+    std::fs::write(&trigger, b"")?;
+    // SYN retransmissions come 1, 3, 7 and 15 s after the first.
+    let long = Duration::from_secs(40);
+    if restart {
+        lines.push(prog.expect("connect=", long)?);
+    } else {
+        lines.push(prog.expect("again=", long)?);
+        lines.push(prog.expect("third=", SHORT)?);
+    }
+    lines.push(prog.expect("sent", SHORT)?);
+    let data = server.expect("data=", SHORT)?;
+    Ok((lines, data))
+}
+
+/// A signal to a static program blocked in a blocking connect() through
+/// the uml instance acts as on a kernel socket: its handler runs at once;
+/// without SA_RESTART connect() fails with EINTR while the connection
+/// attempt goes on, so a second connect() waits for it and succeeds and a
+/// third says EISCONN; with SA_RESTART the one connect() goes on and
+/// succeeds. Each time the listener receives the program's bytes. The
+/// kernel's own behaviour is taken from the same program, without
+/// dropshim, in gw2.
+#[test]
+fn reach_uml_signal_to_a_blocked_connect_acts_as_on_a_kernel_socket() -> Result<()> {
+    let build = tempfile::tempdir()?;
+    let prog = build_static_c(build.path(), "connect_signal")?;
+    let prog = prog.to_str().context("program path")?;
+    let (tb, dev) = uml_setup("cs")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let gw2 = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let gw2_s = gw2.to_string();
+    let dir = tempfile::tempdir()?;
+    for mode in ["norestart", "restart"] {
+        let restart = mode == "restart";
+        let port = unique_port();
+        let port_s = port.to_string();
+        let mut kernel = plain(&tb, "gw2", prog)?;
+        kernel.args([gw2_s.as_str(), &port_s, mode]);
+        let (want, data) =
+            connect_signal_outcome(&tb, &mut kernel, gw2, port, restart, dir.path())?;
+        let expected: &[&str] = if restart {
+            &["handled", "connect=0", "sent"]
+        } else {
+            &[
+                "handled",
+                "connect=EINTR",
+                "again=0",
+                "third=EISCONN",
+                "sent",
+            ]
+        };
+        ensure!(
+            want == expected,
+            "{mode}: the kernel's own socket said {want:?}"
+        );
+        ensure!(
+            data == format!("data=hello-from-{port}"),
+            "{mode}: the kernel's listener got {data:?}"
+        );
+        let port = unique_port();
+        let port_s = port.to_string();
+        let mut uml = dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[prog, &gw2_s, &port_s, mode],
+        )?;
+        let (got, data) = connect_signal_outcome(&tb, &mut uml, gw2, port, restart, dir.path())?;
+        ensure!(
+            got == want,
+            "{mode}: on uml {got:?}, a kernel socket {want:?}"
+        );
+        ensure!(
+            data == format!("data=hello-from-{port}"),
+            "{mode}: on uml the listener got {data:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A static program started by a program linked with libc (a shell
+/// script running busybox-static `nc`) gets the device file's policy at
+/// connect(), as one started by a static program does: its connection
+/// to 127.0.0.1 stays plain TCP (the MPTCP listener in gw1 sees no
+/// MP_CAPABLE) while its connection to gw2 is MPTCP with a second
+/// subflow. The shell's own calls carry the run's pass and are not
+/// trapped. Bytes are checked each time.
+#[test]
+fn reach_native_static_child_of_a_libc_program_gets_the_policy() -> Result<()> {
+    let tb = shaped(400)?;
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (file, want) = blob(dir.path(), "blob.bin", 32 << 20)?;
+    let file_s = file.to_str().context("file path")?;
+    // A loopback server in gw1 (an MPTCP listener on the wildcard) and
+    // a server in gw2.
+    let lo_port = unique_port();
+    let lo_port_s = lo_port.to_string();
+    let mut lo_server = dropshim_run(
+        &tb,
+        "gw1",
+        &[],
+        &[bb, "nc", "-ll", "-p", &lo_port_s, "-e", bb, "cat", file_s],
+    )?;
+    let _lo_server = Background::spawn(&mut lo_server, "busybox nc -ll in gw1")?;
+    wait_listening(tb.netns("gw1")?, lo_port, SHORT)?;
+    let port = unique_port();
+    let _server = nc_file_server(&tb, bb, &file, port)?;
+    let gw2 = tb.addr4("gw2", 1)?;
+
+    let (lo_out, far_out) = (dir.path().join("lo.bin"), dir.path().join("far.bin"));
+    let script = format!(
+        "{bb} nc 127.0.0.1 {lo_port} > {} && {bb} nc {gw2} {port} > {}",
+        lo_out.display(),
+        far_out.display()
+    );
+    let sh = Path::new("/bin/sh");
+    ensure!(
+        std::fs::read(sh)?.windows(10).any(|w| w == b"libc.so.6\0"),
+        "/bin/sh is not linked with libc: it is not the program this test needs"
+    );
+    let lo_before = mptcp_counters(tb.netns("gw1")?)?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let client = dropshim_run(&tb, "gw1", &[], &["/bin/sh", "-c", &script])?;
+    receive_with_input_open(client, Stdio::null())?;
+    ensure!(
+        sha256_file(&lo_out)? == want,
+        "nc over loopback: bytes differ"
+    );
+    ensure!(sha256_file(&far_out)? == want, "nc to gw2: bytes differ");
+    let lo_after = mptcp_counters(tb.netns("gw1")?)?;
+    ensure!(
+        delta(&lo_before, &lo_after, "MPCapableSYNRX") == 0,
+        "the static child's connection to 127.0.0.1 was MPTCP: loopback must stay plain TCP"
+    );
+    ensure_two_subflows(&tb, &before, 1)
 }

@@ -41,8 +41,10 @@
 //!
 //! A blocking `connect()` or `accept()` is waited for by a worker thread
 //! ([`Work`]), so the supervisor answers the program's other calls
-//! meanwhile; a signal for a thread blocked in `accept()` ends the wait
-//! with `ERESTARTSYS`, as on a kernel socket.
+//! meanwhile; a signal for a thread blocked in either ends the wait with
+//! `ERESTARTSYS`, as on a kernel socket. A blocking connect goes on
+//! behind a gate like a non-blocking one, so after the signal the
+//! connection is still in progress, as a kernel socket's would be.
 //!
 //! The program's memory (the address connect() names) is read through one
 //! function, [`read_program_memory`], which checks after the read that the
@@ -113,18 +115,27 @@ impl Supervisor {
         let Some(target) = Target::open(call.pid, fd) else {
             return Ok(Answer::Continue); // the kernel reports EBADF & co.
         };
-        let Some(domain) = target.tcp_domain() else {
-            return Ok(Answer::Continue); // not a TCP socket: not ours
-        };
+        // A gate (a connect in progress) first: it is no TCP socket.
         if self.guest.pending.contains_key(&target.inode()) {
             // connect() again while one is in progress, as on a kernel
-            // socket: EALREADY until it ends, then its outcome once.
-            return match self.settle(call, &target, fd)? {
-                None => Err(io::Error::from_raw_os_error(libc::EALREADY)),
+            // socket: its outcome once it has ended; until then EALREADY
+            // on a non-blocking socket, and a blocking one waits for it
+            // (the call a signal interrupted, restarted or made again).
+            return match self.settle(call, &target, fd, Settle::ByConnect)? {
+                None if is_nonblocking(&target)? => {
+                    Err(io::Error::from_raw_os_error(libc::EALREADY))
+                }
+                None => {
+                    self.wait_for_connect(call, target, fd)?;
+                    Ok(Answer::Done)
+                }
                 Some(0) => Ok(Answer::Value(0)),
                 Some(errno) => Err(io::Error::from_raw_os_error(errno)),
             };
         }
+        let Some(domain) = target.tcp_domain() else {
+            return Ok(Answer::Continue); // not a TCP socket: not ours
+        };
         if target.peer().is_some() {
             return Ok(Answer::Continue); // connected already: EISCONN
         }
@@ -148,25 +159,34 @@ impl Supervisor {
         req.mptcp = policy.decide(&dest) == Action::Mptcp;
         req.opts = self.guest.carried(&target, domain);
         self.guest.bound.remove(&inode);
-        if fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_NONBLOCK != 0 {
-            return self.start_connect(call, &target, fd, device, req);
-        }
-        // A blocking connect waits for the guest's handshake: a worker
-        // waits for it, and the program's other calls go on meanwhile.
+        let nonblocking = is_nonblocking(&target)?;
         self.log.debug(|| {
             format!(
                 "pid {}: connect(fd {fd}, {dest}) through the uml instance of {device:?}",
                 call.pid
             )
         });
+        let gate = self.start_connect(call, &target, fd, device, req)?;
+        if nonblocking {
+            return Err(io::Error::from_raw_os_error(libc::EINPROGRESS));
+        }
+        // A blocking connect waits for the guest's handshake behind the
+        // same gate: a signal then finds the connection in progress, as a
+        // kernel socket's, and the program's other calls go on meanwhile.
+        self.wait_for_connect(call, gate, fd)?;
+        Ok(Answer::Done)
+    }
+
+    /// Has a worker wait for the connect in progress behind `gate` (the
+    /// program's `fd`), then answer the blocking connect() `call` with its
+    /// outcome ([`Supervisor::finish`]), or with ERESTARTSYS if a signal
+    /// comes first.
+    fn wait_for_connect(&mut self, call: &Call, gate: Target, fd: RawFd) -> io::Result<()> {
         self.hand_over(Work::Connect {
             call: call.clone(),
-            target,
+            gate,
             fd,
-            device: device.to_string(),
-            req,
-        })?;
-        Ok(Answer::Done)
+        })
     }
 
     /// Gives `work` to a worker thread and remembers it until it reports.
@@ -182,19 +202,44 @@ impl Supervisor {
         let listener = self.listener();
         let wake = Arc::clone(&self.wake);
         let tx = self.done.0.clone();
-        let log = self.log;
         let (id, tid) = (work.call().id, work.call().pid);
         let job = match work {
             Work::Accept { chan, .. } => Job::Accept(chan.copy.try_clone()?),
-            Work::Connect { device, req, .. } => Job::Connect(device.clone(), req.clone()),
+            Work::Connect { gate, .. } => {
+                let outcome = self
+                    .guest
+                    .pending
+                    .get(&gate.inode())
+                    .map(|p| Arc::clone(&p.outcome))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EALREADY))?;
+                Job::Connect(gate.copy.try_clone()?, outcome)
+            }
         };
         std::thread::Builder::new()
             .name("dropshim-wait".into())
             .spawn(move || {
-                let found = match job {
-                    Job::Accept(chan) => wait_accept(listener.as_raw_fd(), id, tid, &chan),
-                    Job::Connect(device, req) => Found::Connected(ask(&log, &device, &req)),
-                };
+                let listener = listener.as_raw_fd();
+                let found =
+                    match job {
+                        Job::Accept(chan) => wait_until(
+                            listener,
+                            id,
+                            tid,
+                            &chan,
+                            libc::POLLIN,
+                            || match receive_conn(chan.as_raw_fd()) {
+                                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => None,
+                                got => Some(Found::Accepted(got)),
+                            },
+                        ),
+                        // The gate turns writable when the connect has ended.
+                        Job::Connect(gate, outcome) => {
+                            wait_until(listener, id, tid, &gate, libc::POLLOUT, || {
+                                let done = outcome.lock().unwrap_or_else(|p| p.into_inner());
+                                done.is_some().then_some(Found::Connected)
+                            })
+                        }
+                    };
                 if tx.send(Finished { id, found }).is_ok() {
                     let one = 1u64.to_ne_bytes();
                     // SAFETY: writes 8 bytes from our buffer to an eventfd
@@ -228,24 +273,18 @@ impl Supervisor {
                 Ok(got) => self.deliver_accept(&call, &chan, flags, domain, &opts, got),
                 Err(e) => self.fail(&call, e),
             },
-            (
-                Work::Connect {
-                    call,
-                    target,
-                    fd,
-                    req,
-                    ..
-                },
-                Found::Connected(res),
-            ) => match res.and_then(|(reply, bridge)| {
-                client::apply_to_bridge(bridge.as_raw_fd(), &req.opts);
-                self.guest
-                    .remember(&bridge, req.domain, reply.local, reply.peer)?;
-                self.install_at(&call, &target, fd, &bridge)
-            }) {
-                Ok(()) => self.respond(call.id, 0, 0, 0).or_else(ignore_gone),
-                Err(e) => self.fail(&call, e),
-            },
+            (Work::Connect { call, gate, fd }, Found::Connected) => {
+                match self.settle(&call, &gate, fd, Settle::ByConnect) {
+                    Ok(Some(0)) => self.respond(call.id, 0, 0, 0).or_else(ignore_gone),
+                    Ok(Some(errno)) => self.fail(&call, io::Error::from_raw_os_error(errno)),
+                    // Another of the program's calls settled it meanwhile.
+                    Ok(None) => match Target::open(call.pid, fd).and_then(|t| t.peer()) {
+                        Some(_) => self.respond(call.id, 0, 0, 0).or_else(ignore_gone),
+                        None => self.fail(&call, io::Error::from_raw_os_error(libc::ECONNABORTED)),
+                    },
+                    Err(e) => self.fail(&call, e),
+                }
+            }
             (work, _) => {
                 let call = work.call().clone();
                 self.fail(&call, io::Error::other("a worker answered another call"))
@@ -266,13 +305,15 @@ impl Supervisor {
         self.respond(call.id, 0, -errno, 0).or_else(ignore_gone)
     }
 
-    /// A non-blocking connect(): a gate takes the socket's place and the
-    /// call says EINPROGRESS, as a kernel socket's does. A thread makes the
-    /// request; when it is answered the gate turns writable (and hung up),
-    /// so poll, select and epoll wake, and the program's next
-    /// getsockopt(SO_ERROR), getpeername() or connect() on it puts the
-    /// bridge (or, if the connect failed, a fresh socket) in the gate's
-    /// place ([`Supervisor::settle`]).
+    /// Starts a connect through the instance: a gate takes the socket's
+    /// place (the connection in progress, as a kernel socket in SYN_SENT)
+    /// and a thread makes the request; when it is answered the gate turns
+    /// writable (and hung up), so poll, select and epoll wake, and the
+    /// program's next getsockopt(SO_ERROR), getpeername() or connect() on
+    /// it puts the bridge (or, if the connect failed, a fresh socket) in
+    /// the gate's place ([`Supervisor::settle`]). A non-blocking connect()
+    /// then says EINPROGRESS; a blocking one waits for that moment.
+    /// Returns the supervisor's copy of the gate.
     fn start_connect(
         &mut self,
         call: &Call,
@@ -280,10 +321,11 @@ impl Supervisor {
         fd: RawFd,
         device: &str,
         req: Request,
-    ) -> io::Result<Answer> {
+    ) -> io::Result<Target> {
         let (gate, waker) = gate()?;
         let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
         let slot = Arc::clone(&outcome);
+        let waker_fd = waker.as_raw_fd();
         let (domain, opts) = (req.domain, req.opts.clone());
         let device = device.to_string();
         std::thread::Builder::new()
@@ -330,15 +372,13 @@ impl Supervisor {
                 domain,
                 opts,
                 outcome,
+                waker: waker_fd,
             },
         );
-        self.log.debug(|| {
-            format!(
-                "pid {}: connect(fd {fd}) in progress through the uml instance",
-                call.pid
-            )
-        });
-        Err(io::Error::from_raw_os_error(libc::EINPROGRESS))
+        Ok(Target {
+            tgid: target.tgid,
+            copy: gate,
+        })
     }
 
     /// If the connect in progress behind the gate at the program's `fd`
@@ -346,7 +386,13 @@ impl Supervisor {
     /// fresh socket if it failed), registered again in the program's epoll
     /// sets as the gate was, and returns its errno (0: connected). None
     /// while it goes on.
-    fn settle(&mut self, call: &Call, target: &Target, fd: RawFd) -> io::Result<Option<i32>> {
+    fn settle(
+        &mut self,
+        call: &Call,
+        target: &Target,
+        fd: RawFd,
+        how: Settle,
+    ) -> io::Result<Option<i32>> {
         let ino = target.inode();
         let Some(p) = self.guest.pending.get(&ino) else {
             return Ok(None);
@@ -362,6 +408,12 @@ impl Supervisor {
                 client::apply_to_bridge(bridge.as_raw_fd(), &p.opts);
                 self.guest
                     .remember(&bridge, p.domain, reply.local, reply.peer)?;
+                if how == Settle::ByConnect {
+                    // The program's connect() returns 0: its socket is
+                    // connected now, and says EISCONN to the next one, as
+                    // a kernel socket does after such a connect().
+                    mark_connected(&bridge);
+                }
                 (bridge, 0)
             }
             Err(errno) => {
@@ -407,7 +459,7 @@ impl Supervisor {
         if room < 0 {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let errno = self.settle(call, &target, fd)?.unwrap_or(0);
+        let errno = self.settle(call, &target, fd, Settle::Asked)?.unwrap_or(0);
         let n = (room as usize).min(4);
         write_program_memory(self, call, val, &errno.to_ne_bytes()[..n])?;
         write_program_memory(self, call, lenp, &(n as u32).to_ne_bytes())?;
@@ -644,7 +696,7 @@ impl Supervisor {
         };
         if let Some(p) = self.guest.pending.get(&target.inode()) {
             let domain = p.domain;
-            if self.settle(call, &target, fd)?.is_none() {
+            if self.settle(call, &target, fd, Settle::Asked)?.is_none() {
                 // Still connecting: no peer yet, and no local address
                 // known but the family's.
                 if peer {
@@ -735,12 +787,20 @@ fn receive_conn(chan: RawFd) -> io::Result<Received> {
     Ok((n, buf, conn.map(|c| unsafe { OwnedFd::from_raw_fd(c) })))
 }
 
-/// A worker's wait for a blocking accept(): until the channel holds a
-/// connection, the call no longer stands (the thread died, or a signal
+/// A worker's wait for a blocking accept() or connect(): until `ready`
+/// has found what the call waits for (looked at whenever `file` polls
+/// `events`), the call no longer stands (the thread died, or a signal
 /// interrupted it before the filter's wait turned killable-only), or a
 /// signal the thread does not block is pending for it, looked at every
 /// 50 ms.
-fn wait_accept(listener: RawFd, id: u64, tid: u32, chan: &OwnedFd) -> Found {
+fn wait_until(
+    listener: RawFd,
+    id: u64,
+    tid: u32,
+    file: &OwnedFd,
+    events: libc::c_short,
+    mut ready: impl FnMut() -> Option<Found>,
+) -> Found {
     loop {
         if !notif_valid(listener, id) {
             return Found::Gone;
@@ -748,18 +808,16 @@ fn wait_accept(listener: RawFd, id: u64, tid: u32, chan: &OwnedFd) -> Found {
         if signal_pending(tid) {
             return Found::Interrupted;
         }
-        match receive_conn(chan.as_raw_fd()) {
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                let mut pfd = libc::pollfd {
-                    fd: chan.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one live pollfd.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
-            }
-            got => return Found::Accepted(got),
+        if let Some(found) = ready() {
+            return found;
         }
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
     }
 }
 
@@ -784,8 +842,8 @@ fn signal_pending(tid: u32) -> bool {
 
 /// The errno that makes the kernel restart the call after the signal's
 /// handler when it was installed with SA_RESTART (or when no handler
-/// runs), and turns into EINTR otherwise: what an interrupted accept() of
-/// a kernel socket returns inside the kernel.
+/// runs), and turns into EINTR otherwise: what an interrupted blocking
+/// accept() or connect() of a kernel socket returns inside the kernel.
 const ERESTARTSYS: i32 = 512;
 
 /// A call of the program that waits for the network, handed to a worker:
@@ -799,14 +857,9 @@ pub(super) enum Work {
         domain: i32,
         opts: Vec<Opt>,
     },
-    /// A blocking connect() through the instance.
-    Connect {
-        call: Call,
-        target: Target,
-        fd: RawFd,
-        device: String,
-        req: Request,
-    },
+    /// A blocking connect() through the instance, in progress behind the
+    /// gate at the program's `fd`.
+    Connect { call: Call, gate: Target, fd: RawFd },
 }
 
 impl Work {
@@ -820,7 +873,8 @@ impl Work {
 /// What a worker thread owns while it waits.
 enum Job {
     Accept(OwnedFd),
-    Connect(String, Request),
+    /// The gate, and where the thread making the connect leaves it.
+    Connect(OwnedFd, Arc<Mutex<Option<Outcome>>>),
 }
 
 /// What a worker found, for the notification `id`.
@@ -835,7 +889,8 @@ pub(super) enum Found {
     /// A signal came for the waiting thread; nothing was taken.
     Interrupted,
     Accepted(io::Result<Received>),
-    Connected(io::Result<(Reply, OwnedFd)>),
+    /// The connect behind the gate has ended; its outcome waits there.
+    Connected,
 }
 
 fn wildcard(domain: i32) -> SocketAddr {
@@ -878,12 +933,15 @@ pub(super) struct Sockets {
 /// or the errno.
 type Outcome = Result<(Reply, OwnedFd), i32>;
 
-/// A non-blocking connect in progress: what its socket was, and where the
+/// A connect in progress behind a gate: what its socket was, and where the
 /// thread making it leaves the outcome.
 struct Pending {
     domain: i32,
     opts: Vec<Opt>,
     outcome: Arc<Mutex<Option<Outcome>>>,
+    /// The number of the gate's other end, held by that thread: closed by
+    /// a forked copy of the supervisor, where the thread does not exist.
+    waker: RawFd,
 }
 
 /// A gate: the program's end of a Unix stream pair whose send buffer is
@@ -903,7 +961,12 @@ fn gate() -> io::Result<(OwnedFd, OwnedFd)> {
     for _ in 0..64 {
         match sys::write(prog.as_raw_fd(), &block) {
             Ok(_) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok((prog, keep)),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // Blocking as a fresh socket is; the program's own
+                // O_NONBLOCK is set when the gate is installed.
+                fcntl(prog.as_raw_fd(), libc::F_SETFL, libc::O_RDWR)?;
+                return Ok((prog, keep));
+            }
             Err(e) => return Err(e),
         }
     }
@@ -1057,6 +1120,26 @@ impl Sockets {
         opts
     }
 
+    /// In a forked copy of the supervisor, the threads making connects
+    /// stayed behind: the connects still in progress fail here
+    /// (ECONNABORTED), and their gates wake once the original supervisor
+    /// is gone too.
+    pub(super) fn orphan_connects(&mut self) {
+        for p in self.pending.values() {
+            // A lock held at the fork by a thread that is not here would
+            // never be released: that thread was leaving its outcome.
+            let Ok(mut outcome) = p.outcome.try_lock() else {
+                continue;
+            };
+            if outcome.is_none() {
+                *outcome = Some(Err(libc::ECONNABORTED));
+                // SAFETY: this copy's inherited reference to the gate's
+                // other end, which only the absent thread owned.
+                unsafe { libc::close(p.waker) };
+            }
+        }
+    }
+
     /// Records the guest addresses behind `fd` (a bridge or a channel).
     fn remember(
         &mut self,
@@ -1127,7 +1210,7 @@ enum Answer {
 /// between the notification and the read may have left another process
 /// (a reused pid) or other bytes behind, and then the read counts for
 /// nothing.
-fn read_program_memory(
+pub(super) fn read_program_memory(
     sup: &Supervisor,
     call: &Call,
     addr: u64,
@@ -1249,7 +1332,7 @@ impl Target {
     }
 }
 
-fn tgid_of(tid: u32) -> Option<libc::pid_t> {
+pub(super) fn tgid_of(tid: u32) -> Option<libc::pid_t> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     status
         .lines()
@@ -1268,6 +1351,33 @@ fn fd_cloexec(tgid: libc::pid_t, fd: RawFd) -> bool {
                 .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
         })
         .is_some_and(|flags| flags & i64::from(libc::O_CLOEXEC) != 0)
+}
+
+/// Who learns the outcome of a connect in progress when it is settled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// The program's connect(), which returns it.
+    ByConnect,
+    /// getsockopt(SO_ERROR) or getpeername(), after which a kernel socket
+    /// still answers the next connect() with the outcome (0) once.
+    Asked,
+}
+
+/// Moves a bridge whose connect the host saw as non-blocking to the
+/// connected state, so that a connect() on it says EISCONN: connect()
+/// again to its own peer completes the host's own connect.
+fn mark_connected(bridge: &OwnedFd) {
+    if let Ok(peer) = dropshim_abi::sock::peer_addr(bridge.as_raw_fd()) {
+        let raw = dropshim_abi::encode(&peer);
+        // SAFETY: connect(2) reads `raw.len()` bytes of the address `raw`
+        // keeps alive; on an established socket it only changes its state.
+        unsafe { libc::connect(bridge.as_raw_fd(), raw.as_ptr().cast(), raw.len()) };
+    }
+}
+
+/// Whether the program's file behind `target` is O_NONBLOCK.
+fn is_nonblocking(target: &Target) -> io::Result<bool> {
+    Ok(fcntl(target.copy.as_raw_fd(), libc::F_GETFL, 0)? & libc::O_NONBLOCK != 0)
 }
 
 fn fcntl(fd: RawFd, cmd: i32, arg: i32) -> io::Result<i32> {

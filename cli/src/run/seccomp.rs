@@ -9,8 +9,11 @@
 //! socket MPTCP whatever its address, `bind()`, `connect()` and
 //! `listen()` (answered in [`super::native`]), and hands them to user
 //! space (`SECCOMP_RET_USER_NOTIF`); every other system call, and every
-//! socket call the shim itself makes (they carry [`SOCKET_PASS_MARK`] in
-//! their unused fourth argument), goes straight to the kernel. The supervisor, which is `dropshim run` staying the
+//! socket call the shim itself makes (`socket()` carries
+//! [`SOCKET_PASS_MARK`] in its unused fourth argument, the other three
+//! the run's random pass in their sixth), goes straight to the kernel.
+//! Of a 32-bit process only `socket()` is trapped, so that the
+//! supervisor can say once that such a process is not served. The supervisor, which is `dropshim run` staying the
 //! program's parent, opens `socket(domain, type, IPPROTO_MPTCP)` itself
 //! (plain TCP when the kernel has no MPTCP) and installs it in the
 //! program as the call's result with `SECCOMP_IOCTL_NOTIF_ADDFD` and
@@ -59,6 +62,15 @@ const fn data_arg_high(i: u32) -> u32 {
 const AUDIT_ARCH: u32 = 0xc000_003e;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xc000_00b7;
+/// The 32-bit ABI the host also runs (i386 on x86_64, Arm on aarch64):
+/// its audit arch, its `socket()` and, where it has one, its
+/// `socketcall()` (whose first argument 1 is SYS_SOCKET).
+#[cfg(target_arch = "x86_64")]
+const COMPAT: (u32, u32, Option<u32>) = (0x4000_0003, 359, Some(102));
+#[cfg(target_arch = "aarch64")]
+const COMPAT: (u32, u32, Option<u32>) = (0x4000_0028, 281, None);
+/// socketcall()'s call number for socket().
+const SOCKETCALL_SOCKET: u32 = 1;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("dropshim run's seccomp filter knows the audit arch of x86_64 and aarch64 only");
 
@@ -79,6 +91,8 @@ enum Label {
     Notify,
     CheckType,
     CheckMark,
+    CheckPass,
+    Compat,
 }
 
 /// Resolves labels into the relative jumps classic BPF wants.
@@ -118,14 +132,20 @@ fn assemble(ops: &[Op]) -> Vec<libc::sock_filter> {
 }
 
 /// Which stack the supervisor serves, and so what the filter traps.
+/// Whatever the stack, a 32-bit process of the program's tree (which
+/// neither the filter nor the shim serves) gets one line at its first
+/// TCP `socket()`.
 #[derive(Clone)]
 pub enum Mode {
     /// Host MPTCP: TCP `socket()` calls become MPTCP sockets (or what the
     /// policy's default says) and, with `addresses`, the policy settles
-    /// them at `bind()`, `connect()` and `listen()` ([`super::native`]).
+    /// them at `bind()`, `connect()` and `listen()` ([`super::native`]),
+    /// except those that carry `pass` in their sixth argument: the shim's,
+    /// which applies the policy itself.
     Native {
         policy: dropshim_conf::Policy,
         addresses: bool,
+        pass: u64,
     },
     /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
     /// `accept()`, `getsockname()`, `getpeername()` and
@@ -135,13 +155,25 @@ pub enum Mode {
         device: String,
         policy: dropshim_conf::Policy,
     },
+    /// The shim alone serves the program's tree (uml or lkl for programs
+    /// linked with libc): only 32-bit processes' sockets are looked at.
+    Watch { backend: dropshim_conf::BackendKind },
 }
 
-/// The filter for `mode`. A process of another ABI (say 32-bit) is let
-/// through untouched.
+/// The filter for `mode`. Of a process of the 32-bit ABI, only the
+/// `socket()` calls are trapped, to be told about ([`Supervisor`]).
 pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
     match mode {
-        Mode::Native { addresses, .. } => filter_with(*addresses),
+        Mode::Native {
+            addresses, pass, ..
+        } => filter_with(addresses.then_some(*pass)),
+        Mode::Watch { .. } => {
+            use Label::*;
+            assemble(&with_compat(vec![
+                Op::Load(DATA_ARCH),
+                Op::Jeq(AUDIT_ARCH, Allow, Compat),
+            ]))
+        }
         Mode::Uml { .. } => {
             use Label::*;
             // connect(), bind(), listen(), accept(), getsockname() and
@@ -149,9 +181,9 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
             // which descriptors are TCP sockets only the supervisor can
             // tell (it looks at the socket itself); it lets the others
             // continue untouched.
-            assemble(&[
+            assemble(&with_compat(vec![
                 Op::Load(DATA_ARCH),
-                Op::Jeq(AUDIT_ARCH, Next, Allow),
+                Op::Jeq(AUDIT_ARCH, Next, Compat),
                 Op::Load(DATA_NR),
                 Op::Jeq(libc::SYS_connect as u32, Notify, Next),
                 Op::Jeq(libc::SYS_bind as u32, Notify, Next),
@@ -167,33 +199,60 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
                 Op::Jeq(libc::SOL_SOCKET as u32, Next, Allow),
                 Op::Load(data_arg_low(2)),
                 Op::Jeq(libc::SO_ERROR as u32, Notify, Allow),
-                Op::Here(Notify),
-                Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
-                Op::Here(Allow),
-                Op::Ret(libc::SECCOMP_RET_ALLOW),
-            ])
+            ]))
         }
     }
 }
 
+/// Ends a filter whose host-ABI part jumps to `Compat` with the
+/// accumulator holding the audit arch: the 32-bit ABI's `socket()` calls
+/// (direct, or through `socketcall(SYS_SOCKET, ...)`, whose arguments
+/// are in memory) are trapped, every other call runs.
+fn with_compat(mut ops: Vec<Op>) -> Vec<Op> {
+    use Label::*;
+    let (arch, socket, socketcall) = COMPAT;
+    ops.extend([
+        Op::Here(Compat),
+        Op::Jeq(arch, Next, Allow),
+        Op::Load(DATA_NR),
+    ]);
+    match socketcall {
+        Some(nr) => ops.extend([
+            Op::Jeq(socket, Notify, Next),
+            Op::Jeq(nr, Next, Allow),
+            Op::Load(data_arg_low(0)),
+            Op::Jeq(SOCKETCALL_SOCKET, Notify, Allow),
+        ]),
+        None => ops.push(Op::Jeq(socket, Notify, Allow)),
+    }
+    ops.extend([
+        Op::Here(Notify),
+        Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
+        Op::Here(Allow),
+        Op::Ret(libc::SECCOMP_RET_ALLOW),
+    ]);
+    ops
+}
+
 /// The native filter: TCP stream sockets of the two IP families go to the
-/// supervisor unless they carry the shim's mark; with `addresses`,
-/// `bind()`, `connect()` and `listen()` of every kind too (which sockets
-/// are the supervisor's only it can tell; it lets the others continue
-/// untouched); everything else runs.
-fn filter_with(addresses: bool) -> Vec<libc::sock_filter> {
+/// supervisor unless they carry the shim's mark; with `addresses` (the
+/// run's pass), `bind()`, `connect()` and `listen()` of every kind too,
+/// unless they carry the pass (which sockets are the supervisor's only it
+/// can tell; it lets the others continue untouched); everything else
+/// runs.
+fn filter_with(addresses: Option<u64>) -> Vec<libc::sock_filter> {
     use Label::*;
     let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
     let mut ops = vec![
         Op::Load(DATA_ARCH),
-        Op::Jeq(AUDIT_ARCH, Next, Allow),
+        Op::Jeq(AUDIT_ARCH, Next, Compat),
         Op::Load(DATA_NR),
     ];
-    if addresses {
+    if addresses.is_some() {
         ops.extend([
-            Op::Jeq(libc::SYS_connect as u32, Notify, Next),
-            Op::Jeq(libc::SYS_bind as u32, Notify, Next),
-            Op::Jeq(libc::SYS_listen as u32, Notify, Next),
+            Op::Jeq(libc::SYS_connect as u32, CheckPass, Next),
+            Op::Jeq(libc::SYS_bind as u32, CheckPass, Next),
+            Op::Jeq(libc::SYS_listen as u32, CheckPass, Next),
         ]);
     }
     ops.extend([
@@ -213,12 +272,17 @@ fn filter_with(addresses: bool) -> Vec<libc::sock_filter> {
         Op::Jeq(SOCKET_PASS_MARK as u32, Next, Notify),
         Op::Load(data_arg_high(3)),
         Op::Jeq((SOCKET_PASS_MARK >> 32) as u32, Allow, Notify),
-        Op::Here(Notify),
-        Op::Ret(libc::SECCOMP_RET_USER_NOTIF),
-        Op::Here(Allow),
-        Op::Ret(libc::SECCOMP_RET_ALLOW),
     ]);
-    assemble(&ops)
+    if let Some(pass) = addresses {
+        ops.extend([
+            Op::Here(CheckPass),
+            Op::Load(data_arg_low(5)),
+            Op::Jeq(pass as u32, Next, Notify),
+            Op::Load(data_arg_high(5)),
+            Op::Jeq((pass >> 32) as u32, Allow, Notify),
+        ]);
+    }
+    assemble(&with_compat(ops))
 }
 
 /// The signals the supervisor passes on to the program when another
@@ -527,6 +591,8 @@ pub struct Supervisor {
         mpsc::Receiver<super::guest::Finished>,
     ),
     pub(super) wake: Arc<OwnedFd>,
+    /// The 32-bit processes already told about, by process id.
+    compat_told: std::collections::HashSet<libc::pid_t>,
 }
 
 /// One trapped system call.
@@ -536,6 +602,7 @@ pub(super) struct Call {
     /// The calling thread (its id in our pid namespace).
     pub(super) pid: u32,
     pub(super) nr: i32,
+    arch: u32,
     domain: i32,
     ty: i32,
     protocol: i32,
@@ -615,6 +682,7 @@ impl Supervisor {
             inflight: HashMap::new(),
             done: mpsc::channel(),
             wake: Arc::new(eventfd()?),
+            compat_told: Default::default(),
         })
     }
 
@@ -655,6 +723,7 @@ impl Supervisor {
     fn after_fork(&mut self) -> io::Result<()> {
         self.done = mpsc::channel();
         self.wake = Arc::new(eventfd()?);
+        self.guest.orphan_connects();
         let ids: Vec<u64> = self.inflight.keys().copied().collect();
         for id in ids {
             if let Some(work) = self.inflight.get(&id) {
@@ -679,6 +748,7 @@ impl Supervisor {
             id: n.id,
             pid: n.pid,
             nr: n.data.nr,
+            arch: n.data.arch,
             domain: n.data.args[0] as i32,
             ty: n.data.args[1] as i32,
             protocol: n.data.args[2] as i32,
@@ -708,17 +778,23 @@ impl Supervisor {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINTR)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        if call.arch != AUDIT_ARCH {
+            return self.answer_compat(&call);
+        }
         let (policy, addresses) = match &self.mode {
             Mode::Uml { .. } => return self.answer_uml(&call),
-            Mode::Native { policy, addresses } => (policy.clone(), *addresses),
+            Mode::Native {
+                policy, addresses, ..
+            } => (policy.clone(), *addresses),
+            Mode::Watch { .. } => {
+                return self.respond(call.id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
+            }
         };
         if call.nr != libc::SYS_socket as i32 {
             return self.answer_native_call(&call, &policy);
         }
         let ours = call.nr == libc::SYS_socket as i32
-            && (call.domain == libc::AF_INET || call.domain == libc::AF_INET6)
-            && call.ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_STREAM
-            && (call.protocol == 0 || call.protocol == libc::IPPROTO_TCP);
+            && is_tcp_request(call.domain, call.ty, call.protocol);
         if !ours {
             // Cannot happen with our filter; let the kernel do the call.
             return self.respond(call.id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32);
@@ -745,6 +821,62 @@ impl Supervisor {
             }
         }
         self.install(&call, sock)
+    }
+
+    /// A 32-bit process's socket() runs as it is; at its first TCP one,
+    /// one line says what that means on this stack.
+    fn answer_compat(&mut self, call: &Call) -> io::Result<()> {
+        let (_, socket, _) = COMPAT;
+        let args = if call.nr as u32 == socket {
+            Some([call.domain, call.ty, call.protocol])
+        } else {
+            // socketcall(SYS_SOCKET, args): three 32-bit words in memory.
+            super::guest::read_program_memory(self, call, call.args[1] & 0xffff_ffff, 12)
+                .ok()
+                .map(|b| {
+                    let word = |i: usize| i32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+                    [word(0), word(4), word(8)]
+                })
+        };
+        let tcp = args.is_some_and(|[domain, ty, protocol]| is_tcp_request(domain, ty, protocol));
+        if tcp {
+            if let Some(tgid) = super::guest::tgid_of(call.pid) {
+                if self.compat_told.len() >= 65_536 {
+                    self.compat_told.clear();
+                }
+                if self.compat_told.insert(tgid) {
+                    self.log.warn(&self.compat_line(tgid));
+                }
+            }
+        }
+        self.respond(call.id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
+            .or_else(ignore_gone)
+    }
+
+    /// What a 32-bit process's TCP sockets get on this run's stack.
+    fn compat_line(&self, tgid: libc::pid_t) -> String {
+        let exe = std::fs::read_link(format!("/proc/{tgid}/exe")).ok();
+        let what = exe
+            .as_deref()
+            .and_then(super::program::foreign_abi)
+            .unwrap_or("a 32-bit program");
+        let exe = exe.map_or_else(|| "?".to_string(), |p| p.display().to_string());
+        let host = std::env::consts::ARCH;
+        let backend = match &self.mode {
+            Mode::Native { .. } => {
+                return format!(
+                    "pid {tgid} ({exe}) is {what}: dropshim reaches {host} programs only; its \
+                     TCP connections are the host's plain TCP"
+                )
+            }
+            Mode::Uml { .. } => "uml",
+            Mode::Watch { backend } => backend.as_str(),
+        };
+        format!(
+            "pid {tgid} ({exe}) is {what}: the {backend} backend cannot carry its connections \
+             (dropshim reaches {host} programs only), so they are the host's plain TCP; the \
+             native backend runs it that way, an {host} build of it runs on {backend}"
+        )
     }
 
     /// The socket the program asked for, as MPTCP, in the program's
@@ -850,6 +982,13 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Whether socket(domain, ty, protocol) asks for an IPv4/IPv6 TCP socket.
+fn is_tcp_request(domain: i32, ty: i32, protocol: i32) -> bool {
+    (domain == libc::AF_INET || domain == libc::AF_INET6)
+        && ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_STREAM
+        && (protocol == 0 || protocol == libc::IPPROTO_TCP)
 }
 
 pub(super) fn ignore_gone(e: io::Error) -> io::Result<()> {
@@ -1141,7 +1280,7 @@ mod tests {
 
     fn socket_call(domain: i32, ty: i32, proto: i32, fourth: u64) -> u32 {
         let args = [domain as u64, ty as u64, proto as u64, fourth, 0, 0];
-        run(&filter_with(false), libc::SYS_socket, args, AUDIT_ARCH)
+        run(&filter_with(None), libc::SYS_socket, args, AUDIT_ARCH)
     }
 
     #[test]
@@ -1191,11 +1330,11 @@ mod tests {
         // Other system calls and other ABIs.
         let args = [libc::AF_INET as u64, stream as u64, 0, 0, 0, 0];
         assert_eq!(
-            run(&filter_with(false), libc::SYS_connect, args, AUDIT_ARCH),
+            run(&filter_with(None), libc::SYS_connect, args, AUDIT_ARCH),
             ALLOW
         );
         assert_eq!(
-            run(&filter_with(false), libc::SYS_socket, args, 0x4000_0003),
+            run(&filter_with(None), libc::SYS_socket, args, 0x4000_0003),
             ALLOW
         );
     }
@@ -1204,14 +1343,23 @@ mod tests {
     fn native_filter_traps_addresses_when_the_policy_decides_by_them() {
         let strict = dropshim_conf::Policy::default();
         assert!(super::super::native::needs_addresses(&strict));
+        let pass = 0x0123_4567_89ab_cdef_u64;
         let native = filter_for(&Mode::Native {
             policy: strict,
             addresses: true,
+            pass,
         });
         let none = [0u64; 6];
         for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_listen] {
             assert_eq!(run(&native, nr, none, AUDIT_ARCH), NOTIFY, "{nr}");
-            assert_eq!(run(&native, nr, none, 0x4000_0003), ALLOW, "{nr}");
+            assert_eq!(run(&native, nr, none, COMPAT.0), ALLOW, "{nr}");
+            // The shim's calls carry the run's pass in the sixth argument.
+            let passing = [3, 0x1000, 16, 0, 0, pass];
+            assert_eq!(run(&native, nr, passing, AUDIT_ARCH), ALLOW, "{nr}");
+            let half = [3, 0x1000, 16, 0, 0, pass & 0xffff_ffff];
+            assert_eq!(run(&native, nr, half, AUDIT_ARCH), NOTIFY, "{nr}");
+            let elsewhere = [3, 0x1000, 16, pass, 0, 0];
+            assert_eq!(run(&native, nr, elsewhere, AUDIT_ARCH), NOTIFY, "{nr}");
         }
         assert_eq!(run(&native, libc::SYS_accept4, none, AUDIT_ARCH), ALLOW);
         assert_eq!(run(&native, libc::SYS_read, none, AUDIT_ARCH), ALLOW);
@@ -1229,6 +1377,7 @@ mod tests {
         let native = filter_for(&Mode::Native {
             policy: all,
             addresses: false,
+            pass: 0,
         });
         assert_eq!(run(&native, libc::SYS_connect, none, AUDIT_ARCH), ALLOW);
         assert_eq!(run(&native, libc::SYS_socket, tcp, AUDIT_ARCH), NOTIFY);
@@ -1261,6 +1410,46 @@ mod tests {
         assert_eq!(getsockopt(libc::IPPROTO_TCP, libc::SO_ERROR), ALLOW);
         assert_eq!(run(&uml, libc::SYS_socket, none, AUDIT_ARCH), ALLOW);
         assert_eq!(run(&uml, libc::SYS_read, none, AUDIT_ARCH), ALLOW);
-        assert_eq!(run(&uml, libc::SYS_connect, none, 0x4000_0003), ALLOW);
+        assert_eq!(run(&uml, libc::SYS_connect, none, COMPAT.0), ALLOW);
+    }
+
+    #[test]
+    fn every_filter_traps_the_32_bit_abis_socket_calls_only() {
+        let filters = [
+            filter_for(&Mode::Native {
+                policy: dropshim_conf::Policy::default(),
+                addresses: true,
+                pass: 7,
+            }),
+            filter_with(None),
+            filter_for(&Mode::Uml {
+                device: "d".into(),
+                policy: dropshim_conf::Policy::default(),
+            }),
+            filter_for(&Mode::Watch {
+                backend: dropshim_conf::BackendKind::Lkl,
+            }),
+        ];
+        let (arch, socket, socketcall) = COMPAT;
+        let tcp = [libc::AF_INET as u64, libc::SOCK_STREAM as u64, 0, 0, 0, 0];
+        for f in &filters {
+            assert_eq!(run(f, i64::from(socket), tcp, arch), NOTIFY);
+            if let Some(nr) = socketcall {
+                let socket_call = [u64::from(SOCKETCALL_SOCKET), 0xffd0_0000, 0, 0, 0, 0];
+                assert_eq!(run(f, i64::from(nr), socket_call, arch), NOTIFY);
+                // socketcall(SYS_CONNECT, ...) runs.
+                let connect_call = [3, 0xffd0_0000, 0, 0, 0, 0];
+                assert_eq!(run(f, i64::from(nr), connect_call, arch), ALLOW);
+            }
+            // The host ABI's number of socket() means something else there.
+            assert_eq!(run(f, libc::SYS_socket, tcp, arch), ALLOW);
+            assert_eq!(run(f, 3, tcp, arch), ALLOW);
+            // Another foreign ABI altogether runs untouched.
+            assert_eq!(run(f, i64::from(socket), tcp, 0x4000_0028 + 1), ALLOW);
+        }
+        // Watching only: nothing of the host's ABI is trapped.
+        let watch = &filters[3];
+        assert_eq!(run(watch, libc::SYS_socket, tcp, AUDIT_ARCH), ALLOW);
+        assert_eq!(run(watch, libc::SYS_connect, tcp, AUDIT_ARCH), ALLOW);
     }
 }
