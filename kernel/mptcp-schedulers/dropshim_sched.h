@@ -7,6 +7,7 @@
 #ifndef __DROPSHIM_SCHED_H
 #define __DROPSHIM_SCHED_H
 
+#include <linux/math64.h>
 #include <linux/netdevice.h>
 #include <net/dst.h>
 #include <net/tcp.h>
@@ -74,6 +75,41 @@ static inline void dropshim_schedule_at_most(struct mptcp_sock *msk,
 static inline void dropshim_schedule(struct mptcp_sock *msk, struct sock *ssk)
 {
 	dropshim_schedule_at_most(msk, ssk, DROPSHIM_SCHED_BURST);
+}
+
+/* How long the data the subflow holds takes to leave at its averaged
+ * pacing rate, in 2^-32 seconds (the kernel default scheduler's measure);
+ * U64_MAX while the subflow has no pacing rate yet.
+ */
+static inline u64 dropshim_linger(struct mptcp_subflow_context *subflow)
+{
+	struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
+
+	if (unlikely(!subflow->avg_pacing_rate))
+		subflow->avg_pacing_rate = READ_ONCE(ssk->sk_pacing_rate);
+	if (!subflow->avg_pacing_rate)
+		return U64_MAX;
+	return div_u64((u64)READ_ONCE(ssk->sk_wmem_queued) << 32,
+		       subflow->avg_pacing_rate);
+}
+
+/* dropshim_schedule(), and the averaged pacing rate of ssk moves toward
+ * its current one in proportion to the burst against what ssk already
+ * holds, as the default scheduler does for the subflow it picks.
+ */
+static inline void dropshim_schedule_paced(struct mptcp_sock *msk, struct sock *ssk)
+{
+	struct mptcp_subflow_context *subflow = mptcp_subflow_ctx(ssk);
+	u64 wmem = READ_ONCE(ssk->sk_wmem_queued);
+	u64 burst;
+
+	dropshim_schedule(msk, ssk);
+	burst = msk->snd_burst;
+	if (burst && subflow->avg_pacing_rate)
+		subflow->avg_pacing_rate =
+			div64_u64((u64)subflow->avg_pacing_rate * wmem +
+				  READ_ONCE(ssk->sk_pacing_rate) * burst,
+				  burst + wmem);
 }
 
 /* Reinjection (data a stale or lost subflow held) goes where the kernel's

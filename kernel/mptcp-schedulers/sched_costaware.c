@@ -4,75 +4,106 @@
  * interfaces cost differently (metered LTE against free Wi-Fi, or energy).
  *
  * A subflow's cost is the link group of the interface it leaves through
- * (`ip link set dev X group N`; 0 when unset, lower is cheaper). Data goes
- * to the cheapest subflows that can take more; a costlier subflow gets data
- * only while every cheaper one is full, so a costly interface carries only
- * what the cheap ones cannot.
+ * (`ip link set dev X group N`; 0 when unset, lower is cheaper). Subflows
+ * of one cost form a tier. Data goes to the cheapest tier; a costlier tier
+ * gets data only while every cheaper one is saturated, so a costly
+ * interface carries only what the cheap ones cannot.
  *
- * A subflow "can take more" while it is active (joined, not stale), has
- * send-buffer room, and is not holding more unsent data than a congestion
- * window (at least two bursts, so slow start alone does not count as
- * full): a link that keeps up with the sender never reaches that point; a
- * saturated one does.
- * Among subflows of the same cost the one whose queued data leaves
- * soonest at its pacing rate wins (the kernel default's measure), so a
- * slow link of the same cost is not handed as much as a fast one.
+ * Within a tier the choice is the kernel default's: the subflow whose
+ * queued data leaves soonest at its (averaged) pacing rate, and if that
+ * one has no send-buffer room the data waits for it rather than going to
+ * a slower subflow of the same cost, whose queue would hold it back at the
+ * receiver. With every cost equal, costaware is the default scheduler.
+ *
+ * A tier is saturated when that subflow has no send-buffer room or holds
+ * more unsent data than a congestion window (at least two bursts, so slow
+ * start alone does not count): a link that keeps up with the sender never
+ * reaches that point; a saturated one does. When every tier is saturated
+ * the cheapest one still gets the data, as soon as it has room.
  * Backup subflows are used only when no regular one is active.
  */
 #define pr_fmt(fmt) "MPTCP costaware: " fmt
 
 #include <linux/init.h>
-#include <linux/math64.h>
 #include "dropshim_sched.h"
 
-static bool costaware_has_room(const struct sock *ssk)
+static bool costaware_saturated(const struct sock *ssk)
 {
 	const struct tcp_sock *tp = tcp_sk(ssk);
 	u32 window_bytes = tcp_snd_cwnd(tp) * tp->mss_cache;
 
-	return dropshim_unsent(ssk) < max_t(u32, window_bytes, 2 * DROPSHIM_SCHED_BURST);
+	return !sk_stream_memory_free(ssk) ||
+	       dropshim_unsent(ssk) >= max_t(u32, window_bytes, 2 * DROPSHIM_SCHED_BURST);
 }
 
-/* How long the data the subflow holds takes to leave at its pacing rate,
- * in 2^-32 seconds: what the kernel's default scheduler weighs.
+/* The default's pick among the active subflows (regular or backup) of the
+ * cheapest cost not below min_cost: *cost is set to that cost. NULL when
+ * no such subflow exists.
  */
-static u64 costaware_linger(const struct sock *ssk)
-{
-	u64 pacing = max_t(u64, READ_ONCE(ssk->sk_pacing_rate), 1);
-
-	return div64_u64((u64)READ_ONCE(ssk->sk_wmem_queued) << 32, pacing);
-}
-
-static struct sock *costaware_pick(struct mptcp_sock *msk, bool backup,
-				   bool *any_active)
+static struct sock *costaware_tier_best(struct mptcp_sock *msk, bool backup,
+					u64 min_cost, u32 *cost)
 {
 	struct mptcp_subflow_context *subflow;
 	struct sock *best = NULL;
-	u32 best_cost = U32_MAX;
 	u64 best_linger = U64_MAX;
+	u32 tier = U32_MAX;
 
 	mptcp_for_each_subflow(msk, subflow) {
 		struct sock *ssk = mptcp_subflow_tcp_sock(subflow);
-		u32 cost;
+		u32 c;
 		u64 linger;
 
-		if (dropshim_subflow_backup(subflow) != backup)
+		if (dropshim_subflow_backup(subflow) != backup ||
+		    !mptcp_subflow_active(subflow))
 			continue;
-		if (!mptcp_subflow_active(subflow))
+		c = dropshim_subflow_cost(ssk);
+		if (c < min_cost || c > tier)
 			continue;
-		*any_active = true;
-		if (!sk_stream_memory_free(ssk) || !costaware_has_room(ssk))
+		linger = dropshim_linger(subflow);
+		if (linger == U64_MAX)
 			continue;
-		cost = dropshim_subflow_cost(ssk);
-		linger = costaware_linger(ssk);
-		if (cost < best_cost ||
-		    (cost == best_cost && linger < best_linger)) {
+		if (c < tier || linger < best_linger) {
 			best = ssk;
-			best_cost = cost;
 			best_linger = linger;
+			tier = c;
 		}
 	}
+	*cost = tier;
 	return best;
+}
+
+static bool costaware_any_active(struct mptcp_sock *msk, bool backup)
+{
+	struct mptcp_subflow_context *subflow;
+
+	mptcp_for_each_subflow(msk, subflow) {
+		if (dropshim_subflow_backup(subflow) == backup &&
+		    mptcp_subflow_active(subflow))
+			return true;
+	}
+	return false;
+}
+
+static struct sock *costaware_pick(struct mptcp_sock *msk, bool backup)
+{
+	struct sock *cheapest = NULL, *ssk;
+	u64 min_cost = 0;
+	u32 cost;
+
+	while (min_cost <= U32_MAX) {
+		ssk = costaware_tier_best(msk, backup, min_cost, &cost);
+		if (!ssk)
+			break;
+		if (!cheapest)
+			cheapest = ssk;
+		if (!costaware_saturated(ssk))
+			return ssk;
+		min_cost = (u64)cost + 1;
+	}
+	/* every tier saturated: the cheapest one, once it has room */
+	if (cheapest && sk_stream_memory_free(cheapest))
+		return cheapest;
+	return NULL;
 }
 
 /* Reinjection also prefers the cheapest active subflow with room. */
@@ -100,7 +131,6 @@ static struct sock *costaware_pick_reinject(struct mptcp_sock *msk)
 static int costaware_get_subflow(struct mptcp_sock *msk,
 				 struct mptcp_sched_data *data)
 {
-	bool any_active = false;
 	struct sock *ssk;
 
 	if (data->reinject) {
@@ -118,13 +148,11 @@ static int costaware_get_subflow(struct mptcp_sock *msk,
 		return 0;
 	}
 
-	ssk = costaware_pick(msk, false, &any_active);
-	if (!ssk && !any_active)
-		ssk = costaware_pick(msk, true, &any_active);
+	ssk = costaware_pick(msk, !costaware_any_active(msk, false));
 	if (!ssk)
 		return -EINVAL;
 
-	dropshim_schedule(msk, ssk);
+	dropshim_schedule_paced(msk, ssk);
 	return 0;
 }
 

@@ -8,6 +8,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_testbed::Testbed;
+use dropshim_tests::upload::gw2_accepts_many;
 use dropshim_tests::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -100,20 +101,7 @@ fn up<'a>(
         &format!("[mptcp]\npath_manager = \"userspace\"\n\n[mptcp.userspace]\n{policy_lines}\n");
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text)?;
-    run_ok(
-        Command::new("ip").args([
-            "-n",
-            tb.netns("gw2")?,
-            "mptcp",
-            "limits",
-            "set",
-            "subflows",
-            "8",
-            "add_addr_accepted",
-            "8",
-        ]),
-        SHORT,
-    )?;
+    gw2_accepts_many(tb)?;
     // The testbed gives gw1 a kernel path manager endpoint; the userspace
     // path manager does without.
     run_ok(

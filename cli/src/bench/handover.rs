@@ -10,12 +10,13 @@
 //! sha256 of what arrived.
 
 use super::local_cache::{make_file, serve, Served};
-use super::stacks::{self, Device, DeviceHandle, Role, Stack};
+use super::stacks::{self, Device, DeviceHandle, DeviceMptcp, PathManager, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{LinkChoice, Options, Spec, Testbed};
 use std::io::BufRead;
-use std::process::Stdio;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -93,15 +94,25 @@ impl Settings {
     }
 }
 
-/// Reads the HTTP response, timestamps every recv; prints FIRST at the
-/// first byte, then one JSON line at the end.
+/// Receives the transfer and timestamps every recv; prints FIRST at the
+/// first byte, then one JSON line at the end. `get`: connects and reads
+/// the HTTP response to a GET of PATH. `sink`: listens (prints LISTENING),
+/// accepts one connection and reads LENGTH bytes of body, no header.
 const RECEIVER: &str = r#"
 import hashlib, json, socket, sys, time
-host, port, path, idle = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-s = socket.create_connection((host, port), timeout=idle)
-s.sendall(("GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, host)).encode())
+mode, host, port, what, idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+if mode == "get":
+    s = socket.create_connection((host, port), timeout=idle)
+    s.sendall(("GET /%s HTTP/1.0\r\nHost: %s\r\n\r\n" % (what, host)).encode())
+    length = None
+else:
+    listener = socket.create_server((host, port))
+    print("LISTENING", flush=True)
+    s = listener.accept()[0]
+    s.settimeout(idle)
+    length = int(what)
 h = hashlib.sha256()
-head, body, length = b"", 0, None
+head, body = b"", 0
 first = last = None
 gap, error, buckets = 0.0, None, {}
 try:
@@ -142,6 +153,35 @@ print(json.dumps({"bytes": body, "length": length, "sha256": h.hexdigest(),
                   "gap": gap, "error": error, "timeline": timeline}), flush=True)
 "#;
 
+/// Sends the file at PATH to HOST:PORT, then waits for the receiver to
+/// close: a program on the lkl stack takes its kernel with it when it
+/// exits, so it stays until every byte is acknowledged.
+const SENDER: &str = r#"
+import socket, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port))
+with open(path, "rb") as f:
+    while True:
+        chunk = f.read(1 << 16)
+        if not chunk:
+            break
+        s.sendall(chunk)
+s.shutdown(socket.SHUT_WR)
+while s.recv(1 << 16):
+    pass
+"#;
+
+/// Which way the file goes. Download: a server on the stack under test
+/// (native for uml and lkl) sends it to the client. Upload: the client,
+/// on the device with the scheduler under test, sends it to a native
+/// receiver; what the device's scheduler does around the cut is then
+/// what the receiver sees.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Download,
+    Upload,
+}
+
 pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
     let set = plan.handover.clone();
     let setting = set.label();
@@ -179,7 +219,14 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         }
         for run in 1..=plan.runs {
             for (stack, port, _server) in &servers {
-                one(ctx, &tb, *stack, None, *port, &file, &set, &setting, run);
+                let leg = Leg {
+                    stack: *stack,
+                    device: None,
+                    port: *port,
+                    direction: Direction::Download,
+                };
+                let rec = one(ctx, &tb, &leg, &dir, &file, &set, &setting, run);
+                ctx.push(rec);
             }
         }
         ctx.note_emulator(&format!("handover {setting} (host stacks)"), &tb);
@@ -191,50 +238,104 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         ctx.step(format!("handover: starting the {} device", stack.name()));
         let tb = Testbed::up(&spec, &opts)?;
         match DeviceHandle::start(stack, &tb, "client", &ctx.work, &avail) {
-            Err(e) => {
-                ctx.records
-                    .push(Record::new(Scenario::Handover, stack, &setting, 0).skipped(
-                        super::one_line(&format!("{} device did not start: {e:#}", stack.name())),
-                    ))
-            }
+            Err(e) => ctx
+                .records
+                .push(device_failed(stack, &setting, "default", &e)),
             Ok(dev) => {
                 let port = super::port(9);
                 let _server = serve(ctx, &tb, "cache", stack, &dir, port)?;
+                let leg = Leg {
+                    stack,
+                    device: Some(dev.device()),
+                    port,
+                    direction: Direction::Download,
+                };
                 for run in 1..=plan.runs {
-                    one(
-                        ctx,
-                        &tb,
-                        stack,
-                        Some(dev.device()),
-                        port,
-                        &file,
-                        &set,
-                        &setting,
-                        run,
-                    );
+                    let rec = one(ctx, &tb, &leg, &dir, &file, &set, &setting, run);
+                    ctx.push(rec);
                 }
                 ctx.note_emulator(&format!("handover {setting} ({})", stack.name()), &tb);
+            }
+        }
+    }
+    // Per scheduler: the device uploads, so its scheduler decides what
+    // the native receiver sees around the cut.
+    let up_setting = format!("upload {setting}");
+    for stack in [Stack::Uml, Stack::Lkl] {
+        if avail.reason(stack).is_some() {
+            continue;
+        }
+        for scheduler in &plan.schedulers {
+            let mptcp = DeviceMptcp {
+                scheduler,
+                path_manager: PathManager::Kernel,
+            };
+            ctx.step(format!(
+                "handover: a {} device with {scheduler}",
+                stack.name()
+            ));
+            let tb = Testbed::up(&spec, &opts)?;
+            match DeviceHandle::start_with(stack, &tb, "client", &ctx.work, &avail, mptcp) {
+                Err(e) => ctx
+                    .records
+                    .push(device_failed(stack, &up_setting, scheduler, &e)),
+                Ok(dev) => {
+                    let leg = Leg {
+                        stack,
+                        device: Some(dev.device()),
+                        port: super::port(9),
+                        direction: Direction::Upload,
+                    };
+                    for run in 1..=plan.runs {
+                        let mut rec = one(ctx, &tb, &leg, &dir, &file, &set, &up_setting, run);
+                        rec.scheduler = scheduler.clone();
+                        ctx.push(rec);
+                    }
+                    ctx.note_emulator(
+                        &format!("handover {up_setting} ({} {scheduler})", stack.name()),
+                        &tb,
+                    );
+                }
             }
         }
     }
     Ok(())
 }
 
+fn device_failed(stack: Stack, setting: &str, scheduler: &str, e: &anyhow::Error) -> Record {
+    let mut rec = Record::new(Scenario::Handover, stack, setting, 0).skipped(super::one_line(
+        &format!("{} device did not start: {e:#}", stack.name()),
+    ));
+    rec.scheduler = scheduler.to_string();
+    rec
+}
+
+/// One side of the measurement: the stack under test, its device (uml,
+/// lkl), the port the transfer uses and which way the file goes.
+struct Leg<'a> {
+    stack: Stack,
+    device: Option<Device<'a>>,
+    port: u16,
+    direction: Direction,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn one(
-    ctx: &mut Ctx,
+    ctx: &Ctx,
     tb: &Testbed,
-    stack: Stack,
-    device: Option<Device>,
-    port: u16,
+    leg: &Leg,
+    dir: &Path,
     file: &Served,
     set: &Settings,
     setting: &str,
     run: u32,
-) {
-    ctx.step(format!("handover run {run}: {}", stack.label()));
-    let mut rec = Record::new(Scenario::Handover, stack, setting, run);
-    match transfer(ctx, tb, stack, device, port, file, set) {
+) -> Record {
+    ctx.step(format!(
+        "handover {setting} run {run}: {}",
+        leg.stack.label()
+    ));
+    let mut rec = Record::new(Scenario::Handover, leg.stack, setting, run);
+    match transfer(ctx, tb, leg, dir, file, set) {
         Ok(t) => {
             rec.bytes = Some(t.bytes);
             rec.stall_s = Some(t.gap);
@@ -250,7 +351,7 @@ fn one(
         }
         Err(e) => rec = rec.failed(&e),
     }
-    ctx.push(rec);
+    rec
 }
 
 struct Transfer {
@@ -267,9 +368,8 @@ struct Transfer {
 fn transfer(
     ctx: &Ctx,
     tb: &Testbed,
-    stack: Stack,
-    device: Option<Device>,
-    port: u16,
+    leg: &Leg,
+    dir: &Path,
     file: &Served,
     set: &Settings,
 ) -> Result<Transfer> {
@@ -277,21 +377,42 @@ fn transfer(
     let client_ns = tb.netns("client")?.to_string();
     let client_if = tb.ifname("client", 1)?.to_string();
     let addr = tb.addr4("cache", 1)?.to_string();
+    let port = leg.port.to_string();
     // The receiver gives up after this long without a byte: long enough
     // for TCP's back-off after the outage, short of hanging the bench.
     let idle = set.outage_s * 4.0 + 10.0;
     let before = super::mptcp_counters(&cache_ns)?;
-    let mut cmd = stacks::command(
-        tb,
-        "client",
-        stack,
-        Role::Client,
-        &ctx.library,
-        device,
-        "python3",
-    )?;
-    cmd.args(["-c", RECEIVER, &addr, &port.to_string(), &file.name])
-        .arg(idle.to_string())
+    let client = |program_args: &[&str]| -> Result<Command> {
+        let mut cmd = stacks::command(
+            tb,
+            "client",
+            leg.stack,
+            Role::Client,
+            &ctx.library,
+            leg.device,
+            "python3",
+        )?;
+        cmd.args(program_args);
+        Ok(cmd)
+    };
+    let mut cmd = match leg.direction {
+        Direction::Download => client(&["-c", RECEIVER, "get", &addr, &port, &file.name])?,
+        Direction::Upload => {
+            let mut cmd = stacks::command(
+                tb,
+                "cache",
+                Stack::Native,
+                Role::Server,
+                &ctx.library,
+                None,
+                "python3",
+            )?;
+            let length = file.bytes.to_string();
+            cmd.args(["-c", RECEIVER, "sink", &addr, &port, &length]);
+            cmd
+        }
+    };
+    cmd.arg(idle.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -307,6 +428,23 @@ fn transfer(
                 }
             }
         });
+    }
+    let mut _sender = None;
+    if leg.direction == Direction::Upload {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(l) if l == "LISTENING" => {}
+            other => bail!("the receiver did not listen within 15 s ({other:?})"),
+        }
+        let path = dir.join(&file.name);
+        let mut cmd = client(&["-c", SENDER, &addr, &port])?;
+        cmd.arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        _sender = Some(super::KillOnDrop(
+            cmd.spawn().context("starting the python3 sender")?,
+        ));
     }
     match rx.recv_timeout(Duration::from_secs(15)) {
         Ok(l) if l == "FIRST" => {}
@@ -334,7 +472,7 @@ fn transfer(
     link(&client_ns, &client_if, false)?;
     let down = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(set.outage_s));
-    if device.is_some() {
+    if leg.device.is_some() {
         // The device owns the link; the host end has no routes to restore.
         link(&client_ns, &client_if, true)?;
     } else {

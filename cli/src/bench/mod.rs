@@ -96,6 +96,12 @@ pub struct Args {
     /// (link 2 the backup) and `costaware` (link 2 ten times the cost).
     #[arg(long, value_delimiter = ',', default_value = "kernel")]
     pub path_managers: Vec<stacks::PathManager>,
+    /// MPTCP schedulers of the project's kernels that the `schedulers`
+    /// scenario runs, and the `handover` scenario's uploads from a uml or
+    /// lkl device (one row per scheduler), comma-separated (default: all;
+    /// with --quick `default,redundant`).
+    #[arg(long, value_delimiter = ',', value_parser = scheduler_name)]
+    pub schedulers: Option<Vec<String>>,
     /// Connections the `conns` scenario holds open at once.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -347,6 +353,20 @@ pub struct Plan {
     pub mesh_devices: Vec<u32>,
     /// schedulers: the path managers, each once, in the order given.
     pub path_managers: Vec<stacks::PathManager>,
+    /// schedulers and handover uploads: the schedulers, each once.
+    pub schedulers: Vec<String>,
+}
+
+/// A `--schedulers` entry: one the project's kernels build.
+fn scheduler_name(s: &str) -> Result<String, String> {
+    if dropshim_conf::BUILT_SCHEDULERS.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "not a scheduler of the project's kernels (they build {})",
+            dropshim_conf::BUILT_SCHEDULERS.join(", ")
+        ))
+    }
 }
 
 impl Plan {
@@ -364,11 +384,27 @@ impl Plan {
                 path_managers.push(*pm);
             }
         }
+        // A smoke run keeps the kernel's default and redundant, the one
+        // meant to make a cut invisible.
+        let mut schedulers: Vec<String> = Vec::new();
+        let wanted = args.schedulers.clone().unwrap_or_else(|| {
+            dropshim_conf::BUILT_SCHEDULERS
+                .iter()
+                .filter(|s| !args.quick || ["default", "redundant"].contains(s))
+                .map(|s| s.to_string())
+                .collect()
+        });
+        for name in wanted {
+            if !schedulers.contains(&name) {
+                schedulers.push(name);
+            }
+        }
         Plan {
             runs,
             duration,
             sizes_mb,
             path_managers,
+            schedulers,
             handover: handover::Settings::new(args.quick, args.links.clone()),
             rr: rr::Settings::new(args.quick),
             conns: conns::Settings::new(args.quick, args.conns),
@@ -398,8 +434,11 @@ impl Plan {
                         .sum()
                 }
                 Scenario::Handover => {
-                    steps += 1;
-                    self.handover.expected_seconds()
+                    // a download per stack, and an upload per scheduler
+                    // on uml and lkl (counted here as if on every stack)
+                    let n = 1 + self.schedulers.len();
+                    steps += n as u64;
+                    n as f64 * self.handover.expected_seconds()
                 }
                 Scenario::Rr => {
                     steps += rr::Settings::rows();
@@ -418,7 +457,7 @@ impl Plan {
                     self.mesh_devices.iter().map(|n| 2.0 * f64::from(*n)).sum()
                 }
                 Scenario::Schedulers => {
-                    let n = dropshim_conf::BUILT_SCHEDULERS.len() * self.path_managers.len().max(1);
+                    let n = self.schedulers.len() * self.path_managers.len().max(1);
                     steps += n as u64;
                     n as f64 * (f64::from(self.duration) + 4.0)
                 }
@@ -738,6 +777,7 @@ mod tests {
                 stacks::PathManager::Backup,
                 stacks::PathManager::Kernel,
             ],
+            schedulers: None,
         };
         let quick = Plan::from_args(&args);
         assert_eq!(quick.mesh_devices, vec![4, 8]);
@@ -753,6 +793,22 @@ mod tests {
             ..args.clone()
         });
         assert_eq!(full.sizes_mb, vec![1, 10, 100, 1000]);
+        assert_eq!(quick.schedulers, ["default", "redundant"]);
+        assert_eq!(full.schedulers, dropshim_conf::BUILT_SCHEDULERS);
+        let chosen = Plan::from_args(&Args {
+            schedulers: Some(vec![
+                "costaware".into(),
+                "default".into(),
+                "costaware".into(),
+            ]),
+            ..args.clone()
+        });
+        assert_eq!(
+            chosen.schedulers,
+            ["costaware", "default"],
+            "each once, in the order given"
+        );
+        assert!(scheduler_name("nosuch").is_err());
         let (qs, qt) = quick.estimate(&args.scenario, 1000, 3);
         let (fs, ft) = full.estimate(&args.scenario, 1000, 3);
         assert_eq!(qs, 3 * (1 + 2));

@@ -194,7 +194,7 @@ pub fn markdown(records: &[Record]) -> String {
             Scenario::LocalCache => "| size | stack | download s (median) | min..max | goodput Mbit/s | subflows/conn | sha256 ok | runs |",
             Scenario::DropHome => "| download | stack | completion s (median) | min..max | goodput Mbit/s | subflows/conn | sha256 ok | runs |",
             Scenario::DropMesh => "| mesh | stack | completion s (median) | min..max | aggregate Mbit/s | subflows/conn | sha256 ok | runs |",
-            Scenario::Handover => "| transfer | stack | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
+            Scenario::Handover => "| transfer | stack | scheduler | stall s (median) | min..max | completed | bytes intact | subflows/conn | runs |",
             Scenario::Overhead => "| links | stack | Mbit/s (median) | min..max | CPU s/GB | subflows/conn | runs |",
             Scenario::Rr => "| measurement | stack | median us | p99 us | max us | over 10 ms | per second | subflows/conn | echo intact | runs |",
             Scenario::Schedulers => "| links | stack | path manager | scheduler | Mbit/s (median) | min..max | bytes on link 1 | subflows/conn | runs |",
@@ -218,6 +218,11 @@ pub fn markdown(records: &[Record]) -> String {
                         g.path_manager,
                         g.scheduler,
                         " |".repeat(cols - 5)
+                    ),
+                    Scenario::Handover => format!(
+                        " {} | {why} |{}",
+                        or_dash(g.scheduler),
+                        " |".repeat(cols - 4)
                     ),
                     _ => format!(" {why} |{}", " |".repeat(cols - 3)),
                 };
@@ -257,7 +262,8 @@ pub fn markdown(records: &[Record]) -> String {
                         completed.push_str(&format!(" ({why})"));
                     }
                     format!(
-                        " {m} | {s} | {completed} | {} | {} | {} |",
+                        " {} | {m} | {s} | {completed} | {} | {} | {} |",
+                        or_dash(g.scheduler),
                         all_true(g, |r| r.intact),
                         subflows(g),
                         g.runs()
@@ -536,12 +542,29 @@ fn ratios(groups: &[Group]) -> Vec<String> {
                 }
             }
             Scenario::Handover => {
-                let stall: fn(&Record) -> Option<f64> = |r| r.stall_s;
-                for stack in [Stack::Native, Stack::Uml, Stack::Lkl] {
-                    if let Some(s) = med(sc, set, stack, stall) {
+                // one line per stack, and per scheduler where the setting
+                // runs several (the uploads from a uml or lkl device)
+                let rows: Vec<&Group> = groups
+                    .iter()
+                    .filter(|g| {
+                        g.scenario == sc
+                            && g.setting == set
+                            && matches!(g.stack, Stack::Native | Stack::Uml | Stack::Lkl)
+                    })
+                    .collect();
+                let several = rows
+                    .iter()
+                    .any(|g| g.stack == rows[0].stack && g.scheduler != rows[0].scheduler);
+                for g in rows {
+                    if let Some((s, _, _)) = g.stat(|r| r.stall_s) {
+                        let sched = if several {
+                            format!(" {}", g.scheduler)
+                        } else {
+                            String::new()
+                        };
                         out.push(format!(
-                            "handover: {} stall = {s:.2} s (bar < 1.5 s, completed and byte-exact)",
-                            stack.label()
+                            "handover: {}{sched} stall = {s:.2} s (bar < 1.5 s, completed and byte-exact)",
+                            g.stack.label()
                         ));
                     }
                 }
@@ -768,8 +791,8 @@ pub(crate) mod tests {
             "| 2 x 1000 Mbit/s | MPTCP via dropshim (lkl) | kernel | default | skipped: run backend-lkl/build-lkl.sh | | | |",
             "| 10 MB | TCP, one link | 0.090 | 0.090..0.090 | 888 | 0 (TCP) | 1/2 | 1 ok, 1 failed (no byte arrived) |",
             "| 10 MB | MPTCP via dropshim (native) | failed: curl failed / badly | | | | | |",
-            "| 40 MB | MPTCP via dropshim (native) | 0.42 | 0.42..0.42 | 1/1 | 1/1 | 2.0 | 1 |",
-            "| 40 MB | MPTCP via dropshim (uml) | 16.00 | 16.00..16.00 | 0/1 (timed out) | 0/1 | 1.0 | 1 |",
+            "| 40 MB | MPTCP via dropshim (native) | default | 0.42 | 0.42..0.42 | 1/1 | 1/1 | 2.0 | 1 |",
+            "| 40 MB | MPTCP via dropshim (uml) | default | 16.00 | 16.00..16.00 | 0/1 (timed out) | 0/1 | 1.0 | 1 |",
             "dropshim native / mptcpize = 0.997 (bar >= 0.99)",
             "MPTCP (dropshim native) / TCP one link = 1.968 (bar >= 1.9)",
             "MPTCP via dropshim (native) stall = 0.42 s",
@@ -840,6 +863,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn handover_uploads_have_a_row_and_a_stall_line_per_scheduler() {
+        let up = |stack, sched: &str, stall| {
+            let mut r = Record::new(Scenario::Handover, stack, "upload 40 MB", 1);
+            r.scheduler = sched.into();
+            r.stall_s = Some(stall);
+            r.completed = Some(true);
+            r.intact = Some(true);
+            r.subflows = Some(2.0);
+            r
+        };
+        let v = vec![
+            up(Stack::Lkl, "default", 0.61),
+            up(Stack::Lkl, "redundant", 0.05),
+        ];
+        let md = markdown(&v);
+        for e in [
+            "| upload 40 MB | MPTCP via dropshim (lkl) | default | 0.61 | 0.61..0.61 | 1/1 | 1/1 | 2.0 | 1 |",
+            "| upload 40 MB | MPTCP via dropshim (lkl) | redundant | 0.05 | 0.05..0.05 | 1/1 | 1/1 | 2.0 | 1 |",
+            "handover: MPTCP via dropshim (lkl) default stall = 0.61 s",
+            "handover: MPTCP via dropshim (lkl) redundant stall = 0.05 s",
+        ] {
+            assert!(md.contains(e), "missing {e:?} in\n{md}");
+        }
+    }
+
+    #[test]
     fn completed_and_intact_are_out_of_the_runs_attempted() {
         let mut v = Vec::new();
         for run in 1..=10 {
@@ -856,7 +905,7 @@ pub(crate) mod tests {
             v.push(r);
         }
         let md = markdown(&v);
-        let row = "| 40 MB | MPTCP via dropshim (uml) | 0.30 | 0.30..0.30 | 9/10 | 9/10 | 2.0 | 9 ok, 1 failed (the download stopped) |";
+        let row = "| 40 MB | MPTCP via dropshim (uml) | default | 0.30 | 0.30..0.30 | 9/10 | 9/10 | 2.0 | 9 ok, 1 failed (the download stopped) |";
         assert!(md.contains(row), "missing {row:?} in\n{md}");
         let csv = csv(&v);
         let failed = csv

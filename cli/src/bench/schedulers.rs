@@ -61,7 +61,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             continue;
         }
         for &path_manager in &plan.path_managers {
-            for scheduler in dropshim_conf::BUILT_SCHEDULERS {
+            for scheduler in &plan.schedulers {
                 let mptcp = DeviceMptcp {
                     scheduler,
                     path_manager,
