@@ -34,8 +34,21 @@ const BRIDGE_LISTENER: Token = Token(usize::MAX);
 /// How the relay moves bytes from a source to a destination socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mover {
-    /// splice(2) through a pipe: no copy through the agent's memory.
-    Splice,
+    /// read(2) into a buffer and write(2) from it while messages are
+    /// small; splice(2) through a pipe (no copy through the agent's
+    /// memory) once a read fills the buffer, until a turn moves less
+    /// than a buffer's worth again.
+    ///
+    /// Every guest system call is a round of ptrace between the UML
+    /// kernel's host process and the agent's, so calls per message set
+    /// the round trip. A read that returns less than asked says the
+    /// queue is empty (unless a shutdown may be queued behind the data,
+    /// see [`Ready::closed`]), and a small message costs a read and a
+    /// write. A
+    /// short splice says no such thing (the pipe may have run out of
+    /// slots), so splicing costs a third call that says EAGAIN: worth
+    /// it for bulk data only.
+    SpliceWhenBulk,
     /// read(2) into a buffer and write(2) from it.
     Copy,
 }
@@ -50,8 +63,9 @@ enum Mover {
 /// does not pay that (downloads ran 1.5 to 2 times faster reading, on
 /// the unshaped testbed). Splicing from the bridge (TCP) into a pipe
 /// hands over the received pages without a copy, which reading does not
-/// (uploads ran faster and at less CPU per byte splicing).
-const UP: Mover = Mover::Splice;
+/// (uploads ran faster and at less CPU per byte splicing), once they
+/// are bulk.
+const UP: Mover = Mover::SpliceWhenBulk;
 const DOWN: Mover = Mover::Copy;
 
 /// What one direction of one connection moves before the loop turns to
@@ -73,11 +87,12 @@ const SCRATCH: usize = 256 << 10;
 /// window closed, or memory ran short), is never woken; writing again
 /// pushes what is pending or probes the window.
 const RETRY: Duration = Duration::from_millis(200);
-/// A connection that moved no byte for this long has its guest socket
-/// read again only every `IDLE_EVERY` retry periods: the stall above
-/// needs data arriving, and a thousand idle connections would otherwise
-/// cost five thousand system calls a second on the guest's one CPU.
-const ACTIVE_FOR: Duration = Duration::from_secs(5);
+/// A connection that moved no byte for this many retry periods (5 s)
+/// has its guest socket read again only every `IDLE_EVERY` periods: the
+/// stall above needs data arriving, and a thousand idle connections
+/// would otherwise cost five thousand system calls a second on the
+/// guest's one CPU.
+const ACTIVE_TICKS: u64 = 25;
 const IDLE_EVERY: u64 = 5;
 
 /// The guest socket's receive buffer once connected (the kernel doubles
@@ -94,6 +109,12 @@ const NOFILE: libc::rlim_t = 1 << 20;
 struct Ready {
     read: bool,
     write: bool,
+    /// An end of stream may sit in the queue behind the data with no
+    /// event to come for it (epoll reported the peer's shutdown, or the
+    /// relay is new and missed the events before it): a short read then
+    /// does not say the queue is empty. Cleared when a read says EAGAIN,
+    /// after which a shutdown comes with an event of its own.
+    closed: bool,
 }
 
 /// One direction of a relayed connection.
@@ -109,6 +130,8 @@ struct Pump {
     in_pipe: usize,
     /// Bytes moved so far.
     total: u64,
+    /// A [`Mover::SpliceWhenBulk`] direction is splicing.
+    bulk: bool,
     /// The source reached its end of stream.
     eof: bool,
     /// ... and the destination's sending side was shut down.
@@ -195,14 +218,14 @@ impl Pump {
     fn run(
         &mut self,
         mover: Mover,
-        (src, src_read): (RawFd, &mut bool),
+        (src, src_ready): (RawFd, &mut Ready),
         (dst, dst_write): (RawFd, &mut bool),
         scratch: &mut [u8],
     ) -> io::Result<Step> {
         let mut moved = 0usize;
         let step = self.run_counted(
             mover,
-            (src, src_read),
+            (src, src_ready),
             (dst, dst_write),
             scratch,
             &mut moved,
@@ -214,7 +237,7 @@ impl Pump {
     fn run_counted(
         &mut self,
         mover: Mover,
-        (src, src_read): (RawFd, &mut bool),
+        (src, src_ready): (RawFd, &mut Ready),
         (dst, dst_write): (RawFd, &mut bool),
         scratch: &mut [u8],
         moved: &mut usize,
@@ -283,56 +306,63 @@ impl Pump {
             if *moved >= TURN_BUDGET {
                 return Ok(Step::More);
             }
-            if !*src_read {
+            if !src_ready.read {
                 return Ok(Step::Wait);
             }
-            let got = match mover {
-                Mover::Splice => {
-                    if self.pipe.is_none() {
-                        self.pipe = Some(new_pipe()?);
-                    }
-                    let Some((_, pw)) = &self.pipe else {
-                        return Err(io::Error::from_raw_os_error(libc::EBADF));
-                    };
-                    sys_splice(src, pw.as_raw_fd(), PIPE_SIZE)
+            let splicing = mover == Mover::SpliceWhenBulk && self.bulk;
+            let got = if splicing {
+                if self.pipe.is_none() {
+                    self.pipe = Some(new_pipe()?);
                 }
-                Mover::Copy => sys_read(src, scratch),
+                let Some((_, pw)) = &self.pipe else {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                };
+                sys_splice(src, pw.as_raw_fd(), PIPE_SIZE)
+            } else {
+                sys_read(src, scratch)
             };
             match got {
                 Ok(0) => self.eof = true,
-                Ok(n) => match mover {
-                    Mover::Splice => self.in_pipe = n,
-                    Mover::Copy => {
-                        // A stream socket's read stops short only when
-                        // nothing more is queued: wait for the next
-                        // arrival instead of asking again. (Not so for a
-                        // splice, which also stops when the pipe runs out
-                        // of slots.)
-                        if n < scratch.len() {
-                            *src_read = false;
-                        }
-                        // Straight on to the destination; what it does not
-                        // take now is kept.
-                        let mut sent = 0;
-                        if *dst_write {
-                            match sys_write(dst, &scratch[..n]) {
-                                Ok(m) => {
-                                    sent = m;
-                                    *dst_write = m == n;
-                                }
-                                Err(e) if would_block(&e) => *dst_write = false,
-                                Err(e) => return Err(e),
+                Ok(n) if splicing => self.in_pipe = n,
+                Ok(n) => {
+                    if mover == Mover::SpliceWhenBulk && n == scratch.len() {
+                        self.bulk = true;
+                    }
+                    // A stream socket's read stops short only when
+                    // nothing more is queued (or the end of stream is
+                    // next): wait for the next arrival instead of asking
+                    // again. (Not so for a splice, which also stops when
+                    // the pipe runs out of slots.)
+                    if n < scratch.len() && !src_ready.closed {
+                        src_ready.read = false;
+                    }
+                    // Straight on to the destination; what it does not
+                    // take now is kept.
+                    let mut sent = 0;
+                    if *dst_write {
+                        match sys_write(dst, &scratch[..n]) {
+                            Ok(m) => {
+                                sent = m;
+                                *dst_write = m == n;
                             }
-                        }
-                        *moved += sent;
-                        if sent < n {
-                            self.pending = scratch[sent..n].to_vec();
-                            self.off = 0;
+                            Err(e) if would_block(&e) => *dst_write = false,
+                            Err(e) => return Err(e),
                         }
                     }
-                },
+                    *moved += sent;
+                    if sent < n {
+                        self.pending = scratch[sent..n].to_vec();
+                        self.off = 0;
+                    }
+                }
                 Err(e) if would_block(&e) => {
-                    *src_read = false;
+                    src_ready.read = false;
+                    src_ready.closed = false;
+                    if splicing && *moved < scratch.len() {
+                        // The data came in smaller pieces than a read
+                        // takes at once: back to reading.
+                        self.bulk = false;
+                    }
                     return Ok(Step::Wait);
                 }
                 Err(e) => return Err(e),
@@ -351,8 +381,8 @@ struct Relay {
     up: Pump,
     /// guest socket -> bridge (the peer's bytes to the program).
     down: Pump,
-    /// When a byte last moved (or the relay began).
-    active: Instant,
+    /// The retry period in which a byte last moved (or the relay began).
+    active: u64,
 }
 
 /// Says on the console why a relay ends in a reset (the caller resets
@@ -365,20 +395,21 @@ fn reported(way: &str, moved: u64, e: io::Error) -> io::Error {
 
 impl Relay {
     /// Ok(true) when both directions ended (the connection is over).
-    fn run(&mut self, scratch: &mut [u8], again: &mut bool) -> io::Result<bool> {
+    /// `tick` is the current retry period.
+    fn run(&mut self, scratch: &mut [u8], tick: u64, again: &mut bool) -> io::Result<bool> {
         let (b, s) = (self.bridge.as_raw_fd(), self.sock.as_raw_fd());
         let before = self.up.total + self.down.total;
         let up = self
             .up
-            .run(UP, (b, &mut self.b.read), (s, &mut self.s.write), scratch)
+            .run(UP, (b, &mut self.b), (s, &mut self.s.write), scratch)
             .map_err(|e| reported("program to guest", self.up.total, e))?;
         let down = self
             .down
-            .run(DOWN, (s, &mut self.s.read), (b, &mut self.b.write), scratch)
+            .run(DOWN, (s, &mut self.s), (b, &mut self.b.write), scratch)
             .map_err(|e| reported("guest to program", self.down.total, e))?;
         *again = matches!(up, Step::More) || matches!(down, Step::More);
         if before != self.up.total + self.down.total {
-            self.active = Instant::now();
+            self.active = tick;
         }
         Ok(self.up.done && self.down.done)
     }
@@ -438,6 +469,7 @@ struct Agent {
     /// Relays that stopped at their budget with more to move.
     again: VecDeque<usize>,
     scratch: Vec<u8>,
+    /// Retry periods so far.
     ticks: u64,
 }
 
@@ -451,10 +483,6 @@ fn register(poll: &Poll, fd: RawFd, t: Token) -> io::Result<()> {
         t,
         Interest::READABLE | Interest::WRITABLE,
     )
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    super::set_nonblocking(fd, true)
 }
 
 /// Writes a reply on a bridge that has carried nothing else yet: its
@@ -492,6 +520,10 @@ fn raise_nofile() {
     }
 }
 
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    super::set_nonblocking(fd, true)
+}
+
 /// Serves bridge connections until the loop itself fails.
 pub(super) fn serve(listener: TcpListener) -> io::Result<()> {
     raise_nofile();
@@ -506,6 +538,7 @@ pub(super) fn serve(listener: TcpListener) -> io::Result<()> {
         BRIDGE_LISTENER,
         Interest::READABLE,
     )?;
+
     let mut agent = Agent {
         poll,
         listener,
@@ -523,10 +556,14 @@ pub(super) fn serve(listener: TcpListener) -> io::Result<()> {
 impl Agent {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + RETRY;
+        // The clock is read once per turn of the loop, after the wait: in
+        // the guest that is a system call like any other (UML's vDSO
+        // makes one), and every call costs a round of ptrace.
+        let mut now = Instant::now();
+        let mut next_tick = now + RETRY;
         loop {
             let timeout = if self.again.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
+                next_tick.saturating_duration_since(now)
             } else {
                 Duration::ZERO
             };
@@ -536,6 +573,7 @@ impl Agent {
                 }
                 return Err(e);
             }
+            now = Instant::now();
             for ev in events.iter() {
                 if ev.token() == BRIDGE_LISTENER {
                     self.accept_bridges();
@@ -545,16 +583,16 @@ impl Agent {
                 let is_sock = ev.token().0 % 2 == 1;
                 let read = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 let write = ev.is_writable() || ev.is_write_closed() || ev.is_error();
-                self.on_event(slot, is_sock, read, write);
+                self.on_event(slot, is_sock, read, write, ev.is_read_closed());
             }
             for _ in 0..self.again.len() {
                 if let Some(slot) = self.again.pop_front() {
                     self.advance(slot);
                 }
             }
-            if Instant::now() >= next_tick {
+            if now >= next_tick {
                 self.tick();
-                next_tick = Instant::now() + RETRY;
+                next_tick = now + RETRY;
             }
         }
     }
@@ -620,11 +658,12 @@ impl Agent {
         }
     }
 
-    fn on_event(&mut self, slot: usize, is_sock: bool, read: bool, write: bool) {
+    fn on_event(&mut self, slot: usize, is_sock: bool, read: bool, write: bool, closed: bool) {
         if let Some(Some(Conn::Relay(r))) = self.slots.get_mut(slot) {
             let ready = if is_sock { &mut r.s } else { &mut r.b };
             ready.read |= read;
             ready.write |= write;
+            ready.closed |= closed;
         }
         self.advance(slot);
     }
@@ -662,7 +701,7 @@ impl Agent {
             } => self.listening(bridge, sock, serial, out),
             Conn::Relay(mut r) => {
                 let mut again = false;
-                match r.run(&mut self.scratch, &mut again) {
+                match r.run(&mut self.scratch, self.ticks, &mut again) {
                     Ok(false) => {
                         if again {
                             self.again.push_back(slot);
@@ -880,19 +919,21 @@ impl Agent {
             b: Ready {
                 read: true,
                 write: true,
+                closed: true,
             },
             s: Ready {
                 read: true,
                 write: true,
+                closed: true,
             },
             up: Pump::default(),
             down: Pump::default(),
-            active: Instant::now(),
+            active: self.ticks,
         });
         // The reply goes first on the way to the program.
         r.down.pending = reply.encode().to_vec();
         let mut again = false;
-        match r.run(&mut self.scratch, &mut again) {
+        match r.run(&mut self.scratch, self.ticks, &mut again) {
             Ok(false) => Some(Conn::Relay(r)),
             Ok(true) => None,
             Err(_) => {
@@ -906,14 +947,13 @@ impl Agent {
     fn tick(&mut self) {
         self.ticks += 1;
         let idle_turn = self.ticks.is_multiple_of(IDLE_EVERY);
-        let now = Instant::now();
         for slot in 0..self.slots.len() {
             let Some(Some(Conn::Relay(r))) = self.slots.get_mut(slot) else {
                 continue;
             };
             let mut retry = false;
             let reading = !r.down.eof && !r.down.holds() && !r.s.read;
-            if reading && (idle_turn || now.duration_since(r.active) < ACTIVE_FOR) {
+            if reading && (idle_turn || self.ticks - r.active < ACTIVE_TICKS) {
                 r.s.read = true;
                 retry = true;
             }
