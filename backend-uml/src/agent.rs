@@ -20,7 +20,6 @@ use std::process::Command;
 /// Entry point when the kernel runs us as init. Never returns normally:
 /// the instance powers off if configuration fails.
 pub fn main() -> ! {
-    lock_memory();
     std::env::set_var(
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -50,27 +49,6 @@ pub fn main() -> ! {
         }
     }
     power_off();
-}
-
-/// Gives every page of the agent, present and future, a frame before
-/// anything uses it (mlockall, current and future mappings).
-///
-/// On some hosts the UML kernel's writes into a page of the agent that
-/// the agent never touched are lost in part: a netlink dump received into
-/// a fresh buffer read back with the interface names zeroed (so `vec0`
-/// "did not exist" and the guest never came up), and the same buffer,
-/// once touched, received them intact. Seen with the 6.12.118 UML kernel
-/// on a 6.18 host; the cause is not known. The agent's memory is a few
-/// MiB, and the guest kernel then never fills a page the agent has not
-/// faulted in already.
-fn lock_memory() {
-    // SAFETY: mlockall(2) takes flags only.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        eprintln!(
-            "dropshim-uml agent: mlockall: {}",
-            io::Error::last_os_error()
-        );
-    }
 }
 
 fn power_off() -> ! {
