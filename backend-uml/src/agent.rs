@@ -192,6 +192,45 @@ fn reset_device(index: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// The guest's network state as text, for [`crate::proto::Kind::Stats`]:
+/// its TCP and MPTCP sockets with their memory (`ss -tmiMn`: `skmem` `r`
+/// is what the socket's received data is charged, `rb` its receive
+/// buffer) and its counters, one `NameValue` per line as `nstat` names
+/// them (`TcpExtPruneCalled 3`, `MPTcpExtRcvPruned 0`).
+pub(crate) fn guest_stats() -> String {
+    let mut text = String::from("# sockets (ss -tmiMn)\n");
+    match Command::new("ss").args(["-tmiMn"]).output() {
+        Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
+        Err(e) => text.push_str(&format!("(cannot run ss: {e})\n")),
+    }
+    text.push_str("# counters (/proc/net/snmp, /proc/net/netstat)\n");
+    for file in ["/proc/net/snmp", "/proc/net/netstat"] {
+        let table = std::fs::read_to_string(file).unwrap_or_default();
+        text.push_str(&counter_lines(&table));
+    }
+    text
+}
+
+/// `/proc/net/snmp` and `/proc/net/netstat` give each group as two lines,
+/// `Group: name name ...` then `Group: value value ...`; this pairs them
+/// as `GroupName value` lines.
+fn counter_lines(table: &str) -> String {
+    let mut out = String::new();
+    let lines: Vec<&str> = table.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((group, names)), Some((_, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            out.push_str(&format!("{group}{name} {value}\n"));
+        }
+    }
+    out
+}
+
 fn errno_of(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
@@ -275,4 +314,20 @@ fn open_listener(req: &Request) -> io::Result<(OwnedFd, Reply)> {
 /// setsockopt of one int; failure leaves the kernel's default.
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
     let _ = dropshim_abi::sock::setsockopt_int(fd, level, name, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_lines;
+
+    #[test]
+    fn counters_pair_each_name_with_its_value() {
+        let table = "TcpExt: SyncookiesSent PruneCalled\nTcpExt: 0 17\n\
+                     MPTcpExt: MPCapableSYNRX RcvPruned\nMPTcpExt: 4 2\n";
+        assert_eq!(
+            counter_lines(table),
+            "TcpExtSyncookiesSent 0\nTcpExtPruneCalled 17\n\
+             MPTcpExtMPCapableSYNRX 4\nMPTcpExtRcvPruned 2\n"
+        );
+    }
 }

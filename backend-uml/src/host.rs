@@ -547,6 +547,32 @@ fn cleanup_network(device: &str) {
     let _ = ip(&["link", "del", &n.guest_if]);
 }
 
+/// The instance's network state as its guest sees it (see
+/// [`Kind::Stats`]): its sockets with their memory and its TCP and MPTCP
+/// counters.
+pub fn guest_stats(cfg: &DeviceConfig) -> Result<String> {
+    let device = &cfg.device.name;
+    let not_answered = |what: String| {
+        format!("uml device {device:?}: {what} (is it up? `dropshim up --config FILE`)")
+    };
+    let (reply, bridge) = crate::client::request(device, &Request::new(Kind::Stats))
+        .map_err(|e| not_answered(format!("no stats ({e:?})")))?;
+    let Some(bridge) = bridge.filter(|_| reply.errno == 0) else {
+        return Err(not_answered(format!(
+            "no stats: {}",
+            io::Error::from_raw_os_error(reply.errno)
+        )));
+    };
+    // SAFETY: the supervisor passed this descriptor to us; we own it now.
+    let mut bridge = unsafe { TcpStream::from_raw_fd(bridge) };
+    let mut text = String::new();
+    bridge
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .and_then(|()| bridge.read_to_string(&mut text))
+        .map_err(io_err(format!("uml device {device:?}: reading its stats")))?;
+    Ok(text)
+}
+
 /// One line about the instance.
 pub fn status(cfg: &DeviceConfig) -> String {
     let device = &cfg.device.name;
@@ -975,7 +1001,9 @@ fn serve_client(fd: libc::c_int) {
             }];
             let _ = sys::poll(&mut fds, -1);
         }
-        Kind::Connect => match ask_agent_for(&req, Some(owned.as_raw_fd())) {
+        // A stats bridge carries the guest's text, as a connect's carries
+        // the program's bytes.
+        Kind::Connect | Kind::Stats => match ask_agent_for(&req, Some(owned.as_raw_fd())) {
             Ok((bridge, reply)) if reply.errno == 0 => answer(reply, Some(bridge.as_raw_fd())),
             Ok((_, reply)) => answer(reply, None),
             Err(e) => answer(Reply::error(bridge_errno(&e, errno(&e))), None),

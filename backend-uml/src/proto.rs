@@ -49,6 +49,11 @@ pub enum Kind {
     /// closing the device clears, so the agent bounces `vec<id>` and
     /// restores what the bounce removed.
     Reset = 6,
+    /// The guest's network state, for diagnosis: the agent answers, then
+    /// writes text on the bridge until it closes it (its sockets with
+    /// their memory, `ss -tmiMn`, and its TCP and MPTCP counters). The
+    /// supervisor passes that bridge to the asking program.
+    Stats = 7,
 }
 
 impl Kind {
@@ -60,6 +65,7 @@ impl Kind {
             4 => Some(Kind::Attach),
             5 => Some(Kind::Watch),
             6 => Some(Kind::Reset),
+            7 => Some(Kind::Stats),
             _ => None,
         }
     }

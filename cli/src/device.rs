@@ -52,6 +52,11 @@ pub struct StatusArgs {
     /// Also show what `dropshim up` did for this device.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// uml device: also print what its guest kernel sees, its TCP and
+    /// MPTCP sockets with their memory (`ss -tmiMn`) and its TCP and MPTCP
+    /// counters (`nstat` names), to diagnose a stalled transfer.
+    #[arg(long, requires = "config")]
+    pub guest: bool,
 }
 
 #[derive(clap::Args)]
@@ -422,7 +427,15 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             let (cfg, kind) = load_device(config, None)?;
             if kind == BackendKind::Uml {
                 println!("{}", dropshim_backend_uml::host::status(&cfg));
+                if args.guest {
+                    let text = dropshim_backend_uml::host::guest_stats(&cfg)
+                        .map_err(anyhow::Error::msg)?;
+                    print!("{text}");
+                }
                 return Ok(ExitCode::SUCCESS);
+            }
+            if args.guest {
+                anyhow::bail!("--guest is for uml devices (this one is {kind:?})");
             }
             if kind != BackendKind::Native {
                 return Err(not_native(kind, "status"));

@@ -157,6 +157,10 @@ fn print_description(d: &Description) {
         d.spec,
         if d.internet { ", with internet" } else { "" }
     );
+    println!(
+        "tcp congestion control: {} (every node)",
+        d.congestion_control
+    );
     println!("nodes:");
     let width = d.nodes.iter().map(|n| n.name.len()).max().unwrap_or(0);
     for n in &d.nodes {

@@ -41,6 +41,10 @@ pub struct Spec {
     /// link N when the main table would route it elsewhere; default true.
     #[serde(default = "yes")]
     pub source_routing: bool,
+    /// The TCP congestion control of every node (`net.ipv4.tcp_congestion_control`
+    /// in each namespace); default [`DEFAULT_CONGESTION_CONTROL`].
+    #[serde(default = "default_congestion_control")]
+    pub congestion_control: String,
     /// The nodes (`[[node]]`), one network namespace each.
     #[serde(rename = "node", default)]
     pub nodes: Vec<NodeSpec>,
@@ -161,6 +165,17 @@ impl SegmentSpec {
 
 fn yes() -> bool {
     true
+}
+
+/// The congestion control a testbed's nodes use unless the spec names
+/// another: Linux's own default, and the one the uml and lkl stacks' kernels
+/// run, so every stack and the peers they talk to compare like for like.
+/// A new namespace would otherwise inherit the host's choice, which varies
+/// between machines (`bbr` on some).
+pub const DEFAULT_CONGESTION_CONTROL: &str = "cubic";
+
+fn default_congestion_control() -> String {
+    DEFAULT_CONGESTION_CONTROL.to_string()
 }
 
 /// `[[node]]`: one network namespace (`ds-<id>-<name>`) with `lo` up and IPv6 DAD off.
@@ -503,6 +518,14 @@ impl Spec {
     fn validate(&self) -> Result<(), String> {
         if self.nodes.is_empty() {
             return Err("no [[node]]: a testbed needs at least two nodes and one [[link]]".into());
+        }
+        let cc = &self.congestion_control;
+        let word = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        if cc.is_empty() || cc.len() > 15 || !cc.chars().all(word) {
+            return Err(format!(
+                "congestion_control {cc:?}: expected the name of a TCP congestion control \
+                 (`sysctl net.ipv4.tcp_available_congestion_control`), e.g. \"cubic\""
+            ));
         }
         // Validate the biggest topology (internet part included); the base
         // alone is a subset of it, except that it must not refer to the
@@ -865,6 +888,20 @@ mod tests {
         assert!(e.contains("two-gateways"), "{e}");
         let e = Spec::load("/nonexistent/x.toml").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn congestion_control_defaults_to_cubic_and_takes_a_name_only() {
+        let base =
+            "name='x'\n[[node]]\nname='a'\n[[node]]\nname='b'\n[[link]]\nnumber=1\na='a'\nb='b'\n";
+        assert_eq!(Spec::parse(base, "t").unwrap().congestion_control, "cubic");
+        let reno = format!("congestion_control='reno'\n{base}");
+        assert_eq!(Spec::parse(&reno, "t").unwrap().congestion_control, "reno");
+        for bad in ["", "../x", "Cubic", "a_name_longer_than_15"] {
+            let text = format!("congestion_control='{bad}'\n{base}");
+            let e = Spec::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains("congestion_control"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -138,6 +138,9 @@ pub struct Description {
     pub shaper: Shaper,
     /// Whether the spec's `[internet]` part was built.
     pub internet: bool,
+    /// Every node's TCP congestion control (the spec's `congestion_control`).
+    #[serde(default)]
+    pub congestion_control: String,
     /// Its nodes, in spec order.
     pub nodes: Vec<NodeInfo>,
     /// Its links, in the order they were built.
@@ -252,6 +255,32 @@ fn state_path(id: &str) -> PathBuf {
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
     move |err| Error::Io { what, err }
+}
+
+/// The host's list of the congestion controls a network namespace may make
+/// its default: the others fail with EPERM there.
+const ALLOWED_CONGESTION_CONTROL: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+
+/// Makes `name` one a namespace may choose, adding it to the host's allowed
+/// list if it is not there (the list holds the host's default and `reno`
+/// unless an administrator widened it). Adding only widens what may be
+/// chosen: the host's own default and its sockets stay as they are.
+fn allow_congestion_control(name: &str) -> Result<(), Error> {
+    let allowed = fs::read_to_string(ALLOWED_CONGESTION_CONTROL)
+        .map_err(io_err(format!("reading {ALLOWED_CONGESTION_CONTROL}")))?;
+    if allowed.split_whitespace().any(|a| a == name) {
+        return Ok(());
+    }
+    let wider = format!("{} {name}", allowed.trim());
+    fs::write(ALLOWED_CONGESTION_CONTROL, &wider).map_err(io_err(format!(
+        "adding the spec's congestion_control {name:?} to {ALLOWED_CONGESTION_CONTROL} \
+         (is it in net.ipv4.tcp_available_congestion_control?)"
+    )))?;
+    eprintln!(
+        "testbed: added {name} to the host's net.ipv4.tcp_allowed_congestion_control \
+         (now \"{wider}\"), so that the nodes' namespaces may use it"
+    );
+    Ok(())
 }
 
 /// Namespaces under /run/netns grouped by testbed id.
@@ -545,6 +574,7 @@ impl Testbed {
     }
 
     fn create(&self) -> Result<(), Error> {
+        allow_congestion_control(&self.spec.congestion_control)?;
         for node in &self.nodes {
             tool("ip", &["netns", "add", &node.netns])?;
             let mut settings = vec![
@@ -554,6 +584,11 @@ impl Testbed {
                 ("net/ipv6/conf/default/accept_dad", "0"),
                 ("net/ipv6/conf/all/keep_addr_on_down", "1"),
                 ("net/ipv6/conf/default/keep_addr_on_down", "1"),
+                // A new namespace inherits the host's choice otherwise.
+                (
+                    "net/ipv4/tcp_congestion_control",
+                    self.spec.congestion_control.as_str(),
+                ),
             ];
             if node.proxy_arp {
                 settings.push(("net/ipv4/conf/all/proxy_arp", "1"));
@@ -1125,6 +1160,7 @@ impl Testbed {
             spec: self.spec.name.clone(),
             shaper: self.opts.shaper,
             internet: self.opts.internet,
+            congestion_control: self.spec.congestion_control.clone(),
             nodes: self
                 .nodes
                 .iter()

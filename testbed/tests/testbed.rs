@@ -185,6 +185,25 @@ fn two_gateways_reach_each_other_on_both_links_and_families() {
     assert!(ping(&tb, "gw2", "127.0.0.1".parse().unwrap()));
 }
 
+/// Every node's TCP defaults to the spec's congestion control (cubic
+/// unless the spec names another), whatever the host's default is.
+#[test]
+fn nodes_use_the_specs_congestion_control_not_the_hosts() {
+    for (cc, line) in [(None, "cubic"), (Some("reno"), "reno")] {
+        let mut spec = Spec::builtin("two-gateways").unwrap();
+        if let Some(cc) = cc {
+            spec.congestion_control = cc.to_string();
+        }
+        let tb = Testbed::up(&spec, &Options::default()).unwrap();
+        assert_eq!(tb.describe().congestion_control, line);
+        for node in ["gw1", "gw2"] {
+            let mut cmd = tb.command(node, "sysctl").unwrap();
+            cmd.args(["-n", "net.ipv4.tcp_congestion_control"]);
+            assert_eq!(run_ok(cmd).trim(), line, "{node}");
+        }
+    }
+}
+
 #[test]
 fn shaping_is_installed_on_both_ends_and_can_change() {
     for shaper in [Shaper::Tbf, Shaper::Htb] {

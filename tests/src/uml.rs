@@ -122,6 +122,18 @@ impl UmlDevice {
         }
     }
 
+    /// What the instance's guest kernel reports (`dropshim status --guest`):
+    /// its sockets with their memory (`ss -tmiMn`) and its counters.
+    pub fn guest_stats(&self) -> Result<String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(cli_path())
+            .args(["status", "--guest", "--config"])
+            .arg(&self.config);
+        let out = run_ok(&mut cmd, Duration::from_secs(60)).context("dropshim status --guest")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `dropshim down` then `dropshim up` for this device, in `node`.
     pub fn restart(&self, tb: &Testbed, node: &str) -> Result<()> {
         for verb in ["down", "up"] {
@@ -242,6 +254,55 @@ pub fn guest_mptcp(device: &str) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// One guest socket's queue and memory, from [`UmlDevice::guest_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestSocket {
+    /// Bytes received in order that the reader has not taken (`Recv-Q`).
+    pub recv_q: u64,
+    /// What the socket's received data is charged (`skmem` `r`).
+    pub rmem: u64,
+    /// Its receive buffer (`skmem` `rb`).
+    pub rcvbuf: u64,
+}
+
+/// The first socket of kind `netid` (`tcp`, `mptcp`) whose peer is on
+/// `peer_port`, in the `ss -tmiMn` part of a guest's stats: a line
+/// `NETID STATE RECV-Q SEND-Q LOCAL PEER`, then indented lines, one with
+/// `skmem:(r..,rb..,...)`.
+pub fn guest_socket(stats: &str, netid: &str, peer_port: u16) -> Option<GuestSocket> {
+    let port = format!(":{peer_port}");
+    let mut found: Option<u64> = None;
+    for line in stats.lines() {
+        if !line.starts_with([' ', '\t']) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            found = match cols[..] {
+                [id, _state, recv_q, _send_q, _local, peer, ..]
+                    if id == netid && peer.ends_with(&port) =>
+                {
+                    recv_q.parse().ok()
+                }
+                _ => None,
+            };
+            continue;
+        }
+        let (Some(recv_q), Some(at)) = (found, line.find("skmem:(")) else {
+            continue;
+        };
+        let inner = line[at + 7..].split(')').next().unwrap_or_default();
+        let field = |name: &str| {
+            inner
+                .split(',')
+                .find_map(|f| f.strip_prefix(name)?.parse::<u64>().ok())
+        };
+        return Some(GuestSocket {
+            recv_q,
+            rmem: field("r")?,
+            rcvbuf: field("rb")?,
+        });
+    }
+    None
+}
+
 /// Same rule as the backend: `DROPSHIM_UML_RUN` or /run/dropshim/uml.
 pub fn run_dir(device: &str) -> PathBuf {
     let base = std::env::var_os("DROPSHIM_UML_RUN")
@@ -260,5 +321,33 @@ impl Drop for UmlDevice {
             .arg("--config")
             .arg(&self.config)
             .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{guest_socket, GuestSocket};
+
+    #[test]
+    fn guest_socket_reads_the_queue_and_memory_of_the_right_socket() {
+        let stats = "# sockets (ss -tmiMn)\n\
+            Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n\
+            tcp   ESTAB 0      7      198.18.1.1:40000   198.18.1.2:5001\n\
+            \t skmem:(r0,rb131072,t0,tb87040,f0,w0,o0,bl0,d0) cubic\n\
+            mptcp ESTAB 2048   0      198.18.1.1:40000   198.18.1.2:5001\n\
+            \t skmem:(r4608,rb16777216,t0,tb46080,f0,w0,o0,bl0,d0) subflows:1\n";
+        assert_eq!(
+            guest_socket(stats, "mptcp", 5001),
+            Some(GuestSocket {
+                recv_q: 2048,
+                rmem: 4608,
+                rcvbuf: 16_777_216
+            })
+        );
+        assert_eq!(
+            guest_socket(stats, "tcp", 5001).map(|s| s.rcvbuf),
+            Some(131_072)
+        );
+        assert_eq!(guest_socket(stats, "mptcp", 5002), None);
     }
 }

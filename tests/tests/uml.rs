@@ -9,7 +9,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::reliability::Lines;
-use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::uml::{guest_socket, GuestSocket, UmlDevice};
 use dropshim_tests::*;
 use std::net::IpAddr;
 use std::path::Path;
@@ -754,6 +754,128 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
             ))
         })?;
     }
+    Ok(())
+}
+
+/// Serves the file `argv[3]` once on `argv[1]`:`argv[2]`, then closes.
+const SEND_ONCE_PY: &str = r#"
+import socket, sys
+data = open(sys.argv[3], "rb").read()
+l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(1)
+print("listening", flush=True)
+c, _ = l.accept()
+c.sendall(data)
+c.close()
+print("sent", len(data), flush=True)
+"#;
+
+/// Connects to `argv[1]`:`argv[2]`, reads nothing until the file `argv[3]`
+/// exists, then reads to the end and prints `got LENGTH SHA256`.
+const READ_WHEN_TOLD_PY: &str = r#"
+import hashlib, os, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+deadline = time.time() + 120
+while not os.path.exists(sys.argv[3]):
+    if time.time() > deadline:
+        sys.exit("never told to read")
+    time.sleep(0.05)
+h, n = hashlib.sha256(), 0
+while True:
+    b = s.recv(1 << 16)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print("got", n, h.hexdigest(), flush=True)
+"#;
+
+/// `dropshim status --guest` shows what the guest kernel holds: a download
+/// whose reader pauses fills the guest MPTCP socket, which the report
+/// lists with its queue and the memory that queue is charged, along with
+/// the guest's counters; the bytes are checked once the reader reads.
+#[test]
+fn uml_status_guest_shows_a_paused_downloads_socket_and_its_memory() -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "sg")?;
+    let dir = tempfile::tempdir()?;
+    // More than the bridge into the instance and the guest socket hold
+    // together, so the guest socket fills while the reader waits.
+    let file = dir.path().join("blob.bin");
+    write_random_file(&file, 48 << 20, u64::from(std::process::id()) + 23)?;
+    let want = format!("got {} {}", 48 << 20, sha256_file(&file)?);
+    let port = unique_port();
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let mut sender = shimmed(&tb, "gw2", "python3", None)?;
+    sender
+        .args(["-c", SEND_ONCE_PY, &ip, &port.to_string()])
+        .arg(&file);
+    let sender = Lines::spawn(&mut sender, "sender in gw2")?;
+    sender.expect("listening", SHORT)?;
+    let go = dir.path().join("read-now");
+    let mut reader = shimmed(&tb, "gw1", "python3", Some(&dev))?;
+    reader
+        .args(["-c", READ_WHEN_TOLD_PY, &ip, &port.to_string()])
+        .arg(&go);
+    let reader = Lines::spawn(&mut reader, "paused reader (uml)")?;
+    reader.expect("connected", SHORT)?;
+    // The guest socket is full once its queue stops growing.
+    let mut last: Option<(GuestSocket, Instant)> = None;
+    let mut stats = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        "the guest socket's queue to stop growing",
+        || {
+            let Ok(now) = dev.guest_stats() else {
+                return false;
+            };
+            stats = now;
+            let Some(sock) = guest_socket(&stats, "mptcp", port) else {
+                return false;
+            };
+            match last {
+                Some((prev, since)) if prev.recv_q == sock.recv_q => {
+                    sock.recv_q > 0 && since.elapsed() >= Duration::from_secs(1)
+                }
+                _ => {
+                    last = Some((sock, Instant::now()));
+                    false
+                }
+            }
+        },
+    )
+    .with_context(|| format!("the guest's last stats:\n{stats}"))?;
+    let sock = guest_socket(&stats, "mptcp", port).context("no guest MPTCP socket")?;
+    eprintln!(
+        "uml paused download: the guest MPTCP socket holds {} bytes, charged {}, receive buffer {}",
+        sock.recv_q, sock.rmem, sock.rcvbuf
+    );
+    // The reader paused with megabytes still to come: the guest holds a
+    // window's worth, charged at least what it holds, within its buffer.
+    ensure!(
+        sock.recv_q >= 1 << 20 && sock.rmem >= sock.recv_q && sock.rmem <= sock.rcvbuf,
+        "implausible guest socket {sock:?} in the stats:\n{stats}"
+    );
+    for counter in [
+        "TcpExtPruneCalled ",
+        "TcpExtTCPOFOQueue ",
+        "MPTcpExtRcvPruned ",
+    ] {
+        ensure!(
+            stats.lines().any(|l| l.starts_with(counter)),
+            "no {counter}in the guest's stats:\n{stats}"
+        );
+    }
+    std::fs::write(&go, b"")?;
+    let got = reader.expect("got ", TRANSFER)?;
+    ensure!(
+        got.trim() == want,
+        "the reader received {got:?}, expected {want:?}"
+    );
+    sender.expect("sent ", SHORT)?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The guest agent's event loop: it accepts bridge connections, runs
-//! their requests (connect, listen, attach, reset) and moves the
+//! their requests (connect, listen, attach, reset, stats) and moves the
 //! program's bytes between each bridge and its guest socket, for every
 //! connection of the instance, on one thread.
 //!
@@ -7,8 +7,8 @@
 //! trip through the host (ptrace, signals), so the loop waits on epoll
 //! (mio) and touches only sockets that are ready; an idle connection
 //! costs two descriptors and a few hundred bytes here. Only a device
-//! reset, which runs `ip` commands for tens of milliseconds, gets a
-//! short-lived thread of its own.
+//! reset and a stats request, which run `ip` or `ss` for tens of
+//! milliseconds, get a short-lived thread of their own.
 //!
 //! Bytes move both ways with back-pressure (a direction reads its source
 //! only once what it read before reached its destination), a source's
@@ -16,7 +16,9 @@
 //! and an error on either side resets both, so the program sees the
 //! peer's error.
 
-use super::{cvt, errno_of, new_socket, open_listener, reset_device, set_int, sock_addr};
+use super::{
+    cvt, errno_of, guest_stats, new_socket, open_listener, reset_device, set_int, sock_addr,
+};
 use crate::proto::{Kind, Notice, Reply, Request, MAX_REQUEST};
 use dropshim_abi::encode_in_domain;
 use mio::unix::SourceFd;
@@ -771,32 +773,60 @@ impl Agent {
                     None
                 }
             },
-            Kind::Reset => {
-                // Tens of milliseconds of `ip` commands: off the loop.
-                let _ = self.poll.registry().deregister(&mut SourceFd(&b));
-                let spawned = std::thread::Builder::new()
-                    .name("reset".into())
-                    .spawn(move || {
-                        let errno = match reset_device(req.id) {
-                            Ok(()) => 0,
-                            Err(e) => {
-                                eprintln!("dropshim-uml agent: {e}");
-                                libc::EIO
-                            }
-                        };
-                        let _ = super::set_nonblocking(bridge.as_raw_fd(), false);
-                        let _ = answer(bridge.as_raw_fd(), &Reply::error(errno));
-                    });
-                if let Err(e) = spawned {
-                    eprintln!("dropshim-uml agent: cannot start a reset: {e}");
+            // Tens of milliseconds of `ip` commands: off the loop.
+            Kind::Reset => self.off_loop(bridge, "reset", move |b| {
+                let errno = match reset_device(req.id) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("dropshim-uml agent: {e}");
+                        libc::EIO
+                    }
+                };
+                let _ = answer(b, &Reply::error(errno));
+            }),
+            // `ss` runs for tens of milliseconds too.
+            Kind::Stats => self.off_loop(bridge, "stats", |b| {
+                if answer(b, &Reply::error(0)).is_ok() {
+                    let text = guest_stats();
+                    let mut sent = 0;
+                    while sent < text.len() {
+                        match sys_write(b, &text.as_bytes()[sent..]) {
+                            Ok(n) if n > 0 => sent += n,
+                            _ => break,
+                        }
+                    }
                 }
-                None
-            }
+            }),
             Kind::Ping | Kind::Watch => {
                 let _ = answer(b, &Reply::error(0));
                 None
             }
         }
+    }
+
+    /// Runs `work` on the bridge (made blocking) on a short-lived thread of
+    /// its own, for requests that would hold the loop; the bridge closes
+    /// when `work` returns.
+    fn off_loop(
+        &mut self,
+        bridge: OwnedFd,
+        name: &str,
+        work: impl FnOnce(RawFd) + Send + 'static,
+    ) -> Option<Conn> {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&bridge.as_raw_fd()));
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = super::set_nonblocking(bridge.as_raw_fd(), false);
+                work(bridge.as_raw_fd());
+            });
+        if let Err(e) = spawned {
+            eprintln!("dropshim-uml agent: cannot start a {name}: {e}");
+        }
+        None
     }
 
     fn connecting(&mut self, bridge: OwnedFd, sock: OwnedFd) -> Option<Conn> {
