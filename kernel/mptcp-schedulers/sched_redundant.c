@@ -9,12 +9,10 @@
  * msk->dropshim_redundant). New data waits until every live subflow has
  * carried what went before, so the connection goes at the pace of its
  * slowest path; a subflow that looks cut (data outstanding, no ACK for an
- * RTO) stops holding it back, and so does one whose whole queue the peer
- * has acknowledged through another (back from a cut). Backup subflows are
- * used only while no other subflow is active. Subflows over the same
- * address pair (ndiffports) cross the same links, so only the first of them
- * carries a copy: a second one would halve what the link delivers and
- * survive no cut the first does not.
+ * RTO) stops holding it back. Backup subflows are used only while no other
+ * subflow is active. Subflows over the same address pair (ndiffports) cross
+ * the same links, so only the first of them carries a copy: a second one
+ * would halve what the link delivers and survive no cut the first does not.
  */
 #define pr_fmt(fmt) "MPTCP redundant: " fmt
 
@@ -56,19 +54,6 @@ static bool redundant_looks_dead(const struct sock *ssk)
 	return READ_ONCE(tp->packets_out) && silent > rto;
 }
 
-/* Everything the subflow has queued was acknowledged at the connection
- * level through another subflow: it is a whole send buffer behind (a path
- * that came back after a cut, its queue stale). Waiting for it would stall
- * the connection until it has resent all that in slow start; it catches up
- * as its buffer drains, and holds new data back again once current.
- */
-static bool redundant_stale_queue(const struct mptcp_sock *msk,
-				  const struct mptcp_subflow_context *subflow)
-{
-	return READ_ONCE(subflow->dropshim_red_set) &&
-	       before64(READ_ONCE(subflow->dropshim_red_seq), READ_ONCE(msk->snd_una));
-}
-
 /* a is a better first carrier of new data than b */
 static bool redundant_better(const struct mptcp_sock *msk,
 			     struct mptcp_subflow_context *a,
@@ -108,8 +93,7 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 				continue;
 			/* new data waits for a live subflow still copying */
 			if (redundant_behind(msk, subflow) &&
-			    !redundant_looks_dead(ssk) &&
-			    !redundant_stale_queue(msk, subflow))
+			    !redundant_looks_dead(ssk))
 				return -EINVAL;
 			if (!sk_stream_memory_free(ssk))
 				continue;
