@@ -10,9 +10,7 @@
  * carried what went before, so the connection goes at the pace of its
  * slowest path; a subflow that looks cut (data outstanding, no ACK for an
  * RTO) stops holding it back. Backup subflows are used only while no other
- * subflow is active. Subflows over the same address pair (ndiffports) cross
- * the same links, so only the first of them carries a copy: a second one
- * would halve what the link delivers and survive no cut the first does not.
+ * subflow is active.
  */
 #define pr_fmt(fmt) "MPTCP redundant: " fmt
 
@@ -88,9 +86,6 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 			if (!mptcp_subflow_active(subflow))
 				continue;
 			any_active = true;
-			/* the path's first subflow carries its copy */
-			if (dropshim_red_twin(msk, subflow))
-				continue;
 			/* new data waits for a live subflow still copying */
 			if (redundant_behind(msk, subflow) &&
 			    !redundant_looks_dead(ssk))

@@ -9,9 +9,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_tests::lkl::liblkl;
 use dropshim_tests::uml::{guest_mptcp, UmlDevice};
-use dropshim_tests::upload::{
-    gw2_accepts_many, gw2_link, testbed, Gw1 as Stack, Kind, ServerOptions, Upload, MIB,
-};
+use dropshim_tests::upload::{gw2_link, testbed, Gw1 as Stack, Kind, Upload, MIB};
 use dropshim_tests::*;
 use std::time::Instant;
 
@@ -267,51 +265,4 @@ fn uml_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<(
 #[test]
 fn lkl_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
     redundant_sends_everything_on_both(Kind::Lkl)
-}
-
-/// redundant under ndiffports 2 (two subflows over link 1's one address
-/// pair): the path's first subflow carries the copy and the other none,
-/// so link 1 carries the transfer once, not once per subflow (a second
-/// copy over the same link would halve what it delivers and survive no
-/// cut the first does not).
-fn redundant_copies_once_per_path(kind: Kind) -> Result<()> {
-    let tb = testbed(Some(200))?;
-    gw2_accepts_many(&tb)?;
-    let extra = DeviceExtra {
-        scheduler: Some("redundant".into()),
-        pm: Some("policy = \"ndiffports\"\nsubflows = 2".into()),
-        ..DeviceExtra::default()
-    };
-    let stack = Stack::up(&tb, kind, "rn", &extra)?;
-    let opts = ServerOptions {
-        any: false,
-        subflows: 2,
-    };
-    let split = Upload::start_with(&tb, &stack, 16 * MIB, 0, 4 * MIB, opts)?.finish()?;
-    ensure!(
-        split.subflows.len() == 2,
-        "{kind:?} redundant, ndiffports 2: want two subflows over link 1, got {:?}",
-        split.subflows
-    );
-    let carried = split.share(&tb, 1)?;
-    eprintln!(
-        "{kind:?} redundant, ndiffports 2: link 1 carried {:.2} times the bytes ({:?})",
-        carried, split.subflows
-    );
-    ensure!(
-        carried < 1.2,
-        "{kind:?} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes: a copy per subflow of one path ({:?})",
-        split.subflows
-    );
-    Ok(())
-}
-
-#[test]
-fn uml_redundant_copies_once_per_path_under_ndiffports() -> Result<()> {
-    redundant_copies_once_per_path(Kind::Uml)
-}
-
-#[test]
-fn lkl_redundant_copies_once_per_path_under_ndiffports() -> Result<()> {
-    redundant_copies_once_per_path(Kind::Lkl)
 }
