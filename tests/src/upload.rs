@@ -189,6 +189,23 @@ pub fn testbed(rate_mbit: Option<u32>) -> Result<Testbed> {
     )?)
 }
 
+/// gw2 accepts up to 8 subflows and announcements per connection.
+pub fn gw2_accepts_many(tb: &Testbed) -> Result<()> {
+    run_ok(
+        tb.command("gw2", "ip")?.args([
+            "mptcp",
+            "limits",
+            "set",
+            "subflows",
+            "8",
+            "add_addr_accepted",
+            "8",
+        ]),
+        Duration::from_secs(20),
+    )?;
+    Ok(())
+}
+
 /// One subflow as the server saw it.
 #[derive(Debug, Clone)]
 pub struct PeerSubflow {

@@ -12,7 +12,8 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use dropshim_tests::upload::{
-    peer_received, testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB, TRANSFER,
+    gw2_accepts_many, peer_received, testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB,
+    TRANSFER,
 };
 use dropshim_tests::*;
 use std::collections::BTreeSet;
@@ -26,23 +27,6 @@ fn policy(lines: &str) -> DeviceExtra {
         pm: Some(lines.to_string()),
         ..DeviceExtra::default()
     }
-}
-
-/// gw2 accepts up to 8 subflows and announcements per connection.
-fn gw2_accepts_many(tb: &Testbed) -> Result<()> {
-    run_ok(
-        tb.command("gw2", "ip")?.args([
-            "mptcp",
-            "limits",
-            "set",
-            "subflows",
-            "8",
-            "add_addr_accepted",
-            "8",
-        ]),
-        SHORT,
-    )?;
-    Ok(())
 }
 
 fn report(kind: Kind, what: &str, split: &Split) {
