@@ -7,7 +7,8 @@
  * then sends the same range again on every other active subflow (the
  * redundant push of 0002-mptcp-redundant-push.patch, enabled by
  * msk->dropshim_redundant). New data waits until every live subflow has
- * carried what went before, so the connection goes at the pace of its
+ * carried what went before, and goes out only as far as each has room to
+ * queue its copy at once, so the connection goes at the pace of its
  * slowest path; a subflow that looks cut (data outstanding, no ACK for an
  * RTO) stops holding it back. Backup subflows are used only while no other
  * subflow is active.
@@ -70,6 +71,7 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 				 struct mptcp_sched_data *data)
 {
 	struct mptcp_subflow_context *subflow, *best = NULL;
+	u64 room = DROPSHIM_SCHED_BURST;
 	bool any_active = false;
 	int pass;
 
@@ -86,10 +88,22 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 			if (!mptcp_subflow_active(subflow))
 				continue;
 			any_active = true;
+			if (redundant_looks_dead(ssk))
+				goto candidate;
 			/* new data waits for a live subflow still copying */
-			if (redundant_behind(msk, subflow) &&
-			    !redundant_looks_dead(ssk))
+			if (redundant_behind(msk, subflow))
 				return -EINVAL;
+			/* and goes out only as far as every live subflow has
+			 * room for its copy (half the free space: the rest
+			 * pays for buffer overhead), so that each copy is
+			 * queued at once, before an acknowledgement through
+			 * another subflow frees the data
+			 */
+			room = min_t(u64, room,
+				     max_t(int, sk_stream_wspace(ssk), 0) / 2);
+			if (room < tcp_sk(ssk)->mss_cache)
+				return -EINVAL;
+candidate:
 			if (!sk_stream_memory_free(ssk))
 				continue;
 			if (!best || redundant_better(msk, subflow, best))
@@ -99,7 +113,7 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 	if (!best)
 		return -EINVAL;
 
-	dropshim_schedule(msk, mptcp_subflow_tcp_sock(best));
+	dropshim_schedule_at_most(msk, mptcp_subflow_tcp_sock(best), room);
 	return 0;
 }
 

@@ -61,7 +61,7 @@ def sample(fd):
         key = "%s,%s,%d" % (lip, rip, rport)
         best[key] = max(best.get(key, 0), struct.unpack_from("Q", info, 128)[0])
 
-host, port, step, want = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+host, port, step, want, drain = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 l = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind((host, port))
@@ -90,6 +90,17 @@ while True:
         print("progress", total, flush=True)
         mark += step
 sample(c.fileno())
+# With copies on every subflow (the redundant scheduler), a slower subflow
+# may still be delivering its copy when the stream has ended: wait until
+# every subflow has received the whole stream, or no subflow has moved for
+# half a second (at most 10 s), so that its share counts what it carried.
+if drain:
+    deadline, still, last = time.monotonic() + 10, 0, dict(best)
+    while time.monotonic() < deadline and still < 25 and min(best.values(), default=total) < total:
+        time.sleep(0.02)
+        sample(c.fileno())
+        still = still + 1 if best == last else 0
+        last = dict(best)
 print("done", h.hexdigest(), total, " ".join("%s=%d" % kv for kv in sorted(best.items())), flush=True)
 c.sendall(h.digest())
 c.close()
@@ -253,6 +264,10 @@ pub struct ServerOptions {
     pub any: bool,
     /// Subflows to wait for (at most 10 s) before the client sends.
     pub subflows: usize,
+    /// After the end of the stream, wait for every subflow to have
+    /// delivered its copy of it (at most 10 s) before reporting their
+    /// bytes: with the redundant scheduler the slower one is still sending.
+    pub drain_copies: bool,
 }
 
 impl Default for ServerOptions {
@@ -260,6 +275,7 @@ impl Default for ServerOptions {
         ServerOptions {
             any: false,
             subflows: 2,
+            drain_copies: false,
         }
     }
 }
@@ -298,7 +314,8 @@ impl Upload {
         let mut srv = tb.command("gw2", "python3")?;
         srv.args(["-c", SERVER_PY, &bind, &port.to_string()])
             .arg(step.to_string())
-            .arg(opts.subflows.to_string());
+            .arg(opts.subflows.to_string())
+            .arg(if opts.drain_copies { "1" } else { "0" });
         let server = Lines::spawn(&mut srv, "the MPTCP server in gw2")?;
         server.expect("listening", SHORT)?;
         let mut cli = stack.command(tb, "python3")?;

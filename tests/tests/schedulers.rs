@@ -9,7 +9,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_tests::lkl::liblkl;
 use dropshim_tests::uml::{guest_mptcp, UmlDevice};
-use dropshim_tests::upload::{gw2_link, testbed, Gw1 as Stack, Kind, Upload, MIB};
+use dropshim_tests::upload::{gw2_link, testbed, Gw1 as Stack, Kind, ServerOptions, Upload, MIB};
 use dropshim_tests::*;
 use std::time::Instant;
 
@@ -215,13 +215,18 @@ fn lkl_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
 
 /// redundant on two equal links (200 Mbit/s each): every byte goes out on
 /// both subflows, so each carries at least 90 % of the bytes (counted at
-/// the peer, where the copies arrive; the connection keeps one). Then, in
+/// the peer, where the copies arrive, once the slower subflow has
+/// delivered its copy; the connection keeps one). Then, in
 /// a second upload, link 2 is cut at a quarter: the transfer completes
 /// intact, and link 1 has carried it all.
 fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
     let tb = testbed(Some(200))?;
     let stack = Stack::up(&tb, kind, "rd", &extra("redundant", &[]))?;
-    let split = Upload::start(&tb, &stack, 32 * MIB, 0, 4 * MIB)?.finish()?;
+    let opts = ServerOptions {
+        drain_copies: true,
+        ..ServerOptions::default()
+    };
+    let split = Upload::start_with(&tb, &stack, 32 * MIB, 0, 4 * MIB, opts)?.finish()?;
     for link in [1, 2] {
         let share = split.share(&tb, link)?;
         eprintln!(
