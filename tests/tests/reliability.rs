@@ -453,6 +453,44 @@ fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
     Ok(())
 }
 
+/// The host kernel's own bug, without dropshim: `fork.py` with the load
+/// server and the client both under `mptcpize run` (no shim at either
+/// end). About one run in 60 to 90 with both CPUs busy, the child's own
+/// connection reaches the server with 632 bytes missing, always at
+/// offset 85712 of its upload (the server then names offset 86344), the
+/// same hole `reliability_fork_with_open_sockets_used_by_parent_and_child`
+/// meets under the shim. Ignored: it fails only as often as the kernel
+/// does; run it in a loop to reproduce (README, known limits).
+#[test]
+#[ignore = "a host-kernel reproducer: run in a loop with --run-ignored only"]
+fn host_kernel_fork_upload_hole_without_dropshim() -> Result<()> {
+    let tb = two_gateways()?;
+    let scripts = Scripts::new()?;
+    let port = unique_port();
+    let server = load_server_with(&tb, &scripts, port, mptcpized(&tb, "gw2")?)?;
+    let mut cmd = mptcpized(&tb, "gw1")?;
+    cmd.arg(scripts.path("fork.py")).args([
+        tb.addr4("gw1", 1)?.to_string(),
+        tb.addr4("gw2", 1)?.to_string(),
+        port.to_string(),
+    ]);
+    let out = run_bounded(&mut cmd, Duration::from_secs(60))?;
+    let server_err = stop_server(server)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "fork.py failed ({}): {text}{}\nthe server said: {server_err}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        text.contains("parent mptcp_shared=1") && text.contains("mptcp_own=1"),
+        "the connections were not MPTCP: {text}"
+    );
+    ensure!(!server_err.contains("error"), "server errors: {server_err}");
+    Ok(())
+}
+
 /// The load server's end-of-stream check can fail: a client that sends
 /// one word more than its header announced (the next word of its own
 /// pattern, as a repeated segment would) is named by the server. No
