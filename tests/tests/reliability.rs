@@ -417,37 +417,50 @@ fn reliability_signals_during_blocking_calls_behave_as_the_kernels() -> Result<(
     Ok(())
 }
 
-#[test]
-fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
-    let tb = two_gateways()?;
-    let scripts = Scripts::new()?;
+/// `fork.py` in gw1 (`client`: python3 on the stack under test) against
+/// the load server in gw2 (`server`); fails with the script's output and
+/// the server's account (which says where an upload went wrong), and
+/// otherwise returns both.
+fn run_fork(
+    tb: &Testbed,
+    scripts: &Scripts,
+    server: Command,
+    mut client: Command,
+) -> Result<(String, String)> {
     let port = unique_port();
-    let before = mptcp_counters(tb.netns("gw2")?)?;
-    let server = load_server(&tb, &scripts, port)?;
-    let mut cmd = shimmed(&tb, "gw1", "python3", &[])?;
-    cmd.arg(scripts.path("fork.py")).args([
+    let server = load_server_with(tb, scripts, port, server)?;
+    client.arg(scripts.path("fork.py")).args([
         tb.addr4("gw1", 1)?.to_string(),
         tb.addr4("gw2", 1)?.to_string(),
         port.to_string(),
     ]);
-    let out = run_bounded(&mut cmd, Duration::from_secs(60))?;
-    // The server's account goes with any failure: it says where an
-    // upload went wrong.
+    let out = run_bounded(&mut client, Duration::from_secs(60))?;
     let server_err = stop_server(server)?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success(),
         "fork.py failed ({}): {text}{}\nthe server said: {server_err}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    ensure!(!server_err.contains("error"), "server errors: {server_err}");
+    Ok((text, server_err))
+}
+
+#[test]
+fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
+    let tb = two_gateways()?;
+    let scripts = Scripts::new()?;
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let server = shimmed(&tb, "gw2", "python3", &[])?;
+    let client = shimmed(&tb, "gw1", "python3", &[])?;
+    let (text, _) = run_fork(&tb, &scripts, server, client)?;
     for e in [
         "child mptcp_accepted=1 mptcp_own=1",
         "parent mptcp_shared=1 mptcp_to_child=1",
     ] {
         ensure!(text.contains(e), "expected {e}: {text}");
     }
-    ensure!(!server_err.contains("error"), "server errors: {server_err}");
     let after = mptcp_counters(tb.netns("gw2")?)?;
     ensure!(delta(&before, &after, "MPCapableSYNRX") >= 2);
     Ok(())
@@ -466,28 +479,12 @@ fn reliability_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
 fn host_kernel_fork_upload_hole_without_dropshim() -> Result<()> {
     let tb = two_gateways()?;
     let scripts = Scripts::new()?;
-    let port = unique_port();
-    let server = load_server_with(&tb, &scripts, port, mptcpized(&tb, "gw2")?)?;
-    let mut cmd = mptcpized(&tb, "gw1")?;
-    cmd.arg(scripts.path("fork.py")).args([
-        tb.addr4("gw1", 1)?.to_string(),
-        tb.addr4("gw2", 1)?.to_string(),
-        port.to_string(),
-    ]);
-    let out = run_bounded(&mut cmd, Duration::from_secs(60))?;
-    let server_err = stop_server(server)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "fork.py failed ({}): {text}{}\nthe server said: {server_err}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (server, client) = (mptcpized(&tb, "gw2")?, mptcpized(&tb, "gw1")?);
+    let (text, _) = run_fork(&tb, &scripts, server, client)?;
     ensure!(
         text.contains("parent mptcp_shared=1") && text.contains("mptcp_own=1"),
         "the connections were not MPTCP: {text}"
     );
-    ensure!(!server_err.contains("error"), "server errors: {server_err}");
     Ok(())
 }
 
