@@ -54,7 +54,7 @@ fn ndiffports_4(kind: Kind) -> Result<()> {
     let opts = ServerOptions {
         any: false,
         subflows: 4,
-        drain_copies: false,
+        ..ServerOptions::default()
     };
     let split = Upload::start_with(&tb, &stack, 16 * MIB, 0, 4 * MIB, opts)?.finish()?;
     report(kind, "ndiffports 4", &split);
@@ -103,7 +103,7 @@ fn fullmesh(kind: Kind) -> Result<()> {
     let opts = ServerOptions {
         any: true,
         subflows: 4,
-        drain_copies: false,
+        ..ServerOptions::default()
     };
     let split = Upload::start_with(&tb, &stack, 16 * MIB, 0, 4 * MIB, opts)?.finish()?;
     report(kind, "fullmesh", &split);
@@ -214,7 +214,7 @@ fn backup_upload(
     let opts = ServerOptions {
         any: false,
         subflows: 2,
-        drain_copies: false,
+        ..ServerOptions::default()
     };
     let up = Upload::start_with(tb, &stack, size, 0, MIB, opts)?;
     Ok((stack, active, spare, up))
@@ -353,7 +353,7 @@ fn costaware(kind: Kind) -> Result<()> {
     let opts = ServerOptions {
         any: false,
         subflows: 1,
-        drain_copies: false,
+        ..ServerOptions::default()
     };
     let up = Upload::start_with(&tb, &stack, size, 3 * MIB, MIB / 2, opts)?;
     let port = up.port();
