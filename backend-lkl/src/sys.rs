@@ -7,7 +7,9 @@
 //! `kernel/arch/lkl/include/uapi/asm/lkl_host.h`; the structure below must
 //! match it field for field.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_ulonglong, c_void, CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -148,6 +150,7 @@ pub fn start_kernel(mem: u64, cmdline: &str) -> Result<i32, String> {
     // SAFETY: OPS lives for the whole process and matches lkl_host.h; the
     // command line is copied by the kernel before this returns.
     let r = unsafe { (e.start_kernel)(&OPS, mem, cmd.as_ptr()) };
+    run_after_kernel();
     Ok(r)
 }
 
@@ -160,15 +163,75 @@ pub fn syscall(nr: c_long, args: [c_long; 6]) -> c_long {
     // SAFETY: lkl_syscall reads six longs from the array, which outlives
     // the call; pointers among the arguments are the caller's business
     // (see the safe wrappers in lib.rs).
-    unsafe { (e.syscall)(nr, a.as_mut_ptr()) }
+    let r = unsafe { (e.syscall)(nr, a.as_mut_ptr()) };
+    run_after_kernel();
+    r
 }
 
 /// Raises interrupt `irq` from any host thread.
 pub fn trigger_irq(irq: c_int) {
     if let Ok(e) = entry() {
-        // SAFETY: lkl_trigger_irq only sets a bit and posts a semaphore.
-        unsafe { (e.trigger_irq)(irq) }
+        // SAFETY: lkl_trigger_irq sets a bit and, if the CPU is free,
+        // runs the handlers on this thread.
+        unsafe { (e.trigger_irq)(irq) };
+        run_after_kernel();
     }
+}
+
+/// Work that kernel code asks for but that must not run while the
+/// calling thread holds the kernel's CPU (see [`after_kernel`]).
+pub(crate) trait AfterKernel: Send + Sync {
+    fn run_after_kernel(&self);
+}
+
+thread_local! {
+    /// What this thread runs once it is out of the kernel.
+    static AFTER_KERNEL: RefCell<Vec<Arc<dyn AfterKernel>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `work` once the calling thread no longer runs kernel code: when
+/// its library call or interrupt returns, before it sleeps, or when its
+/// kernel thread ends. Called from kernel code, which holds the kernel's
+/// one CPU: a host thread woken there often preempts its waker on a busy
+/// machine (it slept, so the host scheduler favours it), and the kernel
+/// then waits, CPU held, for the waker to run again. On 2 shared cores
+/// that was most of the cost of a small send (25 of 40 us).
+pub(crate) fn after_kernel(work: Arc<dyn AfterKernel>) {
+    let queued = AFTER_KERNEL.try_with(|q| {
+        let mut q = q.borrow_mut();
+        let same = |w: &Arc<dyn AfterKernel>| std::ptr::addr_eq(Arc::as_ptr(w), Arc::as_ptr(&work));
+        if !q.iter().any(same) {
+            q.push(Arc::clone(&work));
+        }
+    });
+    // A thread on its way out (the exit flush's last calls) runs it now.
+    if queued.is_err() {
+        work.run_after_kernel();
+    }
+}
+
+/// Runs what [`after_kernel`] put off.
+fn run_after_kernel() {
+    loop {
+        let work = AFTER_KERNEL
+            .try_with(|q| {
+                let mut q = q.borrow_mut();
+                (!q.is_empty()).then(|| std::mem::take(&mut *q))
+            })
+            .ok()
+            .flatten();
+        let Some(work) = work else { return };
+        for w in work {
+            w.run_after_kernel();
+        }
+    }
+}
+
+/// Adds one to eventfd `fd`, which wakes its reader.
+pub(crate) fn write_eventfd(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from `one` to an open eventfd.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
 /// Everything the kernel printed so far.
@@ -386,6 +449,9 @@ impl Sem {
             {
                 continue;
             }
+            // This thread is about to sleep: no kernel code runs on it
+            // until it wakes, so the wake-ups it put off are due.
+            run_after_kernel();
             futex(
                 &self.word,
                 libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
@@ -453,7 +519,9 @@ unsafe extern "C" fn op_thread_create(
         .spawn(move || {
             let a = arg;
             // SAFETY: f is a kernel thread entry expecting this argument.
-            unsafe { f(a.0) }
+            unsafe { f(a.0) };
+            // The thread's task died (or the kernel halted) in kernel code.
+            run_after_kernel();
         });
     match spawned {
         Ok(h) => {
@@ -635,5 +703,70 @@ impl Timer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    /// Counts its runs and reports each on a channel.
+    struct Probe {
+        runs: AtomicUsize,
+        tx: Mutex<mpsc::Sender<()>>,
+    }
+
+    impl AfterKernel for Probe {
+        fn run_after_kernel(&self) {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            if let Ok(tx) = self.tx.lock() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn probe() -> (Arc<Probe>, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel();
+        let p = Arc::new(Probe {
+            runs: AtomicUsize::new(0),
+            tx: Mutex::new(tx),
+        });
+        (p, rx)
+    }
+
+    #[test]
+    fn work_put_off_in_the_kernel_runs_once_when_the_thread_leaves_it() {
+        let (p, _rx) = probe();
+        after_kernel(p.clone());
+        after_kernel(p.clone());
+        assert_eq!(p.runs.load(Ordering::SeqCst), 0, "ran while in the kernel");
+        run_after_kernel();
+        assert_eq!(p.runs.load(Ordering::SeqCst), 1, "two kicks, one wake-up");
+        run_after_kernel();
+        assert_eq!(p.runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_thread_going_to_sleep_first_runs_what_it_put_off() {
+        // The sleeper's semaphore is upped only once the put-off work has
+        // run: a wake-up kept back across the sleep would hang both.
+        let (p, rx) = probe();
+        let sem = Arc::new(Sem {
+            word: AtomicU32::new(0),
+        });
+        let sleeper = {
+            let (p, sem) = (p.clone(), sem.clone());
+            std::thread::spawn(move || {
+                after_kernel(p);
+                sem.down();
+            })
+        };
+        let ran = rx.recv_timeout(Duration::from_secs(10));
+        sem.up();
+        sleeper.join().expect("the sleeping thread panicked");
+        assert!(ran.is_ok(), "the put-off wake-up waited for the sleeper");
+        assert_eq!(p.runs.load(Ordering::SeqCst), 1);
     }
 }

@@ -21,7 +21,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use crate::sys::{self, MmioDevice};
@@ -90,6 +90,8 @@ pub(crate) struct NetDevice {
     wake_fd: OwnedFd,
     /// The device thread is awake or about to be: kicks need not write.
     awake: AtomicBool,
+    /// This device, for the wake-ups handed to [`sys::after_kernel`].
+    me: Weak<NetDevice>,
     thread: Mutex<Option<JoinHandle<()>>>,
     rx_frames: AtomicU64,
     tx_frames: AtomicU64,
@@ -202,7 +204,7 @@ impl NetDevice {
         }
         // SAFETY: a fresh descriptor that nothing else owns.
         let wake_fd = unsafe { OwnedFd::from_raw_fd(efd) };
-        Ok(Arc::new(NetDevice {
+        Ok(Arc::new_cyclic(|me| NetDevice {
             sock,
             ifname: ifname.to_string(),
             mac,
@@ -213,6 +215,7 @@ impl NetDevice {
             stop: AtomicBool::new(false),
             wake_fd,
             awake: AtomicBool::new(true),
+            me: me.clone(),
             thread: Mutex::new(None),
             rx_frames: AtomicU64::new(0),
             tx_frames: AtomicU64::new(0),
@@ -253,16 +256,19 @@ impl NetDevice {
     }
 
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to our eventfd.
-        unsafe { libc::write(self.wake_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        sys::write_eventfd(&self.wake_fd);
     }
 
     /// The driver kicked a queue (on the kernel's thread): frames to send,
-    /// or fresh receive buffers.
+    /// or fresh receive buffers. The device thread is woken once the
+    /// kicking thread is out of the kernel ([`sys::after_kernel`]).
     fn kick(&self) {
-        if !self.awake.swap(true, Ordering::SeqCst) {
-            self.wake();
+        if self.awake.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        match self.me.upgrade() {
+            Some(me) => sys::after_kernel(me),
+            None => self.wake(),
         }
     }
 
@@ -686,6 +692,12 @@ impl MmioDevice for NetDevice {
             0x0a4 => with_q(&mut |q| q.used = (q.used & 0xffff_ffff) | (val << 32)),
             _ => {}
         }
+    }
+}
+
+impl sys::AfterKernel for NetDevice {
+    fn run_after_kernel(&self) {
+        self.wake();
     }
 }
 
