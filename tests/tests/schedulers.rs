@@ -9,7 +9,9 @@
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_tests::lkl::liblkl;
 use dropshim_tests::uml::{guest_mptcp, UmlDevice};
-use dropshim_tests::upload::{gw2_link, testbed, Gw1 as Stack, Kind, ServerOptions, Upload, MIB};
+use dropshim_tests::upload::{
+    gw2_accepts_many, gw2_link, testbed, Gw1 as Stack, Kind, ServerOptions, Upload, MIB,
+};
 use dropshim_tests::*;
 use std::time::Instant;
 
@@ -270,4 +272,64 @@ fn uml_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<(
 #[test]
 fn lkl_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
     redundant_sends_everything_on_both(Kind::Lkl)
+}
+
+/// redundant under ndiffports 2 (two subflows over link 1's one address
+/// pair): one copy per path, so the pair's first subflow carries the
+/// transfer and link 1 carries it once, not once per subflow. A second
+/// copy over the same links would halve what they deliver and survive no
+/// cut the first does not.
+fn redundant_copies_once_per_address_pair(kind: Kind) -> Result<()> {
+    let tb = testbed(Some(200))?;
+    gw2_accepts_many(&tb)?;
+    let extra = DeviceExtra {
+        scheduler: Some("redundant".into()),
+        pm: Some("policy = \"ndiffports\"\nsubflows = 2".into()),
+        ..DeviceExtra::default()
+    };
+    let stack = Stack::up(&tb, kind, "rn", &extra)?;
+    let opts = ServerOptions {
+        subflows: 2,
+        ..ServerOptions::default()
+    };
+    let split = Upload::start_with(&tb, &stack, 16 * MIB, 0, 4 * MIB, opts)?.finish()?;
+    let a1 = tb.addr4("gw1", 1)?;
+    ensure!(
+        split.subflows.len() == 2
+            && split
+                .subflows
+                .iter()
+                .all(|s| s.remote.ip() == std::net::IpAddr::V4(a1)),
+        "{kind:?} redundant, ndiffports 2: want two subflows from {a1}, got {:?}",
+        split.subflows
+    );
+    let carried = split.share(&tb, 1)?;
+    let first = split.subflows.iter().map(|s| s.bytes).max().unwrap_or(0) as f64
+        / split.total.max(1) as f64;
+    eprintln!(
+        "{kind:?} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes, its busiest subflow {:.1} % ({:?})",
+        first * 100.0,
+        split.subflows
+    );
+    ensure!(
+        carried < 1.2,
+        "{kind:?} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes: a copy per subflow of one path ({:?})",
+        split.subflows
+    );
+    ensure!(
+        first >= 0.9,
+        "{kind:?} redundant, ndiffports 2: no subflow carried the path's copy ({:?})",
+        split.subflows
+    );
+    Ok(())
+}
+
+#[test]
+fn uml_redundant_copies_once_per_address_pair_under_ndiffports() -> Result<()> {
+    redundant_copies_once_per_address_pair(Kind::Uml)
+}
+
+#[test]
+fn lkl_redundant_copies_once_per_address_pair_under_ndiffports() -> Result<()> {
+    redundant_copies_once_per_address_pair(Kind::Lkl)
 }
