@@ -3,8 +3,9 @@
 //! It runs the configuration commands the supervisor wrote (the device
 //! file through the device configurator, then the private link), listens on the private
 //! link, and for each bridge connection opens the program's socket in the
-//! guest (MPTCP or TCP as the host's policy decided) and moves bytes
-//! between the two, every connection on one event loop ([`evloop`]).
+//! guest (MPTCP or TCP as the host's policy decided); once established,
+//! the guest kernel's relay moves their bytes (or, on a kernel without
+//! it, the agent does), every connection on one event loop ([`evloop`]).
 //! This module owns the guest's start-up and the guest socket helpers.
 
 mod evloop;
@@ -198,7 +199,11 @@ fn reset_device(index: u64) -> Result<(), String> {
 /// buffer) and its counters, one `NameValue` per line as `nstat` names
 /// them (`TcpExtPruneCalled 3`, `MPTcpExtRcvPruned 0`).
 pub(crate) fn guest_stats() -> String {
-    let mut text = String::from("# sockets (ss -tmiMn)\n");
+    let mut text = match std::fs::read_to_string(evloop::KERNEL_RELAY) {
+        Ok(relays) => format!("# relay: kernel ({})\n{relays}", evloop::KERNEL_RELAY),
+        Err(_) => "# relay: agent (this kernel has no in-kernel relay)\n".to_string(),
+    };
+    text.push_str("# sockets (ss -tmiMn)\n");
     match Command::new("ss").args(["-tmiMn"]).output() {
         Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
         Err(e) => text.push_str(&format!("(cannot run ss: {e})\n")),

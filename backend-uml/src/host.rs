@@ -41,6 +41,10 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
         "0005-um-vector-host-interface-down-is-a-dead-wire.patch",
         include_str!("../kernel/patches/0005-um-vector-host-interface-down-is-a-dead-wire.patch"),
     ),
+    (
+        "0006-net-dropshim-relay-in-the-guest-kernel.patch",
+        include_str!("../kernel/patches/0006-net-dropshim-relay-in-the-guest-kernel.patch"),
+    ),
 ];
 
 /// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`

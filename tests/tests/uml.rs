@@ -1085,3 +1085,208 @@ fn uml_connect_to_mapped_unspecified_address_reaches_the_host_loopback() -> Resu
 fn sent_on(tb: &Testbed, link: u32) -> u64 {
     dropshim_tests::reliability::dev_counters(tb, "gw2", link).map_or(0, |c| c.tx_bytes)
 }
+
+/// What both scripts of the kernel-relay test read with: exactly `n`
+/// bytes, or fewer at the end of stream.
+const EXACT_PY: &str = r#"
+def exact(c, n):
+    b = bytearray()
+    while len(b) < n:
+        m = c.recv(n - len(b))
+        if not m:
+            break
+        b += m
+    return bytes(b)
+"#;
+
+/// The native peer of the kernel-relay test: per connection, a 6-byte
+/// mode. `echo..` echoes until the program's end of stream, then sends
+/// the digest of what it got and closes; `rstpee` resets at once
+/// (linger 0); `rstprg` says ready and reports how its read ends.
+const RELAY_PEER_PY: &str = r#"
+import hashlib, socket, struct, sys
+ip, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, port)); s.listen(8)
+print("listening", flush=True)
+for _ in range(3):
+    c, _ = s.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    mode = exact(c, 6)
+    if mode == b"echo..":
+        h, n = hashlib.sha256(), 0
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            h.update(b); n += len(b)
+            c.sendall(b)
+        c.sendall(("digest %d %s\n" % (n, h.hexdigest())).encode())
+        c.close()
+        print("echoed", n, flush=True)
+    elif mode == b"rstpee":
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        print("reset sent", flush=True)
+    elif mode == b"rstprg":
+        c.sendall(b"ready\n")
+        try:
+            while c.recv(65536):
+                pass
+            print("read ended: end of stream", flush=True)
+        except ConnectionResetError:
+            print("read ended: reset", flush=True)
+        c.close()
+"#;
+
+/// The program of the kernel-relay test (under the shim, on the uml
+/// device): one echoed connection with a first exchange, a pause until
+/// told, the rest and a half-close; then a reset by the peer and one by
+/// the program.
+const RELAY_PROGRAM_PY: &str = r#"
+import hashlib, os, socket, struct, sys, time
+ip, port, go, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+data = os.urandom(size)
+def conn(mode):
+    c = socket.create_connection((ip, port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.sendall(mode)
+    return c
+c = conn(b"echo..")
+c.sendall(data[:65536])
+assert exact(c, 65536) == data[:65536], "first echo differs"
+print("first exchange", c.getsockname()[1], flush=True)
+while not os.path.exists(go):
+    time.sleep(0.01)
+c.sendall(data[65536:])
+c.shutdown(socket.SHUT_WR)
+back = data[:65536] + exact(c, size - 65536)
+rest = b""
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    rest += b
+want = "digest %d %s\n" % (size, hashlib.sha256(data).hexdigest())
+diff = next((i for i in range(len(back)) if back[i] != data[i]), len(back))
+print("echo", "intact" if back == data else "differs (%d of %d bytes back, first difference at %d)" % (len(back), size, diff),
+      "digest", "intact" if rest.decode() == want else repr(rest[:200]), flush=True)
+c.close()
+c = conn(b"rstpee")
+try:
+    got = c.recv(1)
+    print("peer reset: read returned", got, flush=True)
+except ConnectionResetError:
+    print("peer reset: seen", flush=True)
+c.close()
+c = conn(b"rstprg")
+assert exact(c, 6) == b"ready\n"
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+print("program reset: sent", flush=True)
+"#;
+
+/// A field of `/proc/dropshim_relay`'s summary lines in the guest's
+/// stats: the number after `key`.
+fn relay_field(stats: &str, key: &str) -> Option<u64> {
+    stats.lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == key)?;
+        words.get(at + 1)?.parse().ok()
+    })
+}
+
+/// Established uml connections are relayed in the guest kernel, not by
+/// the agent: `dropshim status --guest` lists the connection among the
+/// kernel's relays with the bytes it moved each way, the bytes come
+/// back intact across the program's half-close, a reset by the peer
+/// reaches the program and one by the program reaches the peer, and
+/// each relay is gone once its connection is (two of three aborted).
+#[test]
+fn uml_connections_are_relayed_in_the_guest_kernel_intact_through_half_close_and_resets(
+) -> Result<()> {
+    let tb = two_gateways()?;
+    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "kr")?;
+    let dir = tempfile::tempdir()?;
+    let port = unique_port();
+    let ip = tb.addr4("gw2", 1)?.to_string();
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let mut peer = shimmed(&tb, "gw2", "python3", None)?;
+    peer.args([
+        "-c",
+        &format!("{EXACT_PY}{RELAY_PEER_PY}"),
+        &ip,
+        &port.to_string(),
+    ]);
+    let peer = Lines::spawn(&mut peer, "native peer in gw2")?;
+    peer.expect("listening", SHORT)?;
+    let go = dir.path().join("go");
+    let size = 4 << 20;
+    let mut program = shimmed(&tb, "gw1", "python3", Some(&dev))?;
+    program
+        .args(["-c", &format!("{EXACT_PY}{RELAY_PROGRAM_PY}")])
+        .args([&ip, &port.to_string()])
+        .arg(&go)
+        .arg(size.to_string());
+    let program = Lines::spawn(&mut program, "program (uml)")?;
+    program.expect("first exchange", SHORT)?;
+
+    let stats = dev.guest_stats()?;
+    ensure!(
+        stats.contains("# relay: kernel"),
+        "the guest does not relay in its kernel:\n{stats}"
+    );
+    // The relay's line: the guest socket's addresses (peer port ours),
+    // then what it moved: the mode and the first 64 KiB to the peer,
+    // the 64 KiB echo back.
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("relay ") && l.contains(&format!(":{port} ")))
+        .with_context(|| format!("no kernel relay for port {port}:\n{stats}"))?;
+    ensure!(
+        relay_field(line, "to_guest") == Some(6 + 65536)
+            && relay_field(line, "to_program") == Some(65536),
+        "the kernel relay's counts are off: {line}"
+    );
+
+    std::fs::write(&go, b"")?;
+    let echoed = program.expect("echo ", TRANSFER)?;
+    ensure!(
+        echoed.trim() == "echo intact digest intact",
+        "the program's echo: {echoed}"
+    );
+    ensure!(
+        peer.expect("echoed ", SHORT)?.trim() == format!("echoed {size}"),
+        "the peer did not get every byte"
+    );
+    ensure!(peer.expect("reset sent", SHORT).is_ok());
+    let seen = program.expect("peer reset: ", SHORT)?;
+    ensure!(
+        seen.trim() == "peer reset: seen",
+        "the peer's reset did not reach the program: {seen}"
+    );
+    program.expect("program reset: sent", SHORT)?;
+    let seen = peer.expect("read ended: ", SHORT)?;
+    ensure!(
+        seen.trim() == "read ended: reset",
+        "the program's reset did not reach the peer: {seen}"
+    );
+
+    let mut stats = String::new();
+    wait_until(SHORT, "the kernel relays to end", || {
+        stats = dev.guest_stats().unwrap_or_default();
+        relay_field(&stats, "active") == Some(0)
+    })
+    .with_context(|| format!("the guest's last stats:\n{stats}"))?;
+    ensure!(
+        relay_field(&stats, "started") == Some(3) && relay_field(&stats, "aborted") == Some(2),
+        "expected 3 kernel relays, 2 of them reset:\n{stats}"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 3,
+        "the program's connections did not reach the peer as MPTCP"
+    );
+    Ok(())
+}

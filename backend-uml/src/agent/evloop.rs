@@ -1,7 +1,9 @@
 //! The guest agent's event loop: it accepts bridge connections, runs
-//! their requests (connect, listen, attach, reset, stats) and moves the
-//! program's bytes between each bridge and its guest socket, for every
-//! connection of the instance, on one thread.
+//! their requests (connect, listen, attach, reset, stats) and hands each
+//! established connection to the guest kernel's relay, or moves the
+//! program's bytes between each bridge and its guest socket itself when
+//! the kernel has none, for every connection of the instance, on one
+//! thread.
 //!
 //! UML runs one guest CPU and every switch between guest threads is a
 //! trip through the host (ptrace, signals), so the loop waits on epoll
@@ -473,6 +475,42 @@ struct Agent {
     scratch: Vec<u8>,
     /// Retry periods so far.
     ticks: u64,
+    /// The guest kernel's relay (`/proc/dropshim_relay`), when it has
+    /// one: established connections are handed to it.
+    kernel_relay: Option<OwnedFd>,
+}
+
+/// The guest kernel's relay: an ioctl on it hands over a bridge and its
+/// guest socket (backend-uml/kernel/patches/0006), which it then relays
+/// in the kernel, closing both when the connection ends. Kernels without
+/// it (an older one named by DROPSHIM_UML_KERNEL) lack the file.
+pub(super) const KERNEL_RELAY: &str = "/proc/dropshim_relay";
+
+/// `_IOW('D', 1, struct { s32 bridge; s32 sock; })`.
+const KERNEL_RELAY_START: libc::c_ulong =
+    (1 << 30) | (8 << 16) | ((b'D' as libc::c_ulong) << 8) | 1;
+
+fn open_kernel_relay() -> Option<OwnedFd> {
+    let path = std::ffi::CString::new(KERNEL_RELAY).ok()?;
+    // SAFETY: `path` is a valid NUL-terminated string alive for the call.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        eprintln!(
+            "dropshim-uml agent: this kernel has no {KERNEL_RELAY} ({}); relaying in the agent",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    eprintln!("dropshim-uml agent: relaying established connections in the guest kernel");
+    // SAFETY: open(2) returned a fresh descriptor nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn kernel_relay_start(relay: RawFd, bridge: RawFd, sock: RawFd) -> io::Result<()> {
+    let fds: [i32; 2] = [bridge, sock];
+    // SAFETY: the kernel reads the two descriptors from `fds`, which
+    // lives for the call.
+    cvt(unsafe { libc::ioctl(relay, KERNEL_RELAY_START, fds.as_ptr()) }).map(drop)
 }
 
 fn token(slot: usize, sock: bool) -> Token {
@@ -551,6 +589,7 @@ pub(super) fn serve(listener: TcpListener) -> io::Result<()> {
         again: VecDeque::new(),
         scratch: vec![0; SCRATCH],
         ticks: 0,
+        kernel_relay: open_kernel_relay(),
     };
     agent.run()
 }
@@ -934,7 +973,7 @@ impl Agent {
     }
 
     /// Answers the request with the guest socket's addresses and starts
-    /// relaying.
+    /// relaying: in the guest kernel if it has the relay, else here.
     fn begin_relay(&mut self, bridge: OwnedFd, sock: OwnedFd) -> Option<Conn> {
         let fd = sock.as_raw_fd();
         let reply = Reply {
@@ -943,6 +982,33 @@ impl Agent {
             peer: sock_addr(fd, true),
         };
         tune_guest_socket(fd);
+        if let Some(relay) = &self.kernel_relay {
+            // Nothing was written to the bridge yet, so the reply goes
+            // out whole and first; the kernel relay then starts with
+            // whatever either socket has queued since.
+            answer(bridge.as_raw_fd(), &reply).ok()?;
+            match kernel_relay_start(relay.as_raw_fd(), bridge.as_raw_fd(), fd) {
+                Ok(()) => {
+                    // The kernel holds its own references: the loop
+                    // forgets the connection (the descriptors leave the
+                    // epoll set first, as their files stay open).
+                    for fd in [bridge.as_raw_fd(), fd] {
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    eprintln!("dropshim-uml agent: the kernel relay refused a connection ({e}); relaying it here");
+                    return self.relay_here(bridge, sock, Vec::new());
+                }
+            }
+        }
+        self.relay_here(bridge, sock, reply.encode().to_vec())
+    }
+
+    /// Relays a connection on this loop; `first` goes to the program
+    /// before any byte of the peer's.
+    fn relay_here(&mut self, bridge: OwnedFd, sock: OwnedFd, first: Vec<u8>) -> Option<Conn> {
         let mut r = Box::new(Relay {
             bridge,
             sock,
@@ -961,7 +1027,7 @@ impl Agent {
             active: self.ticks,
         });
         // The reply goes first on the way to the program.
-        r.down.pending = reply.encode().to_vec();
+        r.down.pending = first;
         let mut again = false;
         match r.run(&mut self.scratch, self.ticks, &mut again) {
             Ok(false) => Some(Conn::Relay(r)),
