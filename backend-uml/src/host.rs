@@ -129,8 +129,22 @@ pub fn build_kernel() -> Result<PathBuf> {
 }
 
 /// Where the built kernel is, if it is built.
-pub fn built_kernel() -> Option<PathBuf> {
+fn built_kernel() -> Option<PathBuf> {
     run_build_script(&["--path"]).ok()
+}
+
+/// The kernel named by `DROPSHIM_UML_KERNEL`, which every device boots in
+/// place of any other.
+fn named_kernel() -> Option<PathBuf> {
+    std::env::var_os(crate::ENV_KERNEL)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// The kernel a device would boot without building one: the named
+/// kernel, else dropshim's own if it is built.
+pub fn bootable_kernel() -> Option<PathBuf> {
+    named_kernel().or_else(built_kernel)
 }
 
 fn run_build_script(args: &[&str]) -> Result<PathBuf> {
@@ -177,8 +191,8 @@ fn run_build_script_with(args: &[&str], patches: &Path) -> Result<PathBuf> {
 /// The kernel a device boots: `DROPSHIM_UML_KERNEL`, the device file's
 /// `[uml] kernel`, or the one dropshim builds (built now if missing).
 pub fn kernel_for(cfg: &DeviceConfig) -> Result<PathBuf> {
-    if let Some(k) = std::env::var_os(crate::ENV_KERNEL).filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(k));
+    if let Some(k) = named_kernel() {
+        return Ok(k);
     }
     if let Some(k) = cfg.uml.as_ref().and_then(|u| u.kernel.as_ref()) {
         let p = PathBuf::from(k);

@@ -171,10 +171,7 @@ impl Availability {
 
 /// Why the uml stack cannot run, before trying to boot it.
 fn uml_reason(library: &Path) -> Option<String> {
-    // A kernel named by DROPSHIM_UML_KERNEL is what the devices boot
-    // (`host::kernel_for`), built by dropshim's script or not.
-    let named = std::env::var_os(dropshim_backend_uml::ENV_KERNEL).is_some_and(|k| !k.is_empty());
-    if !named && dropshim_backend_uml::host::built_kernel().is_none() {
+    if dropshim_backend_uml::host::bootable_kernel().is_none() {
         return Some("no UML kernel built yet: `dropshim up` on a uml device file builds it (about 3 minutes)".to_string());
     }
     if let Err(e) = dropshim_backend_uml::host::helper_binary() {
