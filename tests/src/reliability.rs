@@ -490,6 +490,9 @@ pub struct CutReport {
     pub faults: u64,
     /// Longest wait for 1 MiB to get through the surviving path.
     pub worst: Duration,
+    /// How long the load ran on after the cuts stopped (zero if it
+    /// ended during them).
+    pub settled: Duration,
     /// The load client's round report.
     pub round: HashMap<String, u64>,
     /// The server's account when stopped: `served`, `mptcp` and `csum`
@@ -512,12 +515,22 @@ impl<'a> PathCuts<'a> {
 
     /// While `client` (connected, one round) runs: cuts a link, waits
     /// for 1 MiB to get through the other (or the client to finish),
-    /// brings the link back, waits for 1 MiB more across both, and again.
+    /// brings the link back, waits for 1 MiB more across both, and again,
+    /// for at most `CUT_PHASE`; then, with every link up, waits for the
+    /// client to finish, as long as 1 MiB gets through every `WAIT`.
     /// Then checks that the client verified every byte, `server` saw no
     /// error, enough cuts happened, and the connections were MPTCP with a
     /// subflow joined over link 2.
+    ///
+    /// The cut phase is bounded because link bytes are not the client's
+    /// progress: each cut makes the peer send its unacknowledged data
+    /// again over the surviving link, so a connection that stopped
+    /// moving still keeps the links busy, and cuts made whenever 1 MiB
+    /// went by would go on for as long as one connection stays stuck.
     pub fn run(&self, mut client: Lines, server: Lines) -> Result<CutReport> {
         const WAIT: Duration = Duration::from_secs(20);
+        const CUT_PHASE: Duration = Duration::from_secs(45);
+        const SETTLE: Duration = Duration::from_secs(120);
         let tb = self.tb;
         let both = |tb: &Testbed| -> u64 {
             link_bytes(tb, "gw2", 1).unwrap_or(0) + link_bytes(tb, "gw2", 2).unwrap_or(0)
@@ -525,7 +538,8 @@ impl<'a> PathCuts<'a> {
         let mut faults = 0u64;
         let mut worst = Duration::ZERO;
         let mut link = 2;
-        while client.try_status()?.is_none() {
+        let cutting = Instant::now();
+        while client.try_status()?.is_none() && cutting.elapsed() < CUT_PHASE {
             let other = 3 - link;
             let from = link_bytes(tb, "gw2", other)?;
             self.set_link(link, false)?;
@@ -553,6 +567,31 @@ impl<'a> PathCuts<'a> {
                 link = other;
             }
         }
+        // Every link is up from here; the rest must get through.
+        let cut_phase = cutting.elapsed();
+        let settling = Instant::now();
+        while client.try_status()?.is_none() {
+            let total = both(tb);
+            let moved = wait_until(WAIT, "progress with every link up", || {
+                both(tb) >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
+            });
+            let late = settling.elapsed() > SETTLE;
+            if moved.is_err() || late {
+                bail!(
+                    "after {faults} cuts in {:?} and {:?} with every link up, the load client \
+                     has not finished{}\n{}",
+                    cut_phase,
+                    settling.elapsed(),
+                    if late {
+                        " though the links stay busy"
+                    } else {
+                        ""
+                    },
+                    self.peer_state()
+                );
+            }
+        }
+        let settled = settling.elapsed();
         let (status, lines, stderr) = client.finish(WAIT)?;
         // The server's own account goes with a client's failure: it says
         // where an upload went wrong.
@@ -597,6 +636,7 @@ impl<'a> PathCuts<'a> {
         Ok(CutReport {
             faults,
             worst,
+            settled,
             round,
             server,
         })

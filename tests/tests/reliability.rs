@@ -167,10 +167,11 @@ fn path_cuts_during_load(what: &str, python: fn(&Testbed, &str) -> Result<Comman
         );
         eprintln!(
             "{what}: {} path cuts during {} bytes over {conns} connections, \
-             all verified; longest wait for progress on the surviving path {:?}",
+             all verified; longest wait for progress on the surviving path {:?}; ran on {:?} after the cuts stopped",
             cuts.faults,
             get(&cuts.round, "bytes"),
-            cuts.worst
+            cuts.worst,
+            cuts.settled
         );
         Ok(cuts)
     })?;

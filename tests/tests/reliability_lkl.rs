@@ -250,11 +250,12 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
         let cuts = PathCuts::new(&tb, before, conns, min_faults).run(client, server)?;
         eprintln!(
             "reliability lkl path cuts: {} cuts of link 2 during {} bytes over {conns} connections \
-             in {:?}, all verified; longest wait for progress on link 1 {:?}",
+             in {:?}, all verified; longest wait for progress on link 1 {:?}; ran on {:?} after the cuts stopped",
             cuts.faults,
             get(&cuts.round, "bytes"),
             started.elapsed(),
-            cuts.worst
+            cuts.worst,
+            cuts.settled
         );
         Ok(cuts)
     })?;

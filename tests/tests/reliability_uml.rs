@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 const SHORT: Duration = Duration::from_secs(20);
 const LONG: Duration = Duration::from_secs(300);
+/// One 1 KiB connection: well under a second on a working instance.
+const WARM_UP: Duration = Duration::from_secs(60);
 
 /// The load client in gw1 on backend uml (asyncio: non-blocking
 /// connects), otherwise as the native one.
@@ -59,7 +61,7 @@ fn warm_up(
     server: &Lines,
 ) -> Result<()> {
     let client = load_client_uml(tb, dev, scripts, port, (1, 1, 1024), server.pid())?;
-    run_rounds(client, 1, LONG).context("warm-up connection")?;
+    run_rounds(client, 1, WARM_UP).context("warm-up connection")?;
     Ok(())
 }
 
@@ -248,17 +250,23 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
         let cuts = PathCuts::new(&tb, before, conns, min_faults)
             .run(client, server)
             .map_err(|e| {
+                // The guest's side of a stuck connection: its MPTCP
+                // sockets' sequence numbers and memory, and its relays.
+                let guest = dev.guest_stats().unwrap_or_else(|e| format!("({e:#})"));
+                let guest: Vec<&str> = guest.lines().take(400).collect();
                 e.context(format!(
-                    "the instance's console ends with:\n{}",
-                    dev.console_tail(30)
+                    "the instance's console ends with:\n{}\nthe guest's sockets and relays:\n{}",
+                    dev.console_tail(30),
+                    guest.join("\n")
                 ))
             })?;
         eprintln!(
             "reliability uml path cuts: {} cuts of link 2 during {} bytes over {conns} connections, \
-             all verified; longest wait for progress on link 1 {:?}",
+             all verified; longest wait for progress on link 1 {:?}; ran on {:?} after the cuts stopped",
             cuts.faults,
             get(&cuts.round, "bytes"),
-            cuts.worst
+            cuts.worst,
+            cuts.settled
         );
         Ok(cuts)
     })?;
