@@ -476,6 +476,7 @@ pub fn up(config_path: &Path, cfg: &DeviceConfig) -> Result<()> {
             ));
         }
     }
+    remove_stale_instances(&crate::run_base());
     // Checked here too, so a bad DROPSHIM_UML_CPU fails before the boot.
     instance_cpu(device)?;
     let kernel = kernel_for(cfg)?;
@@ -557,6 +558,31 @@ pub fn down(cfg: &DeviceConfig) -> Result<bool> {
     cleanup_network(device);
     let _ = std::fs::remove_dir_all(&run);
     Ok(was_running)
+}
+
+/// Removes what instances that ended without `down` left under `base`:
+/// each run directory whose supervisor and kernel are both gone, with its
+/// private namespace. A supervisor killed outright (SIGKILL, as a test
+/// runner kills a test that hangs) cannot clean up after itself, and no
+/// later `up` of another device would, so the namespaces would pile up.
+/// A directory without `supervisor.pid` may be one an `up` is filling
+/// right now, and is left alone.
+fn remove_stale_instances(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let alive = |file: &str| read_pid(&dir.join(file)).is_some_and(pid_alive);
+        if !dir.join("supervisor.pid").is_file() || alive("supervisor.pid") || alive("kernel.pid") {
+            continue;
+        }
+        // The directory is named safe_name(device), as the namespace is.
+        if let Some(name) = entry.file_name().to_str() {
+            let _ = ip(&["netns", "del", &format!("dropshim-uml-{name}")]);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 fn cleanup_network(device: &str) {
@@ -1105,6 +1131,37 @@ fn listener_loop(mut bridge: TcpStream, mine: OwnedFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a run directory whose supervisor and kernel are both gone is
+    /// removed; a live instance's, and one an `up` is still filling, stay.
+    #[test]
+    fn stale_run_directories_go_and_live_ones_stay() {
+        let base = std::env::temp_dir().join(format!("dropshim-uml-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let runs = [
+            ("dead", Some(dead), Some(dead)),
+            ("live-supervisor", Some(me), Some(dead)),
+            ("live-kernel", Some(dead), Some(me)),
+            ("starting", None, None),
+        ];
+        for (name, supervisor, kernel) in runs {
+            let dir = base.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, pid) in [("supervisor.pid", supervisor), ("kernel.pid", kernel)] {
+                if let Some(pid) = pid {
+                    std::fs::write(dir.join(file), format!("{pid}\n")).unwrap();
+                }
+            }
+        }
+        remove_stale_instances(&base);
+        let left: Vec<bool> = runs.iter().map(|(n, ..)| base.join(n).exists()).collect();
+        let _ = std::fs::remove_dir_all(&base);
+        assert_eq!(left, [false, true, true, true]);
+    }
 
     #[test]
     fn every_kernel_patch_in_the_tree_is_carried_and_handed_to_the_script() {

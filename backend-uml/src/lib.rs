@@ -70,13 +70,18 @@ pub fn safe_name(device: &str) -> String {
         .collect()
 }
 
-/// `<base>/<device>`: pid files, logs, the control socket.
-pub fn run_dir(device: &str) -> PathBuf {
-    let base = std::env::var_os(ENV_RUN_DIR)
+/// Where every device's run directory is (`DROPSHIM_UML_RUN_DIR`, or
+/// /run/dropshim/uml).
+pub fn run_base() -> PathBuf {
+    std::env::var_os(ENV_RUN_DIR)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
-    base.join(safe_name(device))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+/// `<base>/<device>`: pid files, logs, the control socket.
+pub fn run_dir(device: &str) -> PathBuf {
+    run_base().join(safe_name(device))
 }
 
 /// The control socket shimmed programs talk to.
