@@ -28,10 +28,10 @@
 //! value gets one line on stderr and no fault is injected; the program
 //! itself always runs.
 
-use crate::contract::Backend;
+use crate::contract::{Answer, Backend, Call, Wrapper};
 use crate::fdtable::{self, FIXED, TRACKED};
 use crate::{log, trace, Errno};
-use libc::{c_int, c_void, sockaddr, socklen_t};
+use libc::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The variable that asks for faults.
@@ -109,10 +109,7 @@ pub(crate) fn from_env() -> Option<Plan> {
         .filter(|v| !v.trim().is_empty())?;
     match parse(&value) {
         Ok(plan) => {
-            STATE.store(plan.seed, Ordering::Relaxed);
-            KINDS.store(plan.kinds, Ordering::Relaxed);
-            THRESHOLD.store(plan.threshold, Ordering::Relaxed);
-            ACTIVE.store(true, Ordering::Release);
+            install(plan);
             Some(plan)
         }
         Err(e) => {
@@ -120,6 +117,14 @@ pub(crate) fn from_env() -> Option<Plan> {
             None
         }
     }
+}
+
+/// Injects faults by `plan` from now on.
+fn install(plan: Plan) {
+    STATE.store(plan.seed, Ordering::Relaxed);
+    KINDS.store(plan.kinds, Ordering::Relaxed);
+    THRESHOLD.store(plan.threshold, Ordering::Relaxed);
+    ACTIVE.store(true, Ordering::Release);
 }
 
 /// Whether faults are being injected in this process: the data hooks'
@@ -248,128 +253,40 @@ impl Faulty {
     }
 }
 
-impl Backend for Faulty {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn owns(&self, flags: u8) -> bool {
-        self.inner.owns(flags)
-    }
-
-    fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-        self.inner.socket(domain, ty, protocol)
-    }
-
-    /// A refused connect, before anything is sent: a peer with nothing
-    /// listening answers so.
-    unsafe fn connect(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
-        if flags & FIXED == 0 && roll(fd, RESET).is_some() {
-            trace::mark_injected();
-            return Errno(libc::ECONNREFUSED).fail();
+/// The error injected into `call`, if the dice say so: a refused
+/// connect, before anything is sent (a peer with nothing listening
+/// answers so); for an accept, EINTR on a blocking listener, EAGAIN on a
+/// non-blocking one, or ECONNABORTED (a connection that went away before
+/// it was accepted), none of which takes a connection off the queue.
+/// Other calls get none.
+fn injected(call: &Call) -> Option<c_int> {
+    match *call {
+        Call::connect { fd, flags, .. } if flags & FIXED == 0 => {
+            roll(fd, RESET).map(|_| libc::ECONNREFUSED)
         }
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.connect(fd, flags, addr, len) }
+        Call::accept4 { fd, .. } => roll(fd, EINTR | EAGAIN | RESET).map(|kind| match kind {
+            EINTR => libc::EINTR,
+            EAGAIN => libc::EAGAIN,
+            _ => libc::ECONNABORTED,
+        }),
+        _ => None,
+    }
+}
+
+impl Wrapper for Faulty {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
     }
 
-    unsafe fn bind(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.bind(fd, flags, addr, len) }
-    }
-
-    fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
-        self.inner.listen(fd, flags, backlog)
-    }
-
-    /// EINTR on a blocking listener, EAGAIN on a non-blocking one, or
-    /// ECONNABORTED (a connection that went away before it was
-    /// accepted); none of them takes a connection off the queue.
-    unsafe fn accept4(
-        &self,
-        fd: c_int,
-        flags: u8,
-        addr: *mut sockaddr,
-        len: *mut socklen_t,
-        fl: c_int,
-    ) -> c_int {
-        if let Some(kind) = roll(fd, EINTR | EAGAIN | RESET) {
-            trace::mark_injected();
-            let e = match kind {
-                EINTR => libc::EINTR,
-                EAGAIN => libc::EAGAIN,
-                _ => libc::ECONNABORTED,
-            };
-            return Errno(e).fail();
+    fn call<R: Answer>(&self, call: &Call, run: impl FnOnce() -> R) -> R {
+        match R::failure().and_then(|failed| Some((failed, injected(call)?))) {
+            Some((failed, errno)) => {
+                trace::mark_injected();
+                Errno(errno).set();
+                failed
+            }
+            None => run(),
         }
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.accept4(fd, flags, addr, len, fl) }
-    }
-
-    unsafe fn setsockopt(
-        &self,
-        fd: c_int,
-        flags: u8,
-        level: c_int,
-        name: c_int,
-        val: *const c_void,
-        len: socklen_t,
-    ) -> c_int {
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.setsockopt(fd, flags, level, name, val, len) }
-    }
-
-    unsafe fn getsockopt(
-        &self,
-        fd: c_int,
-        flags: u8,
-        level: c_int,
-        name: c_int,
-        val: *mut c_void,
-        len: *mut socklen_t,
-    ) -> c_int {
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.getsockopt(fd, flags, level, name, val, len) }
-    }
-
-    unsafe fn getsockname(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.getsockname(fd, addr, len) }
-    }
-
-    unsafe fn getpeername(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.getpeername(fd, addr, len) }
-    }
-
-    fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
-        self.inner.shutdown(fd, how)
-    }
-
-    unsafe fn epoll_ctl(
-        &self,
-        epfd: c_int,
-        op: c_int,
-        fd: c_int,
-        ev: *mut libc::epoll_event,
-    ) -> c_int {
-        // SAFETY: the caller's arguments, unchanged, under this method's
-        // contract (the trait's # Safety).
-        unsafe { self.inner.epoll_ctl(epfd, op, fd, ev) }
-    }
-
-    fn close(&self, fd: c_int, flags: u8) {
-        self.inner.close(fd, flags)
-    }
-
-    fn dup(&self, oldfd: c_int, newfd: c_int) -> bool {
-        self.inner.dup(oldfd, newfd)
     }
 }
 
@@ -395,5 +312,43 @@ mod tests {
         assert!(parse("speed=3")
             .unwrap_err()
             .contains("unknown setting `speed`"));
+    }
+
+    #[test]
+    fn injected_connect_failures_are_refusals_and_traced_as_injected() {
+        install(parse("reset,rate=1").expect("a plan"));
+        let path = std::env::temp_dir().join(format!("dropshim-trace-{}", std::process::id()));
+        let file = std::fs::File::create(&path).expect("a trace file");
+        let out = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let traced = crate::trace::Traced::new(
+            Box::new(Faulty::new(Box::new(crate::contract::Passthrough))),
+            out,
+        );
+        // SAFETY: no address: the injected refusal comes before any call.
+        let r = unsafe { traced.connect(-1, 0, std::ptr::null(), 0) };
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECONNREFUSED)
+        );
+        // A settled socket's connect is never refused: the real call
+        // answers (EBADF for no descriptor).
+        // SAFETY: as above; the kernel checks the NULL address.
+        let r = unsafe { traced.connect(-1, FIXED, std::ptr::null(), 0) };
+        assert_eq!(r, -1);
+        assert_ne!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECONNREFUSED)
+        );
+        let text = std::fs::read_to_string(&path).expect("the trace");
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains(" passthrough connect(fd=-1, 0x0/0) = -1 ECONNREFUSED ")
+                && lines[0].ends_with("us injected"),
+            "{text}"
+        );
+        assert!(!lines[1].ends_with(" injected"), "{text}");
     }
 }

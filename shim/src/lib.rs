@@ -25,7 +25,8 @@
 //!   bridge; the library kernel's sockets and relays) on top of
 //!   [`emulated`], the one emulated TCP socket both stand behind (the
 //!   connect gate, the twin-aware descriptor table, epoll replay, the
-//!   options that follow from being TCP). Transport code that needs no
+//!   options that follow from being TCP and SO_ERROR, getsockname and
+//!   getpeername, local destinations handed back to the host). Transport code that needs no
 //!   hooks lives in the backend crates (`dropshim-backend-uml`,
 //!   `dropshim-backend-lkl`).
 //! - Below all of them: [`mem`] (the one checked path to the program's

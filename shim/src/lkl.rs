@@ -67,21 +67,25 @@
 //! end of the pair with a byte left unread in it, which Linux reports to
 //! the other end as ECONNRESET.
 //!
-//! Loopback stays the host's: binding or connecting to 127.0.0.0/8 or ::1
+//! What names this host stays on it ([`crate::emulated::local`]): binding
+//! to loopback, or connecting to loopback or the unspecified address,
 //! swaps in a plain host TCP socket under the same descriptor (options set
 //! so far are applied to it) and drops the library socket.
 //!
 //! What any emulated socket needs (the gate, the descriptor table, epoll
-//! replay, the TCP identity options) is [`crate::emulated`]'s; this
+//! replay, the TCP identity options and SO_ERROR, the names, local
+//! destinations) is [`crate::emulated`]'s; this
 //! module holds what is lkl's: the library kernel's boot in the process,
 //! its sockets, the relays and the flush at exit.
 
 mod relay;
 
-use crate::emulated::connect::{connect_done, gate, wait_blocking};
+use crate::emulated::connect::{connect_done, gate, refused_at, wait_blocking, Stage};
 use crate::emulated::epoll::Epolls;
-use crate::emulated::files::{add_status, apply_flags, close_fd, nonblocking, pair, put_file};
-use crate::emulated::options::tcp_identity;
+use crate::emulated::files::{apply_flags, close_fd, install, nonblocking, pair, put_file};
+use crate::emulated::local::{bind_stays_on_host, connect_stays_on_host, hand_back};
+use crate::emulated::names::{peer_name, sock_name};
+use crate::emulated::options::{so_error, tcp_identity};
 use crate::emulated::table::{Emulated, Table};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
@@ -89,7 +93,7 @@ use crate::libc_real as real;
 use crate::log;
 use crate::mem::{copy_in, put_int, put_sockopt, read_addr, read_optlen, write_addr};
 use crate::Errno;
-use dropshim_abi::{is_loopback, IPPROTO_MPTCP};
+use dropshim_abi::IPPROTO_MPTCP;
 use dropshim_backend_lkl::{BootOptions, Error as LklError, Fd, Lkl};
 use dropshim_conf::DeviceConfig;
 use libc::{c_int, c_void, sockaddr, socklen_t};
@@ -313,6 +317,17 @@ impl Conn {
     fn finish(&self, errno: c_int) {
         *self.result.lock() = Some(errno);
     }
+
+    /// The connect's error still to report through SO_ERROR (0 while it
+    /// is pending, once it succeeded, and once reported).
+    fn take_error(&self) -> c_int {
+        let e = self.result.lock().unwrap_or(0);
+        if e == 0 || self.reported.swap(true, Ordering::AcqRel) {
+            0
+        } else {
+            e
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -433,6 +448,19 @@ impl Sock {
             State::Fresh { lkl, .. } => *lkl,
             State::Connected(c) => c.lkl,
             State::Listening(l) => l.lkl,
+        }
+    }
+
+    /// Where the socket stands for connect().
+    fn stage(&self) -> Stage {
+        match &self.state {
+            State::Fresh { .. } => Stage::Fresh,
+            State::Connected(c) => match *c.result.lock() {
+                None => Stage::Pending,
+                Some(0) => Stage::Connected,
+                Some(_) => Stage::Failed,
+            },
+            State::Listening(_) => Stage::Listening,
         }
     }
 }
@@ -715,37 +743,16 @@ fn move_to_host(fd: c_int) -> Result<(), Errno> {
             )
         };
     }
-    // SAFETY: flag reads and writes on descriptors with no memory passed:
-    // `fd` is this backend's socket (its table entry is held locked) and
-    // `host` was just made.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-        let _ = add_status(host, libc::O_NONBLOCK);
-    }
-    // SAFETY: `fd` is this backend's socket (its table entry is held
-    // locked): its file may be replaced, by our own `host`.
-    if let Err(e) = unsafe { put_file(host, fd) } {
-        close_fd(host);
-        return Err(Errno::from(e));
-    }
     // Duplicates of this socket are the same socket: they move too.
     let fds = socks.fds_with(fd);
-    for &t in fds.iter().filter(|&&t| t != fd) {
-        // SAFETY: each twin is an entry of the socket table, whose lock is
-        // held.
-        let _ = unsafe { put_file(host, t) };
-    }
-    close_fd(host);
+    // SAFETY: `fds` are the descriptors of this backend's socket, whose
+    // table lock is held: their file may be replaced, by our own `host`.
+    unsafe { install(host, &fds) }?;
     if let Some(s) = socks.get(fd) {
         s.epolls.replay(libc::EPOLL_CTL_ADD);
     }
-    for &t in &fds {
-        socks.remove(t);
-    }
+    hand_back(&mut socks, fd);
     drop(socks);
-    for &t in &fds {
-        fdtable::take(t);
-    }
     close_fd(relay_end);
     if let Some(k) = live() {
         let _ = k.close(lkl);
@@ -782,7 +789,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
         })
         .fail();
     };
-    if is_loopback(a.ip()) {
+    if bind_stays_on_host(a.ip()) {
         if let Err(e) = move_to_host(fd) {
             return e.fail();
         }
@@ -814,10 +821,10 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         })
         .fail();
     };
-    // Only loopback, not `is_local_destination`: a connect to the
-    // unspecified address goes into the library kernel, whose own stack
-    // takes it as its own loopback.
-    if is_loopback(dest.ip()) {
+    if let Some(e) = SOCKS.lock().get(fd).and_then(|s| refused_at(s.stage())) {
+        return e.fail();
+    }
+    if connect_stays_on_host(dest.ip()) {
         // The library kernel's loopback is not the host's: local services
         // stay on the host stack, as plain TCP.
         if let Err(e) = move_to_host(fd) {
@@ -840,14 +847,11 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
                 sock.state = State::Connected(conn.clone());
                 (conn, end)
             }
-            State::Connected(c) => {
-                return match *c.result.lock() {
-                    None => Errno(libc::EALREADY).fail(),
-                    Some(0) => Errno(libc::EISCONN).fail(),
-                    Some(_) => Errno(libc::ECONNABORTED).fail(),
-                };
+            _ => {
+                return refused_at(sock.stage())
+                    .unwrap_or(Errno(libc::EISCONN))
+                    .fail()
             }
-            State::Listening(_) => return Errno(libc::EISCONN).fail(),
         }
     };
     if nonblocking(fd) {
@@ -1074,26 +1078,13 @@ pub fn listen(fd: c_int, backlog: c_int) -> c_int {
     // The program's descriptor becomes the token pair's read end, with
     // the same descriptor flags and O_NONBLOCK; so do its duplicates,
     // which are the same socket.
-    // SAFETY: a flag read, no memory passed.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: `fd` is an entry of the socket table, whose lock is held.
-    if let Err(e) = unsafe { put_file(tokens[0], fd) } {
-        let e = Errno::from(e);
-        close_fd(tokens[0]);
+    let fds = socks.fds_with(fd);
+    // SAFETY: `fds` are the descriptors of this socket, whose table lock
+    // is held.
+    if let Err(e) = unsafe { install(tokens[0], &fds) } {
         close_fd(tokens[1]);
         return e.fail();
     }
-    if fl >= 0 && fl & libc::O_NONBLOCK != 0 {
-        // SAFETY: a flag write, no memory passed.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-    }
-    let fds = socks.fds_with(fd);
-    for &t in fds.iter().filter(|&&t| t != fd) {
-        // SAFETY: each twin is an entry of the socket table, whose lock is
-        // held.
-        let _ = unsafe { put_file(tokens[0], t) };
-    }
-    close_fd(tokens[0]);
     close_fd(relay_end);
     // The loop never waits on the token end: a program behind on its
     // accepts pauses the accepting instead.
@@ -1234,15 +1225,9 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
 }
 
 fn name_call(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
-    if addr.is_null() || len.is_null() {
-        return Errno(libc::EFAULT).fail();
-    }
     match names(fd, peer) {
-        Ok((Some(a), domain)) => {
-            write_addr(a, domain, addr, len);
-            0
-        }
-        Ok((None, _)) => Errno(libc::ENOTCONN).fail(),
+        Ok((a, domain)) if peer => peer_name(a, domain, addr, len),
+        Ok((a, domain)) => sock_name(a, domain, addr, len),
         Err(e) => e.fail(),
     }
 }
@@ -1367,19 +1352,7 @@ pub unsafe fn getsockopt(
         return put_int(val, len, v);
     }
     if level == libc::SOL_SOCKET && name == libc::SO_ERROR {
-        let e = match &state.0 {
-            // 0 while the connect is pending, as on TCP.
-            Some(c) => {
-                let e = c.result.lock().unwrap_or(0);
-                if e == 0 || c.reported.swap(true, Ordering::AcqRel) {
-                    0
-                } else {
-                    e
-                }
-            }
-            None => 0,
-        };
-        return put_int(val, len, e);
+        return so_error(val, len, || state.0.as_ref().map_or(0, |c| c.take_error()));
     }
     let Some(k) = live() else {
         return Errno(libc::EOPNOTSUPP).fail();

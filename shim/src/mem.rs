@@ -171,25 +171,21 @@ pub(crate) fn read_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketA
     dropshim_abi::decode(&buf[..n])
 }
 
-/// Writes `a` into the program's address buffer (the backends'
-/// getsockname, getpeername and accept) in the socket's own family (IPv4
-/// on an AF_INET6 socket is IPv4-mapped), truncating like the kernel when
-/// the buffer is short. Both pointers are the program's and go through
-/// the checked copies: a bad one leaves the program's memory alone
-/// instead of crashing it, and the result is false (the kernel's EFAULT).
-/// NULL pointers ask for nothing and are fine.
-pub(crate) fn write_addr(
+/// Writes `a` into the program's address buffer as getsockname() and
+/// getpeername() do, in the socket's own family (IPv4 on an AF_INET6
+/// socket is IPv4-mapped): the length is read first (unreadable: EFAULT,
+/// negative: EINVAL), the address is truncated to it like the kernel
+/// truncates, and its full length is written back. Both pointers are the
+/// program's and go through the checked copies: a bad or NULL one leaves
+/// the program's memory alone and is EFAULT (a NULL address with a zero
+/// length asks only for the length).
+pub(crate) fn put_name(
     a: SocketAddr,
     domain: c_int,
     addr: *mut sockaddr,
     len: *mut socklen_t,
-) -> bool {
-    if addr.is_null() || len.is_null() {
-        return true;
-    }
-    let Ok(room) = read_optlen(len) else {
-        return false;
-    };
+) -> Result<(), Errno> {
+    let room = read_optlen(len)?;
     // An IPv4-mapped address on an AF_INET socket is reported as IPv4;
     // an IPv4 one on an AF_INET6 socket is mapped by the encoder.
     let a = match (a, domain) {
@@ -203,6 +199,22 @@ pub(crate) fn write_addr(
     let bytes = raw.as_bytes();
     let full = bytes.len();
     let n = full.min(room);
-    copy_out(addr as *mut u8, &bytes[..n])
+    if copy_out(addr as *mut u8, &bytes[..n])
         && copy_out(len as *mut u8, &(full as socklen_t).to_ne_bytes())
+    {
+        Ok(())
+    } else {
+        Err(Errno(libc::EFAULT))
+    }
+}
+
+/// [`put_name`] for accept(), whose NULL pointers ask for no address:
+/// false for a bad buffer (the kernel's EFAULT).
+pub(crate) fn write_addr(
+    a: SocketAddr,
+    domain: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> bool {
+    addr.is_null() || len.is_null() || put_name(a, domain, addr, len).is_ok()
 }

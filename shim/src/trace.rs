@@ -13,10 +13,9 @@
 //! A file that cannot be opened gets one line on stderr, and the program
 //! runs untraced.
 
-use crate::contract::Backend;
+use crate::contract::{Answer, Backend, Call, Wrapper};
 use crate::log;
-use crate::mem::read_addr;
-use libc::{c_int, c_void, sockaddr, socklen_t};
+use libc::c_int;
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -168,19 +167,31 @@ impl Traced {
     pub(crate) fn new(inner: Box<dyn Backend>, out: c_int) -> Traced {
         Traced { inner, out }
     }
+}
 
-    /// Runs `call`, then writes its line: `what` formats the call and its
-    /// arguments (read before the call: the program may reuse its memory).
-    fn run(&self, what: String, call: impl FnOnce() -> c_int) -> c_int {
+impl Wrapper for Traced {
+    fn inner(&self) -> &dyn Backend {
+        self.inner.as_ref()
+    }
+
+    /// Runs the call, then writes its line (the call's text is made
+    /// first: the program may reuse its memory).
+    fn call<R: Answer>(&self, call: &Call, run: impl FnOnce() -> R) -> R {
+        let what = call.to_string();
         INJECTED.with(|c| c.set(false));
         let start = Instant::now();
-        let ret = call();
+        let ret = run();
         let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         let took = start.elapsed().as_micros();
+        // A duplicate's line shows the new descriptor.
+        let shown = match *call {
+            Call::dup { newfd, .. } => i64::from(newfd),
+            _ => ret.shown(),
+        };
         let mut line = String::with_capacity(128);
         head(&mut line, self.inner.name());
-        let _ = write!(line, "{what} = {ret}");
-        if ret < 0 {
+        let _ = write!(line, "{what} = {shown}");
+        if shown < 0 {
             let _ = write!(line, " {}", errno_name(errno));
         }
         let _ = write!(line, " {took}us");
@@ -193,163 +204,5 @@ impl Traced {
         // change it.
         crate::Errno(errno).set();
         ret
-    }
-}
-
-fn addr_text(addr: *const sockaddr, len: socklen_t) -> String {
-    match read_addr(addr, len) {
-        Some(a) => a.to_string(),
-        None => format!("{addr:p}/{len}"),
-    }
-}
-
-impl Backend for Traced {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn owns(&self, flags: u8) -> bool {
-        self.inner.owns(flags)
-    }
-
-    fn socket(&self, domain: c_int, ty: c_int, protocol: c_int) -> c_int {
-        let family = if domain == libc::AF_INET6 {
-            "AF_INET6"
-        } else {
-            "AF_INET"
-        };
-        self.run(format!("socket({family}, {ty:#x}, {protocol})"), || {
-            self.inner.socket(domain, ty, protocol)
-        })
-    }
-
-    unsafe fn connect(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
-        self.run(
-            format!("connect(fd={fd}, {})", addr_text(addr, len)),
-            || {
-                // SAFETY: the caller's arguments, unchanged, under this method's
-                // contract (the trait's # Safety).
-                unsafe { self.inner.connect(fd, flags, addr, len) }
-            },
-        )
-    }
-
-    unsafe fn bind(&self, fd: c_int, flags: u8, addr: *const sockaddr, len: socklen_t) -> c_int {
-        self.run(format!("bind(fd={fd}, {})", addr_text(addr, len)), || {
-            // SAFETY: the caller's arguments, unchanged, under this method's
-            // contract (the trait's # Safety).
-            unsafe { self.inner.bind(fd, flags, addr, len) }
-        })
-    }
-
-    fn listen(&self, fd: c_int, flags: u8, backlog: c_int) -> c_int {
-        self.run(format!("listen(fd={fd}, {backlog})"), || {
-            self.inner.listen(fd, flags, backlog)
-        })
-    }
-
-    unsafe fn accept4(
-        &self,
-        fd: c_int,
-        flags: u8,
-        addr: *mut sockaddr,
-        len: *mut socklen_t,
-        fl: c_int,
-    ) -> c_int {
-        self.run(format!("accept4(fd={fd}, {fl:#x})"), || {
-            // SAFETY: the caller's arguments, unchanged, under this method's
-            // contract (the trait's # Safety).
-            unsafe { self.inner.accept4(fd, flags, addr, len, fl) }
-        })
-    }
-
-    unsafe fn setsockopt(
-        &self,
-        fd: c_int,
-        flags: u8,
-        level: c_int,
-        name: c_int,
-        val: *const c_void,
-        len: socklen_t,
-    ) -> c_int {
-        self.run(
-            format!("setsockopt(fd={fd}, level={level}, name={name}, len={len})"),
-            || {
-                // SAFETY: the caller's arguments, unchanged, under this method's
-                // contract (the trait's # Safety).
-                unsafe { self.inner.setsockopt(fd, flags, level, name, val, len) }
-            },
-        )
-    }
-
-    unsafe fn getsockopt(
-        &self,
-        fd: c_int,
-        flags: u8,
-        level: c_int,
-        name: c_int,
-        val: *mut c_void,
-        len: *mut socklen_t,
-    ) -> c_int {
-        self.run(
-            format!("getsockopt(fd={fd}, level={level}, name={name})"),
-            || {
-                // SAFETY: the caller's arguments, unchanged, under this method's
-                // contract (the trait's # Safety).
-                unsafe { self.inner.getsockopt(fd, flags, level, name, val, len) }
-            },
-        )
-    }
-
-    unsafe fn getsockname(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        self.run(format!("getsockname(fd={fd})"), || {
-            // SAFETY: the caller's arguments, unchanged, under this method's
-            // contract (the trait's # Safety).
-            unsafe { self.inner.getsockname(fd, addr, len) }
-        })
-    }
-
-    unsafe fn getpeername(&self, fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-        self.run(format!("getpeername(fd={fd})"), || {
-            // SAFETY: the caller's arguments, unchanged, under this method's
-            // contract (the trait's # Safety).
-            unsafe { self.inner.getpeername(fd, addr, len) }
-        })
-    }
-
-    fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
-        self.run(format!("shutdown(fd={fd}, {how})"), || {
-            self.inner.shutdown(fd, how)
-        })
-    }
-
-    unsafe fn epoll_ctl(
-        &self,
-        epfd: c_int,
-        op: c_int,
-        fd: c_int,
-        ev: *mut libc::epoll_event,
-    ) -> c_int {
-        self.run(format!("epoll_ctl(epfd={epfd}, op={op}, fd={fd})"), || {
-            // SAFETY: the caller's arguments, unchanged, under this method's
-            // contract (the trait's # Safety).
-            unsafe { self.inner.epoll_ctl(epfd, op, fd, ev) }
-        })
-    }
-
-    fn close(&self, fd: c_int, flags: u8) {
-        self.run(format!("close(fd={fd})"), || {
-            self.inner.close(fd, flags);
-            0
-        });
-    }
-
-    fn dup(&self, oldfd: c_int, newfd: c_int) -> bool {
-        let mut owned = false;
-        self.run(format!("dup(fd={oldfd}) as {newfd}"), || {
-            owned = self.inner.dup(oldfd, newfd);
-            newfd
-        });
-        owned
     }
 }

@@ -23,14 +23,17 @@
 //! descriptors gets the new file. The socket goes with the last of them.
 //!
 //! What any emulated socket needs (the gate, the descriptor table, epoll
-//! replay, the TCP identity options) is [`crate::emulated`]'s; this
+//! replay, the TCP identity options and SO_ERROR, the names, local
+//! destinations) is [`crate::emulated`]'s; this
 //! module holds what is uml's: the requests to the supervisor, the
 //! bridges and listeners it hands back, and the watch on the instance.
 
-use crate::emulated::connect::{connect_done, gate, wait_blocking};
+use crate::emulated::connect::{connect_done, gate, refused_at, wait_blocking, Stage};
 use crate::emulated::epoll::Epolls;
-use crate::emulated::files::{add_status, apply_flags, nonblocking, put_file};
-use crate::emulated::options::tcp_identity;
+use crate::emulated::files::{self, apply_flags, nonblocking};
+use crate::emulated::local::{bind_stays_on_host, connect_stays_on_host, hand_back};
+use crate::emulated::names::{peer_name, sock_name, wildcard};
+use crate::emulated::options::{so_error, tcp_identity};
 use crate::emulated::table::{Emulated, Table};
 use crate::fdtable::{self, BACKEND_OWNED, FIXED, MPTCP, TRACKED};
 use crate::forklock::{self, ForkMutex};
@@ -38,7 +41,6 @@ use crate::libc_real as real;
 use crate::log;
 use crate::mem::{copy_in, put_int, read_addr, write_addr};
 use crate::Errno;
-use dropshim_abi::{is_local_destination, is_loopback};
 use dropshim_backend_uml::client::{self, ClientError};
 use dropshim_backend_uml::proto::{Kind, Opt, Reply, Request, REPLY_LEN};
 use dropshim_backend_uml::sys;
@@ -46,7 +48,7 @@ use dropshim_conf::{Action, DeviceConfig};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 enum State {
@@ -98,6 +100,17 @@ impl Sock {
     /// program put them in.
     fn reregister(&self) {
         self.epolls.replay(libc::EPOLL_CTL_ADD);
+    }
+
+    /// Where the socket stands for connect(); after a failed connect it
+    /// is fresh again (its placeholder is new).
+    fn stage(&self) -> Stage {
+        match self.state {
+            State::Fresh => Stage::Fresh,
+            State::Connecting { .. } => Stage::Pending,
+            State::Connected { .. } => Stage::Connected,
+            State::Listening { .. } => Stage::Listening,
+        }
     }
 }
 
@@ -170,15 +183,10 @@ pub fn socket(config: &DeviceConfig, domain: c_int, ty: c_int) -> c_int {
     fd
 }
 
-/// The socket leaves the backend and stays a plain host socket, under
-/// every descriptor it has.
+/// The socket leaves the backend and stays a plain host socket (its
+/// placeholder), under every descriptor it has.
 fn release(fd: c_int) {
-    let mut socks = SOCKS.lock();
-    let fds = socks.fds_with(fd);
-    for f in fds {
-        socks.remove(f);
-        fdtable::set(f, TRACKED | FIXED);
-    }
+    hand_back(&mut SOCKS.lock(), fd);
 }
 
 fn wants_mptcp(action: Action) -> bool {
@@ -209,27 +217,12 @@ fn ask(device: &str, req: &Request) -> Result<(Reply, Option<c_int>), c_int> {
 }
 
 /// Puts `new` in place of every descriptor in `fds` (the descriptors of
-/// one socket, which share its file and so its O_NONBLOCK), keeping each
-/// one's FD_CLOEXEC, and closes `new`.
+/// one of this backend's sockets, whose table lock the caller holds) and
+/// closes it; a failure fails the call.
 fn install(new: c_int, fds: &[c_int]) -> Result<(), c_int> {
-    let fl = fds
-        .first()
-        .and_then(|&fd| sys::fcntl(fd, libc::F_GETFL, 0).ok())
-        .unwrap_or(0);
-    if fl & libc::O_NONBLOCK != 0 {
-        let _ = add_status(new, libc::O_NONBLOCK);
-    }
-    let mut result = Ok(());
-    for &fd in fds {
-        // SAFETY: `fds` are the descriptors of one of this backend's
-        // sockets, whose table lock the caller holds.
-        if let Err(e) = unsafe { put_file(new, fd) } {
-            result = Err(Errno::from(e).fail());
-            break;
-        }
-    }
-    sys::close(new);
-    result
+    // SAFETY: `fds` are one socket's descriptors, its table locked (the
+    // caller's word, above).
+    unsafe { files::install(new, fds) }.map_err(Errno::fail)
 }
 
 /// Marks every descriptor in `fds` with the fd-table flags `flags`.
@@ -256,17 +249,11 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             // SAFETY: the program's arguments, unchanged (# Safety above).
             return unsafe { real::connect(fd, addr, len) };
         };
-        match s.state {
-            State::Fresh => {}
-            State::Connecting { .. } => return Errno(libc::EALREADY).fail(),
-            State::Connected { .. } => return Errno(libc::EISCONN).fail(),
-            State::Listening { .. } => return Errno(libc::EINVAL).fail(),
+        if let Some(e) = refused_at(s.stage()) {
+            return e.fail();
         }
         s.so_error = 0;
-        // What names this host stays on it: loopback and the unspecified
-        // address, IPv4-mapped too (`::ffff:0.0.0.0` is "this host" to
-        // the kernel as `0.0.0.0` is).
-        if is_local_destination(dest.ip()) {
+        if connect_stays_on_host(dest.ip()) {
             drop(socks);
             release(fd);
             // SAFETY: the program's arguments, unchanged (# Safety above).
@@ -547,7 +534,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if (s.domain == libc::AF_INET) != local.is_ipv4() {
         return Errno(libc::EAFNOSUPPORT).fail();
     }
-    if is_loopback(local.ip()) {
+    if bind_stays_on_host(local.ip()) {
         drop(socks);
         release(fd);
         // SAFETY: the program's arguments, unchanged (# Safety above).
@@ -761,14 +748,13 @@ pub unsafe fn getsockopt(
         let mut socks = SOCKS.lock();
         match socks.get_mut(fd) {
             Some(s) => {
-                if level == libc::SOL_SOCKET && name == libc::SO_ERROR && s.so_error != 0 {
-                    // Reported once, then cleared, like the kernel's.
-                    let e = s.so_error;
-                    let ret = put_int(val, len, e);
-                    if ret == 0 {
-                        s.so_error = 0;
-                    }
-                    return ret;
+                // Until a bridge carries the connection, the error (of a
+                // failed connect) is the shim's to report.
+                if level == libc::SOL_SOCKET
+                    && name == libc::SO_ERROR
+                    && !matches!(s.state, State::Connected { .. })
+                {
+                    return so_error(val, len, || std::mem::take(&mut s.so_error));
                 }
                 (
                     s.domain,
@@ -784,10 +770,9 @@ pub unsafe fn getsockopt(
         return put_int(val, len, v);
     }
     if connecting {
-        // The gate is a Unix socket: a connect in progress has no error
-        // yet, and TCP-level answers wait for the connection.
+        // The gate is a Unix socket: TCP-level answers wait for the
+        // connection.
         return match (level, name) {
-            (libc::SOL_SOCKET, libc::SO_ERROR) => put_int(val, len, 0),
             // SAFETY: the program's arguments, unchanged (# Safety above).
             (libc::SOL_SOCKET, _) => unsafe { real::getsockopt(fd, level, name, val, len) },
             _ => put_int(val, len, 0),
@@ -797,7 +782,6 @@ pub unsafe fn getsockopt(
         // The descriptor is a Unix socket: answer TCP-level questions with
         // what a listener would say rather than ENOPROTOOPT.
         return match (level, name) {
-            (libc::SOL_SOCKET, libc::SO_ERROR) => put_int(val, len, 0),
             // SAFETY: the program's arguments, unchanged (# Safety above).
             (libc::SOL_SOCKET, _) => unsafe { real::getsockopt(fd, level, name, val, len) },
             _ => put_int(val, len, 0),
@@ -805,14 +789,6 @@ pub unsafe fn getsockopt(
     }
     // SAFETY: the program's arguments, unchanged (# Safety above).
     unsafe { real::getsockopt(fd, level, name, val, len) }
-}
-
-fn wildcard(domain: c_int) -> SocketAddr {
-    if domain == libc::AF_INET6 {
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-    } else {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-    }
 }
 
 /// `getsockname()` on a uml socket: the guest socket's own address.
@@ -827,15 +803,11 @@ pub unsafe fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
         // SAFETY: the program's arguments, unchanged (# Safety above).
         return unsafe { real::getsockname(fd, addr, len) };
     };
-    let a = match s.state {
+    let local = match s.state {
         State::Fresh | State::Connecting { .. } => s.bound,
         State::Connected { local, .. } | State::Listening { local } => local,
-    }
-    .unwrap_or_else(|| wildcard(s.domain));
-    if !write_addr(a, s.domain, addr, len) {
-        return Errno(libc::EFAULT).fail();
-    }
-    0
+    };
+    sock_name(local, s.domain, addr, len)
 }
 
 /// `getpeername()` on a uml socket: the guest socket's peer.
@@ -850,17 +822,11 @@ pub unsafe fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -
         // SAFETY: the program's arguments, unchanged (# Safety above).
         return unsafe { real::getpeername(fd, addr, len) };
     };
-    match s.state {
-        State::Connected {
-            peer: Some(peer), ..
-        } => {
-            if !write_addr(peer, s.domain, addr, len) {
-                return Errno(libc::EFAULT).fail();
-            }
-            0
-        }
-        _ => Errno(libc::ENOTCONN).fail(),
-    }
+    let peer = match s.state {
+        State::Connected { peer, .. } => peer,
+        _ => None,
+    };
+    peer_name(peer, s.domain, addr, len)
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> c_int {

@@ -164,6 +164,29 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     Ok(out)
 }
 
+/// What a program that must succeed printed (trimmed stdout), or why
+/// there is nothing to compare: a crash (inside the shim, say) shows up
+/// as the signal that killed it, a failure with its output.
+pub fn program_stdout(out: &Output, what: &str) -> Result<String> {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = out.status.signal() {
+        bail!(
+            "{what} was killed by signal {sig}; stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): stdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Device-file additions for tests of schedulers and path managers:
 /// `[mptcp] scheduler`, a `cost` per interface (by position in the file)
 /// dropshim's userspace path manager (`pm`: the lines of its

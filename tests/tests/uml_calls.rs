@@ -4,11 +4,11 @@
 //! hang inside the shim. gw1's links belong to a UML instance; the
 //! reference runs of the same program use the plain kernel in gw2.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::uml::UmlDevice;
 use dropshim_tests::*;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 const RUN: Duration = Duration::from_secs(60);
@@ -24,27 +24,6 @@ fn two_gateways() -> Result<Testbed> {
 fn on_uml(tb: &Testbed, dev: &UmlDevice, program: &str) -> Result<Command> {
     let config = dev.config().display().to_string();
     shimmed(tb, "gw1", program, &[("DROPSHIM_CONFIG", &config)])
-}
-
-/// What a run says: stdout, or why there is nothing to compare (a crash
-/// inside the shim shows up here as the signal that killed the program).
-fn report(out: &Output, what: &str) -> Result<String> {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(sig) = out.status.signal() {
-        bail!(
-            "{what} was killed by signal {sig}; stdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}): stdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// getsockopt into an unaligned buffer, into a bad pointer, with a short
@@ -122,7 +101,7 @@ fn uml_sockopt_unaligned_and_bad_pointers_answer_as_the_kernel() -> Result<()> {
 
     let mut reference = plain(&tb, "gw2", "python3")?;
     reference.arg(&script).arg(&dead);
-    let want = report(&run_bounded(&mut reference, RUN)?, "the plain-kernel run")?;
+    let want = program_stdout(&run_bounded(&mut reference, RUN)?, "the plain-kernel run")?;
     for efault in [
         r#""fresh_domain_bad_pointer": [-1, "EFAULT""#,
         r#""connecting_error_bad_pointer": [-1, "EFAULT""#,
@@ -138,7 +117,7 @@ fn uml_sockopt_unaligned_and_bad_pointers_answer_as_the_kernel() -> Result<()> {
 
     let mut shimmed = on_uml(&tb, &dev, "python3")?;
     shimmed.arg(&script).arg(&dead);
-    let got = report(&run_bounded(&mut shimmed, RUN)?, "the program on uml")?;
+    let got = program_stdout(&run_bounded(&mut shimmed, RUN)?, "the program on uml")?;
     ensure!(
         got == want,
         "socket calls on uml differ from the plain kernel:\nkernel {want}\numl    {got}"
@@ -292,7 +271,7 @@ fn uml_dup_of_a_socket_answers_as_the_original() -> Result<()> {
         ]),
         RUN,
     )?;
-    let text = report(&out, "the dup program on uml")?;
+    let text = program_stdout(&out, "the dup program on uml")?;
     ensure!(
         text.lines().any(|l| l == "dup ok"),
         "duplicates of uml sockets differ from the original:\n{text}"

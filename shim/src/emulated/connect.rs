@@ -5,6 +5,31 @@
 use crate::Errno;
 use libc::c_int;
 
+/// Where an emulated socket stands when the program calls connect().
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Neither connected nor listening: connect() goes ahead.
+    Fresh,
+    /// A non-blocking connect is under way.
+    Pending,
+    Connected,
+    /// The connect failed (its error is, or was, SO_ERROR's).
+    Failed,
+    Listening,
+}
+
+/// What connect() answers at once on a socket at `stage`, as on a TCP
+/// socket, or None to go ahead. A listening socket is EISCONN, as the
+/// kernel says.
+pub(crate) fn refused_at(stage: Stage) -> Option<Errno> {
+    match stage {
+        Stage::Fresh => None,
+        Stage::Pending => Some(Errno(libc::EALREADY)),
+        Stage::Connected | Stage::Listening => Some(Errno(libc::EISCONN)),
+        Stage::Failed => Some(Errno(libc::ECONNABORTED)),
+    }
+}
+
 /// How a blocking connect() of the uml and lkl backends waits for the
 /// connect their helper thread runs: in a host read() of one end of a
 /// socket pair, so a signal ends the wait exactly as it ends a kernel

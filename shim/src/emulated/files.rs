@@ -59,6 +59,30 @@ pub(crate) fn apply_flags(fd: c_int, flags: c_int) {
     }
 }
 
+/// Puts `new` under every descriptor in `fds` (the descriptors of one
+/// socket, which share its file and so its O_NONBLOCK: `new` gets theirs),
+/// keeping each one's close-on-exec flag, then closes `new`. Stops at the
+/// first descriptor that cannot take it.
+///
+/// # Safety
+///
+/// As [`put_file`], for each of `fds`.
+pub(crate) unsafe fn install(new: c_int, fds: &[c_int]) -> Result<(), Errno> {
+    if fds.first().is_some_and(|&fd| nonblocking(fd)) {
+        let _ = add_status(new, libc::O_NONBLOCK);
+    }
+    let mut result = Ok(());
+    for &fd in fds {
+        // SAFETY: the caller vouches for each of `fds` (# Safety above).
+        if let Err(e) = unsafe { put_file(new, fd) } {
+            result = Err(Errno::from(e));
+            break;
+        }
+    }
+    close_fd(new);
+    result
+}
+
 /// Puts `file` under `fd` (dup3), keeping `fd`'s close-on-exec flag.
 ///
 /// # Safety

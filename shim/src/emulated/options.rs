@@ -1,8 +1,27 @@
 //! The socket options an emulated socket answers itself, as the TCP
 //! socket it stands for: its descriptor's file (a placeholder, a gate, a
-//! Unix socket, a bridge) would answer them for itself.
+//! Unix socket, a bridge) would answer them for itself. That includes
+//! SO_ERROR while the connect is the shim's: 0 while it is pending, its
+//! error once after it failed.
 
-use libc::c_int;
+use crate::mem::{put_int, read_optlen};
+use libc::{c_int, c_void, socklen_t};
+
+/// getsockopt(SOL_SOCKET, SO_ERROR) on an emulated socket: `take` hands
+/// over the error still to report (0 if none) and forgets it. As in the
+/// kernel, the length is read first (an unreadable one is EFAULT and the
+/// error stays), and the error is gone once taken, even when the value
+/// cannot be written.
+pub(crate) fn so_error(
+    val: *mut c_void,
+    len: *mut socklen_t,
+    take: impl FnOnce() -> c_int,
+) -> c_int {
+    if let Err(e) = read_optlen(len) {
+        return e.fail();
+    }
+    put_int(val, len, take())
+}
 
 /// The answer to getsockopt(SOL_SOCKET, `name`) that follows from what
 /// the socket is (a TCP stream socket of family `domain`, listening or
@@ -28,6 +47,37 @@ pub(crate) fn tcp_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn so_error_is_reported_once_and_consumed_even_into_a_bad_buffer() {
+        let mut pending = libc::ECONNREFUSED;
+        let mut v: c_int = -1;
+        let mut len: socklen_t = 4;
+        let r = so_error((&mut v as *mut c_int).cast(), &mut len, || {
+            std::mem::take(&mut pending)
+        });
+        assert_eq!((r, v, pending), (0, libc::ECONNREFUSED, 0));
+
+        // An unreadable length leaves the error to report.
+        pending = libc::ETIMEDOUT;
+        let bad = std::ptr::dangling_mut::<socklen_t>();
+        let r = so_error((&mut v as *mut c_int).cast(), bad, || {
+            std::mem::take(&mut pending)
+        });
+        assert_eq!(r, -1);
+        assert_eq!(pending, libc::ETIMEDOUT);
+
+        // An unwritable value: EFAULT, and the error is gone.
+        let r = so_error(std::ptr::dangling_mut::<c_void>(), &mut len, || {
+            std::mem::take(&mut pending)
+        });
+        assert_eq!(r, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+        assert_eq!(pending, 0);
+    }
 
     #[test]
     fn identity_is_a_tcp_stream_socket_of_its_family() {
