@@ -111,7 +111,50 @@ impl UmlDevice {
     /// The last `lines` lines of the instance's console (the guest
     /// kernel's messages and the agent's), for a failure's report.
     pub fn console_tail(&self, lines: usize) -> String {
-        let path = run_dir(&self.name).join("console.log");
+        self.log_tail("console.log", lines)
+    }
+
+    /// The last `lines` lines of the instance's supervisor log (the
+    /// links it saw go down and come back, and what reopening them in
+    /// the guest answered), for a failure's report.
+    pub fn supervisor_tail(&self, lines: usize) -> String {
+        self.log_tail("supervisor.log", lines)
+    }
+
+    /// The programs' side of the private link, for a failure's report:
+    /// their bridges to the guest (`ss -tin`: unacknowledged bytes,
+    /// retransmissions, back-off) and the private namespace's interface
+    /// counters (drops).
+    pub fn private_link_state(&self) -> String {
+        let guest = std::net::Ipv4Addr::from(dropshim_backend_uml::GUEST_BRIDGE_ADDR).to_string();
+        let private = dropshim_backend_uml::host::names(&self.name).netns;
+        let mut text = String::new();
+        for (netns, args) in [
+            (
+                self.netns.as_str(),
+                vec!["ss", "-tinH", "dst", guest.as_str()],
+            ),
+            (private.as_str(), vec!["ip", "-s", "link"]),
+        ] {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", netns]).args(&args);
+            let out = match run_ok(&mut cmd, Duration::from_secs(10)) {
+                Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+                Err(e) => format!("({e:#})"),
+            };
+            let shown: Vec<&str> = out.lines().take(80).collect();
+            text.push_str(&format!(
+                "{} in {netns}:\n{}\n",
+                args.join(" "),
+                shown.join("\n")
+            ));
+        }
+        text
+    }
+
+    /// The last `lines` lines of `file` in the instance's run directory.
+    fn log_tail(&self, file: &str, lines: usize) -> String {
+        let path = run_dir(&self.name).join(file);
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let text = String::from_utf8_lossy(&bytes);
@@ -303,13 +346,9 @@ pub fn guest_socket(stats: &str, netid: &str, peer_port: u16) -> Option<GuestSoc
     None
 }
 
-/// Same rule as the backend: `DROPSHIM_UML_RUN` or /run/dropshim/uml.
+/// The device's run directory, by the backend's own rule.
 pub fn run_dir(device: &str) -> PathBuf {
-    let base = std::env::var_os("DROPSHIM_UML_RUN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/dropshim/uml"));
-    base.join(device)
+    dropshim_backend_uml::run_dir(device)
 }
 
 impl Drop for UmlDevice {

@@ -255,8 +255,11 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
                 let guest = dev.guest_stats().unwrap_or_else(|e| format!("({e:#})"));
                 let guest: Vec<&str> = guest.lines().take(400).collect();
                 e.context(format!(
-                    "the instance's console ends with:\n{}\nthe guest's sockets and relays:\n{}",
+                    "the instance's console ends with:\n{}\nits supervisor's log ends with:\n{}\n\
+                     the private link:\n{}the guest's sockets and relays:\n{}",
                     dev.console_tail(30),
+                    dev.supervisor_tail(30),
+                    dev.private_link_state(),
                     guest.join("\n")
                 ))
             })?;
