@@ -935,7 +935,8 @@ impl LinkWatcher {
     }
 }
 
-/// A TCP connection to the agent across the private link.
+/// A TCP connection to the agent across the private link, congestion
+/// control cubic.
 ///
 /// When the kernel dies, the supervisor aborts every bridge at once
 /// (SOCK_DESTROY through `ss -K`); when the supervisor dies too, the
@@ -956,6 +957,12 @@ fn open_bridge() -> io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_nodelay(true)?;
     let fd = s.as_raw_fd();
+    // Cubic, as the guest and the testbed run, whatever the host's
+    // default is: the private link drops frames while the guest is busy,
+    // and BBR took such drops for a slow path once before (a testbed
+    // subflow paced at 14 kbit/s), which on a bridge would starve the
+    // connection behind it. A kernel without cubic keeps its default.
+    let _ = dropshim_abi::sock::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, b"cubic");
     for (level, name, v) in [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 5),

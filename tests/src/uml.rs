@@ -129,12 +129,12 @@ impl UmlDevice {
         let guest = std::net::Ipv4Addr::from(dropshim_backend_uml::GUEST_BRIDGE_ADDR).to_string();
         let private = dropshim_backend_uml::host::names(&self.name).netns;
         let mut text = String::new();
-        for (netns, args) in [
-            (
-                self.netns.as_str(),
-                vec!["ss", "-tinH", "dst", guest.as_str()],
-            ),
-            (private.as_str(), vec!["ip", "-s", "link"]),
+        // The supervisor makes the bridges in the private namespace and
+        // passes them to the programs.
+        let netns = private.as_str();
+        for args in [
+            vec!["ss", "-tinH", "dst", guest.as_str()],
+            vec!["ip", "-s", "link"],
         ] {
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", netns]).args(&args);
