@@ -482,6 +482,9 @@ pub struct PathCuts<'a> {
     /// subflows, which a connection whose join failed cannot do without);
     /// otherwise only link 2, which carries the joined ones.
     pub alternate: bool,
+    /// The stack's own account of a stall, taken with gw2's while it
+    /// lasts (before the link is restored): uml's host-side state.
+    pub stack_state: Option<&'a dyn Fn() -> String>,
 }
 
 /// What a path-cut run saw.
@@ -510,6 +513,7 @@ impl<'a> PathCuts<'a> {
             min_faults,
             at: CutAt::PeerEnd,
             alternate: false,
+            stack_state: None,
         }
     }
 
@@ -680,9 +684,10 @@ impl<'a> PathCuts<'a> {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         let lines: Vec<&str> = ss.lines().take(2 * SOCKETS).collect();
+        let stack = self.stack_state.map(|f| f()).unwrap_or_default();
         format!(
             "gw2's MPTcpExt counters that moved: {}\n\
-             gw2's first {SOCKETS} established sockets (ss -tin):\n{}",
+             gw2's first {SOCKETS} established sockets (ss -tin):\n{}\n{stack}",
             self.counters_moved(),
             lines.join("\n")
         )

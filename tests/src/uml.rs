@@ -121,20 +121,23 @@ impl UmlDevice {
         self.log_tail("supervisor.log", lines)
     }
 
-    /// The programs' side of the private link, for a failure's report:
-    /// their bridges to the guest (`ss -tin`: unacknowledged bytes,
-    /// retransmissions, back-off) and the private namespace's interface
-    /// counters (drops).
-    pub fn private_link_state(&self) -> String {
+    /// The host's side of the instance, for a failure's report: the CPU
+    /// its processes use, its node's links (drops on a cut link), the
+    /// programs' bridges to the guest (`ss -tin`: unacknowledged bytes,
+    /// retransmissions, back-off) and the private link's counters.
+    pub fn host_side_state(&self) -> String {
         let guest = std::net::Ipv4Addr::from(dropshim_backend_uml::GUEST_BRIDGE_ADDR).to_string();
-        let private = dropshim_backend_uml::host::names(&self.name).netns;
-        let mut text = String::new();
         // The supervisor makes the bridges in the private namespace and
         // passes them to the programs.
-        let netns = private.as_str();
-        for args in [
-            vec!["ss", "-tinH", "dst", guest.as_str()],
-            vec!["ip", "-s", "link"],
+        let private = dropshim_backend_uml::host::names(&self.name).netns;
+        let mut text = match self.cpu_percent() {
+            Ok(p) => format!("the instance's processes used {p} % of a CPU over 1 s\n"),
+            Err(e) => format!("(the instance's CPU: {e:#})\n"),
+        };
+        for (netns, args) in [
+            (self.netns.as_str(), vec!["ip", "-s", "link"]),
+            (private.as_str(), vec!["ss", "-tinH", "dst", guest.as_str()]),
+            (private.as_str(), vec!["ip", "-s", "link"]),
         ] {
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", netns]).args(&args);
@@ -150,6 +153,38 @@ impl UmlDevice {
             ));
         }
         text
+    }
+
+    /// Host CPU time the instance's processes (the kernel's process
+    /// group) used over one second, in percent of one CPU: near 100 while
+    /// its network has gone quiet means the guest is busy with something
+    /// else, such as a device polling a dead link.
+    pub fn cpu_percent(&self) -> Result<u64> {
+        let group = self.kernel_pid()?;
+        let ticks = || -> u64 {
+            let Ok(dir) = std::fs::read_dir("/proc") else {
+                return 0;
+            };
+            dir.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter_map(|stat| {
+                    // The fields after the command's closing parenthesis:
+                    // state ppid pgrp ... utime (11th) stime (12th).
+                    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                    let pgrp: i32 = rest.get(2)?.parse().ok()?;
+                    let utime: u64 = rest.get(11)?.parse().ok()?;
+                    let stime: u64 = rest.get(12)?.parse().ok()?;
+                    (pgrp == group).then_some(utime + stime)
+                })
+                .sum()
+        };
+        // SAFETY: sysconf has no memory effects.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .unwrap_or(100)
+            .max(1);
+        let before = ticks();
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(ticks().saturating_sub(before) * 100 / hz)
     }
 
     /// The last `lines` lines of `file` in the instance's run directory.

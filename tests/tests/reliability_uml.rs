@@ -247,22 +247,25 @@ fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<(
         client.expect("connected=", SHORT)?;
         // Link 2 carries the joined subflows and is cut; link 1 (initial
         // subflows) stays up, as in the native suite.
-        let cuts = PathCuts::new(&tb, before, conns, min_faults)
-            .run(client, server)
-            .map_err(|e| {
-                // The guest's side of a stuck connection: its MPTCP
-                // sockets' sequence numbers and memory, and its relays.
-                let guest = dev.guest_stats().unwrap_or_else(|e| format!("({e:#})"));
-                let guest: Vec<&str> = guest.lines().take(400).collect();
-                e.context(format!(
-                    "the instance's console ends with:\n{}\nits supervisor's log ends with:\n{}\n\
-                     the private link:\n{}the guest's sockets and relays:\n{}",
-                    dev.console_tail(30),
-                    dev.supervisor_tail(30),
-                    dev.private_link_state(),
-                    guest.join("\n")
-                ))
-            })?;
+        let host_side = || format!("the instance's host side:\n{}", dev.host_side_state());
+        let cuts = PathCuts {
+            stack_state: Some(&host_side),
+            ..PathCuts::new(&tb, before, conns, min_faults)
+        }
+        .run(client, server)
+        .map_err(|e| {
+            // The guest's side of a stuck connection: its MPTCP
+            // sockets' sequence numbers and memory, and its relays.
+            let guest = dev.guest_stats().unwrap_or_else(|e| format!("({e:#})"));
+            let guest: Vec<&str> = guest.lines().take(400).collect();
+            e.context(format!(
+                "the instance's console ends with:\n{}\nits supervisor's log ends with:\n{}\n\
+                     the guest's sockets and relays:\n{}",
+                dev.console_tail(30),
+                dev.supervisor_tail(30),
+                guest.join("\n")
+            ))
+        })?;
         eprintln!(
             "reliability uml path cuts: {} cuts of link 2 during {} bytes over {conns} connections, \
              all verified; longest wait for progress on link 1 {:?}; ran on {:?} after the cuts stopped",
