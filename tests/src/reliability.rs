@@ -604,10 +604,11 @@ impl<'a> PathCuts<'a> {
             // What gw2's MPTCP did meanwhile (resets, fast closes,
             // fallbacks, retransmissions) goes with the failure: it says
             // which end gave up on a connection, and how.
+            let stack = self.stack_state.map(|f| f()).unwrap_or_default();
             bail!(
                 "load client failed under path cuts after {faults} cuts: {stderr}\n\
                  the server said: {server_err}\n\
-                 gw2's MPTcpExt counters that moved: {}",
+                 gw2's MPTcpExt counters that moved: {}\n{stack}",
                 self.counters_moved()
             );
         }
