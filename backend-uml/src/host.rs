@@ -45,6 +45,10 @@ const KERNEL_PATCHES: &[(&str, &str)] = &[
         "0006-net-dropshim-relay-in-the-guest-kernel.patch",
         include_str!("../kernel/patches/0006-net-dropshim-relay-in-the-guest-kernel.patch"),
     ),
+    (
+        "0007-um-idle-do-not-sleep-with-an-interrupt-pending.patch",
+        include_str!("../kernel/patches/0007-um-idle-do-not-sleep-with-an-interrupt-pending.patch"),
+    ),
 ];
 
 /// dropshim's MPTCP packet schedulers (GPL-2.0, `kernel/mptcp-schedulers/`

@@ -349,6 +349,7 @@ impl Summary {
             "mean_us": self.sorted_us.iter().sum::<f64>() / self.sorted_us.len().max(1) as f64,
             "over_1ms": over(1_000.0),
             "over_10ms": over(10_000.0),
+            "over_20ms": over(20_000.0),
             "over_50ms": over(50_000.0),
         })
     }
@@ -386,5 +387,17 @@ mod tests {
         assert_eq!(j["max_us"].as_f64(), Some(1000.0));
         assert!((j["median_us"].as_f64().unwrap_or(0.0) - 510.0).abs() < 11.0);
         assert_eq!(j["over_1ms"], 0);
+        let slow = Summary::of(
+            64,
+            vec![
+                Duration::from_millis(5),
+                Duration::from_millis(25),
+                Duration::from_millis(60),
+            ],
+        )
+        .json();
+        assert_eq!(slow["over_10ms"], 2);
+        assert_eq!(slow["over_20ms"], 2);
+        assert_eq!(slow["over_50ms"], 1);
     }
 }
