@@ -349,6 +349,29 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: 
         .saturating_sub(before.get(name).copied().unwrap_or(0))
 }
 
+/// The counters whose name starts with `prefix` that moved between two
+/// readings, as `Name +N` pairs: the evidence a failed check prints.
+pub fn deltas_named(
+    before: &HashMap<String, u64>,
+    after: &HashMap<String, u64>,
+    prefix: &str,
+) -> String {
+    let mut moved: Vec<String> = after
+        .keys()
+        .filter(|k| k.starts_with(prefix))
+        .filter_map(|k| {
+            let d = delta(before, after, k);
+            (d > 0).then(|| format!("{k} +{d}"))
+        })
+        .collect();
+    moved.sort();
+    if moved.is_empty() {
+        format!("no {prefix}* counter moved")
+    } else {
+        moved.join(", ")
+    }
+}
+
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file =
@@ -542,5 +565,22 @@ mod tests {
         assert_eq!(m.get("MPCapableSYNRX"), Some(&3));
         assert_eq!(m.get("MPJoinAckRx"), Some(&4));
         assert_eq!(m.get("A"), None);
+    }
+
+    #[test]
+    fn moved_counters_are_named_with_their_growth() {
+        let before = parse_netstat(
+            "MPTcpExt: MPJoinSynTx MPJoinSynAckRx MPCapableSYNRX\nMPTcpExt: 1 0 5\n",
+            "MPTcpExt",
+        );
+        let after = parse_netstat(
+            "MPTcpExt: MPJoinSynTx MPJoinSynAckRx MPCapableSYNRX\nMPTcpExt: 3 0 9\n",
+            "MPTcpExt",
+        );
+        assert_eq!(deltas_named(&before, &after, "MPJoin"), "MPJoinSynTx +2");
+        assert_eq!(
+            deltas_named(&before, &before, "MPJoin"),
+            "no MPJoin* counter moved"
+        );
     }
 }

@@ -566,6 +566,12 @@ impl<'a> PathCuts<'a> {
             let total = both(tb);
             wait_until(WAIT, "progress after the restore", || {
                 both(tb) >= total + (1 << 20) || client.try_status().is_ok_and(|s| s.is_some())
+            })
+            .with_context(|| {
+                format!(
+                    "link {link} restored after cut {faults}: the transfer did not resume\n{}",
+                    self.peer_state()
+                )
             })?;
             if self.alternate {
                 link = other;

@@ -136,7 +136,11 @@ fn ensure_two_subflows(
         capable >= connections,
         "gw2 saw {capable} MP_CAPABLE SYN(s), expected {connections}: not MPTCP"
     );
-    ensure!(joins >= 1, "gw2 saw no MP_JOIN completed: only one subflow");
+    ensure!(
+        joins >= 1,
+        "gw2 saw no MP_JOIN completed: only one subflow (gw2: {})",
+        deltas_named(before, &after, "MPJoin")
+    );
     Ok(())
 }
 
@@ -153,7 +157,8 @@ fn ensure_two_subflows_to_server(
     );
     ensure!(
         delta(before, &after, "MPJoinSynAckRx") >= 1,
-        "the server in the instance answered no MP_JOIN: only one subflow"
+        "the server in the instance answered no MP_JOIN: only one subflow (gw2: {})",
+        deltas_named(before, &after, "MPJoin")
     );
     Ok(())
 }
