@@ -68,6 +68,15 @@ enum Cmd {
         /// never sets it gets.
         #[arg(long)]
         nagle: bool,
+        /// Append a line for every timed round trip slower than
+        /// `--slow-ms` to this file: size, message number, duration, and
+        /// the wall-clock time it ended (Unix seconds, as `tcpdump -tt`
+        /// prints), to find it in a packet capture.
+        #[arg(long)]
+        slow_log: Option<std::path::PathBuf>,
+        /// What `--slow-log` counts as slow, in milliseconds.
+        #[arg(long, default_value_t = 10.0)]
+        slow_ms: f64,
     },
 }
 
@@ -84,6 +93,8 @@ fn main() -> ExitCode {
             tps_seconds,
             setups,
             nagle,
+            slow_log,
+            slow_ms,
         } => client(&ClientPlan {
             to,
             sizes,
@@ -93,6 +104,8 @@ fn main() -> ExitCode {
             tps_seconds,
             setups,
             nodelay: !nagle,
+            slow_log,
+            slow: Duration::from_secs_f64(slow_ms.max(0.0) / 1e3),
         }),
     };
     match result {
@@ -144,9 +157,23 @@ struct ClientPlan {
     tps_seconds: f64,
     setups: u64,
     nodelay: bool,
+    slow_log: Option<std::path::PathBuf>,
+    slow: Duration,
 }
 
 fn client(plan: &ClientPlan) -> io::Result<()> {
+    let mut slow_log = match &plan.slow_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    io::Error::new(e.kind(), format!("--slow-log {}: {e}", path.display()))
+                })?,
+        ),
+        None => None,
+    };
     let mut latency = Vec::new();
     {
         let mut conn = Conn::open(plan.to, 0, plan.nodelay)?;
@@ -159,7 +186,15 @@ fn client(plan: &ClientPlan) -> io::Result<()> {
             for _ in 0..plan.count {
                 let t = Instant::now();
                 conn.round_trip(size)?;
-                samples.push(t.elapsed());
+                let took = t.elapsed();
+                if let Some(log) = slow_log.as_mut().filter(|_| took > plan.slow) {
+                    writeln!(
+                        log,
+                        "{}",
+                        slow_line(size, conn.seq, took, std::time::SystemTime::now())
+                    )?;
+                }
+                samples.push(took);
             }
             latency.push(Summary::of(size, samples).json());
         }
@@ -317,6 +352,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One `--slow-log` line: which round trip, how long, and when it ended.
+fn slow_line(size: usize, seq: u64, took: Duration, ended: std::time::SystemTime) -> String {
+    let ended = ended
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "size {size} message {seq} took {:.3} ms ended {}.{:06}",
+        took.as_secs_f64() * 1e3,
+        ended.as_secs(),
+        ended.subsec_micros()
+    )
+}
+
 /// Round-trip times of one size, in microseconds.
 struct Summary {
     size: usize,
@@ -374,6 +422,15 @@ mod tests {
         assert_eq!(first_difference(&a, &b), Some(5));
         fill(&mut b, 13, 3, 7);
         assert_eq!(b[..], a[..13]);
+    }
+
+    #[test]
+    fn a_slow_line_names_the_round_trip_and_when_it_ended() {
+        let ended = std::time::UNIX_EPOCH + Duration::from_micros(1_796_646_343_952_425);
+        assert_eq!(
+            slow_line(64, 327, Duration::from_micros(40_469), ended),
+            "size 64 message 327 took 40.469 ms ended 1796646343.952425"
+        );
     }
 
     #[test]
