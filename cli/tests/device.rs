@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// A name no other test uses. Not `ds-...`: that prefix belongs to
+/// testbeds, and a testbed coming up in another test removes every `ds-`
+/// namespace without a testbed state file as an orphan, killing what runs
+/// inside (a `dropshim status` here died of SIGKILL that way).
 fn unique(tag: &str) -> String {
     format!(
-        "ds-{tag}-{}-{}",
+        "dsdev-{tag}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
