@@ -30,6 +30,7 @@ pub use spec::{
     DirSpec, EndpointFlag, EndpointSpec, Family, Hop, InternetSpec, LinkSpec, MptcpSpec, NodeSpec,
     RouteSpec, SegmentSpec, Spec, MESH_DEFAULT_DEVICES,
 };
+pub use sys::process_group_cpu;
 pub use testbed::{Description, EndInfo, LinkInfo, Listing, NodeInfo, Status, Testbed, STATE_DIR};
 
 use serde::{Deserialize, Serialize};

@@ -161,30 +161,10 @@ impl UmlDevice {
     /// else, such as a device polling a dead link.
     pub fn cpu_percent(&self) -> Result<u64> {
         let group = self.kernel_pid()?;
-        let ticks = || -> u64 {
-            let Ok(dir) = std::fs::read_dir("/proc") else {
-                return 0;
-            };
-            dir.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter_map(|stat| {
-                    // The fields after the command's closing parenthesis:
-                    // state ppid pgrp ... utime (11th) stime (12th).
-                    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                    let pgrp: i32 = rest.get(2)?.parse().ok()?;
-                    let utime: u64 = rest.get(11)?.parse().ok()?;
-                    let stime: u64 = rest.get(12)?.parse().ok()?;
-                    (pgrp == group).then_some(utime + stime)
-                })
-                .sum()
-        };
-        // SAFETY: sysconf has no memory effects.
-        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-            .unwrap_or(100)
-            .max(1);
-        let before = ticks();
+        let before = dropshim_testbed::process_group_cpu(group);
         std::thread::sleep(Duration::from_secs(1));
-        Ok(ticks().saturating_sub(before) * 100 / hz)
+        let used = dropshim_testbed::process_group_cpu(group).saturating_sub(before);
+        Ok((used.as_millis() / 10) as u64)
     }
 
     /// The last `lines` lines of `file` in the instance's run directory.

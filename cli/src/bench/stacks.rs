@@ -409,11 +409,11 @@ impl UmlDevice {
     pub fn cpu_seconds(&self) -> f64 {
         let Some(pgrp) = std::fs::read_to_string(self.run_dir.join("kernel.pid"))
             .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|s| s.trim().parse::<i32>().ok())
         else {
             return 0.0;
         };
-        process_group_cpu(pgrp)
+        dropshim_testbed::process_group_cpu(pgrp).as_secs_f64()
     }
 }
 
@@ -613,31 +613,6 @@ fn device_interfaces(tb: &Testbed, node: &str, netns: &str, ifaces: &[DevIface])
     Ok(text)
 }
 
-/// Sum of utime + stime of every process in process group `pgrp`.
-pub fn process_group_cpu(pgrp: i64) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let mut total = 0u64;
-    for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command (which may hold spaces) start after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is field 3 (state): pgrp is field 5, utime 14, stime 15.
-        if f.len() > 12 && f[2].parse::<i64>().ok() == Some(pgrp) {
-            total += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-        }
-    }
-    total as f64 / ticks
-}
-
 fn ip(args: &[&str]) -> Result<()> {
     let mut cmd = Command::new("ip");
     cmd.args(args);
@@ -774,18 +749,5 @@ mod tests {
         assert_eq!(get("DROPSHIM_LKL_LIB"), None);
         let err = lkl_command(Role::Client, shim, None).unwrap_err();
         assert!(err.to_string().contains("without an lkl device"), "{err}");
-    }
-
-    #[test]
-    fn own_process_group_cpu_is_counted() {
-        // SAFETY: getpgrp has no preconditions.
-        let pgrp = i64::from(unsafe { libc::getpgrp() });
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while start.elapsed() < Duration::from_millis(150) {
-            x = x.wrapping_mul(31).wrapping_add(7);
-        }
-        assert!(x != 1);
-        assert!(process_group_cpu(pgrp) > 0.05);
     }
 }
