@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name no other test uses. Not `ds-...`: that prefix belongs to
-/// testbeds, and a testbed coming up in another test removes every `ds-`
-/// namespace without a testbed state file as an orphan, killing what runs
-/// inside (a `dropshim status` here died of SIGKILL that way).
+/// testbeds, and `dropshim testbed down --all` removes such a namespace
+/// without a state file as an orphan, with what runs inside.
 fn unique(tag: &str) -> String {
     format!(
         "dsdev-{tag}-{}-{}",

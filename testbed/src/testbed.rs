@@ -1239,6 +1239,13 @@ impl Testbed {
                 first_err.get_or_insert(e);
             }
         }
+        // A namespace that could not be deleted keeps the state file: the
+        // testbed stays listed under its owner, and once that owner is
+        // gone the next `up` removes it as stale. Without the file it
+        // would be a nameless orphan that nothing removes on its own.
+        if let Some(e) = first_err.take() {
+            return Err(e);
+        }
         if let Err(e) = emu::remove_files(id) {
             first_err.get_or_insert(Error::Io {
                 what: format!("removing {}", emu::run_dir(id).display()),
@@ -1283,17 +1290,21 @@ impl Testbed {
             .collect()
     }
 
-    /// Remove the testbeds whose creating process has died (and namespaces
-    /// of ours with no state file). Returns how many were removed.
+    /// Remove the testbeds whose creating process has died. Returns how
+    /// many were removed.
+    ///
+    /// Namespaces that only look like ours (the `ds-` prefix, no state
+    /// file) are left alone: nothing proves they are a testbed's, and
+    /// another program, or a test that borrowed the prefix, may be using
+    /// them. They are listed as orphans and removed only when asked
+    /// (`dropshim testbed down --all`, or by id).
     pub fn remove_stale() -> usize {
         if !sys::is_root() {
             return 0;
         }
         Testbed::list()
             .into_iter()
-            .filter(|l| matches!(l.status, Status::Stale { .. } | Status::Orphan))
-            // A state file that exists but cannot be parsed is not ours to judge.
-            .filter(|l| l.status != Status::Orphan || !state_path(&l.id).exists())
+            .filter(|l| matches!(l.status, Status::Stale { .. }))
             .filter(|l| Testbed::remove(&l.id).is_ok())
             .count()
     }

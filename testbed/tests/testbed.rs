@@ -518,6 +518,42 @@ fn stale_testbeds_are_removed_and_kept_ones_stay() {
 }
 
 #[test]
+fn a_namespace_that_only_looks_like_a_testbeds_is_left_alone() {
+    // A `ds-` namespace with no state file: perhaps a testbed whose file
+    // was lost, perhaps another program's. Another testbed coming up
+    // must not remove it (nor kill what runs inside); only an explicit
+    // removal by id does.
+    let id = format!("orph{}", std::process::id());
+    let ns = format!("ds-{id}-node");
+    run_ok({
+        let mut c = Command::new("ip");
+        c.args(["netns", "add", &ns]);
+        c
+    });
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    let tb = up("two-gateways", Options::default());
+    assert_eq!(
+        namespaces_with(&id),
+        vec![ns.clone()],
+        "another testbed's up removed it"
+    );
+    drop(tb);
+    let listed = Testbed::list()
+        .into_iter()
+        .find(|l| l.id == id)
+        .expect("the namespace is listed");
+    assert_eq!(listed.status, Status::Orphan);
+    Testbed::remove(&id).unwrap();
+    assert!(namespaces_with(&id).is_empty(), "removal by id left it");
+}
+
+#[test]
 fn run_with_timeout_kills_and_reports() {
     let start = Instant::now();
     let mut cmd = Command::new("sh");
