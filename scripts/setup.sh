@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   iperf3 curl python3 mptcpize      # the programs the shim is tested with, and its peer
   iproute2 iputils-ping ethtool     # namespaces, links, MPTCP endpoints, probes, offloads
-  tcpdump                           # the soak's rolling capture on the receiver (scripts/soak.sh)
+  tcpdump linux-perf                # the soak's rolling capture; where a stalled uml instance spends its CPU
   socat netcat-openbsd wget nginx-light   # programs the reliability suite runs unmodified
   redis-server redis-tools          # many small requests (interactive tests)
   busybox-static golang-go          # programs that bypass libc: a static binary, Go (tests/tests/reach.rs)

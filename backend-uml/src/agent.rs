@@ -213,6 +213,17 @@ pub(crate) fn guest_stats() -> String {
         let table = std::fs::read_to_string(file).unwrap_or_default();
         text.push_str(&counter_lines(&table));
     }
+    // The devices' side: which interrupt each vec device holds and how
+    // often it fired, the softirqs that ran, and each interface's frames
+    // and drops. A connection that stalls while the instance idles, or
+    // while it spins, shows here whether its device still receives.
+    for file in ["/proc/interrupts", "/proc/softirqs", "/proc/net/dev"] {
+        text.push_str(&format!("# {file}\n"));
+        match std::fs::read_to_string(file) {
+            Ok(table) => text.push_str(&table),
+            Err(e) => text.push_str(&format!("(cannot read it: {e})\n")),
+        }
+    }
     text
 }
 

@@ -131,6 +131,10 @@ impl UmlDevice {
         // passes them to the programs.
         let private = dropshim_backend_uml::host::names(&self.name).netns;
         let mut text = match self.cpu_percent() {
+            Ok(p) if p >= 50 => format!(
+                "the instance's processes used {p} % of a CPU over 1 s; where it went:\n{}\n",
+                self.cpu_profile()
+            ),
             Ok(p) => format!("the instance's processes used {p} % of a CPU over 1 s\n"),
             Err(e) => format!("(the instance's CPU: {e:#})\n"),
         };
@@ -165,6 +169,49 @@ impl UmlDevice {
         std::thread::sleep(Duration::from_secs(1));
         let used = dropshim_testbed::process_group_cpu(group).saturating_sub(before);
         Ok((used.as_millis() / 10) as u64)
+    }
+
+    /// Where the instance's kernel process spends its CPU: the functions
+    /// `perf` samples most over one second, or why there is no profile.
+    /// Those of the guest kernel are in the `linux` binary (it carries its
+    /// symbols); `[kernel.kallsyms]` is the host's, on the guest's
+    /// behalf (its system calls, page faults, signals).
+    pub fn cpu_profile(&self) -> String {
+        let pid = match self.kernel_pid() {
+            Ok(pid) => pid.to_string(),
+            Err(e) => return format!("({e:#})"),
+        };
+        let data = run_dir(&self.name).join("stall.perf");
+        let mut record = Command::new("perf");
+        record
+            .args(["record", "-q", "-F", "999", "-p", &pid, "-o"])
+            .arg(&data)
+            .args(["--", "sleep", "1"]);
+        if let Err(e) = run_ok(&mut record, Duration::from_secs(20)) {
+            return format!("(no profile: perf record: {e:#})");
+        }
+        let mut report = Command::new("perf");
+        report
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "dso,sym",
+                "-i",
+            ])
+            .arg(&data);
+        let text = match run_ok(&mut report, Duration::from_secs(60)) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .take(25)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => format!("(no profile: perf report: {e:#})"),
+        };
+        let _ = std::fs::remove_file(&data);
+        text
     }
 
     /// The last `lines` lines of `file` in the instance's run directory.
