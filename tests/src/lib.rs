@@ -193,7 +193,7 @@ pub fn program_stdout(out: &Output, what: &str) -> Result<String> {
 /// `[mptcp.userspace]` table, e.g. `policy = "fullmesh"`) and the MPTCP
 /// endpoint roles of gw1's second interface (`roles2`: TOML list items
 /// such as `"backup"`, in place of the stack helpers' `"subflow"`).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeviceExtra {
     /// `[mptcp] scheduler`, if set.
     pub scheduler: Option<String>,

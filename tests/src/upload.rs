@@ -5,15 +5,13 @@
 //! and the sha256 of what arrived; the client checks that digest against
 //! what it sent.
 
-use crate::lkl::{lkl_node_extra, on_lkl, LklNode};
 use crate::reliability::Lines;
-use crate::uml::UmlDevice;
-use crate::{run_ok, shim_path, unique_port, DeviceExtra};
+use crate::stack::Stack;
+use crate::{run_ok, unique_port};
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
 const SHORT: Duration = Duration::from_secs(20);
@@ -144,51 +142,6 @@ got = recv_exactly(32)
 print("sent", h.hexdigest(), "peer", got.hex(), flush=True)
 "##;
 
-/// The user-space stacks.
-#[derive(Clone, Copy, Debug)]
-pub enum Kind {
-    /// User Mode Linux.
-    Uml,
-    /// The Linux Kernel Library.
-    Lkl,
-}
-
-/// gw1 on the stack under test, with the device file it runs.
-pub enum Gw1 {
-    /// A User Mode Linux instance owning gw1's links.
-    Uml(UmlDevice),
-    /// gw1's links handed to the library kernel.
-    Lkl(LklNode),
-}
-
-impl Gw1 {
-    /// gw1 on `kind` with the device file's `extra` lines.
-    pub fn up(tb: &Testbed, kind: Kind, tag: &str, extra: &DeviceExtra) -> Result<Gw1> {
-        Ok(match kind {
-            Kind::Uml => Gw1::Uml(UmlDevice::up_with(tb, "gw1", &[1, 2], tag, extra)?),
-            Kind::Lkl => {
-                let roles2 = extra.roles2.as_deref().unwrap_or(r#""subflow""#);
-                Gw1::Lkl(lkl_node_extra(tb, roles2, false, extra)?)
-            }
-        })
-    }
-
-    /// `program` in gw1 on this stack.
-    pub fn command(&self, tb: &Testbed, program: &str) -> Result<Command> {
-        match self {
-            Gw1::Uml(dev) => {
-                let mut cmd = tb.command("gw1", program)?;
-                cmd.env("LD_PRELOAD", shim_path())
-                    .env("DROPSHIM_CONFIG", dev.config())
-                    .env_remove("DROPSHIM_BACKEND")
-                    .env_remove("DROPSHIM_LOG");
-                Ok(cmd)
-            }
-            Gw1::Lkl(node) => on_lkl(tb, node, program),
-        }
-    }
-}
-
 /// The two-gateways testbed, both links at `rate_mbit` (None: unshaped).
 pub fn testbed(rate_mbit: Option<u32>) -> Result<Testbed> {
     Ok(Testbed::up(
@@ -291,14 +244,14 @@ pub struct Upload {
 impl Upload {
     /// Starts an upload of `size` bytes at `rate` bytes/s (0: as fast as
     /// it goes); the server reports progress every `step` bytes.
-    pub fn start(tb: &Testbed, stack: &Gw1, size: u64, rate: u64, step: u64) -> Result<Upload> {
+    pub fn start(tb: &Testbed, stack: &Stack, size: u64, rate: u64, step: u64) -> Result<Upload> {
         Self::start_with(tb, stack, size, rate, step, ServerOptions::default())
     }
 
     /// [`Upload::start`] with the server's options.
     pub fn start_with(
         tb: &Testbed,
-        stack: &Gw1,
+        stack: &Stack,
         size: u64,
         rate: u64,
         step: u64,

@@ -11,9 +11,9 @@
 
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::Testbed;
+use dropshim_tests::stack::Stack;
 use dropshim_tests::upload::{
-    gw2_accepts_many, peer_received, testbed, Gw1, Kind, ServerOptions, Split, Upload, MIB,
-    TRANSFER,
+    gw2_accepts_many, peer_received, testbed, ServerOptions, Split, Upload, MIB, TRANSFER,
 };
 use dropshim_tests::*;
 use std::collections::BTreeSet;
@@ -29,10 +29,10 @@ fn policy(lines: &str) -> DeviceExtra {
     }
 }
 
-fn report(kind: Kind, what: &str, split: &Split) {
+fn report(kind: &str, what: &str, split: &Split) {
     for s in &split.subflows {
         eprintln!(
-            "{kind:?} {what}: {} -> {} carried {:.1} %",
+            "{kind} {what}: {} -> {} carried {:.1} %",
             s.remote,
             s.local,
             s.bytes as f64 * 100.0 / split.total.max(1) as f64
@@ -42,12 +42,12 @@ fn report(kind: Kind, what: &str, split: &Split) {
 
 /// ndiffports 4: four subflows, all over gw1's and gw2's link-1
 /// addresses, each from its own port, each carrying bytes.
-fn ndiffports_4(kind: Kind) -> Result<()> {
+fn ndiffports_4(kind: &str) -> Result<()> {
     let tb = testbed(Some(100))?;
     gw2_accepts_many(&tb)?;
-    let stack = Gw1::up(
-        &tb,
+    let stack = Stack::up_with(
         kind,
+        &tb,
         "nd",
         &policy("policy = \"ndiffports\"\nsubflows = 4"),
     )?;
@@ -63,33 +63,33 @@ fn ndiffports_4(kind: Kind) -> Result<()> {
     let subs = &split.subflows;
     ensure!(
         subs.len() == 4 && subs.iter().all(|s| s.remote.ip() == a1 && s.local == g1),
-        "{kind:?}: want 4 subflows, all {a1} -> {g1}: {subs:?}"
+        "{kind}: want 4 subflows, all {a1} -> {g1}: {subs:?}"
     );
     let ports: BTreeSet<u16> = subs.iter().map(|s| s.remote.port()).collect();
     ensure!(
         ports.len() == 4,
-        "{kind:?}: each subflow its own port: {subs:?}"
+        "{kind}: each subflow its own port: {subs:?}"
     );
     ensure!(
         subs.iter().all(|s| s.bytes > 0),
-        "{kind:?}: every subflow carried bytes: {subs:?}"
+        "{kind}: every subflow carried bytes: {subs:?}"
     );
     Ok(())
 }
 
 #[test]
 fn uml_pm_ndiffports_4_gives_four_subflows_on_one_link() -> Result<()> {
-    ndiffports_4(Kind::Uml)
+    ndiffports_4("uml")
 }
 
 #[test]
 fn lkl_pm_ndiffports_4_gives_four_subflows_on_one_link() -> Result<()> {
-    ndiffports_4(Kind::Lkl)
+    ndiffports_4("lkl")
 }
 
 /// fullmesh, gw2 announcing its link-2 address: a subflow per address
 /// pair (gw1's two addresses x gw2's two), each carrying bytes.
-fn fullmesh(kind: Kind) -> Result<()> {
+fn fullmesh(kind: &str) -> Result<()> {
     let tb = testbed(Some(100))?;
     gw2_accepts_many(&tb)?;
     let g2 = tb.addr4("gw2", 2)?.to_string();
@@ -99,7 +99,7 @@ fn fullmesh(kind: Kind) -> Result<()> {
             .args(["mptcp", "endpoint", "add", &g2, "dev", &g2dev, "signal"]),
         SHORT,
     )?;
-    let stack = Gw1::up(&tb, kind, "fm", &policy("policy = \"fullmesh\""))?;
+    let stack = Stack::up_with(kind, &tb, "fm", &policy("policy = \"fullmesh\""))?;
     let opts = ServerOptions {
         any: true,
         subflows: 4,
@@ -123,12 +123,12 @@ fn fullmesh(kind: Kind) -> Result<()> {
         .collect();
     ensure!(
         pairs == want && split.subflows.len() == 4,
-        "{kind:?}: want one subflow per address pair {want:?}, got {:?}",
+        "{kind}: want one subflow per address pair {want:?}, got {:?}",
         split.subflows
     );
     ensure!(
         split.subflows.iter().all(|s| s.bytes > 0),
-        "{kind:?}: every subflow carried bytes: {:?}",
+        "{kind}: every subflow carried bytes: {:?}",
         split.subflows
     );
     Ok(())
@@ -136,12 +136,12 @@ fn fullmesh(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_pm_fullmesh_gives_a_subflow_per_address_pair() -> Result<()> {
-    fullmesh(Kind::Uml)
+    fullmesh("uml")
 }
 
 #[test]
 fn lkl_pm_fullmesh_gives_a_subflow_per_address_pair() -> Result<()> {
-    fullmesh(Kind::Lkl)
+    fullmesh("lkl")
 }
 
 /// Bytes gw2 has received so far from gw1's address `addr`, over all
@@ -196,17 +196,17 @@ fn cut_and_time_takeover(
 /// (backup) addresses, and the running upload.
 fn backup_upload(
     tb: &Testbed,
-    kind: Kind,
+    kind: &str,
     tag: &str,
     size: u64,
-) -> Result<(Gw1, IpAddr, IpAddr, Upload)> {
+) -> Result<(Stack, IpAddr, IpAddr, Upload)> {
     gw2_accepts_many(tb)?;
     let extra = DeviceExtra {
         pm: Some("policy = \"backup\"".to_string()),
         roles2: Some("\"backup\"".to_string()),
         ..DeviceExtra::default()
     };
-    let stack = Gw1::up(tb, kind, tag, &extra)?;
+    let stack = Stack::up_with(kind, tb, tag, &extra)?;
     let (active, spare) = (
         IpAddr::V4(tb.addr4("gw1", 1)?),
         IpAddr::V4(tb.addr4("gw1", 2)?),
@@ -224,7 +224,7 @@ fn backup_upload(
 /// backup subflow is opened but carries under 5 % while link 1 is up;
 /// once link 1 is cut the transfer completes over it, which carries at
 /// least everything link 1 had not delivered.
-fn backup(kind: Kind) -> Result<()> {
+fn backup(kind: &str) -> Result<()> {
     let tb = testbed(Some(50))?;
     let size = 40 * MIB;
     let (_stack, active, spare, up) = backup_upload(&tb, kind, "bk", size)?;
@@ -237,37 +237,37 @@ fn backup(kind: Kind) -> Result<()> {
     );
     let share = b as f64 * 100.0 / (a + b).max(1) as f64;
     eprintln!(
-        "{kind:?} backup: before the cut the backup subflow carried {share:.2} % of {}",
+        "{kind} backup: before the cut the backup subflow carried {share:.2} % of {}",
         a + b
     );
     ensure!(
         before.iter().any(|s| s.0.ip() == spare),
-        "{kind:?}: no backup subflow from {spare}: {before:?}"
+        "{kind}: no backup subflow from {spare}: {before:?}"
     );
     ensure!(
         share < 5.0,
-        "{kind:?}: the backup subflow carried {share:.1} % before the cut: {before:?}"
+        "{kind}: the backup subflow carried {share:.1} % before the cut: {before:?}"
     );
     let took = cut_and_time_takeover(&tb, port, spare, b, MIB, Duration::from_secs(60))?;
-    eprintln!("{kind:?} backup: the backup subflow carried 1 MiB more {took:?} after the cut");
+    eprintln!("{kind} backup: the backup subflow carried 1 MiB more {took:?} after the cut");
     let split = up.finish()?;
     report(kind, "backup", &split);
     let (a, b) = (carried_from(&split, active), carried_from(&split, spare));
     ensure!(
         b + a >= size && b >= size / 2,
-        "{kind:?}: after the cut the backup carried {b} bytes, the active link {a}, of {size}"
+        "{kind}: after the cut the backup carried {b} bytes, the active link {a}, of {size}"
     );
     Ok(())
 }
 
 #[test]
 fn uml_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
-    backup(Kind::Uml)
+    backup("uml")
 }
 
 #[test]
 fn lkl_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
-    backup(Kind::Lkl)
+    backup("lkl")
 }
 
 /// Fail-back: with `backup`, the backup subflow takes over while link 1
@@ -278,7 +278,7 @@ fn lkl_pm_backup_carries_little_until_the_active_link_is_cut_then_completes() ->
 /// manager learns of the cut and of the return from the path's own
 /// retransmissions and acknowledgements. Bytes intact (sha256 at both
 /// ends).
-fn backup_hands_back(kind: Kind) -> Result<()> {
+fn backup_hands_back(kind: &str) -> Result<()> {
     let tb = testbed(Some(50))?;
     let size = 96 * MIB;
     let step = size / 8;
@@ -289,7 +289,7 @@ fn backup_hands_back(kind: Kind) -> Result<()> {
     let took = cut_and_time_takeover(&tb, port, spare, before_cut, step, TRANSFER);
     tb.set_link(1, true)?;
     let took = took?;
-    eprintln!("{kind:?} fail-back: the backup carried {step} bytes {took:?} after the cut");
+    eprintln!("{kind} fail-back: the backup carried {step} bytes {took:?} after the cut");
     // Measured once the returned link has carried a quarter step (the
     // hand-back itself is not the steady state). Its subflow may be the
     // one from before the cut, if it survived, or a new one.
@@ -308,11 +308,11 @@ fn backup_hands_back(kind: Kind) -> Result<()> {
     let on_active = received_from(&later, active).saturating_sub(a_back);
     let on_backup = received_from(&later, spare).saturating_sub(b_back);
     eprintln!(
-        "{kind:?} fail-back: after the link returned, {on_active} bytes on the active link, {on_backup} on the backup"
+        "{kind} fail-back: after the link returned, {on_active} bytes on the active link, {on_backup} on the backup"
     );
     ensure!(
         (on_backup as f64) < 0.1 * (on_active + on_backup) as f64,
-        "{kind:?}: after the active link returned the backup still carried {on_backup} of {} bytes ({later:?})",
+        "{kind}: after the active link returned the backup still carried {on_backup} of {} bytes ({later:?})",
         on_active + on_backup
     );
     let split = up.finish()?;
@@ -322,12 +322,12 @@ fn backup_hands_back(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
-    backup_hands_back(Kind::Uml)
+    backup_hands_back("uml")
 }
 
 #[test]
 fn lkl_pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
-    backup_hands_back(Kind::Lkl)
+    backup_hands_back("lkl")
 }
 
 /// costaware, link 1 cheap (cost 1) and link 2 costly (cost 100), both
@@ -336,7 +336,7 @@ fn lkl_pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
 /// costly link carries under 5 % while link 1 is up; once it is cut the
 /// costly link takes over (within 5 s; the time is printed) and carries
 /// the rest of the transfer.
-fn costaware(kind: Kind) -> Result<()> {
+fn costaware(kind: &str) -> Result<()> {
     let tb = testbed(Some(50))?;
     gw2_accepts_many(&tb)?;
     let extra = DeviceExtra {
@@ -344,7 +344,7 @@ fn costaware(kind: Kind) -> Result<()> {
         costs: vec![Some(1), Some(100)],
         ..DeviceExtra::default()
     };
-    let stack = Gw1::up(&tb, kind, "ca", &extra)?;
+    let stack = Stack::up_with(kind, &tb, "ca", &extra)?;
     let (cheap, costly) = (
         IpAddr::V4(tb.addr4("gw1", 1)?),
         IpAddr::V4(tb.addr4("gw1", 2)?),
@@ -365,35 +365,35 @@ fn costaware(kind: Kind) -> Result<()> {
     );
     let share = x as f64 * 100.0 / (c + x).max(1) as f64;
     eprintln!(
-        "{kind:?} costaware: before the cut the costly link carried {share:.2} % of {}",
+        "{kind} costaware: before the cut the costly link carried {share:.2} % of {}",
         c + x
     );
     ensure!(
         share < 5.0,
-        "{kind:?}: the costly link carried {share:.1} % while the cheap one had room: {before:?}"
+        "{kind}: the costly link carried {share:.1} % while the cheap one had room: {before:?}"
     );
     let took = cut_and_time_takeover(&tb, port, costly, x, 1, SHORT)?;
-    eprintln!("{kind:?} costaware: the costly link carried bytes {took:?} after the cut");
+    eprintln!("{kind} costaware: the costly link carried bytes {took:?} after the cut");
     ensure!(
         took < Duration::from_secs(5),
-        "{kind:?}: the costly link took over {took:?} after the cut"
+        "{kind}: the costly link took over {took:?} after the cut"
     );
     let split = up.finish()?;
     report(kind, "costaware", &split);
     let (c, x) = (carried_from(&split, cheap), carried_from(&split, costly));
     ensure!(
         x + c >= size && x >= size / 2,
-        "{kind:?}: after the cut the costly link carried {x} bytes, the cheap one {c}, of {size}"
+        "{kind}: after the cut the costly link carried {x} bytes, the cheap one {c}, of {size}"
     );
     Ok(())
 }
 
 #[test]
 fn uml_pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result<()> {
-    costaware(Kind::Uml)
+    costaware("uml")
 }
 
 #[test]
 fn lkl_pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result<()> {
-    costaware(Kind::Lkl)
+    costaware("lkl")
 }

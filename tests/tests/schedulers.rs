@@ -8,10 +8,9 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_tests::lkl::liblkl;
+use dropshim_tests::stack::Stack;
 use dropshim_tests::uml::{guest_mptcp, UmlDevice};
-use dropshim_tests::upload::{
-    gw2_accepts_many, gw2_link, testbed, Gw1 as Stack, Kind, ServerOptions, Upload, MIB,
-};
+use dropshim_tests::upload::{gw2_accepts_many, gw2_link, testbed, ServerOptions, Upload, MIB};
 use dropshim_tests::*;
 use std::time::Instant;
 
@@ -80,19 +79,19 @@ fn uml_kernel_offers_every_scheduler_and_runs_the_chosen_one() -> Result<()> {
 // ------------------------------------------------------------ behaviour
 
 /// roundrobin on two equal links: each subflow carries 35-65 %.
-fn roundrobin_splits_evenly(kind: Kind) -> Result<()> {
+fn roundrobin_splits_evenly(kind: &str) -> Result<()> {
     let tb = testbed(Some(200))?;
-    let stack = Stack::up(&tb, kind, "rr", &extra("roundrobin", &[]))?;
+    let stack = Stack::up_with(kind, &tb, "rr", &extra("roundrobin", &[]))?;
     let split = Upload::start(&tb, &stack, 32 * MIB, 0, 4 * MIB)?.finish()?;
     for link in [1, 2] {
         let share = split.share(&tb, link)?;
         eprintln!(
-            "{kind:?} roundrobin: link {link} carried {:.1} %",
+            "{kind} roundrobin: link {link} carried {:.1} %",
             share * 100.0
         );
         ensure!(
             (0.35..=0.65).contains(&share),
-            "{kind:?} roundrobin: link {link} carried {:.1} % of the bytes ({:?})",
+            "{kind} roundrobin: link {link} carried {:.1} % of the bytes ({:?})",
             share * 100.0,
             split.per_addr()
         );
@@ -102,12 +101,12 @@ fn roundrobin_splits_evenly(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_roundrobin_splits_equal_links_evenly() -> Result<()> {
-    roundrobin_splits_evenly(Kind::Uml)
+    roundrobin_splits_evenly("uml")
 }
 
 #[test]
 fn lkl_roundrobin_splits_equal_links_evenly() -> Result<()> {
-    roundrobin_splits_evenly(Kind::Lkl)
+    roundrobin_splits_evenly("lkl")
 }
 
 /// costaware with link 1 costly (cost 10) and link 2 cheap (cost 1), both
@@ -119,21 +118,21 @@ fn lkl_roundrobin_splits_equal_links_evenly() -> Result<()> {
 /// completes over link 1, which carries most of it. (The offered load is low because the stack's own scheduling on a
 /// busy machine turns a steady sender into bursts, and a burst larger than
 /// the cheap subflow's window is what costaware rightly spills.)
-fn costaware_keeps_to_the_cheap_link(kind: Kind) -> Result<()> {
+fn costaware_keeps_to_the_cheap_link(kind: &str) -> Result<()> {
     let tb = testbed(Some(200))?;
     let costs = [Some(10), Some(1)];
-    let stack = Stack::up(&tb, kind, "ca", &extra("costaware", &costs))?;
+    let stack = Stack::up_with(kind, &tb, "ca", &extra("costaware", &costs))?;
     let rate = MIB / 2;
 
     let split = Upload::start(&tb, &stack, 3 * MIB, rate, MIB)?.finish()?;
     let costly = split.share(&tb, 1)?;
     eprintln!(
-        "{kind:?} costaware, cheap link up: costly link carried {:.2} %",
+        "{kind} costaware, cheap link up: costly link carried {:.2} %",
         costly * 100.0
     );
     ensure!(
         costly < 0.05,
-        "{kind:?} costaware: the costly link carried {:.1} % while the cheap one had room ({:?})",
+        "{kind} costaware: the costly link carried {:.1} % while the cheap one had room ({:?})",
         costly * 100.0,
         split.per_addr()
     );
@@ -146,12 +145,12 @@ fn costaware_keeps_to_the_cheap_link(kind: Kind) -> Result<()> {
     let split = split?;
     let costly = split.share(&tb, 1)?;
     eprintln!(
-        "{kind:?} costaware, cheap link cut at 768 KiB: costly link carried {:.1} %",
+        "{kind} costaware, cheap link cut at 768 KiB: costly link carried {:.1} %",
         costly * 100.0
     );
     ensure!(
         costly > 0.5,
-        "{kind:?} costaware: after the cheap link was cut the costly one carried only {:.1} % ({:?})",
+        "{kind} costaware: after the cheap link was cut the costly one carried only {:.1} % ({:?})",
         costly * 100.0,
         split.per_addr()
     );
@@ -160,12 +159,12 @@ fn costaware_keeps_to_the_cheap_link(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_costaware_keeps_to_the_cheap_link_until_it_is_cut() -> Result<()> {
-    costaware_keeps_to_the_cheap_link(Kind::Uml)
+    costaware_keeps_to_the_cheap_link("uml")
 }
 
 #[test]
 fn lkl_costaware_keeps_to_the_cheap_link_until_it_is_cut() -> Result<()> {
-    costaware_keeps_to_the_cheap_link(Kind::Lkl)
+    costaware_keeps_to_the_cheap_link("lkl")
 }
 
 /// blest on unequal links (link 1 at 100 Mbit/s, link 2 at 5 Mbit/s, a
@@ -176,29 +175,29 @@ fn lkl_costaware_keeps_to_the_cheap_link_until_it_is_cut() -> Result<()> {
 /// uml instance to 50 Mbit/s, a 20 Mbit/s slow link alone takes 40 %
 /// whatever the scheduler does, while 5 Mbit/s leaves the fast link at
 /// least 75 % of any rate above 20 Mbit/s.
-fn blest_prefers_the_fast_link(kind: Kind) -> Result<()> {
+fn blest_prefers_the_fast_link(kind: &str) -> Result<()> {
     let tb = testbed(None)?;
     tb.set_rate(1, Some(100))?;
     tb.set_rate(2, Some(5))?;
-    let stack = Stack::up(&tb, kind, "bl", &extra("blest", &[]))?;
+    let stack = Stack::up_with(kind, &tb, "bl", &extra("blest", &[]))?;
     let started = Instant::now();
     let split = Upload::start(&tb, &stack, 16 * MIB, 0, 4 * MIB)?.finish()?;
     let fast = split.share(&tb, 1)?;
     eprintln!(
-        "{kind:?} blest: 16 MiB in {:.2} s, the fast link carried {:.1} % ({:?})",
+        "{kind} blest: 16 MiB in {:.2} s, the fast link carried {:.1} % ({:?})",
         started.elapsed().as_secs_f64(),
         fast * 100.0,
         split.per_addr()
     );
     ensure!(
         fast >= 0.7,
-        "{kind:?} blest: the fast link carried only {:.1} % ({:?})",
+        "{kind} blest: the fast link carried only {:.1} % ({:?})",
         fast * 100.0,
         split.per_addr()
     );
     if split.per_addr().len() < 2 {
         bail!(
-            "{kind:?} blest: only one subflow reached gw2 ({:?})",
+            "{kind} blest: only one subflow reached gw2 ({:?})",
             split.per_addr()
         );
     }
@@ -207,12 +206,12 @@ fn blest_prefers_the_fast_link(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
-    blest_prefers_the_fast_link(Kind::Uml)
+    blest_prefers_the_fast_link("uml")
 }
 
 #[test]
 fn lkl_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
-    blest_prefers_the_fast_link(Kind::Lkl)
+    blest_prefers_the_fast_link("lkl")
 }
 
 /// redundant on two equal links (200 Mbit/s each): every byte goes out on
@@ -221,9 +220,9 @@ fn lkl_blest_transfer_is_intact_and_prefers_the_fast_link() -> Result<()> {
 /// delivered its copy; the connection keeps one). Then, in
 /// a second upload, link 2 is cut at a quarter: the transfer completes
 /// intact, and link 1 has carried it all.
-fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
+fn redundant_sends_everything_on_both(kind: &str) -> Result<()> {
     let tb = testbed(Some(200))?;
-    let stack = Stack::up(&tb, kind, "rd", &extra("redundant", &[]))?;
+    let stack = Stack::up_with(kind, &tb, "rd", &extra("redundant", &[]))?;
     let opts = ServerOptions {
         drain_copies: true,
         ..ServerOptions::default()
@@ -232,12 +231,12 @@ fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
     for link in [1, 2] {
         let share = split.share(&tb, link)?;
         eprintln!(
-            "{kind:?} redundant: link {link} carried {:.1} % of the bytes",
+            "{kind} redundant: link {link} carried {:.1} % of the bytes",
             share * 100.0
         );
         ensure!(
             share >= 0.9,
-            "{kind:?} redundant: link {link} carried only {:.1} % of the bytes ({:?})",
+            "{kind} redundant: link {link} carried only {:.1} % of the bytes ({:?})",
             share * 100.0,
             split.subflows
         );
@@ -251,13 +250,13 @@ fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
     let split = split?;
     let (one, two) = (split.share(&tb, 1)?, split.share(&tb, 2)?);
     eprintln!(
-        "{kind:?} redundant, link 2 cut at 4 MiB of 16: link 1 carried {:.1} %, link 2 {:.1} %",
+        "{kind} redundant, link 2 cut at 4 MiB of 16: link 1 carried {:.1} %, link 2 {:.1} %",
         one * 100.0,
         two * 100.0
     );
     ensure!(
         one >= 0.9,
-        "{kind:?} redundant: after link 2 was cut link 1 carried only {:.1} % ({:?})",
+        "{kind} redundant: after link 2 was cut link 1 carried only {:.1} % ({:?})",
         one * 100.0,
         split.subflows
     );
@@ -266,12 +265,12 @@ fn redundant_sends_everything_on_both(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
-    redundant_sends_everything_on_both(Kind::Uml)
+    redundant_sends_everything_on_both("uml")
 }
 
 #[test]
 fn lkl_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<()> {
-    redundant_sends_everything_on_both(Kind::Lkl)
+    redundant_sends_everything_on_both("lkl")
 }
 
 /// redundant under ndiffports 2 (two subflows over link 1's one address
@@ -279,7 +278,7 @@ fn lkl_redundant_sends_every_byte_on_both_links_and_survives_a_cut() -> Result<(
 /// transfer and link 1 carries it once, not once per subflow. A second
 /// copy over the same links would halve what they deliver and survive no
 /// cut the first does not.
-fn redundant_copies_once_per_address_pair(kind: Kind) -> Result<()> {
+fn redundant_copies_once_per_address_pair(kind: &str) -> Result<()> {
     let tb = testbed(Some(200))?;
     gw2_accepts_many(&tb)?;
     let extra = DeviceExtra {
@@ -287,7 +286,7 @@ fn redundant_copies_once_per_address_pair(kind: Kind) -> Result<()> {
         pm: Some("policy = \"ndiffports\"\nsubflows = 2".into()),
         ..DeviceExtra::default()
     };
-    let stack = Stack::up(&tb, kind, "rn", &extra)?;
+    let stack = Stack::up_with(kind, &tb, "rn", &extra)?;
     let opts = ServerOptions {
         subflows: 2,
         ..ServerOptions::default()
@@ -300,25 +299,25 @@ fn redundant_copies_once_per_address_pair(kind: Kind) -> Result<()> {
                 .subflows
                 .iter()
                 .all(|s| s.remote.ip() == std::net::IpAddr::V4(a1)),
-        "{kind:?} redundant, ndiffports 2: want two subflows from {a1}, got {:?}",
+        "{kind} redundant, ndiffports 2: want two subflows from {a1}, got {:?}",
         split.subflows
     );
     let carried = split.share(&tb, 1)?;
     let first = split.subflows.iter().map(|s| s.bytes).max().unwrap_or(0) as f64
         / split.total.max(1) as f64;
     eprintln!(
-        "{kind:?} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes, its busiest subflow {:.1} % ({:?})",
+        "{kind} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes, its busiest subflow {:.1} % ({:?})",
         first * 100.0,
         split.subflows
     );
     ensure!(
         carried < 1.2,
-        "{kind:?} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes: a copy per subflow of one path ({:?})",
+        "{kind} redundant, ndiffports 2: link 1 carried {carried:.2} times the bytes: a copy per subflow of one path ({:?})",
         split.subflows
     );
     ensure!(
         first >= 0.9,
-        "{kind:?} redundant, ndiffports 2: no subflow carried the path's copy ({:?})",
+        "{kind} redundant, ndiffports 2: no subflow carried the path's copy ({:?})",
         split.subflows
     );
     Ok(())
@@ -326,10 +325,10 @@ fn redundant_copies_once_per_address_pair(kind: Kind) -> Result<()> {
 
 #[test]
 fn uml_redundant_copies_once_per_address_pair_under_ndiffports() -> Result<()> {
-    redundant_copies_once_per_address_pair(Kind::Uml)
+    redundant_copies_once_per_address_pair("uml")
 }
 
 #[test]
 fn lkl_redundant_copies_once_per_address_pair_under_ndiffports() -> Result<()> {
-    redundant_copies_once_per_address_pair(Kind::Lkl)
+    redundant_copies_once_per_address_pair("lkl")
 }
