@@ -457,6 +457,24 @@ impl Lkl {
         self.addr_in_call(nr::CONNECT, fd, addr, "connect")
     }
 
+    /// `connect(fd, {AF_UNSPEC})`: dissolves the socket's association, so
+    /// that a socket whose connect failed can connect again.
+    pub fn disconnect(&self, fd: Fd) -> Result<()> {
+        let unspec = (libc::AF_UNSPEC as u16).to_ne_bytes();
+        let r = self.call(
+            nr::CONNECT,
+            [
+                fd.0 as i64,
+                unspec.as_ptr() as i64,
+                unspec.len() as i64,
+                0,
+                0,
+                0,
+            ],
+        );
+        check(|| "connect AF_UNSPEC".into(), r).map(|_| ())
+    }
+
     /// A call that takes `fd` and an address (`bind`, `connect`); its
     /// error names the call and the address.
     fn addr_in_call(&self, n: i64, fd: Fd, addr: SocketAddr, what: &str) -> Result<()> {

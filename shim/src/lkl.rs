@@ -300,6 +300,9 @@ struct Conn {
     /// The connection was reset (or failed otherwise): nothing it holds
     /// can reach the peer any more, so nothing waits for it.
     dead: AtomicBool,
+    /// The connect failed and the library socket went back to the
+    /// program's fresh socket ([`renew`]): it is no longer this one's.
+    handed_back: AtomicBool,
 }
 
 impl Conn {
@@ -311,6 +314,7 @@ impl Conn {
             closed: AtomicBool::new(false),
             up_done: AtomicBool::new(true),
             dead: AtomicBool::new(false),
+            handed_back: AtomicBool::new(false),
         })
     }
 
@@ -332,6 +336,9 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if self.handed_back.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(k) = live() {
             if self.dead.load(Ordering::Acquire) {
                 let _ = k.close(self.lkl);
@@ -448,6 +455,15 @@ impl Sock {
             State::Fresh { lkl, .. } => *lkl,
             State::Connected(c) => c.lkl,
             State::Listening(l) => l.lkl,
+        }
+    }
+
+    /// The connection whose connect failed, while no connect() has
+    /// answered for it ([`Stage::Failed`]).
+    fn failed_conn(&self) -> Option<&Conn> {
+        match &self.state {
+            State::Connected(c) if matches!(*c.result.lock(), Some(e) if e != 0) => Some(c),
+            _ => None,
         }
     }
 
@@ -821,8 +837,18 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         })
         .fail();
     };
-    if let Some(e) = SOCKS.lock().get(fd).and_then(|s| refused_at(s.stage())) {
-        return e.fail();
+    {
+        let mut socks = SOCKS.lock();
+        if let Some(sock) = socks.get(fd) {
+            let stage = sock.stage();
+            if let Some(e) = refused_at(stage, || sock.failed_conn().map_or(0, |c| c.take_error()))
+            {
+                if stage == Stage::Failed {
+                    renew(k, &mut socks, fd);
+                }
+                return e.fail();
+            }
+        }
     }
     if connect_stays_on_host(dest.ip()) {
         // The library kernel's loopback is not the host's: local services
@@ -847,8 +873,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
                 sock.state = State::Connected(conn.clone());
                 (conn, end)
             }
+            // Changed since the check above (another thread's connect).
             _ => {
-                return refused_at(sock.stage())
+                return refused_at(sock.stage(), || 0)
                     .unwrap_or(Errno(libc::EISCONN))
                     .fail()
             }
@@ -873,13 +900,59 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     if let Err(r) = started {
         return r;
     }
-    // The outcome is this call's to report: SO_ERROR says 0 afterwards.
+    // The outcome is this call's to report: SO_ERROR says 0 afterwards,
+    // and after a failure the socket is fresh for another connect.
     conn.reported.store(true, Ordering::Release);
     let outcome = *conn.result.lock();
     match outcome {
         Some(0) => 0,
-        Some(e) => Errno(e).fail(),
+        Some(e) => {
+            renew(k, &mut SOCKS.lock(), fd);
+            Errno(e).fail()
+        }
         None => Errno(libc::EIO).fail(),
+    }
+}
+
+/// After connect() answered for a failed attempt on `fd`, the socket is
+/// fresh again, as a kernel socket is then: its library socket is
+/// dissolved (a connect to AF_UNSPEC) for a new connect, and its
+/// descriptors get a new data end in place of the one that says EOF.
+/// Left as it was if any step fails: the next connect then answers
+/// ECONNABORTED again.
+fn renew(k: &Lkl, socks: &mut Table<Sock>, fd: c_int) {
+    let Some(key) = socks.key(fd) else {
+        return;
+    };
+    let fds = socks.fds_of(key);
+    let Some(sock) = socks.by_key(key) else {
+        return;
+    };
+    let State::Connected(conn) = &sock.state else {
+        return;
+    };
+    if let Err(e) = k.disconnect(conn.lkl) {
+        log::debug!("lkl: cannot make a failed socket fresh: {e}");
+        return;
+    }
+    let Ok([data, relay_end]) = pair() else {
+        return;
+    };
+    // SAFETY: `fds` are this socket's descriptors, its table locked.
+    if unsafe { install(data, &fds) }.is_err() {
+        close_fd(relay_end);
+        return;
+    }
+    conn.handed_back.store(true, Ordering::Release);
+    sock.state = State::Fresh {
+        lkl: conn.lkl,
+        relay_end,
+    };
+    // Its file will change again at the next connect: epoll registrations
+    // are recorded from here on. (Those the program made on the failed
+    // socket's file went with that file.)
+    for &t in &fds {
+        fdtable::set(t, MOVABLE);
     }
 }
 

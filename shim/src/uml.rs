@@ -78,6 +78,9 @@ struct Sock {
     device: String,
     /// SO_ERROR still to report (a failed non-blocking connect).
     so_error: c_int,
+    /// A non-blocking connect failed and no connect() has answered for
+    /// it yet ([`Stage::Failed`]).
+    failed: bool,
     /// epoll registrations made while the descriptors are not final,
     /// made again on each new file.
     epolls: Epolls,
@@ -92,6 +95,7 @@ impl Sock {
             state,
             device,
             so_error: 0,
+            failed: false,
             epolls: Epolls::default(),
         }
     }
@@ -103,9 +107,10 @@ impl Sock {
     }
 
     /// Where the socket stands for connect(); after a failed connect it
-    /// is fresh again (its placeholder is new).
+    /// is fresh (its placeholder is new) once connect() answered for it.
     fn stage(&self) -> Stage {
         match self.state {
+            State::Fresh if self.failed => Stage::Failed,
             State::Fresh => Stage::Fresh,
             State::Connecting { .. } => Stage::Pending,
             State::Connected { .. } => Stage::Connected,
@@ -249,7 +254,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
             // SAFETY: the program's arguments, unchanged (# Safety above).
             return unsafe { real::connect(fd, addr, len) };
         };
-        if let Some(e) = refused_at(s.stage()) {
+        let stage = s.stage();
+        if let Some(e) = refused_at(stage, || std::mem::take(&mut s.so_error)) {
+            s.failed = false;
             return e.fail();
         }
         s.so_error = 0;
@@ -284,12 +291,16 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
         let mut socks = SOCKS.lock();
         match socks.get_mut(fd) {
             Some(s) if matches!(s.state, State::Connected { .. }) => 0,
-            // The outcome is this call's to report: SO_ERROR says 0 after.
-            Some(s) if s.so_error != 0 => {
-                let e = std::mem::take(&mut s.so_error);
-                Errno(e).fail()
+            // The outcome is this call's to report: SO_ERROR says 0 after,
+            // and the socket is fresh for another connect.
+            Some(s) => {
+                s.failed = false;
+                match std::mem::take(&mut s.so_error) {
+                    0 => Errno(libc::ECONNABORTED).fail(),
+                    e => Errno(e).fail(),
+                }
             }
-            _ => Errno(libc::ECONNABORTED).fail(),
+            None => Errno(libc::ECONNABORTED).fail(),
         }
     }
 }
@@ -411,6 +422,7 @@ fn finish_connect(
         }
         s.state = State::Fresh;
         s.so_error = errno;
+        s.failed = true;
     }
     let watch = errno == 0;
     drop(socks);

@@ -1,7 +1,8 @@
 //! The answers uml and lkl both give through the shared emulated socket:
 //! the names of a socket (getsockname, getpeername, with good and bad
 //! pointers), SO_ERROR before, during and after a connect, connect on a
-//! pending or listening socket, and connects to a local destination
+//! pending or listening socket, connect again after a failed attempt, and
+//! connects to a local destination
 //! (loopback and the unspecified address, which name this host and must
 //! reach its listeners). One program runs on the plain kernel in gw2 for
 //! reference, then under the shim on each stack in gw1; every answer must
@@ -17,12 +18,12 @@ use std::time::Duration;
 const SHORT: Duration = Duration::from_secs(20);
 const RUN: Duration = Duration::from_secs(90);
 
-/// A listener on gw1's host loopback, no shim: answers `host` to each
-/// connection.
+/// A listener, no shim, on the host loopback (or the address given as its
+/// second argument): answers `host` to each connection.
 const HOST_SERVER_PY: &str = r##"import socket, sys
 l = socket.socket()
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-l.bind(("127.0.0.1", int(sys.argv[1])))
+l.bind((sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", int(sys.argv[1])))
 l.listen(16)
 print("listening", flush=True)
 while True:
@@ -39,6 +40,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 host_port = int(sys.argv[1])
 refused_ip, refused_port = sys.argv[2], int(sys.argv[3])
 dead_ip = sys.argv[4]
+reach_ip, reach_port = sys.argv[5], int(sys.argv[6])
 BAD = ctypes.c_void_p(1)
 out = {}
 
@@ -123,6 +125,42 @@ so_error("refused_so_error_bad_pointer", s.fileno(), bad=True)
 so_error("refused_so_error_after_bad_pointer", s.fileno())
 s.close()
 
+# Connecting again after a failed attempt. The kernel's rule: once a
+# non-blocking attempt's error has been taken (SO_ERROR), the next connect
+# answers ECONNABORTED and the one after starts afresh; an error nobody
+# took is answered by the next connect; a blocking connect always tries
+# afresh.
+def again(s):
+    return code(s.connect_ex((refused_ip, refused_port)))
+
+s, _ = refused()
+so_error("retry_taken_so_error", s.fileno())
+out["retry_taken_1"] = again(s)
+out["retry_taken_2"] = again(s)
+select.select([], [s], [], 20)
+so_error("retry_taken_2_so_error", s.fileno())
+out["retry_taken_3"] = again(s)
+s.close()
+s, _ = refused()
+out["retry_untaken_1"] = again(s)
+out["retry_untaken_2"] = again(s)
+select.select([], [s], [], 20)
+so_error("retry_untaken_2_so_error", s.fileno())
+s.close()
+s = socket.socket()
+out["retry_blocking_1"] = code(s.connect_ex((refused_ip, refused_port)))
+out["retry_blocking_2"] = code(s.connect_ex((refused_ip, refused_port)))
+s.close()
+# ... and the socket then carries a connection like any other.
+s, _ = refused()
+so_error("retry_reach_so_error", s.fileno())
+out["retry_reach_1"] = again(s)
+s.setblocking(True)
+out["retry_reach_2"] = code(s.connect_ex((reach_ip, reach_port)))
+s.sendall(b"who\n")
+out["retry_reach_answer"] = s.recv(64).decode().strip()
+s.close()
+
 s = socket.socket()
 s.setblocking(False)
 out["pending_connect"] = code(s.connect_ex((dead_ip, 9)))
@@ -174,7 +212,22 @@ fn answers_as_the_kernel(stack_name: &str) -> Result<()> {
     // stays pending, waiting for a neighbour.
     let o = tb.addr4("gw2", 1)?.octets();
     let dead_ip = format!("{}.{}.{}.77", o[0], o[1], o[2]);
-    let args = [&host_port, &refused_ip, &refused_port, &dead_ip];
+    // A listener on gw2's link-1 address, which both runs reach.
+    let reach_ip = tb.addr4("gw2", 1)?.to_string();
+    let reach_port = unique_port().to_string();
+    let mut reach = plain(&tb, "gw2", "python3")?;
+    reach.arg(&server_py).arg(&reach_port).arg(&reach_ip);
+    let reach = Lines::spawn(&mut reach, "listener on gw2's link-1 address")?;
+    reach.expect("listening", SHORT)?;
+    servers.push(reach);
+    let args = [
+        &host_port,
+        &refused_ip,
+        &refused_port,
+        &dead_ip,
+        &reach_ip,
+        &reach_port,
+    ];
 
     let mut reference = plain(&tb, "gw2", "python3")?;
     reference.arg(&calls_py).args(args);
@@ -188,6 +241,10 @@ fn answers_as_the_kernel(stack_name: &str) -> Result<()> {
         r#""refused_so_error_after_bad_pointer": ["ok", "0"]"#,
         r#""listening_connect": "EISCONN""#,
         r#""pending_connect": "EINPROGRESS""#,
+        r#""retry_taken_1": "ECONNABORTED""#,
+        r#""retry_untaken_1": "ECONNREFUSED""#,
+        r#""retry_blocking_2": "ECONNREFUSED""#,
+        r#""retry_reach_answer": "host""#,
     ] {
         ensure!(
             want.contains(expected),

@@ -13,7 +13,8 @@ pub(crate) enum Stage {
     /// A non-blocking connect is under way.
     Pending,
     Connected,
-    /// The connect failed (its error is, or was, SO_ERROR's).
+    /// A non-blocking connect failed, and no connect() has answered for
+    /// it yet (its error is SO_ERROR's until taken).
     Failed,
     Listening,
 }
@@ -21,12 +22,22 @@ pub(crate) enum Stage {
 /// What connect() answers at once on a socket at `stage`, as on a TCP
 /// socket, or None to go ahead. A listening socket is EISCONN, as the
 /// kernel says.
-pub(crate) fn refused_at(stage: Stage) -> Option<Errno> {
+///
+/// After a failed non-blocking connect the kernel's next connect()
+/// answers for that attempt and leaves the socket fresh, so the one after
+/// starts anew: it answers the attempt's error if SO_ERROR has not taken
+/// it (`take_error` hands it over, 0 once taken), else ECONNABORTED. The
+/// caller makes the socket fresh again when it gets that answer for
+/// [`Stage::Failed`].
+pub(crate) fn refused_at(stage: Stage, take_error: impl FnOnce() -> c_int) -> Option<Errno> {
     match stage {
         Stage::Fresh => None,
         Stage::Pending => Some(Errno(libc::EALREADY)),
         Stage::Connected | Stage::Listening => Some(Errno(libc::EISCONN)),
-        Stage::Failed => Some(Errno(libc::ECONNABORTED)),
+        Stage::Failed => Some(Errno(match take_error() {
+            0 => libc::ECONNABORTED,
+            e => e,
+        })),
     }
 }
 
@@ -138,4 +149,26 @@ pub(crate) fn gate() -> std::io::Result<(c_int, c_int)> {
 /// Sets O_NONBLOCK on `fd`, keeping its other status flags.
 fn set_nonblocking(fd: c_int) -> std::io::Result<()> {
     super::files::add_status(fd, libc::O_NONBLOCK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_attempt_is_answered_with_its_error_until_taken_then_aborted() {
+        assert_eq!(
+            refused_at(Stage::Failed, || libc::ECONNREFUSED),
+            Some(Errno(libc::ECONNREFUSED))
+        );
+        assert_eq!(
+            refused_at(Stage::Failed, || 0),
+            Some(Errno(libc::ECONNABORTED))
+        );
+        assert_eq!(refused_at(Stage::Fresh, || unreachable!()), None);
+        assert_eq!(
+            refused_at(Stage::Pending, || unreachable!()),
+            Some(Errno(libc::EALREADY))
+        );
+    }
 }
