@@ -217,12 +217,27 @@ pub(crate) fn guest_stats() -> String {
     // often it fired, the softirqs that ran, and each interface's frames
     // and drops. A connection that stalls while the instance idles, or
     // while it spins, shows here whether its device still receives.
-    for file in ["/proc/interrupts", "/proc/softirqs", "/proc/net/dev"] {
+    for file in [
+        "/proc/interrupts",
+        "/proc/softirqs",
+        "/proc/net/dev",
+        "/proc/net/sockstat",
+        "/proc/sys/net/ipv4/tcp_mem",
+    ] {
         text.push_str(&format!("# {file}\n"));
         match std::fs::read_to_string(file) {
             Ok(table) => text.push_str(&table),
             Err(e) => text.push_str(&format!("(cannot read it: {e})\n")),
         }
+    }
+    // A copy in the run directory (the guest's root is the host's): a
+    // guest short of socket memory resets the connection that carries
+    // this text, and then the copy is what tells why.
+    if let Some(run) = std::env::var_os(crate::ENV_GUEST)
+        .map(PathBuf::from)
+        .and_then(|cmds| cmds.parent().map(Path::to_path_buf))
+    {
+        let _ = std::fs::write(run.join(crate::host::GUEST_STATS_FILE), &text);
     }
     text
 }

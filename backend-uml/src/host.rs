@@ -68,6 +68,12 @@ const MPTCP_SCHEDULERS: &[(&str, &str)] = &[
         include_str!("../../kernel/mptcp-schedulers/0002-mptcp-redundant-push.patch"),
     ),
     (
+        "0003-mptcp-in-sequence-data-may-take-the-room-of-the-ofo-queue.patch",
+        include_str!(
+            "../../kernel/mptcp-schedulers/0003-mptcp-in-sequence-data-may-take-the-room-of-the-ofo-queue.patch"
+        ),
+    ),
+    (
         "dropshim_sched.h",
         include_str!("../../kernel/mptcp-schedulers/dropshim_sched.h"),
     ),
@@ -595,9 +601,15 @@ fn cleanup_network(device: &str) {
     let _ = ip(&["link", "del", &n.guest_if]);
 }
 
+/// Where the guest agent also writes the text of its last stats, in the
+/// run directory.
+pub const GUEST_STATS_FILE: &str = "guest-stats.txt";
+
 /// The instance's network state as its guest sees it (see
 /// [`Kind::Stats`]): its sockets with their memory and its TCP and MPTCP
-/// counters.
+/// counters. If the reply breaks off (a guest short of socket memory
+/// resets it), the copy the guest wrote for this request is returned,
+/// headed by a line that says so.
 pub fn guest_stats(cfg: &DeviceConfig) -> Result<String> {
     let device = &cfg.device.name;
     let not_answered = |what: String| {
@@ -613,12 +625,27 @@ pub fn guest_stats(cfg: &DeviceConfig) -> Result<String> {
     };
     // SAFETY: the supervisor passed this descriptor to us; we own it now.
     let mut bridge = unsafe { TcpStream::from_raw_fd(bridge) };
+    let asked = std::time::SystemTime::now();
     let mut text = String::new();
-    bridge
+    let read = bridge
         .set_read_timeout(Some(Duration::from_secs(30)))
-        .and_then(|()| bridge.read_to_string(&mut text))
-        .map_err(io_err(format!("uml device {device:?}: reading its stats")))?;
-    Ok(text)
+        .and_then(|()| bridge.read_to_string(&mut text));
+    match read {
+        Ok(_) => Ok(text),
+        Err(e) => {
+            let copy = run_dir(device).join(GUEST_STATS_FILE);
+            let fresh = std::fs::metadata(&copy)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= asked - Duration::from_secs(1));
+            match std::fs::read_to_string(&copy) {
+                Ok(saved) if fresh => Ok(format!(
+                    "# the reply broke off ({e}); the guest's copy, {}:\n{saved}",
+                    copy.display()
+                )),
+                _ => Err(format!("uml device {device:?}: reading its stats: {e}")),
+            }
+        }
+    }
 }
 
 /// One line about the instance.
