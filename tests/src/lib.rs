@@ -203,6 +203,9 @@ pub struct DeviceExtra {
     pub pm: Option<String>,
     /// Endpoint roles of gw1's second interface, as TOML list items.
     pub roles2: Option<String>,
+    /// Extra arguments of a uml instance's kernel command line (`[uml]
+    /// cmdline`), such as a `sysctl.` setting of the guest.
+    pub uml_cmdline: Vec<String>,
 }
 
 impl DeviceExtra {
@@ -224,6 +227,16 @@ impl DeviceExtra {
             out += &format!("path_manager = \"userspace\"\n\n[mptcp.userspace]\n{pm}\n");
         }
         out
+    }
+
+    /// The `[uml]` table, after the `[mptcp]` lines (empty without extra
+    /// kernel arguments).
+    pub fn uml_lines(&self) -> String {
+        if self.uml_cmdline.is_empty() {
+            return String::new();
+        }
+        let args: Vec<String> = self.uml_cmdline.iter().map(|a| format!("{a:?}")).collect();
+        format!("\n[uml]\ncmdline = [{}]\n", args.join(", "))
     }
 }
 

@@ -50,6 +50,11 @@ pub fn lkl_node_extra(
     ipv6: bool,
     extra: &DeviceExtra,
 ) -> Result<LklNode> {
+    anyhow::ensure!(
+        extra.uml_cmdline.is_empty(),
+        "a uml kernel command line for an lkl node: {:?}",
+        extra.uml_cmdline
+    );
     for link in ["link1", "link2"] {
         run_ok(
             tb.command("gw1", "ip")?

@@ -74,6 +74,7 @@ impl UmlDevice {
         }
         toml.push_str("[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\n");
         toml.push_str(&extra.mptcp_lines());
+        toml.push_str(&extra.uml_lines());
         std::fs::write(&config, toml)?;
         let dev = UmlDevice {
             name,
@@ -359,6 +360,39 @@ pub fn guest_mptcp(device: &str) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The guest's stats ([`UmlDevice::guest_stats`]) cut for a failure's
+/// report: the relays and the first `sockets` lines of its sockets, then
+/// every counter that is not zero and the devices' and memory's sections
+/// in full (a guest short of socket memory shows there: `TCP: ... mem`
+/// against `tcp_mem`, and `MPTcpExtRcvPruned`).
+pub fn stats_for_report(stats: &str, sockets: usize) -> String {
+    let mut out = Vec::new();
+    let mut section = "";
+    let mut shown = 0;
+    for line in stats.lines() {
+        if line.starts_with('#') {
+            section = line;
+            out.push(line.to_string());
+            continue;
+        }
+        if section.starts_with("# sockets") {
+            shown += 1;
+            if shown <= sockets {
+                out.push(line.to_string());
+            } else if shown == sockets + 1 {
+                out.push("...".to_string());
+            }
+        } else if section.starts_with("# counters") {
+            if line.split_whitespace().nth(1).is_some_and(|v| v != "0") {
+                out.push(line.to_string());
+            }
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    out.join("\n")
+}
+
 /// One guest socket's queue and memory, from [`UmlDevice::guest_stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestSocket {
@@ -427,7 +461,21 @@ impl Drop for UmlDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::{guest_socket, GuestSocket};
+    use super::{guest_socket, stats_for_report, GuestSocket};
+
+    #[test]
+    fn stats_for_report_keeps_memory_and_moved_counters_and_cuts_sockets() {
+        let stats = "# relay: kernel\nrelays active 2\n# sockets (ss -tmiMn)\na\nb\nc\n\
+                     # counters (/proc/net/snmp, /proc/net/netstat)\nMPTcpExtRcvPruned 7\nTcpExtPruneCalled 0\n\
+                     # /proc/net/sockstat\nTCP: inuse 3 mem 2100\n";
+        let report = stats_for_report(stats, 2);
+        assert_eq!(
+            report,
+            "# relay: kernel\nrelays active 2\n# sockets (ss -tmiMn)\na\nb\n...\n\
+             # counters (/proc/net/snmp, /proc/net/netstat)\nMPTcpExtRcvPruned 7\n\
+             # /proc/net/sockstat\nTCP: inuse 3 mem 2100"
+        );
+    }
 
     #[test]
     fn guest_socket_reads_the_queue_and_memory_of_the_right_socket() {
