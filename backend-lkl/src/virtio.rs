@@ -114,14 +114,12 @@ impl NetDevice {
             ));
         }
         let proto = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0: the socket receives nothing until the bind below
+        // names the protocol and the interface. Opened with ETH_P_ALL,
+        // the bind would first take the socket off every interface, and
+        // that waits for an RCU grace period of the host (about 10 ms).
         // SAFETY: plain socket creation.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(errno_msg(&format!(
                 "cannot open a packet socket for {ifname} (needs CAP_NET_RAW)"

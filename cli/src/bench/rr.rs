@@ -3,8 +3,9 @@
 //! `dropshim-rr server` (an echo server) in gw2, on the unshaped
 //! two-gateways testbed: round-trip latency of 64 B, 1 KiB and 16 KiB
 //! messages on one connection (TCP_NODELAY, as interactive programs set
-//! it), transactions per second on 1 and 50 connections, and connection
-//! set-up (connect to the first byte back). Every echo is checked byte for
+//! it), transactions per second on 1 and 50 connections, connection
+//! set-up (connect to the first byte back), and the process's first
+//! connection (the stack's start-up included). Every echo is checked byte for
 //! byte by the probe; a wrong byte fails the run. Where redis is
 //! installed, redis-benchmark (50 connections, GET) runs too, once against
 //! a native redis-server in gw2 and once against redis-server on the
@@ -64,7 +65,7 @@ impl Settings {
 
     /// Measurements (rows) one run of one stack gives.
     pub fn rows() -> u64 {
-        (SIZES.len() + CONNS.len() + 1 + if redis_installed() { 2 } else { 0 }) as u64
+        (SIZES.len() + CONNS.len() + 2 + if redis_installed() { 2 } else { 0 }) as u64
     }
 }
 
@@ -103,6 +104,9 @@ pub fn conns_label(n: usize) -> String {
 }
 
 pub const SETUP_LABEL: &str = "connect to first byte";
+/// The probe's first connection: what a short-lived program pays, the
+/// stack's start-up in the process included.
+pub const FIRST_LABEL: &str = "first connection of a process";
 
 /// The probe, next to this executable.
 fn probe_path() -> Result<PathBuf> {
@@ -193,7 +197,7 @@ fn measure(
                 .iter()
                 .map(|s| size_label(*s))
                 .chain(CONNS.iter().map(|n| conns_label(*n)))
-                .chain([SETUP_LABEL.to_string()]);
+                .chain([SETUP_LABEL.to_string(), FIRST_LABEL.to_string()]);
             for setting in labels {
                 ctx.push(Record::new(Scenario::Rr, stack, setting, run).failed(&e));
             }
@@ -463,6 +467,12 @@ fn parse(report: &serde_json::Value, subflows: f64) -> Result<Vec<(String, Fill)
             summary_fill(&report["setup"], subflows),
         ));
     }
+    if !report["first"].is_null() {
+        rows.push((
+            FIRST_LABEL.to_string(),
+            summary_fill(&report["first"], subflows),
+        ));
+    }
     Ok(rows)
 }
 
@@ -478,7 +488,8 @@ mod tests {
                 {"size": 16384, "count": 1000, "median_us": 160.0, "p99_us": 290.0, "max_us": 900.0, "over_10ms": 1}
             ],
             "tps": [{"conns": 50, "transactions": 90000, "seconds": 3.0, "per_s": 30000.0}],
-            "setup": {"size": 8, "count": 20, "median_us": 300.0, "p99_us": 500.0, "max_us": 600.0, "over_10ms": 0}
+            "setup": {"size": 8, "count": 20, "median_us": 300.0, "p99_us": 500.0, "max_us": 600.0, "over_10ms": 0},
+            "first": {"size": 8, "count": 1, "median_us": 12000.0, "p99_us": 12000.0, "max_us": 12000.0, "over_10ms": 1}
         });
         let rows = parse(&report, 2.0).unwrap();
         let names: Vec<&str> = rows.iter().map(|(s, _)| s.as_str()).collect();
@@ -488,12 +499,14 @@ mod tests {
                 "64 B round trip",
                 "16 KiB round trip",
                 "64 B, 50 connections",
-                SETUP_LABEL
+                SETUP_LABEL,
+                FIRST_LABEL
             ]
         );
         assert_eq!(rows[1].1.over_10ms, Some(1));
         assert_eq!(rows[2].1.per_s, Some(30000.0));
         assert_eq!(rows[3].1.median_us, Some(300.0));
+        assert_eq!(rows[4].1.median_us, Some(12000.0));
         assert!(parse(&serde_json::json!({}), 0.0).is_err());
     }
 

@@ -174,6 +174,15 @@ fn client(plan: &ClientPlan) -> io::Result<()> {
         ),
         None => None,
     };
+    // The process's first connection, before any other: on lkl it pays
+    // for the library kernel's boot, on uml for the shim's link to the
+    // instance, as every short-lived program (curl, a script) does.
+    let first = {
+        let t = Instant::now();
+        let mut conn = Conn::open(plan.to, 2_000_000, plan.nodelay)?;
+        conn.round_trip(8)?;
+        Summary::of(8, vec![t.elapsed()]).json()
+    };
     let mut latency = Vec::new();
     {
         let mut conn = Conn::open(plan.to, 0, plan.nodelay)?;
@@ -226,6 +235,7 @@ fn client(plan: &ClientPlan) -> io::Result<()> {
         "latency": latency,
         "tps": tps,
         "setup": setup,
+        "first": first,
     });
     println!("{report}");
     Ok(())
