@@ -948,9 +948,10 @@ fn renew(k: &Lkl, socks: &mut Table<Sock>, fd: c_int) {
         lkl: conn.lkl,
         relay_end,
     };
-    // Its file will change again at the next connect: epoll registrations
-    // are recorded from here on. (Those the program made on the failed
-    // socket's file went with that file.)
+    // The registrations the program made (kept recorded since the failed
+    // connect) are the socket's, not the old file's: made again on the
+    // new one. Its file changes again at the next connect.
+    sock.epolls.replay(libc::EPOLL_CTL_ADD);
     for &t in &fds {
         fdtable::set(t, MOVABLE);
     }
@@ -1086,7 +1087,12 @@ fn connect_finished(c: &Connecting, errno: c_int) {
             }
             if let Some(sock) = socks.by_key(key) {
                 sock.epolls.replay(libc::EPOLL_CTL_ADD);
-                settle(&mine, sock);
+                // A failed socket's file changes again if the program
+                // connects once more ([`renew`]): its registrations are
+                // still recorded until then.
+                if errno == 0 {
+                    settle(&mine, sock);
+                }
             }
         }
     }

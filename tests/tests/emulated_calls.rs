@@ -1,8 +1,9 @@
 //! The answers uml and lkl both give through the shared emulated socket:
 //! the names of a socket (getsockname, getpeername, with good and bad
 //! pointers), SO_ERROR before, during and after a connect, connect on a
-//! pending or listening socket, connect again after a failed attempt, and
-//! connects to a local destination
+//! pending or listening socket, connect again after a failed attempt (and
+//! the epoll registrations made before it), and connects to a local
+//! destination
 //! (loopback and the unspecified address, which name this host and must
 //! reach its listeners). One program runs on the plain kernel in gw2 for
 //! reference, then under the shim on each stack in gw1; every answer must
@@ -160,6 +161,20 @@ out["retry_reach_2"] = code(s.connect_ex((reach_ip, reach_port)))
 s.sendall(b"who\n")
 out["retry_reach_answer"] = s.recv(64).decode().strip()
 s.close()
+# An epoll registration made before the failed attempt is the socket's:
+# it still reports the connection a later attempt makes.
+s, _ = refused()
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN)
+so_error("retry_epoll_so_error", s.fileno())
+out["retry_epoll_1"] = again(s)
+out["retry_epoll_2"] = code(s.connect_ex((reach_ip, reach_port)))
+select.select([], [s], [], 20)
+s.sendall(b"who\n")
+out["retry_epoll_events"] = [e for f, e in ep.poll(10) if f == s.fileno()]
+out["retry_epoll_answer"] = s.recv(64).decode().strip()
+ep.close()
+s.close()
 
 s = socket.socket()
 s.setblocking(False)
@@ -245,6 +260,7 @@ fn answers_as_the_kernel(stack_name: &str) -> Result<()> {
         r#""retry_untaken_1": "ECONNREFUSED""#,
         r#""retry_blocking_2": "ECONNREFUSED""#,
         r#""retry_reach_answer": "host""#,
+        r#""retry_epoll_events": [1]"#,
     ] {
         ensure!(
             want.contains(expected),
