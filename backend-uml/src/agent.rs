@@ -230,6 +230,7 @@ pub(crate) fn guest_stats() -> String {
             Err(e) => text.push_str(&format!("(cannot read it: {e})\n")),
         }
     }
+    text.push_str(&transmit_queues());
     // A copy in the run directory (the guest's root is the host's): a
     // guest short of socket memory resets the connection that carries
     // this text, and then the copy is what tells why.
@@ -238,6 +239,74 @@ pub(crate) fn guest_stats() -> String {
         .and_then(|cmds| cmds.parent().map(Path::to_path_buf))
     {
         let _ = std::fs::write(run.join(crate::host::GUEST_STATS_FILE), &text);
+    }
+    text
+}
+
+/// Each interface's transmit side: its state, each queue's byte queue
+/// limits (a queue whose bytes in flight reach the limit stops until the
+/// driver reports frames done, so a lost completion stops it for good,
+/// the CPU idle), the vector driver's counters (`ethtool -S`) and the
+/// qdiscs' backlog and requeues (`tc -s qdisc`).
+fn transmit_queues() -> String {
+    let mut text = String::from("# transmit queues (/sys/class/net/*/queues/tx-*)\n");
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_or_else(|e| format!("({e})"), |v| v.trim().to_string())
+    };
+    let mut devs: Vec<PathBuf> = std::fs::read_dir("/sys/class/net")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    devs.sort();
+    let mut names = Vec::new();
+    for dev in devs {
+        let name = dev
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "{name}: operstate {} carrier {}\n",
+            read(&dev.join("operstate")),
+            read(&dev.join("carrier"))
+        ));
+        let mut queues: Vec<PathBuf> = std::fs::read_dir(dev.join("queues"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("tx-"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        queues.sort();
+        for q in queues {
+            let bql = q.join("byte_queue_limits");
+            text.push_str(&format!(
+                "{name} {}: bql inflight {} limit {} tx_timeout {}\n",
+                q.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                read(&bql.join("inflight")),
+                read(&bql.join("limit")),
+                read(&q.join("tx_timeout"))
+            ));
+        }
+        names.push(name);
+    }
+    // The vector driver's own counters: transmit restarts and timeouts,
+    // queue depths, interrupts taken.
+    for dev in names.iter().filter(|n| n.starts_with("vec")) {
+        text.push_str(&format!("# driver counters (ethtool -S {dev})\n"));
+        match Command::new("ethtool").args(["-S", dev]).output() {
+            Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
+            Err(e) => text.push_str(&format!("(cannot run ethtool: {e})\n")),
+        }
+    }
+    text.push_str("# qdiscs (tc -s qdisc show)\n");
+    match Command::new("tc").args(["-s", "qdisc", "show"]).output() {
+        Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
+        Err(e) => text.push_str(&format!("(cannot run tc: {e})\n")),
     }
     text
 }

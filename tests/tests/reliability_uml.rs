@@ -302,13 +302,17 @@ fn path_cuts_during_load(tb: &Testbed, dev: &UmlDevice) -> Result<()> {
         .map_err(|e| {
             // The guest's side of a stuck connection: its MPTCP
             // sockets' sequence numbers and memory, and its relays.
-            let guest = dev
-                .guest_stats()
-                .map(|s| dropshim_tests::uml::stats_for_report(&s, 200))
+            let stats = dev.guest_stats();
+            let guest = stats
+                .as_ref()
+                .map(|s| dropshim_tests::uml::stats_for_report(s, 200))
                 .unwrap_or_else(|e| format!("({e:#})"));
+            let probe = stats
+                .map(|s| frames_into_the_guest(tb, dev, &s))
+                .unwrap_or_default();
             e.context(format!(
                 "the instance's console ends with:\n{}\nits supervisor's log ends with:\n{}\n\
-                     the guest's relays, sockets, counters and memory:\n{guest}",
+                     the guest's relays, sockets, counters and memory:\n{guest}\n{probe}",
                 dev.console_tail(30),
                 dev.supervisor_tail(30),
             ))
@@ -324,6 +328,73 @@ fn path_cuts_during_load(tb: &Testbed, dev: &UmlDevice) -> Result<()> {
         Ok(cuts)
     })?;
     Ok(())
+}
+
+/// Whether frames sent to the guest's link-1 address still get in: gw2
+/// pings it for 15 s (long enough for a retransmission in back-off to
+/// come too), and the guest's vec interrupt counts and frame counts are
+/// shown before (`before`, its stats) and after, with the guest's
+/// counters that moved meanwhile. An interrupt count that grows with no
+/// frame received means the device's poll no longer runs; neither
+/// growing, that its interrupt no longer comes; frames in and answered
+/// while a connection's segments go unacknowledged, that its stack
+/// drops them (the counters say where).
+fn frames_into_the_guest(tb: &Testbed, dev: &UmlDevice, before: &str) -> String {
+    let counters = |stats: &str| -> std::collections::HashMap<String, u64> {
+        stats
+            .lines()
+            .skip_while(|l| !l.starts_with("# counters"))
+            .skip(1)
+            .take_while(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let vec_lines = |stats: &str| -> String {
+        stats
+            .lines()
+            .filter(|l| {
+                l.contains("vec") && (l.contains("SIGIO") || l.trim_start().starts_with("vec"))
+            })
+            .map(|l| format!("  {}\n", l.trim()))
+            .collect()
+    };
+    let ping = (|| -> Result<std::process::Output> {
+        let addr = tb.addr4("gw1", 1)?;
+        let mut cmd = plain(tb, "gw2", "ping")?;
+        cmd.args(["-c", "15", "-i", "1", "-W", "1", &addr.to_string()]);
+        run_bounded(&mut cmd, Duration::from_secs(30))
+    })();
+    let ping = match ping {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("transmitted"))
+            .collect::<String>(),
+        Err(e) => format!("({e:#})"),
+    };
+    let (after, moved) = match dev.guest_stats() {
+        Ok(s) => {
+            let (was, now) = (counters(before), counters(&s));
+            let mut moved: Vec<String> = now
+                .iter()
+                .filter_map(|(name, v)| {
+                    let d = v.saturating_sub(was.get(name).copied().unwrap_or(0));
+                    (d > 0).then(|| format!("{name} +{d}"))
+                })
+                .collect();
+            moved.sort();
+            (vec_lines(&s), moved.join(", "))
+        }
+        Err(e) => (format!("({e:#})"), String::new()),
+    };
+    format!(
+        "frames into the guest: gw2 pinged its link-1 address: {ping}\n\
+         its vec interrupts and frames before:\n{}after:\n{after}\
+         the guest's counters that moved meanwhile: {moved}\n",
+        vec_lines(before)
+    )
 }
 
 /// A link whose far end goes down while the instance has frames to send
