@@ -675,28 +675,31 @@ impl<'a> PathCuts<'a> {
     /// state (`ss -tin`: cwnd, pacing and delivery rate, backoff, lost,
     /// unacked), which say whether the sender backed off, lost its rate
     /// estimate, or has nothing to send.
+    /// Its MPTCP connections too (`ss -Mmi`: what each holds in memory,
+    /// its sequence numbers): a connection whose buffer is full of data
+    /// beyond a hole stops taking data from its subflows.
     fn peer_state(&self) -> String {
         const SOCKETS: usize = 24;
-        let ss = self
-            .tb
-            .command("gw2", "ss")
-            .ok()
-            .and_then(|mut c| {
-                run_ok(
-                    c.args(["-tinH", "state", "established"]),
-                    Duration::from_secs(10),
-                )
+        let ss = |args: &[&str]| {
+            self.tb
+                .command("gw2", "ss")
                 .ok()
-            })
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let lines: Vec<&str> = ss.lines().take(2 * SOCKETS).collect();
+                .and_then(|mut c| run_ok(c.args(args), Duration::from_secs(10)).ok())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let subflows = ss(&["-tinH", "state", "established"]);
+        let subflows: Vec<&str> = subflows.lines().take(2 * SOCKETS).collect();
+        let conns = ss(&["-MmiH"]);
+        let conns: Vec<&str> = conns.lines().take(2 * SOCKETS).collect();
         let stack = self.stack_state.map(|f| f()).unwrap_or_default();
         format!(
             "gw2's MPTcpExt counters that moved: {}\n\
-             gw2's first {SOCKETS} established sockets (ss -tin):\n{}\n{stack}",
+             gw2's first {SOCKETS} established sockets (ss -tin):\n{}\n\
+             gw2's first {SOCKETS} MPTCP connections (ss -Mmi):\n{}\n{stack}",
             self.counters_moved(),
-            lines.join("\n")
+            subflows.join("\n"),
+            conns.join("\n")
         )
     }
 
