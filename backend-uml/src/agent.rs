@@ -223,6 +223,10 @@ pub(crate) fn guest_stats() -> String {
         "/proc/net/dev",
         "/proc/net/sockstat",
         "/proc/sys/net/ipv4/tcp_mem",
+        // The guest's memory as a whole: an atomic allocation that fails
+        // (an skb extension for every MPTCP segment) drops segments
+        // without a counter.
+        "/proc/meminfo",
     ] {
         text.push_str(&format!("# {file}\n"));
         match std::fs::read_to_string(file) {
@@ -231,6 +235,20 @@ pub(crate) fn guest_stats() -> String {
         }
     }
     text.push_str(&transmit_queues());
+    // The kernel's own complaints (allocation failures, warnings), which
+    // the quiet console does not show.
+    text.push_str("# kernel log, last lines (dmesg)\n");
+    match Command::new("dmesg").output() {
+        Ok(out) => {
+            let log = String::from_utf8_lossy(&out.stdout);
+            let lines: Vec<&str> = log.lines().collect();
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        Err(e) => text.push_str(&format!("(cannot run dmesg: {e})\n")),
+    }
     // A copy in the run directory (the guest's root is the host's): a
     // guest short of socket memory resets the connection that carries
     // this text, and then the copy is what tells why.
