@@ -29,14 +29,18 @@ fn probe() -> String {
 /// over 20 ms.
 const ROUND_TRIPS: u64 = 10_000;
 
-/// Round trips over 20 ms a run may have among all sizes: one, for a host
-/// that deschedules the program or the instance at the wrong moment.
-const OVER_20MS_ALLOWED: u64 = 1;
+/// Round trips over 20 ms a run may have among all sizes: a few, for a
+/// host that deschedules the program or the instance at the wrong moment
+/// (a CI rehearsal saw two uml round trips of 20-25 ms in 30,000, the
+/// other sizes' tails under 9 ms). What this guards against, a wakeup
+/// that waits for a timer, gave 7 to 9 over 20 ms per run on uml before
+/// its patch 0007; none may pass 50 ms.
+const OVER_20MS_ALLOWED: u64 = 3;
 
 /// 10,000 round trips each of 64 B, 1 KiB and 16 KiB with TCP_NODELAY, a
 /// short transactions run and a few fresh connections: every echo intact
 /// (the probe compares each byte and fails otherwise), none over 50 ms and
-/// at most one over 20 ms, MPTCP with a joined subflow at the peer.
+/// at most three over 20 ms, MPTCP with a joined subflow at the peer.
 fn round_trips(stack_name: &str) -> Result<()> {
     let tb = two_gateways()?;
     let stack = Stack::up(stack_name, &tb, "rr")?;
