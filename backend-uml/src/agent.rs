@@ -204,10 +204,7 @@ pub(crate) fn guest_stats() -> String {
         Err(_) => "# relay: agent (this kernel has no in-kernel relay)\n".to_string(),
     };
     text.push_str("# sockets (ss -tmiMn)\n");
-    match Command::new("ss").args(["-tmiMn"]).output() {
-        Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
-        Err(e) => text.push_str(&format!("(cannot run ss: {e})\n")),
-    }
+    text.push_str(&tool_output("ss", &["-tmiMn"]));
     text.push_str("# counters (/proc/net/snmp, /proc/net/netstat)\n");
     for file in ["/proc/net/snmp", "/proc/net/netstat"] {
         let table = std::fs::read_to_string(file).unwrap_or_default();
@@ -238,16 +235,11 @@ pub(crate) fn guest_stats() -> String {
     // The kernel's own complaints (allocation failures, warnings), which
     // the quiet console does not show.
     text.push_str("# kernel log, last lines (dmesg)\n");
-    match Command::new("dmesg").output() {
-        Ok(out) => {
-            let log = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<&str> = log.lines().collect();
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-        Err(e) => text.push_str(&format!("(cannot run dmesg: {e})\n")),
+    let log = tool_output("dmesg", &[]);
+    let lines: Vec<&str> = log.lines().collect();
+    for line in &lines[lines.len().saturating_sub(40)..] {
+        text.push_str(line);
+        text.push('\n');
     }
     // A copy in the run directory (the guest's root is the host's): a
     // guest short of socket memory resets the connection that carries
@@ -316,17 +308,20 @@ fn transmit_queues() -> String {
     // queue depths, interrupts taken.
     for dev in names.iter().filter(|n| n.starts_with("vec")) {
         text.push_str(&format!("# driver counters (ethtool -S {dev})\n"));
-        match Command::new("ethtool").args(["-S", dev]).output() {
-            Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
-            Err(e) => text.push_str(&format!("(cannot run ethtool: {e})\n")),
-        }
+        text.push_str(&tool_output("ethtool", &["-S", dev]));
     }
     text.push_str("# qdiscs (tc -s qdisc show)\n");
-    match Command::new("tc").args(["-s", "qdisc", "show"]).output() {
-        Ok(out) => text.push_str(&String::from_utf8_lossy(&out.stdout)),
-        Err(e) => text.push_str(&format!("(cannot run tc: {e})\n")),
-    }
+    text.push_str(&tool_output("tc", &["-s", "qdisc", "show"]));
     text
+}
+
+/// What a tool of the guest's root prints, or one line saying why it
+/// could not run (the stats go on without it).
+fn tool_output(program: &str, args: &[&str]) -> String {
+    match Command::new(program).args(args).output() {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(cannot run {program}: {e})\n"),
+    }
 }
 
 /// `/proc/net/snmp` and `/proc/net/netstat` give each group as two lines,

@@ -360,6 +360,21 @@ pub fn guest_mptcp(device: &str) -> Result<String> {
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// The counters of the guest's stats ([`UmlDevice::guest_stats`]), by
+/// the names `nstat` gives them (`MPTcpExtRcvPruned`).
+pub fn guest_counters(stats: &str) -> std::collections::HashMap<String, u64> {
+    stats
+        .lines()
+        .skip_while(|l| !l.starts_with("# counters"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// The guest's stats ([`UmlDevice::guest_stats`]) cut for a failure's
 /// report: the relays and the first `sockets` lines of its sockets, then
 /// every counter that is not zero and the devices' and memory's sections
@@ -461,7 +476,7 @@ impl Drop for UmlDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::{guest_socket, stats_for_report, GuestSocket};
+    use super::{guest_counters, guest_socket, stats_for_report, GuestSocket};
 
     #[test]
     fn stats_for_report_keeps_memory_and_moved_counters_and_cuts_sockets() {
@@ -475,6 +490,17 @@ mod tests {
              # counters (/proc/net/snmp, /proc/net/netstat)\nMPTcpExtRcvPruned 7\n\
              # /proc/net/sockstat\nTCP: inuse 3 mem 2100"
         );
+    }
+
+    #[test]
+    fn guest_counters_are_read_from_their_section_only() {
+        let stats = "# sockets (ss -tmiMn)\nTcpExtNotACounter 9\n\
+                     # counters (/proc/net/snmp, /proc/net/netstat)\nMPTcpExtRcvPruned 7\nTcpInSegs 12\n\
+                     # /proc/net/sockstat\nTCP: inuse 3 mem 2100\n";
+        let c = guest_counters(stats);
+        assert_eq!(c.get("MPTcpExtRcvPruned"), Some(&7));
+        assert_eq!(c.get("TcpInSegs"), Some(&12));
+        assert_eq!(c.len(), 2, "{c:?}");
     }
 
     #[test]

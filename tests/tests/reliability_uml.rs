@@ -17,7 +17,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use dropshim_tests::reliability::*;
-use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::uml::{guest_counters, UmlDevice};
 use dropshim_tests::*;
 use std::time::{Duration, Instant};
 
@@ -253,10 +253,10 @@ fn reliability_uml_path_cuts_with_the_guest_short_of_socket_memory_lose_nothing(
     let dev = UmlDevice::up_with(&tb, "gw1", &[1, 2], "rm", &extra)?;
     let pruned = || -> Result<u64> {
         Ok(dev
-            .guest_stats()?
-            .lines()
-            .find_map(|l| l.strip_prefix("MPTcpExtRcvPruned "))
-            .and_then(|v| v.trim().parse().ok())
+            .guest_stats()
+            .map(|s| guest_counters(&s))?
+            .get("MPTcpExtRcvPruned")
+            .copied()
             .unwrap_or(0))
     };
     let before = pruned()?;
@@ -340,18 +340,6 @@ fn path_cuts_during_load(tb: &Testbed, dev: &UmlDevice) -> Result<()> {
 /// while a connection's segments go unacknowledged, that its stack
 /// drops them (the counters say where).
 fn frames_into_the_guest(tb: &Testbed, dev: &UmlDevice, before: &str) -> String {
-    let counters = |stats: &str| -> std::collections::HashMap<String, u64> {
-        stats
-            .lines()
-            .skip_while(|l| !l.starts_with("# counters"))
-            .skip(1)
-            .take_while(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (name, value) = l.split_once(' ')?;
-                Some((name.to_string(), value.trim().parse().ok()?))
-            })
-            .collect()
-    };
     let vec_lines = |stats: &str| -> String {
         stats
             .lines()
@@ -376,16 +364,8 @@ fn frames_into_the_guest(tb: &Testbed, dev: &UmlDevice, before: &str) -> String 
     };
     let (after, moved) = match dev.guest_stats() {
         Ok(s) => {
-            let (was, now) = (counters(before), counters(&s));
-            let mut moved: Vec<String> = now
-                .iter()
-                .filter_map(|(name, v)| {
-                    let d = v.saturating_sub(was.get(name).copied().unwrap_or(0));
-                    (d > 0).then(|| format!("{name} +{d}"))
-                })
-                .collect();
-            moved.sort();
-            (vec_lines(&s), moved.join(", "))
+            let moved = deltas_named(&guest_counters(before), &guest_counters(&s), "");
+            (vec_lines(&s), moved)
         }
         Err(e) => (format!("({e:#})"), String::new()),
     };
