@@ -163,6 +163,76 @@ fn ensure_two_subflows_to_server(
     Ok(())
 }
 
+/// Runs `client` (a download from a server in the instance, printed on its
+/// standard output, its input held open) and holds its output unread until
+/// gw2 has completed its second subflow's handshake, then drains it into
+/// `out`. Unread, the download cannot end before the join: the server
+/// blocks on full buffers (32 MiB is far beyond them). Left free, a server
+/// that answers the join late (a lost MP_JOIN SYN waits a 1 s
+/// retransmission) could finish first, and the join would be refused by a
+/// connection already gone: a timing race that touches no data.
+fn receive_after_the_join(
+    tb: &Testbed,
+    mut client: Command,
+    before: &std::collections::HashMap<String, u64>,
+    out: &Path,
+) -> Result<()> {
+    client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = client.spawn().context("spawning the client")?;
+    let input = child.stdin.take();
+    if let Err(e) = drain_after_the_join(tb, &mut child, before, out) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    drop(input);
+    let res = wait_bounded(child, SHORT)?;
+    ensure!(
+        res.status.success(),
+        "the client failed ({}): {}",
+        res.status,
+        String::from_utf8_lossy(&res.stderr)
+    );
+    Ok(())
+}
+
+fn drain_after_the_join(
+    tb: &Testbed,
+    child: &mut std::process::Child,
+    before: &std::collections::HashMap<String, u64>,
+    out: &Path,
+) -> Result<()> {
+    let mut output = child.stdout.take().context("client stdout")?;
+    let netns = tb.netns("gw2")?;
+    let waited = std::time::Instant::now();
+    let joined = wait_until(SHORT, "gw2's second subflow to the instance", || {
+        mptcp_counters(netns).is_ok_and(|after| delta(before, &after, "MPJoinSynAckRx") >= 1)
+    });
+    if let Err(e) = joined {
+        let after = mptcp_counters(netns)?;
+        anyhow::bail!(
+            "the server in the instance answered no MP_JOIN while its connection was open: {e} (gw2: {})",
+            deltas_named(before, &after, "MPJoin")
+        );
+    }
+    eprintln!(
+        "gw2's join answered {:?} after the client started",
+        waited.elapsed()
+    );
+    let mut file = std::fs::File::create(out)?;
+    let (done, copied) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(std::io::copy(&mut output, &mut file));
+    });
+    match copied.recv_timeout(TRANSFER) {
+        Ok(copied) => copied.map(drop).context("draining the client's output"),
+        Err(_) => anyhow::bail!("the download did not end within {TRANSFER:?}"),
+    }
+}
+
 /// Kills and reaps a child on drop, so a failing test leaves no server.
 struct ChildGuard(std::process::Child);
 
@@ -617,8 +687,9 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
     )?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let out = got.path().join("nc-from-uml.bin");
-    let gw1 = IpAddr::V4(tb.addr4("gw1", 1)?);
-    nc_receive(&tb, "gw2", bb, &[], gw1, port, &out)?;
+    let gw1 = tb.addr4("gw1", 1)?.to_string();
+    let client = dropshim_run(&tb, "gw2", &[], &[bb, "nc", &gw1, &port_s])?;
+    receive_after_the_join(&tb, client, &before, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "nc server on uml: received bytes differ"
@@ -724,10 +795,9 @@ fn go_through_the_instance(v6: bool) -> Result<()> {
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let out = got.path().join("from-uml.bin");
     let mut curl = plain(&tb, "gw2", "mptcpize")?;
-    curl.args(["run", "curl", "-sS", "--fail", "-o"])
-        .arg(&out)
+    curl.args(["run", "curl", "-sS", "--fail", "-o", "-"])
         .arg(url(gw1, port, "blob.bin"));
-    run_ok(&mut curl, TRANSFER)?;
+    receive_after_the_join(&tb, curl, &before, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "Go server on uml over {family}: bytes differ"
