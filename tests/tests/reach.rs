@@ -233,6 +233,120 @@ fn drain_after_the_join(
     }
 }
 
+/// A FIFO at `dir/name`, for a client's download to go through.
+fn fifo(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    run_ok(Command::new("mkfifo").arg(&path), SHORT)?;
+    Ok(path)
+}
+
+/// Runs `client` on the uml stack, whose download goes into the FIFO
+/// `fifo` (named in its arguments, or as its standard output with
+/// `to_stdout`), with its input held open, and holds the download unread
+/// until gw2 has completed the instance's second subflow; then drains it
+/// into `out`. The same race as [`receive_after_the_join`], the other
+/// way round: a join from the instance answered late must not find the
+/// download over.
+fn download_after_the_instance_joins(
+    tb: &Testbed,
+    mut client: Command,
+    fifo: &Path,
+    to_stdout: bool,
+    before: &std::collections::HashMap<String, u64>,
+    out: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened for reading and writing, the FIFO opens at once and never
+    // reads as ended: the client's exit says when it is done.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)?;
+    if to_stdout {
+        client.stdout(std::fs::OpenOptions::new().write(true).open(fifo)?);
+    }
+    let errors = out.with_extension("stderr");
+    client
+        .stdin(Stdio::piped())
+        .stderr(std::fs::File::create(&errors)?);
+    let mut child = client.spawn().context("spawning the client")?;
+    drop(client);
+    let input = child.stdin.take();
+    let drained = drain_after_the_instance_joins(tb, &mut child, &mut reader, before, out);
+    if drained.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(input);
+    drained.with_context(|| {
+        format!(
+            "the client's errors: {}",
+            std::fs::read_to_string(&errors).unwrap_or_default()
+        )
+    })
+}
+
+fn drain_after_the_instance_joins(
+    tb: &Testbed,
+    child: &mut std::process::Child,
+    reader: &mut std::fs::File,
+    before: &std::collections::HashMap<String, u64>,
+    out: &Path,
+) -> Result<()> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::fd::AsRawFd;
+    let netns = tb.netns("gw2")?;
+    let waited = std::time::Instant::now();
+    let joined = wait_until(SHORT, "the instance's second subflow to gw2", || {
+        mptcp_counters(netns).is_ok_and(|after| delta(before, &after, "MPJoinAckRx") >= 1)
+    });
+    if let Err(e) = joined {
+        let after = mptcp_counters(netns)?;
+        anyhow::bail!(
+            "gw2 completed no MP_JOIN from the instance while the download was open: {e} (gw2: {})",
+            deltas_named(before, &after, "MPJoin")
+        );
+    }
+    eprintln!(
+        "the instance's join completed {:?} after the client started",
+        waited.elapsed()
+    );
+    let mut file = std::fs::File::create(out)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = std::time::Instant::now() + TRANSFER;
+    loop {
+        // Looked at before reading: once the client has exited, one more
+        // read takes everything it wrote.
+        let exited = child.try_wait()?;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => file.write_all(&buf[..n])?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(status) = exited {
+            ensure!(status.success(), "the client failed ({status})");
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the download did not end within {TRANSFER:?}"
+        );
+        let mut pfd = libc::pollfd {
+            fd: reader.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd for the duration of the call; the wait
+        // is bounded (50 ms) so the client's exit is seen soon.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
+    }
+}
+
 /// Kills and reaps a child on drop, so a failing test leaves no server.
 struct ChildGuard(std::process::Child);
 
@@ -647,16 +761,17 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let got = tempfile::tempdir()?;
     let out = got.path().join("wget.bin");
-    let out_s = out.to_str().context("out path")?;
+    let pipe = fifo(got.path(), "wget.fifo")?;
+    let pipe_s = pipe.to_str().context("fifo path")?;
     let link = url(ip, port, "blob.bin");
-    download_intact(
+    let wget = dropshim_run(
         &tb,
+        "gw1",
         &["--config", &config],
-        &[bb, "wget", "-q", "-O", out_s, &link],
-        &out,
-        &want,
-        "wget on uml",
+        &[bb, "wget", "-q", "-O", pipe_s, &link],
     )?;
+    download_after_the_instance_joins(&tb, wget, &pipe, false, &before, &out)?;
+    ensure!(sha256_file(&out)? == want, "wget on uml: bytes differ");
     ensure_two_subflows(&tb, &before, 1)?;
 
     // nc: a native nc in gw2 sends the file; gw1's nc receives it
@@ -665,7 +780,14 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let _server = nc_file_server(&tb, bb, &file, port)?;
     let out = got.path().join("nc.bin");
-    nc_receive(&tb, "gw1", bb, &["--config", &config], ip, port, &out)?;
+    let pipe = fifo(got.path(), "nc.fifo")?;
+    let nc = dropshim_run(
+        &tb,
+        "gw1",
+        &["--config", &config],
+        &[bb, "nc", &ip.to_string(), &port.to_string()],
+    )?;
+    download_after_the_instance_joins(&tb, nc, &pipe, true, &before, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "nc on uml: received bytes differ"
@@ -739,21 +861,34 @@ fn go_through_the_instance(v6: bool) -> Result<()> {
     let out = got.path().join("go.bin");
     let out_s = out.to_str().context("out path")?;
     let link = url(ip, port, "blob.bin");
-    download_intact(
-        &tb,
-        &["--config", &config],
-        &[go, "get", &link, out_s],
-        &out,
-        &want,
-        &format!("Go client on uml over {family}"),
-    )?;
     if v6 {
+        download_intact(
+            &tb,
+            &["--config", &config],
+            &[go, "get", &link, out_s],
+            &out,
+            &want,
+            &format!("Go client on uml over {family}"),
+        )?;
         let after = mptcp_counters(tb.netns("gw2")?)?;
         ensure!(
             delta(&before, &after, "MPCapableSYNRX") >= 1,
             "gw2 saw no MP_CAPABLE SYN over IPv6: not MPTCP"
         );
     } else {
+        let pipe = fifo(got.path(), "go.fifo")?;
+        let pipe_s = pipe.to_str().context("fifo path")?;
+        let client = dropshim_run(
+            &tb,
+            "gw1",
+            &["--config", &config],
+            &[go, "get", &link, pipe_s],
+        )?;
+        download_after_the_instance_joins(&tb, client, &pipe, false, &before, &out)?;
+        ensure!(
+            sha256_file(&out)? == want,
+            "Go client on uml over {family}: bytes differ"
+        );
         ensure_two_subflows(&tb, &before, 1)?;
     }
 
