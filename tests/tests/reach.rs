@@ -163,73 +163,28 @@ fn ensure_two_subflows_to_server(
     Ok(())
 }
 
-/// Runs `client` (a download from a server in the instance, printed on its
-/// standard output, its input held open) and holds its output unread until
-/// gw2 has completed its second subflow's handshake, then drains it into
-/// `out`. Unread, the download cannot end before the join: the server
-/// blocks on full buffers (32 MiB is far beyond them). Left free, a server
-/// that answers the join late (a lost MP_JOIN SYN waits a 1 s
-/// retransmission) could finish first, and the join would be refused by a
-/// connection already gone: a timing race that touches no data.
-fn receive_after_the_join(
-    tb: &Testbed,
-    mut client: Command,
-    before: &std::collections::HashMap<String, u64>,
-    out: &Path,
-) -> Result<()> {
-    client
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = client.spawn().context("spawning the client")?;
-    let input = child.stdin.take();
-    if let Err(e) = drain_after_the_join(tb, &mut child, before, out) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
-    drop(input);
-    let res = wait_bounded(child, SHORT)?;
-    ensure!(
-        res.status.success(),
-        "the client failed ({}): {}",
-        res.status,
-        String::from_utf8_lossy(&res.stderr)
-    );
-    Ok(())
+/// The second subflow of a download between gw2 and the instance, as
+/// gw2's counters show it: gw2's own join to a server in the instance
+/// answered, or the instance's join to gw2 completed.
+#[derive(Clone, Copy)]
+enum Join {
+    FromGw2,
+    FromInstance,
 }
 
-fn drain_after_the_join(
-    tb: &Testbed,
-    child: &mut std::process::Child,
-    before: &std::collections::HashMap<String, u64>,
-    out: &Path,
-) -> Result<()> {
-    let mut output = child.stdout.take().context("client stdout")?;
-    let netns = tb.netns("gw2")?;
-    let waited = std::time::Instant::now();
-    let joined = wait_until(SHORT, "gw2's second subflow to the instance", || {
-        mptcp_counters(netns).is_ok_and(|after| delta(before, &after, "MPJoinSynAckRx") >= 1)
-    });
-    if let Err(e) = joined {
-        let after = mptcp_counters(netns)?;
-        anyhow::bail!(
-            "the server in the instance answered no MP_JOIN while its connection was open: {e} (gw2: {})",
-            deltas_named(before, &after, "MPJoin")
-        );
+impl Join {
+    fn counter(self) -> &'static str {
+        match self {
+            Join::FromGw2 => "MPJoinSynAckRx",
+            Join::FromInstance => "MPJoinAckRx",
+        }
     }
-    eprintln!(
-        "gw2's join answered {:?} after the client started",
-        waited.elapsed()
-    );
-    let mut file = std::fs::File::create(out)?;
-    let (done, copied) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(std::io::copy(&mut output, &mut file));
-    });
-    match copied.recv_timeout(TRANSFER) {
-        Ok(copied) => copied.map(drop).context("draining the client's output"),
-        Err(_) => anyhow::bail!("the download did not end within {TRANSFER:?}"),
+
+    fn what(self) -> &'static str {
+        match self {
+            Join::FromGw2 => "gw2's second subflow to the instance",
+            Join::FromInstance => "the instance's second subflow to gw2",
+        }
     }
 }
 
@@ -240,18 +195,20 @@ fn fifo(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs `client` on the uml stack, whose download goes into the FIFO
-/// `fifo` (named in its arguments, or as its standard output with
-/// `to_stdout`), with its input held open, and holds the download unread
-/// until gw2 has completed the instance's second subflow; then drains it
-/// into `out`. The same race as [`receive_after_the_join`], the other
-/// way round: a join from the instance answered late must not find the
-/// download over.
-fn download_after_the_instance_joins(
+/// Runs `client`, a download between gw2 and the instance written into
+/// the FIFO `fifo` (named in its arguments, or as its standard output
+/// with `to_stdout`), with its input held open, and leaves the download
+/// unread until `join` shows in gw2's counters; then drains it into
+/// `out`. Unread, the download cannot end first: 32 MiB are far beyond
+/// the buffers on the way. Left free, it could: a join answered late (a
+/// lost MP_JOIN SYN is sent again after 1 s) finds the connection gone
+/// and is never completed, a timing race that touches no data.
+fn download_after_the_join(
     tb: &Testbed,
     mut client: Command,
     fifo: &Path,
     to_stdout: bool,
+    join: Join,
     before: &std::collections::HashMap<String, u64>,
     out: &Path,
 ) -> Result<()> {
@@ -273,7 +230,7 @@ fn download_after_the_instance_joins(
     let mut child = client.spawn().context("spawning the client")?;
     drop(client);
     let input = child.stdin.take();
-    let drained = drain_after_the_instance_joins(tb, &mut child, &mut reader, before, out);
+    let drained = drain_after_the_join(tb, &mut child, &mut reader, join, before, out);
     if drained.is_err() {
         let _ = child.kill();
         let _ = child.wait();
@@ -287,10 +244,11 @@ fn download_after_the_instance_joins(
     })
 }
 
-fn drain_after_the_instance_joins(
+fn drain_after_the_join(
     tb: &Testbed,
     child: &mut std::process::Child,
     reader: &mut std::fs::File,
+    join: Join,
     before: &std::collections::HashMap<String, u64>,
     out: &Path,
 ) -> Result<()> {
@@ -298,18 +256,19 @@ fn drain_after_the_instance_joins(
     use std::os::fd::AsRawFd;
     let netns = tb.netns("gw2")?;
     let waited = std::time::Instant::now();
-    let joined = wait_until(SHORT, "the instance's second subflow to gw2", || {
-        mptcp_counters(netns).is_ok_and(|after| delta(before, &after, "MPJoinAckRx") >= 1)
+    let joined = wait_until(SHORT, join.what(), || {
+        mptcp_counters(netns).is_ok_and(|after| delta(before, &after, join.counter()) >= 1)
     });
     if let Err(e) = joined {
         let after = mptcp_counters(netns)?;
         anyhow::bail!(
-            "gw2 completed no MP_JOIN from the instance while the download was open: {e} (gw2: {})",
+            "no MP_JOIN completed while the download was open: {e} (gw2: {})",
             deltas_named(before, &after, "MPJoin")
         );
     }
     eprintln!(
-        "the instance's join completed {:?} after the client started",
+        "{} {:?} after the client started",
+        join.what(),
         waited.elapsed()
     );
     let mut file = std::fs::File::create(out)?;
@@ -770,7 +729,7 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
         &["--config", &config],
         &[bb, "wget", "-q", "-O", pipe_s, &link],
     )?;
-    download_after_the_instance_joins(&tb, wget, &pipe, false, &before, &out)?;
+    download_after_the_join(&tb, wget, &pipe, false, Join::FromInstance, &before, &out)?;
     ensure!(sha256_file(&out)? == want, "wget on uml: bytes differ");
     ensure_two_subflows(&tb, &before, 1)?;
 
@@ -787,7 +746,7 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
         &["--config", &config],
         &[bb, "nc", &ip.to_string(), &port.to_string()],
     )?;
-    download_after_the_instance_joins(&tb, nc, &pipe, true, &before, &out)?;
+    download_after_the_join(&tb, nc, &pipe, true, Join::FromInstance, &before, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "nc on uml: received bytes differ"
@@ -811,7 +770,8 @@ fn reach_uml_busybox_wget_and_nc_client_and_server_run_through_the_instance() ->
     let out = got.path().join("nc-from-uml.bin");
     let gw1 = tb.addr4("gw1", 1)?.to_string();
     let client = dropshim_run(&tb, "gw2", &[], &[bb, "nc", &gw1, &port_s])?;
-    receive_after_the_join(&tb, client, &before, &out)?;
+    let pipe = fifo(got.path(), "nc-from-uml.fifo")?;
+    download_after_the_join(&tb, client, &pipe, true, Join::FromGw2, &before, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "nc server on uml: received bytes differ"
@@ -884,7 +844,7 @@ fn go_through_the_instance(v6: bool) -> Result<()> {
             &["--config", &config],
             &[go, "get", &link, pipe_s],
         )?;
-        download_after_the_instance_joins(&tb, client, &pipe, false, &before, &out)?;
+        download_after_the_join(&tb, client, &pipe, false, Join::FromInstance, &before, &out)?;
         ensure!(
             sha256_file(&out)? == want,
             "Go client on uml over {family}: bytes differ"
@@ -932,7 +892,8 @@ fn go_through_the_instance(v6: bool) -> Result<()> {
     let mut curl = plain(&tb, "gw2", "mptcpize")?;
     curl.args(["run", "curl", "-sS", "--fail", "-o", "-"])
         .arg(url(gw1, port, "blob.bin"));
-    receive_after_the_join(&tb, curl, &before, &out)?;
+    let pipe = fifo(got.path(), "from-uml.fifo")?;
+    download_after_the_join(&tb, curl, &pipe, true, Join::FromGw2, &before, &out)?;
     ensure!(
         sha256_file(&out)? == want,
         "Go server on uml over {family}: bytes differ"
