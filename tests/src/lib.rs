@@ -362,6 +362,19 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: 
         .saturating_sub(before.get(name).copied().unwrap_or(0))
 }
 
+/// Waits up to `timeout` until the MPTCP counter `name` of namespace
+/// `netns` has grown since `before` (a join counted, say).
+pub fn wait_counter_grows(
+    netns: &str,
+    before: &HashMap<String, u64>,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    wait_until(timeout, &format!("{netns}'s {name} to grow"), || {
+        mptcp_counters(netns).is_ok_and(|now| delta(before, &now, name) >= 1)
+    })
+}
+
 /// The counters whose name starts with `prefix` that moved between two
 /// readings, as `Name +N` pairs: the evidence a failed check prints.
 pub fn deltas_named(

@@ -256,10 +256,7 @@ fn drain_after_the_join(
     use std::os::fd::AsRawFd;
     let netns = tb.netns("gw2")?;
     let waited = std::time::Instant::now();
-    let joined = wait_until(SHORT, join.what(), || {
-        mptcp_counters(netns).is_ok_and(|after| delta(before, &after, join.counter()) >= 1)
-    });
-    if let Err(e) = joined {
+    if let Err(e) = wait_counter_grows(netns, before, join.counter(), SHORT) {
         let after = mptcp_counters(netns)?;
         anyhow::bail!(
             "no MP_JOIN completed while the download was open: {e} (gw2: {})",

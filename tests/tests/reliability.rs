@@ -199,11 +199,12 @@ fn peers(
     // these cases are about established connections. A kill while the
     // join handshake is in flight is a kernel race of its own (seen once
     // under load: the peer's recv then waited > 10 s).
-    let _ = wait_until(Duration::from_secs(5), "the second subflow to join", || {
-        mptcp_counters(tb.netns("gw2").unwrap_or_default())
-            .map(|now| delta(&joins_before, &now, "MPJoinAckRx") >= 1)
-            .unwrap_or(false)
-    });
+    let _ = wait_counter_grows(
+        tb.netns("gw2")?,
+        &joins_before,
+        "MPJoinAckRx",
+        Duration::from_secs(5),
+    );
     Ok((server, client))
 }
 

@@ -129,9 +129,7 @@ fn proves_mptcp(
     // A short transfer can end while the join's handshake is still in
     // flight (the guest answers late under load): give it a moment.
     let netns = bed.tb.netns("gw2")?.to_string();
-    let _ = wait_until(Duration::from_secs(3), "the join to be counted", || {
-        mptcp_counters(&netns).is_ok_and(|now| delta(&before, &now, join) >= 1)
-    });
+    let _ = wait_counter_grows(&netns, &before, join, Duration::from_secs(3));
     let after = mptcp_counters(&netns)?;
     let (c, j) = (
         delta(&before, &after, capable),

@@ -592,12 +592,12 @@ fn uml_peer_client(
         .args(["client", &ip, &port.to_string(), mode]);
     let client = Lines::spawn(&mut c, "peer client on uml")?;
     client.expect("connected", SHORT)?;
-    let _ = wait_until(Duration::from_secs(5), "the second subflow to join", || {
-        tb.netns("gw2")
-            .ok()
-            .and_then(|ns| mptcp_counters(ns).ok())
-            .is_some_and(|now| delta(&joins_before, &now, "MPJoinAckRx") >= 1)
-    });
+    let _ = wait_counter_grows(
+        tb.netns("gw2")?,
+        &joins_before,
+        "MPJoinAckRx",
+        Duration::from_secs(5),
+    );
     Ok(client)
 }
 
