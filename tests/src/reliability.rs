@@ -5,7 +5,7 @@
 //! the bounded CI run into the long one (`scripts/reliability-long.sh`)
 //! and into a soak (`scripts/soak.sh`, see `soak_path_cuts`).
 
-use crate::{delta, mptcp_counters, run_ok, wait_until};
+use crate::{delta, mptcp_counters, run_ok, wait_counter_grows, wait_until};
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use std::collections::HashMap;
@@ -539,6 +539,13 @@ impl<'a> PathCuts<'a> {
         let both = |tb: &Testbed| -> u64 {
             link_bytes(tb, "gw2", 1).unwrap_or(0) + link_bytes(tb, "gw2", 2).unwrap_or(0)
         };
+        // The connections are up, but their joins are made after the
+        // handshake, asynchronously: a first cut of link 2 at that moment
+        // fails every join (MPJoinSynTxConnectErr) and the kernel's path
+        // manager does not try again, so the load would run on one path.
+        // The cuts begin once gw2 has seen a join.
+        wait_counter_grows(tb.netns("gw2")?, &self.before, "MPJoinSynRx", WAIT)
+            .context("no subflow joined over link 2 before the first cut")?;
         let mut faults = 0u64;
         let mut worst = Duration::ZERO;
         let mut link = 2;
