@@ -16,6 +16,7 @@ pub mod uml;
 pub mod upload;
 
 use anyhow::{bail, Context, Result};
+use dropshim_stacks::{DeviceFile, Iface};
 use dropshim_testbed::{Options, Spec, Testbed};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -82,14 +83,7 @@ pub fn shimmed(tb: &Testbed, node: &str, program: &str, env: &[(&str, &str)]) ->
 /// `program` in `node` without the shim: the kernel's own behaviour.
 pub fn plain(tb: &Testbed, node: &str, program: &str) -> Result<Command> {
     let mut cmd = tb.command(node, program)?;
-    for var in [
-        "LD_PRELOAD",
-        "DROPSHIM_CONFIG",
-        "DROPSHIM_BACKEND",
-        "DROPSHIM_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
+    dropshim_stacks::clear_stack_env(&mut cmd);
     Ok(cmd)
 }
 
@@ -191,8 +185,8 @@ pub fn program_stdout(out: &Output, what: &str) -> Result<String> {
 /// `[mptcp] scheduler`, a `cost` per interface (by position in the file)
 /// dropshim's userspace path manager (`pm`: the lines of its
 /// `[mptcp.userspace]` table, e.g. `policy = "fullmesh"`) and the MPTCP
-/// endpoint roles of gw1's second interface (`roles2`: TOML list items
-/// such as `"backup"`, in place of the stack helpers' `"subflow"`).
+/// endpoint roles of a node's last interface (`roles2`, in place of
+/// `subflow`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeviceExtra {
     /// `[mptcp] scheduler`, if set.
@@ -201,42 +195,38 @@ pub struct DeviceExtra {
     pub costs: Vec<Option<u32>>,
     /// Lines of `[mptcp.userspace]`; setting it also selects `path_manager = "userspace"`.
     pub pm: Option<String>,
-    /// Endpoint roles of gw1's second interface, as TOML list items.
-    pub roles2: Option<String>,
+    /// Endpoint roles of the node's last interface.
+    pub roles2: Option<Vec<String>>,
     /// Extra arguments of a uml instance's kernel command line (`[uml]
     /// cmdline`), such as a `sysctl.` setting of the guest.
     pub uml_cmdline: Vec<String>,
 }
 
 impl DeviceExtra {
-    /// Lines to add to the `i`th `[[interfaces]]` table.
-    pub fn interface_lines(&self, i: usize) -> String {
-        match self.costs.get(i).copied().flatten() {
-            Some(c) => format!("cost = {c}\n"),
-            None => String::new(),
-        }
-    }
-
-    /// Lines to add at the end of the `[mptcp]` table (the file's last).
-    pub fn mptcp_lines(&self) -> String {
-        let mut out = String::new();
-        if let Some(s) = &self.scheduler {
-            out += &format!("scheduler = \"{s}\"\n");
-        }
-        if let Some(pm) = &self.pm {
-            out += &format!("path_manager = \"userspace\"\n\n[mptcp.userspace]\n{pm}\n");
-        }
-        out
-    }
-
-    /// The `[uml]` table, after the `[mptcp]` lines (empty without extra
-    /// kernel arguments).
-    pub fn uml_lines(&self) -> String {
-        if self.uml_cmdline.is_empty() {
-            return String::new();
-        }
-        let args: Vec<String> = self.uml_cmdline.iter().map(|a| format!("{a:?}")).collect();
-        format!("\n[uml]\ncmdline = [{}]\n", args.join(", "))
+    /// The device file of a node's `links` with these additions: each
+    /// link's IPv4 address (and IPv6 with `ipv6`), and, with two links or
+    /// more, the last one an MPTCP endpoint (`subflow` unless `roles2`
+    /// says otherwise).
+    pub fn device_file(&self, links: &[u32], ipv6: bool) -> DeviceFile {
+        let subflow = vec!["subflow".to_string()];
+        let interfaces = links
+            .iter()
+            .enumerate()
+            .map(|(i, &link)| {
+                let mut iface = Iface::on(link);
+                iface.ipv6 = ipv6;
+                if i + 1 == links.len() && links.len() > 1 {
+                    iface.roles = self.roles2.clone().unwrap_or_else(|| subflow.clone());
+                }
+                iface.cost = self.costs.get(i).copied().flatten();
+                iface
+            })
+            .collect();
+        let mut file = DeviceFile::new(interfaces);
+        file.scheduler.clone_from(&self.scheduler);
+        file.userspace.clone_from(&self.pm);
+        file.uml_cmdline.clone_from(&self.uml_cmdline);
+        file
     }
 }
 

@@ -4,13 +4,12 @@
 //! where `liblkl.so` is, and commands for programs on that backend and for
 //! native MPTCP peers in gw2.
 
-use crate::{run_ok, shim_path, DeviceExtra};
+use crate::{shim_path, DeviceExtra};
 use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// liblkl.so, built (or found in its cache) by build-lkl.sh once per run,
 /// the way the shim finds it.
@@ -25,92 +24,40 @@ pub fn liblkl() -> Result<PathBuf> {
 /// address (the packet sockets see every frame; a host address would make
 /// the host stack answer too), and a device file gives gw1's addresses to
 /// the library kernel instead.
-pub struct LklNode {
-    _dir: tempfile::TempDir,
-    /// The device file that gives gw1's addresses to the library kernel.
-    pub config: PathBuf,
-}
+pub use dropshim_stacks::LklDevice as LklNode;
 
 /// [`lkl_node_with`] without IPv6.
-pub fn lkl_node(tb: &Testbed, roles2: &str) -> Result<LklNode> {
+pub fn lkl_node(tb: &Testbed, roles2: &[&str]) -> Result<LklNode> {
     lkl_node_with(tb, roles2, false)
 }
 
-/// gw1 on the lkl backend; `roles2` is link 2's MPTCP endpoint roles as
-/// TOML list items (`"subflow"` for a client, `"signal"` for a server);
-/// with `ipv6`, the library kernel gets gw1's IPv6 addresses too.
-pub fn lkl_node_with(tb: &Testbed, roles2: &str, ipv6: bool) -> Result<LklNode> {
-    lkl_node_extra(tb, roles2, ipv6, &DeviceExtra::default())
+/// gw1 on the lkl backend; `roles2` is link 2's MPTCP endpoint roles
+/// (`subflow` for a client, `signal` for a server); with `ipv6`, the
+/// library kernel gets gw1's IPv6 addresses too.
+pub fn lkl_node_with(tb: &Testbed, roles2: &[&str], ipv6: bool) -> Result<LklNode> {
+    let extra = DeviceExtra {
+        roles2: Some(roles2.iter().map(|r| r.to_string()).collect()),
+        ..DeviceExtra::default()
+    };
+    lkl_node_extra(tb, ipv6, &extra)
 }
 
-/// [`lkl_node_with`] with a scheduler and interface costs.
-pub fn lkl_node_extra(
-    tb: &Testbed,
-    roles2: &str,
-    ipv6: bool,
-    extra: &DeviceExtra,
-) -> Result<LklNode> {
-    anyhow::ensure!(
-        extra.uml_cmdline.is_empty(),
-        "a uml kernel command line for an lkl node: {:?}",
-        extra.uml_cmdline
-    );
-    for link in ["link1", "link2"] {
-        run_ok(
-            tb.command("gw1", "ip")?
-                .args(["addr", "flush", "dev", link]),
-            Duration::from_secs(20),
-        )?;
-    }
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("gw1-lkl.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[device]
-name = "gw1lkl"
-backend = "lkl"
-
-[[interfaces]]
-name = "link1"
-addresses = ["{a1}/24"{b1}]
-{x1}
-[[interfaces]]
-name = "link2"
-addresses = ["{a2}/24"{b2}]
-endpoint = [{roles2}]
-{x2}
-[mptcp]
-limits = {{ subflows = 2, add_addr_accepted = 2 }}
-{xm}"#,
-            x1 = extra.interface_lines(0),
-            x2 = extra.interface_lines(1),
-            xm = extra.mptcp_lines(),
-            a1 = tb.addr4("gw1", 1)?,
-            a2 = tb.addr4("gw1", 2)?,
-            b1 = if ipv6 {
-                format!(", \"{}/64\"", tb.addr6("gw1", 1)?)
-            } else {
-                String::new()
-            },
-            b2 = if ipv6 {
-                format!(", \"{}/64\"", tb.addr6("gw1", 2)?)
-            } else {
-                String::new()
-            },
-        ),
-    )?;
-    Ok(LklNode { _dir: dir, config })
+/// gw1's links 1 and 2 on the lkl backend, with the additions of `extra`.
+pub fn lkl_node_extra(tb: &Testbed, ipv6: bool, extra: &DeviceExtra) -> Result<LklNode> {
+    let file = extra.device_file(&[1, 2], ipv6);
+    LklNode::up(
+        tb,
+        "gw1",
+        &file,
+        &dropshim_stacks::unique_name("lkl"),
+        &liblkl()?,
+    )
 }
 
 /// `program` in gw1 under the shim with backend lkl.
 pub fn on_lkl(tb: &Testbed, node: &LklNode, program: &str) -> Result<Command> {
     let mut cmd = tb.command("gw1", program)?;
-    cmd.env("LD_PRELOAD", shim_path())
-        .env("DROPSHIM_CONFIG", &node.config)
-        .env("DROPSHIM_BACKEND", "lkl")
-        .env("DROPSHIM_LKL_LIB", liblkl()?)
-        .env_remove("DROPSHIM_LOG");
+    node.program_env(&mut cmd, &shim_path());
     Ok(cmd)
 }
 

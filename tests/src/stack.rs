@@ -2,25 +2,25 @@
 //! two-gateways testbed (native, uml or lkl), and the native MPTCP peer
 //! in gw2. A test written against [`Stack`] runs unchanged on each.
 
-use crate::lkl::{lkl_node_extra, on_lkl, LklNode};
-use crate::uml::UmlDevice;
-use crate::{plain, run_ok, shimmed, DeviceExtra};
+use crate::lkl::liblkl;
+use crate::{cli_path, plain, run_ok, shim_path, DeviceExtra};
 use anyhow::{bail, Result};
+use dropshim_stacks::{NodeStack, Tools};
 use dropshim_testbed::Testbed;
 use std::process::Command;
 use std::time::Duration;
 
-/// The stacks, by the names the tests and the bench use.
-pub const STACKS: [&str; 3] = ["native", "uml", "lkl"];
-
 /// The stack gw1's programs run on.
-pub enum Stack {
-    /// The host kernel's MPTCP.
-    Native,
-    /// A User Mode Linux instance owning gw1's links.
-    Uml(UmlDevice),
-    /// A Linux Kernel Library device file for gw1.
-    Lkl(LklNode),
+pub struct Stack(NodeStack);
+
+/// This run's artifacts for a node on `kind` (liblkl.so only for lkl,
+/// where it is built or found once per run).
+pub fn tools(kind: &str) -> Result<Tools> {
+    Ok(Tools {
+        shim: shim_path(),
+        dropshim: cli_path(),
+        liblkl: if kind == "lkl" { Some(liblkl()?) } else { None },
+    })
 }
 
 impl Stack {
@@ -30,12 +30,12 @@ impl Stack {
         Stack::up_with(name, tb, tag, &DeviceExtra::default())
     }
 
-    /// [`Stack::up`] with `extra` lines in the device file (scheduler,
-    /// costs, path manager, link 2's endpoint roles). The native stack has
-    /// no device file of its own: gw1's kernel is the testbed's, so it
-    /// takes no extras.
+    /// [`Stack::up`] with `extra` in the device file (scheduler, costs,
+    /// path manager, link 2's endpoint roles). The native stack has no
+    /// device file of its own: gw1's kernel is the testbed's, so it takes
+    /// no extras but link 2's endpoint roles, which it gives gw1's kernel.
     pub fn up_with(name: &str, tb: &Testbed, tag: &str, extra: &DeviceExtra) -> Result<Stack> {
-        Ok(match name {
+        let node = match name {
             "native" => {
                 let only_roles = DeviceExtra {
                     roles2: extra.roles2.clone(),
@@ -47,37 +47,34 @@ impl Stack {
                 if let Some(roles) = &extra.roles2 {
                     native_endpoint_roles(tb, roles)?;
                 }
-                Stack::Native
+                NodeStack::native("gw1")
             }
-            "uml" => Stack::Uml(UmlDevice::up_with(tb, "gw1", &[1, 2], tag, extra)?),
-            "lkl" => {
-                let roles2 = extra.roles2.as_deref().unwrap_or("\"subflow\"");
-                Stack::Lkl(lkl_node_extra(tb, roles2, false, extra)?)
+            "uml" | "lkl" => {
+                // The uml devices of the tests carry IPv6 too; lkl's
+                // IPv6 tests bring their own node (lkl::lkl_node_with).
+                let file = extra.device_file(&[1, 2], name == "uml");
+                NodeStack::up(
+                    name,
+                    tb,
+                    "gw1",
+                    &file,
+                    &format!("{name}{tag}"),
+                    &tools(name)?,
+                )?
             }
             other => bail!("unknown stack {other}"),
-        })
+        };
+        Ok(Stack(node))
     }
 
-    /// The stack's name, as in [`STACKS`].
+    /// `native`, `uml` or `lkl`.
     pub fn name(&self) -> &'static str {
-        match self {
-            Stack::Native => "native",
-            Stack::Uml(_) => "uml",
-            Stack::Lkl(_) => "lkl",
-        }
+        self.0.kind()
     }
 
     /// `program` in gw1 on this stack.
     pub fn command(&self, tb: &Testbed, program: &str) -> Result<Command> {
-        match self {
-            Stack::Native => shimmed(tb, "gw1", program, &[]),
-            Stack::Uml(dev) => {
-                let mut cmd = shimmed(tb, "gw1", program, &[])?;
-                cmd.env("DROPSHIM_CONFIG", dev.config());
-                Ok(cmd)
-            }
-            Stack::Lkl(node) => on_lkl(tb, node, program),
-        }
+        self.0.command(tb, program, &shim_path())
     }
 
     /// The address in gw1 a program on gw2 reaches this stack's server at
@@ -88,14 +85,8 @@ impl Stack {
 }
 
 /// Gives gw1's kernel one MPTCP endpoint, its link-2 address with
-/// `roles` (TOML list items, as in a device file: `"signal"`), in place of
-/// the testbed's.
-fn native_endpoint_roles(tb: &Testbed, roles: &str) -> Result<()> {
-    let flags: Vec<String> = roles
-        .split(',')
-        .map(|r| r.trim().trim_matches('"').to_string())
-        .filter(|r| !r.is_empty())
-        .collect();
+/// `roles` (`signal`, ...), in place of the testbed's.
+fn native_endpoint_roles(tb: &Testbed, roles: &[String]) -> Result<()> {
     let addr = tb.addr4("gw1", 2)?.to_string();
     let ifname = tb.ifname("gw1", 2)?.to_string();
     run_ok(
@@ -106,7 +97,7 @@ fn native_endpoint_roles(tb: &Testbed, roles: &str) -> Result<()> {
     run_ok(
         tb.command("gw1", "ip")?
             .args(["mptcp", "endpoint", "add", &addr, "dev", &ifname])
-            .args(&flags),
+            .args(roles),
         Duration::from_secs(20),
     )?;
     Ok(())

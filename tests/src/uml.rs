@@ -2,254 +2,37 @@
 //! instance owns, brought up with `dropshim up` inside a testbed node and
 //! brought down (even on failure) when the guard drops.
 
-use crate::{cli_path, run_ok, DeviceExtra};
+use crate::{cli_path, DeviceExtra};
 use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::path::PathBuf;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A unique device name per test (pid + counter): run directories,
-/// private namespaces and interface names derive from it.
+/// A unique device name per test: run directories, private namespaces
+/// and interface names derive from it.
 pub fn unique_device(tag: &str) -> String {
-    format!(
-        "uml{tag}{}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    dropshim_stacks::unique_name(&format!("uml{tag}"))
 }
 
-/// A running UML instance owning `node`'s links.
-pub struct UmlDevice {
-    /// The device's name, which names its run directory.
-    pub name: String,
-    /// The device file the instance runs.
-    pub config: PathBuf,
-    netns: String,
-    _dir: tempfile::TempDir,
+pub use dropshim_stacks::UmlDevice;
+
+/// Hands `node`'s interfaces on `links` to a new instance: their host
+/// addresses (IPv4 and IPv6) move into the guest; the last link gets a
+/// `subflow` endpoint so MPTCP opens a second subflow over it.
+pub fn uml_device(tb: &Testbed, node: &str, links: &[u32], tag: &str) -> Result<UmlDevice> {
+    uml_device_with(tb, node, links, tag, &DeviceExtra::default())
 }
 
-impl UmlDevice {
-    /// Hands `node`'s interfaces on `links` to a new instance: their host
-    /// addresses move into the guest; the last link gets a `subflow`
-    /// endpoint so MPTCP opens a second subflow over it (with two links,
-    /// `extra.roles2` replaces that role list).
-    pub fn up(tb: &Testbed, node: &str, links: &[u32], tag: &str) -> Result<UmlDevice> {
-        Self::up_with(tb, node, links, tag, &DeviceExtra::default())
-    }
-
-    /// [`UmlDevice::up`] with a scheduler and interface costs.
-    pub fn up_with(
-        tb: &Testbed,
-        node: &str,
-        links: &[u32],
-        tag: &str,
-        extra: &DeviceExtra,
-    ) -> Result<UmlDevice> {
-        let name = unique_device(tag);
-        let netns = tb.netns(node)?.to_string();
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join(format!("{name}.toml"));
-        let mut toml = format!("[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n");
-        for (i, &link) in links.iter().enumerate() {
-            let ifname = tb.ifname(node, link)?.to_string();
-            let a4 = tb.addr4(node, link)?;
-            let a6 = tb.addr6(node, link)?;
-            run_ok(
-                Command::new("ip").args(["-n", &netns, "addr", "flush", "dev", &ifname]),
-                Duration::from_secs(10),
-            )?;
-            toml.push_str(&format!(
-                "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\", \"{a6}/64\"]\n"
-            ));
-            if i + 1 == links.len() && links.len() > 1 {
-                let roles = extra.roles2.as_deref().unwrap_or("\"subflow\"");
-                toml.push_str(&format!("endpoint = [{roles}]\n"));
-            }
-            toml.push_str(&extra.interface_lines(i));
-            toml.push('\n');
-        }
-        toml.push_str("[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\n");
-        toml.push_str(&extra.mptcp_lines());
-        toml.push_str(&extra.uml_lines());
-        std::fs::write(&config, toml)?;
-        let dev = UmlDevice {
-            name,
-            config,
-            netns,
-            _dir: dir,
-        };
-        let mut cmd = tb.command(node, &cli_path().display().to_string())?;
-        cmd.arg("up").arg("--config").arg(&dev.config);
-        run_ok(&mut cmd, Duration::from_secs(600)).context("dropshim up (uml)")?;
-        Ok(dev)
-    }
-
-    /// The instance's kernel process, for tests that kill it.
-    pub fn kernel_pid(&self) -> Result<i32> {
-        let path = run_dir(&self.name).join("kernel.pid");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        Ok(text.trim().parse()?)
-    }
-
-    /// The instance's supervisor process.
-    pub fn supervisor_pid(&self) -> Result<i32> {
-        let path = run_dir(&self.name).join("supervisor.pid");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        Ok(text.trim().parse()?)
-    }
-
-    /// The device file the instance runs.
-    pub fn config(&self) -> &Path {
-        &self.config
-    }
-
-    /// The last `lines` lines of the instance's console (the guest
-    /// kernel's messages and the agent's), for a failure's report.
-    pub fn console_tail(&self, lines: usize) -> String {
-        self.log_tail("console.log", lines)
-    }
-
-    /// The last `lines` lines of the instance's supervisor log (the
-    /// links it saw go down and come back, and what reopening them in
-    /// the guest answered), for a failure's report.
-    pub fn supervisor_tail(&self, lines: usize) -> String {
-        self.log_tail("supervisor.log", lines)
-    }
-
-    /// The host's side of the instance, for a failure's report: the CPU
-    /// its processes use, its node's links (drops on a cut link), the
-    /// programs' bridges to the guest (`ss -tin`: unacknowledged bytes,
-    /// retransmissions, back-off) and the private link's counters.
-    pub fn host_side_state(&self) -> String {
-        let guest = std::net::Ipv4Addr::from(dropshim_backend_uml::GUEST_BRIDGE_ADDR).to_string();
-        // The supervisor makes the bridges in the private namespace and
-        // passes them to the programs.
-        let private = dropshim_backend_uml::host::names(&self.name).netns;
-        let mut text = match self.cpu_percent() {
-            Ok(p) if p >= 50 => format!(
-                "the instance's processes used {p} % of a CPU over 1 s; where it went:\n{}\n",
-                self.cpu_profile()
-            ),
-            Ok(p) => format!("the instance's processes used {p} % of a CPU over 1 s\n"),
-            Err(e) => format!("(the instance's CPU: {e:#})\n"),
-        };
-        for (netns, args) in [
-            (self.netns.as_str(), vec!["ip", "-s", "link"]),
-            (private.as_str(), vec!["ss", "-tinH", "dst", guest.as_str()]),
-            (private.as_str(), vec!["ip", "-s", "link"]),
-        ] {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", netns]).args(&args);
-            let out = match run_ok(&mut cmd, Duration::from_secs(10)) {
-                Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-                Err(e) => format!("({e:#})"),
-            };
-            let shown: Vec<&str> = out.lines().take(80).collect();
-            text.push_str(&format!(
-                "{} in {netns}:\n{}\n",
-                args.join(" "),
-                shown.join("\n")
-            ));
-        }
-        text
-    }
-
-    /// Host CPU time the instance's processes (the kernel's process
-    /// group) used over one second, in percent of one CPU: near 100 while
-    /// its network has gone quiet means the guest is busy with something
-    /// else, such as a device polling a dead link.
-    pub fn cpu_percent(&self) -> Result<u64> {
-        let group = self.kernel_pid()?;
-        let before = dropshim_testbed::process_group_cpu(group);
-        std::thread::sleep(Duration::from_secs(1));
-        let used = dropshim_testbed::process_group_cpu(group).saturating_sub(before);
-        Ok((used.as_millis() / 10) as u64)
-    }
-
-    /// Where the instance's kernel process spends its CPU: the functions
-    /// `perf` samples most over one second, or why there is no profile.
-    /// Those of the guest kernel are in the `linux` binary (it carries its
-    /// symbols); `[kernel.kallsyms]` is the host's, on the guest's
-    /// behalf (its system calls, page faults, signals).
-    pub fn cpu_profile(&self) -> String {
-        let pid = match self.kernel_pid() {
-            Ok(pid) => pid.to_string(),
-            Err(e) => return format!("({e:#})"),
-        };
-        let data = run_dir(&self.name).join("stall.perf");
-        let mut record = Command::new("perf");
-        record
-            .args(["record", "-q", "-F", "999", "-p", &pid, "-o"])
-            .arg(&data)
-            .args(["--", "sleep", "1"]);
-        if let Err(e) = run_ok(&mut record, Duration::from_secs(20)) {
-            return format!("(no profile: perf record: {e:#})");
-        }
-        let mut report = Command::new("perf");
-        report
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "--sort",
-                "dso,sym",
-                "-i",
-            ])
-            .arg(&data);
-        let text = match run_ok(&mut report, Duration::from_secs(60)) {
-            Ok(o) => String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .take(25)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Err(e) => format!("(no profile: perf report: {e:#})"),
-        };
-        let _ = std::fs::remove_file(&data);
-        text
-    }
-
-    /// The last `lines` lines of `file` in the instance's run directory.
-    fn log_tail(&self, file: &str, lines: usize) -> String {
-        let path = run_dir(&self.name).join(file);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let text = String::from_utf8_lossy(&bytes);
-                let all: Vec<&str> = text.lines().collect();
-                all[all.len().saturating_sub(lines)..].join("\n")
-            }
-            Err(e) => format!("(cannot read {}: {e})", path.display()),
-        }
-    }
-
-    /// What the instance's guest kernel reports (`dropshim status --guest`):
-    /// its sockets with their memory (`ss -tmiMn`) and its counters.
-    pub fn guest_stats(&self) -> Result<String> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(cli_path())
-            .args(["status", "--guest", "--config"])
-            .arg(&self.config);
-        let out = run_ok(&mut cmd, Duration::from_secs(60)).context("dropshim status --guest")?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `dropshim down` then `dropshim up` for this device, in `node`.
-    pub fn restart(&self, tb: &Testbed, node: &str) -> Result<()> {
-        for verb in ["down", "up"] {
-            let mut cmd = tb.command(node, &cli_path().display().to_string())?;
-            cmd.arg(verb).arg("--config").arg(&self.config);
-            run_ok(&mut cmd, Duration::from_secs(120))
-                .with_context(|| format!("dropshim {verb} (uml)"))?;
-        }
-        Ok(())
-    }
+/// [`uml_device`] with a scheduler, interface costs, a path manager,
+/// the last link's endpoint roles or guest kernel arguments.
+pub fn uml_device_with(
+    tb: &Testbed,
+    node: &str,
+    links: &[u32],
+    tag: &str,
+    extra: &DeviceExtra,
+) -> Result<UmlDevice> {
+    let file = extra.device_file(links, true);
+    UmlDevice::up(tb, node, &file, &unique_device(tag), &cli_path())
 }
 
 /// Non-blocking connect the way event loops do it, one line per case
@@ -460,18 +243,6 @@ pub fn guest_socket(stats: &str, netid: &str, peer_port: u16) -> Option<GuestSoc
 /// The device's run directory, by the backend's own rule.
 pub fn run_dir(device: &str) -> PathBuf {
     dropshim_backend_uml::run_dir(device)
-}
-
-impl Drop for UmlDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(cli_path())
-            .arg("down")
-            .arg("--config")
-            .arg(&self.config)
-            .output();
-    }
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ print("semantics ok")
 #[test]
 fn lkl_socket_semantics_nonblocking_connect_options_accept_and_readiness() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let port = unique_port();
     let closed = unique_port();
     let gw2 = tb.addr4("gw2", 1)?;
@@ -181,7 +181,7 @@ fn iperf3_received(json: &str) -> Result<f64> {
 #[test]
 fn lkl_iperf3_client_aggregates_two_1gbit_links() -> Result<()> {
     let tb = two_gateways(Some(1000))?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let port = unique_port();
     let ip = tb.addr4("gw2", 1)?;
     let mut srv = native_peer(&tb, "iperf3")?;
@@ -265,7 +265,7 @@ print("fork ok")
 #[test]
 fn lkl_fork_child_uses_inherited_socket_and_new_sockets_fail_clearly() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let port = unique_port();
     let gw2 = tb.addr4("gw2", 1)?;
     let mut echo = native_peer(&tb, "socat")?;
@@ -354,7 +354,7 @@ fn lkl_program_exit_delivers_pending_bytes_and_fin() -> Result<()> {
     // Slow links (2 x 100 Mbit/s): the open connection's megabytes are
     // still queued when the program exits.
     let tb = two_gateways(Some(100))?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let dir = tempfile::tempdir()?;
     let gw2 = tb.addr4("gw2", 1)?;
     let kept_data = dir.path().join("kept.bin");
@@ -436,7 +436,7 @@ fn monotonic_now() -> f64 {
 #[test]
 fn lkl_exit_waits_while_a_slow_reader_keeps_taking_bytes() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let dir = tempfile::tempdir()?;
     let gw2 = tb.addr4("gw2", 1)?;
     let data = dir.path().join("data.bin");
@@ -509,7 +509,7 @@ print("loopback ok")
 #[test]
 fn lkl_loopback_stays_on_the_host_stack() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let out = run_ok(on_lkl(&tb, &node, "python3")?.args(["-c", LOOPBACK]), SHORT)
         .context("the loopback script failed on the lkl backend")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -548,7 +548,7 @@ os.execv(sys.executable, [sys.executable, "-c", after, str(c.fileno()), gw2, str
 #[test]
 fn lkl_exec_inherited_socket_fails_clearly_and_new_program_boots_its_own() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let port = unique_port();
     let gw2 = tb.addr4("gw2", 1)?;
     let mut echo = native_peer(&tb, "socat")?;
@@ -577,9 +577,9 @@ fn lkl_exec_inherited_socket_fails_clearly_and_new_program_boots_its_own() -> Re
 #[test]
 fn lkl_missing_interface_fails_tcp_sockets_with_an_explanation() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
-    let text = std::fs::read_to_string(&node.config)?.replace("\"link2\"", "\"nosuchif9\"");
-    std::fs::write(&node.config, text)?;
+    let node = lkl_node(&tb, &["subflow"])?;
+    let text = std::fs::read_to_string(node.config())?.replace("\"link2\"", "\"nosuchif9\"");
+    std::fs::write(node.config(), text)?;
     let out = on_lkl(&tb, &node, "curl")?
         .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
         .arg(format!("http://{}:9/", tb.addr4("gw2", 1)?))
@@ -605,7 +605,7 @@ fn lkl_missing_interface_fails_tcp_sockets_with_an_explanation() -> Result<()> {
 #[test]
 fn lkl_library_is_loaded_only_by_lkl_programs_at_their_first_tcp_socket() -> Result<()> {
     let tb = two_gateways(None)?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let script = "import socket\n\
         maps = lambda: 'liblkl' in open('/proc/self/maps').read()\n\
         before = maps()\n\
@@ -634,7 +634,7 @@ fn lkl_library_is_loaded_only_by_lkl_programs_at_their_first_tcp_socket() -> Res
 #[test]
 fn lkl_curl_over_ipv6_is_intact_and_mptcp() -> Result<()> {
     let tb = two_gateways(Some(1000))?;
-    let node = lkl_node_with(&tb, r#""subflow""#, true)?;
+    let node = lkl_node_with(&tb, &["subflow"], true)?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("blob6.bin");
     write_random_file(&file, 8 << 20, 8)?;

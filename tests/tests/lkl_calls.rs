@@ -24,7 +24,7 @@ fn two_gateways() -> Result<Testbed> {
 #[test]
 fn lkl_dup_of_a_socket_answers_as_the_original() -> Result<()> {
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let port = unique_port();
     let gw2 = tb.addr4("gw2", 1)?;
     let mut echo = native_peer(&tb, "socat")?;
@@ -106,7 +106,7 @@ for tag in ("", "half_"):
 #[test]
 fn lkl_connection_reset_by_the_peer_reaches_the_program_as_econnreset() -> Result<()> {
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let port = unique_port();
     let gw2 = tb.addr4("gw2", 1)?.to_string();
     let mut server = native_peer(&tb, "python3")?;

@@ -7,12 +7,13 @@
 //! still open.
 
 use anyhow::{bail, ensure, Context, Result};
+use dropshim_stacks::{unique_name, DeviceFile, HostDevice, Iface};
 use dropshim_testbed::Testbed;
 use dropshim_tests::upload::gw2_accepts_many;
 use dropshim_tests::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,50 +58,13 @@ sys.stdin.readline()
 s.close()
 "#;
 
-/// Runs `dropshim down` for the device when dropped (test failed or not).
-struct Device<'a> {
-    tb: &'a Testbed,
-    config: PathBuf,
-}
-
-impl Device<'_> {
-    fn cli(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = plain(self.tb, "gw1", cli_path().to_str().context("path")?)?;
-        cmd.args(args).arg("--config").arg(&self.config);
-        let out = run_ok(&mut cmd, SHORT)?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Device<'_> {
-    fn drop(&mut self) {
-        let _ = self.cli(&["down"]);
-    }
-}
-
-/// Writes gw1's device file (its two links; `iface_extra[i]` is added to
-/// link i+1's table) with the userspace path manager and `policy_lines`,
-/// runs `dropshim up` in gw1 and lets gw2 accept 8 subflows.
-fn up<'a>(
-    tb: &'a Testbed,
-    dir: &Path,
-    policy_lines: &str,
-    iface_extra: [&str; 2],
-) -> Result<Device<'a>> {
-    let name = format!("pm{}", unique_port());
-    let mut text = format!("[device]\nname = \"{name}\"\nbackend = \"native\"\n\n");
-    for (i, link) in [1u32, 2].iter().enumerate() {
-        text += &format!(
-            "[[interfaces]]\nname = \"{}\"\naddresses = [\"{}/24\"]\n{}\n",
-            tb.ifname("gw1", *link)?,
-            tb.addr4("gw1", *link)?,
-            iface_extra[i]
-        );
-    }
-    text +=
-        &format!("[mptcp]\npath_manager = \"userspace\"\n\n[mptcp.userspace]\n{policy_lines}\n");
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, text)?;
+/// Writes gw1's device file (its two links, `links`) with the userspace
+/// path manager and `policy_lines`, runs `dropshim up` in gw1 and lets
+/// gw2 accept 8 subflows.
+fn up(tb: &Testbed, policy_lines: &str, links: [Iface; 2]) -> Result<HostDevice> {
+    let mut file = DeviceFile::new(links.to_vec());
+    file.subflows = None;
+    file.userspace = Some(policy_lines.to_string());
     gw2_accepts_many(tb)?;
     // The testbed gives gw1 a kernel path manager endpoint; the userspace
     // path manager does without.
@@ -108,17 +72,22 @@ fn up<'a>(
         Command::new("ip").args(["-n", tb.netns("gw1")?, "mptcp", "endpoint", "flush"]),
         SHORT,
     )?;
-    let dev = Device { tb, config };
-    let out = dev.cli(&["up"])?;
+    let dev = HostDevice::up(tb, "gw1", &file, &unique_name("pm"), &cli_path())?;
     ensure!(
-        out.contains("path manager daemon started"),
-        "`dropshim up` did not start the daemon: {out}"
+        dev.up_said.contains("path manager daemon started"),
+        "`dropshim up` did not start the daemon: {}",
+        dev.up_said
     );
     ensure!(
         pm_type(tb)? == "1",
         "net.mptcp.pm_type in gw1 should be 1 (userspace) while the daemon runs"
     );
     Ok(dev)
+}
+
+/// gw1's links 1 and 2, no endpoint, no cost.
+fn two_links() -> [Iface; 2] {
+    [Iface::on(1), Iface::on(2)]
 }
 
 /// gw1's `net.mptcp.pm_type`.
@@ -272,13 +241,7 @@ fn shaped(rate_mbit: u32) -> Result<Testbed> {
 #[test]
 fn pm_ndiffports_4_gives_four_subflows_on_one_link() -> Result<()> {
     let tb = shaped(100)?;
-    let dir = tempfile::tempdir()?;
-    let _dev = up(
-        &tb,
-        dir.path(),
-        "policy = \"ndiffports\"\nsubflows = 4\n",
-        ["", ""],
-    )?;
+    let _dev = up(&tb, "policy = \"ndiffports\"\nsubflows = 4\n", two_links())?;
     let mut t = Transfer::start(&tb, 20 << 20, false)?;
     t.finish()?;
     let subs = peer_subflows(&tb, t.port)?;
@@ -317,8 +280,7 @@ fn pm_fullmesh_gives_a_subflow_per_address_pair() -> Result<()> {
         ]),
         SHORT,
     )?;
-    let dir = tempfile::tempdir()?;
-    let _dev = up(&tb, dir.path(), "policy = \"fullmesh\"\n", ["", ""])?;
+    let _dev = up(&tb, "policy = \"fullmesh\"\n", two_links())?;
     let mut t = Transfer::start(&tb, 20 << 20, true)?;
     t.finish()?;
     let subs = peer_subflows(&tb, t.port)?;
@@ -379,16 +341,11 @@ fn wait_progress(tb: &Testbed, port: u16, size: u64, fraction: f64) -> Result<Ve
 /// gw1 under the backup policy (link 2 the backup), a transfer of `size`
 /// bytes started, and the backup subflow seen at gw2: the device, gw1's
 /// addresses on links 1 and 2, and the transfer.
-fn backup_transfer<'a>(
-    tb: &'a Testbed,
-    dir: &Path,
-    size: usize,
-) -> Result<(Device<'a>, IpAddr, IpAddr, Transfer)> {
+fn backup_transfer(tb: &Testbed, size: usize) -> Result<(HostDevice, IpAddr, IpAddr, Transfer)> {
     let dev = up(
         tb,
-        dir,
         "policy = \"backup\"\n",
-        ["", "endpoint = [\"backup\"]"],
+        [Iface::on(1), Iface::on(2).roles(&["backup"])],
     )?;
     let (a1, a2) = (
         IpAddr::V4(tb.addr4("gw1", 1)?),
@@ -406,9 +363,8 @@ fn backup_transfer<'a>(
 #[test]
 fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Result<()> {
     let tb = shaped(50)?;
-    let dir = tempfile::tempdir()?;
     // The backup subflow is there...
-    let (_dev, a1, a2, mut t) = backup_transfer(&tb, dir.path(), 40 << 20)?;
+    let (_dev, a1, a2, mut t) = backup_transfer(&tb, 40 << 20)?;
     let port = t.port;
     let before = wait_progress(&tb, port, t.size, 0.3)?;
     let (active, backup) = (by_client_addr(&before, a1), by_client_addr(&before, a2));
@@ -440,8 +396,7 @@ fn pm_backup_carries_little_until_the_active_link_is_cut_then_completes() -> Res
 #[test]
 fn pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
     let tb = shaped(50)?;
-    let dir = tempfile::tempdir()?;
-    let (_dev, a1, a2, mut t) = backup_transfer(&tb, dir.path(), 80 << 20)?;
+    let (_dev, a1, a2, mut t) = backup_transfer(&tb, 80 << 20)?;
     let (port, size) = (t.port, t.size);
     let step = size / 8;
     wait_progress(&tb, port, size, 0.15)?;
@@ -485,12 +440,10 @@ fn pm_backup_hands_back_to_the_active_link_when_it_returns() -> Result<()> {
 #[test]
 fn pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result<()> {
     let tb = shaped(50)?;
-    let dir = tempfile::tempdir()?;
     let _dev = up(
         &tb,
-        dir.path(),
         "policy = \"costaware\"\n",
-        ["cost = 1", "cost = 100"],
+        [Iface::on(1).cost(1), Iface::on(2).cost(100)],
     )?;
     let (cheap, costly) = (
         IpAddr::V4(tb.addr4("gw1", 1)?),
@@ -534,13 +487,7 @@ fn pm_costaware_keeps_off_the_costly_link_until_the_cheap_one_is_cut() -> Result
 #[test]
 fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<()> {
     let tb = shaped(100)?;
-    let dir = tempfile::tempdir()?;
-    let dev = up(
-        &tb,
-        dir.path(),
-        "policy = \"ndiffports\"\nsubflows = 3\n",
-        ["", ""],
-    )?;
+    let dev = up(&tb, "policy = \"ndiffports\"\nsubflows = 3\n", two_links())?;
     let mut t = Transfer::start(&tb, 20 << 20, false)?;
     let port = t.port;
     wait_until(SHORT, "three subflows", || {
@@ -555,19 +502,19 @@ fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<(
         subs.len() == 3 && subs.iter().all(|s| s.acked > 0),
         "the connection lost subflows when the daemon died: {subs:?}"
     );
-    let status = dev.cli(&["status"])?;
+    let status = dev.dropshim(&["status"])?;
     ensure!(
         status.contains("path manager daemon: DOWN since"),
         "status should say the daemon is down: {status}"
     );
-    let again = dev.cli(&["up"])?;
+    let again = dev.dropshim(&["up"])?;
     ensure!(
         again.contains("path manager daemon started"),
         "`dropshim up` should start it again: {again}"
     );
-    let status = dev.cli(&["status"])?;
+    let status = dev.dropshim(&["status"])?;
     ensure!(status.contains("running since"), "status: {status}");
-    dev.cli(&["down"])?;
+    dev.dropshim(&["down"])?;
     ensure!(
         pm_type(&tb)? == "0",
         "`dropshim down` should give gw1 the kernel path manager back"
@@ -577,8 +524,8 @@ fn pm_daemon_killed_connections_keep_subflows_and_status_says_down() -> Result<(
 
 /// Kills the device's path manager daemon (its pid read from `dropshim
 /// status`) and waits until it is gone.
-fn kill_daemon(dev: &Device) -> Result<()> {
-    let status = dev.cli(&["status"])?;
+fn kill_daemon(dev: &HostDevice) -> Result<()> {
+    let status = dev.dropshim(&["status"])?;
     ensure!(
         status.contains("path manager daemon: running since"),
         "status: {status}"
@@ -609,13 +556,7 @@ fn kill_daemon(dev: &Device) -> Result<()> {
 #[test]
 fn pm_daemon_started_again_adopts_a_connection_made_while_it_was_down() -> Result<()> {
     let tb = shaped(50)?;
-    let dir = tempfile::tempdir()?;
-    let dev = up(
-        &tb,
-        dir.path(),
-        "policy = \"ndiffports\"\nsubflows = 3\n",
-        ["", ""],
-    )?;
+    let dev = up(&tb, "policy = \"ndiffports\"\nsubflows = 3\n", two_links())?;
     kill_daemon(&dev)?;
     // 40 MiB at 50 Mbit/s: about 7 s on the one subflow it starts with.
     let mut t = Transfer::start(&tb, 40 << 20, false)?;
@@ -630,7 +571,7 @@ fn pm_daemon_started_again_adopts_a_connection_made_while_it_was_down() -> Resul
         before.len() == 1,
         "with no path manager running the connection should have one subflow: {before:?}"
     );
-    let again = dev.cli(&["up"])?;
+    let again = dev.dropshim(&["up"])?;
     ensure!(
         again.contains("path manager daemon started"),
         "`dropshim up` should start the daemon again: {again}"

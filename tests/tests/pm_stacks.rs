@@ -203,7 +203,7 @@ fn backup_upload(
     gw2_accepts_many(tb)?;
     let extra = DeviceExtra {
         pm: Some("policy = \"backup\"".to_string()),
-        roles2: Some("\"backup\"".to_string()),
+        roles2: Some(vec!["backup".to_string()]),
         ..DeviceExtra::default()
     };
     let stack = Stack::up_with(kind, tb, tag, &extra)?;

@@ -13,7 +13,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::reliability::Lines;
-use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::uml::{uml_device, UmlDevice};
 use dropshim_tests::*;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::ExitStatusExt;
@@ -677,7 +677,7 @@ fn reach_lkl_refuses_static_and_go_programs_before_they_start() -> Result<()> {
 /// The testbed (shaped) with gw1 handed to a UML instance.
 fn uml_setup(tag: &str) -> Result<(Testbed, UmlDevice)> {
     let tb = shaped(400)?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], tag)?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], tag)?;
     Ok((tb, dev))
 }
 

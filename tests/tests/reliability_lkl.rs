@@ -117,7 +117,7 @@ fn reliability_lkl_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
     let max_size = knob("RELIABILITY_MAX_SIZE", 1 << 20)?;
     let rounds = load_rounds(conns, max_size, 16)?;
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
@@ -227,7 +227,7 @@ fn reliability_lkl_path_cut_and_restored_during_load_loses_nothing() -> Result<(
     let max_size = knob("RELIABILITY_FAULT_MAX_SIZE", 16 << 20)?;
     let min_faults = knob("RELIABILITY_MIN_FAULTS", 3)?;
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let scripts = Scripts::new()?;
     // Repeated while a soak's budget lasts (scripts/soak.sh); each run is
     // a fresh client process, so a fresh library kernel.
@@ -282,7 +282,7 @@ fn lkl_peer_client(
 #[test]
 fn reliability_lkl_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let scripts = Scripts::new()?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let bound = Duration::from_secs(2);
@@ -326,7 +326,7 @@ fn reliability_lkl_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
 #[test]
 fn reliability_lkl_signals_during_blocking_accept_recv_send_behave_as_the_kernels() -> Result<()> {
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let (plain, lkl, timing) = signal_outcomes(
         &tb,
         on_lkl(&tb, &node, "python3")?,
@@ -358,7 +358,7 @@ fn reliability_lkl_signals_during_blocking_accept_recv_send_behave_as_the_kernel
 #[test]
 fn reliability_lkl_signals_during_blocking_connect_behave_as_the_kernels() -> Result<()> {
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""subflow""#)?;
+    let node = lkl_node(&tb, &["subflow"])?;
     let (plain, lkl, timing) = signal_outcomes(
         &tb,
         on_lkl(&tb, &node, "python3")?,
@@ -415,7 +415,7 @@ fn reliability_lkl_socat_client() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
     // lkl socat client -> native shimmed socat server in gw2.
-    let client_node = lkl_node(&tb, r#""subflow""#)?;
+    let client_node = lkl_node(&tb, &["subflow"])?;
     let got = dir.path().join("got-by-gw2.bin");
     let ip2 = tb.addr4("gw2", 1)?;
     let port = unique_port();
@@ -449,7 +449,7 @@ fn reliability_lkl_netcat_openbsd_client() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
     // lkl nc client -> native shimmed nc -l in gw2.
-    let client_node = lkl_node(&tb, r#""subflow""#)?;
+    let client_node = lkl_node(&tb, &["subflow"])?;
     let got = dir.path().join("got-by-gw2.bin");
     let ip2 = tb.addr4("gw2", 1)?;
     let port = unique_port();
@@ -508,7 +508,7 @@ fn reliability_lkl_wget_from_nginx_large_file() -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // wget on lkl <- native shimmed nginx in gw2.
-    let client_node = lkl_node(&tb, r#""subflow""#)?;
+    let client_node = lkl_node(&tb, &["subflow"])?;
     let ip2 = tb.addr4("gw2", 1)?;
     let port = unique_port();
     let conf = nginx_conf(dir.path(), &www, &format!("{ip2}:{port}"))?;
@@ -538,7 +538,7 @@ fn reliability_lkl_python_asyncio_server_serves_64_native_connections() -> Resul
     let rounds = 2;
     let max_size = 1 << 20;
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""signal""#)?;
+    let node = lkl_node(&tb, &["signal"])?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let ip1 = tb.addr4("gw1", 1)?.to_string();
@@ -605,7 +605,7 @@ fn reliability_lkl_asyncio_server_holds_256_connections_on_few_threads() -> Resu
     let conns = knob("RELIABILITY_MANY_CONNS", 256)?;
     let max_size = 64 << 10;
     let tb = two_gateways()?;
-    let node = lkl_node(&tb, r#""signal""#)?;
+    let node = lkl_node(&tb, &["signal"])?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let ip1 = tb.addr4("gw1", 1)?.to_string();
@@ -748,7 +748,7 @@ fn proves_mptcp_at_once(tb: &Testbed, mut run: impl FnMut() -> Result<()>) -> Re
 #[test]
 fn reliability_lkl_socat_server_twice_in_a_row_mptcp_from_the_first_syn() -> Result<()> {
     let tb = shaped_gateways(1000)?;
-    let node = lkl_node(&tb, r#""signal""#)?;
+    let node = lkl_node(&tb, &["signal"])?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
     let ip1 = tb.addr4("gw1", 1)?;
@@ -813,7 +813,7 @@ fn reliability_lkl_socat_server_twice_in_a_row_mptcp_from_the_first_syn() -> Res
 #[test]
 fn reliability_lkl_netcat_openbsd_listen_verbose_serves_a_file() -> Result<()> {
     let tb = shaped_gateways(1000)?;
-    let node = lkl_node(&tb, r#""signal""#)?;
+    let node = lkl_node(&tb, &["signal"])?;
     let dir = tempfile::tempdir()?;
     let (file, want) = blob(dir.path())?;
     let ip1 = tb.addr4("gw1", 1)?;
@@ -874,7 +874,7 @@ fn reliability_lkl_netcat_openbsd_listen_verbose_serves_a_file() -> Result<()> {
 #[test]
 fn reliability_lkl_nginx_server_large_file_to_native_curl() -> Result<()> {
     let tb = shaped_gateways(1000)?;
-    let node = lkl_node(&tb, r#""signal""#)?;
+    let node = lkl_node(&tb, &["signal"])?;
     let dir = tempfile::tempdir()?;
     let www = dir.path().join("www");
     std::fs::create_dir(&www)?;

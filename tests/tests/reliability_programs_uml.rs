@@ -17,7 +17,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use dropshim_tests::reliability::*;
-use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::uml::{uml_device, UmlDevice};
 use dropshim_tests::*;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ struct Bed {
 impl Bed {
     fn up(tag: &str) -> Result<Bed> {
         let tb = two_gateways()?;
-        let dev = UmlDevice::up(&tb, "gw1", &[1, 2], tag)?;
+        let dev = uml_device(&tb, "gw1", &[1, 2], tag)?;
         Ok(Bed { dev, tb })
     }
 

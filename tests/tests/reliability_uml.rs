@@ -17,7 +17,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::Testbed;
 use dropshim_tests::reliability::*;
-use dropshim_tests::uml::{guest_counters, UmlDevice};
+use dropshim_tests::uml::{guest_counters, uml_device, uml_device_with, UmlDevice};
 use dropshim_tests::*;
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
     let max_size = knob("RELIABILITY_MAX_SIZE", 256 << 10)?;
     let rounds = load_rounds(conns, max_size, 3)?;
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "rl")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "rl")?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
@@ -140,7 +140,7 @@ fn reliability_uml_load_64_connections_every_byte_mptcp_no_leaks() -> Result<()>
 fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<()> {
     let conns = knob("RELIABILITY_CONNS", 64)?.min(32);
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "rk")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "rk")?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let server = load_server(&tb, &scripts, port)?;
@@ -188,7 +188,7 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
         "a program started while the instance is dead must get an error, got {said:?}"
     );
     // Restart: the same device works again, every byte verified, MPTCP.
-    dev.restart(&tb, "gw1")?;
+    dev.restart()?;
     let before = mptcp_counters(tb.netns("gw2")?)?;
     warm_up(&tb, &dev, &scripts, port, &server)?;
     let client = load_client_uml(
@@ -224,7 +224,7 @@ fn reliability_uml_instance_killed_and_restarted_errors_then_works() -> Result<(
 #[test]
 fn reliability_uml_path_cut_and_restored_during_load_loses_nothing() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "rp")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "rp")?;
     path_cuts_during_load(&tb, &dev)
 }
 
@@ -250,7 +250,7 @@ fn reliability_uml_path_cuts_with_the_guest_short_of_socket_memory_lose_nothing(
         uml_cmdline: vec![LITTLE_SOCKET_MEMORY.to_string()],
         ..DeviceExtra::default()
     };
-    let dev = UmlDevice::up_with(&tb, "gw1", &[1, 2], "rm", &extra)?;
+    let dev = uml_device_with(&tb, "gw1", &[1, 2], "rm", &extra)?;
     let pruned = || -> Result<u64> {
         Ok(dev
             .guest_stats()
@@ -391,7 +391,7 @@ fn frames_into_the_guest(tb: &Testbed, dev: &UmlDevice, before: &str) -> String 
 #[test]
 fn reliability_uml_dead_link_costs_no_busy_loop_and_spares_the_other_link() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "dl")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "dl")?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let server = load_server(&tb, &scripts, port)?;
@@ -533,7 +533,7 @@ fn instance_cpu(dev: &UmlDevice) -> Result<Duration> {
 #[test]
 fn reliability_uml_own_end_down_costs_no_busy_loop_and_spares_the_other_link() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "od")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "od")?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let server = load_server(&tb, &scripts, port)?;
@@ -604,7 +604,7 @@ fn uml_peer_client(
 #[test]
 fn reliability_uml_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "pk")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "pk")?;
     let scripts = Scripts::new()?;
     let bound = Duration::from_secs(2);
     let mut figures = Vec::new();
@@ -648,7 +648,7 @@ fn reliability_uml_peer_killed_gives_an_error_never_a_hang() -> Result<()> {
 #[test]
 fn reliability_uml_signals_during_blocking_calls_behave_as_the_kernels() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "sg")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "sg")?;
     let config = dev.config().display().to_string();
     let (plain, uml, timing) = signal_outcomes(
         &tb,
@@ -683,7 +683,7 @@ fn reliability_uml_signals_during_blocking_calls_behave_as_the_kernels() -> Resu
 #[test]
 fn reliability_uml_fork_with_open_sockets_used_by_parent_and_child() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "fk")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "fk")?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let server = load_server(&tb, &scripts, port)?;

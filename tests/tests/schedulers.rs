@@ -9,7 +9,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use dropshim_tests::lkl::liblkl;
 use dropshim_tests::stack::Stack;
-use dropshim_tests::uml::{guest_mptcp, UmlDevice};
+use dropshim_tests::uml::{guest_mptcp, uml_device_with};
 use dropshim_tests::upload::{gw2_accepts_many, gw2_link, testbed, ServerOptions, Upload, MIB};
 use dropshim_tests::*;
 use std::time::Instant;
@@ -58,7 +58,7 @@ fn lkl_kernel_offers_every_scheduler_and_takes_each() -> Result<()> {
 #[test]
 fn uml_kernel_offers_every_scheduler_and_runs_the_chosen_one() -> Result<()> {
     let tb = testbed(None)?;
-    let dev = UmlDevice::up_with(&tb, "gw1", &[1, 2], "so", &extra("costaware", &[]))?;
+    let dev = uml_device_with(&tb, "gw1", &[1, 2], "so", &extra("costaware", &[]))?;
     let text = guest_mptcp(&dev.name)?;
     let value = |key: &str| {
         text.lines()

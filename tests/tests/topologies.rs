@@ -7,10 +7,10 @@
 
 use anyhow::{ensure, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
-use dropshim_tests::device::{Iface, NodeStack, STACKS};
+use dropshim_tests::device::{node_stack, Iface, NodeStack, STACKS};
 use dropshim_tests::{
-    delta, mptcp_counters, run_bounded, sha256_file, shimmed, unique_port, wait_listening,
-    write_random_file, Background,
+    delta, mptcp_counters, run_bounded, sha256_file, shim_path, shimmed, unique_port,
+    wait_listening, write_random_file, Background,
 };
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -42,7 +42,7 @@ fn pull(
     let ns = tb.netns(server)?.to_string();
     let before = mptcp_counters(&ns)?;
     let url = format!("http://{addr}:{port}/blob");
-    let mut curl = device.command(tb, "curl")?;
+    let mut curl = device.command(tb, "curl", &shim_path())?;
     curl.args(["-sS", "--fail", "--max-time", "60", "-o"])
         .arg(out)
         .arg(&url);
@@ -52,16 +52,16 @@ fn pull(
     ensure!(
         o.status.success(),
         "{} ({}) curl {url}: {}",
-        device.node,
-        device.kind,
+        device.node(),
+        device.kind(),
         String::from_utf8_lossy(&o.stderr)
     );
     let got = sha256_file(out)?;
     ensure!(
         got == want,
         "{} ({}) from {server}: sha256 {got} ({} bytes), want {want}",
-        device.node,
-        device.kind,
+        device.node(),
+        device.kind(),
         std::fs::metadata(out).map(|m| m.len()).unwrap_or(0)
     );
     let after = mptcp_counters(&ns)?;
@@ -69,22 +69,22 @@ fn pull(
     let joined = delta(&before, &after, "MPJoinAckRx");
     eprintln!(
         "{} ({}) <- {server} {addr}: {} bytes in {:.3} s, MP_CAPABLE {capable}, joins {joined}",
-        device.node,
-        device.kind,
+        device.node(),
+        device.kind(),
         std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
         took.as_secs_f64()
     );
     ensure!(
         capable >= 1,
         "{} ({}) -> {server}: no MPTCP connection at the server",
-        device.node,
-        device.kind
+        device.node(),
+        device.kind()
     );
     ensure!(
         joined >= joins,
         "{} ({}) -> {server}: {joined} subflows joined at the server, want {joins} (one per other interface)",
-        device.node,
-        device.kind
+        device.node(),
+        device.kind()
     );
     Ok(took)
 }
@@ -109,33 +109,22 @@ fn drop_home(stack: &str) -> Result<()> {
         )?);
         wait_listening(tb.netns(node)?, port, Duration::from_secs(20))?;
     }
-    let subflow = || vec!["subflow"];
-    let phone = NodeStack::up(
+    let phone = node_stack(
         &tb,
         "phone",
         stack,
         &[
-            Iface {
-                link: 5,
-                roles: subflow(),
-                gateway: Some(tb.addr4("gw1", 5)?),
-            },
-            Iface {
-                link: 6,
-                roles: subflow(),
-                gateway: None,
-            },
+            Iface::on(5)
+                .roles(&["subflow"])
+                .gateway(tb.addr4("gw1", 5)?),
+            Iface::on(6).roles(&["subflow"]),
         ],
     )?;
-    let tv = NodeStack::up(
+    let tv = node_stack(
         &tb,
         "tv",
         stack,
-        &[Iface {
-            link: 7,
-            roles: Vec::new(),
-            gateway: Some(tb.addr4("gw2", 7)?),
-        }],
+        &[Iface::on(7).gateway(tb.addr4("gw2", 7)?)],
     )?;
     let out = dir.path().join("got");
     // The phone has two interfaces: one subflow joins; the TV has one.
@@ -220,21 +209,15 @@ fn drop_home_lkl_phone_keeps_up_with_native_over_wifi_and_lte() -> Result<()> {
     let mut best = Vec::new();
     // native first: lkl then takes the phone's interfaces over.
     for stack in ["native", "lkl"] {
-        let phone = NodeStack::up(
+        let phone = node_stack(
             &tb,
             "phone",
             stack,
             &[
-                Iface {
-                    link: 5,
-                    roles: vec!["subflow"],
-                    gateway: Some(tb.addr4("gw1", 5)?),
-                },
-                Iface {
-                    link: 6,
-                    roles: vec!["subflow"],
-                    gateway: None,
-                },
+                Iface::on(5)
+                    .roles(&["subflow"])
+                    .gateway(tb.addr4("gw1", 5)?),
+                Iface::on(6).roles(&["subflow"]),
             ],
         )?;
         let mut fastest = Duration::MAX;
@@ -292,22 +275,11 @@ fn drop_mesh_8_devices_all_to_all_bytes_intact_nothing_left() -> Result<()> {
     for i in 1..=n {
         let kind = STACKS[(i as usize - 1) % STACKS.len()];
         let node = format!("dev{i}");
-        let s = NodeStack::up(
+        let s = node_stack(
             &tb,
             &node,
             kind,
-            &[
-                Iface {
-                    link: 1,
-                    roles: Vec::new(),
-                    gateway: None,
-                },
-                Iface {
-                    link: 2,
-                    roles: vec!["signal"],
-                    gateway: None,
-                },
-            ],
+            &[Iface::on(1), Iface::on(2).roles(&["signal"])],
         )?;
         stacks.push(s);
     }
@@ -315,10 +287,10 @@ fn drop_mesh_8_devices_all_to_all_bytes_intact_nothing_left() -> Result<()> {
         .iter()
         .filter_map(NodeStack::uml_kernel_pid)
         .collect();
-    let natives: Vec<&NodeStack> = stacks.iter().filter(|s| s.kind == "native").collect();
+    let natives: Vec<&NodeStack> = stacks.iter().filter(|s| s.kind() == "native").collect();
     let before: Vec<_> = natives
         .iter()
-        .map(|s| mptcp_counters(tb.netns(&s.node)?))
+        .map(|s| mptcp_counters(tb.netns(s.node())?))
         .collect::<Result<_, _>>()?;
     let port = unique_port();
     let size = 256 * 1024;
@@ -329,7 +301,7 @@ fn drop_mesh_8_devices_all_to_all_bytes_intact_nothing_left() -> Result<()> {
     let t0 = Instant::now();
     let mut agents = Vec::new();
     for (i, s) in stacks.iter().enumerate() {
-        let mut cmd = s.command(&tb, "python3")?;
+        let mut cmd = s.command(&tb, "python3", &shim_path())?;
         cmd.args(["-c", dropshim_testbed::MESH_AGENT_PY])
             .arg((i + 1).to_string())
             .arg(n.to_string())
@@ -339,7 +311,7 @@ fn drop_mesh_8_devices_all_to_all_bytes_intact_nothing_left() -> Result<()> {
             .arg("80");
         agents.push((
             s,
-            Background::spawn(&mut cmd, &format!("mesh agent {}", s.node))?,
+            Background::spawn(&mut cmd, &format!("mesh agent {}", s.node()))?,
         ));
     }
     let mut pairs = BTreeSet::new();
@@ -350,14 +322,14 @@ fn drop_mesh_8_devices_all_to_all_bytes_intact_nothing_left() -> Result<()> {
         for line in text.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() == 5 && f[0] == "pull" && f[2] == "ok" && f[3] == size.to_string() {
-                pairs.insert((s.node.clone(), f[1].to_string()));
+                pairs.insert((s.node().to_string(), f[1].to_string()));
             }
         }
         if !o.status.success() {
             failures.push(format!(
                 "{} ({}): {}\n{}",
-                s.node,
-                s.kind,
+                s.node(),
+                s.kind(),
                 text.trim(),
                 String::from_utf8_lossy(&o.stderr).trim()
             ));
@@ -382,21 +354,21 @@ fn drop_mesh_8_devices_all_to_all_bytes_intact_nothing_left() -> Result<()> {
     // Every native device served n-1 MPTCP connections and saw subflows
     // join over the Ethernet segment (to it, or from it to its peers).
     for (s, b) in natives.iter().zip(&before) {
-        let a = mptcp_counters(tb.netns(&s.node)?)?;
+        let a = mptcp_counters(tb.netns(s.node())?)?;
         let capable = delta(b, &a, "MPCapableSYNRX");
         let joins = delta(b, &a, "MPJoinAckRx") + delta(b, &a, "MPJoinSynAckRx");
-        eprintln!("{}: MP_CAPABLE SYN rx {capable}, joins {joins}", s.node);
+        eprintln!("{}: MP_CAPABLE SYN rx {capable}, joins {joins}", s.node());
         ensure!(
             capable >= u64::from(n - 1),
             "{}: {capable} MPTCP connections served, want {}",
-            s.node,
+            s.node(),
             n - 1
         );
         // 2 (n-1) possible: its own n-1 connections and its peers' n-1.
         ensure!(
             joins >= u64::from(n - 1),
             "{}: {joins} subflows joined, want at least {}",
-            s.node,
+            s.node(),
             n - 1
         );
     }

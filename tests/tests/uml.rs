@@ -11,7 +11,7 @@
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
 use dropshim_tests::reliability::Lines;
-use dropshim_tests::uml::{guest_socket, GuestSocket, UmlDevice};
+use dropshim_tests::uml::{guest_socket, uml_device, GuestSocket, UmlDevice};
 use dropshim_tests::*;
 use std::net::IpAddr;
 use std::path::Path;
@@ -152,7 +152,7 @@ fn uml_instance_not_running_fails_at_once_and_says_what_to_run() -> Result<()> {
 #[test]
 fn uml_instance_killed_mid_transfer_fails_the_program_quickly() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "kl")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "kl")?;
     let port = unique_port();
     let server_ip = tb.addr4("gw2", 1)?.to_string();
     let mut server = shimmed(&tb, "gw2", "iperf3", None)?;
@@ -218,7 +218,7 @@ fn unheld_address(tb: &Testbed) -> Result<String> {
 #[test]
 fn uml_nonblocking_connect_reports_through_poll_and_so_error() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "nb")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "nb")?;
     let dir = tempfile::tempdir()?;
     let server_py = script(
         dir.path(),
@@ -321,7 +321,7 @@ fn uml_nonblocking_connect_reports_through_poll_and_so_error() -> Result<()> {
 #[test]
 fn uml_supervisor_and_instance_killed_fail_blocked_calls_within_2s() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "sk")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "sk")?;
     let dir = tempfile::tempdir()?;
     let server_py = script(
         dir.path(),
@@ -402,7 +402,7 @@ fn link_state(tb: &Testbed, node: &str, link: u32, state: &str) -> Result<()> {
 fn uml_link_flap_recovers() -> Result<()> {
     const MIB: u64 = 1 << 20;
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "lf")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "lf")?;
     let guest4 = IpAddr::V4(tb.addr4("gw1", 2)?);
     let guest6 = IpAddr::V6(tb.addr6("gw1", 2)?);
     for dst in [guest4, guest6] {
@@ -518,7 +518,7 @@ fn uml_download_across_repeated_link_cuts_is_intact() -> Result<()> {
     for link in [1, 2] {
         tb.set_rate(link, Some(100))?;
     }
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "lc")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "lc")?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("blob.bin");
     write_random_file(&file, 48 << 20, u64::from(std::process::id()) + 11)?;
@@ -651,7 +651,7 @@ print("got", n, h.hexdigest(), flush=True)
 #[test]
 fn uml_status_guest_shows_a_paused_downloads_socket_and_its_memory() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "sg")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "sg")?;
     let dir = tempfile::tempdir()?;
     // More than the bridge into the instance and the guest socket hold
     // together, so the guest socket fills while the reader waits.
@@ -739,7 +739,7 @@ const MANY: u64 = 256;
 fn uml_256_concurrent_connections_from_the_instance_every_byte_checked() -> Result<()> {
     use dropshim_tests::reliability::{get, load_client, load_server, run_load, Scripts};
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "mc")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "mc")?;
     let scripts = Scripts::new()?;
     let port = unique_port();
     let before = mptcp_counters(tb.netns("gw2")?)?;
@@ -773,7 +773,7 @@ fn uml_256_concurrent_connections_from_the_instance_every_byte_checked() -> Resu
 #[test]
 fn uml_server_in_instance_holds_256_concurrent_connections_every_echo_checked() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "ms")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "ms")?;
     let port = unique_port();
     let ip = IpAddr::V4(tb.addr4("gw1", 1)?);
     let probe = target_dir().join("dropshim-rr").display().to_string();
@@ -844,7 +844,7 @@ print("sent", len(data), flush=True)
 #[test]
 fn uml_writer_waits_out_a_peer_that_stops_reading_for_25s() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "zw")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "zw")?;
     let dir = tempfile::tempdir()?;
     // More than every buffer on the way holds (the peer's, the guest's,
     // the bridge's), so the writer really waits on a shut window.
@@ -900,7 +900,7 @@ print(got.hex(), flush=True)
 #[test]
 fn uml_connect_to_mapped_unspecified_address_reaches_the_host_loopback() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "mu")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "mu")?;
     let dir = tempfile::tempdir()?;
     let server_py = script(
         dir.path(),
@@ -1058,7 +1058,7 @@ fn relay_field(stats: &str, key: &str) -> Option<u64> {
 fn uml_connections_are_relayed_in_the_guest_kernel_intact_through_half_close_and_resets(
 ) -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "kr")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "kr")?;
     let dir = tempfile::tempdir()?;
     let port = unique_port();
     let ip = tb.addr4("gw2", 1)?.to_string();

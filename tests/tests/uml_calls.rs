@@ -6,7 +6,7 @@
 
 use anyhow::{ensure, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
-use dropshim_tests::uml::UmlDevice;
+use dropshim_tests::uml::{uml_device, UmlDevice};
 use dropshim_tests::*;
 use std::process::Command;
 use std::time::Duration;
@@ -90,7 +90,7 @@ print(json.dumps(out, sort_keys=True))
 #[test]
 fn uml_sockopt_unaligned_and_bad_pointers_answer_as_the_kernel() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "so")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "so")?;
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("sockopt.py");
     std::fs::write(&script, SOCKOPT_PY)?;
@@ -232,7 +232,7 @@ fn uml_fork_while_another_thread_is_in_the_shim_never_hangs_the_child() -> Resul
     )
     .context("compiling the fork program (needs a C compiler)")?;
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "fl")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "fl")?;
     let forks = 200;
     let mut cmd = on_uml(&tb, &dev, &bin.display().to_string())?;
     cmd.arg(forks.to_string());
@@ -251,7 +251,7 @@ fn uml_fork_while_another_thread_is_in_the_shim_never_hangs_the_child() -> Resul
 #[test]
 fn uml_dup_of_a_socket_answers_as_the_original() -> Result<()> {
     let tb = two_gateways()?;
-    let dev = UmlDevice::up(&tb, "gw1", &[1, 2], "dp")?;
+    let dev = uml_device(&tb, "gw1", &[1, 2], "dp")?;
     let port = unique_port();
     let gw2 = tb.addr4("gw2", 1)?;
     let mut echo = tb.command("gw2", "socat")?;

@@ -14,7 +14,7 @@
 //! first); the round trip median and p99 under that load; and the time to
 //! open them all.
 
-use super::stacks::{self, Device, DeviceHandle, Role, Stack};
+use super::stacks::{self, Device, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -147,7 +147,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         ctx.step(format!("conns: building the testbed for {}", stack.label()));
         let tb = Testbed::up(&Spec::builtin("two-gateways")?, &Options::default())?;
         let handle = if stack == Stack::Lkl {
-            match DeviceHandle::start(stack, &tb, "gw1", &ctx.work, &avail) {
+            match stacks::device(stack, &tb, "gw1", &ctx.library, &avail) {
                 Ok(h) => Some(h),
                 Err(e) => {
                     ctx.records.push(
@@ -163,7 +163,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         for run in 1..=plan.runs {
             ctx.step(format!("conns run {run}: {}", stack.label()));
             let mut rec = Record::new(Scenario::Conns, stack, &setting, run);
-            let device = handle.as_ref().map(|h| h.device());
+            let device = handle.as_ref();
             match measure(ctx, plan, &tb, stack, device) {
                 Ok(m) => m.apply(&mut rec),
                 Err(e) => rec = rec.failed(&e),
@@ -263,7 +263,7 @@ fn measure(
     plan: &Plan,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
 ) -> Result<Measured> {
     let s = &plan.conns;
     let port = super::port(5);

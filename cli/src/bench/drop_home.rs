@@ -6,7 +6,7 @@
 //! TCP over the best single path is the baseline.
 
 use super::local_cache::{make_file, Served};
-use super::stacks::{self, DevIface, Device, DeviceHandle, LklDevice, Role, Stack, UmlDevice};
+use super::stacks::{self, Device, DeviceFile, Iface, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Spec, Testbed};
@@ -28,30 +28,18 @@ fn setting(device: &str, server: &str) -> String {
     format!("{device} <- {what}")
 }
 
-/// The interfaces each end device's uml or lkl stack takes over.
-fn device_ifaces(tb: &Testbed, device: &str) -> Result<Vec<DevIface>> {
-    Ok(match device {
+/// The device file of each end device's uml or lkl stack: the
+/// interfaces it takes over.
+fn device_file(tb: &Testbed, device: &str) -> Result<DeviceFile> {
+    Ok(DeviceFile::new(match device {
         "phone" => vec![
-            DevIface {
-                link: 5,
-                roles: &["subflow"],
-                gateway: Some(tb.addr4("gw1", 5)?),
-                cost: None,
-            },
-            DevIface {
-                link: 6,
-                roles: &["subflow"],
-                gateway: None,
-                cost: None,
-            },
+            Iface::on(5)
+                .roles(&["subflow"])
+                .gateway(tb.addr4("gw1", 5)?),
+            Iface::on(6).roles(&["subflow"]),
         ],
-        _ => vec![DevIface {
-            link: 7,
-            roles: &[],
-            gateway: Some(tb.addr4("gw2", 7)?),
-            cost: None,
-        }],
-    })
+        _ => vec![Iface::on(7).gateway(tb.addr4("gw2", 7)?)],
+    }))
 }
 
 pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
@@ -126,24 +114,14 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         let mut devices = Vec::new();
         for device in ["phone", "tv"] {
             let handle = match stack {
-                Stack::Uml => Some(DeviceHandle::Uml(UmlDevice::up_on(
+                Stack::Uml | Stack::Lkl => Some(stacks::device_on(
+                    stack,
                     tb,
                     device,
-                    &ctx.work,
-                    &device_ifaces(tb, device)?,
-                )?)),
-                Stack::Lkl => {
-                    let Some(lib) = &avail.lkl_library else {
-                        bail!("internal: lkl runnable without a library");
-                    };
-                    Some(DeviceHandle::Lkl(LklDevice::up_on(
-                        tb,
-                        device,
-                        &ctx.work,
-                        lib,
-                        &device_ifaces(tb, device)?,
-                    )?))
-                }
+                    &ctx.library,
+                    &avail,
+                    &device_file(tb, device)?,
+                )?),
                 _ => None,
             };
             devices.push((device, handle));
@@ -161,17 +139,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                     stack.label()
                 ));
                 let mut rec = Record::new(Scenario::DropHome, stack, setting(device, server), run);
-                match pull(
-                    ctx,
-                    tb,
-                    stack,
-                    handle.map(DeviceHandle::device),
-                    device,
-                    server,
-                    addr,
-                    port,
-                    &file,
-                ) {
+                match pull(ctx, tb, stack, handle, device, server, addr, port, &file) {
                     Ok(r) => rec = r.into_record(rec, file.bytes),
                     Err(e) => rec = rec.failed(&e),
                 }
@@ -209,7 +177,7 @@ fn pull(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
     node: &str,
     server: &str,
     addr: Ipv4Addr,

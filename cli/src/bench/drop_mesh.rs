@@ -6,7 +6,7 @@
 //! the time until every transfer finished and the aggregate goodput, for
 //! 4, 8, 16 and 32 devices (how it scales).
 
-use super::stacks::{self, DevIface, DeviceHandle, LklDevice, Role, Stack, UmlDevice};
+use super::stacks::{self, DeviceFile, Iface, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Spec, Testbed};
@@ -80,36 +80,20 @@ struct Mesh {
 fn mesh(ctx: &Ctx, order: &[Stack], n: u32, size: u64) -> Result<Mesh> {
     let spec = Spec::drop_mesh(n)?;
     let tb = Testbed::up(&spec, &super::topology_options(ctx, &spec))?;
-    let ifaces = [
-        DevIface {
-            link: 1,
-            roles: &[],
-            gateway: None,
-            cost: None,
-        },
-        DevIface {
-            link: 2,
-            roles: &["signal"],
-            gateway: None,
-            cost: None,
-        },
-    ];
+    let file = DeviceFile::new(vec![Iface::on(1), Iface::on(2).roles(&["signal"])]);
     let mut devices = Vec::new();
     for i in 1..=n {
         let node = format!("dev{i}");
         let stack = order[(i as usize - 1) % order.len()];
         let handle = match stack {
-            Stack::Uml => Some(DeviceHandle::Uml(UmlDevice::up_on(
-                &tb, &node, &ctx.work, &ifaces,
-            )?)),
-            Stack::Lkl => {
-                let Some(lib) = &ctx.stacks.lkl_library else {
-                    bail!("internal: lkl runnable without a library");
-                };
-                Some(DeviceHandle::Lkl(LklDevice::up_on(
-                    &tb, &node, &ctx.work, lib, &ifaces,
-                )?))
-            }
+            Stack::Uml | Stack::Lkl => Some(stacks::device_on(
+                stack,
+                &tb,
+                &node,
+                &ctx.library,
+                &ctx.stacks,
+                &file,
+            )?),
             _ => None,
         };
         devices.push((node, stack, handle));
@@ -147,7 +131,7 @@ fn mesh(ctx: &Ctx, order: &[Stack], n: u32, size: u64) -> Result<Mesh> {
             *stack,
             Role::Client,
             &ctx.library,
-            handle.as_ref().map(DeviceHandle::device),
+            handle.as_ref(),
             "python3",
         )?;
         cmd.args(["-c", dropshim_testbed::MESH_AGENT_PY])

@@ -10,7 +10,7 @@
 //! sha256 of what arrived.
 
 use super::local_cache::{make_file, serve, Served};
-use super::stacks::{self, Device, DeviceHandle, DeviceMptcp, PathManager, Role, Stack};
+use super::stacks::{self, Device, DeviceMptcp, PathManager, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{LinkChoice, Options, Spec, Testbed};
@@ -237,7 +237,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         }
         ctx.step(format!("handover: starting the {} device", stack.name()));
         let tb = Testbed::up(&spec, &opts)?;
-        match DeviceHandle::start(stack, &tb, "client", &ctx.work, &avail) {
+        match stacks::device(stack, &tb, "client", &ctx.library, &avail) {
             Err(e) => ctx
                 .records
                 .push(device_failed(stack, &setting, "default", &e)),
@@ -246,7 +246,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                 let _server = serve(ctx, &tb, "cache", stack, &dir, port)?;
                 let leg = Leg {
                     stack,
-                    device: Some(dev.device()),
+                    device: Some(&dev),
                     port,
                     direction: Direction::Download,
                 };
@@ -275,14 +275,14 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                 stack.name()
             ));
             let tb = Testbed::up(&spec, &opts)?;
-            match DeviceHandle::start_with(stack, &tb, "client", &ctx.work, &avail, mptcp) {
+            match stacks::device_with(stack, &tb, "client", &ctx.library, &avail, mptcp) {
                 Err(e) => ctx
                     .records
                     .push(device_failed(stack, &up_setting, scheduler, &e)),
                 Ok(dev) => {
                     let leg = Leg {
                         stack,
-                        device: Some(dev.device()),
+                        device: Some(&dev),
                         port: super::port(9),
                         direction: Direction::Upload,
                     };
@@ -314,7 +314,7 @@ fn device_failed(stack: Stack, setting: &str, scheduler: &str, e: &anyhow::Error
 /// lkl), the port the transfer uses and which way the file goes.
 struct Leg<'a> {
     stack: Stack,
-    device: Option<Device<'a>>,
+    device: Option<&'a Device>,
     port: u16,
     direction: Direction,
 }

@@ -2,7 +2,7 @@
 //! `client` downloads them over two links shaped at --rate; download time
 //! and goodput per size, every stack, each download checked by sha256.
 
-use super::stacks::{self, Device, DeviceHandle, Role, Stack};
+use super::stacks::{self, Device, Role, Stack};
 use super::{Ctx, KillOnDrop, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -133,7 +133,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
         }
         ctx.step(format!("local-cache: starting the {} device", stack.name()));
         let tb = Testbed::up(&spec, &opts)?;
-        match DeviceHandle::start(stack, &tb, "client", &ctx.work, &avail) {
+        match stacks::device(stack, &tb, "client", &ctx.library, &avail) {
             Err(e) => {
                 let reason =
                     super::one_line(&format!("{} device did not start: {e:#}", stack.name()));
@@ -144,7 +144,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                 let _server = serve(ctx, &tb, "cache", stack, &www, port)?;
                 for run in 1..=plan.runs {
                     for file in &files {
-                        download_one(ctx, &tb, stack, Some(dev.device()), port, file, run);
+                        download_one(ctx, &tb, stack, Some(&dev), port, file, run);
                     }
                 }
             }
@@ -169,7 +169,7 @@ fn download_one(
     ctx: &mut Ctx,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
     port: u16,
     file: &Served,
     run: u32,
@@ -205,7 +205,7 @@ fn download(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
     port: u16,
     file: &Served,
 ) -> Result<Download> {

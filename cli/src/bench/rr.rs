@@ -11,7 +11,7 @@
 //! a native redis-server in gw2 and once against redis-server on the
 //! stack in gw1.
 
-use super::stacks::{self, Device, DeviceHandle, Role, Stack};
+use super::stacks::{self, Device, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::{Options, Spec, Testbed};
@@ -154,7 +154,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             stack.name()
         ));
         let tb = Testbed::up(&spec, &opts)?;
-        match DeviceHandle::start(stack, &tb, "gw1", &ctx.work, &avail) {
+        match stacks::device(stack, &tb, "gw1", &ctx.library, &avail) {
             Err(e) => {
                 ctx.records.push(
                     Record::new(Scenario::Rr, stack, "", 0).skipped(super::one_line(&format!(
@@ -165,7 +165,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
             }
             Ok(handle) => {
                 for run in 1..=plan.runs {
-                    measure(ctx, plan, &probe, &tb, stack, Some(handle.device()), run);
+                    measure(ctx, plan, &probe, &tb, stack, Some(&handle), run);
                 }
             }
         }
@@ -180,7 +180,7 @@ fn measure(
     probe: &std::path::Path,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
     run: u32,
 ) {
     ctx.step(format!("rr run {run}: {}", stack.label()));
@@ -227,7 +227,7 @@ fn redis(
     plan: &Plan,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
     where_: RedisServer,
 ) -> Result<Fill> {
     let gw2 = tb.netns("gw2")?.to_string();
@@ -366,7 +366,7 @@ fn probe_once(
     probe: &std::path::Path,
     tb: &Testbed,
     stack: Stack,
-    device: Option<Device>,
+    device: Option<&Device>,
 ) -> Result<Vec<(String, Fill)>> {
     let s = &plan.rr;
     let server_ns = tb.netns("gw2")?.to_string();

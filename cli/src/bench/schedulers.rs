@@ -9,7 +9,7 @@
 //! scheduler runs under each path manager in turn (the kernel's, or a
 //! policy of dropshim's userspace one).
 
-use super::stacks::{DeviceHandle, DeviceMptcp, Stack};
+use super::stacks::{self, Device, DeviceMptcp, Stack};
 use super::two_gateways::{iperf, Measured};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{Context, Result};
@@ -74,7 +74,7 @@ pub fn run(ctx: &mut Ctx, plan: &Plan) -> Result<()> {
                 ctx.step(format!("schedulers: a device: {what}"));
                 // A fresh testbed per device: its links go to the device.
                 let tb = Testbed::up(&spec, &opts)?;
-                let handle = DeviceHandle::start_with(stack, &tb, "gw1", &ctx.work, &avail, mptcp);
+                let handle = stacks::device_with(stack, &tb, "gw1", &ctx.library, &avail, mptcp);
                 let handle = match handle {
                     Ok(h) => h,
                     Err(e) => {
@@ -117,11 +117,11 @@ fn measure(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    device: Option<&DeviceHandle>,
+    device: Option<&Device>,
     duration: u32,
 ) -> Result<(Measured, f64)> {
     let before = received_per_link(tb)?;
-    let m = iperf(ctx, tb, stack, device.map(DeviceHandle::device), duration)?;
+    let m = iperf(ctx, tb, stack, device, duration)?;
     let after = received_per_link(tb)?;
     let got = [
         after[0].saturating_sub(before[0]),

@@ -5,12 +5,12 @@
 //! (a Linux Kernel Library booted inside the client program itself).
 
 use anyhow::{bail, Context, Result};
+use dropshim_stacks::{unique_name, Tools};
+pub use dropshim_stacks::{Device, DeviceFile, Iface};
 use dropshim_testbed::Testbed;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -199,73 +199,51 @@ pub enum Role {
     Server,
 }
 
-/// The device a client program of the uml or lkl stack goes through.
-#[derive(Clone, Copy)]
-pub enum Device<'a> {
-    Uml(&'a UmlDevice),
-    Lkl(&'a LklDevice),
+/// Hands `node`'s links 1 and 2 of `tb` to a new device of `stack`
+/// (uml or lkl), with the kernel's scheduler and path manager.
+pub fn device(
+    stack: Stack,
+    tb: &Testbed,
+    node: &str,
+    shim: &Path,
+    avail: &Availability,
+) -> Result<Device> {
+    device_with(stack, tb, node, shim, avail, DeviceMptcp::default())
 }
 
-impl Device<'_> {
-    /// CPU seconds used so far outside the measured programs: the UML
-    /// kernel's processes. The library kernel runs inside the program,
-    /// so the program's own CPU figure already holds it.
-    pub fn cpu_seconds(self) -> f64 {
-        match self {
-            Device::Uml(d) => d.cpu_seconds(),
-            Device::Lkl(_) => 0.0,
-        }
-    }
+/// [`device`] with the device's MPTCP packet scheduler and path manager.
+pub fn device_with(
+    stack: Stack,
+    tb: &Testbed,
+    node: &str,
+    shim: &Path,
+    avail: &Availability,
+    mptcp: DeviceMptcp,
+) -> Result<Device> {
+    device_on(stack, tb, node, shim, avail, &device_file(mptcp))
 }
 
-/// A started uml or lkl device, owned for as long as a scenario measures
-/// through it (the uml instance is shut down on drop).
-pub enum DeviceHandle {
-    Uml(UmlDevice),
-    Lkl(LklDevice),
-}
-
-impl DeviceHandle {
-    /// Hands `node`'s links 1 and 2 of `tb` to a new device of `stack`.
-    pub fn start(
-        stack: Stack,
-        tb: &Testbed,
-        node: &str,
-        work: &Path,
-        avail: &Availability,
-    ) -> Result<DeviceHandle> {
-        DeviceHandle::start_with(stack, tb, node, work, avail, DeviceMptcp::default())
-    }
-
-    /// [`DeviceHandle::start`] with the device's MPTCP packet scheduler
-    /// and path manager.
-    pub fn start_with(
-        stack: Stack,
-        tb: &Testbed,
-        node: &str,
-        work: &Path,
-        avail: &Availability,
-        mptcp: DeviceMptcp,
-    ) -> Result<DeviceHandle> {
-        let ifaces = two_links(mptcp.path_manager);
-        match stack {
-            Stack::Uml => UmlDevice::up_with(tb, node, work, &ifaces, mptcp).map(DeviceHandle::Uml),
-            Stack::Lkl => match &avail.lkl_library {
-                Some(lib) => {
-                    LklDevice::up_with(tb, node, work, lib, &ifaces, mptcp).map(DeviceHandle::Lkl)
-                }
-                None => bail!("internal: lkl runnable without a library"),
-            },
-            other => bail!("internal: {} has no device", other.name()),
-        }
-    }
-
-    pub fn device(&self) -> Device<'_> {
-        match self {
-            DeviceHandle::Uml(d) => Device::Uml(d),
-            DeviceHandle::Lkl(d) => Device::Lkl(d),
-        }
-    }
+/// A device of `stack` (uml or lkl) owning `node`'s interfaces of `file`.
+pub fn device_on(
+    stack: Stack,
+    tb: &Testbed,
+    node: &str,
+    shim: &Path,
+    avail: &Availability,
+    file: &DeviceFile,
+) -> Result<Device> {
+    let prefix = match stack {
+        Stack::Uml => "bench",
+        Stack::Lkl if avail.lkl_library.is_some() => "benchlkl",
+        Stack::Lkl => bail!("internal: lkl runnable without a library"),
+        other => bail!("internal: {} has no device", other.name()),
+    };
+    let tools = Tools {
+        shim: shim.to_path_buf(),
+        dropshim: std::env::current_exe().context("locating the dropshim executable")?,
+        liblkl: avail.lkl_library.clone(),
+    };
+    Device::up(stack.name(), tb, node, file, &unique_name(prefix), &tools)
 }
 
 /// `program` in `node`, started the way `stack` runs programs. On the uml
@@ -277,7 +255,7 @@ pub fn command(
     stack: Stack,
     role: Role,
     library: &Path,
-    device: Option<Device>,
+    device: Option<&Device>,
     program: &str,
 ) -> Result<Command> {
     let mut cmd = if stack == Stack::Mptcpize {
@@ -298,178 +276,25 @@ fn stack_env(
     stack: Stack,
     role: Role,
     library: &Path,
-    device: Option<Device>,
+    device: Option<&Device>,
 ) -> Result<()> {
-    for var in [
-        "LD_PRELOAD",
-        "DROPSHIM_CONFIG",
-        "DROPSHIM_BACKEND",
-        "DROPSHIM_LOG",
-        "DROPSHIM_LKL_LIB",
-    ] {
-        cmd.env_remove(var);
-    }
+    dropshim_stacks::clear_stack_env(cmd);
     match (stack, role) {
         (Stack::Mixed, _) => bail!("internal: a mixed mesh starts each device on its own stack"),
         (Stack::Tcp | Stack::Mptcpize, _) => {}
         (Stack::Native, _) | (Stack::Uml | Stack::Lkl, Role::Server) => {
             cmd.env("LD_PRELOAD", library);
         }
-        (Stack::Uml, Role::Client) => {
-            let Some(Device::Uml(dev)) = device else {
-                bail!("internal: uml stack without a uml device");
-            };
-            cmd.env("LD_PRELOAD", library);
-            cmd.env("DROPSHIM_CONFIG", &dev.config);
-        }
-        (Stack::Lkl, Role::Client) => {
-            let Some(Device::Lkl(dev)) = device else {
-                bail!("internal: lkl stack without an lkl device");
-            };
-            cmd.env("LD_PRELOAD", library);
-            cmd.env("DROPSHIM_CONFIG", &dev.config);
-            cmd.env("DROPSHIM_BACKEND", "lkl");
-            // Found once by the bench, so no client runs build-lkl.sh.
-            cmd.env("DROPSHIM_LKL_LIB", &dev.library);
-        }
+        (Stack::Uml | Stack::Lkl, Role::Client) => match device {
+            Some(d) if d.kind() == stack.name() => d.program_env(cmd, library),
+            _ => bail!(
+                "internal: {} stack without a {} device",
+                stack.name(),
+                stack.name()
+            ),
+        },
     }
     Ok(())
-}
-
-/// A uml device booted in the client's namespace of a testbed, owning the
-/// client's links 1 and 2 (their host addresses move into the guest).
-/// `dropshim down` runs on drop.
-pub struct UmlDevice {
-    pub config: PathBuf,
-    netns: String,
-    /// CPU time of the UML kernel's processes is added to the stack's cost.
-    run_dir: PathBuf,
-}
-
-static DEVICES: AtomicU32 = AtomicU32::new(0);
-
-impl UmlDevice {
-    /// A uml device owning `node`'s interfaces `ifaces`.
-    pub fn up_on(
-        tb: &Testbed,
-        client: &str,
-        work: &Path,
-        ifaces: &[DevIface],
-    ) -> Result<UmlDevice> {
-        UmlDevice::up_with(tb, client, work, ifaces, DeviceMptcp::default())
-    }
-
-    /// [`UmlDevice::up_on`] with the guest's MPTCP packet scheduler.
-    pub fn up_with(
-        tb: &Testbed,
-        client: &str,
-        work: &Path,
-        ifaces: &[DevIface],
-        mptcp: DeviceMptcp,
-    ) -> Result<UmlDevice> {
-        let n = DEVICES.fetch_add(1, Ordering::Relaxed);
-        let name = format!("bench{}x{n}", std::process::id());
-        let netns = tb.netns(client)?.to_string();
-        let ifaces = device_interfaces(tb, client, &netns, ifaces)?;
-        let config = work.join(format!("{name}.toml"));
-        let text = format!(
-            "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"uml\"\n\n{ifaces}\
-             {}\n[policy]\ndefault = \"mptcp\"\n\n[uml]\nmemory_mib = 256\n",
-            mptcp_section(mptcp)
-        );
-        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-        let dev = UmlDevice {
-            config,
-            netns,
-            run_dir: dropshim_backend_uml::run_dir(&name),
-        };
-        let out = dev.dropshim("up", Duration::from_secs(120))?;
-        if !out.status.success() {
-            bail!(
-                "`dropshim up` of the uml device failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(dev)
-    }
-
-    fn dropshim(&self, verb: &str, timeout: Duration) -> Result<std::process::Output> {
-        let exe = std::env::current_exe().context("locating the dropshim executable")?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(exe)
-            .arg(verb)
-            .arg("--config")
-            .arg(&self.config);
-        Ok(dropshim_testbed::run_with_timeout(&mut cmd, timeout)?)
-    }
-
-    /// CPU seconds (user + system) used so far by the UML kernel's
-    /// processes (its process group).
-    pub fn cpu_seconds(&self) -> f64 {
-        let Some(pgrp) = std::fs::read_to_string(self.run_dir.join("kernel.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        else {
-            return 0.0;
-        };
-        dropshim_testbed::process_group_cpu(pgrp).as_secs_f64()
-    }
-}
-
-impl Drop for UmlDevice {
-    fn drop(&mut self) {
-        let _ = self.dropshim("down", Duration::from_secs(30));
-    }
-}
-
-/// The client's links 1 and 2 handed to the library kernel of the lkl
-/// stack: their host addresses go (the packet sockets see every frame, so
-/// the host stack must not answer too) and a device file gives them to
-/// the library kernel, which each lkl client boots in-process.
-pub struct LklDevice {
-    pub config: PathBuf,
-    pub library: PathBuf,
-}
-
-impl LklDevice {
-    /// An lkl device owning `node`'s interfaces `ifaces`.
-    pub fn up_on(
-        tb: &Testbed,
-        client: &str,
-        work: &Path,
-        library: &Path,
-        ifaces: &[DevIface],
-    ) -> Result<LklDevice> {
-        LklDevice::up_with(tb, client, work, library, ifaces, DeviceMptcp::default())
-    }
-
-    /// [`LklDevice::up_on`] with the library kernel's MPTCP packet
-    /// scheduler.
-    pub fn up_with(
-        tb: &Testbed,
-        client: &str,
-        work: &Path,
-        library: &Path,
-        ifaces: &[DevIface],
-        mptcp: DeviceMptcp,
-    ) -> Result<LklDevice> {
-        let n = DEVICES.fetch_add(1, Ordering::Relaxed);
-        let name = format!("benchlkl{}x{n}", std::process::id());
-        let netns = tb.netns(client)?.to_string();
-        let ifaces = device_interfaces(tb, client, &netns, ifaces)?;
-        let config = work.join(format!("{name}.toml"));
-        let text = format!(
-            "# written by dropshim bench\n[device]\nname = \"{name}\"\nbackend = \"lkl\"\n\n{ifaces}\
-             {}\n[policy]\ndefault = \"mptcp\"\n",
-            mptcp_section(mptcp)
-        );
-        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-        Ok(LklDevice {
-            config,
-            library: library.to_path_buf(),
-        })
-    }
 }
 
 /// The path managers a bench device can run: the kernel's, or one of the
@@ -531,105 +356,34 @@ impl Default for DeviceMptcp<'_> {
     }
 }
 
-/// A bench device's `[mptcp]` section: two subflows, the chosen path
-/// manager, and the scheduler unless it is the kernel's default.
-fn mptcp_section(mptcp: DeviceMptcp) -> String {
-    let mut s = String::from("[mptcp]\nlimits = { subflows = 2, add_addr_accepted = 2 }\n");
-    match mptcp.path_manager.policy() {
-        None => s.push_str("path_manager = \"kernel\"\n"),
-        Some(_) => s.push_str("path_manager = \"userspace\"\n"),
-    }
-    if mptcp.scheduler != "default" {
-        s.push_str(&format!("scheduler = \"{}\"\n", mptcp.scheduler));
-    }
-    if let Some(policy) = mptcp.path_manager.policy() {
-        s.push_str(&format!("\n[mptcp.userspace]\npolicy = \"{policy}\"\n"));
-    }
-    s
-}
-
-/// One interface a uml or lkl device takes over: the link (or segment)
-/// number, its MPTCP endpoint roles, an optional default gateway.
-#[derive(Clone, Debug)]
-pub struct DevIface {
-    pub link: u32,
-    pub roles: &'static [&'static str],
-    pub gateway: Option<std::net::Ipv4Addr>,
-    /// The interface's `cost` (for the costaware path manager).
-    pub cost: Option<u32>,
-}
-
-/// The client's links 1 and 2. Link 2 is a `subflow` endpoint bound to
-/// its device: the guest opens the second subflow out of link 2 (to the
-/// server's link-1 address, which the server accepts on any link). Under
+/// A bench device's file: the client's links 1 and 2, link 2 a `subflow`
+/// endpoint bound to its device (the guest opens the second subflow out
+/// of link 2 to the server's link-1 address, which the server accepts on
+/// any link), two subflows, the chosen path manager and scheduler. Under
 /// the userspace `backup` policy link 2 is the backup; under `costaware`
 /// it costs ten times link 1.
-fn two_links(path_manager: PathManager) -> [DevIface; 2] {
-    let (roles2, cost): (&'static [&'static str], _) = match path_manager {
-        PathManager::Backup => (&["subflow", "backup"], None),
-        PathManager::Costaware => (&["subflow"], Some([1, 10])),
-        _ => (&["subflow"], None),
+fn device_file(mptcp: DeviceMptcp) -> DeviceFile {
+    let (link1, link2) = (Iface::on(1), Iface::on(2));
+    let links = match mptcp.path_manager {
+        PathManager::Backup => vec![link1, link2.roles(&["subflow", "backup"])],
+        PathManager::Costaware => vec![link1.cost(1), link2.roles(&["subflow"]).cost(10)],
+        _ => vec![link1, link2.roles(&["subflow"])],
     };
-    [
-        DevIface {
-            link: 1,
-            roles: &[],
-            gateway: None,
-            cost: cost.map(|c| c[0]),
-        },
-        DevIface {
-            link: 2,
-            roles: roles2,
-            gateway: None,
-            cost: cost.map(|c| c[1]),
-        },
-    ]
-}
-
-/// The `[[interfaces]]` of a device file for `ifaces` of `node`. The raw
-/// transport and the packet sockets see every frame: the host must not
-/// answer on these interfaces too (design brief), so their addresses go.
-fn device_interfaces(tb: &Testbed, node: &str, netns: &str, ifaces: &[DevIface]) -> Result<String> {
-    let mut text = String::new();
-    for i in ifaces {
-        let ifname = tb.ifname(node, i.link)?.to_string();
-        let a4 = tb.addr4(node, i.link)?;
-        ip(&["-n", netns, "addr", "flush", "dev", &ifname])?;
-        text.push_str(&format!(
-            "[[interfaces]]\nname = \"{ifname}\"\naddresses = [\"{a4}/24\"]\n"
-        ));
-        if !i.roles.is_empty() {
-            let roles: Vec<String> = i.roles.iter().map(|r| format!("\"{r}\"")).collect();
-            text.push_str(&format!("endpoint = [{}]\n", roles.join(", ")));
-        }
-        if let Some(gw) = i.gateway {
-            text.push_str(&format!("gateway = \"{gw}\"\n"));
-        }
-        if let Some(cost) = i.cost {
-            text.push_str(&format!("cost = {cost}\n"));
-        }
-        text.push('\n');
+    let mut file = DeviceFile::new(links);
+    if mptcp.scheduler != "default" {
+        file.scheduler = Some(mptcp.scheduler.to_string());
     }
-    Ok(text)
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    let out = dropshim_testbed::run_with_timeout(&mut cmd, Duration::from_secs(20))?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    file.userspace = mptcp
+        .path_manager
+        .policy()
+        .map(|p| format!("policy = \"{p}\""));
+    file
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dropshim_stacks::LinkAddrs;
 
     /// Every path manager the schedulers bench offers, with a scheduler of
     /// the project's kernels, gives a device file that parses to that
@@ -637,7 +391,7 @@ mod tests {
     /// costly one.
     #[test]
     fn bench_device_files_carry_the_path_manager_and_scheduler() {
-        use dropshim_conf::{PathManager as Pm, PmPolicy};
+        use dropshim_conf::{EndpointRole, PathManager as Pm, PmPolicy};
         let all = [
             (PathManager::Kernel, None),
             (PathManager::Fullmesh, Some(PmPolicy::Fullmesh)),
@@ -645,50 +399,45 @@ mod tests {
             (PathManager::Backup, Some(PmPolicy::Backup)),
             (PathManager::Costaware, Some(PmPolicy::Costaware)),
         ];
+        let addrs = |link: u32| {
+            Ok(LinkAddrs {
+                ifname: format!("l{link}"),
+                v4: format!("10.0.{link}.1/24"),
+                v6: format!("fd00:{link}::1/64"),
+            })
+        };
         for (pm, policy) in all {
             let mptcp = DeviceMptcp {
                 scheduler: "blest",
                 path_manager: pm,
             };
-            let mut text = String::from("[device]\nname = \"t\"\nbackend = \"uml\"\n\n");
-            for (i, dev) in two_links(pm).iter().enumerate() {
-                text.push_str(&format!(
-                    "[[interfaces]]\nname = \"l{i}\"\naddresses = [\"10.0.{i}.1/24\"]\n"
-                ));
-                if !dev.roles.is_empty() {
-                    let roles: Vec<String> = dev.roles.iter().map(|r| format!("\"{r}\"")).collect();
-                    text.push_str(&format!("endpoint = [{}]\n", roles.join(", ")));
-                }
-                if let Some(cost) = dev.cost {
-                    text.push_str(&format!("cost = {cost}\n"));
-                }
-                text.push('\n');
-            }
-            text.push_str(&mptcp_section(mptcp));
-            text.push_str("\n[policy]\ndefault = \"mptcp\"\n");
+            let text = device_file(mptcp).render("t", "uml", addrs).unwrap();
             let cfg = dropshim_conf::parse(&text, "bench.toml")
                 .unwrap_or_else(|e| panic!("{pm:?}: {e}\n{text}"));
             assert_eq!(cfg.mptcp.scheduler.as_deref(), Some("blest"), "{pm:?}");
             let userspace = cfg.mptcp.userspace.as_ref().map(|u| u.policy);
             assert_eq!(userspace, policy, "{pm:?}");
-            let want = if policy.is_some() {
-                Pm::Userspace
-            } else {
-                Pm::Kernel
-            };
-            assert_eq!(cfg.mptcp.path_manager, Some(want), "{pm:?}");
-            let links = two_links(pm);
             assert_eq!(
-                links[1].roles.contains(&"backup"),
+                cfg.mptcp.path_manager == Some(Pm::Userspace),
+                policy.is_some(),
+                "{pm:?}"
+            );
+            let [l1, l2] = &cfg.interfaces[..] else {
+                panic!("{pm:?}: two interfaces\n{text}");
+            };
+            assert!(l2.endpoint.contains(&EndpointRole::Subflow), "{pm:?}");
+            assert_eq!(
+                l2.endpoint.contains(&EndpointRole::Backup),
                 pm == PathManager::Backup,
                 "{pm:?}"
             );
-            assert_eq!(
-                links[1].cost > links[0].cost,
-                pm == PathManager::Costaware,
-                "{pm:?}"
-            );
+            assert_eq!(l2.cost > l1.cost, pm == PathManager::Costaware, "{pm:?}");
         }
+        let plain = device_file(DeviceMptcp::default())
+            .render("t", "lkl", addrs)
+            .unwrap();
+        let cfg = dropshim_conf::parse(&plain, "bench.toml").unwrap();
+        assert_eq!(cfg.mptcp.scheduler, None, "{plain}");
     }
 
     #[test]
@@ -705,49 +454,27 @@ mod tests {
         assert!(!a.schedulers.is_empty());
     }
 
-    fn lkl_command(role: Role, shim: &Path, device: Option<Device>) -> Result<Command> {
-        let mut cmd = Command::new("true");
-        stack_env(&mut cmd, Stack::Lkl, role, shim, device)?;
-        Ok(cmd)
-    }
-
+    /// The server of an lkl or uml measurement is the native backend (the
+    /// shim alone, nothing inherited); a client needs its device.
     #[test]
-    fn lkl_client_gets_the_device_backend_and_library_and_server_stays_native() {
-        let work = tempfile::tempdir().unwrap();
-        let config = work.path().join("d.toml");
-        std::fs::write(&config, "").unwrap();
-        let dev = LklDevice {
-            config: config.clone(),
-            library: PathBuf::from("/x/liblkl.so"),
-        };
-        let env = |c: &Command| -> Vec<(String, Option<String>)> {
-            let mut v: Vec<_> = c
-                .get_envs()
-                .map(|(k, v)| {
-                    (
-                        k.to_string_lossy().into_owned(),
-                        v.map(|v| v.to_string_lossy().into_owned()),
-                    )
-                })
-                .collect();
-            v.sort();
-            v
-        };
+    fn servers_stay_native_and_a_client_needs_its_device() {
         let shim = Path::new("/x/libdropshim.so");
-        let client = lkl_command(Role::Client, shim, Some(Device::Lkl(&dev))).unwrap();
-        let e = env(&client);
-        let get = |k: &str| e.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
-        assert_eq!(get("LD_PRELOAD").as_deref(), Some("/x/libdropshim.so"));
-        assert_eq!(get("DROPSHIM_BACKEND").as_deref(), Some("lkl"));
-        assert_eq!(get("DROPSHIM_LKL_LIB").as_deref(), Some("/x/liblkl.so"));
-        assert_eq!(get("DROPSHIM_CONFIG"), Some(config.display().to_string()));
-        let server = lkl_command(Role::Server, shim, None).unwrap();
-        let e = env(&server);
-        let get = |k: &str| e.iter().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
-        assert_eq!(get("LD_PRELOAD").as_deref(), Some("/x/libdropshim.so"));
-        assert_eq!(get("DROPSHIM_BACKEND"), None);
-        assert_eq!(get("DROPSHIM_LKL_LIB"), None);
-        let err = lkl_command(Role::Client, shim, None).unwrap_err();
-        assert!(err.to_string().contains("without an lkl device"), "{err}");
+        for stack in [Stack::Uml, Stack::Lkl] {
+            let mut server = Command::new("true");
+            server.env("DROPSHIM_BACKEND", "lkl");
+            stack_env(&mut server, stack, Role::Server, shim, None).unwrap();
+            let env: Vec<_> = server
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+                .collect();
+            assert_eq!(
+                env,
+                vec![("LD_PRELOAD".to_string(), "/x/libdropshim.so".to_string())],
+                "{stack:?}"
+            );
+            let mut client = Command::new("true");
+            let err = stack_env(&mut client, stack, Role::Client, shim, None).unwrap_err();
+            assert!(err.to_string().contains("device"), "{err}");
+        }
     }
 }

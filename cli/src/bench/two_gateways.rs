@@ -3,9 +3,10 @@
 //! TCP on link 1 vs MPTCP over both, for every stack, path manager and
 //! scheduler. The iperf3 measurement here is shared with `overhead`.
 
-use super::stacks::{self, Availability, Device, DeviceHandle, Role, Stack};
+use super::stacks::{self, Availability, Device, DeviceFile, Iface, Role, Stack};
 use super::{Ctx, Plan, Record, Scenario};
 use anyhow::{bail, Context, Result};
+use dropshim_stacks::{unique_name, HostDevice};
 use dropshim_testbed::{LinkChoice, Options, Spec, Testbed};
 use std::process::Command;
 use std::time::Duration;
@@ -127,7 +128,7 @@ pub fn iperf_matrix(
                         set_scheduler(&tb, &v.scheduler)?;
                     }
                     let _pm = if v.path_manager == "userspace" {
-                        Some(UserspacePm::up(&tb, &ctx.work)?)
+                        Some(userspace_pm(&tb)?)
                     } else {
                         None
                     };
@@ -153,8 +154,8 @@ pub fn iperf_matrix(
             stack.name()
         ));
         let tb = Testbed::up(&spec, &opts)?;
-        let handle = DeviceHandle::start(stack, &tb, "gw1", &ctx.work, &avail);
-        let device = handle.as_ref().map(DeviceHandle::device);
+        let handle = stacks::device(stack, &tb, "gw1", &ctx.library, &avail);
+        let device = handle.as_ref();
         match device {
             Err(e) => {
                 ctx.records.push(
@@ -191,58 +192,13 @@ pub fn iperf_matrix(
 
 /// dropshim's userspace path manager in gw1 (policy fullmesh over gw1's
 /// two links), from `dropshim up` to `dropshim down` when dropped.
-struct UserspacePm<'a> {
-    tb: &'a Testbed,
-    config: std::path::PathBuf,
-}
-
-impl<'a> UserspacePm<'a> {
-    fn up(tb: &'a Testbed, work: &std::path::Path) -> Result<Self> {
-        let mut text = format!(
-            "[device]\nname = \"bench-{}\"\nbackend = \"native\"\n\n",
-            tb.id()
-        );
-        for link in [1, 2] {
-            text += &format!(
-                "[[interfaces]]\nname = \"{}\"\naddresses = [\"{}/24\"]\n\n",
-                tb.ifname("gw1", link)?,
-                tb.addr4("gw1", link)?
-            );
-        }
-        text +=
-            "[mptcp]\npath_manager = \"userspace\"\n\n[mptcp.userspace]\npolicy = \"fullmesh\"\n";
-        std::fs::create_dir_all(work)?;
-        let config = work.join(format!("pm-{}.toml", tb.id()));
-        std::fs::write(&config, text)?;
-        let pm = UserspacePm { tb, config };
-        pm.cli("up")?;
-        Ok(pm)
-    }
-
-    fn cli(&self, what: &str) -> Result<()> {
-        let exe = std::env::current_exe().context("cannot find the dropshim executable")?;
-        let out = self
-            .tb
-            .command("gw1", exe.to_str().context("executable path is not UTF-8")?)?
-            .args([what, "--config"])
-            .arg(&self.config)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "dropshim {what} (userspace path manager) failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for UserspacePm<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.cli("down") {
-            eprintln!("dropshim bench: {e:#}");
-        }
-    }
+fn userspace_pm(tb: &Testbed) -> Result<HostDevice> {
+    let mut file = DeviceFile::new(vec![Iface::on(1), Iface::on(2)]);
+    file.subflows = None;
+    file.userspace = Some("policy = \"fullmesh\"".to_string());
+    let exe = std::env::current_exe().context("locating the dropshim executable")?;
+    HostDevice::up(tb, "gw1", &file, &unique_name("benchpm"), &exe)
+        .context("the userspace path manager")
 }
 
 fn set_scheduler(tb: &Testbed, sched: &str) -> Result<()> {
@@ -287,7 +243,7 @@ pub fn iperf(
     ctx: &Ctx,
     tb: &Testbed,
     stack: Stack,
-    uml: Option<Device>,
+    uml: Option<&Device>,
     duration: u32,
 ) -> Result<Measured> {
     let server_ns = tb.netns("gw2")?.to_string();
