@@ -34,42 +34,58 @@ pub fn request_cancellable(
     req: &Request,
     cancel: Option<c_int>,
 ) -> Result<(Reply, Option<c_int>), ClientError> {
-    let path = crate::control_socket(device);
-    let fd = sys::connect_unix(&path).map_err(ClientError::NotRunning)?;
-    let result = exchange(fd, req, cancel);
+    let fd = send_request(device, req)?;
+    let result = wait_for_reply(fd, cancel).and_then(|()| receive_reply(fd));
     sys::close(fd);
     result
 }
 
-fn exchange(
-    fd: c_int,
-    req: &Request,
-    cancel: Option<c_int>,
-) -> Result<(Reply, Option<c_int>), ClientError> {
-    sys::send(fd, &req.encode()).map_err(ClientError::Channel)?;
-    if let Some(cancel) = cancel {
-        let mut fds = [
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: cancel,
-                events: 0,
-                revents: 0,
-            },
-        ];
-        loop {
-            sys::poll(&mut fds, -1).map_err(ClientError::Channel)?;
-            if fds[0].revents != 0 {
-                break;
-            }
-            if fds[1].revents != 0 {
-                return Err(ClientError::Cancelled);
-            }
+/// Opens a control connection to the device's supervisor and sends
+/// `req` on it; the reply comes later on the returned descriptor
+/// ([`receive_reply`]), which the caller closes (closing it first tells
+/// the supervisor to abandon the request).
+pub fn send_request(device: &str, req: &Request) -> Result<c_int, ClientError> {
+    let path = crate::control_socket(device);
+    let fd = sys::connect_unix(&path).map_err(ClientError::NotRunning)?;
+    if let Err(e) = sys::send(fd, &req.encode()) {
+        sys::close(fd);
+        return Err(ClientError::Channel(e));
+    }
+    Ok(fd)
+}
+
+/// Waits until `fd` has the reply (or its end), unless `cancel` reports
+/// hang-up first.
+fn wait_for_reply(fd: c_int, cancel: Option<c_int>) -> Result<(), ClientError> {
+    let Some(cancel) = cancel else {
+        return Ok(());
+    };
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: cancel,
+            events: 0,
+            revents: 0,
+        },
+    ];
+    loop {
+        sys::poll(&mut fds, -1).map_err(ClientError::Channel)?;
+        if fds[0].revents != 0 {
+            return Ok(());
+        }
+        if fds[1].revents != 0 {
+            return Err(ClientError::Cancelled);
         }
     }
+}
+
+/// Receives the reply to a request sent with [`send_request`] (blocking
+/// until it comes), with the descriptor it passes, if any.
+pub fn receive_reply(fd: c_int) -> Result<(Reply, Option<c_int>), ClientError> {
     let mut buf = [0u8; REPLY_LEN];
     loop {
         match sys::recv_fd(fd, &mut buf, 0) {

@@ -16,6 +16,7 @@ use dropshim_tests::reliability::Lines;
 use dropshim_tests::uml::{uml_device, UmlDevice};
 use dropshim_tests::*;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,14 +43,7 @@ fn dropshim_run(tb: &Testbed, node: &str, extra: &[&str], program: &[&str]) -> R
 /// `dropshim run` outside any testbed, for the refusals.
 fn dropshim_run_here(extra: &[&str], program: &[&str]) -> Command {
     let mut cmd = Command::new(cli_path());
-    for var in [
-        "LD_PRELOAD",
-        "DROPSHIM_CONFIG",
-        "DROPSHIM_BACKEND",
-        "DROPSHIM_LOG",
-    ] {
-        cmd.env_remove(var);
-    }
+    dropshim_stacks::clear_stack_env(&mut cmd);
     cmd.arg("run").args(extra).arg("--").args(program);
     cmd
 }
@@ -952,6 +946,116 @@ fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() ->
     wait_until(SHORT, "the detached supervisor to exit", || {
         !any_process_mentions(&tag)
     })
+}
+
+/// A blackhole route in a namespace until dropped (even when the test
+/// fails): the namespace's answers to that address are dropped.
+struct Blackhole {
+    netns: String,
+    dest: String,
+}
+
+impl Blackhole {
+    fn add(netns: &str, addr: std::net::Ipv4Addr) -> Result<Blackhole> {
+        let dest = format!("{addr}/32");
+        run_ok(
+            Command::new("ip").args(["-n", netns, "route", "add", "blackhole", &dest]),
+            SHORT,
+        )?;
+        Ok(Blackhole {
+            netns: netns.to_string(),
+            dest,
+        })
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new("ip").args(["-n", &self.netns, "route", "del", "blackhole", &self.dest]),
+            SHORT,
+        );
+    }
+}
+
+/// A connect that a left-behind process has in progress when the program
+/// exits is carried on by the detached supervisor: while gw2 drops its
+/// answers to the instance, no connect through it can end; the program
+/// exits once the supervisor has sent the left-behind wget's connect to
+/// the instance; then gw2 answers again (the guest sends its SYN again),
+/// and the download must complete, every byte intact.
+#[test]
+fn reach_uml_connect_in_progress_when_the_program_exits_completes() -> Result<()> {
+    let (tb, dev) = uml_setup("cx")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 4 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let got = tempfile::tempdir()?;
+    let (out, status) = (got.path().join("late.bin"), got.path().join("late.status"));
+    let said = got.path().join("late.stderr");
+    let go = fifo(got.path(), "go.fifo")?;
+    // Held open by the test, so neither end of the FIFO blocks.
+    let go_w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&go)?;
+    let script = format!(
+        "({bb} wget -q -O {out} {link} 2>{said}; echo $? > {status}) </dev/null >/dev/null 2>&1 & read x < {go}; exit 5",
+        out = out.display(),
+        said = said.display(),
+        link = url(ip, port, "blob.bin"),
+        status = status.display(),
+        go = go.display(),
+    );
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let silent = Blackhole::add(tb.netns("gw2")?, tb.addr4("gw1", 1)?)?;
+    let cli = cli_path();
+    let mut cmd = plain(&tb, "gw1", "sh")?;
+    // The supervisor's log (stderr) read as lines on stdout.
+    cmd.args(["-c", "exec \"$@\" 2>&1", "sh"])
+        .arg(&cli)
+        .args(["run", "--config", &config, "--", bb, "sh", "-c", &script])
+        .env("DROPSHIM_LOG", "debug");
+    let run = Lines::spawn(&mut cmd, "dropshim run")?;
+    // Logged just before the request goes to the device, in the same
+    // turn of the supervisor's loop: it is sent before the program's
+    // exit can be seen.
+    loop {
+        let line = run
+            .next_line(SHORT)?
+            .context("dropshim run ended before the left-behind wget connected")?;
+        if line.contains("through the uml instance") {
+            break;
+        }
+    }
+    std::io::Write::write_all(&mut &go_w, b"go\n")?;
+    let (ended, _, _) = run.finish(SHORT)?;
+    ensure!(
+        ended.code() == Some(5),
+        "dropshim run should end with the program's status, got {ended}"
+    );
+    drop(silent);
+    wait_until(TRANSFER, "the left-behind wget to end", || status.exists())?;
+    let code = std::fs::read_to_string(&status)?;
+    ensure!(
+        code.trim() == "0",
+        "the left-behind wget failed (exit {}, {:?}): its connect, in progress when the program exited, was not carried on",
+        code.trim(),
+        std::fs::read_to_string(&said).unwrap_or_default().trim()
+    );
+    ensure!(sha256_file(&out)? == want, "left-behind wget: bytes differ");
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 1,
+        "the left-behind wget's connection was not MPTCP"
+    );
+    Ok(())
 }
 
 /// Sends the file `argv[3]` to `argv[1]`:`argv[2]` and closes.

@@ -307,13 +307,16 @@ impl Supervisor {
 
     /// Starts a connect through the instance: a gate takes the socket's
     /// place (the connection in progress, as a kernel socket in SYN_SENT)
-    /// and a thread makes the request; when it is answered the gate turns
-    /// writable (and hung up), so poll, select and epoll wake, and the
-    /// program's next getsockopt(SO_ERROR), getpeername() or connect() on
-    /// it puts the bridge (or, if the connect failed, a fresh socket) in
-    /// the gate's place ([`Supervisor::settle`]). A non-blocking connect()
-    /// then says EINPROGRESS; a blocking one waits for that moment.
-    /// Returns the supervisor's copy of the gate.
+    /// and the request goes to the device's supervisor; its reply is
+    /// taken on this supervisor's own loop ([`Supervisor::connect_polls`]),
+    /// so a detached copy of it goes on with the connects in progress. When
+    /// the reply comes the gate turns writable (and hung up), so poll,
+    /// select and epoll wake, and the program's next
+    /// getsockopt(SO_ERROR), getpeername() or connect() on it puts the
+    /// bridge (or, if the connect failed, a fresh socket) in the gate's
+    /// place ([`Supervisor::settle`]). A non-blocking connect() then says
+    /// EINPROGRESS; a blocking one waits for that moment. Returns the
+    /// supervisor's copy of the gate.
     fn start_connect(
         &mut self,
         call: &Call,
@@ -324,16 +327,84 @@ impl Supervisor {
     ) -> io::Result<Target> {
         let (gate, waker) = gate()?;
         let outcome: Arc<Mutex<Option<Outcome>>> = Arc::default();
-        let slot = Arc::clone(&outcome);
-        let waker_fd = waker.as_raw_fd();
         let (domain, opts) = (req.domain, req.opts.clone());
-        let device = device.to_string();
-        std::thread::Builder::new()
-            .name("dropshim-connect".into())
-            .spawn(move || {
-                // Cancelled when the program closes the gate first.
-                let res = client::request_cancellable(&device, &req, Some(waker.as_raw_fd()));
-                let res = match res {
+        let chan = match client::send_request(device, &req) {
+            // SAFETY: a descriptor just opened is ours alone.
+            Ok(chan) => Some(unsafe { OwnedFd::from_raw_fd(chan) }),
+            Err(e) => {
+                *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(connect_errno(&e)));
+                None
+            }
+        };
+        // Dropping our end of the gate on failure cancels the request.
+        self.install_at(call, target, fd, &gate)?;
+        let ino = inode_of(gate.as_raw_fd())?;
+        if self.guest.pending.len() >= 1024 {
+            // Gates the program closed after their connect ended were
+            // never settled: let their bridges go.
+            self.guest
+                .pending
+                .retain(|_, p| p.outcome.lock().map(|o| o.is_none()).unwrap_or(false));
+        }
+        // A request that could not be sent has its outcome already: the
+        // gate wakes at once.
+        let waker = chan.is_some().then_some(waker);
+        self.guest.pending.insert(
+            ino,
+            Pending {
+                domain,
+                opts,
+                outcome,
+                request: chan.zip(waker),
+            },
+        );
+        Ok(Target {
+            tgid: target.tgid,
+            copy: gate,
+        })
+    }
+
+    /// What the loop polls for the connects in progress: per connect, its
+    /// request's channel (the reply) and the gate's other end (hang-up:
+    /// the program closed the socket), with the gates' inodes in the same
+    /// order, two descriptors each.
+    pub(super) fn connect_polls(&self) -> (Vec<u64>, Vec<libc::pollfd>) {
+        let mut inodes = Vec::new();
+        let mut fds = Vec::new();
+        for (ino, p) in &self.guest.pending {
+            if let Some((chan, waker)) = &p.request {
+                inodes.push(*ino);
+                for (fd, events) in [(chan, libc::POLLIN), (waker, 0)] {
+                    fds.push(libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events,
+                        revents: 0,
+                    });
+                }
+            }
+        }
+        (inodes, fds)
+    }
+
+    /// Ends the connects whose reply came, or whose program closed the
+    /// socket first, after a poll of [`Supervisor::connect_polls`]'s
+    /// descriptors. Closing the gate's other end wakes the program;
+    /// closing the channel of a cancelled one tells the device's
+    /// supervisor to abandon it.
+    pub(super) fn connects_polled(&mut self, inodes: &[u64], fds: &[libc::pollfd]) {
+        for (ino, pair) in inodes.iter().zip(fds.chunks(2)) {
+            let [reply, hangup] = pair else { continue };
+            if reply.revents == 0 && hangup.revents == 0 {
+                continue;
+            }
+            let Some(p) = self.guest.pending.get_mut(ino) else {
+                continue;
+            };
+            let Some((chan, waker)) = p.request.take() else {
+                continue;
+            };
+            let res = if reply.revents != 0 {
+                match client::receive_reply(chan.as_raw_fd()) {
                     Ok((reply, Some(b))) if reply.errno == 0 => {
                         // SAFETY: a descriptor just received is ours alone.
                         Ok((reply, unsafe { OwnedFd::from_raw_fd(b) }))
@@ -349,36 +420,15 @@ impl Supervisor {
                             reply.errno
                         })
                     }
-                    Err(ClientError::NotRunning(_)) => Err(libc::ENETDOWN),
-                    Err(_) => Err(libc::ECONNABORTED),
-                };
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
-                // Closing the gate's other end wakes the program.
-                drop(waker);
-            })?;
-        // Dropping our end of the gate on failure cancels the request.
-        self.install_at(call, target, fd, &gate)?;
-        let ino = inode_of(gate.as_raw_fd())?;
-        if self.guest.pending.len() >= 1024 {
-            // Gates the program closed after their connect ended were
-            // never settled: let their bridges go.
-            self.guest
-                .pending
-                .retain(|_, p| p.outcome.lock().map(|o| o.is_none()).unwrap_or(false));
+                    Err(e) => Err(connect_errno(&e)),
+                }
+            } else {
+                Err(connect_errno(&ClientError::Cancelled))
+            };
+            *p.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(res);
+            drop(chan);
+            drop(waker);
         }
-        self.guest.pending.insert(
-            ino,
-            Pending {
-                domain,
-                opts,
-                outcome,
-                waker: waker_fd,
-            },
-        );
-        Ok(Target {
-            tgid: target.tgid,
-            copy: gate,
-        })
     }
 
     /// If the connect in progress behind the gate at the program's `fd`
@@ -933,15 +983,24 @@ pub(super) struct Sockets {
 /// or the errno.
 type Outcome = Result<(Reply, OwnedFd), i32>;
 
-/// A connect in progress behind a gate: what its socket was, and where the
-/// thread making it leaves the outcome.
+/// A connect in progress behind a gate: what its socket was, its outcome
+/// once known (which the workers waiting on the gate read), and, until
+/// then, the request's channel to the device's supervisor and the gate's
+/// other end, whose closing wakes the program.
 struct Pending {
     domain: i32,
     opts: Vec<Opt>,
     outcome: Arc<Mutex<Option<Outcome>>>,
-    /// The number of the gate's other end, held by that thread: closed by
-    /// a forked copy of the supervisor, where the thread does not exist.
-    waker: RawFd,
+    request: Option<(OwnedFd, OwnedFd)>,
+}
+
+/// The errno a connect gets when its request to the device's supervisor
+/// failed: ENETDOWN if no instance runs, else ECONNABORTED.
+fn connect_errno(e: &ClientError) -> i32 {
+    match e {
+        ClientError::NotRunning(_) => libc::ENETDOWN,
+        _ => libc::ECONNABORTED,
+    }
 }
 
 /// A gate: the program's end of a Unix stream pair whose send buffer is
@@ -1118,26 +1177,6 @@ impl Sockets {
             opts.push(Opt { level, name, value });
         }
         opts
-    }
-
-    /// In a forked copy of the supervisor, the threads making connects
-    /// stayed behind: the connects still in progress fail here
-    /// (ECONNABORTED), and their gates wake once the original supervisor
-    /// is gone too.
-    pub(super) fn orphan_connects(&mut self) {
-        for p in self.pending.values() {
-            // A lock held at the fork by a thread that is not here would
-            // never be released: that thread was leaving its outcome.
-            let Ok(mut outcome) = p.outcome.try_lock() else {
-                continue;
-            };
-            if outcome.is_none() {
-                *outcome = Some(Err(libc::ECONNABORTED));
-                // SAFETY: this copy's inherited reference to the gate's
-                // other end, which only the absent thread owned.
-                unsafe { libc::close(p.waker) };
-            }
-        }
     }
 
     /// Records the guest addresses behind `fd` (a bridge or a channel).

@@ -723,7 +723,6 @@ impl Supervisor {
     fn after_fork(&mut self) -> io::Result<()> {
         self.done = mpsc::channel();
         self.wake = Arc::new(eventfd()?);
-        self.guest.orphan_connects();
         let ids: Vec<u64> = self.inflight.keys().copied().collect();
         for id in ids {
             if let Some(work) = self.inflight.get(&id) {
@@ -1051,6 +1050,7 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 revents: 0,
             },
         ];
+        let mut connects = Vec::new();
         if let Some(s) = &sup {
             fds.push(libc::pollfd {
                 fd: s.fd(),
@@ -1062,6 +1062,9 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 events: libc::POLLIN,
                 revents: 0,
             });
+            let (inodes, more) = s.connect_polls();
+            connects = inodes;
+            fds.extend(more);
         }
         // SAFETY: `fds` is a live array of the length given.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -1071,6 +1074,9 @@ pub fn supervise(child: libc::pid_t, mut sup: Option<Supervisor>, log: Log) -> i
                 continue;
             }
             return Err(e);
+        }
+        if let Some(sup) = sup.as_mut() {
+            sup.connects_polled(&connects, fds.get(4..).unwrap_or_default());
         }
         if fds.get(3).is_some_and(|w| w.revents & libc::POLLIN != 0) {
             if let Some(sup) = sup.as_mut() {
@@ -1185,7 +1191,7 @@ fn linger(mut sup: Supervisor, log: Log) {
         unsafe { libc::_exit(0) };
     }
     loop {
-        let mut fds = [
+        let mut fds = vec![
             libc::pollfd {
                 fd: sup.fd(),
                 events: libc::POLLIN,
@@ -1197,14 +1203,17 @@ fn linger(mut sup: Supervisor, log: Log) {
                 revents: 0,
             },
         ];
-        // SAFETY: a live array of two pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let (connects, more) = sup.connect_polls();
+        fds.extend(more);
+        // SAFETY: `fds` is a live array of the length given.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if n < 0 {
             if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
             break;
         }
+        sup.connects_polled(&connects, &fds[2..]);
         if fds[1].revents & libc::POLLIN != 0 {
             sup.finish_waits();
         }
