@@ -11,8 +11,9 @@
 //! of the kernel's uapi ([`IPPROTO_MPTCP`], [`SOL_MPTCP`], [`MPTCP_INFO`],
 //! ...); and the address predicates every backend uses to keep local
 //! traffic on the host: [`unmapped`], [`is_loopback`] and
-//! [`is_local_destination`]; and, in [`sock`], the one way to read a
-//! host socket's local and peer address.
+//! [`is_local_destination`]; in [`sock`], the one way to read a host
+//! socket's local and peer address; and, in [`pass`], the run's pass
+//! that lets the shim's own calls through `dropshim run`'s filter.
 //!
 //! Must not touch: the program's memory, nor change any socket (the
 //! queries in [`sock`] only read; a failed one leaves errno as its system
@@ -27,6 +28,7 @@
 use libc::{c_int, sockaddr, sockaddr_storage, socklen_t};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+pub mod pass;
 pub mod sock;
 
 /// The protocol number of Multipath TCP, as `socket(domain, SOCK_STREAM,

@@ -8,7 +8,6 @@
 
 use std::io;
 use std::os::raw::{c_int, c_long};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 fn check(ret: c_long) -> io::Result<c_long> {
     if ret < 0 {
@@ -34,34 +33,7 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
     check(ret).map(|fd| fd as c_int)
 }
 
-/// The environment variable through which `dropshim run` hands the
-/// programs it starts its run's address-call pass: 16 hex digits.
-pub const ENV_ADDRESS_PASS: &str = "DROPSHIM_ADDRESS_PASS";
-
-/// This run's pass (0: none), set once at load time by
-/// [`init_address_pass`].
-static ADDRESS_PASS: AtomicU64 = AtomicU64::new(0);
-
-/// Reads [`ENV_ADDRESS_PASS`] once, when the shim is loaded. Under
-/// `dropshim run` the seccomp filter traps `bind()`, `connect()` and
-/// `listen()` for the programs that bypass libc, unless the call carries
-/// this run's pass in its unused sixth argument: the shim, which applies
-/// the policy itself, makes these calls with the pass, so a process
-/// linked with libc pays nothing for them while a static program it
-/// starts is still served.
-pub fn init_address_pass() {
-    let pass = std::env::var(ENV_ADDRESS_PASS)
-        .ok()
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    ADDRESS_PASS.store(pass, Ordering::Relaxed);
-}
-
-/// This run's pass, 0 when the program was not started by `dropshim run`
-/// with one.
-pub fn address_pass() -> u64 {
-    ADDRESS_PASS.load(Ordering::Relaxed)
-}
+use dropshim_abi::pass::address_pass;
 
 /// `bind(2)`/`connect(2)` through `syscall(2)` with the run's pass.
 ///

@@ -121,18 +121,17 @@ pub fn main(args: Args) -> Result<ExitCode> {
             }
         }
         Some(d) if d.device.backend == BackendKind::Uml && reach => {
-            // Programs linked with libc are the shim's alone on uml: its
-            // own loopback sockets must not meet the filter's listen()
-            // refusal.
-            let mode = if bypasses_libc(&args.command[0]) {
-                seccomp::Mode::Uml {
-                    device: d.device.name.clone(),
-                    policy: d.policy.clone(),
-                }
-            } else {
-                seccomp::Mode::Watch {
-                    backend: BackendKind::Uml,
-                }
+            // The processes linked with libc are the shim's (the
+            // supervisor lets their calls run, and the shim's own
+            // connect/bind/listen carry this run's pass past the filter);
+            // the filter serves those that bypass libc, the program
+            // itself or any it starts.
+            let pass = random_pass()?;
+            cmd.env(dropshim_abi::pass::ENV_ADDRESS_PASS, format!("{pass:016x}"));
+            let mode = seccomp::Mode::Uml {
+                device: d.device.name.clone(),
+                policy: d.policy.clone(),
+                pass,
             };
             return supervised(cmd, &args.command[0], mode);
         }
@@ -152,10 +151,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             if serve {
                 let pass = if addresses { random_pass()? } else { 0 };
                 if addresses {
-                    cmd.env(
-                        dropshim_backend_native::sys::ENV_ADDRESS_PASS,
-                        format!("{pass:016x}"),
-                    );
+                    cmd.env(dropshim_abi::pass::ENV_ADDRESS_PASS, format!("{pass:016x}"));
                 }
                 let mode = seccomp::Mode::Native {
                     policy: d.policy.clone(),
@@ -190,15 +186,6 @@ fn random_pass() -> Result<u64> {
             return Ok(pass);
         }
     }
-}
-
-/// Whether `command` (resolved through PATH) makes its socket calls
-/// without libc.
-fn bypasses_libc(command: &OsString) -> bool {
-    let path = std::env::var_os("PATH");
-    program::resolve(Path::new(command), path.as_deref())
-        .and_then(|file| program::classify(&file))
-        .is_some_and(program::Kind::bypasses_libc)
 }
 
 /// The file `command` runs and what it is, when its machine code is not

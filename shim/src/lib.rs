@@ -86,7 +86,7 @@ impl From<std::io::Error> for Errno {
 #[ctor::ctor]
 fn on_load() {
     runtime::init_logging();
-    dropshim_backend_native::sys::init_address_pass();
+    dropshim_abi::pass::init_address_pass();
     extern "C" fn prepare() {
         fdtable::before_fork();
     }

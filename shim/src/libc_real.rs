@@ -10,7 +10,7 @@
 //!
 //! Under `dropshim run`, `bind`, `connect` and `listen` are made with
 //! `syscall(2)` instead, carrying the run's pass that lets them by the
-//! run's seccomp filter (`dropshim_backend_native::sys::address_pass`).
+//! run's seccomp filter (`dropshim_abi::pass`).
 
 use dropshim_backend_native::sys;
 use libc::{c_int, c_void, sockaddr, socklen_t};
@@ -62,7 +62,7 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
 /// `addr` and `len` meet connect()'s contract (the program's own
 /// arguments to it do).
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if sys::address_pass() != 0 {
+    if dropshim_abi::pass::address_pass() != 0 {
         // SAFETY: the caller meets connect()'s contract (# Safety above).
         return unsafe { sys::connect_with_pass(fd, addr, len) };
     }
@@ -79,7 +79,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
 /// `addr` and `len` meet bind()'s contract (the program's own
 /// arguments to it do).
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if sys::address_pass() != 0 {
+    if dropshim_abi::pass::address_pass() != 0 {
         // SAFETY: the caller meets bind()'s contract (# Safety above).
         return unsafe { sys::address_call(libc::SYS_bind, fd, addr, len) };
     }
@@ -92,7 +92,7 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
 }
 
 pub fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if sys::address_pass() != 0 {
+    if dropshim_abi::pass::address_pass() != 0 {
         return sys::listen_with_pass(fd, backlog);
     }
     let f = resolve!(listen, unsafe extern "C" fn(c_int, c_int) -> c_int);

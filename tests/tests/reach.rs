@@ -948,6 +948,55 @@ fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() ->
     })
 }
 
+/// A static program started by a program linked with libc (a shell
+/// script running busybox-static's wget) reaches the instance too: the
+/// shell and curl are the shim's, wget the supervisor's. gw1's links
+/// hold no host address (the instance owns them), so a download that
+/// bypassed both would not get through at all.
+#[test]
+fn reach_uml_static_program_started_by_a_libc_shell_runs_through_the_instance() -> Result<()> {
+    let (tb, dev) = uml_setup("sc")?;
+    let config = dev.config().to_str().context("config path")?.to_string();
+    let bb = busybox()?;
+    let bb = bb.to_str().context("busybox path")?;
+    let dir = tempfile::tempdir()?;
+    let (_, want) = blob(dir.path(), "blob.bin", 4 << 20)?;
+    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+    let port = unique_port();
+    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
+    let got = tempfile::tempdir()?;
+    let (by_wget, by_curl) = (got.path().join("wget.bin"), got.path().join("curl.bin"));
+    let link = url(ip, port, "blob.bin");
+    let script = format!(
+        "curl -sS --fail -o {curl} {link} && {bb} wget -q -O {wget} {link}",
+        curl = by_curl.display(),
+        wget = by_wget.display(),
+    );
+    let before = mptcp_counters(tb.netns("gw2")?)?;
+    let res = run_bounded(
+        &mut dropshim_run(&tb, "gw1", &["--config", &config], &["sh", "-c", &script])?,
+        TRANSFER,
+    )?;
+    ensure!(
+        res.status.success(),
+        "the script failed ({}): {}",
+        res.status,
+        String::from_utf8_lossy(&res.stderr).trim()
+    );
+    ensure!(sha256_file(&by_curl)? == want, "curl: bytes differ");
+    ensure!(
+        sha256_file(&by_wget)? == want,
+        "busybox wget started by sh: bytes differ"
+    );
+    let after = mptcp_counters(tb.netns("gw2")?)?;
+    ensure!(
+        delta(&before, &after, "MPCapableSYNRX") >= 2,
+        "gw2 saw {} MPTCP connections, want 2 (curl's and wget's)",
+        delta(&before, &after, "MPCapableSYNRX")
+    );
+    Ok(())
+}
+
 /// A blackhole route in a namespace until dropped (even when the test
 /// fails): the namespace's answers to that address are dropped.
 struct Blackhole {

@@ -37,7 +37,10 @@
 //! is not trapped: it acts on the program's socket as usual.
 //!
 //! Reads and writes then go through the bridges with no interception.
-//! Every other call continues untouched.
+//! Every other call continues untouched, and so does every call of a
+//! process linked with libc, which the shim serves: the filter is there
+//! for the programs that bypass libc, started directly or by such a
+//! process.
 //!
 //! A blocking `connect()` or `accept()` is waited for by a worker thread
 //! ([`Work`]), so the supervisor answers the program's other calls
@@ -61,6 +64,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -70,9 +75,15 @@ const CONTINUE: u32 = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
 impl Supervisor {
     /// Answers one trapped call in uml mode.
     pub(super) fn answer_uml(&mut self, call: &Call) -> io::Result<()> {
-        let Mode::Uml { device, policy } = self.mode.clone() else {
+        let Mode::Uml { device, policy, .. } = self.mode.clone() else {
             return self.respond(call.id, 0, 0, CONTINUE).or_else(ignore_gone);
         };
+        // A process linked with libc is the shim's: its calls (the shim's
+        // own among them) run untouched. The filter is there for the
+        // programs it starts that bypass libc.
+        if self.guest.carries_the_shim(call.pid) {
+            return self.respond(call.id, 0, 0, CONTINUE).or_else(ignore_gone);
+        }
         let nr = i64::from(call.nr);
         let answer = if nr == libc::SYS_connect {
             self.uml_connect(call, &device, &policy)
@@ -923,7 +934,8 @@ impl Work {
 /// What a worker thread owns while it waits.
 enum Job {
     Accept(OwnedFd),
-    /// The gate, and where the thread making the connect leaves it.
+    /// The gate, and where the supervisor's loop leaves the connect's
+    /// outcome.
     Connect(OwnedFd, Arc<Mutex<Option<Outcome>>>),
 }
 
@@ -977,6 +989,9 @@ pub(super) struct Sockets {
     /// before they were installed, by listener channel inode, served to
     /// the next accept() on that channel (oldest last).
     stash: HashMap<u64, Vec<Received>>,
+    /// uml: whether each thread and process seen carries the shim, by
+    /// id, with the program file it ran then (an exec changes both).
+    shim_processes: HashMap<u32, ((u64, u64), bool)>,
 }
 
 /// How a connect through the instance ended: the reply and the bridge,
@@ -1177,6 +1192,33 @@ impl Sockets {
             opts.push(Opt { level, name, value });
         }
         opts
+    }
+
+    /// Whether thread `tid`'s process has the shim loaded
+    /// (`libdropshim.so` in its memory map). Known threads cost one
+    /// `stat` of the program file they run, which an exec changes; a new
+    /// thread of a known process one read of its status.
+    fn carries_the_shim(&mut self, tid: u32) -> bool {
+        let Ok(exe) = std::fs::metadata(format!("/proc/{tid}/exe")) else {
+            return false;
+        };
+        let file = (exe.dev(), exe.ino());
+        let seen = &mut self.shim_processes;
+        let known = |pid: u32| seen.get(&pid).filter(|(f, _)| *f == file).map(|(_, s)| *s);
+        if let Some(shim) = known(tid) {
+            return shim;
+        }
+        let tgid = tgid_of(tid).map_or(tid, |t| t as u32);
+        let shim = known(tgid).unwrap_or_else(|| {
+            std::fs::read_to_string(format!("/proc/{tgid}/maps"))
+                .is_ok_and(|maps| maps.lines().any(|l| l.ends_with("/libdropshim.so")))
+        });
+        if seen.len() >= 4096 {
+            seen.retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
+        }
+        seen.insert(tgid, (file, shim));
+        seen.insert(tid, (file, shim));
+        shim
     }
 
     /// Records the guest addresses behind `fd` (a bridge or a channel).

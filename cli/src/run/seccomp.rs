@@ -150,13 +150,15 @@ pub enum Mode {
     /// A User Mode Linux instance: `connect()`, `bind()`, `listen()`,
     /// `accept()`, `getsockname()`, `getpeername()` and
     /// `getsockopt(SO_ERROR)` on TCP sockets are answered by the instance
-    /// ([`super::guest`]).
+    /// ([`super::guest`]), except the `connect()`, `bind()` and `listen()`
+    /// calls that carry `pass` in their sixth argument: the shim's.
     Uml {
         device: String,
         policy: dropshim_conf::Policy,
+        pass: u64,
     },
-    /// The shim alone serves the program's tree (uml or lkl for programs
-    /// linked with libc): only 32-bit processes' sockets are looked at.
+    /// The shim alone serves the program's tree (lkl): only 32-bit
+    /// processes' sockets are looked at.
     Watch { backend: dropshim_conf::BackendKind },
 }
 
@@ -174,20 +176,21 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
                 Op::Jeq(AUDIT_ARCH, Allow, Compat),
             ]))
         }
-        Mode::Uml { .. } => {
+        Mode::Uml { pass, .. } => {
             use Label::*;
             // connect(), bind(), listen(), accept(), getsockname() and
             // getpeername() of every kind:
             // which descriptors are TCP sockets only the supervisor can
             // tell (it looks at the socket itself); it lets the others
-            // continue untouched.
+            // continue untouched. connect(), bind() and listen() with the
+            // run's pass are the shim's and run.
             assemble(&with_compat(vec![
                 Op::Load(DATA_ARCH),
                 Op::Jeq(AUDIT_ARCH, Next, Compat),
                 Op::Load(DATA_NR),
-                Op::Jeq(libc::SYS_connect as u32, Notify, Next),
-                Op::Jeq(libc::SYS_bind as u32, Notify, Next),
-                Op::Jeq(libc::SYS_listen as u32, Notify, Next),
+                Op::Jeq(libc::SYS_connect as u32, CheckPass, Next),
+                Op::Jeq(libc::SYS_bind as u32, CheckPass, Next),
+                Op::Jeq(libc::SYS_listen as u32, CheckPass, Next),
                 Op::Jeq(libc::SYS_accept as u32, Notify, Next),
                 Op::Jeq(libc::SYS_accept4 as u32, Notify, Next),
                 Op::Jeq(libc::SYS_getsockname as u32, Notify, Next),
@@ -199,6 +202,11 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
                 Op::Jeq(libc::SOL_SOCKET as u32, Next, Allow),
                 Op::Load(data_arg_low(2)),
                 Op::Jeq(libc::SO_ERROR as u32, Notify, Allow),
+                Op::Here(CheckPass),
+                Op::Load(data_arg_low(5)),
+                Op::Jeq(*pass as u32, Next, Notify),
+                Op::Load(data_arg_high(5)),
+                Op::Jeq((*pass >> 32) as u32, Allow, Notify),
             ]))
         }
     }
@@ -1394,11 +1402,20 @@ mod tests {
 
     #[test]
     fn uml_filter_traps_socket_calls_and_only_so_error_of_getsockopt() {
+        let pass = 0x1234_5678_9abc_def0u64;
         let uml = filter_for(&Mode::Uml {
             device: "d".into(),
             policy: dropshim_conf::Policy::default(),
+            pass,
         });
         let none = [0u64; 6];
+        let with_pass = [3, 0, 16, 0, 0, pass];
+        let half_pass = [3, 0, 16, 0, 0, pass & 0xffff_ffff];
+        for nr in [libc::SYS_connect, libc::SYS_bind, libc::SYS_listen] {
+            assert_eq!(run(&uml, nr, with_pass, AUDIT_ARCH), ALLOW, "{nr}");
+            assert_eq!(run(&uml, nr, half_pass, AUDIT_ARCH), NOTIFY, "{nr}");
+        }
+        assert_eq!(run(&uml, libc::SYS_accept, with_pass, AUDIT_ARCH), NOTIFY);
         for nr in [
             libc::SYS_connect,
             libc::SYS_bind,
@@ -1434,6 +1451,7 @@ mod tests {
             filter_for(&Mode::Uml {
                 device: "d".into(),
                 policy: dropshim_conf::Policy::default(),
+                pass: 7,
             }),
             filter_for(&Mode::Watch {
                 backend: dropshim_conf::BackendKind::Lkl,
