@@ -948,6 +948,43 @@ fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() ->
     })
 }
 
+/// A 4 MiB file served over HTTP by a native MPTCP server in gw2, for a
+/// download by programs in gw1 on the uml device.
+struct Download {
+    config: String,
+    busybox: String,
+    want: String,
+    link: String,
+    got: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    _server: Background,
+}
+
+impl Download {
+    fn serve(tb: &Testbed, dev: &UmlDevice) -> Result<Download> {
+        let dir = tempfile::tempdir()?;
+        let (_, want) = blob(dir.path(), "blob.bin", 4 << 20)?;
+        let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
+        let port = unique_port();
+        let server = mptcpize_http_server(tb, dir.path(), ip, port)?;
+        Ok(Download {
+            config: dev.config().to_str().context("config path")?.to_string(),
+            busybox: busybox()?.to_str().context("busybox path")?.to_string(),
+            want,
+            link: url(ip, port, "blob.bin"),
+            got: tempfile::tempdir()?,
+            _dir: dir,
+            _server: server,
+        })
+    }
+
+    /// The device file, busybox, the file's sha256 and the folder for
+    /// what the programs download.
+    fn parts(&self) -> (&str, &str, &str, &Path) {
+        (&self.config, &self.busybox, &self.want, self.got.path())
+    }
+}
+
 /// A static program started by a program linked with libc (a shell
 /// script running busybox-static's wget) reaches the instance too: the
 /// shell and curl are the shim's, wget the supervisor's. gw1's links
@@ -956,17 +993,10 @@ fn reach_native_descendants_left_behind_are_served_then_the_supervisor_goes() ->
 #[test]
 fn reach_uml_static_program_started_by_a_libc_shell_runs_through_the_instance() -> Result<()> {
     let (tb, dev) = uml_setup("sc")?;
-    let config = dev.config().to_str().context("config path")?.to_string();
-    let bb = busybox()?;
-    let bb = bb.to_str().context("busybox path")?;
-    let dir = tempfile::tempdir()?;
-    let (_, want) = blob(dir.path(), "blob.bin", 4 << 20)?;
-    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
-    let port = unique_port();
-    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
-    let got = tempfile::tempdir()?;
-    let (by_wget, by_curl) = (got.path().join("wget.bin"), got.path().join("curl.bin"));
-    let link = url(ip, port, "blob.bin");
+    let d = Download::serve(&tb, &dev)?;
+    let (config, bb, want, got) = d.parts();
+    let (by_wget, by_curl) = (got.join("wget.bin"), got.join("curl.bin"));
+    let link = &d.link;
     let script = format!(
         "curl -sS --fail -o {curl} {link} && {bb} wget -q -O {wget} {link}",
         curl = by_curl.display(),
@@ -974,7 +1004,7 @@ fn reach_uml_static_program_started_by_a_libc_shell_runs_through_the_instance() 
     );
     let before = mptcp_counters(tb.netns("gw2")?)?;
     let res = run_bounded(
-        &mut dropshim_run(&tb, "gw1", &["--config", &config], &["sh", "-c", &script])?,
+        &mut dropshim_run(&tb, "gw1", &["--config", config], &["sh", "-c", &script])?,
         TRANSFER,
     )?;
     ensure!(
@@ -1036,18 +1066,11 @@ impl Drop for Blackhole {
 #[test]
 fn reach_uml_connect_in_progress_when_the_program_exits_completes() -> Result<()> {
     let (tb, dev) = uml_setup("cx")?;
-    let config = dev.config().to_str().context("config path")?.to_string();
-    let bb = busybox()?;
-    let bb = bb.to_str().context("busybox path")?;
-    let dir = tempfile::tempdir()?;
-    let (_, want) = blob(dir.path(), "blob.bin", 4 << 20)?;
-    let ip = IpAddr::V4(tb.addr4("gw2", 1)?);
-    let port = unique_port();
-    let _server = mptcpize_http_server(&tb, dir.path(), ip, port)?;
-    let got = tempfile::tempdir()?;
-    let (out, status) = (got.path().join("late.bin"), got.path().join("late.status"));
-    let said = got.path().join("late.stderr");
-    let go = fifo(got.path(), "go.fifo")?;
+    let d = Download::serve(&tb, &dev)?;
+    let (config, bb, want, got) = d.parts();
+    let (out, status) = (got.join("late.bin"), got.join("late.status"));
+    let said = got.join("late.stderr");
+    let go = fifo(got, "go.fifo")?;
     // Held open by the test, so neither end of the FIFO blocks.
     let go_w = std::fs::OpenOptions::new()
         .read(true)
@@ -1058,7 +1081,7 @@ fn reach_uml_connect_in_progress_when_the_program_exits_completes() -> Result<()
         "({bb} wget -q -O {out} {link} 2>{said}; echo $? > {status}) </dev/null >/dev/null 2>&1 & read x < {go}; exit 5",
         out = out.display(),
         said = said.display(),
-        link = url(ip, port, "blob.bin"),
+        link = d.link,
         status = status.display(),
         go = go.display(),
     );
@@ -1069,7 +1092,7 @@ fn reach_uml_connect_in_progress_when_the_program_exits_completes() -> Result<()
     // The supervisor's log (stderr) read as lines on stdout.
     cmd.args(["-c", "exec \"$@\" 2>&1", "sh"])
         .arg(&cli)
-        .args(["run", "--config", &config, "--", bb, "sh", "-c", &script])
+        .args(["run", "--config", config, "--", bb, "sh", "-c", &script])
         .env("DROPSHIM_LOG", "debug");
     let run = Lines::spawn(&mut cmd, "dropshim run")?;
     // Logged just before the request goes to the device, in the same
