@@ -347,7 +347,7 @@ impl Supervisor {
                 None
             }
         };
-        // Dropping our end of the gate on failure cancels the request.
+        // On failure the request's channel is dropped, which cancels it.
         self.install_at(call, target, fd, &gate)?;
         let ino = inode_of(gate.as_raw_fd())?;
         if self.guest.pending.len() >= 1024 {
