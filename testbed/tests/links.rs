@@ -433,16 +433,21 @@ fn lossy_round(round: u32, seed: Option<u64>) -> (Option<u64>, BTreeSet<u32>) {
     let to = IpAddr::from(tb.addr4("b", 1).unwrap());
     wait_reachable(&tb, "a", to);
     let lost = lost_pings(&tb, "a", to, N);
-    let (lo, hi) = binomial_99(u64::from(N), 0.05);
+    // These rounds compare which pings were lost, and draw fresh seeds:
+    // a correct 5 % link would fall outside a 99 % bound in one round out
+    // of a hundred. The count's 99 % bound is the fixed-seed loss test's;
+    // here only a link that is not losing about 5 % fails (2.5-10 %: more
+    // than six standard deviations either side).
+    let (lo, hi) = (f64::from(N) * 0.025, f64::from(N) * 0.10);
     eprintln!(
-        "{} round {round}: seed {reported:?}, {} of {N} lost (99 % bound {lo:.0}..{hi:.0}), first: {:?}",
+        "{} round {round}: seed {reported:?}, {} of {N} lost (about 5 %: {lo:.0}..{hi:.0}), first: {:?}",
         method.as_str(),
         lost.len(),
         lost.iter().take(12).collect::<Vec<_>>()
     );
     assert!(
         (lo..=hi).contains(&(lost.len() as f64)),
-        "round {round}: {} of {N} lost, outside the 99 % bound {lo:.0}..{hi:.0}",
+        "round {round}: {} of {N} lost, not about 5 % ({lo:.0}..{hi:.0})",
         lost.len()
     );
     (reported, lost)
