@@ -4,8 +4,8 @@
 use anyhow::{bail, Context, Result};
 use dropshim_testbed::Testbed;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 /// One interface a device takes over.
@@ -195,6 +195,44 @@ impl DeviceFile {
         let path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(Written { path, _dir: dir })
+    }
+}
+
+/// A device file written for a node, with the `dropshim` command that
+/// brings it up and down there (uml and native devices).
+pub(crate) struct Applied {
+    pub(crate) file: Written,
+    pub(crate) netns: String,
+    dropshim: PathBuf,
+}
+
+impl Applied {
+    /// Writes `file` for device `name` of `backend` on `node`.
+    pub(crate) fn write(
+        tb: &Testbed,
+        node: &str,
+        file: &DeviceFile,
+        name: &str,
+        backend: &str,
+        dropshim: &Path,
+    ) -> Result<Applied> {
+        Ok(Applied {
+            file: file.write(tb, node, name, backend)?,
+            netns: tb.netns(node)?.to_string(),
+            dropshim: dropshim.to_path_buf(),
+        })
+    }
+
+    /// `dropshim ARGS --config FILE` in the device's node, at most
+    /// `timeout`; fails unless it exits 0.
+    pub(crate) fn dropshim(&self, args: &[&str], timeout: Duration) -> Result<Output> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(&self.dropshim)
+            .args(args)
+            .arg("--config")
+            .arg(&self.file.path);
+        crate::run_ok(&mut cmd, timeout)
     }
 }
 

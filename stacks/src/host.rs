@@ -4,12 +4,11 @@
 //! back with `dropshim down` when dropped. The node keeps its addresses:
 //! on the native backend they are the administrator's.
 
-use crate::file::Written;
-use crate::{run_ok, DeviceFile};
+use crate::file::Applied;
+use crate::DeviceFile;
 use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 /// How long a `dropshim` command on a native device may take.
@@ -17,9 +16,7 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A device file applied to a node's own kernel.
 pub struct HostDevice {
-    file: Written,
-    netns: String,
-    dropshim: PathBuf,
+    applied: Applied,
     /// What `dropshim up` printed.
     pub up_said: String,
 }
@@ -35,9 +32,7 @@ impl HostDevice {
         dropshim: &Path,
     ) -> Result<HostDevice> {
         let mut dev = HostDevice {
-            file: file.write(tb, node, name, "native")?,
-            netns: tb.netns(node)?.to_string(),
-            dropshim: dropshim.to_path_buf(),
+            applied: Applied::write(tb, node, file, name, "native", dropshim)?,
             up_said: String::new(),
         };
         dev.up_said = dev
@@ -49,19 +44,13 @@ impl HostDevice {
     /// `dropshim ARGS --config FILE` in the device's node; what it
     /// printed on stdout.
     pub fn dropshim(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(&self.dropshim)
-            .args(args)
-            .arg("--config")
-            .arg(self.config());
-        let out = run_ok(&mut cmd, CLI_TIMEOUT)?;
+        let out = self.applied.dropshim(args, CLI_TIMEOUT)?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The device file.
     pub fn config(&self) -> &Path {
-        &self.file.path
+        &self.applied.file.path
     }
 }
 

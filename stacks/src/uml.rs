@@ -2,12 +2,12 @@
 //! up` inside a testbed node, that owns some of the node's links, and is
 //! brought down (even when a scenario fails) when dropped.
 
-use crate::file::Written;
+use crate::file::Applied;
 use crate::{run_ok, DeviceFile};
 use anyhow::{Context, Result};
 use dropshim_testbed::Testbed;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 /// How long `dropshim up` may take to boot an instance before it counts
@@ -18,9 +18,7 @@ const UP_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct UmlDevice {
     /// The device's name, which names its run directory.
     pub name: String,
-    file: Written,
-    netns: String,
-    dropshim: PathBuf,
+    applied: Applied,
 }
 
 impl UmlDevice {
@@ -35,31 +33,21 @@ impl UmlDevice {
     ) -> Result<UmlDevice> {
         let dev = UmlDevice {
             name: name.to_string(),
-            file: file.write(tb, node, name, "uml")?,
-            netns: tb.netns(node)?.to_string(),
-            dropshim: dropshim.to_path_buf(),
+            applied: Applied::write(tb, node, file, name, "uml", dropshim)?,
         };
-        dev.dropshim("up", UP_TIMEOUT)
+        dev.applied
+            .dropshim(&["up"], UP_TIMEOUT)
             .with_context(|| format!("`dropshim up` of uml device {name} in {node}"))?;
         Ok(dev)
     }
 
-    /// `dropshim VERB --config FILE` for this device, in its node.
-    fn dropshim(&self, verb: &str, timeout: Duration) -> Result<Output> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(&self.dropshim)
-            .arg(verb)
-            .arg("--config")
-            .arg(self.config());
-        run_ok(&mut cmd, timeout)
-    }
-
     /// `dropshim down` then `dropshim up` for this device.
     pub fn restart(&self) -> Result<()> {
-        self.dropshim("down", Duration::from_secs(120))
+        self.applied
+            .dropshim(&["down"], Duration::from_secs(120))
             .context("dropshim down (uml)")?;
-        self.dropshim("up", UP_TIMEOUT)
+        self.applied
+            .dropshim(&["up"], UP_TIMEOUT)
             .context("dropshim up (uml)")?;
         Ok(())
     }
@@ -104,7 +92,7 @@ impl UmlDevice {
 
     /// The device file the instance runs.
     pub fn config(&self) -> &Path {
-        &self.file.path
+        &self.applied.file.path
     }
 
     /// The last `lines` lines of the instance's console (the guest
@@ -138,7 +126,7 @@ impl UmlDevice {
             Err(e) => format!("(the instance's CPU: {e:#})\n"),
         };
         for (netns, args) in [
-            (self.netns.as_str(), vec!["ip", "-s", "link"]),
+            (self.applied.netns.as_str(), vec!["ip", "-s", "link"]),
             (private.as_str(), vec!["ss", "-tinH", "dst", guest.as_str()]),
             (private.as_str(), vec!["ip", "-s", "link"]),
         ] {
@@ -229,18 +217,16 @@ impl UmlDevice {
     /// What the instance's guest kernel reports (`dropshim status --guest`):
     /// its sockets with their memory (`ss -tmiMn`) and its counters.
     pub fn guest_stats(&self) -> Result<String> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns])
-            .arg(&self.dropshim)
-            .args(["status", "--guest", "--config"])
-            .arg(self.config());
-        let out = run_ok(&mut cmd, Duration::from_secs(60)).context("dropshim status --guest")?;
+        let out = self
+            .applied
+            .dropshim(&["status", "--guest"], Duration::from_secs(60))
+            .context("dropshim status --guest")?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
 impl Drop for UmlDevice {
     fn drop(&mut self) {
-        let _ = self.dropshim("down", Duration::from_secs(60));
+        let _ = self.applied.dropshim(&["down"], Duration::from_secs(60));
     }
 }
