@@ -144,7 +144,7 @@ fn iperf_client(tb: &Testbed, node: &str, to: IpAddr, port: u16, secs: u32, mptc
     let v: serde_json::Value = serde_json::from_str(&json).expect("iperf3 -J output");
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .expect("bits_per_second")
+        .unwrap_or_else(|| panic!("no received bits_per_second in iperf3's report: {json}"))
         / 1e6
 }
 
