@@ -1104,6 +1104,9 @@ pub const LOAD_PY: &str = r##"# Load generator for dropshim's reliability tests:
 #                       be stopped before its ring buffer rotates it away;
 #   LOAD_FAKE_MISMATCH=1  flips one byte of the first upload of 1 MiB or more
 #                       as it arrives: proves the report and capture path.
+# LOAD_RCVBUF=N gives each accepted connection an N-byte receive buffer
+# (SO_RCVBUFFORCE, after the handshake fixed the window scale): see
+# load_server_with() for why.
 import array, asyncio, hashlib, os, random, signal, socket, struct, sys
 
 CHUNK = 1 << 16
@@ -1212,6 +1215,8 @@ def mptcp_info(sock):
     return (rcv_nxt - received) % (1 << 64), token, raw[42]
 
 FAKE = {"left": 1 if os.environ.get("LOAD_FAKE_MISMATCH") == "1" else 0}
+RCVBUF = int(os.environ.get("LOAD_RCVBUF") or 0)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SERVED = {"served": 0, "mptcp": 0, "csum": 0}
 
 async def recv_hashed(reader, n, check=None, alter=None):
@@ -1233,8 +1238,10 @@ async def recv_hashed(reader, n, check=None, alter=None):
 
 async def serve(reader, writer):
     try:
-        up, down = struct.unpack(">QQ", await reader.readexactly(16))
         sock = writer.get_extra_info("socket")
+        if RCVBUF:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        up, down = struct.unpack(">QQ", await reader.readexactly(16))
         info = mptcp_info(sock)
         SERVED["served"] += 1
         SERVED["mptcp"] += info is not None
@@ -1782,6 +1789,24 @@ pub fn mptcpized(tb: &Testbed, node: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// The receive buffer the load server gives each connection
+/// (`RELIABILITY_PEER_RCVBUF`, bytes; 0 leaves gw2's defaults and the
+/// host kernel's autotuning). The host kernel's MPTCP stops taking data
+/// out of its subflows while a connection's memory is over its buffer,
+/// the data that fills a hole included: a connection whose buffer holds
+/// data beyond a hole lost on a cut link then waits for good (README,
+/// known limits; seen with a uml or lkl guest's 6.12 as the sender).
+/// That is the native peer's kernel, not the stack under test. So gw2's
+/// largest automatic buffer (`tcp_rmem`) is 4 MiB, which caps every
+/// window it advertises at 8 MiB through the window scale chosen at the
+/// handshake, and the server then forces each connection's buffer to
+/// this (doubled by the kernel): more than any such window's data can
+/// take, whatever it holds beyond a hole.
+const PEER_RCVBUF: u64 = 16 << 20;
+
+/// gw2's `tcp_rmem` while the load server forces its buffers (above).
+const PEER_TCP_RMEM: &str = "net.ipv4.tcp_rmem=4096 131072 4194304";
+
 /// The load server in gw2 on its link-1 address, started by `cmd` (a
 /// python3 command): shimmed or under mptcpize. In a soak it reports
 /// each mismatch to the soak's folder the moment it sees it.
@@ -1792,6 +1817,21 @@ pub fn load_server_with(
     mut cmd: Command,
 ) -> Result<Lines> {
     let ip = tb.addr4("gw2", 1)?.to_string();
+    let rcvbuf = knob("RELIABILITY_PEER_RCVBUF", PEER_RCVBUF)?;
+    if rcvbuf > 0 {
+        run_ok(
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                tb.netns("gw2")?,
+                "sysctl",
+                "-qw",
+                PEER_TCP_RMEM,
+            ]),
+            Duration::from_secs(10),
+        )?;
+        cmd.env("LOAD_RCVBUF", rcvbuf.to_string());
+    }
     if let Some(dir) = soak_dir() {
         cmd.env("LOAD_MISMATCH_FILE", dir.join("mismatch"));
     }
