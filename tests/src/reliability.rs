@@ -782,17 +782,7 @@ pub fn soak_path_cuts(
     let dir = soak_dir();
     let nodes = ["gw1", "gw2"];
     if checksum {
-        run_ok(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                tb.netns("gw2")?,
-                "sysctl",
-                "-qw",
-                "net.mptcp.checksum_enabled=1",
-            ]),
-            Duration::from_secs(10),
-        )?;
+        sysctl_in(tb, "gw2", "net.mptcp.checksum_enabled=1")?;
     }
     let mut before = Vec::new();
     for node in nodes {
@@ -1789,6 +1779,15 @@ pub fn mptcpized(tb: &Testbed, node: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Sets `setting` (`name=value`) with sysctl in `node`'s namespace.
+fn sysctl_in(tb: &Testbed, node: &str, setting: &str) -> Result<()> {
+    run_ok(
+        Command::new("ip").args(["netns", "exec", tb.netns(node)?, "sysctl", "-qw", setting]),
+        Duration::from_secs(10),
+    )?;
+    Ok(())
+}
+
 /// The receive buffer the load server gives each connection
 /// (`RELIABILITY_PEER_RCVBUF`, bytes; 0 leaves gw2's defaults and the
 /// host kernel's autotuning). The host kernel's MPTCP stops taking data
@@ -1819,17 +1818,7 @@ pub fn load_server_with(
     let ip = tb.addr4("gw2", 1)?.to_string();
     let rcvbuf = knob("RELIABILITY_PEER_RCVBUF", PEER_RCVBUF)?;
     if rcvbuf > 0 {
-        run_ok(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                tb.netns("gw2")?,
-                "sysctl",
-                "-qw",
-                PEER_TCP_RMEM,
-            ]),
-            Duration::from_secs(10),
-        )?;
+        sysctl_in(tb, "gw2", PEER_TCP_RMEM)?;
         cmd.env("LOAD_RCVBUF", rcvbuf.to_string());
     }
     if let Some(dir) = soak_dir() {
