@@ -92,10 +92,18 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 	struct mptcp_subflow_context *subflow, *best = NULL;
 	u64 room = DROPSHIM_SCHED_BURST;
 	bool any_active = false;
+	bool copying;
 	int pass;
 
 	if (data->reinject)
 		return dropshim_schedule_reinject(msk);
+	/* Until a second subflow has joined (or data went out again at the
+	 * connection level), the core makes no copies and records nothing
+	 * per subflow (mptcp_redundant()): new data waits for nothing. The
+	 * rules below would take the lone subflow for one that is behind,
+	 * and hold each burst until the peer acknowledged the one before.
+	 */
+	copying = !READ_ONCE(msk->allow_infinite_fallback);
 
 	/* pass 0: regular subflows; pass 1: backups, if no regular one is up */
 	for (pass = 0; pass < 2 && !any_active; pass++) {
@@ -113,6 +121,8 @@ static int redundant_get_subflow(struct mptcp_sock *msk,
 			/* the path's first subflow carries its copy */
 			if (dropshim_red_twin(msk, subflow))
 				continue;
+			if (!copying)
+				goto candidate;
 			if (!redundant_behind(msk, subflow))
 				WRITE_ONCE(subflow->dropshim_red_cut, false);
 			if (redundant_looks_dead(ssk)) {
