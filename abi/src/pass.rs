@@ -5,6 +5,7 @@
 //! process linked with libc does not wait for the supervisor for its own
 //! calls, while a static program it starts is still served.
 
+use libc::{c_int, c_long};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The environment variable through which `dropshim run` hands the
@@ -28,4 +29,23 @@ pub fn init_address_pass() {
 /// with one.
 pub fn address_pass() -> u64 {
     ADDRESS_PASS.load(Ordering::Relaxed)
+}
+
+/// `bind(2)`/`connect(2)` through `syscall(2)` with the run's pass in the
+/// unused sixth argument, so that the run's filter lets it through.
+///
+/// # Safety
+/// `addr` and `len` meet the call's contract (the program's own
+/// arguments to it do).
+pub unsafe fn address_call(
+    nr: c_long,
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> c_int {
+    let pass = address_pass();
+    // SAFETY: the kernel reads `len` bytes at `addr`, valid by the
+    // caller's contract; the fourth to sixth arguments are ignored by
+    // bind and connect (the sixth is read only by the seccomp filter).
+    unsafe { libc::syscall(nr, fd, addr, len, 0, 0, pass) as c_int }
 }

@@ -33,25 +33,8 @@ pub fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<c_int> {
     check(ret).map(|fd| fd as c_int)
 }
 
+pub use dropshim_abi::pass::address_call;
 use dropshim_abi::pass::address_pass;
-
-/// `bind(2)`/`connect(2)` through `syscall(2)` with the run's pass.
-///
-/// # Safety
-/// `addr` and `len` meet the call's contract (the program's own
-/// arguments to it do).
-pub unsafe fn address_call(
-    nr: c_long,
-    fd: c_int,
-    addr: *const libc::sockaddr,
-    len: libc::socklen_t,
-) -> c_int {
-    let pass = address_pass();
-    // SAFETY: the kernel reads `len` bytes at `addr`, valid by the
-    // caller's contract; the fourth to sixth arguments are ignored by
-    // bind and connect (the sixth is read only by the seccomp filter).
-    unsafe { libc::syscall(nr, fd, addr, len, 0, 0, pass) as c_int }
-}
 
 /// `connect(2)` with the run's pass, a cancellation point as libc's own
 /// connect() is: `syscall(2)` is none, so asynchronous cancellation is

@@ -56,24 +56,18 @@ pub fn connect_unix(path: &Path) -> io::Result<c_int> {
             0,
         )
     })? as c_int;
-    // The run's pass (see `dropshim_abi::pass`) in the unused sixth
-    // argument: under `dropshim run` the filter lets this call through.
-    let pass = dropshim_abi::pass::address_pass();
-    // SAFETY: the kernel reads `len` bytes of `sun`, which is that long;
-    // connect(2) ignores the fourth to sixth arguments (the sixth is read
-    // only by the seccomp filter).
+    // With the run's pass: under `dropshim run` the filter lets this call
+    // through.
+    // SAFETY: the kernel reads `len` bytes of `sun`, which is that long.
     let ret = unsafe {
-        libc::syscall(
+        dropshim_abi::pass::address_call(
             libc::SYS_connect,
             fd,
-            &sun as *const libc::sockaddr_un,
+            (&sun as *const libc::sockaddr_un).cast(),
             len,
-            0,
-            0,
-            pass,
         )
     };
-    if let Err(e) = check(ret) {
+    if let Err(e) = check(ret.into()) {
         close(fd);
         return Err(e);
     }

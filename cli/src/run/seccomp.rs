@@ -184,13 +184,13 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
             // tell (it looks at the socket itself); it lets the others
             // continue untouched. connect(), bind() and listen() with the
             // run's pass are the shim's and run.
-            assemble(&with_compat(vec![
+            let mut ops = vec![
                 Op::Load(DATA_ARCH),
                 Op::Jeq(AUDIT_ARCH, Next, Compat),
                 Op::Load(DATA_NR),
-                Op::Jeq(libc::SYS_connect as u32, CheckPass, Next),
-                Op::Jeq(libc::SYS_bind as u32, CheckPass, Next),
-                Op::Jeq(libc::SYS_listen as u32, CheckPass, Next),
+            ];
+            ops.extend(PASS_CALLS);
+            ops.extend([
                 Op::Jeq(libc::SYS_accept as u32, Notify, Next),
                 Op::Jeq(libc::SYS_accept4 as u32, Notify, Next),
                 Op::Jeq(libc::SYS_getsockname as u32, Notify, Next),
@@ -202,12 +202,9 @@ pub fn filter_for(mode: &Mode) -> Vec<libc::sock_filter> {
                 Op::Jeq(libc::SOL_SOCKET as u32, Next, Allow),
                 Op::Load(data_arg_low(2)),
                 Op::Jeq(libc::SO_ERROR as u32, Notify, Allow),
-                Op::Here(CheckPass),
-                Op::Load(data_arg_low(5)),
-                Op::Jeq(*pass as u32, Next, Notify),
-                Op::Load(data_arg_high(5)),
-                Op::Jeq((*pass >> 32) as u32, Allow, Notify),
-            ]))
+            ]);
+            ops.extend(pass_check(*pass));
+            assemble(&with_compat(ops))
         }
     }
 }
@@ -242,6 +239,27 @@ fn with_compat(mut ops: Vec<Op>) -> Vec<Op> {
     ops
 }
 
+/// With the system call number loaded: `connect()`, `bind()` and
+/// `listen()` go to [`pass_check`].
+const PASS_CALLS: [Op; 3] = [
+    Op::Jeq(libc::SYS_connect as u32, Label::CheckPass, Label::Next),
+    Op::Jeq(libc::SYS_bind as u32, Label::CheckPass, Label::Next),
+    Op::Jeq(libc::SYS_listen as u32, Label::CheckPass, Label::Next),
+];
+
+/// `CheckPass`: a call whose sixth argument is the run's `pass` runs
+/// (the shim's own); any other goes to the supervisor.
+fn pass_check(pass: u64) -> [Op; 5] {
+    use Label::*;
+    [
+        Op::Here(CheckPass),
+        Op::Load(data_arg_low(5)),
+        Op::Jeq(pass as u32, Next, Notify),
+        Op::Load(data_arg_high(5)),
+        Op::Jeq((pass >> 32) as u32, Allow, Notify),
+    ]
+}
+
 /// The native filter: TCP stream sockets of the two IP families go to the
 /// supervisor unless they carry the shim's mark; with `addresses` (the
 /// run's pass), `bind()`, `connect()` and `listen()` of every kind too,
@@ -257,11 +275,7 @@ fn filter_with(addresses: Option<u64>) -> Vec<libc::sock_filter> {
         Op::Load(DATA_NR),
     ];
     if addresses.is_some() {
-        ops.extend([
-            Op::Jeq(libc::SYS_connect as u32, CheckPass, Next),
-            Op::Jeq(libc::SYS_bind as u32, CheckPass, Next),
-            Op::Jeq(libc::SYS_listen as u32, CheckPass, Next),
-        ]);
+        ops.extend(PASS_CALLS);
     }
     ops.extend([
         Op::Jeq(libc::SYS_socket as u32, Next, Allow),
@@ -282,13 +296,7 @@ fn filter_with(addresses: Option<u64>) -> Vec<libc::sock_filter> {
         Op::Jeq((SOCKET_PASS_MARK >> 32) as u32, Allow, Notify),
     ]);
     if let Some(pass) = addresses {
-        ops.extend([
-            Op::Here(CheckPass),
-            Op::Load(data_arg_low(5)),
-            Op::Jeq(pass as u32, Next, Notify),
-            Op::Load(data_arg_high(5)),
-            Op::Jeq((pass >> 32) as u32, Allow, Notify),
-        ]);
+        ops.extend(pass_check(pass));
     }
     assemble(&with_compat(ops))
 }
